@@ -1,0 +1,127 @@
+"""Shared ONNX plumbing for the converters: versions, preprocessing at the input, model metadata.
+
+Convention (every zfnet model): the graph input is a float32 (N, 3, H, W) batch of **RGB images in
+0..255**. Whatever the network was trained on (BGR order, mean subtraction, scaling) is done by
+nodes at the start of the graph (named ``preprocess/...``), and described in the metadata property
+``zfnet.preprocessing`` (JSON) for people and tools. So bare onnxruntime, the server and every zfnet
+call agree on the input, and reconstructions come back in image space.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+OPSET = 18  # ScatterElements with reduction="add" (the unpooling rule) needs 16+
+IR_VERSION = 10  # onnx 1.23 stamps 14; onnxruntime 1.31 accepts at most 13
+
+PREPROCESSING_KEY = "zfnet.preprocessing"
+CLASSES_KEY = "zfnet.classes"
+SOURCE_KEY = "zfnet.source"
+
+
+@dataclass
+class Preprocessing:
+    """``x' = (reorder(x) - mean) * scale`` on RGB 0..255 input; what the network was trained on."""
+
+    channel_order: str = "rgb"  # order the network expects: "rgb" or "bgr"
+    mean: list[float] | None = None  # per channel (in the network's order); see mean_source for per-pixel
+    mean_source: str | None = None  # e.g. "mean.binaryproto (per pixel, 3x32x32)"
+    scale: list[float] = field(default_factory=lambda: [1.0])  # one value, or one per channel
+    input_size: tuple[int, int] | None = None  # (H, W)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> Preprocessing:
+        data = json.loads(text)
+        if data.get("input_size") is not None:
+            data["input_size"] = tuple(data["input_size"])
+        return cls(**data)
+
+
+def set_versions(model: onnx.ModelProto, opset: int = OPSET) -> onnx.ModelProto:
+    """Stamp the IR version onnxruntime accepts and, where missing, the default-domain opset."""
+    model.ir_version = IR_VERSION
+    if not any(o.domain in ("", "ai.onnx") for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("", opset))
+    return model
+
+
+def set_metadata(model: onnx.ModelProto, key: str, value: str) -> None:
+    """Set (or replace) one ``metadata_props`` entry."""
+    for prop in model.metadata_props:
+        if prop.key == key:
+            prop.value = value
+            return
+    model.metadata_props.add(key=key, value=value)
+
+
+def get_metadata(model: onnx.ModelProto, key: str) -> str | None:
+    """One ``metadata_props`` value, or None."""
+    return next((p.value for p in model.metadata_props if p.key == key), None)
+
+
+def set_classes(model: onnx.ModelProto, classes: Sequence[str]) -> None:
+    """Record the class names in output order."""
+    set_metadata(model, CLASSES_KEY, json.dumps(list(classes)))
+
+
+def prepend_preprocessing(
+    model: onnx.ModelProto,
+    preprocessing: Preprocessing,
+    mean_array: np.ndarray | None = None,
+    input_name: str | None = None,
+) -> onnx.ModelProto:
+    """Insert ``preprocess/...`` nodes between the graph input and its consumers, in place.
+
+    ``mean_array`` (C, H, W or C) overrides ``preprocessing.mean`` for per-pixel means. The graph's
+    input keeps its name and now takes RGB images in 0..255.
+    """
+    graph = model.graph
+    initializer_names = {i.name for i in graph.initializer}
+    inputs = [i for i in graph.input if i.name not in initializer_names]
+    source = input_name or inputs[0].name
+    channels = inputs[0].type.tensor_type.shape.dim[1].dim_value or 3
+    current = source
+    nodes: list[onnx.NodeProto] = []
+
+    def add(op: str, extra: list[str], name: str, **attrs) -> None:
+        nonlocal current
+        out = f"preprocess/{name}"
+        nodes.append(helper.make_node(op, [current, *extra], [out], name=out, **attrs))
+        current = out
+
+    if preprocessing.channel_order == "bgr":
+        graph.initializer.append(numpy_helper.from_array(np.array([2, 1, 0], np.int64), "preprocess/bgr_index"))
+        add("Gather", ["preprocess/bgr_index"], "bgr", axis=1)
+    mean = mean_array if mean_array is not None else (np.asarray(preprocessing.mean, np.float32) if preprocessing.mean else None)
+    if mean is not None:
+        mean = np.asarray(mean, np.float32)
+        mean = mean.reshape(1, channels, 1, 1) if mean.ndim == 1 else mean.reshape(1, *mean.shape)
+        graph.initializer.append(numpy_helper.from_array(mean, "preprocess/mean_value"))
+        add("Sub", ["preprocess/mean_value"], "mean")
+    scale = np.asarray(preprocessing.scale, np.float32)
+    if not np.all(scale == 1.0):
+        scale = scale.reshape(1, -1, 1, 1) if scale.size > 1 else scale.reshape(())
+        graph.initializer.append(numpy_helper.from_array(scale, "preprocess/scale_value"))
+        add("Mul", ["preprocess/scale_value"], "scale")
+    if current != source:
+        for node in graph.node:
+            node.input[:] = [current if name == source else name for name in node.input]
+        old = list(graph.node)
+        del graph.node[:]
+        graph.node.extend(nodes + old)
+    set_metadata(model, PREPROCESSING_KEY, preprocessing.to_json())
+    return model
+
+
+def float_tensor_info(name: str, shape: Sequence[int | str | None]) -> onnx.ValueInfoProto:
+    """A float32 value info with symbolic (str/None) or fixed dimensions."""
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, list(shape))

@@ -1,0 +1,70 @@
+"""Reading one-folder-per-class image trees (``root/<class>/<file>``) into arrays."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from zfnet.errors import InvalidArgument, NotFound
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp")
+
+
+@dataclass(frozen=True)
+class ImageFolder:
+    """The files of an image tree, with their class indices."""
+
+    root: Path
+    classes: list[str]
+    files: list[Path]
+    labels: np.ndarray  # (n,) int64, index into ``classes``
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+
+def scan(root: str | Path, classes: Sequence[str] | None = None) -> ImageFolder:
+    """List ``root/<class>/*`` image files; ``classes`` fixes the class order (default: sorted folder names)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise NotFound(f"image folder {root} does not exist")
+    folders = sorted(p.name for p in root.iterdir() if p.is_dir())
+    order = list(classes) if classes is not None else folders
+    missing = [c for c in order if c not in folders]
+    if missing:
+        raise InvalidArgument(f"{root} has no folder for class(es) {', '.join(missing)}; it has {', '.join(folders) or 'none'}")
+    files: list[Path] = []
+    labels: list[int] = []
+    for index, name in enumerate(order):
+        for path in sorted((root / name).iterdir()):
+            if path.suffix.lower() in IMAGE_SUFFIXES:
+                files.append(path)
+                labels.append(index)
+    if not files:
+        raise InvalidArgument(f"{root} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    return ImageFolder(root, order, files, np.asarray(labels, dtype=np.int64))
+
+
+def read_rgb(path: str | Path, size: tuple[int, int] | None = None) -> np.ndarray:
+    """Decode an image file to an (H, W, 3) uint8 RGB array, resized to ``size`` = (H, W) when given."""
+    try:
+        with Image.open(path) as img:
+            img = img.convert("RGB")
+            if size is not None and img.size != (size[1], size[0]):
+                img = img.resize((size[1], size[0]), Image.BILINEAR)
+            return np.asarray(img, dtype=np.uint8)
+    except FileNotFoundError:
+        raise NotFound(f"image {path} does not exist") from None
+    except OSError as err:
+        raise InvalidArgument(f"cannot read image {path}: {err}") from None
+
+
+def load(folder: ImageFolder, size: tuple[int, int] | None = None, workers: int = 4) -> np.ndarray:
+    """Decode every image of ``folder`` into one (n, H, W, 3) uint8 array."""
+    with ThreadPoolExecutor(workers) as pool:
+        return np.stack(list(pool.map(lambda p: read_rgb(p, size), folder.files)))
