@@ -1,0 +1,119 @@
+"""The expose pass: make every layer of any ONNX model readable by name.
+
+1. Tensors are renamed after the layer that produces them: the module path recorded by the
+   dynamo-based ``torch.onnx.export`` (``pkg.torch.onnx.name_scopes``), else the producing node's
+   name when the tensor's own name says nothing (``123``, ``/conv1/Conv_output_0``).
+2. Every MaxPool gets its ``Indices`` output, ``<layer>.switches``: the max-pool switches that a
+   deconvnet unpools through.
+3. Every float activation (and every switch) becomes a graph output with its type and shape.
+
+The pass is idempotent, so the server runs it on every model it receives.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from collections import defaultdict
+
+import onnx
+from onnx import TensorProto
+
+from zfnet.converters.graph import get_metadata, set_metadata, set_versions
+from zfnet.errors import InvalidArgument
+
+SCOPES_KEY = "pkg.torch.onnx.name_scopes"
+EXPOSED_KEY = "zfnet.exposed"
+SWITCHES_SUFFIX = ".switches"
+NON_ACTIVATION_OPS = {"Constant", "ConstantOfShape", "Shape", "Size", "Range", "NonZero"}
+_MEANINGLESS = re.compile(r"^(\d+|onnx::.*|.*_output_\d+|val_\d+)$")
+
+
+def _module_of(node: onnx.NodeProto) -> str | None:
+    """The innermost module path of a node exported by torch.onnx (dynamo), or None."""
+    for prop in node.metadata_props:
+        if prop.key == SCOPES_KEY:
+            try:
+                scopes = ast.literal_eval(prop.value)
+            except (ValueError, SyntaxError):
+                return None
+            if len(scopes) >= 3 and scopes[0] == "":
+                return str(scopes[-2])
+    return None
+
+
+def _layer_names(graph: onnx.GraphProto) -> dict[str, str]:
+    """Map old tensor names to layer names: one per module call, else per meaningful node name."""
+    renames: dict[str, str] = {}
+    used: set[str] = {v.name for v in graph.input} | {i.name for i in graph.initializer}
+    calls: dict[str, int] = defaultdict(int)
+    nodes = list(graph.node)
+    for i, node in enumerate(nodes):
+        module = _module_of(node)
+        if module:
+            if i + 1 < len(nodes) and _module_of(nodes[i + 1]) == module:
+                continue  # a module call's result is the output of the last node of its run
+            calls[module] += 1
+            name = module if calls[module] == 1 else f"{module}:{calls[module]}"
+        elif node.name and node.op_type not in NON_ACTIVATION_OPS and _MEANINGLESS.match(node.output[0]):
+            name = node.name.strip("/").replace("/", ".")
+        else:
+            continue
+        if name not in used and node.output[0] not in renames:
+            renames[node.output[0]] = name
+            used.add(name)
+    return renames
+
+
+def _rename(model: onnx.ModelProto, renames: dict[str, str]) -> None:
+    graph = model.graph
+    for node in graph.node:
+        node.input[:] = [renames.get(n, n) for n in node.input]
+        node.output[:] = [renames.get(n, n) for n in node.output]
+    for value in list(graph.output) + list(graph.value_info):
+        value.name = renames.get(value.name, value.name)
+
+
+def _add_switches(graph: onnx.GraphProto) -> None:
+    for node in graph.node:
+        if node.op_type == "MaxPool" and len(node.output) == 1:
+            node.output.append(node.output[0] + SWITCHES_SUFFIX)
+
+
+def expose(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Return a copy of ``model`` with layer-named intermediates and switches as graph outputs."""
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    set_versions(model)
+    if get_metadata(model, EXPOSED_KEY) != "1":
+        _rename(model, _layer_names(model.graph))
+        _add_switches(model.graph)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
+    except onnx.shape_inference.InferenceError as err:
+        raise InvalidArgument(f"ONNX shape inference failed on this model: {err}") from None
+    graph = model.graph
+    types = {v.name: v for v in list(inferred.graph.value_info) + list(inferred.graph.output) + list(inferred.graph.input)}
+    outputs = {o.name for o in graph.output}
+    for node in graph.node:
+        if node.op_type in NON_ACTIVATION_OPS:
+            continue
+        for name in node.output:
+            info = types.get(name)
+            if not name or name in outputs or info is None:
+                continue
+            elem = info.type.tensor_type.elem_type
+            is_switch = name.endswith(SWITCHES_SUFFIX) and elem == TensorProto.INT64
+            if elem in (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE) or is_switch:
+                if len(info.type.tensor_type.shape.dim) >= 2:
+                    graph.output.append(info)
+                    outputs.add(name)
+    del graph.value_info[:]
+    graph.value_info.extend(v for v in inferred.graph.value_info if v.name not in outputs)
+    set_metadata(model, EXPOSED_KEY, "1")
+    return model
+
+
+def tensor_shape(info: onnx.ValueInfoProto) -> list[int | str]:
+    """Dimensions of a value info: ints, or the symbolic name (``"N"``) where not fixed."""
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in info.type.tensor_type.shape.dim]
+
