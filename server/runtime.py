@@ -1,0 +1,55 @@
+"""onnxruntime sessions: the CUDA execution provider when it loads, else the CPU one."""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+import onnxruntime as ort
+
+log = logging.getLogger("zfnet.server")
+
+
+@functools.cache
+def providers() -> tuple[str, ...]:
+    """The providers every session uses, decided once per process, logged in one line."""
+    available = ort.get_available_providers()
+    if "CUDAExecutionProvider" in available and _cuda_loads():
+        chosen = ("CUDAExecutionProvider", "CPUExecutionProvider")
+        log.info("onnxruntime %s: using CUDAExecutionProvider", ort.__version__)
+    else:
+        chosen = ("CPUExecutionProvider",)
+        reason = "CUDA provider not built in" if "CUDAExecutionProvider" not in available else "CUDA libraries did not load"
+        log.info("onnxruntime %s: using CPUExecutionProvider (%s)", ort.__version__, reason)
+    return chosen
+
+
+def _cuda_loads() -> bool:
+    """Try the CUDA provider on a one-node model, with onnxruntime's own error log silenced."""
+    from onnx import TensorProto, helper
+
+    from zfnet.converters.graph import IR_VERSION
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])], "probe",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = IR_VERSION
+    options = ort.SessionOptions()
+    options.log_severity_level = 4
+    ort.set_default_logger_severity(4)
+    try:
+        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CUDAExecutionProvider"])
+        return "CUDAExecutionProvider" in session.get_providers()
+    except Exception:  # onnxruntime raises plain RuntimeError/Fail when CUDA libraries are missing
+        return False
+    finally:
+        ort.set_default_logger_severity(2)  # onnxruntime's default: warnings
+
+
+def session(model_bytes: bytes) -> ort.InferenceSession:
+    """A session on the chosen providers."""
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(model_bytes, options, providers=list(providers()))
