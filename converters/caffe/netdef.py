@@ -8,7 +8,7 @@ The old V1 ``layers`` format is upgraded to ``layer`` the way Caffe's UpgradeV1N
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from google.protobuf import text_format
@@ -30,8 +30,7 @@ class NetDef:
     input_top: str  # the Caffe blob that is the image input
     input_shape: list[int | None]  # (C, H, W) as far as the net says; None: not said
     layers: list[Layer]  # compute layers, in order
-    data_layer: Layer | None = None  # the TEST data layer of a train/test net
-    defined: set[str] = field(default_factory=set)  # every layer name in the file, any phase
+    data_layer: Layer | None  # the TEST data layer of a train/test net
 
 
 def read(path: str | Path) -> NetDef:
@@ -39,14 +38,13 @@ def read(path: str | Path) -> NetDef:
     path = Path(path)
     net = parse(path)
     layers = upgrade_v1(net, path)
-    defined = {layer.name for layer in layers}
     layers = [layer for layer in layers if in_test_phase(layer)]
     names = [layer.name for layer in layers]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise InvalidArgument(f"{path}: layer name(s) {', '.join(duplicates)} used twice in the TEST phase; layer names must be unique")
     input_top, shape, data_layer, layers = _split_input(net, layers, path)
-    return NetDef(path, net.name, input_top, shape, layers, data_layer, defined)
+    return NetDef(path, net.name, input_top, shape, layers, data_layer)
 
 
 def parse(path: Path) -> caffe_pb2.NetParameter:
@@ -128,40 +126,35 @@ def _is_dropped(layer: Layer) -> bool:
 
 
 def _split_input(net: caffe_pb2.NetParameter, layers: list[Layer], path: Path) -> tuple[str, list[int | None], Layer | None, list[Layer]]:
-    """Find the one image input, its shape, the TEST data layer; drop data, label, loss and accuracy layers."""
-    inputs: list[tuple[str, list[int | None]]] = []
-    for i, name in enumerate(net.input):
-        if i < len(net.input_shape):
-            dims = list(net.input_shape[i].dim)
-        else:
-            dims = list(net.input_dim[4 * i : 4 * i + 4])
-        inputs.append((name, dims))
+    """Find the one image input, its (C, H, W), the TEST data layer; drop data, label, loss and accuracy layers."""
+    declared = [(name, list(net.input_shape[i].dim) if i < len(net.input_shape) else list(net.input_dim[4 * i : 4 * i + 4])) for i, name in enumerate(net.input)]
     data_layer, dropped, kept = None, set(), []
+    inputs: list[tuple[str, list[int | None]]] = []
     for layer in layers:
         if layer.type == "Input":
             shapes = layer.input_param.shape
-            for i, top in enumerate(layer.top):
-                dims = list(shapes[i].dim if i < len(shapes) else shapes[0].dim if len(shapes) == 1 else [])
-                inputs.append((top, dims))
+            declared += [(top, list(shapes[min(i, len(shapes) - 1)].dim) if shapes else []) for i, top in enumerate(layer.top)]
         elif layer.type in DATA_TYPES:
-            if data_layer is not None:
-                raise InvalidArgument(f"{path}: two data layers in the TEST phase ('{data_layer.name}', '{layer.name}'); zfnet converts nets with one image input")
-            data_layer = layer
             if not layer.top:
                 raise InvalidArgument(f"{path}: data layer '{layer.name}' has no top")
+            data_layer = layer
             inputs.append((layer.top[0], _data_shape(layer)))
             dropped.update(layer.top[1:])
         elif _is_dropped(layer) or any(b in dropped for b in layer.bottom):
             dropped.update(layer.top)
         else:
             kept.append(layer)
+    for name, dims in declared:
+        if len(dims) != 4:
+            raise InvalidArgument(f"{path}: input '{name}' has shape {dims}; zfnet needs a 4-D (N, C, H, W) image input")
+        inputs.append((name, dims[1:]))
     if len(inputs) != 1:
         found = ", ".join(name for name, _ in inputs) or "none"
         raise InvalidArgument(f"{path}: zfnet converts nets with exactly one image input; found {len(inputs)} ({found})")
-    top, dims = inputs[0]
-    if data_layer is None and len(dims) != 4:
-        raise InvalidArgument(f"{path}: input '{top}' has shape {dims}; zfnet needs a 4-D (N, C, H, W) image input")
-    return top, dims[1:] if data_layer is None else dims, data_layer, kept
+    top, chw = inputs[0]
+    if len(chw) != 3:
+        raise InvalidArgument(f"{path}: data layer '{data_layer.name}' gives a {len(chw) + 1}-D shape; zfnet needs a 4-D (N, C, H, W) image input")
+    return top, chw, data_layer, kept
 
 
 def _data_shape(layer: Layer) -> list[int | None]:

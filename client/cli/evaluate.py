@@ -1,0 +1,52 @@
+"""``zfclient evaluate``: top-1 accuracy on a one-folder-per-class image tree."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from zfnet import imagefolder
+from zfnet.client.cli.common import ServerOption, connect
+from zfnet.errors import InvalidArgument
+
+
+def command(
+    model: str = typer.Option(..., "--model", help="An .onnx file or a model name on the server."),
+    data: Path = typer.Option(..., "--data", help="Image tree: DATA/<class>/<image>."),
+    classes: str | None = typer.Option(None, "--classes", help="Class names in the model's output order (default: the model's own)."),
+    batch_size: int = typer.Option(500, "--batch-size", help="Images per request."),
+    as_json: bool = typer.Option(False, "--json", help='Print {"top1", "n", "per_class"} on stdout and nothing else.'),
+    server: str | None = ServerOption,
+) -> None:
+    """Top-1 accuracy overall and per class."""
+    console = Console(stderr=True)
+    with connect(server) as client:
+        info = client.model_info(model)
+        order = [c.strip() for c in classes.split(",")] if classes else list(info.classes)
+        if not order:
+            raise InvalidArgument("the model records no class names; pass --classes in its output order")
+        folder = imagefolder.scan(data, order)
+        predicted = np.empty(len(folder), np.int64)
+        with Progress(TextColumn("evaluating"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console, transient=True) as bar:
+            task = bar.add_task("", total=len(folder))
+            for start in range(0, len(folder), batch_size):
+                files = folder.files[start : start + batch_size]
+                predicted[start : start + len(files)] = client.probabilities(model, files).argmax(axis=1)
+                bar.advance(task, len(files))
+    correct = predicted == folder.labels
+    per_class = {name: float(correct[folder.labels == i].mean()) for i, name in enumerate(order) if np.any(folder.labels == i)}
+    top1 = float(correct.mean())
+    if as_json:
+        print(json.dumps({"top1": top1, "n": len(folder), "per_class": per_class}))
+        return
+    table = Table("class", "top-1", "images", title=f"{info.name} on {data}")
+    for i, name in enumerate(order):
+        table.add_row(name, f"{per_class.get(name, float('nan')):.2%}", str(int(np.sum(folder.labels == i))))
+    table.add_row("all", f"{top1:.2%}", str(len(folder)), style="bold")
+    Console().print(table)

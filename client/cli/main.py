@@ -1,0 +1,29 @@
+"""``zfclient``: the command-line face of zfnet; each command lives in its own module."""
+
+from __future__ import annotations
+
+import typer
+
+from zfnet.client.cli import convert_torch, deconv, evaluate, layers, predict, train
+from zfnet.client.cli.common import edge
+from zfnet.server import app as server_app
+
+app = typer.Typer(
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+    help="See what a CNN has learned (Zeiler & Fergus 2013) for any ONNX model.",
+)
+convert_app = typer.Typer(no_args_is_help=True, help="Convert PyTorch or Caffe models to ONNX with every layer exposed.")
+app.add_typer(convert_app, name="convert")
+
+app.command("deconv")(edge(deconv.command))
+app.command("predict")(edge(predict.command))
+app.command("layers")(edge(layers.command))
+app.command("evaluate")(edge(evaluate.command))
+app.command("train")(edge(train.command))
+app.command("serve")(edge(server_app.command))
+convert_app.command("torch")(edge(convert_torch.command))
+
+
+def main() -> None:
+    """Entry point of ``zfclient``."""
+    app()

@@ -1,0 +1,84 @@
+"""Pictures people look at: reconstructions normalised for display as in the paper, labelled grids."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from zfnet.client.api import DeconvResult, Reconstruction  # noqa: E402
+
+
+def for_display(pixels: np.ndarray) -> np.ndarray:
+    """(C, H, W) reconstruction -> (H, W, 3) uint8: zero at mid-grey, scaled by the largest magnitude
+    (Zeiler & Fergus show each reconstruction contrast-normalised on its own)."""
+    rgb = np.moveaxis(pixels, 0, -1) if pixels.shape[0] in (1, 3) else pixels
+    if rgb.shape[-1] == 1:
+        rgb = np.repeat(rgb, 3, axis=-1)
+    peak = float(np.abs(rgb).max())
+    shown = 0.5 + rgb / (2 * peak) if peak > 0 else np.full_like(rgb, 0.5)
+    return (np.clip(shown, 0, 1) * 255).round().astype(np.uint8)
+
+
+def save_png(rgb: np.ndarray, path: Path, scale: int = 1) -> Path:
+    """Write an (H, W, 3) uint8 image, enlarged ``scale`` times with nearest-neighbour pixels."""
+    image = Image.fromarray(rgb)
+    if scale > 1:
+        image = image.resize((rgb.shape[1] * scale, rgb.shape[0] * scale), Image.NEAREST)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path)
+    return path
+
+
+def crop(array: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+    """(H, W, ...) array cut to a (top, left, bottom, right) box; the whole array if the box is empty."""
+    top, left, bottom, right = box
+    return array[top:bottom, left:right] if bottom > top and right > left else array
+
+
+def deconv_grid(image: np.ndarray, title: str, items: list[Reconstruction], path: Path, columns: int = 3) -> Path:
+    """One labelled figure per image: for each channel, the input patch under the receptive field
+    beside the reconstruction of the same patch; the whole input on the left."""
+    rows = max(1, -(-len(items) // columns))
+    fig = plt.figure(figsize=(2.2 + 2.6 * columns, 1.45 * rows + 0.7), dpi=110)
+    grid = fig.add_gridspec(rows, 1 + 2 * columns, width_ratios=[1.6] + [1, 1] * columns, wspace=0.08, hspace=0.35)
+    ax = fig.add_subplot(grid[:, 0])
+    ax.imshow(image, interpolation="nearest")
+    ax.set_title("input", fontsize=8)
+    ax.axis("off")
+    for k, item in enumerate(items):
+        r, c = divmod(k, columns)
+        patch = crop(image, item.receptive_field)
+        recon = crop(for_display(item.pixels), item.receptive_field)
+        for offset, picture, label in ((1, patch, f"ch {item.channel}"), (2, recon, f"{item.activation:.3g}")):
+            ax = fig.add_subplot(grid[r, 1 + 2 * c + offset - 1])
+            ax.imshow(picture, interpolation="nearest")
+            ax.set_title(label, fontsize=7, pad=2)
+            ax.axis("off")
+    fig.suptitle(title, fontsize=9)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def write_deconv(result: DeconvResult, images: list[np.ndarray], names: list[str], out: Path, raw: bool = False) -> list[Path]:
+    """Every reconstruction as a PNG (and ``.npy`` when ``raw``), and one labelled grid per image."""
+    written: list[Path] = []
+    for index, (image, name) in enumerate(zip(images, names)):
+        items = [r for r in result.reconstructions if r.image == index]
+        folder = out / name
+        for item in items:
+            stem = f"{result.layer}_ch{item.channel:04d}_{result.method}_{result.mode}"
+            written.append(save_png(for_display(item.pixels), folder / f"{stem}.png", scale=4))
+            if raw:
+                np.save(folder / f"{stem}.npy", item.pixels)
+                written.append(folder / f"{stem}.npy")
+        title = f"{name} | layer {result.layer} | {result.method}, {result.mode} | input patch and reconstruction per channel"
+        written.append(deconv_grid(image, title, items, out / f"{name}_{result.layer}_{result.method}_grid.png"))
+    return written
