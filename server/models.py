@@ -62,8 +62,7 @@ def load(data: bytes, name: str, sha256: str | None = None) -> LoadedModel:
         raise InvalidArgument(f"model {name!r} is not an ONNX file (protobuf decoding failed)") from None
     if not model.graph.node:
         raise InvalidArgument(f"model {name!r} has an empty graph; is it an ONNX file?")
-    original_output = model.graph.output[0].name if model.graph.output else None
-    exposed = expose.expose(model)
+    exposed = expose.expose(model)  # renames tensors in place and appends outputs: output[0] stays the model's own output
     try:
         session = runtime.session(exposed.SerializeToString())
     except Exception as err:  # onnxruntime raises Fail/InvalidGraph/RuntimeException
@@ -78,7 +77,7 @@ def load(data: bytes, name: str, sha256: str | None = None) -> LoadedModel:
     classes = json.loads(get_metadata(exposed, CLASSES_KEY) or "[]")
     return LoadedModel(
         sha256=sha256, name=name, size=len(data), model=exposed, session=session,
-        input_name=inputs[0].name, input_shape=input_shape, output_name=original_output or exposed.graph.output[0].name,
+        input_name=inputs[0].name, input_shape=input_shape, output_name=exposed.graph.output[0].name,
         layers=layer_table(exposed), preprocessing_json=get_metadata(exposed, PREPROCESSING_KEY) or "{}", classes=classes,
     )
 

@@ -25,6 +25,12 @@ def shared_path(*parts: str) -> Path:
 
 
 @pytest.fixture(scope="session")
+def shared():
+    """``shared(*parts)``: a path under ../shared, or skip the test with the reason."""
+    return shared_path
+
+
+@pytest.fixture(scope="session")
 def sample_images() -> list[Path]:
     """The bundled CIFAR-10 test images, first of each class first."""
     files = sorted(SAMPLES.glob("*/*.jpg"))

@@ -19,6 +19,7 @@ from zfnet.converters.graph import OPSET, SOURCE_KEY, float_tensor_info, prepend
 from zfnet.errors import InvalidArgument, NotFound, ResourceExhausted, ZfnetError
 
 INPUT = "data"
+MAX_AXIS = 1 << 20  # larger axes mean a wrong net definition, and would make conversion allocate too much
 
 
 def convert(
@@ -48,7 +49,9 @@ def convert(
     preprocessing, mean_array, chw = preprocess.resolve(
         definition, mean_file=mean_file, mean_value=mean_value, scale=scale, channel_order=channel_order, input_size=input_size
     )
-    graph = _build(definition, weights_io.load(weights), Value(INPUT, ("N", *chw)))
+    image = Value(INPUT, ("N", *chw))
+    _check_size(image, f"{definition.path}: input")
+    graph = _build(definition, weights_io.load(weights), image)
     model = helper.make_model(graph, producer_name="zfnet.converters.caffe", opset_imports=[helper.make_opsetid("", OPSET)])
     set_versions(model)
     prepend_preprocessing(model, preprocessing, mean_array)
@@ -83,6 +86,8 @@ def _build(net: NetDef, stored: weights_io.Weights, image: Value) -> onnx.GraphP
             blobs.check_all_used()
         except ZfnetError as err:
             raise type(err)(f"{net.path}: layer '{layer.name}' ({layer.type}): {err}") from None
+        for top in tops:
+            _check_size(top, f"{net.path}: layer '{layer.name}' ({layer.type})")
         new_names = [*(o for n in builder.nodes for o in n.output), *(i.name for i in builder.initializers)]
         clash = next((n for n in new_names if n in names), None)
         if clash is not None:
@@ -103,6 +108,11 @@ def _build(net: NetDef, stored: weights_io.Weights, image: Value) -> onnx.GraphP
         [float_tensor_info(v.name, v.shape) for v in outputs],
         initializer=initializers,
     )
+
+
+def _check_size(value: Value, where: str) -> None:
+    if any(isinstance(d, int) and d > MAX_AXIS for d in value.shape):
+        raise ResourceExhausted(f"{where}: shape {value.shape} has an axis over {MAX_AXIS}; is the net definition right?")
 
 
 def _check_counts(layer: Layer, entry: Entry) -> None:

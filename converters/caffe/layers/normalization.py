@@ -67,7 +67,7 @@ def scale(layer: Layer, bottoms: list[Value], blobs: Blobs, b: Builder) -> list[
     if not p.bias_term:
         b.node("Mul", [x.name, gamma])
         return [Value(b.top(), x.shape)]
-    beta = blobs.get(len(bottoms) - 1, x.dims(axis, axis + len(span)))
+    beta = blobs.get(2 - len(bottoms), x.dims(axis, axis + len(span)))
     product = b.node("Mul", [x.name, gamma], "scaled")
     b.node("Add", [product, b.const("beta", beta.reshape(*beta.shape, *[1] * trailing))])
     return [Value(b.top(), x.shape)]

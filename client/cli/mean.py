@@ -1,0 +1,21 @@
+"""``zfclient mean``: the per-pixel training-set mean as a Caffe ``mean.binaryproto``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from zfnet.converters.caffe.mean import compute_mean, write_binaryproto
+
+
+def command(
+    data: Path = typer.Option(..., "--data", help="Training images, one folder per class (root/<class>/<image>), all of one size."),
+    output: Path = typer.Option(..., "-o", "--output", help="mean.binaryproto to write (a Caffe BlobProto, 1 x C x H x W)."),
+    channel_order: str = typer.Option("rgb", "--channel-order", help="Channel order to store, the one the net expects: rgb or bgr."),
+) -> None:
+    """Compute the mean image the way Caffe's compute_image_mean does."""
+    mean = compute_mean(data, channel_order=channel_order.lower())
+    write_binaryproto(mean, output)
+    per_channel = ", ".join(f"{v:.1f}" for v in mean.mean(axis=(1, 2)))
+    typer.echo(f"wrote {output}: {'x'.join(map(str, mean.shape))} {channel_order.lower()} mean, per channel {per_channel}")
