@@ -1,38 +1,42 @@
 # zfnet: `make demo` runs the main job on the bundled model and images; `make test` runs the tests.
+# Each installs what it needs into ./.venv first.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+BOOTSTRAP := $(VENV)/.bootstrap
 STAMP := $(VENV)/.installed
 STUBS := zfnet/v1/zfnet_pb2.py
 CAFFE_STUBS := converters/caffe/caffe_pb2.py
 MODEL := models/zfnet-cifar10.onnx
 SAMPLES := samples/cifar10
+DEMO_IMAGES := $(sort $(wildcard $(SAMPLES)/*/0000.jpg))
 
-.PHONY: install stubs demo test bench train clean
+.PHONY: install demo test bench train clean
 
-install: $(STAMP) stubs
+install: $(STAMP)
 
-# torch first, pinned: a looser requirement pulls a CUDA build of several GB.
-$(STAMP): pyproject.toml
+# torch first, pinned: a looser requirement pulls a CUDA build of several GB. grpcio-tools next,
+# to generate the stubs that the package install needs.
+$(BOOTSTRAP):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test,dev]'
-	touch $(STAMP)
+	$(PY) -m pip install -q torch==2.13.0 'grpcio-tools>=1.85,<1.86'
+	touch $@
 
-stubs: $(STUBS) $(CAFFE_STUBS)
-
-$(STUBS): proto/zfnet/v1/zfnet.proto $(STAMP)
+$(STUBS): proto/zfnet/v1/zfnet.proto $(BOOTSTRAP)
 	$(PY) -m grpc_tools.protoc -Iproto --python_out=. --pyi_out=. --grpc_python_out=. proto/zfnet/v1/zfnet.proto
 	touch zfnet/v1/__init__.py
 
-$(CAFFE_STUBS): converters/caffe/caffe.proto $(STAMP)
+$(CAFFE_STUBS): converters/caffe/caffe.proto $(BOOTSTRAP)
 	$(PY) -m grpc_tools.protoc -Iconverters/caffe --python_out=converters/caffe converters/caffe/caffe.proto
 
+$(STAMP): pyproject.toml $(STUBS) $(CAFFE_STUBS)
+	$(PY) -m pip install -q -e '.[test,dev]'
+	touch $@
+
 demo: install
-	$(VENV)/bin/zfclient deconv --model $(MODEL) --layer 4 --top 9 --out out/demo \
-		$(foreach f,$(sort $(wildcard $(SAMPLES)/*/0000.jpg)),--image $(f))
-	@echo "demo: deconv grids for layer 4 are in out/demo/"
+	$(VENV)/bin/zfclient deconv --model $(MODEL) --layer 4 --top 9 --out out/demo $(foreach f,$(DEMO_IMAGES),--image $(f))
+	@echo "demo: deconv reconstructions of layer 4 (one labelled grid per image) are in out/demo/"
 
 test: install
 	$(VENV)/bin/pytest -q
@@ -46,4 +50,4 @@ train: install
 	$(VENV)/bin/zfclient convert torch zfnet-cifar10 --weights models/zfnet-cifar10.pt -o $(MODEL)
 
 clean:
-	rm -rf $(VENV) out zfnet/v1/*_pb2*.py* $(CAFFE_STUBS)
+	rm -rf $(VENV) out zfnet/v1 $(CAFFE_STUBS)

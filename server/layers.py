@@ -103,6 +103,7 @@ def receptive_field(model: onnx.ModelProto, layer: str, location: tuple[int, ...
     ``layer`` at spatial ``location`` (empty for fully connected layers: the whole image)."""
     graph = model.graph
     shapes = {v.name: tensor_shape(v) for v in list(graph.input) + list(graph.output) + list(graph.value_info)}
+    shapes.update({i.name: list(i.dims) for i in graph.initializer})  # Conv filters: kernel_shape is optional
     constants = _constants(graph)
     image = next(v.name for v in graph.input if v.name not in constants)
     height, width = shapes[image][2], shapes[image][3]

@@ -661,7 +661,15 @@ def test_op_without_backward_rule_is_invalid_argument(conn: Conn, tmp_path: Path
     images = [pb.Image(rgb=to_proto(rgb_of(sample_images[0])))]  # 32x32, resized to 8x8
     below = conn.stub.Deconv(pb.DeconvRequest(model=ref, images=images, layer=pb.LayerRef(number=1), channels=pb.ChannelSelection(top_k=2)), timeout=TIMEOUT)
     assert len(below.images[0].reconstructions) == 2
-    assert from_proto(below.images[0].reconstructions[0].pixels).shape == (3, 8, 8)
+    for r in below.images[0].reconstructions:
+        pixels = from_proto(r.pixels)
+        assert pixels.shape == (3, 8, 8)
+        box = r.receptive_field  # one 3x3 convolution with padding 1: at most 3x3 pixels
+        assert 0 < box.bottom - box.top <= 3 and 0 < box.right - box.left <= 3
+        assert box.top <= r.location[0] < box.bottom and box.left <= r.location[1] < box.right
+        outside = pixels.copy()
+        outside[:, box.top : box.bottom, box.left : box.right] = 0
+        assert np.abs(outside).max() == 0
     for method in (pb.DECONVNET, pb.BACKPROP):
         request = pb.DeconvRequest(model=ref, images=images, layer=pb.LayerRef(number=2), method=method)
         expect_error(conn.stub.Deconv, request, Code.INVALID_ARGUMENT, "Erf")

@@ -75,7 +75,7 @@ def break_truncated(f):
 
 def break_syntax(f):
     f["net"].write_text(NET.replace("kernel_size: 3", "kernel_size: 3 stride 2", 1))
-    return f["h5"], {}, (InvalidArgument, r"net\.prototxt:3:\d+: .*Expected")
+    return f["h5"], {}, (InvalidArgument, r'net\.prototxt:4:\d+: .*Expected ":"')
 
 
 def break_shapes(f):
@@ -148,7 +148,7 @@ def test_save_is_atomic(files, monkeypatch):
 
 def test_errors_are_zfnet_errors_with_the_file_name(files):
     files["net"].write_text("layer {")
-    with pytest.raises(ZfnetError, match=r"net\.prototxt:1:8"):
+    with pytest.raises(ZfnetError, match=r'net\.prototxt:1:7: Expected "}"'):
         convert(files["net"], files["h5"])
 
 
