@@ -82,3 +82,21 @@ def write_deconv(result: DeconvResult, images: list[np.ndarray], names: list[str
         title = f"{name} | layer {result.layer} | {result.method}, {result.mode} | input patch and reconstruction per channel"
         written.append(deconv_grid(image, title, items, out / f"{name}_{result.layer}_{result.method}_grid.png"))
     return written
+
+
+def feature_map_tiles(activation: np.ndarray, title: str, path: Path, columns: int = 16) -> Path:
+    """A layer's feature maps for one image, (C, H, W), as a labelled grid; each map scaled to its own range."""
+    channels = activation.shape[0]
+    rows = -(-channels // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(columns * 0.75, rows * 0.8 + 0.5), dpi=110, squeeze=False)
+    for k, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if k < channels:
+            fmap = activation[k]
+            ax.imshow(fmap, cmap="viridis", vmin=float(fmap.min()), vmax=float(fmap.max()) or 1.0, interpolation="nearest")
+            ax.set_title(str(k), fontsize=6, pad=1)
+    fig.suptitle(title, fontsize=9)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, bbox_inches="tight")
+    plt.close(fig)
+    return path

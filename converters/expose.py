@@ -94,6 +94,10 @@ def expose(model: onnx.ModelProto) -> onnx.ModelProto:
     graph = model.graph
     types = {v.name: v for v in list(inferred.graph.value_info) + list(inferred.graph.output) + list(inferred.graph.input)}
     outputs = {o.name for o in graph.output}
+    for output in graph.output:  # a declared output may lack the shape that inference found
+        info = types.get(output.name)
+        if info is not None and info.type.tensor_type.HasField("shape"):
+            output.type.CopyFrom(info.type)
     for node in graph.node:
         if node.op_type in NON_ACTIVATION_OPS:
             continue

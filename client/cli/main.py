@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from zfnet.client.cli import convert_torch, deconv, evaluate, layers, predict, train
+from zfnet.client.cli import activations, convert_torch, deconv, evaluate, layers, predict, train
 from zfnet.client.cli.common import edge
 from zfnet.server import app as server_app
 
@@ -17,6 +17,7 @@ app.add_typer(convert_app, name="convert")
 
 app.command("deconv")(edge(deconv.command))
 app.command("predict")(edge(predict.command))
+app.command("activations")(edge(activations.command))
 app.command("layers")(edge(layers.command))
 app.command("evaluate")(edge(evaluate.command))
 app.command("train")(edge(train.command))

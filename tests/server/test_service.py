@@ -510,7 +510,7 @@ def test_deconv_backprop_rows_do_not_mix(conn: Conn, sample_images) -> None:
     alone = deconv(conn, encoded(images[1:2]), layer, channels=[17], method=pb.BACKPROP).images[0].reconstructions[0]
     among = deconv(conn, encoded(images), layer, channels=[3, 17, 40], method=pb.BACKPROP)
     with_others = [r for r in among.images[1].reconstructions if r.channel == 17][0]
-    np.testing.assert_allclose(from_proto(with_others.pixels), from_proto(alone.pixels), atol=1e-6)
+    np.testing.assert_allclose(from_proto(with_others.pixels), from_proto(alone.pixels), atol=1e-6, rtol=1e-5)
     assert with_others.activation == alone.activation and list(with_others.location) == list(alone.location)
     # 3 images x 30 channels = 90 rows: more than one chunk
     batched = deconv(conn, encoded(images), layer, top_k=30, method=pb.BACKPROP)
@@ -519,7 +519,7 @@ def test_deconv_backprop_rows_do_not_mix(conn: Conn, sample_images) -> None:
         rows = batched.images[i].reconstructions
         assert [r.channel for r in rows] == [r.channel for r in single]
         for a, b in zip(rows, single):
-            np.testing.assert_allclose(from_proto(a.pixels), from_proto(b.pixels), atol=1e-6, err_msg=f"image {i} channel {a.channel}")
+            np.testing.assert_allclose(from_proto(a.pixels), from_proto(b.pixels), atol=1e-6, rtol=1e-5, err_msg=f"image {i} channel {a.channel}")
 
 
 def test_deconv_python_client_matches_raw_stub(conn: Conn, sample_images) -> None:
@@ -723,5 +723,11 @@ def test_concurrent_deconv_requests_agree(conn: Conn, sample_images) -> None:
     assert not any(t.is_alive() for t in threads), "deconv requests hung"
     assert not errors, errors[0]
     assert len(replies) == 24
+    # identical requests, identical answers (within float tolerance: GPU kernels may reorder sums)
     for reply in replies:
-        assert reply == expected
+        assert reply.layer == expected.layer
+        for got, want in zip(reply.images, expected.images, strict=True):
+            assert [(r.channel, list(r.location)) for r in got.reconstructions] == [(r.channel, list(r.location)) for r in want.reconstructions]
+            for a, b in zip(got.reconstructions, want.reconstructions):
+                assert a.activation == pytest.approx(b.activation, rel=1e-5, abs=1e-6)
+                np.testing.assert_allclose(from_proto(a.pixels), from_proto(b.pixels), atol=1e-6, rtol=1e-5)
