@@ -17,7 +17,7 @@ import re
 from collections import defaultdict
 
 import onnx
-from onnx import TensorProto
+from onnx import TensorProto, helper
 
 from zfnet.converters.graph import get_metadata, set_metadata, set_versions
 from zfnet.errors import InvalidArgument
@@ -80,6 +80,64 @@ def _add_switches(graph: onnx.GraphProto) -> None:
             node.output.append(node.output[0] + SWITCHES_SUFFIX)
 
 
+def _onnxruntime_pool_size(node: onnx.NodeProto, in_spatial: list) -> tuple[list[int], bool] | None:
+    """For a ceil-mode pool with explicit pads: onnxruntime's output size, and whether it is below
+    ONNX's (the last window would start in the end padding; onnxruntime, like PyTorch, drops it);
+    None if the node is not such a pool or a size is unknown."""
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    if attrs.get("ceil_mode", 0) != 1 or attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+        return None
+    rank = len(attrs["kernel_shape"])
+    if len(in_spatial) != rank or not all(isinstance(d, int) and d > 0 for d in in_spatial):
+        return None
+    pads = list(attrs.get("pads", [0] * 2 * rank))
+    strides, dilations = attrs.get("strides", [1] * rank), attrs.get("dilations", [1] * rank)
+    sizes, dropped = [], False
+    for size, k, s, d, begin, end in zip(in_spatial, attrs["kernel_shape"], strides, dilations, pads[:rank], pads[rank:]):
+        out = -(-(size + begin + end - (k - 1) * d - 1) // s) + 1
+        if (out - 1) * s >= size + begin:
+            out, dropped = out - 1, True
+        sizes.append(out)
+    return sizes, dropped
+
+
+def _infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """ONNX shape inference with onnxruntime's ceil-mode pooling sizes.
+
+    Before opset 22, ONNX infers a ceil-mode MaxPool/AveragePool output one larger than onnxruntime
+    computes when the last window would start in the end padding (2x2/2 with pad 1 on 7 pixels: 5
+    against 4). So inference runs on a copy where each ceil-mode pool is replaced, for its shape only,
+    by a floor-mode pool of onnxruntime's size (same begin pads and strides, no end pads, the kernel
+    that fits), upstream first, inferring again after each size that changes.
+    """
+    surrogate = onnx.ModelProto.FromString(model.SerializeToString())
+    done: set[int] = set()
+    while True:
+        inferred = onnx.shape_inference.infer_shapes(surrogate, strict_mode=True, data_prop=True)
+        infos = list(inferred.graph.value_info) + list(inferred.graph.output) + list(inferred.graph.input)
+        shapes = {v.name: tensor_shape(v) for v in infos}
+        for i, node in enumerate(surrogate.graph.node):
+            if node.op_type not in ("MaxPool", "AveragePool") or i in done:
+                continue
+            done.add(i)
+            in_spatial = shapes.get(node.input[0], [])[2:]
+            size = _onnxruntime_pool_size(node, in_spatial)
+            if size is None:
+                continue
+            attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+            rank = len(in_spatial)
+            begins, strides = list(attrs.get("pads", [0] * 2 * rank))[:rank], attrs.get("strides", [1] * rank)
+            kernel = [n + b - (o - 1) * s for n, b, o, s in zip(in_spatial, begins, size[0], strides)]
+            del node.attribute[:]
+            node.attribute.extend(
+                helper.make_attribute(k, v) for k, v in {"kernel_shape": kernel, "strides": strides, "pads": begins + [0] * rank}.items()
+            )
+            if size[1]:
+                break  # downstream shapes are stale
+        else:
+            return inferred
+
+
 def expose(model: onnx.ModelProto) -> onnx.ModelProto:
     """Return a copy of ``model`` with layer-named intermediates and switches as graph outputs."""
     model = onnx.ModelProto.FromString(model.SerializeToString())
@@ -88,7 +146,7 @@ def expose(model: onnx.ModelProto) -> onnx.ModelProto:
         _rename(model, _layer_names(model.graph))
         _add_switches(model.graph)
     try:
-        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
+        inferred = _infer_shapes(model)
     except onnx.shape_inference.InferenceError as err:
         raise InvalidArgument(f"ONNX shape inference failed on this model: {err}") from None
     graph = model.graph

@@ -84,10 +84,11 @@ def select(activation: np.ndarray, chosen: list[list[int]], mode: str) -> Select
 def reconstruct(model: LoadedModel, batch: np.ndarray, layer: str, channels: list[int] | None, top_k: int, mode: str, method: str) -> list[Reconstruction]:
     """Forward once, select, project in chunks; one Reconstruction per (image, channel)."""
     proj, proj_session = model.projection(layer, method)
-    outputs = model.session.run([layer, *proj.forward_tensors], {model.input_name: batch})
-    activation, forward = outputs[0], dict(zip(proj.forward_tensors, outputs[1:]))
+    computed = [name for name in proj.forward_tensors if name != model.input_name]  # the input is fed, not computed
+    outputs = model.session.run([layer, *computed], {model.input_name: batch})
+    activation, forward = outputs[0], {model.input_name: batch, **dict(zip(computed, outputs[1:]))}
     selection = select(activation, choose_channels(activation, channels, top_k), mode)
-    feeds = {projection.FORWARD_PREFIX + name: value for name, value in forward.items()}
+    feeds = {projection.FORWARD_PREFIX + name: forward[name] for name in proj.forward_tensors}
     pixels = []
     for start in range(0, len(selection.channel), CHUNK_ROWS):
         part = slice(start, start + CHUNK_ROWS)

@@ -37,7 +37,7 @@ class Projection:
     model: onnx.ModelProto
     layer: str
     method: str
-    forward_tensors: list[str]  # names in the forward model; fed as ``fwd/<name>``
+    forward_tensors: list[str]  # names in the forward model, its image input included; fed as ``fwd/<name>``
 
 
 class Builder:

@@ -9,7 +9,6 @@ import typer
 
 from zfnet.client.cli.common import parse_numbers
 from zfnet.converters.graph import Preprocessing
-from zfnet.converters.pytorch import export
 from zfnet.errors import InvalidArgument
 
 
@@ -24,6 +23,8 @@ def command(
     classes: str | None = typer.Option(None, "--classes", help="Class names in output order, comma-separated."),
 ) -> None:
     """Export to ONNX; intermediates are named after their modules and are all graph outputs."""
+    from zfnet.converters.pytorch import export  # torch loads only for the commands that need it
+
     size = parse_numbers(input_size, "--input-size")
     if len(size) != 2:
         raise InvalidArgument(f"--input-size must be H,W, got {input_size!r}")

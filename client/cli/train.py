@@ -6,7 +6,6 @@ from pathlib import Path
 
 import typer
 
-from zfnet.converters.pytorch.train import TrainConfig, train
 from zfnet.errors import NotFound
 
 
@@ -20,6 +19,8 @@ def command(
     seed: int = typer.Option(0, "--seed", help="Random seed (weights, order, augmentation)."),
 ) -> None:
     """Train, printing test accuracy per epoch; then `zfclient convert torch` exports it."""
+    from zfnet.converters.pytorch.train import TrainConfig, train  # torch loads only here
+
     for split in ("train", "test"):
         if not (data / split).is_dir():
             raise NotFound(f"{data / split} does not exist; --data must hold train/ and test/")

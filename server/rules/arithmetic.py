@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
 
 from zfnet.server.rules.registry import backward_rule
 
@@ -53,6 +54,11 @@ def div(b, node, signals):
 
 @backward_rule("Pow")
 def pow_(b, node, signals):
-    base, exponent = (b.forward(name) for name in node.input)
-    slope = b.op("Mul", [exponent, b.op("Pow", [base, b.op("Sub", [exponent, b.const(1.0)])])])
-    return [_unbroadcast(b, b.op("Mul", [signals[0], slope]), node, 0), None]
+    """d(x^e)/dx = e x^(e-1); d(x^e)/de = x^e ln x (the exponent may be an integer constant)."""
+    g, (base, exponent) = signals[0], node.input
+
+    def d_base():
+        e = b.op("Cast", [b.forward(exponent)], to=onnx.TensorProto.FLOAT)
+        return b.op("Mul", [g, b.op("Mul", [e, b.op("Pow", [b.forward(base), b.op("Sub", [e, b.const(1.0)])])])])
+
+    return _each(b, node, [d_base, lambda: b.op("Mul", [g, b.op("Mul", [b.forward(node.output[0]), b.op("Log", [b.forward(base)])])])])

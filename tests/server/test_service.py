@@ -273,7 +273,7 @@ def test_upload_shorter_than_header_size_is_invalid_argument(conn: Conn, tmp_pat
     expect_error(conn.stub.UploadModel, upload_parts(data, hashlib.sha256(data).hexdigest(), size=len(data) + 10), Code.INVALID_ARGUMENT, str(len(data)))
 
 
-def test_upload_over_max_model_mb_is_resource_exhausted(reference_onnx: Path, sample_images) -> None:
+def test_upload_over_max_model_mb_is_resource_exhausted(reference_onnx: Path, tmp_path: Path) -> None:
     data = reference_onnx.read_bytes()
     assert len(data) > 1 << 20
     srv, port, _ = create_server("127.0.0.1:0", max_model_mb=1)
@@ -285,18 +285,11 @@ def test_upload_over_max_model_mb_is_resource_exhausted(reference_onnx: Path, sa
             # a header that understates the size does not get around the limit
             expect_error(stub.UploadModel, upload_parts(data, sha, "big", size=10), Code.RESOURCE_EXHAUSTED)
             assert not stub.HasModel(pb.ModelRef(sha256=sha), timeout=TIMEOUT).present
-            small = erf_model_bytes()
+            small = erf_model(tmp_path / "erf.onnx").read_bytes()  # under the limit: accepted
             info = stub.UploadModel(upload_parts(small, hashlib.sha256(small).hexdigest(), "small"), timeout=TIMEOUT)
             assert info.input_shape == [-1, 3, 8, 8]
     finally:
         srv.stop(grace=None)
-
-
-def erf_model_bytes() -> bytes:
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as folder:
-        return erf_model(Path(folder) / "erf.onnx").read_bytes()
 
 
 # ---- model info --------------------------------------------------------------------------
