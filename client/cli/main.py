@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from zfnet.client.cli import activations, convert_torch, deconv, evaluate, layers, predict, train
+from zfnet.client.cli import activations, convert_caffe, convert_torch, deconv, evaluate, layers, mean, predict, train
 from zfnet.client.cli.common import edge
 from zfnet.server import app as server_app
 
@@ -23,6 +23,8 @@ app.command("evaluate")(edge(evaluate.command))
 app.command("train")(edge(train.command))
 app.command("serve")(edge(server_app.command))
 convert_app.command("torch")(edge(convert_torch.command))
+convert_app.command("caffe")(edge(convert_caffe.command))
+app.command("mean")(edge(mean.command))
 
 
 def main() -> None:

@@ -16,7 +16,7 @@ from zfnet.converters.caffe import netdef, preprocess, weights as weights_io
 from zfnet.converters.caffe.netdef import Layer, NetDef
 from zfnet.converters.caffe.registry import Blobs, Builder, Entry, Value, lookup, supported_types
 from zfnet.converters.graph import OPSET, SOURCE_KEY, float_tensor_info, prepend_preprocessing, set_classes, set_metadata, set_versions
-from zfnet.errors import InvalidArgument, NotFound, ResourceExhausted, ZfnetError
+from zfnet.errors import InvalidArgument, ResourceExhausted, ZfnetError
 
 INPUT = "data"
 MAX_AXIS = 1 << 20  # larger axes mean a wrong net definition, and would make conversion allocate too much
@@ -157,15 +157,15 @@ def _checked(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def save(model: onnx.ModelProto, path: str | Path) -> None:
-    """Write ``model`` to ``path`` atomically: a temporary file in the same folder, then a rename."""
+    """Write ``model`` to ``path`` atomically (a temporary file in the same folder, then a rename),
+    creating the folder if needed."""
     path = Path(path)
-    if not path.parent.is_dir():
-        raise NotFound(f"output folder {path.parent} does not exist")
     try:
         data = model.SerializeToString()
     except ValueError as err:
         raise ResourceExhausted(f"the model is too large for one ONNX file ({err})") from None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as err:
         raise InvalidArgument(f"cannot write to {path.parent}: {err.strerror}") from None

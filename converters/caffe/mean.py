@@ -51,7 +51,7 @@ def compute_mean(data_dir: str | Path, channel_order: str = "rgb", workers: int 
 
 
 def write_binaryproto(array: np.ndarray, path: str | Path) -> None:
-    """Write a (C, H, W) mean as a Caffe ``BlobProto`` with the legacy shape 1 x C x H x W."""
+    """Write a (C, H, W) mean as a Caffe ``BlobProto`` with the legacy shape 1 x C x H x W (creating the folder)."""
     array = np.asarray(array, dtype=np.float32)
     if array.ndim != 3:
         raise InvalidArgument(f"a mean is (C, H, W); got shape {array.shape}")
@@ -59,9 +59,11 @@ def write_binaryproto(array: np.ndarray, path: str | Path) -> None:
     blob = caffe_pb2.BlobProto(num=1, channels=channels, height=height, width=width)
     blob.data.extend(array.ravel().tolist())
     path = Path(path)
-    if not path.parent.is_dir():
-        raise NotFound(f"folder {path.parent} does not exist")
-    path.write_bytes(blob.SerializeToString())
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(blob.SerializeToString())
+    except OSError as err:
+        raise InvalidArgument(f"cannot write {path}: {err.strerror}") from None
 
 
 def read_binaryproto(path: str | Path) -> np.ndarray:

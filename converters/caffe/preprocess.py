@@ -26,10 +26,10 @@ def resolve(
     """The preprocessing, the per-pixel mean (cropped to the input) if any, and the input (C, H, W).
 
     Caffe computes ``(x - mean) * scale`` in the network's channel order; mean files and mean values
-    are in that order too. The channel order defaults to bgr (Caffe's ImageNet convention).
+    are in that order too. The channel order defaults to bgr (Caffe's ImageNet convention) for
+    3-channel inputs, and is rgb (no reordering) for others.
     """
-    order = channel_order or "bgr"
-    if order not in CHANNEL_ORDERS:
+    if channel_order not in (None, *CHANNEL_ORDERS):
         raise InvalidArgument(f"channel order {channel_order!r}: use rgb or bgr")
     if mean_file is not None and mean_value:
         raise InvalidArgument("give a mean file or mean values, not both")
@@ -67,6 +67,7 @@ def resolve(
         raise InvalidArgument(f"{net.path}: input shape {channels}x{height}x{width} has an empty axis")
     if len(mean_value) not in (0, 1, channels):
         raise InvalidArgument(f"{len(mean_value)} mean values for {channels} channels; give 1 or {channels}")
+    order = channel_order or ("bgr" if channels == 3 else "rgb")
     if order == "bgr" and channels != 3:
         raise InvalidArgument(f"channel order bgr needs 3 channels; the input has {channels}")
     preprocessing = Preprocessing(

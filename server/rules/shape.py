@@ -45,8 +45,9 @@ def split(b, node, signals):
 def gather(b, node, signals):
     """Channel reordering (RGB <-> BGR): undone by the inverse permutation."""
     indices = b.constant_value(node.input[1])
-    axis = attribute(node, "axis", 0)
-    size = b.shape(node.input[0])[axis]
+    shape = b.shape(node.input[0])
+    axis = attribute(node, "axis", 0) % len(shape)
+    size = shape[axis]
     if indices is None or axis == 0 or sorted(indices.ravel().tolist()) != list(range(size)):
         raise InvalidArgument(f"Gather {node.output[0]!r}: only a constant permutation along a non-batch axis is supported")
     inverse = np.argsort(indices.ravel()).astype(np.int64)
@@ -55,16 +56,16 @@ def gather(b, node, signals):
 
 @backward_rule("Pad")
 def pad(b, node, signals):
+    """Constant padding is undone by the opposite padding: what was added is cut, what was cut (negative pads) is zero."""
     mode = attribute(node, "mode", b"constant")
     pads = b.constant_value(node.input[1]) if len(node.input) > 1 else None
-    if mode not in (b"constant", "constant") or pads is None or (len(node.input) > 3 and node.input[3]):
-        raise InvalidArgument(f"Pad {node.output[0]!r}: only constant-mode padding with constant pads on all axes is supported")
-    rank = len(pads) // 2
-    if pads[0] or pads[rank]:
+    has_axes = len(node.input) > 3 and bool(node.input[3])
+    axes = b.constant_value(node.input[3]) if has_axes else None
+    if mode not in (b"constant", "constant") or pads is None or (has_axes and axes is None):
+        raise InvalidArgument(f"Pad {node.output[0]!r}: only constant-mode padding with constant pads (and axes) is supported")
+    rank = len(b.shape(node.input[0]))
+    axes = [int(a) % rank for a in axes] if has_axes else list(range(rank))
+    if any(axis == 0 and (pads[i] or pads[i + len(axes)]) for i, axis in enumerate(axes)):
         raise InvalidArgument(f"Pad {node.output[0]!r}: padding the batch axis is not supported")
-    out_shape = b.shape(node.output[0])
-    axes = list(range(1, rank))
-    starts = [int(pads[i]) for i in axes]
-    ends = [out_shape[i] - int(pads[rank + i]) for i in axes]
-    sliced = b.op("Slice", [signals[0], b.const(starts, np.int64), b.const(ends, np.int64), b.const(axes, np.int64)])
-    return [sliced] + [None] * (len(node.input) - 1)
+    extra = ["", b.const(axes, np.int64)] if has_axes else []
+    return [b.op("Pad", [signals[0], b.const(-pads.astype(np.int64), np.int64), *extra])] + [None] * (len(node.input) - 1)

@@ -137,8 +137,8 @@ def test_bad_input_one_clear_error_and_nothing_written(files, breaker):
 
 def test_save_is_atomic(files, monkeypatch):
     model = convert(files["net"], files["caffemodel"])
-    with pytest.raises(NotFound, match="output folder"):
-        save(model, files["dir"] / "nowhere" / "m.onnx")
+    save(model, files["dir"] / "new" / "folder" / "m.onnx")
+    assert [p.name for p in (files["dir"] / "new" / "folder").iterdir()] == ["m.onnx"]
     files["out"].parent.mkdir()
     monkeypatch.setattr("os.replace", lambda *a: (_ for _ in ()).throw(OSError(28, "No space left on device")))
     with pytest.raises(InvalidArgument, match="No space left"):

@@ -114,3 +114,13 @@ def test_classes_are_recorded(tmp_path, rng):
     assert get_metadata(convert(net, weights), CLASSES_KEY) is None
     with pytest.raises(InvalidArgument, match="3 class names for output 'ip' with 2 channels"):
         convert(net, weights, classes=["a", "b", "c"])
+
+
+def test_channel_order_defaults_to_bgr_for_three_channels_only(tmp_path):
+    weights = write_weights(tmp_path, {"unused": [np.zeros(1)]})["h5"]
+    for channels, order in ((3, "bgr"), (1, "rgb")):
+        net = tmp_path / f"net{channels}.prototxt"
+        net.write_text(deploy((1, channels, 2, 2), IDENTITY))
+        assert Preprocessing.from_json(get_metadata(convert(net, weights), PREPROCESSING_KEY)).channel_order == order
+    with pytest.raises(InvalidArgument, match="channel order bgr needs 3 channels; the input has 1"):
+        convert(tmp_path / "net1.prototxt", weights, channel_order="bgr")

@@ -293,11 +293,16 @@ def test_conv_transpose(name):
 
 
 # -- pooling ---------------------------------------------------------------------------------------
-def pool_case(op: str, k=3, stride=2, pads=None, size=(8, 8), ceil_mode=0, channels=2, dilation=None, count_include_pad=None, before=None) -> Case:
+def pool_case(op: str, k=3, stride=2, pads=None, size=(8, 8), ceil_mode=0, channels=2, dilation=None, count_include_pad=None, before=None,
+              auto_pad=None) -> Case:
     """MaxPool / AveragePool on ``x`` (or on Relu(x) when ``before`` == "Relu")."""
     rank = len(size)
     pads = pads if pads is not None else [0] * 2 * rank
     attrs = dict(kernel_shape=[k] * rank, strides=[stride] * rank, pads=pads, ceil_mode=ceil_mode)
+    if auto_pad:
+        del attrs["pads"]
+        attrs["auto_pad"] = auto_pad
+        pads = same_pads(size, [k] * rank, [stride] * rank, [dilation or 1] * rank, auto_pad == "SAME_UPPER")
     if dilation:
         attrs["dilations"] = [dilation] * rank
     if count_include_pad is not None:
@@ -317,7 +322,7 @@ def pool_case(op: str, k=3, stride=2, pads=None, size=(8, 8), ceil_mode=0, chann
                 x = F.pad(x, torch_pads(pads), value=-math.inf)
             return pool(x, k, stride, pads[:rank] if symmetric else 0, dilation or 1, bool(ceil_mode))
 
-    elif symmetric and pads[0] * 2 <= k:  # torch: pad at most half the kernel
+    elif symmetric and pads[0] * 2 <= k and not auto_pad:  # torch: pad at most half the kernel
         pool = {1: F.avg_pool1d, 2: F.avg_pool2d}[rank]
 
         def ref(x, relu):
@@ -342,6 +347,8 @@ MAX_POOL_CASES = {
     "3x3s2-asymmetric-pads": dict(pads=[0, 1, 1, 0], size=(8, 7)),
     "3x3s2-dilation2": dict(dilation=2, pads=[1, 1, 1, 1], size=(9, 10)),
     "1d-3s2-p1": dict(pads=[1, 1], size=(9,)),
+    "same-upper": dict(k=3, stride=2, size=(8, 7), auto_pad="SAME_UPPER"),
+    "same-lower-k2": dict(k=2, stride=2, size=(7, 7), auto_pad="SAME_LOWER"),
     "after-relu": dict(pads=[1, 1, 1, 1], before="Relu"),  # ties among the zeros
 }
 
@@ -393,6 +400,23 @@ def test_max_pool_ties_after_relu_all_methods():
     assert_close(corners, np.maximum(g[:, 0], 0).astype(np.float64), "deconvnet on the tied channel")
 
 
+def test_global_max_pool_ties_pick_the_first_like_torch():
+    """A channel of zeros after a ReLU: every method sends the signal to its first position (deconvnet
+    rectified, the others masked to zero by the ReLU)."""
+    model = make_model([node("Relu", ["x"], "r"), node("GlobalMaxPool", ["r"])], (2, 3, 4))
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((N_IMAGES, 2, 3, 4)).astype(np.float32)
+    x[:, 1] = -1.0
+    projector = Projector(model)
+    g = rng.standard_normal((len(IMAGE_INDEX), 2, 1, 1)).astype(np.float32)
+    for method in METHODS:
+        rec = projector.project(method, x, g, IMAGE_INDEX)
+        expected = torch_vjp(lambda t, relu: F.adaptive_max_pool2d(relu(t), 1), x[IMAGE_INDEX], g, RELU[method])[1]
+        assert_close(rec, expected, method)
+        if method == "deconvnet":
+            assert_close(rec[:, 1, 0, 0], np.maximum(g[:, 1, 0, 0], 0).astype(np.float64), "first position")
+
+
 def test_max_pool_overlapping_windows_add():
     """One dominant pixel chosen by all nine 3x3/1 windows around it receives the sum of their signals."""
     model = make_model([node("MaxPool", ["x"], kernel_shape=[3, 3], strides=[1, 1], pads=[1, 1, 1, 1])], (1, 5, 5))
@@ -415,6 +439,8 @@ AVERAGE_POOL_CASES = {
         "3x3s3-p1": dict(k=3, stride=3, pads=[1, 1, 1, 1], size=(8, 8)),  # ceil: likewise
         "asymmetric-pads": dict(pads=[0, 1, 2, 0], size=(7, 8)),  # no torch equivalent: onnxruntime's Jacobian
         "1d-3s2-p1": dict(pads=[1, 1], size=(8,)),
+        "same-upper": dict(k=3, stride=2, size=(8, 7), auto_pad="SAME_UPPER"),  # onnxruntime's Jacobian only
+        "same-lower": dict(k=2, stride=2, size=(7, 7), auto_pad="SAME_LOWER"),
     }.items()
     for cip in (0, 1)
     for ceil in (0, 1)
@@ -526,7 +552,8 @@ def test_batch_norm(shape):
 
 @pytest.mark.parametrize("size, alpha, beta, bias", [(3, 0.5, 0.75, 2.0), (5, 1e-2, 0.75, 1.0), (5, 2.0, 0.5, 1.5), (3, 1e-4, 0.75, 1.0)])
 def test_lrn(size, alpha, beta, bias):
-    """torch's local_response_norm divides alpha by size, like ONNX (checked by the forward comparison)."""
+    """torch's local_response_norm divides alpha by size, like ONNX (checked by the forward comparison).
+    Odd sizes only: onnxruntime refuses an even one (where torch's window would differ from ONNX's)."""
     model = make_model([node("LRN", ["x"], size=size, alpha=alpha, beta=beta, bias=bias)], (7, 3, 4))
 
     def ref(x, relu):
@@ -620,9 +647,14 @@ SHAPE_CASES = {
     "Split-three-use-two": ((2, 6, 2), [helper.make_node("Split", ["x"], ["a", "b", "c"], axis=2, num_outputs=3), node("Mul", ["a", "c"])], {},
                             lambda x, relu: x[:, :, :2] * x[:, :, 4:]),
     "Gather-channels": ((3, 4, 5), [node("Gather", ["x", "i"], axis=1)], {"i": _i64([2, 1, 0])}, lambda x, relu: x[:, [2, 1, 0]]),
+    "Gather-negative-axis": ((3, 4, 5), [node("Gather", ["x", "i"], axis=-3)], {"i": _i64([2, 0, 1])}, lambda x, relu: x[:, [2, 0, 1]]),
     "Gather-cycle": ((3, 4, 5), [node("Gather", ["x", "i"], axis=1)], {"i": _i64([1, 2, 0])}, lambda x, relu: x[:, [1, 2, 0]]),
     "Pad": ((2, 3, 4), [node("Pad", ["x", "p", "v"])], {"p": _i64([0, 0, 1, 2, 0, 1, 0, 3]), "v": np.array(0.5, np.float32)},
             lambda x, relu: F.pad(x, (2, 3, 1, 0, 0, 1), value=0.5)),
+    "Pad-negative": ((2, 5, 6), [node("Pad", ["x", "p"])], {"p": _i64([0, 0, -1, 2, 0, 1, 1, -2])},
+                     lambda x, relu: F.pad(x, (2, -2, -1, 1, 0, 1))),
+    "Pad-axes": ((2, 3, 4), [node("Pad", ["x", "p", "", "a"])], {"p": _i64([1, 0, 2, 1]), "a": _i64([-1, 2])},
+                 lambda x, relu: F.pad(x, (1, 2, 0, 1))),
     "Pad-zero": ((2, 3, 4), [node("Pad", ["x", "p"])], {"p": _i64([0, 0, 1, 1, 0, 0, 1, 1])}, lambda x, relu: F.pad(x, (1, 1, 1, 1))),
     "Identity": ((2, 3, 4), [node("Identity", ["x"])], {}, lambda x, relu: x),
     "Dropout": ((2, 3, 4), [helper.make_node("Dropout", ["x"], ["y", "mask"])], {}, lambda x, relu: x),
