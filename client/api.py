@@ -115,7 +115,8 @@ class Client:
             raise self._error(err) from None
 
     def _error(self, err: grpc.RpcError) -> errors.ZfnetError:
-        code, details = err.code(), err.details() or str(code)
+        code = err.code()
+        details = err.details() or str(code)
         if code == grpc.StatusCode.UNAVAILABLE:
             return errors.Unavailable(f"cannot reach the zfnet server at {self.target}: {details}")
         return _CODES.get(code, errors.ZfnetError)(details)

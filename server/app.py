@@ -11,6 +11,7 @@ import typer
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from zfnet.edge import edge
 from zfnet.server import runtime
 from zfnet.server.engine import Engine
 from zfnet.server.models import ModelStore
@@ -69,4 +70,4 @@ def command(
 
 def main() -> None:
     """Entry point of ``zfserver``."""
-    typer.run(command)
+    typer.run(edge(command))

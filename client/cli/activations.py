@@ -8,7 +8,8 @@ import numpy as np
 import typer
 
 from zfnet.client import render
-from zfnet.client.cli.common import ServerOption, connect
+from zfnet.client.api import Client
+from zfnet.client.cli.common import ServerOption
 
 
 def command(
@@ -19,7 +20,7 @@ def command(
     server: str | None = ServerOption,
 ) -> None:
     """Save activations (N, ...) per layer in one .npz, and a grid of feature maps per image and layer."""
-    with connect(server) as client:
+    with Client(server) as client:
         values = client.activations(model, image, layer)
     out.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(out / "activations.npz", **values, images=np.asarray([str(p) for p in image]))

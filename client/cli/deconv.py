@@ -9,7 +9,8 @@ from rich.console import Console
 
 from zfnet import imagefolder
 from zfnet.client import render
-from zfnet.client.cli.common import ServerOption, connect, parse_numbers
+from zfnet.client.api import Client
+from zfnet.client.cli.common import ServerOption, parse_numbers
 from zfnet.errors import InvalidArgument
 
 
@@ -30,7 +31,7 @@ def command(
     if not chosen and top <= 0:
         raise InvalidArgument("--top must be positive")
     console = Console(stderr=True)
-    with connect(server) as client, console.status(f"deconv {method} of layer {layer} on {len(image)} image(s)"):
+    with Client(server) as client, console.status(f"deconv {method} of layer {layer} on {len(image)} image(s)"):
         info = client.model_info(model)
         result = client.deconv(model, image, layer, chosen or None, top, mode, method)
     size = tuple(info.input_shape[2:4])

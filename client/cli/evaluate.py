@@ -12,7 +12,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from zfnet import imagefolder
-from zfnet.client.cli.common import ServerOption, connect
+from zfnet.client.api import Client
+from zfnet.client.cli.common import ServerOption
 from zfnet.errors import InvalidArgument
 
 
@@ -26,7 +27,7 @@ def command(
 ) -> None:
     """Top-1 accuracy overall and per class."""
     console = Console(stderr=True)
-    with connect(server) as client:
+    with Client(server) as client:
         info = client.model_info(model)
         order = [c.strip() for c in classes.split(",")] if classes else list(info.classes)
         if not order:

@@ -6,7 +6,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from zfnet.client.cli.common import ServerOption, connect
+from zfnet.client.api import Client
+from zfnet.client.cli.common import ServerOption
 
 
 def command(
@@ -14,7 +15,7 @@ def command(
     server: str | None = ServerOption,
 ) -> None:
     """Index, tensor name, op, output shape, and which tensor ``--layer N`` selects."""
-    with connect(server) as client:
+    with Client(server) as client:
         info = client.model_info(model)
     table = Table("#", "name", "op", "shape", "--layer", title=f"{info.name}: input {info.input_name} {_shape(info.input_shape)}")
     for row in info.layers:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from zfnet.client.cli import activations, convert_caffe, convert_torch, deconv, evaluate, layers, mean, predict, train
-from zfnet.client.cli.common import edge
+from zfnet.edge import edge
 from zfnet.server import app as server_app
 
 app = typer.Typer(

@@ -8,7 +8,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from zfnet.client.cli.common import ServerOption, connect
+from zfnet.client.api import Client
+from zfnet.client.cli.common import ServerOption
 
 
 def command(
@@ -18,7 +19,7 @@ def command(
     server: str | None = ServerOption,
 ) -> None:
     """Top classes and their probabilities for each image."""
-    with connect(server) as client:
+    with Client(server) as client:
         reply = client.predict(model, image, top)
     table = Table("image", "class", "probability", title=f"predictions of {model}")
     for path, prediction in zip(image, reply.predictions):

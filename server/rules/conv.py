@@ -47,7 +47,7 @@ def conv(b, node, signals):
 
 @backward_rule("ConvTranspose")
 def conv_transpose(b, node, signals):
-    x, weight = node.input[0], node.input[1]
+    weight = node.input[1]
     if b.constant_value(weight) is None:
         raise InvalidArgument(f"ConvTranspose {node.name or node.output[0]!r}: only constant filters are supported")
     if attribute(node, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET") or attribute(node, "output_shape") is not None:

@@ -14,7 +14,7 @@ def gemm(b, node, signals):
     if weight is None or attribute(node, "transA", 0) or not b.needs(node.input[0]):
         raise InvalidArgument(f"Gemm {node.output[0]!r}: only activations times constant weights (transA=0) are supported")
     transposed = weight if attribute(node, "transB", 0) else weight.T  # (B')^T with B' = op(B)
-    back = b.const(transposed)
+    back = b.const(attribute(node, "alpha", 1.0) * transposed)
     return [b.op("MatMul", [signals[0], back])] + [None] * (len(node.input) - 1)
 
 

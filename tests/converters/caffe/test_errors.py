@@ -11,7 +11,7 @@ from caffe_testing import deploy, write_weights
 from typer.testing import CliRunner
 
 from zfnet.client.cli import convert_caffe, mean
-from zfnet.client.cli.common import edge
+from zfnet.edge import edge
 from zfnet.converters.caffe import convert, save
 from zfnet.converters.caffe.registry import register
 from zfnet.errors import InvalidArgument, NotFound, ZfnetError
