@@ -395,7 +395,7 @@ def test_max_pool_ties_after_relu_all_methods():
         rec = projector.project(method, x, g, IMAGE_INDEX)
         expected = torch_vjp(lambda t, relu: F.max_pool2d(relu(t), 2, 2), x[IMAGE_INDEX], g, RELU[method])[1]
         assert_close(rec, expected, method)
-    rec = projector.project("deconvnet", x, g, np.array([0], np.int64)[:1].repeat(3))
+    rec = projector.project("deconvnet", x, g, np.zeros(3, np.int64))  # every row from image 0
     corners = rec[:, 0, ::2, ::2]  # the first element of each 2x2 window
     assert_close(corners, np.maximum(g[:, 0], 0).astype(np.float64), "deconvnet on the tied channel")
 
@@ -429,6 +429,22 @@ def test_max_pool_overlapping_windows_add():
         np.testing.assert_allclose(rec[:, 0, 2, 2], g[:, 0, 1:4, 1:4].sum(axis=(1, 2)), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("op", ["MaxPool", "AveragePool"])
+def test_ceil_mode_shapes_are_onnxruntime_s(op):
+    """ONNX's opset-18 shape inference keeps a ceil-mode window that starts in the end padding; onnxruntime
+    drops it (2x2/2, pad 1, on 7: 4 not 5). The exposed model declares onnxruntime's sizes, downstream too."""
+    w = weights(1, 2, 2, 3, 3)
+    attrs = dict(kernel_shape=[2, 2], strides=[2, 2], pads=[1, 1, 1, 1], ceil_mode=1)
+    nodes = [node(op, ["x"], "p1", **attrs), node(op, ["p1"], "p2", **attrs), node("Conv", ["p2", "w"], pads=[1, 1, 1, 1])]
+    model = make_model(nodes, (2, 13, 7), {"w": w})
+    projector = Projector(model)
+    names = [o.name for o in projector.exposed.graph.output]
+    values = projector.forward(np.zeros((1, 2, 13, 7), np.float32), names)
+    declared = {o.name: expose.tensor_shape(o)[1:] for o in projector.exposed.graph.output}
+    assert {n: list(v.shape[1:]) for n, v in zip(names, values)} == declared
+    assert declared["y"] == [2, 4, 3]  # 13 -> 7 -> 4, 7 -> 4 -> 3 (ONNX's inference: 13 -> 8 -> 5, 7 -> 5 -> 4)
+
+
 AVERAGE_POOL_CASES = {
     f"{geometry}-cip{cip}-ceil{ceil}": dict(**kw, count_include_pad=cip, ceil_mode=ceil)
     for geometry, kw in {
@@ -458,9 +474,11 @@ def test_global_pool(op, size):
     model = make_model([node(op, ["x"])], (3, *size))
     axes = tuple(range(2, 2 + len(size)))
     if op == "GlobalAveragePool":
-        ref = lambda x, relu: x.mean(axes, keepdim=True)  # noqa: E731
+        def ref(x, relu):
+            return x.mean(axes, keepdim=True)
     else:
-        ref = lambda x, relu: F.adaptive_max_pool2d(x, 1) if len(size) == 2 else F.adaptive_max_pool1d(x, 1)  # noqa: E731
+        def ref(x, relu):
+            return F.adaptive_max_pool2d(x, 1) if len(size) == 2 else F.adaptive_max_pool1d(x, 1)
     check(Case(model, (3, *size), ref, affine=op == "GlobalAveragePool"), f"{op}-{size}")
 
 
@@ -582,6 +600,11 @@ def test_arithmetic_with_constant(op, constant_first, constant):
     check(Case(model, (3, 4, 5), ref, affine=op != "Div" or not constant_first, make_x=make_x), f"{op}-{constant_first}-{constant.shape}")
 
 
+def _relu_minus_itself(x, relu):
+    r = relu(x)  # one ReLU, two consumers: their signals add before its rule
+    return r - r
+
+
 TWO_INPUT_CASES = {
     # x op f(x): both inputs carry the signal, which adds at x
     "Add-x-relu": ([node("Relu", ["x"], "r"), node("Add", ["x", "r"])], lambda x, relu: x + relu(x)),
@@ -592,7 +615,7 @@ TWO_INPUT_CASES = {
     "Div-relu-sigmoid": ([node("Relu", ["x"], "r"), node("Sigmoid", ["x"], "s"), node("Div", ["r", "s"])], lambda x, relu: relu(x) / torch.sigmoid(x)),
     "Add-x-x": ([node("Add", ["x", "x"])], lambda x, relu: x + x),
     "Mul-x-x": ([node("Mul", ["x", "x"])], lambda x, relu: x * x),
-    "Sub-r-r": ([node("Relu", ["x"], "r"), node("Sub", ["r", "r"])], lambda x, relu: (lambda r: r - r)(relu(x))),
+    "Sub-r-r": ([node("Relu", ["x"], "r"), node("Sub", ["r", "r"])], _relu_minus_itself),
     # broadcasting between two activations (squeeze-and-excitation): the pooled branch sums back
     "Mul-x-gap": ([node("GlobalAveragePool", ["x"], "p"), node("Mul", ["x", "p"])], lambda x, relu: x * x.mean((2, 3), keepdim=True)),
     "Div-x-gap-sigmoid": ([node("GlobalAveragePool", ["x"], "p"), node("Sigmoid", ["p"], "s"), node("Div", ["x", "s"])],
@@ -702,7 +725,7 @@ def test_chain_all_methods():
 
 @pytest.mark.parametrize("layer", ["relu1", "pool1", "conv2", "relu2"])
 def test_chain_intermediate_layers(layer):
-    model, ref = chain_model()
+    model, _ = chain_model()
 
     def partial(x, relu):  # the reference up to ``layer``
         w = {i.name: T(numpy_helper.to_array(i)) for i in model.graph.initializer}
