@@ -29,11 +29,14 @@ pytestmark = [
 
 
 @pytest.fixture(scope="session")
-def training_mean(request: pytest.FixtureRequest) -> Path:
-    """The per-pixel RGB mean of the training images as mean.binaryproto, cached by data path across sessions."""
+def training_mean(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The per-pixel RGB mean of the training images as mean.binaryproto, cached by data path across
+    sessions (in pytest's cache; in a temporary folder when the cache plugin is off)."""
     train = (DATA_DIR / "train").resolve()
     key = hashlib.sha1(str(train).encode()).hexdigest()[:16]
-    path = request.config.cache.mkdir("zfnet-caffe-mean") / f"{key}.binaryproto"
+    cache = getattr(request.config, "cache", None)
+    folder = cache.mkdir("zfnet-caffe-mean") if cache is not None else tmp_path_factory.mktemp("zfnet-caffe-mean")
+    path = folder / f"{key}.binaryproto"
     if not path.is_file():
         write_binaryproto(compute_mean(train), path)
     return path
