@@ -12,12 +12,11 @@ import numpy as np
 
 from zfnet.errors import InvalidArgument, ResourceExhausted
 from zfnet.server import projection
-from zfnet.server.layers import receptive_field
 from zfnet.server.models import LoadedModel
 
 MODES = ("max", "map")
 MAX_ROWS = 4096  # (image, channel) reconstructions per request
-CHUNK_ROWS = 64  # rows per projection run
+CHUNK_ROWS = 256  # rows per projection run
 
 
 @dataclass(frozen=True)
@@ -99,7 +98,7 @@ def reconstruct(model: LoadedModel, batch: np.ndarray, layer: str, channels: lis
     return [
         Reconstruction(
             int(selection.image_index[r]), int(selection.channel[r]), float(selection.value[r]), selection.location[r],
-            receptive_field(model.model, layer, selection.location[r]) if mode == "max" else (0, 0, *batch.shape[2:]),
+            model.receptive_fields.box(layer, selection.location[r]) if mode == "max" else (0, 0, *batch.shape[2:]),
             pixels_all[r],
         )
         for r in range(len(selection.channel))

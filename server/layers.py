@@ -98,30 +98,42 @@ def resolve(table: list[Layer], layer: str | int) -> Layer:
     raise NotFound(f"no layer named {layer!r}; `zfclient layers` lists them")
 
 
-def receptive_field(model: onnx.ModelProto, layer: str, location: tuple[int, ...]) -> tuple[int, int, int, int]:
-    """The input box (top, left, bottom, right; bottom/right exclusive) that can affect
-    ``layer`` at spatial ``location`` (empty for fully connected layers: the whole image)."""
-    graph = model.graph
-    shapes = {v.name: tensor_shape(v) for v in list(graph.input) + list(graph.output) + list(graph.value_info)}
-    shapes.update({i.name: list(i.dims) for i in graph.initializer})  # Conv filters: kernel_shape is optional
-    constants = _constants(graph)
-    image = next(v.name for v in graph.input if v.name not in constants)
-    height, width = shapes[image][2], shapes[image][3]
-    full = None  # marker: the whole input
-    spans: dict[str, list[tuple[int, int]] | None] = {layer: [(p, p) for p in location] if location else full}
-    for node in reversed(graph.node):
-        if not any(o in spans for o in node.output):
-            continue
-        out_spans = _union([spans[o] for o in node.output if o in spans])
-        for name in node.input:
-            if not name or name in constants:
+class ReceptiveFields:
+    """Receptive fields of a model's activations, computed once per (layer, location)."""
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        graph = model.graph
+        self._nodes = list(reversed(graph.node))
+        self._shapes = {v.name: tensor_shape(v) for v in list(graph.input) + list(graph.output) + list(graph.value_info)}
+        self._shapes.update({i.name: list(i.dims) for i in graph.initializer})
+        self._constants = _constants(graph)
+        self._image = next(v.name for v in graph.input if v.name not in self._constants)
+        self._cache: dict[tuple[str, tuple[int, ...]], tuple[int, int, int, int]] = {}
+
+    def box(self, layer: str, location: tuple[int, ...]) -> tuple[int, int, int, int]:
+        """The input box (top, left, bottom, right; bottom/right exclusive) that can affect ``layer``
+        at spatial ``location``; the whole image for fully connected layers."""
+        key = (layer, tuple(location))
+        if key not in self._cache:
+            self._cache[key] = self._compute(layer, key[1])
+        return self._cache[key]
+
+    def _compute(self, layer: str, location: tuple[int, ...]) -> tuple[int, int, int, int]:
+        height, width = self._shapes[self._image][2], self._shapes[self._image][3]
+        spans: dict[str, list[tuple[int, int]] | None] = {layer: [(p, p) for p in location] if location else None}
+        for node in self._nodes:
+            if not any(o in spans for o in node.output):
                 continue
-            spans[name] = _union([spans[name], _to_input(node, out_spans, shapes, name)]) if name in spans else _to_input(node, out_spans, shapes, name)
-    box = spans.get(image, full)
-    if box is None or len(box) != 2:
-        return (0, 0, height, width)
-    (top, bottom), (left, right) = box
-    return (max(top, 0), max(left, 0), min(bottom + 1, height), min(right + 1, width))
+            out_spans = _union([spans[o] for o in node.output if o in spans])
+            for name in node.input:
+                if name and name not in self._constants:
+                    mapped = _to_input(node, out_spans, self._shapes, name)
+                    spans[name] = _union([spans[name], mapped]) if name in spans else mapped
+        box = spans.get(self._image)
+        if box is None or len(box) != 2:
+            return (0, 0, height, width)
+        (top, bottom), (left, right) = box
+        return (max(top, 0), max(left, 0), min(bottom + 1, height), min(right + 1, width))
 
 
 def _union(spans: list[list[tuple[int, int]] | None]) -> list[tuple[int, int]] | None:

@@ -20,7 +20,7 @@ from zfnet.converters import expose
 from zfnet.converters.graph import CLASSES_KEY, PREPROCESSING_KEY, get_metadata
 from zfnet.errors import InvalidArgument, NotFound, ResourceExhausted
 from zfnet.server import projection, runtime
-from zfnet.server.layers import Layer, layer_table
+from zfnet.server.layers import Layer, ReceptiveFields, layer_table
 
 log = logging.getLogger("zfnet.server")
 
@@ -40,6 +40,7 @@ class LoadedModel:
     layers: list[Layer]
     preprocessing_json: str
     classes: list[str]
+    receptive_fields: ReceptiveFields
     _projections: dict[tuple[str, str], tuple[projection.Projection, ort.InferenceSession]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -79,6 +80,7 @@ def load(data: bytes, name: str, sha256: str | None = None) -> LoadedModel:
         sha256=sha256, name=name, size=len(data), model=exposed, session=session,
         input_name=inputs[0].name, input_shape=input_shape, output_name=exposed.graph.output[0].name,
         layers=layer_table(exposed), preprocessing_json=get_metadata(exposed, PREPROCESSING_KEY) or "{}", classes=classes,
+        receptive_fields=ReceptiveFields(exposed),
     )
 
 
