@@ -29,18 +29,21 @@ class ImageFolder:
 
 
 def scan(root: str | Path, classes: Sequence[str] | None = None) -> ImageFolder:
-    """List ``root/<class>/*`` image files; ``classes`` fixes the class order (default: sorted folder names)."""
+    """List ``root/<class>/*`` image files; ``classes`` fixes the class order (default: sorted folder
+    names). A tree may hold a subset of the classes; a folder that is not a class is an error."""
     root = Path(root)
     if not root.is_dir():
         raise NotFound(f"image folder {root} does not exist")
     folders = sorted(p.name for p in root.iterdir() if p.is_dir())
     order = list(classes) if classes is not None else folders
-    missing = [c for c in order if c not in folders]
-    if missing:
-        raise InvalidArgument(f"{root} has no folder for class(es) {', '.join(missing)}; it has {', '.join(folders) or 'none'}")
+    unknown = [f for f in folders if f not in order]
+    if unknown:
+        raise InvalidArgument(f"{root} has folder(s) {', '.join(unknown)} that are not among the classes {', '.join(order)}")
     files: list[Path] = []
     labels: list[int] = []
     for index, name in enumerate(order):
+        if name not in folders:
+            continue
         for path in sorted((root / name).iterdir()):
             if path.suffix.lower() in IMAGE_SUFFIXES:
                 files.append(path)
