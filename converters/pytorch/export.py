@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from zfnet.converters import expose
-from zfnet.converters.graph import OPSET, Preprocessing, prepend_preprocessing, set_classes, set_metadata, set_versions
+from zfnet.converters.graph import OPSET, PREPROCESSING_KEY, SOURCE_KEY, Preprocessing, prepend_preprocessing, set_classes, set_metadata, set_versions
 from zfnet.converters.pytorch import zoo
 from zfnet.errors import InvalidArgument, NotFound
 
@@ -88,16 +88,16 @@ def export(
             channel_order="rgb", mean=built_in.mean.flatten().tolist(),
             scale=(1.0 / built_in.std.flatten()).tolist(), input_size=input_size,
         )
-        set_metadata(model, "zfnet.preprocessing", recorded.to_json())
+        set_metadata(model, PREPROCESSING_KEY, recorded.to_json())
     elif preprocessing is not None:
         preprocessing.input_size = input_size
         prepend_preprocessing(model, preprocessing)
     else:
-        set_metadata(model, "zfnet.preprocessing", Preprocessing(input_size=input_size).to_json())
+        set_metadata(model, PREPROCESSING_KEY, Preprocessing(input_size=input_size).to_json())
     classes = classes or getattr(module, "classes", None)
     if classes:
         set_classes(model, classes)
-    set_metadata(model, "zfnet.source", f"pytorch {type(module).__module__}.{type(module).__name__}")
+    set_metadata(model, SOURCE_KEY, f"pytorch {type(module).__module__}.{type(module).__name__}")
     model = expose.expose(model)
     onnx.checker.check_model(model, full_check=True)
     return model
