@@ -114,7 +114,7 @@ def train(config: TrainConfig, train_dir: Path, test_dir: Path, checkpoint: Path
                 loss.backward()
                 optimizer.step()
                 schedule.step()
-                running += float(loss)
+                running += loss.item()
                 progress.advance(task)
             progress.remove_task(task)
             top1 = accuracy(model, x_test, y_test)
