@@ -16,14 +16,12 @@ import grpc
 import numpy as np
 
 from zfnet import errors
-from zfnet.tensors import from_proto, to_proto
+from zfnet.tensors import CHANNEL_OPTIONS, from_proto, to_proto
 from zfnet.v1 import zfnet_pb2 as pb
 from zfnet.v1 import zfnet_pb2_grpc
 
 SERVER_ENV = "ZFNET_SERVER"
 CHUNK_BYTES = 1 << 20
-MAX_MESSAGE_BYTES = 256 << 20
-CHANNEL_OPTIONS = [("grpc.max_send_message_length", MAX_MESSAGE_BYTES), ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)]
 _CODES = {
     grpc.StatusCode.INVALID_ARGUMENT: errors.InvalidArgument,
     grpc.StatusCode.NOT_FOUND: errors.NotFound,

@@ -16,15 +16,11 @@ from zfnet.server import runtime
 from zfnet.server.engine import Engine
 from zfnet.server.models import ModelStore
 from zfnet.server.service import ZfnetServicer
+from zfnet.tensors import CHANNEL_OPTIONS
 from zfnet.v1 import zfnet_pb2, zfnet_pb2_grpc
 
 log = logging.getLogger("zfnet.server")
 
-MAX_MESSAGE_BYTES = 256 << 20  # raised from gRPC's 4 MiB default; see proto/zfnet/v1/zfnet.proto
-CHANNEL_OPTIONS = [
-    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-]
 SERVICE_NAME = zfnet_pb2.DESCRIPTOR.services_by_name["Zfnet"].full_name
 
 

@@ -61,6 +61,11 @@ class Builder:
         self.live = _live_tensors(self.graph)
         self.node: onnx.NodeProto | None = None  # the forward node whose rule is running
 
+    @property
+    def forward_tensors(self) -> list[str]:
+        """The forward tensors the rules asked for, fed as ``fwd/<name>``."""
+        return list(self._gathered)
+
     # -- what the rules read -------------------------------------------------------------------
     def shape(self, name: str) -> list[int]:
         """Static shape of a forward tensor, batch dimension as -1; an error if any other is unknown."""
@@ -196,7 +201,7 @@ def build(model: onnx.ModelProto, layer: str, method: str) -> Projection:
     builder.nodes.append(helper.make_node("Identity", [signals[image]], [RECONSTRUCTION], name=RECONSTRUCTION))
     layer_shape = builder.shape(layer)
     image_shape = builder.shape(image)
-    forward_tensors = list(builder._gathered)
+    forward_tensors = builder.forward_tensors
     elem_types = {v.name: v.type.tensor_type.elem_type for v in itertools.chain(graph.input, graph.output, graph.value_info)}
     proj_inputs = [
         helper.make_tensor_value_info(SIGNAL, TensorProto.FLOAT, ["M", *layer_shape[1:]]),

@@ -1,4 +1,5 @@
-"""numpy <-> ``zfnet.v1.Tensor`` (raw little-endian bytes with dtype and shape)."""
+"""What travels over the wire: numpy <-> ``zfnet.v1.Tensor`` (raw little-endian bytes with dtype
+and shape), and the message limits both sides use."""
 
 from __future__ import annotations
 
@@ -8,6 +9,12 @@ import numpy as np
 
 from zfnet.errors import InvalidArgument
 from zfnet.v1 import zfnet_pb2 as pb
+
+MAX_MESSAGE_BYTES = 256 << 20  # both sides raise gRPC's 4 MiB default; see proto/zfnet/v1/zfnet.proto
+CHANNEL_OPTIONS = [
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+]
 
 _TO_NUMPY = {
     pb.FLOAT32: np.dtype("<f4"), pb.FLOAT16: np.dtype("<f2"), pb.FLOAT64: np.dtype("<f8"),

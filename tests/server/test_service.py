@@ -24,7 +24,8 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoRe
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
-from zfnet.client.api import CHANNEL_OPTIONS, Client
+from zfnet.client.api import Client
+from zfnet.tensors import CHANNEL_OPTIONS
 from zfnet.server import engine as engine_module
 from zfnet.server.app import create_server
 from zfnet.tensors import from_proto, to_proto
