@@ -8,20 +8,21 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import numpy as np
 
-from zfnet import errors
+from zfnet import errors, imagefolder
 from zfnet.tensors import CHANNEL_OPTIONS, from_proto, to_proto
 from zfnet.v1 import zfnet_pb2 as pb
 from zfnet.v1 import zfnet_pb2_grpc
 
 SERVER_ENV = "ZFNET_SERVER"
 CHUNK_BYTES = 1 << 20
+STREAM_IMAGES = 128  # images per ImageBatch message when the client streams a data set
 _CODES = {
     grpc.StatusCode.INVALID_ARGUMENT: errors.InvalidArgument,
     grpc.StatusCode.NOT_FOUND: errors.NotFound,
@@ -54,6 +55,42 @@ class DeconvResult:
     mode: str
     method: str
     reconstructions: list[Reconstruction]
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """The images of a data-set job: a named data set on the server, or a local folder the client streams."""
+
+    source: pb.DataSource
+    size: int
+    classes: list[str]
+    folder: imagefolder.ImageFolder | None  # the local folder when the client streams it
+
+    @property
+    def start(self) -> int:
+        return self.source.start
+
+    @property
+    def stop(self) -> int:
+        return self.source.stop or self.size
+
+    def batches(self, images_per_message: int = STREAM_IMAGES) -> Iterator[pb.ImageBatch]:
+        """The local folder's images ``[start, stop)`` as ImageBatch messages, read lazily (bounded memory)."""
+        folder = self.folder
+        for begin in range(self.start, self.stop, images_per_message):
+            end = min(begin + images_per_message, self.stop)
+            yield pb.ImageBatch(
+                start=begin, labels=[int(x) for x in folder.labels[begin:end]],
+                images=[pb.Image(encoded=_read_bytes(folder.files[i]), label=str(folder.files[i])) for i in range(begin, end)],
+            )
+
+
+def _read_bytes(path: Path) -> bytes:
+    """A file's bytes; an unreadable file travels as no bytes, and the server skips it with the reason."""
+    try:
+        return path.read_bytes()
+    except OSError:
+        return b""
 
 
 def image_message(image: ImageLike) -> pb.Image:
@@ -112,6 +149,24 @@ class Client:
         except grpc.RpcError as err:
             raise self._error(err) from None
 
+    def _stream(self, method, requests, timeout: float | None = None) -> Iterator:
+        """The replies of a streaming call, gRPC errors turned into zfnet errors."""
+        try:
+            yield from method(requests, timeout=timeout)
+        except grpc.RpcError as err:
+            raise self._error(err) from None
+
+    def _job(self, method, job: object, dataset: Dataset, wrap: Callable[[pb.ImageBatch], object]) -> Iterator:
+        """Run a data-set job: ``job`` (the first request), then, when the client streams the data,
+        every ImageBatch wrapped as a request; yields the replies as they come."""
+
+        def requests():
+            yield job
+            if dataset.folder is not None:
+                yield from (wrap(batch) for batch in dataset.batches())
+
+        return self._stream(method, requests())
+
     def _error(self, err: grpc.RpcError) -> errors.ZfnetError:
         code = err.code()
         details = err.details() or str(code)
@@ -143,6 +198,33 @@ class Client:
 
     def model_info(self, model: str | Path) -> pb.ModelInfo:
         return self._call(self.stub.GetModelInfo, self.model_ref(model))
+
+    # -- data sets ------------------------------------------------------------------------
+    def list_datasets(self) -> list[pb.DatasetInfo]:
+        """The named data sets of the server's --data-dir."""
+        return list(self._call(self.stub.ListDatasets, pb.ListDatasetsRequest()).datasets)
+
+    def dataset(self, data: str | Path, start: int = 0, stop: int = 0, batch_size: int = 0, classes: Sequence[str] | None = None) -> Dataset:
+        """A local image folder (``data/<class>/<image>``, streamed by this client) or the name of a data
+        set on the server; ``[start, stop)`` picks a range of its images (0 = to the end)."""
+        path = Path(data)
+        if path.is_dir():
+            folder = imagefolder.scan(path, classes)
+            source = pb.DataSource(streamed=pb.StreamedImages(size=len(folder), classes=folder.classes), start=start, stop=stop, batch_size=batch_size)
+            dataset = Dataset(source, len(folder), list(folder.classes), folder)
+        else:
+            known = {d.name: d for d in self.list_datasets()}
+            if str(data) not in known:
+                raise errors.NotFound(
+                    f"{data} is neither a local image folder nor a data set on the server "
+                    f"(it has: {', '.join(sorted(known)) or 'none; start zfserver with --data-dir'})"
+                )
+            info = known[str(data)]
+            source = pb.DataSource(dataset=info.name, start=start, stop=stop, batch_size=batch_size)
+            dataset = Dataset(source, info.size, list(info.classes), None)
+        if not 0 <= start <= dataset.stop <= dataset.size:
+            raise errors.InvalidArgument(f"range [{start}, {stop}) is outside the data set's {dataset.size} images")
+        return dataset
 
     # -- analyses -------------------------------------------------------------------------
     def predict(self, model: str | Path, images: Sequence[ImageLike], top_k: int = 5) -> pb.PredictResponse:

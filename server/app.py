@@ -13,6 +13,7 @@ from grpc_reflection.v1alpha import reflection
 
 from zfnet.edge import edge
 from zfnet.server import runtime
+from zfnet.server.datasets import DatasetStore
 from zfnet.server.engine import Engine
 from zfnet.server.models import ModelStore
 from zfnet.server.service import ZfnetServicer
@@ -24,9 +25,11 @@ log = logging.getLogger("zfnet.server")
 SERVICE_NAME = zfnet_pb2.DESCRIPTOR.services_by_name["Zfnet"].full_name
 
 
-def create_server(address: str = "127.0.0.1:0", model_dir: Path | None = None, max_model_mb: int = 2048, workers: int = 8) -> tuple[grpc.Server, int, Engine]:
+def create_server(
+    address: str = "127.0.0.1:0", model_dir: Path | None = None, max_model_mb: int = 2048, workers: int = 8, data_dir: Path | None = None,
+) -> tuple[grpc.Server, int, Engine]:
     """A started server with the zfnet, health and reflection services; returns (server, port, engine)."""
-    engine = Engine(ModelStore(model_dir, max_model_mb << 20))
+    engine = Engine(ModelStore(model_dir, max_model_mb << 20), DatasetStore(data_dir))
     provider = runtime.providers()[0]
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=CHANNEL_OPTIONS)
     zfnet_pb2_grpc.add_ZfnetServicer_to_server(ZfnetServicer(engine, provider), server)
@@ -42,10 +45,10 @@ def create_server(address: str = "127.0.0.1:0", model_dir: Path | None = None, m
     return server, port, engine
 
 
-def serve(host: str, port: int, model_dir: Path | None, max_model_mb: int, workers: int) -> None:
+def serve(host: str, port: int, model_dir: Path | None, max_model_mb: int, workers: int, data_dir: Path | None = None) -> None:
     """Run until interrupted."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    server, bound, _ = create_server(f"{host}:{port}", model_dir, max_model_mb, workers)
+    server, bound, _ = create_server(f"{host}:{port}", model_dir, max_model_mb, workers, data_dir)
     log.info("zfnet serving on %s:%d", host, bound)
     try:
         server.wait_for_termination()
@@ -59,9 +62,12 @@ def command(
     model_dir: Path | None = typer.Option(None, "--model-dir", help="Serve the .onnx files in this folder by name (file stem)."),
     max_model_mb: int = typer.Option(2048, help="Largest model accepted for upload, in MiB."),
     workers: int = typer.Option(8, help="Request threads."),
+    data_dir: Path | None = typer.Option(
+        None, "--data-dir", help="Serve the image folders under DIR as named data sets (DIR/<name>/<class>/<image>; clients send names, never paths).",
+    ),
 ) -> None:
     """Run the zfnet gRPC server."""
-    serve(host, port, model_dir, max_model_mb, workers)
+    serve(host, port, model_dir, max_model_mb, workers, data_dir)
 
 
 def main() -> None:

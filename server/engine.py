@@ -6,6 +6,7 @@ import numpy as np
 
 from zfnet.errors import InvalidArgument, ResourceExhausted
 from zfnet.server import deconv
+from zfnet.server.datasets import DatasetStore
 from zfnet.server.images import ImageInput, to_batch
 from zfnet.server.layers import Layer, resolve
 from zfnet.server.models import LoadedModel, ModelStore
@@ -23,8 +24,9 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 class Engine:
     """Forward passes and analyses over the models of a :class:`ModelStore`."""
 
-    def __init__(self, store: ModelStore) -> None:
+    def __init__(self, store: ModelStore, datasets: DatasetStore | None = None) -> None:
         self.store = store
+        self.datasets = datasets or DatasetStore()
 
     def batch(self, model: LoadedModel, images: list[ImageInput]) -> np.ndarray:
         if len(images) > MAX_IMAGES:

@@ -10,6 +10,7 @@ import grpc
 import numpy as np
 
 from zfnet.errors import InvalidArgument, ResourceExhausted, ZfnetError
+from zfnet.server import datasets
 from zfnet.server.engine import Engine
 from zfnet.server.images import ImageInput
 from zfnet.server.models import LoadedModel
@@ -55,6 +56,25 @@ def images_from(request_images) -> list[ImageInput]:
         else:
             raise InvalidArgument(f"image {i} has no data (set encoded, rgb or model_input)")
     return out
+
+
+def data_source(engine: Engine, source: pb.DataSource, rest: Iterator) -> datasets.Source:
+    """The images a data-set job reads: a named data set, or ``ImageBatch`` messages that follow in
+    the request stream (``rest`` yields them; each request's ``batch`` field)."""
+    kind = source.WhichOneof("source")
+    if kind == "dataset":
+        return engine.datasets.source(source.dataset, source.start, source.stop, source.batch_size)
+    if kind == "streamed":
+        parts = (
+            (r.batch.start, images_from(r.batch.images), list(r.batch.labels))
+            for r in rest if r.WhichOneof("part") == "batch"
+        )
+        return datasets.streamed_source(source.streamed.size, list(source.streamed.classes), parts, source.start, source.stop, source.batch_size)
+    raise InvalidArgument("no data given: set DataSource.dataset (a name from ListDatasets) or DataSource.streamed")
+
+
+def progress(stage: str, done: int, total: int, skipped: list[datasets.Skipped] = ()) -> pb.JobProgress:
+    return pb.JobProgress(stage=stage, done=done, total=total, skipped=[pb.SkippedImage(index=s.index, path=s.path, reason=s.reason) for s in skipped])
 
 
 def layer_ref(ref: pb.LayerRef) -> str | int:
@@ -159,3 +179,10 @@ class ZfnetServicer(zfnet_pb2_grpc.ZfnetServicer):
             ))
         return pb.DeconvResponse(layer=layer.name, mode=request.mode or pb.MAX, method=request.method or pb.DECONVNET, images=per_image)
 
+
+    @_status
+    def ListDatasets(self, request, context) -> pb.ListDatasetsResponse:
+        store = self.engine.datasets
+        return pb.ListDatasetsResponse(datasets=[
+            pb.DatasetInfo(name=name, size=len(store.folder(name)), classes=store.folder(name).classes) for name in store.names()
+        ])

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from zfnet.client.api import SERVER_ENV
 from zfnet.errors import InvalidArgument
@@ -21,3 +23,11 @@ def parse_numbers(text: str | None, what: str, kind: type = int) -> list:
         return [kind(part) for part in text.split(",") if part.strip()]
     except ValueError:
         raise InvalidArgument(f"{what} must be comma-separated numbers, got {text!r}") from None
+
+
+def job_progress(console: Console | None = None) -> Progress:
+    """The progress bar of long jobs (on stderr): stage, bar, done/total, elapsed and time left."""
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
+        TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn(), console=console or Console(stderr=True), transient=True,
+    )

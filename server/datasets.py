@@ -1,0 +1,232 @@
+"""Data sets for jobs over many images (top-k per channel, features, ...).
+
+Images come from a named folder under the server's ``--data-dir`` or are streamed by the client;
+both become the same :class:`Batch` es of model input, in data-set order, decoded by the same code,
+so both give identical results. A data set is read as a range ``[start, stop)`` of its indices:
+that is how a job is split across processes or machines, and how an interrupted job resumes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from zfnet import imagefolder
+from zfnet.errors import InvalidArgument, NotFound, ZfnetError
+from zfnet.server.images import ImageInput, to_batch
+
+log = logging.getLogger("zfnet.server")
+
+DEFAULT_BATCH = 64
+MAX_BATCH = 1024
+DECODE_WORKERS = 4
+MAX_DEPTH = 3  # how deep under --data-dir a data set may sit (``group/name/<class>/<image>``)
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """An image left out of a job's results: its data-set index, path and why."""
+
+    index: int
+    path: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Consecutive data-set images as model input; skipped images are left out of every array."""
+
+    indices: np.ndarray  # (n,) int64 data-set indices
+    labels: np.ndarray  # (n,) int64 class index, -1 where unknown
+    paths: list[str]  # as shown in results: relative to the data set, or the client's own path
+    inputs: np.ndarray  # (n, C, H, W) float32 model input
+    skipped: list[Skipped] = field(default_factory=list)
+    read: int = 0  # images consumed from the data set, skipped ones included
+
+
+@dataclass(frozen=True)
+class Source:
+    """Which images a job reads: ``size`` images in all, of which indices ``[start, stop)``."""
+
+    size: int
+    classes: list[str]
+    start: int
+    stop: int
+    batch_size: int
+
+    @property
+    def count(self) -> int:
+        return self.stop - self.start
+
+    def batches(self, input_shape: list[int]) -> Iterator[Batch]:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+def _range(size: int, start: int, stop: int, batch_size: int) -> tuple[int, int, int]:
+    """Check a requested range and batch size against a data set of ``size`` images."""
+    stop = stop or size
+    if not 0 <= start <= stop <= size:
+        raise InvalidArgument(f"data range [{start}, {stop}) is outside the data set's {size} images (DataSource.start/stop)")
+    batch_size = batch_size or DEFAULT_BATCH
+    if not 0 < batch_size <= MAX_BATCH:
+        raise InvalidArgument(f"DataSource.batch_size must be 1..{MAX_BATCH}, got {batch_size}")
+    return start, stop, batch_size
+
+
+def _decode(image: ImageInput, input_shape: list[int]) -> np.ndarray | str:
+    """One image as (C, H, W) model input, or the reason it cannot be read."""
+    try:
+        return to_batch([image], input_shape)[0]
+    except ZfnetError as err:
+        return str(err)
+
+
+def _assemble(indices: list[int], labels: list[int], paths: list[str], decoded: list[np.ndarray | str], read: int) -> Batch:
+    keep = [i for i, d in enumerate(decoded) if not isinstance(d, str)]
+    skipped = [Skipped(indices[i], paths[i], d) for i, d in enumerate(decoded) if isinstance(d, str)]
+    for s in skipped:
+        log.warning("skipped image %d (%r): %s", s.index, s.path, s.reason)
+    shape = decoded[keep[0]].shape if keep else (0,)
+    return Batch(
+        np.asarray([indices[i] for i in keep], np.int64), np.asarray([labels[i] for i in keep], np.int64),
+        [paths[i] for i in keep], np.stack([decoded[i] for i in keep]) if keep else np.zeros((0, *shape[1:]), np.float32),
+        skipped, read,
+    )
+
+
+@dataclass(frozen=True)
+class FolderSource(Source):
+    """A one-folder-per-class tree on the server's disk, read file by file."""
+
+    folder: imagefolder.ImageFolder | None = None
+
+    def _read(self, index: int, input_shape: list[int]) -> np.ndarray | str:
+        path = self.folder.files[index]
+        try:
+            data = path.read_bytes()
+        except OSError as err:
+            return f"cannot read the file: {err.strerror or err}"
+        return _decode(ImageInput(encoded=data, label=self.path(index)), input_shape)
+
+    def path(self, index: int) -> str:
+        """The image's path relative to the data set (never the server's own paths)."""
+        return self.folder.files[index].relative_to(self.folder.root).as_posix()
+
+    def batches(self, input_shape: list[int]) -> Iterator[Batch]:
+        """Decode in a thread pool, one batch ahead of the consumer."""
+        starts = range(self.start, self.stop, self.batch_size)
+        with ThreadPoolExecutor(DECODE_WORKERS) as pool:
+            def submit(begin: int):
+                indices = list(range(begin, min(begin + self.batch_size, self.stop)))
+                return indices, pool.map(lambda i: self._read(i, input_shape), indices)
+
+            pending = submit(starts[0]) if starts else None
+            for k in range(len(starts)):
+                indices, decoded = pending
+                decoded = list(decoded)
+                pending = submit(starts[k + 1]) if k + 1 < len(starts) else None
+                labels = [int(self.folder.labels[i]) for i in indices]
+                yield _assemble(indices, labels, [self.path(i) for i in indices], decoded, len(indices))
+
+
+@dataclass(frozen=True)
+class StreamedSource(Source):
+    """Images the client streams: (start index, images, labels) parts, consecutive from ``start``."""
+
+    parts: Iterable[tuple[int, list[ImageInput], list[int]]] = ()
+
+    def batches(self, input_shape: list[int]) -> Iterator[Batch]:
+        expected = self.start
+        pending: list[tuple[int, ImageInput, int]] = []
+        with ThreadPoolExecutor(DECODE_WORKERS) as pool:
+            def flush(items):
+                decoded = list(pool.map(lambda item: _decode(item[1], input_shape), items))
+                return _assemble([i for i, _, _ in items], [lab for _, _, lab in items], [img.label for _, img, _ in items], decoded, len(items))
+
+            for begin, images, labels in self.parts:
+                if begin != expected:
+                    raise InvalidArgument(f"ImageBatch.start is {begin}; the next image expected is {expected} (batches must be consecutive)")
+                if labels and len(labels) != len(images):
+                    raise InvalidArgument(f"ImageBatch at {begin}: {len(labels)} labels for {len(images)} images")
+                if expected + len(images) > self.stop:
+                    raise InvalidArgument(f"ImageBatch at {begin}: {len(images)} images run past the range's end {self.stop}")
+                labels = list(labels) or [-1] * len(images)
+                if any(not -1 <= lab < len(self.classes) for lab in labels):
+                    raise InvalidArgument(f"ImageBatch at {begin}: labels must be -1 or 0..{len(self.classes) - 1} (StreamedImages.classes)")
+                pending.extend((begin + i, image, lab) for i, (image, lab) in enumerate(zip(images, labels)))
+                expected += len(images)
+                while len(pending) >= self.batch_size:
+                    yield flush(pending[: self.batch_size])
+                    pending = pending[self.batch_size :]
+            if pending:
+                yield flush(pending)
+        if expected != self.stop:
+            raise InvalidArgument(f"the client streamed images up to index {expected}; the range asked for ends at {self.stop}")
+
+
+class DatasetStore:
+    """The named data sets of a server's ``--data-dir``: every folder (up to ``MAX_DEPTH`` deep) whose
+    sub-folders hold images, named by its path relative to the root. Names only: a request never
+    gives a path, so nothing outside these folders can be read."""
+
+    def __init__(self, root: Path | None = None) -> None:
+        self.root = root
+        self._folders: dict[str, Path] = {}
+        self._scanned: dict[str, imagefolder.ImageFolder] = {}
+        if root is not None:
+            if not root.is_dir():
+                raise NotFound(f"data directory {root} does not exist")
+            self._discover(root, 0)
+            log.info("serving %d data set(s) from %s: %s", len(self._folders), root, ", ".join(sorted(self._folders)) or "none")
+
+    def _discover(self, folder: Path, depth: int) -> None:
+        subfolders = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+        if depth > 0 and any(_has_images(p) for p in subfolders):
+            self._folders[folder.relative_to(self.root).as_posix()] = folder
+            return
+        if depth < MAX_DEPTH:
+            for sub in subfolders:
+                self._discover(sub, depth + 1)
+
+    def names(self) -> list[str]:
+        return sorted(self._folders)
+
+    def folder(self, name: str) -> imagefolder.ImageFolder:
+        """The scanned file list of data set ``name`` (scanned once)."""
+        if name not in self._folders:
+            known = ", ".join(self.names()) or "none (start zfserver with --data-dir)"
+            raise NotFound(f"no data set named {name!r} on this server; it has: {known}")
+        if name not in self._scanned:
+            self._scanned[name] = imagefolder.scan(self._folders[name])
+        return self._scanned[name]
+
+    def source(self, name: str, start: int = 0, stop: int = 0, batch_size: int = 0) -> FolderSource:
+        folder = self.folder(name)
+        start, stop, batch_size = _range(len(folder), start, stop, batch_size)
+        return FolderSource(len(folder), list(folder.classes), start, stop, batch_size, folder=folder)
+
+
+def streamed_source(
+    size: int, classes: list[str], parts: Iterable[tuple[int, list[ImageInput], list[int]]],
+    start: int = 0, stop: int = 0, batch_size: int = 0,
+) -> StreamedSource:
+    """A source over images the client streams."""
+    if size <= 0:
+        raise InvalidArgument("StreamedImages.size must be the number of images in the data set (> 0)")
+    start, stop, batch_size = _range(size, start, stop, batch_size)
+    return StreamedSource(size, list(classes), start, stop, batch_size, parts=parts)
+
+
+def _has_images(folder: Path) -> bool:
+    """Whether ``folder`` directly holds at least one image file (checks a few entries only)."""
+    for k, entry in enumerate(folder.iterdir()):
+        if entry.suffix.lower() in imagefolder.IMAGE_SUFFIXES and entry.is_file():
+            return True
+        if k > 50:
+            break
+    return False

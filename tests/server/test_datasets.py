@@ -1,0 +1,117 @@
+"""Data sets for jobs: named folders under --data-dir and client-streamed images read the same."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from zfnet import imagefolder
+from zfnet.client.api import Client
+from zfnet.errors import InvalidArgument, NotFound
+from zfnet.server.app import create_server
+from zfnet.server.datasets import DatasetStore, streamed_source
+from zfnet.server.images import ImageInput, to_batch
+
+SHAPE = [-1, 3, 32, 32]
+
+
+@pytest.fixture()
+def data_dir(tmp_path: Path, sample_images: list[Path]) -> Path:
+    """``root/cifar/small/<class>/*.jpg`` (3 classes x 4 images, one of them corrupt) and ``root/flat/<class>``."""
+    root = tmp_path / "data"
+    for path in sample_images:
+        if path.parent.name in ("bird", "cat", "dog") and int(path.stem) < 4:
+            target = root / "cifar" / "small" / path.parent.name / path.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(path, target)
+    (root / "cifar" / "small" / "cat" / "0002.jpg").write_bytes(b"not a jpeg")
+    (root / "flat" / "one").mkdir(parents=True)
+    shutil.copy(sample_images[0], root / "flat" / "one" / "a.jpg")
+    (root / "notes").mkdir()
+    return root
+
+
+def reference(folder: imagefolder.ImageFolder, start: int, stop: int) -> tuple[list[int], np.ndarray]:
+    """Indices and inputs decoded one file at a time, the corrupt file left out."""
+    kept, inputs = [], []
+    for i in range(start, stop):
+        try:
+            inputs.append(to_batch([ImageInput(encoded=folder.files[i].read_bytes())], SHAPE)[0])
+            kept.append(i)
+        except InvalidArgument:
+            pass
+    return kept, np.stack(inputs)
+
+
+def test_store_discovers_data_sets_by_relative_name(data_dir: Path) -> None:
+    store = DatasetStore(data_dir)
+    assert store.names() == ["cifar/small", "flat"]
+    folder = store.folder("cifar/small")
+    assert folder.classes == ["bird", "cat", "dog"] and len(folder) == 12
+    for bad in ("notes", "../data", str(data_dir / "flat"), "cifar", ""):
+        with pytest.raises(NotFound, match="cifar/small, flat"):
+            store.folder(bad)
+
+
+@pytest.mark.parametrize("start,stop,batch", [(0, 0, 5), (3, 10, 4), (5, 6, 64)])
+def test_folder_and_streamed_sources_give_the_same_batches(data_dir: Path, start: int, stop: int, batch: int) -> None:
+    store = DatasetStore(data_dir)
+    folder = store.folder("cifar/small")
+    named = list(store.source("cifar/small", start, stop, batch).batches(SHAPE))
+    end = stop or len(folder)
+    parts = [
+        (b, [ImageInput(encoded=folder.files[i].read_bytes(), label=folder.files[i].relative_to(folder.root).as_posix()) for i in range(b, min(b + 3, end))],
+         [int(x) for x in folder.labels[b : min(b + 3, end)]])
+        for b in range(start, end, 3)
+    ]
+    streamed = list(streamed_source(len(folder), folder.classes, parts, start, stop, batch).batches(SHAPE))
+    kept, inputs = reference(folder, start, end)
+    for batches in (named, streamed):
+        assert all(len(b.indices) + len(b.skipped) <= batch for b in batches)
+        assert np.concatenate([b.indices for b in batches]).tolist() == kept
+        np.testing.assert_array_equal(np.concatenate([b.inputs for b in batches]), inputs)
+        assert np.concatenate([b.labels for b in batches]).tolist() == [int(folder.labels[i]) for i in kept]
+        skipped = [s for b in batches for s in b.skipped]
+        assert [s.path for s in skipped] == (["cat/0002.jpg"] if start <= 6 < end else [])
+        assert all("cannot decode" in s.reason for s in skipped)
+    assert [b.paths for b in named] == [b.paths for b in streamed]
+
+
+def test_bad_ranges_and_streams_are_refused(data_dir: Path) -> None:
+    store = DatasetStore(data_dir)
+    with pytest.raises(InvalidArgument, match="outside"):
+        store.source("cifar/small", 5, 99)
+    with pytest.raises(InvalidArgument, match="batch_size"):
+        store.source("cifar/small", batch_size=100000)
+    image = ImageInput(encoded=store.folder("flat").files[0].read_bytes())
+    gap = streamed_source(10, [], [(0, [image], []), (2, [image], [])], 0, 3, 1)
+    with pytest.raises(InvalidArgument, match="expected is 1"):
+        list(gap.batches(SHAPE))
+    short = streamed_source(10, [], [(0, [image], [])], 0, 3)
+    with pytest.raises(InvalidArgument, match="up to index 1"):
+        list(short.batches(SHAPE))
+    with pytest.raises(InvalidArgument, match="labels"):
+        list(streamed_source(10, ["a"], [(0, [image], [3])], 0, 1).batches(SHAPE))
+    with pytest.raises(NotFound, match="does not exist"):
+        DatasetStore(data_dir / "missing")
+
+
+def test_list_datasets_and_client_sources_over_grpc(data_dir: Path) -> None:
+    server, port, _ = create_server("127.0.0.1:0", data_dir=data_dir)
+    try:
+        with Client(f"127.0.0.1:{port}") as client:
+            listed = {d.name: (d.size, list(d.classes)) for d in client.list_datasets()}
+            assert listed == {"cifar/small": (12, ["bird", "cat", "dog"]), "flat": (1, ["one"])}
+            named = client.dataset("cifar/small", 2, 7)
+            assert named.folder is None and named.source.dataset == "cifar/small" and (named.start, named.stop) == (2, 7)
+            local = client.dataset(data_dir / "cifar" / "small")
+            assert local.size == 12 and local.classes == ["bird", "cat", "dog"]
+            batches = list(local.batches(images_per_message=5))
+            assert [b.start for b in batches] == [0, 5, 10] and sum(len(b.images) for b in batches) == 12
+            with pytest.raises(NotFound, match="neither a local image folder"):
+                client.dataset("nope")
+    finally:
+        server.stop(grace=None)
