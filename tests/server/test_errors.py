@@ -379,3 +379,43 @@ def test_errors_keep_their_details_through_pickling() -> None:
     assert (back.field, back.reason, back.resource, back.metadata) == ("layer.name", "LAYER_NOT_FOUND", ("layer", "x", ""), {"k": "1"})
     plain = pickle.loads(pickle.dumps(errors.InvalidArgument("bad")))
     assert (plain.field, plain.reason, plain.resource, plain.metadata) == (None, "INVALID_ARGUMENT", None, {})
+
+
+# ---- streaming replies go through the same mapping -----------------------------------------
+
+
+def test_streaming_method_errors_carry_details_after_its_replies() -> None:
+    """Data-set jobs stream their replies: an error raised mid-stream ends the call with its details."""
+    from concurrent import futures
+
+    from zfnet.server.service import _status
+
+    class Counter:
+        @_status
+        def Count(self, request, context):
+            yield pb.JobProgress(stage="forward", done=1, total=3)
+            yield pb.JobProgress(stage="forward", done=2, total=3)
+            raise errors.InvalidArgument("image 2 is broken", field="images[2]", reason="BAD_IMAGE")
+
+    handler = grpc.unary_stream_rpc_method_handler(
+        Counter().Count, request_deserializer=pb.ListDatasetsRequest.FromString, response_serializer=pb.JobProgress.SerializeToString,
+    )
+    srv = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    srv.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("test.Counter", {"Count": handler})])
+    port = srv.add_insecure_port("127.0.0.1:0")
+    srv.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            call = channel.unary_stream("/test.Counter/Count", request_serializer=pb.ListDatasetsRequest.SerializeToString,
+                                        response_deserializer=pb.JobProgress.FromString)
+            replies = []
+
+            def count(request, timeout):
+                for reply in call(request, timeout=timeout):
+                    replies.append(reply.done)
+
+            d = details(count, pb.ListDatasetsRequest())
+    finally:
+        srv.stop(grace=None)
+    assert replies == [1, 2]
+    check(d, Code.INVALID_ARGUMENT, "BAD_IMAGE", "images[2]", words=("image 2",))
