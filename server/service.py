@@ -213,7 +213,7 @@ class ZfnetServicer(zfnet_pb2_grpc.ZfnetServicer):
     def Predict(self, request: pb.PredictRequest, context) -> pb.PredictResponse:
         if request.top_k < 0:
             raise InvalidArgument(
-                f"top_k must be positive (0 or unset: {PREDICT_TOP_K}), got {request.top_k}", field="top_k", reason="VALUE_OUT_OF_RANGE",
+                f"top_k must not be negative (0 or unset means {PREDICT_TOP_K}), got {request.top_k}", field="top_k", reason="VALUE_OUT_OF_RANGE",
             )
         model = self._model(request.model)
         probabilities, applied = self.engine.predict(model, images_from(request.images))
