@@ -10,8 +10,9 @@ CAFFE_STUBS := converters/caffe/caffe_pb2.py
 MODEL := models/zfnet-cifar10.onnx
 SAMPLES := samples/cifar10
 DEMO_IMAGES := $(sort $(wildcard $(SAMPLES)/*/0000.jpg))
+NODE_EXAMPLE := examples/node
 
-.PHONY: install demo test bench train clean
+.PHONY: install demo test bench train clean node-deps
 
 install: $(STAMP)
 
@@ -38,8 +39,15 @@ demo: install
 	$(VENV)/bin/zfclient deconv --model $(MODEL) --layer 4 --top 9 --out out/demo $(foreach f,$(DEMO_IMAGES),--image $(f))
 	@echo "demo: deconv reconstructions of layer 4 (one labelled grid per image) are in out/demo/"
 
-test: install
+test: install node-deps
 	$(VENV)/bin/pytest -q
+
+# The Node.js client example's packages, exactly as locked (its test skips without Node.js and npm).
+node-deps:
+	@if command -v npm >/dev/null 2>&1; then \
+		[ $(NODE_EXAMPLE)/node_modules/.package-lock.json -nt $(NODE_EXAMPLE)/package-lock.json ] || \
+		npm ci --prefix $(NODE_EXAMPLE) --ignore-scripts --no-audit --no-fund; \
+	else echo "npm not found: the Node.js client test will be skipped"; fi
 
 bench: install
 	$(PY) bench/deconv_bench.py
@@ -50,4 +58,4 @@ train: install
 	$(VENV)/bin/zfclient convert torch zfnet-cifar10 --weights models/zfnet-cifar10.pt -o $(MODEL)
 
 clean:
-	rm -rf $(VENV) out zfnet/v1 $(CAFFE_STUBS)
+	rm -rf $(VENV) out zfnet/v1 $(CAFFE_STUBS) $(NODE_EXAMPLE)/node_modules

@@ -15,7 +15,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from zfnet import errors, imagefolder
+from zfnet import errors, imagefolder, status
 from zfnet.tensors import CHANNEL_OPTIONS, from_proto, to_proto
 from zfnet.v1 import zfnet_pb2 as pb
 from zfnet.v1 import zfnet_pb2_grpc
@@ -168,11 +168,17 @@ class Client:
         return self._stream(method, requests())
 
     def _error(self, err: grpc.RpcError) -> errors.ZfnetError:
+        """The zfnet error for a failed call, with the server's details (field, reason, resource, metadata)."""
         code = err.code()
         details = err.details() or str(code)
         if code == grpc.StatusCode.UNAVAILABLE:
             return errors.Unavailable(f"cannot reach the zfnet server at {self.target}: {details}")
-        return _CODES.get(code, errors.ZfnetError)(details)
+        cls, sent = _CODES.get(code, errors.ZfnetError), status.details_of(err)
+        error = cls(details, **sent)
+        if cls is errors.ZfnetError and code is not None:  # INTERNAL, DEADLINE_EXCEEDED, ...: keep the real code
+            error.code = code.name
+            error.reason = sent.get("reason") or code.name
+        return error
 
     # -- models ---------------------------------------------------------------------------
     def model_ref(self, model: str | Path) -> pb.ModelRef:

@@ -9,10 +9,9 @@ from pathlib import Path
 import grpc
 import typer
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from zfnet.edge import edge
-from zfnet.server import runtime
+from zfnet.server import reflection, runtime
 from zfnet.server.datasets import DatasetStore
 from zfnet.server.engine import Engine
 from zfnet.server.models import ModelStore
@@ -35,7 +34,7 @@ def create_server(
     zfnet_pb2_grpc.add_ZfnetServicer_to_server(ZfnetServicer(engine, provider), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    reflection.enable((SERVICE_NAME, health.SERVICE_NAME), server)  # grpc.reflection.v1 and v1alpha
     port = server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"cannot bind {address}")

@@ -71,10 +71,10 @@ def _range(size: int, start: int, stop: int, batch_size: int) -> tuple[int, int,
     """Check a requested range and batch size against a data set of ``size`` images."""
     stop = stop or size
     if not 0 <= start <= stop <= size:
-        raise InvalidArgument(f"data range [{start}, {stop}) is outside the data set's {size} images (DataSource.start/stop)")
+        raise InvalidArgument(f"data range [{start}, {stop}) is outside the data set's {size} images (DataSource.start/stop)", reason="VALUE_OUT_OF_RANGE")
     batch_size = batch_size or DEFAULT_BATCH
     if not 0 < batch_size <= MAX_BATCH:
-        raise InvalidArgument(f"DataSource.batch_size must be 1..{MAX_BATCH}, got {batch_size}")
+        raise InvalidArgument(f"DataSource.batch_size must be 1..{MAX_BATCH}, got {batch_size}", reason="VALUE_OUT_OF_RANGE")
     return start, stop, batch_size
 
 
@@ -150,14 +150,14 @@ class StreamedSource(Source):
 
             for begin, images, labels in self.parts:
                 if begin != expected:
-                    raise InvalidArgument(f"ImageBatch.start is {begin}; the next image expected is {expected} (batches must be consecutive)")
+                    raise InvalidArgument(f"ImageBatch.start is {begin}; the next image expected is {expected} (batches must be consecutive)", reason="STREAM_OUT_OF_ORDER")
                 if labels and len(labels) != len(images):
                     raise InvalidArgument(f"ImageBatch at {begin}: {len(labels)} labels for {len(images)} images")
                 if expected + len(images) > self.stop:
                     raise InvalidArgument(f"ImageBatch at {begin}: {len(images)} images run past the range's end {self.stop}")
                 labels = list(labels) or [-1] * len(images)
                 if any(not -1 <= lab < len(self.classes) for lab in labels):
-                    raise InvalidArgument(f"ImageBatch at {begin}: labels must be -1 or 0..{len(self.classes) - 1} (StreamedImages.classes)")
+                    raise InvalidArgument(f"ImageBatch at {begin}: labels must be -1 or 0..{len(self.classes) - 1} (StreamedImages.classes)", reason="VALUE_OUT_OF_RANGE")
                 pending.extend((begin + i, image, lab) for i, (image, lab) in enumerate(zip(images, labels)))
                 expected += len(images)
                 while len(pending) >= self.batch_size:
@@ -200,7 +200,7 @@ class DatasetStore:
         """The scanned file list of data set ``name`` (scanned once)."""
         if name not in self._folders:
             known = ", ".join(self.names()) or "none (start zfserver with --data-dir)"
-            raise NotFound(f"no data set named {name!r} on this server; it has: {known}")
+            raise NotFound(f"no data set named {name!r} on this server; it has: {known}", reason="DATASET_NOT_FOUND", resource=("dataset", name))
         if name not in self._scanned:
             self._scanned[name] = imagefolder.scan(self._folders[name])
         return self._scanned[name]
@@ -217,7 +217,7 @@ def streamed_source(
 ) -> StreamedSource:
     """A source over images the client streams."""
     if size <= 0:
-        raise InvalidArgument("StreamedImages.size must be the number of images in the data set (> 0)")
+        raise InvalidArgument("StreamedImages.size must be the number of images in the data set (> 0)", reason="VALUE_OUT_OF_RANGE")
     start, stop, batch_size = _range(size, start, stop, batch_size)
     return StreamedSource(size, list(classes), start, stop, batch_size, parts=parts)
 

@@ -48,10 +48,13 @@ def choose_channels(activation: np.ndarray, channels: list[int] | None, top_k: i
     if channels:
         bad = [c for c in channels if not 0 <= c < count]
         if bad:
-            raise InvalidArgument(f"channel(s) {bad} out of range: this layer has {count} channels (0..{count - 1})")
+            raise InvalidArgument(
+                f"channel(s) {bad} out of range: this layer has {count} channels (0..{count - 1})",
+                field=f"channels.channels[{channels.index(bad[0])}]", reason="VALUE_OUT_OF_RANGE", metadata={"channels": count},
+            )
         return [list(channels) for _ in range(activation.shape[0])]
     if top_k <= 0:
-        raise InvalidArgument(f"top_k must be positive, got {top_k}")
+        raise InvalidArgument(f"top_k must be positive, got {top_k}", field="channels.top_k", reason="VALUE_OUT_OF_RANGE")
     strength = activation.reshape(activation.shape[0], count, -1).max(axis=2)
     k = min(top_k, count)
     return [list(np.argsort(-row, kind="stable")[:k]) for row in strength]
@@ -60,10 +63,13 @@ def choose_channels(activation: np.ndarray, channels: list[int] | None, top_k: i
 def select(activation: np.ndarray, chosen: list[list[int]], mode: str) -> Selection:
     """Build the signals: only the strongest activation of the channel (``max``) or its whole map (``map``)."""
     if mode not in MODES:
-        raise InvalidArgument(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+        raise InvalidArgument(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}", field="mode", reason="UNKNOWN_ENUM_VALUE")
     rows = [(i, c) for i, cs in enumerate(chosen) for c in cs]
     if len(rows) > MAX_ROWS:
-        raise ResourceExhausted(f"{len(rows)} reconstructions asked for; at most {MAX_ROWS} per request")
+        raise ResourceExhausted(
+            f"{len(rows)} reconstructions asked for; at most {MAX_ROWS} per request",
+            reason="TOO_MANY_RECONSTRUCTIONS", metadata={"limit": MAX_ROWS, "requested": len(rows)},
+        )
     signal = np.zeros((len(rows), *activation.shape[1:]), np.float32)
     values, locations = np.zeros(len(rows), np.float32), []
     spatial = activation.shape[2:]

@@ -30,7 +30,7 @@ class Engine:
 
     def batch(self, model: LoadedModel, images: list[ImageInput]) -> np.ndarray:
         if len(images) > MAX_IMAGES:
-            raise ResourceExhausted(f"{len(images)} images in one request; at most {MAX_IMAGES}")
+            raise ResourceExhausted(f"{len(images)} images in one request; at most {MAX_IMAGES}", field="images", reason="TOO_MANY_IMAGES", metadata={"limit": MAX_IMAGES, "requested": len(images)})
         return to_batch(images, model.input_shape)
 
     def predict(self, model: LoadedModel, images: list[ImageInput]) -> tuple[np.ndarray, bool]:
@@ -43,7 +43,7 @@ class Engine:
     def activations(self, model: LoadedModel, images: list[ImageInput], layers: list[str | int]) -> dict[str, np.ndarray]:
         """The chosen layers' activations, by tensor name."""
         if not layers:
-            raise InvalidArgument("no layers asked for")
+            raise InvalidArgument("no layers asked for", field="layers", reason="FIELD_REQUIRED")
         names = [resolve(model.layers, layer).name for layer in layers]
         values = model.session.run(names, {model.input_name: self.batch(model, images)})
         return dict(zip(names, values))

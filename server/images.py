@@ -39,30 +39,30 @@ def decode(image: ImageInput, index: int) -> np.ndarray:
             with Image.open(io.BytesIO(image.encoded)) as img:
                 return np.asarray(img.convert("RGB"))
         except (UnidentifiedImageError, OSError, ValueError) as err:
-            raise InvalidArgument(f"{what}: cannot decode the image bytes ({err})") from None
+            raise InvalidArgument(f"{what}: cannot decode the image bytes ({err})", field=f"images[{index}].encoded", reason="BAD_IMAGE") from None
     if image.rgb is not None:
         rgb = image.rgb
         if rgb.ndim != 3 or rgb.shape[2] != 3:
-            raise InvalidArgument(f"{what}: an RGB tensor must be (H, W, 3), got {list(rgb.shape)}")
+            raise InvalidArgument(f"{what}: an RGB tensor must be (H, W, 3), got {list(rgb.shape)}", field=f"images[{index}].rgb.shape", reason="BAD_TENSOR")
         if rgb.dtype not in (np.uint8, np.float32):
-            raise InvalidArgument(f"{what}: an RGB tensor must be uint8 or float32, got {rgb.dtype}")
+            raise InvalidArgument(f"{what}: an RGB tensor must be uint8 or float32, got {rgb.dtype}", field=f"images[{index}].rgb.dtype", reason="BAD_TENSOR")
         return rgb
-    raise InvalidArgument(f"{what}: no image data")
+    raise InvalidArgument(f"{what}: no image data", field=f"images[{index}]", reason="FIELD_REQUIRED")
 
 
 def to_batch(images: list[ImageInput], input_shape: list[int]) -> np.ndarray:
     """Stack request images into the model's (N, C, H, W) float32 input."""
     if not images:
-        raise InvalidArgument("the request has no images")
+        raise InvalidArgument("the request has no images", field="images", reason="FIELD_REQUIRED")
     channels, height, width = input_shape[1:]
     batch = np.empty((len(images), channels, height, width), np.float32)
     for i, image in enumerate(images):
         if image.model_input is not None:
             if list(image.model_input.shape) != [channels, height, width]:
-                raise InvalidArgument(f"image {i}: model_input must be {[channels, height, width]}, got {list(image.model_input.shape)}")
+                raise InvalidArgument(f"image {i}: model_input must be {[channels, height, width]}, got {list(image.model_input.shape)}", field=f"images[{i}].model_input.shape", reason="BAD_TENSOR")
             batch[i] = image.model_input
             continue
         if channels != 3:
-            raise InvalidArgument(f"this model takes {channels} input channels; send model_input tensors, not RGB images")
+            raise InvalidArgument(f"this model takes {channels} input channels; send model_input tensors, not RGB images", field=f"images[{i}]")
         batch[i] = _resize(decode(image, i), height, width).transpose(2, 0, 1)
     return batch

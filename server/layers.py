@@ -91,11 +91,11 @@ def resolve(table: list[Layer], layer: str | int) -> Layer:
             if row.number == number:
                 return row
         last = max((r.number for r in table if r.number), default=0)
-        raise NotFound(f"layer {number} is out of range: this model has {last} convolutional and fully connected layers (1..{last})")
+        raise NotFound(f"layer {number} is out of range: this model has {last} convolutional and fully connected layers (1..{last})", field="layer.number", reason="LAYER_NOT_FOUND", resource=("layer", str(number)))
     for row in table:
         if row.name == layer:
             return row
-    raise NotFound(f"no layer named {layer!r}; `zfclient layers` lists them")
+    raise NotFound(f"no layer named {layer!r}; `zfclient layers` lists them", field="layer.name", reason="LAYER_NOT_FOUND", resource=("layer", layer))
 
 
 class ReceptiveFields:

@@ -60,21 +60,21 @@ def load(data: bytes, name: str, sha256: str | None = None) -> LoadedModel:
     try:
         model = onnx.ModelProto.FromString(data)
     except DecodeError:
-        raise InvalidArgument(f"model {name!r} is not an ONNX file (protobuf decoding failed)") from None
+        raise InvalidArgument(f"model {name!r} is not an ONNX file (protobuf decoding failed)", reason="BAD_MODEL") from None
     if not model.graph.node:
-        raise InvalidArgument(f"model {name!r} has an empty graph; is it an ONNX file?")
+        raise InvalidArgument(f"model {name!r} has an empty graph; is it an ONNX file?", reason="BAD_MODEL")
     exposed = expose.expose(model)  # renames tensors in place and appends outputs: output[0] stays the model's own output
     try:
         session = runtime.session(exposed.SerializeToString())
     except Exception as err:  # onnxruntime raises Fail/InvalidGraph/RuntimeException
-        raise InvalidArgument(f"onnxruntime cannot load model {name!r}: {str(err).splitlines()[0][:300]}") from None
+        raise InvalidArgument(f"onnxruntime cannot load model {name!r}: {str(err).splitlines()[0][:300]}", reason="BAD_MODEL") from None
     initializers = {i.name for i in exposed.graph.initializer}
     inputs = [v for v in exposed.graph.input if v.name not in initializers]
     if len(inputs) != 1:
-        raise InvalidArgument(f"model {name!r} must have one input (an image batch); it has {[v.name for v in inputs]}")
+        raise InvalidArgument(f"model {name!r} must have one input (an image batch); it has {[v.name for v in inputs]}", reason="BAD_MODEL")
     input_shape = [d if isinstance(d, int) and d > 0 else -1 for d in expose.tensor_shape(inputs[0])]
     if len(input_shape) != 4 or any(d < 0 for d in input_shape[1:]):
-        raise InvalidArgument(f"model {name!r}: the input must be (N, C, H, W) with fixed C, H, W; it is {expose.tensor_shape(inputs[0])}")
+        raise InvalidArgument(f"model {name!r}: the input must be (N, C, H, W) with fixed C, H, W; it is {expose.tensor_shape(inputs[0])}", reason="BAD_MODEL")
     classes = json.loads(get_metadata(exposed, CLASSES_KEY) or "[]")
     return LoadedModel(
         sha256=sha256, name=name, size=len(data), model=exposed, session=session,
@@ -112,11 +112,11 @@ class ModelStore:
     def get(self, sha256: str = "", name: str = "") -> LoadedModel:
         """A held model, loading it from the model directory on first use."""
         if not sha256 and not name:
-            raise InvalidArgument("no model given: set ModelRef.sha256 or ModelRef.name")
+            raise InvalidArgument("no model given: set ModelRef.sha256 or ModelRef.name", field="model", reason="FIELD_REQUIRED")
         sha = self.lookup(sha256, name)
         if sha is None:
             what = f"name {name!r}" if name else f"sha256 {sha256}"
-            raise NotFound(f"no model with {what} on this server; upload it first (the client does so automatically)")
+            raise NotFound(f"no model with {what} on this server; upload it first (the client does so automatically)", field="model.name" if name else "model.sha256", reason="MODEL_NOT_FOUND", resource=("model", name or sha256))
         with self._lock:
             if sha not in self._loaded:
                 path = self._files[sha]
@@ -126,10 +126,10 @@ class ModelStore:
     def add(self, data: bytes, name: str, sha256: str = "") -> LoadedModel:
         """Hold an uploaded model; ``sha256`` (when given) must match its bytes."""
         if len(data) > self.max_model_bytes:
-            raise ResourceExhausted(f"model {name!r} is {len(data)} bytes; this server takes at most {self.max_model_bytes}")
+            raise ResourceExhausted(f"model {name!r} is {len(data)} bytes; this server takes at most {self.max_model_bytes}", reason="MODEL_TOO_LARGE", metadata={"limit": self.max_model_bytes, "requested": len(data)})
         actual = hashlib.sha256(data).hexdigest()
         if sha256 and sha256.lower() != actual:
-            raise InvalidArgument(f"upload of {name!r} is corrupt: its SHA-256 is {actual}, the header said {sha256}")
+            raise InvalidArgument(f"upload of {name!r} is corrupt: its SHA-256 is {actual}, the header said {sha256}", field="header.sha256", reason="UPLOAD_MISMATCH")
         with self._lock:
             if actual in self._loaded:
                 return self._loaded[actual]

@@ -187,7 +187,8 @@ def build(model: onnx.ModelProto, layer: str, method: str) -> Projection:
         if rule is None or node.domain not in ("", "ai.onnx"):
             raise InvalidArgument(
                 f"no backward rule for op {node.op_type!r} (node {node.name or node.output[0]!r}, between layer {layer!r} "
-                f"and the input); rules exist for {', '.join(sorted(BACKWARD_RULES))}"
+                f"and the input); rules exist for {', '.join(sorted(BACKWARD_RULES))}",
+                reason="UNSUPPORTED_OP", metadata={"op": node.op_type, "node": node.name or node.output[0]},
             )
         builder.node = node
         incoming = rule(builder, node, outgoing)

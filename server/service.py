@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import grpc
 import numpy as np
@@ -13,33 +15,82 @@ from zfnet.errors import InvalidArgument, ResourceExhausted, ZfnetError
 from zfnet.server import datasets
 from zfnet.server.engine import Engine
 from zfnet.server.images import ImageInput
+from zfnet.server.layers import resolve
 from zfnet.server.models import LoadedModel
+from zfnet.status import to_grpc_status
 from zfnet.tensors import from_proto, to_proto
 from zfnet.v1 import zfnet_pb2 as pb
 from zfnet.v1 import zfnet_pb2_grpc
 
 log = logging.getLogger("zfnet.server")
 
+# Enum value -> engine name. The zero value (*_UNSPECIFIED, also what "not set" reads as) is the
+# documented default; a number outside the enum is refused by ``enum_choice``.
 MODES = {pb.DECONV_MODE_UNSPECIFIED: "max", pb.MAX: "max", pb.MAP: "map"}
 METHODS = {pb.DECONV_METHOD_UNSPECIFIED: "deconvnet", pb.DECONVNET: "deconvnet", pb.BACKPROP: "backprop", pb.GUIDED: "guided"}
+PREDICT_TOP_K = 5  # PredictRequest.top_k when unset
+DECONV_TOP_K = 9  # ChannelSelection.top_k when unset
 
 
 def _status(fn: Callable) -> Callable:
-    """Map ZfnetError to its status code; any other exception to INTERNAL, logged; the server keeps serving."""
+    """Map ZfnetError to its status code with error details (``zfnet.status``), MemoryError to
+    RESOURCE_EXHAUSTED, any other exception to INTERNAL, logged; the server keeps serving. Wraps
+    unary and streaming (generator) methods alike."""
+    if inspect.isgeneratorfunction(fn):
+
+        @functools.wraps(fn)
+        def stream(self, request, context: grpc.ServicerContext):
+            with _mapped(fn.__name__, context):
+                yield from fn(self, request, context)
+
+        return stream
 
     @functools.wraps(fn)
     def wrapper(self, request, context: grpc.ServicerContext):
-        try:
+        with _mapped(fn.__name__, context):
             return fn(self, request, context)
-        except ZfnetError as err:
-            context.abort(getattr(grpc.StatusCode, err.code), str(err))
-        except MemoryError:
-            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "out of memory; send fewer images or channels per request")
-        except Exception:
-            log.exception("%s failed", fn.__name__)
-            context.abort(grpc.StatusCode.INTERNAL, f"{fn.__name__} failed on the server; see its log")
 
     return wrapper
+
+
+@contextmanager
+def _mapped(name: str, context: grpc.ServicerContext) -> Iterator[None]:
+    try:
+        yield
+    except ZfnetError as err:
+        context.abort_with_status(to_grpc_status(err))
+    except MemoryError:
+        err = ResourceExhausted("out of memory; send fewer images or channels per request", reason="OUT_OF_MEMORY")
+        context.abort_with_status(to_grpc_status(err))
+    except Exception:
+        log.exception("%s failed", name)
+        context.abort_with_status(to_grpc_status(ZfnetError(f"{name} failed on the server; see its log", reason="INTERNAL"), "INTERNAL"))
+
+
+@contextmanager
+def within(old: str, new: str) -> Iterator[None]:
+    """Errors raised inside that name the request field ``old`` (or a field under it) name ``new``
+    instead: checks written for one request's layout serve another's (``layer`` -> ``layers[2]``;
+    ``model.sha256`` -> ``sha256`` where the request is the ModelRef itself)."""
+    try:
+        yield
+    except ZfnetError as err:
+        field = err.field or ""
+        if field == old or field.startswith((old + ".", old + "[")):
+            err.field = (new + field[len(old):]).lstrip(".") or None
+        raise
+
+
+def enum_choice(table: dict[int, str], value: int, field: str, enum) -> str:
+    """The engine name of an enum field's value; a number the enum does not define is refused."""
+    if value not in table:
+        default = enum.Name(next(v for v in table if v and table[v] == table[0]))
+        names = ", ".join(f"{enum.Name(v)} ({v})" for v in table if v)
+        raise InvalidArgument(
+            f"{field} {value} is not a {enum.DESCRIPTOR.name}: use {names}, or leave it unset for {default}",
+            field=field, reason="UNKNOWN_ENUM_VALUE", metadata={"enum": enum.DESCRIPTOR.full_name, "value": value},
+        )
+    return table[value]
 
 
 def images_from(request_images) -> list[ImageInput]:
@@ -50,11 +101,12 @@ def images_from(request_images) -> list[ImageInput]:
         if kind == "encoded":
             out.append(ImageInput(encoded=image.encoded, label=image.label))
         elif kind == "rgb":
-            out.append(ImageInput(rgb=from_proto(image.rgb, f"image {i}"), label=image.label))
+            out.append(ImageInput(rgb=from_proto(image.rgb, f"image {i}", f"images[{i}].rgb"), label=image.label))
         elif kind == "model_input":
-            out.append(ImageInput(model_input=from_proto(image.model_input, f"image {i}").astype(np.float32), label=image.label))
+            model_input = from_proto(image.model_input, f"image {i}", f"images[{i}].model_input")
+            out.append(ImageInput(model_input=model_input.astype(np.float32), label=image.label))
         else:
-            raise InvalidArgument(f"image {i} has no data (set encoded, rgb or model_input)")
+            raise InvalidArgument(f"image {i} has no data (set encoded, rgb or model_input)", field=f"images[{i}]", reason="FIELD_REQUIRED")
     return out
 
 
@@ -70,7 +122,7 @@ def data_source(engine: Engine, source: pb.DataSource, rest: Iterator) -> datase
             for r in rest if r.WhichOneof("part") == "batch"
         )
         return datasets.streamed_source(source.streamed.size, list(source.streamed.classes), parts, source.start, source.stop, source.batch_size)
-    raise InvalidArgument("no data given: set DataSource.dataset (a name from ListDatasets) or DataSource.streamed")
+    raise InvalidArgument("no data given: set DataSource.dataset (a name from ListDatasets) or DataSource.streamed", reason="FIELD_REQUIRED")
 
 
 def progress(stage: str, done: int, total: int, skipped: list[datasets.Skipped] = ()) -> pb.JobProgress:
@@ -80,8 +132,14 @@ def progress(stage: str, done: int, total: int, skipped: list[datasets.Skipped] 
 def layer_ref(ref: pb.LayerRef) -> str | int:
     kind = ref.WhichOneof("ref")
     if kind is None:
-        raise InvalidArgument("no layer given: set LayerRef.number or LayerRef.name")
+        raise InvalidArgument("no layer given: set LayerRef.number or LayerRef.name", field="layer", reason="FIELD_REQUIRED")
     return ref.number if kind == "number" else ref.name
+
+
+def _require_model(ref: pb.ModelRef, at: str) -> None:
+    """Refuse a ModelRef with neither sha256 nor name; ``at``: where it sits ("" for the request itself)."""
+    if ref.WhichOneof("ref") is None:
+        raise InvalidArgument("no model given: set ModelRef.sha256 or ModelRef.name", field=at or "ref", reason="FIELD_REQUIRED")
 
 
 def model_info(model: LoadedModel, provider: str) -> pb.ModelInfo:
@@ -102,11 +160,15 @@ class ZfnetServicer(zfnet_pb2_grpc.ZfnetServicer):
         self.engine = engine
         self.provider = provider
 
-    def _model(self, ref: pb.ModelRef) -> LoadedModel:
-        return self.engine.store.get(ref.sha256, ref.name)
+    def _model(self, ref: pb.ModelRef, at: str = "model") -> LoadedModel:
+        """The model ``ref`` names; ``at`` is where the ModelRef sits in the request ("" for the request itself)."""
+        _require_model(ref, at)
+        with within("model", at):
+            return self.engine.store.get(ref.sha256, ref.name)
 
     @_status
     def HasModel(self, request: pb.ModelRef, context) -> pb.HasModelResponse:
+        _require_model(request, "")
         sha = self.engine.store.lookup(request.sha256, request.name)
         return pb.HasModelResponse(present=sha is not None, sha256=sha or "")
 
@@ -118,17 +180,23 @@ class ZfnetServicer(zfnet_pb2_grpc.ZfnetServicer):
             if part.WhichOneof("part") == "header":
                 header = part.header
             elif header is None:
-                raise InvalidArgument("UploadModel: send the UploadHeader before any chunk")
+                raise InvalidArgument("UploadModel: send the UploadHeader before any chunk", field="chunk", reason="STREAM_OUT_OF_ORDER")
             else:
                 chunks.append(part.chunk)
                 received += len(part.chunk)
             if header is not None and max(header.size, received) > limit:
-                raise ResourceExhausted(f"model {header.name!r} is over {limit} bytes, this server's limit (--max-model-mb)")
+                raise ResourceExhausted(
+                    f"model {header.name!r} is over {limit} bytes, this server's limit (--max-model-mb)",
+                    reason="MODEL_TOO_LARGE", metadata={"limit": limit, "requested": max(header.size, received)},
+                )
         if header is None:
-            raise InvalidArgument("UploadModel: empty stream; send an UploadHeader and the model's bytes")
+            raise InvalidArgument("UploadModel: empty stream; send an UploadHeader and the model's bytes", field="header", reason="FIELD_REQUIRED")
         data = b"".join(chunks)
         if header.size and header.size != len(data):
-            raise InvalidArgument(f"UploadModel: received {len(data)} bytes, the header said {header.size}")
+            raise InvalidArgument(
+                f"UploadModel: received {len(data)} bytes, the header said {header.size}", field="header.size", reason="UPLOAD_MISMATCH",
+                metadata={"received": len(data), "header": header.size},
+            )
         model = self.engine.store.add(data, header.name, header.sha256)
         log.info("model %s (%s) uploaded, %d bytes", model.name, model.sha256[:12], model.size)
         return model_info(model, self.provider)
@@ -139,13 +207,17 @@ class ZfnetServicer(zfnet_pb2_grpc.ZfnetServicer):
 
     @_status
     def GetModelInfo(self, request: pb.ModelRef, context) -> pb.ModelInfo:
-        return model_info(self._model(request), self.provider)
+        return model_info(self._model(request, at=""), self.provider)
 
     @_status
     def Predict(self, request: pb.PredictRequest, context) -> pb.PredictResponse:
+        if request.top_k < 0:
+            raise InvalidArgument(
+                f"top_k must not be negative (0 or unset means {PREDICT_TOP_K}), got {request.top_k}", field="top_k", reason="VALUE_OUT_OF_RANGE",
+            )
         model = self._model(request.model)
         probabilities, applied = self.engine.predict(model, images_from(request.images))
-        k = min(request.top_k or 5, probabilities.shape[1])
+        k = min(request.top_k or PREDICT_TOP_K, probabilities.shape[1])
         predictions = []
         for row in probabilities:
             top = np.argsort(-row, kind="stable")[:k]
@@ -156,19 +228,23 @@ class ZfnetServicer(zfnet_pb2_grpc.ZfnetServicer):
     @_status
     def GetActivations(self, request: pb.ActivationsRequest, context) -> pb.ActivationsResponse:
         model = self._model(request.model)
-        values = self.engine.activations(model, images_from(request.images), [layer_ref(r) for r in request.layers])
+        images = images_from(request.images)
+        layers = []
+        for i, ref in enumerate(request.layers):  # checked one by one, so that an error names its layers[i]
+            with within("layer", f"layers[{i}]"):
+                layers.append(resolve(model.layers, layer_ref(ref)).name)
+        values = self.engine.activations(model, images, layers)
         return pb.ActivationsResponse(activations={name: to_proto(v) for name, v in values.items()})
 
     @_status
     def Deconv(self, request: pb.DeconvRequest, context) -> pb.DeconvResponse:
         model = self._model(request.model)
         images = images_from(request.images)
-        mode, method = MODES.get(request.mode), METHODS.get(request.method)
-        if mode is None or method is None:
-            raise InvalidArgument(f"unknown mode {request.mode} or method {request.method}")
+        mode = enum_choice(MODES, request.mode, "mode", pb.DeconvMode)
+        method = enum_choice(METHODS, request.method, "method", pb.DeconvMethod)
         layer, results = self.engine.deconv(
             model, images, layer_ref(request.layer), list(request.channels.channels) or None,
-            request.channels.top_k or 9, mode, method,
+            request.channels.top_k or DECONV_TOP_K, mode, method,
         )
         per_image = [pb.ImageReconstructions(label=image.label) for image in images]
         for r in results:

@@ -68,3 +68,26 @@ def server() -> Iterator[tuple[str, object]]:
         yield f"127.0.0.1:{port}", engine
     finally:
         srv.stop(grace=None)
+
+
+def compile_protos(*files: str):
+    """A FileDescriptorSet of ``files`` (paths under proto/) and their imports, compiled by protoc
+    from the sources in proto/ -- independent of any generated stub."""
+    import importlib.resources
+    import tempfile
+
+    from google.protobuf import descriptor_pb2
+    from grpc_tools import protoc
+
+    well_known = importlib.resources.files("grpc_tools") / "_proto"
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "set.bin"
+        args = ["protoc", f"-I{ROOT / 'proto'}", f"-I{well_known}", f"--descriptor_set_out={out}", "--include_imports", *files]
+        assert protoc.main(args) == 0, f"protoc failed on {files}"
+        return descriptor_pb2.FileDescriptorSet.FromString(out.read_bytes())
+
+
+@pytest.fixture(scope="session")
+def protos():
+    """``protos(*files)``: a FileDescriptorSet compiled from proto/ (see ``compile_protos``)."""
+    return compile_protos
