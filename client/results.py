@@ -110,6 +110,7 @@ class CorrespondenceScore:
     features: int
     pair_distances: np.ndarray  # (K, K)
     trial_deltas: list[float]
+    trial_boxes: list[list[tuple[int, int, int, int]]]  # random: per trial, one (top, left, bottom, right) per image
 
 
 @dataclass(frozen=True)
@@ -170,7 +171,10 @@ def correspondence(reply: pb.CorrespondenceResult) -> CorrespondenceResult:
     return CorrespondenceResult(
         list(reply.layers), list(reply.parts), _fill(reply.fill), list(reply.labels),
         [
-            CorrespondenceScore(s.part, s.random, s.layer, s.delta, s.mean, s.std, s.pairs, s.features, _array(s.pair_distances), list(s.trial_deltas))
+            CorrespondenceScore(
+                s.part, s.random, s.layer, s.delta, s.mean, s.std, s.pairs, s.features, _array(s.pair_distances), list(s.trial_deltas),
+                [[(b.top, b.left, b.bottom, b.right) for b in trial.boxes] for trial in s.trial_boxes],
+            )
             for s in reply.scores
         ],
         reply.random_trials, reply.seed, reply.batch,

@@ -51,6 +51,7 @@ class Score:
     features: int
     pair_distances: np.ndarray  # (K, K) float32, H / features; random: mean over trials
     trial_deltas: list[float]
+    trial_boxes: np.ndarray | None  # random: (trials, K, 4) the masks of each trial
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,6 @@ class Correspondence:
     random_trials: int
     seed: int
     scores: list[Score]
-    random_boxes: np.ndarray  # (parts, trials, K, 4) int: the control's boxes
     batch: int
 
 
@@ -149,20 +149,21 @@ def run(
         per_set = np.stack(signs[row.name], axis=1)  # (sets, K, D)
         distances = [hamming(per_set[s]) for s in range(len(sets))]
         for p, part in enumerate(parts):
-            scores.append(_score(part, False, row.name, [distances[p]], per_set.shape[2]))
+            scores.append(_score(part, None, row.name, [distances[p]], per_set.shape[2]))
         for p, part in enumerate(parts):
             if trials:
                 first = len(parts) + p * trials
-                scores.append(_score(part, True, row.name, distances[first : first + trials], per_set.shape[2]))
-    return Correspondence(names, list(parts), filler, trials, seed, scores, control, copies)
+                scores.append(_score(part, control[p], row.name, distances[first : first + trials], per_set.shape[2]))
+    return Correspondence(names, list(parts), filler, trials, seed, scores, copies)
 
 
-def _score(part: str, random: bool, layer: str, distances: list[np.ndarray], features: int) -> Score:
+def _score(part: str, trial_boxes: np.ndarray | None, layer: str, distances: list[np.ndarray], features: int) -> Score:
     """Delta, and the mean and standard deviation of the normalised distance over pairs i < j."""
     upper = np.triu_indices(len(distances[0]), k=1)
     pairs = np.concatenate([d[upper] for d in distances]) / features
     deltas = [float(d.sum()) for d in distances]
+    random = trial_boxes is not None
     return Score(
         part, random, layer, float(np.mean(deltas)), float(pairs.mean()), float(pairs.std()), len(pairs), features,
-        (np.mean(distances, axis=0) / features).astype(np.float32), deltas if random else [],
+        (np.mean(distances, axis=0) / features).astype(np.float32), deltas if random else [], trial_boxes,
     )

@@ -24,7 +24,7 @@ import numpy as np
 from onnx import numpy_helper
 
 from zfnet.converters.graph import MEAN_INITIALIZER
-from zfnet.errors import InvalidArgument
+from zfnet.errors import InvalidArgument, ResourceExhausted
 from zfnet.server.engine import probabilities, softmax
 from zfnet.server.layers import Layer, resolve
 from zfnet.server.models import LoadedModel
@@ -54,7 +54,7 @@ class Tracker:
 
     def __init__(self, total: int) -> None:
         if total > MAX_COPIES_PER_REQUEST:
-            raise InvalidArgument(f"{total} perturbed copies asked for; at most {MAX_COPIES_PER_REQUEST} per request (fewer images, a larger stride or fewer values)")
+            raise ResourceExhausted(f"{total} perturbed copies asked for; at most {MAX_COPIES_PER_REQUEST} per request (fewer images, a larger stride or fewer values)")
         self.total = total
         self.done = 0
 

@@ -295,6 +295,8 @@ def correspondence_result(result: correspondence.Correspondence, images: list[Im
             pb.CorrespondenceScore(
                 part=s.part, random=s.random, layer=s.layer, delta=s.delta, mean=s.mean, std=s.std, pairs=s.pairs,
                 features=s.features, pair_distances=to_proto(s.pair_distances), trial_deltas=s.trial_deltas,
+                trial_boxes=[pb.PartBoxes(boxes=[pb.Box(top=t, left=l, bottom=b, right=r) for t, l, b, r in trial.tolist()])
+                             for trial in (s.trial_boxes if s.trial_boxes is not None else [])],
             )
             for s in result.scores
         ],

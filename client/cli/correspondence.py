@@ -134,7 +134,8 @@ def as_dict(result: CorrespondenceResult, files: list[Path], boxes: list[list[Bo
         "images": [{"file": str(f), "boxes": dict(zip(result.parts, map(list, b)))} for f, b in zip(files, boxes)],
         "scores": [
             {"part": s.part, "random": s.random, "layer": s.layer, "delta": s.delta, "mean": s.mean, "std": s.std,
-             "pairs": s.pairs, "features": s.features, "pair_distances": s.pair_distances.tolist(), "trial_deltas": s.trial_deltas}
+             "pairs": s.pairs, "features": s.features, "pair_distances": s.pair_distances.tolist(), "trial_deltas": s.trial_deltas,
+             **({"trial_boxes": [list(map(list, trial)) for trial in s.trial_boxes]} if s.random else {})}
             for s in result.scores
         ],
     }
