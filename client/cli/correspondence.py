@@ -107,15 +107,12 @@ def command(
     if as_json:
         print(json.dumps(report))
         return
-    table = Table("masked", *(f"{layer}: mean ± std" for layer in result.layers), *(f"{layer}: Delta" for layer in result.layers),
-                  title=f"{title}: sign changes differing between image pairs (Hamming / features)")
-    for random_rows in (False, True):
-        for part in annotation.parts:
-            scores = [result.score(part, layer, random_rows) for layer in result.layers]
-            if None in scores:
-                continue
-            name = f"random, {part}-sized" if random_rows else part
-            table.add_row(name, *(f"{s.mean:.4f} ± {s.std:.4f}" for s in scores), *(f"{s.delta:.0f}" for s in scores))
+    table = Table("layer", "masked", "mean ± std", "Delta", title=f"{title}: sign changes differing between image pairs (Hamming / features)")
+    for layer in result.layers:
+        rows = sorted((s for s in result.scores if s.layer == layer), key=lambda s: s.random)
+        for k, score in enumerate(rows):
+            name = f"random, {score.part}-sized" if score.random else score.part
+            table.add_row(layer, name, f"{score.mean:.4f} ± {score.std:.4f}", f"{score.delta:.0f}", end_section=k == len(rows) - 1)
     Console().print(table)
     print(f"{len(annotation.files)} images, {len(annotation.parts)} parts, {result.random_trials} random trials per part (seed {result.seed}), fill {result.fill.describe()}")
     print(f"wrote {out / 'correspondence.json'}, {bars} and {sheet}")
