@@ -59,7 +59,7 @@ def occlusion_sheet(image: np.ndarray, result: OcclusionResult, maps: OcclusionM
     projection, (d) true-class probability, (e) most probable class; maps at the occluder centres."""
     height, width = image.shape[:2]
     extent = _map_extent(result)
-    fig, axes = plt.subplots(1, 5, figsize=(17, 3.9), dpi=110, gridspec_kw={"wspace": 0.45})
+    fig, axes = plt.subplots(1, 5, figsize=(17, 3.2), dpi=110, gridspec_kw={"wspace": 0.45})
     truth = class_name(result.classes, maps.true_class.index)
 
     ax = axes[0]
@@ -104,7 +104,7 @@ def occlusion_sheet(image: np.ndarray, result: OcclusionResult, maps: OcclusionM
     _frame(ax, height, width, f"(e) most probable class per position\n(original: {class_name(result.classes, maps.top_class)})")
     ax.legend(handles=[Patch(color=palette(k % palette.N), label=class_name(result.classes, k)) for k in present],
               fontsize=6, loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0)
-    fig.suptitle(title, fontsize=9, y=1.0)
+    fig.suptitle(title, fontsize=9, y=1.06)
     return _save(fig, path)
 
 

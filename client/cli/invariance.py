@@ -72,11 +72,12 @@ def command(
     result = dataclasses.replace(result, labels=labels)
     picture = plots.invariance_grid(result, f"invariance of {info.name}: feature distance to the original and true-class probability", out / "invariance.png")
     (out / "invariance.json").write_text(json.dumps(as_json(result, image), indent=1))
-    table = Table("transform", *(f"{layer}: largest distance" for layer in result.layers), "lowest p(true class) (at)", title=f"invariance, border {result.border}")
+    table = Table("transform", *(f"{layer} largest distance" for layer in result.layers), "lowest p(true)", "image", "at",
+                  title=f"invariance, border {result.border}")
     for sweep in result.sweeps:
         i, v = np.unravel_index(int(np.argmin(sweep.true_class_probability)), sweep.true_class_probability.shape)
         table.add_row(sweep.transform, *(f"{sweep.distances[:, k].max():.3g}" for k in range(len(result.layers))),
-                      f"{sweep.true_class_probability[i, v]:.3f} ({labels[i]}, {sweep.values[v]:g})")
+                      f"{sweep.true_class_probability[i, v]:.3f}", labels[i], f"{sweep.values[v]:g}")
     Console().print(table)
     print(f"wrote {picture} and {out / 'invariance.json'}")
 

@@ -38,7 +38,7 @@ def command(
             result = client.occlusion(model, image, size, stride, fill, parse_layers(layer)[0] if layer else None, truths, max_batch, all_classes, update)
     pictures = [imagefolder.read_rgb(path, tuple(info.input_shape[2:4])) for path in image]
     out.mkdir(parents=True, exist_ok=True)
-    table = Table("image", "true class", "p original", "lowest p (centre y, x)", "top-1 changes", "feature map",
+    table = Table("image", "true class", "p", "lowest p", "at (y, x)", "top-1 changed", "map",
                   title=f"occlusion {result.size}x{result.size} px, stride {result.stride}, fill {result.fill.describe()}; {result.layer}")
     sheets = []
     for picture, stem, path, maps, source in zip(pictures, unique_stems(image), image, result.images, sources):
@@ -50,7 +50,7 @@ def command(
         changed = float(np.mean(maps.top_class_map != maps.top_class))
         table.add_row(
             path.name, f"{truth}" + (" (top-1)" if maps.true_class.from_top1 else ""), f"{maps.true_class_probability:.3f}",
-            f"{maps.true_class_map[r, c]:.3f} ({result.tops[r] + result.size // 2}, {result.lefts[c] + result.size // 2})",
+            f"{maps.true_class_map[r, c]:.3f}", f"{result.tops[r] + result.size // 2}, {result.lefts[c] + result.size // 2}",
             f"{changed:.0%}", str(maps.channel),
         )
     Console().print(table)
