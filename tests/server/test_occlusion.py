@@ -3,12 +3,13 @@ occludes and runs bare onnxruntime one position at a time; progress; errors."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
-from perturb_testing import CIFAR10, Bare, Conn, conn, encoded, expect_stream_error, nchw, softmax, still_serves, stream  # noqa: F401
+from perturb_testing import CIFAR10, TIMEOUT, Bare, Conn, conn, encoded, expect_stream_error, nchw, softmax, still_serves, stream  # noqa: F401
 
 from zfnet.server import occlusion, perturbation
 from zfnet.server.models import load
@@ -162,3 +163,19 @@ def test_too_many_copies_are_refused(conn: Conn, sample_images, monkeypatch) -> 
     monkeypatch.setattr(perturbation, "MAX_COPIES_PER_REQUEST", 100)
     request = pb.OcclusionRequest(model=conn.ref, images=encoded(sample_images[:1]), size=1, stride=1)
     expect_stream_error(conn.stub.Occlusion, request, Code.RESOURCE_EXHAUSTED, "1024 perturbed copies", "at most 100")
+
+
+def test_cancelling_mid_stream_stops_the_work_and_the_server_keeps_serving(conn: Conn, sample_images, monkeypatch) -> None:
+    batches = []
+    advance = perturbation.Tracker.advance
+    monkeypatch.setattr(perturbation.Tracker, "advance", lambda self, n, stage: batches.append(n) or advance(self, n, stage))
+    call = conn.stub.Occlusion(pb.OcclusionRequest(model=conn.ref, images=encoded(sample_images[:4]), size=4, stride=1, max_batch=8), timeout=TIMEOUT)
+    first = next(call)
+    assert first.WhichOneof("reply") == "progress" and first.progress.done == 8 and first.progress.total == 4 * 29 * 29
+    call.cancel()
+    with pytest.raises(grpc.RpcError) as info:
+        list(call)
+    assert info.value.code() == Code.CANCELLED
+    still_serves(conn, sample_images[0])
+    time.sleep(0.5)
+    assert len(batches) < 10, f"{len(batches)} of {4 * 29 * 29 // 8 + 1} batches ran after the client cancelled"
