@@ -17,6 +17,7 @@ import numpy as np
 
 from zfnet import errors
 from zfnet.client import results
+from zfnet.client.results import BORDERS, FILLS, TRANSFORMS
 from zfnet.tensors import CHANNEL_OPTIONS, from_proto, to_proto
 from zfnet.v1 import zfnet_pb2 as pb
 from zfnet.v1 import zfnet_pb2_grpc
@@ -32,9 +33,6 @@ _CODES = {
 }
 MODES = {"max": pb.MAX, "map": pb.MAP}
 METHODS = {"deconvnet": pb.DECONVNET, "backprop": pb.BACKPROP, "guided": pb.GUIDED}
-FILLS = {"mean": pb.FILL_MEAN, "grey": pb.FILL_GREY, "zero": pb.FILL_ZERO, "0": pb.FILL_ZERO}
-TRANSFORMS = {"translate": pb.TRANSLATE, "scale": pb.SCALE, "rotate": pb.ROTATE}
-BORDERS = {"reflect": pb.REFLECT, "constant": pb.CONSTANT}
 ProgressCallback = Callable[[str, int, int], None]  # (stage, copies done, copies in all)
 
 ImageLike = str | Path | bytes | np.ndarray

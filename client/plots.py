@@ -16,13 +16,6 @@ from matplotlib.patches import Patch, Rectangle  # noqa: E402
 from zfnet.client.render import for_display  # noqa: E402
 from zfnet.client.results import CorrespondenceResult, InvarianceResult, OcclusionMaps, OcclusionResult  # noqa: E402
 
-UNITS = {
-    "translate": "vertical shift (pixels, + down)",
-    "scale": "scale factor",
-    "rotate": "rotation (degrees, counter-clockwise)",
-}
-
-
 def _save(fig: plt.Figure, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, bbox_inches="tight")
@@ -124,7 +117,7 @@ def invariance_grid(result: InvarianceResult, title: str, path: Path) -> Path:
                 values = sweep.distances[i, c] if c < len(result.layers) else sweep.true_class_probability[i]
                 named = f"{label or f'image {i}'}: {class_name(result.classes, truth.index)}{' (top-1)' if truth.from_top1 else ''}"
                 ax.plot(sweep.values, values, marker=".", markersize=3, linewidth=1, label=named)
-            ax.set_xlabel(UNITS.get(sweep.transform, sweep.transform), fontsize=7)
+            ax.set_xlabel(sweep.unit or sweep.transform, fontsize=7)
             if c < len(result.layers):
                 ax.set_ylabel("Euclidean distance", fontsize=7)
                 heading = f"{result.layers[c]}: feature distance"

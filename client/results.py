@@ -10,9 +10,12 @@ import numpy as np
 from zfnet.tensors import from_proto
 from zfnet.v1 import zfnet_pb2 as pb
 
+FILLS = {"mean": pb.FILL_MEAN, "grey": pb.FILL_GREY, "zero": pb.FILL_ZERO, "0": pb.FILL_ZERO}
+TRANSFORMS = {"translate": pb.TRANSLATE, "scale": pb.SCALE, "rotate": pb.ROTATE}
+BORDERS = {"reflect": pb.REFLECT, "constant": pb.CONSTANT}
 FILL_NAMES = {pb.FILL_MEAN: "mean", pb.FILL_GREY: "grey", pb.FILL_ZERO: "zero"}
-TRANSFORM_NAMES = {pb.TRANSLATE: "translate", pb.SCALE: "scale", pb.ROTATE: "rotate"}
-BORDER_NAMES = {pb.REFLECT: "reflect", pb.CONSTANT: "constant"}
+TRANSFORM_NAMES = {code: name for name, code in TRANSFORMS.items()}
+BORDER_NAMES = {code: name for name, code in BORDERS.items()}
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,7 @@ class OcclusionResult:
 @dataclass(frozen=True)
 class Sweep:
     transform: str
+    unit: str  # of the values
     values: np.ndarray  # (V,)
     distances: np.ndarray  # (N, L, V)
     true_class_probability: np.ndarray  # (N, V)
@@ -162,7 +166,10 @@ def invariance(reply: pb.InvarianceResult) -> InvarianceResult:
     return InvarianceResult(
         list(reply.layers), BORDER_NAMES.get(reply.border, "reflect"), _fill(reply.fill), list(reply.labels),
         [_truth(t) for t in reply.true_classes], _array(reply.feature_norms),
-        [Sweep(TRANSFORM_NAMES[s.transform], np.asarray(s.values, np.float32), _array(s.distances), _array(s.true_class_probability)) for s in reply.sweeps],
+        [
+            Sweep(TRANSFORM_NAMES.get(s.transform, str(s.transform)), s.unit, np.asarray(s.values, np.float32), _array(s.distances), _array(s.true_class_probability))
+            for s in reply.sweeps
+        ],
         list(reply.classes), reply.batch,
     )
 

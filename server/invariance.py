@@ -97,6 +97,7 @@ class Sweep:
     """One transformation's curves."""
 
     transform: str
+    unit: str
     values: np.ndarray  # (V,)
     distances: np.ndarray  # (N, L, V) float32: Euclidean distance of each layer's features to the original's
     true_class_probability: np.ndarray  # (N, V) float32
@@ -155,7 +156,7 @@ def run(
     out, start = [], 0
     for rule, values in plan:
         part = slice(start, start + len(values))
-        out.append(Sweep(rule.name, values.astype(np.float32), distance[:, :, part], probability[:, part]))
+        out.append(Sweep(rule.name, rule.unit, values.astype(np.float32), distance[:, :, part], probability[:, part]))
         start += len(values)
     norms = np.array([[np.linalg.norm(base[r.name][i].astype(np.float64)) for r in rows] for i in range(len(batch))], np.float32)
     return Invariance([r.name for r in rows], border, filler, truth, norms, out, copies)

@@ -280,7 +280,7 @@ def invariance_result(result: invariance.Invariance, images: list[ImageInput], m
         labels=[image.label for image in images], true_classes=[_true_class(t) for t in result.true_classes],
         feature_norms=to_proto(result.feature_norms), classes=model.classes, batch=result.batch,
         sweeps=[
-            pb.SweepResult(transform=codes[s.transform], values=s.values.tolist(), distances=to_proto(s.distances),
+            pb.SweepResult(transform=codes[s.transform], unit=s.unit, values=s.values.tolist(), distances=to_proto(s.distances),
                            true_class_probability=to_proto(s.true_class_probability))
             for s in result.sweeps
         ],

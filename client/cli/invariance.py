@@ -13,7 +13,8 @@ from rich.console import Console
 from rich.table import Table
 
 from zfnet.client import plots
-from zfnet.client.api import TRANSFORMS, Client
+from zfnet.client.api import Client
+from zfnet.client.results import TRANSFORMS
 from zfnet.client.cli.common import ServerOption, parse_layers, progress_bar, true_classes, unique_stems
 from zfnet.client.results import InvarianceResult
 from zfnet.errors import InvalidArgument
@@ -94,7 +95,7 @@ def as_json(result: InvarianceResult, images: list[Path]) -> dict:
         ],
         "sweeps": [
             {
-                "transform": sweep.transform, "unit": plots.UNITS[sweep.transform], "values": sweep.values.tolist(),
+                "transform": sweep.transform, "unit": sweep.unit, "values": sweep.values.tolist(),
                 "distances": {layer: sweep.distances[:, k].tolist() for k, layer in enumerate(result.layers)},
                 "true_class_probability": sweep.true_class_probability.tolist(),
             }

@@ -151,6 +151,7 @@ def test_defaults_are_the_three_transformations_on_layers_1_and_7(conn: Conn, sa
     assert list(result.sweeps[2].values) == list(range(0, 361, 10))
     assert list(result.layers) == ["pool1", "relu7"] and result.border == pb.REFLECT
     assert result.true_classes[0].from_top1
+    assert [s.unit for s in result.sweeps] == ["vertical shift (pixels, + down)", "scale factor", "rotation (degrees, counter-clockwise)"]
 
 
 def test_python_client_matches_raw_stub(conn: Conn, sample_images) -> None:
