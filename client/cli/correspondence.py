@@ -88,8 +88,7 @@ def command(
     max_batch: int = typer.Option(0, "--max-batch", help="Masked copies per forward pass (0: as the server's memory allows)."),
     server: str | None = ServerOption,
 ) -> None:
-    """Mask the same part (e.g. an eye) in each image and measure how consistently the features change
-    (the paper's Delta: Hamming distances between the sign patterns of the changes), beside random masks."""
+    """Correspondence (Table 1): how consistently masking the same part of several images changes their features."""
     annotation = load_parts(parts, images)
     with Client(server) as client:
         info = client.model_info(model)

@@ -59,8 +59,7 @@ def command(
     max_batch: int = typer.Option(0, "--max-batch", help="Transformed copies per forward pass (0: as the server's memory allows)."),
     server: str | None = ServerOption,
 ) -> None:
-    """Euclidean distance between the features of each image and of its transformed copies at the chosen
-    layers, and the true class's probability, for vertical translation, scale and rotation."""
+    """Invariance (Fig. 5): feature distance and true-class probability under translation, scale and rotation."""
     values = {"translate": parse_values(shifts, "--shifts"), "scale": parse_values(scales, "--scales"), "rotate": parse_values(angles, "--angles")}
     sweeps = [(name, values[name]) for name in parse_transforms(transform)]
     with Client(server) as client:

@@ -29,8 +29,7 @@ def command(
     max_batch: int = typer.Option(0, "--max-batch", help="Occluded copies per forward pass (0: as the server's memory allows)."),
     server: str | None = ServerOption,
 ) -> None:
-    """Slide a square over each image: maps of (b) a feature map's total activation, (c) its projection,
-    (d) the true class's probability and (e) the most probable class, per occluder position."""
+    """Occlusion sensitivity (Fig. 7): per occluder position, a feature map's activation, the true class's probability, the top class."""
     with Client(server) as client:
         info = client.model_info(model)
         truths, sources = true_classes(label, image, list(info.classes))
