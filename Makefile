@@ -51,6 +51,7 @@ node-deps:
 
 bench: install
 	$(PY) bench/deconv_bench.py
+	$(PY) bench/occlusion_bench.py
 
 # Retrain the bundled reference model (about 30 minutes on 2 CPU cores) and re-export it.
 train: install

@@ -16,6 +16,8 @@ import grpc
 import numpy as np
 
 from zfnet import errors, imagefolder, status
+from zfnet.client import results
+from zfnet.client.results import BORDERS, FILLS, TRANSFORMS
 from zfnet.tensors import CHANNEL_OPTIONS, from_proto, to_proto
 from zfnet.v1 import zfnet_pb2 as pb
 from zfnet.v1 import zfnet_pb2_grpc
@@ -32,6 +34,7 @@ _CODES = {
 }
 MODES = {"max": pb.MAX, "map": pb.MAP}
 METHODS = {"deconvnet": pb.DECONVNET, "backprop": pb.BACKPROP, "guided": pb.GUIDED}
+ProgressCallback = Callable[[str, int, int], None]  # (stage, copies done, copies in all)
 
 ImageLike = str | Path | bytes | np.ndarray
 
@@ -269,6 +272,68 @@ class Client:
             for i, img in enumerate(reply.images) for r in img.reconstructions
         ]
         return DeconvResult(reply.layer, mode, method, out)
+
+    def _stream(self, method, request, progress: ProgressCallback | None):
+        """Run a server-streaming analysis: report each Progress, return the final result message."""
+        try:
+            for reply in method(request, timeout=None):
+                if reply.WhichOneof("reply") == "progress":
+                    if progress is not None:
+                        progress(reply.progress.stage, reply.progress.done, reply.progress.total)
+                else:
+                    return reply.result
+        except grpc.RpcError as err:
+            raise self._error(err) from None
+        raise errors.Unavailable(f"the server at {self.target} ended the stream without a result")
+
+    def occlusion(
+        self, model: str | Path, images: Sequence[ImageLike], size: int | None = None, stride: int | None = None,
+        fill: str = "mean", layer: str | int | None = None, true_classes: Sequence[str] = (), max_batch: int = 0,
+        all_classes: bool = False, progress: ProgressCallback | None = None,
+    ) -> results.OcclusionResult:
+        """Occlusion sensitivity maps (b)-(e) of each image (the paper's Fig. 7)."""
+        request = pb.OcclusionRequest(
+            model=self.model_ref(model), images=[image_message(i) for i in images], size=size, stride=stride,
+            fill=_choice(FILLS, fill, "fill"), true_classes=list(true_classes), max_batch=max_batch, all_classes=all_classes,
+        )
+        if layer is not None:
+            request.layer.CopyFrom(layer_ref(layer))
+        return results.occlusion(self._stream(self.stub.Occlusion, request, progress))
+
+    def invariance(
+        self, model: str | Path, images: Sequence[ImageLike], sweeps: Sequence[tuple[str, Sequence[float]]] = (),
+        layers: Sequence[str | int] = (), border: str = "reflect", fill: str = "mean", true_classes: Sequence[str] = (),
+        max_batch: int = 0, progress: ProgressCallback | None = None,
+    ) -> results.InvarianceResult:
+        """Feature distances and true-class probability under each sweep, ``(transform, values)``
+        (empty values: the server's defaults; no sweeps: translate, scale and rotate) (the paper's Fig. 5)."""
+        request = pb.InvarianceRequest(
+            model=self.model_ref(model), images=[image_message(i) for i in images],
+            sweeps=[pb.Sweep(transform=_choice(TRANSFORMS, name, "transform"), values=list(values)) for name, values in sweeps],
+            layers=[layer_ref(x) for x in layers], border=_choice(BORDERS, border, "border"), fill=_choice(FILLS, fill, "fill"),
+            true_classes=list(true_classes), max_batch=max_batch,
+        )
+        return results.invariance(self._stream(self.stub.Invariance, request, progress))
+
+    def correspondence(
+        self, model: str | Path, images: Sequence[ImageLike], parts: Sequence[str], boxes: Sequence[Sequence[tuple[int, int, int, int]]],
+        random_trials: int | None = None, seed: int = 0, layers: Sequence[str | int] = (), fill: str = "mean",
+        max_batch: int = 0, progress: ProgressCallback | None = None,
+    ) -> results.CorrespondenceResult:
+        """The paper's Delta per part and layer (Table 1); ``boxes[i][p]`` = (top, left, bottom, right)
+        of part p in image i, model input pixels, bottom/right exclusive."""
+        request = pb.CorrespondenceRequest(
+            model=self.model_ref(model), images=[image_message(i) for i in images], parts=list(parts),
+            boxes=[pb.PartBoxes(boxes=[pb.Box(top=t, left=l, bottom=b, right=r) for t, l, b, r in image_boxes]) for image_boxes in boxes],
+            random_trials=random_trials, seed=seed, layers=[layer_ref(x) for x in layers], fill=_choice(FILLS, fill, "fill"), max_batch=max_batch,
+        )
+        return results.correspondence(self._stream(self.stub.Correspondence, request, progress))
+
+
+def _choice(table: dict[str, int], name: str, what: str) -> int:
+    if name not in table:
+        raise errors.InvalidArgument(f"unknown {what} {name!r}; choose one of {', '.join(table)}")
+    return table[name]
 
 
 def _upload_parts(data: bytes, sha: str, name: str) -> Iterator[pb.UploadModelRequest]:

@@ -21,6 +21,12 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return exp / exp.sum(axis=1, keepdims=True)
 
 
+def probabilities(out: np.ndarray) -> tuple[np.ndarray, bool]:
+    """A model's (N, K) output as class probabilities; True when softmax was applied (the output did not sum to 1)."""
+    is_probability = bool(np.all(out >= 0) and np.allclose(out.sum(axis=1), 1.0, atol=1e-3))
+    return (out, False) if is_probability else (softmax(out), True)
+
+
 class Engine:
     """Forward passes and analyses over the models of a :class:`ModelStore`."""
 
@@ -36,9 +42,7 @@ class Engine:
     def predict(self, model: LoadedModel, images: list[ImageInput]) -> tuple[np.ndarray, bool]:
         """Class probabilities (N, K); True when softmax was applied to the model's output."""
         out = model.session.run([model.output_name], {model.input_name: self.batch(model, images)})[0]
-        out = out.reshape(out.shape[0], -1).astype(np.float32)
-        is_probability = bool(np.all(out >= 0) and np.allclose(out.sum(axis=1), 1.0, atol=1e-3))
-        return (out, False) if is_probability else (softmax(out), True)
+        return probabilities(out.reshape(out.shape[0], -1).astype(np.float32))
 
     def activations(self, model: LoadedModel, images: list[ImageInput], layers: list[str | int]) -> dict[str, np.ndarray]:
         """The chosen layers' activations, by tensor name."""

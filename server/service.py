@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
 
 import grpc
@@ -13,11 +13,13 @@ import numpy as np
 
 from zfnet.errors import InvalidArgument, ResourceExhausted, ZfnetError
 from zfnet.server import datasets
+from zfnet.server import correspondence, invariance, occlusion
 from zfnet.server.engine import Engine
 from zfnet.server.images import ImageInput
 from zfnet.server.layers import resolve
 from zfnet.server.models import LoadedModel
 from zfnet.status import to_grpc_status
+from zfnet.server.perturbation import FillValue, Progress, TrueClass
 from zfnet.tensors import from_proto, to_proto
 from zfnet.v1 import zfnet_pb2 as pb
 from zfnet.v1 import zfnet_pb2_grpc
@@ -28,6 +30,12 @@ log = logging.getLogger("zfnet.server")
 # documented default; a number outside the enum is refused by ``enum_choice``.
 MODES = {pb.DECONV_MODE_UNSPECIFIED: "max", pb.MAX: "max", pb.MAP: "map"}
 METHODS = {pb.DECONV_METHOD_UNSPECIFIED: "deconvnet", pb.DECONVNET: "deconvnet", pb.BACKPROP: "backprop", pb.GUIDED: "guided"}
+FILLS = {pb.FILL_UNSPECIFIED: "mean", pb.FILL_MEAN: "mean", pb.FILL_GREY: "grey", pb.FILL_ZERO: "zero"}
+TRANSFORMS = {pb.TRANSLATE: "translate", pb.SCALE: "scale", pb.ROTATE: "rotate"}
+BORDERS = {pb.BORDER_UNSPECIFIED: "reflect", pb.REFLECT: "reflect", pb.CONSTANT: "constant"}
+
+
+
 PREDICT_TOP_K = 5  # PredictRequest.top_k when unset
 DECONV_TOP_K = 9  # ChannelSelection.top_k when unset
 
@@ -84,10 +92,10 @@ def within(old: str, new: str) -> Iterator[None]:
 def enum_choice(table: dict[int, str], value: int, field: str, enum) -> str:
     """The engine name of an enum field's value; a number the enum does not define is refused."""
     if value not in table:
-        default = enum.Name(next(v for v in table if v and table[v] == table[0]))
         names = ", ".join(f"{enum.Name(v)} ({v})" for v in table if v)
+        unset = f", or leave it unset for {enum.Name(next(v for v in table if v and table[v] == table[0]))}" if 0 in table else " (it has no default)"
         raise InvalidArgument(
-            f"{field} {value} is not a {enum.DESCRIPTOR.name}: use {names}, or leave it unset for {default}",
+            f"{field} {value} is not a {enum.DESCRIPTOR.name}: use {names}{unset}",
             field=field, reason="UNKNOWN_ENUM_VALUE", metadata={"enum": enum.DESCRIPTOR.full_name, "value": value},
         )
     return table[value]
@@ -262,3 +270,116 @@ class ZfnetServicer(zfnet_pb2_grpc.ZfnetServicer):
         return pb.ListDatasetsResponse(datasets=[
             pb.DatasetInfo(name=name, size=len(store.folder(name)), classes=store.folder(name).classes) for name in store.names()
         ])
+
+    @_status
+    def Occlusion(self, request: pb.OcclusionRequest, context) -> Iterator[pb.OcclusionReply]:
+        model = self._model(request.model)
+        images = images_from(request.images)
+        steps = occlusion.run(
+            model, self.engine.batch(model, images), layer_ref(request.layer) if request.HasField("layer") else None,
+            request.size if request.HasField("size") else None, request.stride if request.HasField("stride") else None,
+            enum_choice(FILLS, request.fill, "fill", pb.Fill), list(request.true_classes), request.max_batch, request.all_classes,
+        )
+        result = yield from _with_progress(steps, pb.OcclusionReply)
+        yield pb.OcclusionReply(result=occlusion_result(result, images, model))
+
+    @_status
+    def Invariance(self, request: pb.InvarianceRequest, context) -> Iterator[pb.InvarianceReply]:
+        model = self._model(request.model)
+        images = images_from(request.images)
+        sweeps = [(enum_choice(TRANSFORMS, sweep.transform, f"sweeps[{i}].transform", pb.Transform), list(sweep.values)) for i, sweep in enumerate(request.sweeps)]
+        steps = invariance.run(
+            model, self.engine.batch(model, images), sweeps, [layer_ref(r) for r in request.layers],
+            enum_choice(BORDERS, request.border, "border", pb.Border), enum_choice(FILLS, request.fill, "fill", pb.Fill), list(request.true_classes), request.max_batch,
+        )
+        result = yield from _with_progress(steps, pb.InvarianceReply)
+        yield pb.InvarianceReply(result=invariance_result(result, images, model))
+
+    @_status
+    def Correspondence(self, request: pb.CorrespondenceRequest, context) -> Iterator[pb.CorrespondenceReply]:
+        model = self._model(request.model)
+        images = images_from(request.images)
+        boxes = [[(b.top, b.left, b.bottom, b.right) for b in image.boxes] for image in request.boxes]
+        steps = correspondence.run(
+            model, self.engine.batch(model, images), list(request.parts), boxes,
+            request.random_trials if request.HasField("random_trials") else None, request.seed,
+            [layer_ref(r) for r in request.layers], enum_choice(FILLS, request.fill, "fill", pb.Fill), request.max_batch, [i.label for i in images],
+        )
+        result = yield from _with_progress(steps, pb.CorrespondenceReply)
+        yield pb.CorrespondenceReply(result=correspondence_result(result, images))
+
+
+# ---- perturbation analyses: engine results -> messages ---------------------------------------
+
+
+
+def _with_progress(steps: Generator[Progress, None, object], reply: type) -> Generator:
+    """Yield each progress step as ``reply(progress=...)``; return the analysis' result."""
+    while True:
+        try:
+            step = next(steps)
+        except StopIteration as stop:
+            return stop.value
+        yield reply(progress=pb.JobProgress(stage=step.stage, done=step.done, total=step.total))
+
+
+def _fill(fill: FillValue) -> pb.FillValue:
+    return pb.FillValue(fill={v: k for k, v in FILLS.items()}[fill.fill], values=fill.values.tolist(), note=fill.note)
+
+
+def _true_class(truth: TrueClass) -> pb.TrueClass:
+    return pb.TrueClass(index=truth.index, label=truth.label, from_top1=truth.from_top1)
+
+
+def occlusion_result(result: occlusion.Occlusion, images: list[ImageInput], model: LoadedModel) -> pb.OcclusionResult:
+    maps = []
+    for image, sheet in zip(images, result.sheets):
+        item = pb.OcclusionMaps(
+            label=image.label, true_class=_true_class(sheet.true_class), channel=sheet.channel, channel_total=sheet.channel_total,
+            true_class_probability=sheet.true_class_probability, top_class=sheet.top_class, layer_total=to_proto(sheet.layer_total),
+            projection_error=sheet.projection_error, true_class_map=to_proto(sheet.true_class_map), top_class_map=to_proto(sheet.top_class_map),
+        )
+        if sheet.projection is not None:
+            r = sheet.projection
+            top, left, bottom, right = r.receptive_field
+            item.projection.CopyFrom(pb.Reconstruction(
+                channel=r.channel, activation=r.activation, location=list(r.location),
+                receptive_field=pb.Box(top=top, left=left, bottom=bottom, right=right), pixels=to_proto(r.pixels),
+            ))
+        if sheet.probabilities is not None:
+            item.probabilities.CopyFrom(to_proto(sheet.probabilities))
+        maps.append(item)
+    return pb.OcclusionResult(
+        layer=result.layer, size=result.grid.size, stride=result.grid.stride, fill=_fill(result.fill),
+        tops=result.grid.tops.tolist(), lefts=result.grid.lefts.tolist(), classes=model.classes, images=maps, batch=result.batch,
+    )
+
+
+def invariance_result(result: invariance.Invariance, images: list[ImageInput], model: LoadedModel) -> pb.InvarianceResult:
+    codes = {v: k for k, v in TRANSFORMS.items()}
+    return pb.InvarianceResult(
+        layers=result.layers, border={"reflect": pb.REFLECT, "constant": pb.CONSTANT}[result.border], fill=_fill(result.fill),
+        labels=[image.label for image in images], true_classes=[_true_class(t) for t in result.true_classes],
+        feature_norms=to_proto(result.feature_norms), classes=model.classes, batch=result.batch,
+        sweeps=[
+            pb.SweepResult(transform=codes[s.transform], unit=s.unit, values=s.values.tolist(), distances=to_proto(s.distances),
+                           true_class_probability=to_proto(s.true_class_probability))
+            for s in result.sweeps
+        ],
+    )
+
+
+def correspondence_result(result: correspondence.Correspondence, images: list[ImageInput]) -> pb.CorrespondenceResult:
+    return pb.CorrespondenceResult(
+        layers=result.layers, parts=result.parts, fill=_fill(result.fill), labels=[image.label for image in images],
+        random_trials=result.random_trials, seed=result.seed, batch=result.batch,
+        scores=[
+            pb.CorrespondenceScore(
+                part=s.part, random=s.random, layer=s.layer, delta=s.delta, mean=s.mean, std=s.std, pairs=s.pairs,
+                features=s.features, pair_distances=to_proto(s.pair_distances), trial_deltas=s.trial_deltas,
+                trial_boxes=[pb.PartBoxes(boxes=[pb.Box(top=t, left=l, bottom=b, right=r) for t, l, b, r in trial.tolist()])
+                             for trial in (s.trial_boxes if s.trial_boxes is not None else [])],
+            )
+            for s in result.scores
+        ],
+    )

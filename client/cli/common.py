@@ -1,6 +1,10 @@
-"""What the commands share: the server option and number lists."""
+"""What the commands share: the server option, number and layer lists, true classes, progress bars."""
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import typer
 from rich.console import Console
@@ -31,3 +35,34 @@ def job_progress(console: Console | None = None) -> Progress:
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
         TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn(), console=console or Console(stderr=True), transient=True,
     )
+def unique_stems(paths: list[Path]) -> list[str]:
+    """File stems, prefixed by their folder where two images share a stem."""
+    stems = [p.stem for p in paths]
+    return [f"{p.parent.name}_{p.stem}" if stems.count(p.stem) > 1 else p.stem for p in paths]
+
+
+def parse_layers(text: str | None) -> list[str | int]:
+    """``"1,7"`` -> ``[1, 7]``; tensor names stay names."""
+    return [int(part) if part.strip().isdigit() else part.strip() for part in (text or "").split(",") if part.strip()]
+
+
+def true_classes(labels: list[str], images: list[Path], classes: list[str]) -> tuple[list[str], list[str]]:
+    """Per image, the true class to follow and where it comes from: ``--label`` (one for all images or
+    one each), else the image's folder when it is named after a class, else "" (the server takes the
+    original image's top-1 class)."""
+    if len(labels) not in (0, 1, len(images)):
+        raise InvalidArgument(f"{len(labels)} --label values for {len(images)} images; give one for all images or one per image")
+    if labels:
+        chosen = labels * len(images) if len(labels) == 1 else labels
+        return list(chosen), ["--label"] * len(images)
+    from_folder = [p.parent.name if p.parent.name in classes else "" for p in images]
+    return from_folder, ["folder name" if name else "top-1 of the original: no label given" for name in from_folder]
+
+
+@contextlib.contextmanager
+def progress_bar(what: str) -> Iterator[Callable[[str, int, int], None]]:
+    """A rich progress bar on stderr over the perturbed copies a request forwards; yields the callback."""
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("copies"), TimeRemainingColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task(what, total=None)
+        yield lambda stage, done, total: bar.update(task, description=stage, completed=done, total=total)
