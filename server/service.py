@@ -9,8 +9,8 @@ from collections.abc import Callable, Iterator
 import grpc
 import numpy as np
 
-from zfnet.errors import InvalidArgument, ResourceExhausted, ZfnetError
-from zfnet.server import datasets
+from zfnet.errors import InvalidArgument, NotFound, ZfnetError
+from zfnet.server import admission, datasets, runtime
 from zfnet.server.engine import Engine
 from zfnet.server.images import ImageInput
 from zfnet.server.models import LoadedModel
@@ -25,17 +25,23 @@ METHODS = {pb.DECONV_METHOD_UNSPECIFIED: "deconvnet", pb.DECONVNET: "deconvnet",
 
 
 def _status(fn: Callable) -> Callable:
-    """Map ZfnetError to its status code; any other exception to INTERNAL, logged; the server keeps serving."""
+    """Map ZfnetError to its status code, a failed allocation (Python's or onnxruntime's) to
+    RESOURCE_EXHAUSTED, any other exception to INTERNAL, logged; the server keeps serving.
+    Memory reserved during the call stays reserved until its reply is sent (``admission.rpc_scope``)."""
 
     @functools.wraps(fn)
     def wrapper(self, request, context: grpc.ServicerContext):
         try:
-            return fn(self, request, context)
+            with admission.rpc_scope(context.time_remaining(), context.add_callback):
+                return fn(self, request, context)
         except ZfnetError as err:
             context.abort(getattr(grpc.StatusCode, err.code), str(err))
         except MemoryError:
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "out of memory; send fewer images or channels per request")
-        except Exception:
+        except Exception as err:
+            if runtime.is_allocation_failure(err):
+                log.warning("%s: onnxruntime could not allocate memory: %s", fn.__name__, str(err).splitlines()[0][-200:])
+                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "onnxruntime could not allocate the memory this request needs; send fewer or smaller images")
             log.exception("%s failed", fn.__name__)
             context.abort(grpc.StatusCode.INTERNAL, f"{fn.__name__} failed on the server; see its log")
 
@@ -81,7 +87,17 @@ def layer_ref(ref: pb.LayerRef) -> str | int:
     kind = ref.WhichOneof("ref")
     if kind is None:
         raise InvalidArgument("no layer given: set LayerRef.number or LayerRef.name")
+    if kind == "name" and ref.name.isdigit() and not ref.name.isascii():
+        raise NotFound(f"no layer named {ref.name!r}; a layer number is written in ASCII digits (or set LayerRef.number)")
     return ref.number if kind == "number" else ref.name
+
+
+def upload_chunks(first: pb.UploadModelRequest, rest: Iterator[pb.UploadModelRequest]) -> Iterator[bytes]:
+    """The model bytes of an upload stream whose first message was the header."""
+    for part in rest:
+        if part.WhichOneof("part") != "chunk":
+            raise InvalidArgument("UploadModel: send one UploadHeader, then only chunks")
+        yield part.chunk
 
 
 def model_info(model: LoadedModel, provider: str) -> pb.ModelInfo:
@@ -112,30 +128,28 @@ class ZfnetServicer(zfnet_pb2_grpc.ZfnetServicer):
 
     @_status
     def UploadModel(self, request_iterator: Iterator[pb.UploadModelRequest], context) -> pb.ModelInfo:
-        header, chunks, received = None, [], 0
-        limit = self.engine.store.max_model_bytes
-        for part in request_iterator:
-            if part.WhichOneof("part") == "header":
-                header = part.header
-            elif header is None:
-                raise InvalidArgument("UploadModel: send the UploadHeader before any chunk")
-            else:
-                chunks.append(part.chunk)
-                received += len(part.chunk)
-            if header is not None and max(header.size, received) > limit:
-                raise ResourceExhausted(f"model {header.name!r} is over {limit} bytes, this server's limit (--max-model-mb)")
-        if header is None:
+        first = next(request_iterator, None)
+        if first is None:
             raise InvalidArgument("UploadModel: empty stream; send an UploadHeader and the model's bytes")
-        data = b"".join(chunks)
-        if header.size and header.size != len(data):
-            raise InvalidArgument(f"UploadModel: received {len(data)} bytes, the header said {header.size}")
-        model = self.engine.store.add(data, header.name, header.sha256)
-        log.info("model %s (%s) uploaded, %d bytes", model.name, model.sha256[:12], model.size)
+        if first.WhichOneof("part") != "header":
+            raise InvalidArgument("UploadModel: send the UploadHeader before any chunk")
+        header = first.header
+        model = self.engine.store.receive(upload_chunks(first, request_iterator), header.name, header.size, header.sha256)
+        log.info("model %s (%s) uploaded as %s, %d bytes", model.name, model.sha256[:12], header.name, model.size)
         return model_info(model, self.provider)
 
     @_status
     def ListModels(self, request, context) -> pb.ListModelsResponse:
-        return pb.ListModelsResponse(models=[pb.ModelSummary(sha256=s, name=n, size=z) for s, n, z in self.engine.store.summaries()])
+        store = self.engine.store
+        return pb.ListModelsResponse(models=[
+            pb.ModelSummary(sha256=s, name=n, size=z, upload_names=store.upload_names(s), in_model_dir=store.in_model_dir(s), loaded=store.is_loaded(s))
+            for s, n, z in store.summaries()
+        ])
+
+    @_status
+    def DeleteModel(self, request: pb.ModelRef, context) -> pb.DeleteModelResponse:
+        sha, removed = self.engine.store.delete(request.sha256, request.name)
+        return pb.DeleteModelResponse(sha256=sha, removed=removed)
 
     @_status
     def GetModelInfo(self, request: pb.ModelRef, context) -> pb.ModelInfo:
@@ -143,6 +157,8 @@ class ZfnetServicer(zfnet_pb2_grpc.ZfnetServicer):
 
     @_status
     def Predict(self, request: pb.PredictRequest, context) -> pb.PredictResponse:
+        if request.top_k < 0:
+            raise InvalidArgument(f"top_k must be positive (or 0 for the default 5), got {request.top_k}")
         model = self._model(request.model)
         probabilities, applied = self.engine.predict(model, images_from(request.images))
         k = min(request.top_k or 5, probabilities.shape[1])

@@ -38,3 +38,9 @@ class Unavailable(ZfnetError):
     """The server cannot be reached or cannot serve."""
 
     code = "UNAVAILABLE"
+
+
+class Unauthenticated(ZfnetError):
+    """The server wants a (valid) bearer token or client certificate."""
+
+    code = "UNAUTHENTICATED"

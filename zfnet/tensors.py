@@ -39,6 +39,8 @@ def from_proto(tensor: pb.Tensor, what: str = "tensor") -> np.ndarray:
     shape = list(tensor.shape)
     if any(d < 0 for d in shape):
         raise InvalidArgument(f"{what}: negative dimension in shape {shape}")
+    if any(d > MAX_MESSAGE_BYTES for d in shape):
+        raise InvalidArgument(f"{what}: shape {shape} has a dimension no message can carry (at most {MAX_MESSAGE_BYTES} bytes)")
     expected = math.prod(shape) * dtype.itemsize
     if len(tensor.data) != expected:
         raise InvalidArgument(f"{what}: {len(tensor.data)} bytes do not fit dtype {dtype.name} and shape {shape} ({expected} bytes)")
