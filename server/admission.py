@@ -254,9 +254,10 @@ class MemoryBudget:
         with self._cond:
             return {"limit": self.limit, "requests": self._requests, "resident": self.resident, "running": self._running, "waiting": len(self._queue)}
 
-    def holds(self, key: Hashable) -> bool:
+    def held(self, key: Hashable) -> int:
+        """Bytes held under ``key`` (0 when nothing is)."""
         with self._cond:
-            return key in self._resident
+            return self._resident[key].nbytes if key in self._resident else 0
 
     # -- requests -------------------------------------------------------------------------
     @contextmanager

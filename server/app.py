@@ -55,6 +55,7 @@ def start(
     """Start a server with the zfnet, health and reflection services on ``address`` (``host:port``
     or ``unix:/path``); off-host addresses need TLS and tokens unless ``insecure``."""
     check_exposure(address, tls, tokens, insecure)
+    credentials = server_credentials(tls) if tls else None
     budget = MemoryBudget.for_process(max_memory)
     engine = Engine(ModelStore(model_dir, max_model_mb << 20, budget, max_input_pixels), DatasetStore(data_dir))
     provider = runtime.providers()[0]
@@ -64,7 +65,7 @@ def start(
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    port = server.add_secure_port(address, server_credentials(tls)) if tls else server.add_insecure_port(address)
+    port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"cannot bind {address}")
     server.start()

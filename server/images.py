@@ -8,6 +8,7 @@ decoding it will cost so that the request can be admitted against the memory bud
 from __future__ import annotations
 
 import io
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,6 +23,8 @@ MODE_BYTES = {
     "LA": 4, "La": 4, "PA": 4, "RGB": 4, "RGBA": 4, "RGBa": 4, "RGBX": 4, "CMYK": 4, "YCbCr": 4, "LAB": 4, "HSV": 4,
 }
 RGB_WORK_BYTES = 4 + 3 + 4  # per pixel on top of the decoded image: RGB copy, array, resize source
+# Pillow warns from 89 Mi pixels on; images are checked against max_pixels here, so its warning is noise.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
 @dataclass(frozen=True)
@@ -59,7 +62,7 @@ def _open(image: ImageInput, what: str, max_pixels: int) -> Image.Image:
     try:
         img = Image.open(io.BytesIO(image.encoded))
     except Image.DecompressionBombError as err:
-        raise ResourceExhausted(f"{what}: {err}") from None
+        raise _bomb(what, err, max_pixels) from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
         raise InvalidArgument(f"{what}: cannot decode the image bytes ({err})") from None
     width, height = img.size
@@ -67,6 +70,10 @@ def _open(image: ImageInput, what: str, max_pixels: int) -> Image.Image:
     if img.mode not in MODE_BYTES:
         raise InvalidArgument(f"{what}: image mode {img.mode!r} is not supported; send RGB, grey or palette images")
     return img
+
+
+def _bomb(what: str, err: Exception, max_pixels: int) -> ResourceExhausted:
+    return ResourceExhausted(f"{what}: {str(err).rstrip('.')}; this server decodes at most {max_pixels:,} pixels per image")
 
 
 def _check_rgb(rgb: np.ndarray, what: str, max_pixels: int) -> None:
@@ -120,7 +127,7 @@ def decode(image: ImageInput, index: int, max_pixels: int = MAX_IMAGE_PIXELS) ->
             with _open(image, what, max_pixels) as img:
                 return np.asarray(img.convert("RGB"))
         except Image.DecompressionBombError as err:
-            raise ResourceExhausted(f"{what}: {err}") from None
+            raise _bomb(what, err, max_pixels) from None
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
             raise InvalidArgument(f"{what}: cannot decode the image bytes ({err})") from None
     if image.rgb is not None:

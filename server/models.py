@@ -345,10 +345,13 @@ class ModelStore:
         values = list(model.graph.value_info) + list(model.graph.output)
         largest = max(values, key=value_bytes, default=None)
         per_image = footprint.input + 2 * footprint.forward
-        if largest is not None and value_bytes(largest) > self.budget.limit:
-            raise ResourceExhausted(f"model {name!r}: tensor {largest.name!r} alone is {fmt_bytes(value_bytes(largest))}, over this server's memory budget of {fmt_bytes(self.budget.limit)}")
-        if per_image > self.budget.limit:
-            raise ResourceExhausted(f"model {name!r} needs about {fmt_bytes(per_image)} per image, over this server's memory budget of {fmt_bytes(self.budget.limit)}")
+        biggest = value_bytes(largest) if largest is not None else 0
+        if max(per_image, biggest) > self.budget.limit:
+            raise ResourceExhausted(
+                f"model {name!r} needs about {fmt_bytes(max(per_image, biggest))} per image"
+                + (f" (tensor {largest.name!r} alone is {fmt_bytes(biggest)})" if largest is not None else "")
+                + f", over this server's memory budget of {fmt_bytes(self.budget.limit)}"
+            )
 
     def _keep(self, model: LoadedModel) -> LoadedModel:
         """Serve a freshly loaded model (called under its load lock)."""
