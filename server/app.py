@@ -32,6 +32,18 @@ log = logging.getLogger("zfnet.server")
 SERVICE_NAME = zfnet_pb2.DESCRIPTOR.services_by_name["Zfnet"].full_name
 
 
+class Health(health.HealthServicer):
+    """The standard health service, able to end its Watch streams when the server drains."""
+
+    def end_watches(self) -> None:
+        """End every Watch stream (after NOT_SERVING went out): an open Watch would otherwise count
+        as an in-flight call and hold the whole grace period."""
+        with self._lock:
+            ends = [send for sends in getattr(self, "_send_response_callbacks", {}).values() for send in sends]
+        for send in ends:
+            send(None)
+
+
 @dataclass
 class Running:
     """A started server and what stopping it gracefully needs."""
@@ -39,12 +51,14 @@ class Running:
     server: grpc.Server
     port: int  # the bound TCP port (1 for a Unix socket)
     engine: Engine
-    health: health.HealthServicer
+    health: Health
 
     def shutdown(self, grace: float) -> None:
         """Health NOT_SERVING, no new calls, in-flight calls get ``grace`` seconds, then stop."""
         self.health.enter_graceful_shutdown()
-        self.server.stop(grace).wait()
+        stopped = self.server.stop(grace)
+        self.health.end_watches()
+        stopped.wait()
 
 
 def start(
@@ -62,7 +76,7 @@ def start(
     interceptors = [TokenAuth(tokens)] if tokens else []
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=CHANNEL_OPTIONS, interceptors=interceptors)
     zfnet_pb2_grpc.add_ZfnetServicer_to_server(ZfnetServicer(engine, provider), server)
-    health_servicer = health.HealthServicer()
+    health_servicer = Health()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
