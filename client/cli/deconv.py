@@ -6,7 +6,7 @@ output name, so no image's pictures overwrite another's."""
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import typer
@@ -96,21 +96,24 @@ def expand(paths: list[Path]) -> list[Path]:
 
 
 def output_names(paths: list[Path]) -> list[str]:
-    """A distinct output name per image: its stem, with as many parent folders as it takes to tell
-    images apart, then its suffix, then a counter; never the same name twice."""
-    parts = [p.resolve().parts for p in paths]
-    depth = [1] * len(paths)
+    """A distinct output name per image: its stem; where stems repeat, led by as few parent folders
+    as tell the images apart; in one folder, followed by the suffix; never the same name twice."""
+    resolved = [p.resolve() for p in paths]
     names = [p.stem for p in paths]
-    for _ in range(max((len(q) for q in parts), default=0)):
-        counts = Counter(names)
-        clash = [i for i, n in enumerate(names) if counts[n] > 1]
-        if not clash:
-            break
-        for i in clash:
-            depth[i] = min(depth[i] + 1, len(parts[i]))
-            names[i] = "_".join([*parts[i][-depth[i]:-1], paths[i].stem]).lstrip("/_") or paths[i].stem
-    counts = Counter(names)
-    names = [f"{n}_{paths[i].suffix.lstrip('.').lower()}" if counts[n] > 1 else n for i, n in enumerate(names)]
+    by_stem: dict[str, list[int]] = defaultdict(list)
+    for i, path in enumerate(paths):
+        by_stem[path.stem].append(i)
+    for stem, group in by_stem.items():
+        folders = {resolved[i].parent for i in group}
+        if len(folders) > 1:
+            for i in group:
+                mine = resolved[i].parent
+                depth = next(d for d in range(1, len(mine.parts) + 1) if all(f.parts[-d:] != mine.parts[-d:] for f in folders - {mine}))
+                names[i] = "_".join([*mine.parts[-depth:], stem]).lstrip("/_")
+        neighbours = Counter(resolved[i].parent for i in group)
+        for i in group:
+            if neighbours[resolved[i].parent] > 1 and paths[i].suffix:
+                names[i] += "_" + paths[i].suffix.lstrip(".").lower()
     taken: set[str] = set()
     unique = []
     for name in names:
