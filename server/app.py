@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import signal
 import threading
@@ -18,7 +19,7 @@ from grpc_reflection.v1alpha import reflection
 from zfnet.edge import edge
 from zfnet.errors import InvalidArgument
 from zfnet.server import runtime
-from zfnet.server.admission import DEFAULT_FRACTION, MemoryBudget, fmt_bytes, machine_memory, parse_bytes
+from zfnet.server.admission import DEFAULT_FRACTION, MemoryBudget, fmt_bytes, limit_malloc_arenas, machine_memory, parse_bytes
 from zfnet.server.datasets import DatasetStore
 from zfnet.server.engine import Engine
 from zfnet.server.models import MAX_INPUT_PIXELS, ModelStore
@@ -102,10 +103,12 @@ def serve(
 ) -> None:
     """Run until SIGTERM or SIGINT, then stop gracefully (see :meth:`Running.shutdown`) and return."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    limit_malloc_arenas()  # a process of its own: memory handed back after a burst (README, "Security")
     stop = threading.Event()
     received: list[int] = []
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda number, frame: (received.append(number), stop.set()))
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # kill -USR1: every thread's stack on stderr
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     running = start(address, model_dir, max_model_mb, workers, data_dir, **options)
     budget = running.engine.budget

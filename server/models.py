@@ -366,20 +366,23 @@ class ModelStore:
         log.info("model %s (%s) loaded, %d bytes", model.name, model.sha256[:12], size)
         return model
 
-    def _unload(self, sha: str, why: str, only: LoadedModel | None = None) -> LoadedModel | None:
+    def _unload(self, sha: str, why: str, only: LoadedModel | None = None) -> bool:
         """Drop a loaded model (an upload is forgotten, a --model-dir model reloads on next use);
         ``only``: if it is still this very model (an eviction racing a new load of the same bytes)."""
         with self._lock:
             if only is not None and self._loaded.get(sha) is not only:
-                return None
+                return False
             model = self._loaded.pop(sha, None)
             if sha not in self._files:
                 self._uploads.pop(sha, None)
-        if model is not None:
-            model.drop_projections()
-            self.budget.release(model.key)
-            log.info("model %s (%s) %s", model.name, sha[:12], why)
-        return model
+        if model is None:
+            return False
+        key, name = model.key, model.name
+        model.drop_projections()
+        del model, only  # gone before the budget hands memory back
+        self.budget.release(key)
+        log.info("model %s (%s) %s", name, sha[:12], why)
+        return True
 
     def delete(self, sha256: str = "", name: str = "") -> tuple[str, bool]:
         """DeleteModel: forget an upload, or unload a --model-dir model (it stays on disk and loads

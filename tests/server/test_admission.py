@@ -121,10 +121,10 @@ def test_hold_makes_room_by_evicting_others_never_itself() -> None:
 
 def test_memory_is_handed_back_when_the_last_request_ends() -> None:
     trims: list[int] = []
-    budget = MemoryBudget(1 << 40, on_idle=lambda: trims.append(1))
+    budget = MemoryBudget(1 << 40, on_idle=lambda: trims.append(1), trim_later_s=3600)
     with budget.reserve(Estimate("small", {"x": TRIM_AFTER_BYTES // 4})):
         pass
-    assert trims == [], "a small request does not trim"
+    assert trims == [], "a small request does not trim at once"
     outer = Holder(budget, TRIM_AFTER_BYTES, "outer")
     outer.start()
     assert outer.entered.wait(TIMEOUT)
@@ -157,3 +157,15 @@ def test_fmt_bytes() -> None:
 def test_for_process_refuses_a_limit_below_what_it_holds() -> None:
     with pytest.raises(InvalidArgument, match="leaves no room"):
         MemoryBudget.for_process(16 * MIB)
+
+
+def test_memory_is_handed_back_once_idle_a_while() -> None:
+    trims: list[int] = []
+    budget = MemoryBudget(1 << 40, on_idle=lambda: trims.append(1), trim_later_s=0.05)
+    budget.hold("model", 10 * MIB, "model", lambda: None)
+    for _ in range(3):
+        with budget.reserve(Estimate("small", {"x": MIB})):
+            pass
+    assert budget.release("model")
+    until(lambda: trims, "a trim once idle")
+    assert trims == [1], "one trim for the whole idle spell"
