@@ -27,7 +27,6 @@ import contextvars
 import ctypes
 import ctypes.util
 import functools
-import gc
 import logging
 import os
 import threading
@@ -142,9 +141,8 @@ def _libc() -> ctypes.CDLL | None:
 
 
 def release_memory() -> None:
-    """Hand freed memory back to the operating system: collect reference cycles (a refused
-    request's traceback can keep arrays alive), then glibc's ``malloc_trim`` (a no-op elsewhere)."""
-    gc.collect()
+    """Hand freed heap memory back to the operating system (glibc ``malloc_trim``, a millisecond or
+    two; a no-op elsewhere)."""
     libc = _libc()
     if libc is not None:
         libc.malloc_trim(0)

@@ -13,7 +13,7 @@ import numpy as np
 
 from zfnet.errors import InvalidArgument, ResourceExhausted
 from zfnet.server import deconv
-from zfnet.server.admission import Estimate, Footprint, admitted, check_reply
+from zfnet.server.admission import Estimate, admitted, check_reply
 from zfnet.server.datasets import DatasetStore
 from zfnet.server.images import MAX_IMAGE_PIXELS, ImageInput, inspect, to_batch
 from zfnet.server.layers import Layer, resolve
@@ -53,7 +53,7 @@ class Engine:
         if len(images) > MAX_IMAGES:
             raise ResourceExhausted(f"{len(images)} images in one request; at most {MAX_IMAGES}")
         headers = [inspect(image, i, self.max_image_pixels) for i, image in enumerate(images)]
-        footprint = Footprint.of(model.model)
+        footprint = model.footprint
         n = len(images)
         base = {
             "input batch": n * footprint.input, "image decoding": max(h.decode_bytes for h in headers),
@@ -80,7 +80,7 @@ class Engine:
         if not layers:
             raise InvalidArgument("no layers asked for")
         names = list(dict.fromkeys(resolve(model.layers, layer).name for layer in layers))
-        footprint = Footprint.of(model.model)
+        footprint = model.footprint
         what = f"GetActivations of {len(names)} layer(s) on {len(images)} image(s)"
         reply = len(images) * sum(footprint.tensors.get(name, 0) for name in names)
         check_reply(reply, what, "ask for fewer images or layers per request")
@@ -101,7 +101,7 @@ class Engine:
         what = f"Deconv of {len(images)} image(s) x {rows // max(len(images), 1)} channel(s) of {row.name}"
         if rows > deconv.MAX_ROWS:
             raise ResourceExhausted(f"{rows} reconstructions asked for; at most {deconv.MAX_ROWS} per request")
-        footprint = Footprint.of(model.model)
+        footprint = model.footprint
         reply = rows * footprint.input
         check_reply(reply, what, "send fewer images or channels per request")
         estimate = self.estimate(

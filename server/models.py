@@ -14,6 +14,7 @@ client (``zfnet.client.api.Client`` does it on NOT_FOUND)."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -70,6 +71,11 @@ class LoadedModel:
     def key(self) -> tuple[str, str]:
         """This model's key in the memory budget."""
         return ("model", self.sha256)
+
+    @functools.cached_property
+    def footprint(self) -> Footprint:
+        """Bytes per image of its input and exposed activations, for admission estimates."""
+        return Footprint.of(self.model)
 
     def projection_key(self, layer: str, method: str) -> tuple[str, str, str, str]:
         return ("projection", self.sha256, layer, method)
