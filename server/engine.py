@@ -61,10 +61,12 @@ class Engine:
         }
         return Estimate(what, {**base, **{name.replace("_", " "): int(v) for name, v in parts.items()}})
 
-    def admit(self, model: LoadedModel, estimate: Estimate, *pins: Hashable) -> AbstractContextManager[None]:
-        """Reserve ``estimate`` in the memory budget, keeping ``model`` (and ``pins``) loaded meanwhile;
-        within a gRPC call the reservation lasts until its reply is sent (``admission.admitted``)."""
-        return admitted(self.budget.reserve(estimate, pin=[model.key, *pins]))
+    def admit(self, model: LoadedModel, estimate: Estimate, *pins: Hashable, until_reply: bool = True) -> AbstractContextManager[None]:
+        """Reserve ``estimate`` in the memory budget, keeping ``model`` (and ``pins``) loaded meanwhile.
+        Within a unary gRPC call the reservation lasts until its reply is sent (``admission.admitted``);
+        ``until_reply=False`` ends it with the block (a job admitting one batch at a time)."""
+        reservation = self.budget.reserve(estimate, pin=[model.key, *pins])
+        return admitted(reservation) if until_reply else reservation
 
     # -- analyses -------------------------------------------------------------------------
     def predict(self, model: LoadedModel, images: list[ImageInput]) -> tuple[np.ndarray, bool]:
