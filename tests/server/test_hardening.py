@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import threading
 import time
 from collections.abc import Iterator
@@ -453,4 +452,3 @@ def test_arena_is_off_so_memory_returns(srv: Server, bundled: pb.ModelRef) -> No
     """onnxruntime's CPU arena kept every block it grew to; the sessions run without it."""
     model = srv.engine.store.get(bundled.sha256)
     assert model.session.get_session_options().enable_cpu_mem_arena is False
-    assert os.environ.get("ORT_DISABLE_ARENA") is None  # configured in code, not by the environment

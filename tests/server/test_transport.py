@@ -20,7 +20,6 @@ from zfnet.client.api import Client, Connection
 from zfnet.errors import InvalidArgument, Unauthenticated, Unavailable
 from zfnet.server.app import create_server
 from zfnet.server.security import Tls, check_exposure, is_local
-from conftest import Pki
 from zfnet.tensors import CHANNEL_OPTIONS
 from zfnet.v1 import zfnet_pb2 as pb
 from zfnet.v1 import zfnet_pb2_grpc
@@ -30,7 +29,7 @@ TOKENS = ("team-a-5f1c9e7d2b", "team-b-93aa04c1e8")
 
 
 @pytest.fixture()
-def secured(pki: Pki) -> Iterator[str]:
+def secured(pki) -> Iterator[str]:
     """A server on 127.0.0.1 with TLS and bearer tokens; yields its target."""
     srv, port, _ = create_server("127.0.0.1:0", tls=Tls(pki.server_cert, pki.server_key), tokens=TOKENS)
     try:
@@ -39,7 +38,7 @@ def secured(pki: Pki) -> Iterator[str]:
         srv.stop(grace=None)
 
 
-def tls_channel(target: str, pki: Pki, token: str | None = None) -> grpc.Channel:
+def tls_channel(target: str, pki, token: str | None = None) -> grpc.Channel:
     return Connection(token=token, tls_ca=pki.ca).channel(target)
 
 
@@ -51,7 +50,7 @@ def code_of(call, request) -> grpc.StatusCode:
     return grpc.StatusCode.OK
 
 
-def test_tls_and_tokens(secured: str, pki: Pki, reference_onnx: Path, sample_images) -> None:
+def test_tls_and_tokens(secured: str, pki, reference_onnx: Path, sample_images) -> None:
     # no token, a wrong one: UNAUTHENTICATED, for the zfnet service and for reflection alike
     for token in (None, "team-c-guess", TOKENS[0] + "x", TOKENS[0][:-1]):
         with tls_channel(secured, pki, token) as channel:
@@ -87,7 +86,7 @@ def test_tls_and_tokens(secured: str, pki: Pki, reference_onnx: Path, sample_ima
             client.model_info(reference_onnx)
 
 
-def test_plaintext_and_untrusted_certificates_do_not_connect(secured: str, pki: Pki) -> None:
+def test_plaintext_and_untrusted_certificates_do_not_connect(secured: str, pki) -> None:
     with grpc.insecure_channel(secured, options=CHANNEL_OPTIONS) as channel:
         assert code_of(health_pb2_grpc.HealthStub(channel).Check, health_pb2.HealthCheckRequest()) == grpc.StatusCode.UNAVAILABLE
     with Connection(token=TOKENS[0], tls_ca=pki.stranger_cert).channel(secured) as channel:  # trusts someone else
@@ -97,7 +96,7 @@ def test_plaintext_and_untrusted_certificates_do_not_connect(secured: str, pki: 
             client.list_datasets()
 
 
-def test_mutual_tls(pki: Pki) -> None:
+def test_mutual_tls(pki) -> None:
     srv, port, _ = create_server("127.0.0.1:0", tls=Tls(pki.server_cert, pki.server_key, pki.ca))
     target = f"127.0.0.1:{port}"
     try:
@@ -118,7 +117,7 @@ def test_which_addresses_are_local(address: str, local: bool) -> None:
     assert is_local(address) is local
 
 
-def test_off_host_needs_tls_and_identity_or_insecure(pki: Pki, caplog) -> None:
+def test_off_host_needs_tls_and_identity_or_insecure(pki, caplog) -> None:
     tls = Tls(pki.server_cert, pki.server_key)
     with pytest.raises(InvalidArgument, match=r"without TLS .* and tokens .*--insecure"):
         check_exposure("0.0.0.0:50051", None, (), False)
@@ -145,7 +144,7 @@ def test_zfserver_refuses_an_open_bind_in_one_line(tmp_path: Path) -> None:
     assert done.returncode == 1 and "holds no tokens" in done.stderr and "Traceback" not in done.stderr
 
 
-def test_bad_tls_files_are_one_line_errors(tmp_path: Path, pki: Pki) -> None:
+def test_bad_tls_files_are_one_line_errors(tmp_path: Path, pki) -> None:
     script = Path(sys.executable).parent / "zfserver"
     garbage = tmp_path / "garbage.pem"
     garbage.write_text("not a certificate\n")
