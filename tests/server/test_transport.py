@@ -132,6 +132,7 @@ def test_off_host_needs_tls_and_identity_or_insecure(pki, caplog) -> None:
     assert any("--insecure" in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.slow
 def test_zfserver_refuses_an_open_bind_in_one_line(tmp_path: Path) -> None:
     script = Path(sys.executable).parent / "zfserver"
     done = subprocess.run([str(script), "--host", "0.0.0.0", "--port", "0"], capture_output=True, text=True, timeout=120)
@@ -144,6 +145,7 @@ def test_zfserver_refuses_an_open_bind_in_one_line(tmp_path: Path) -> None:
     assert done.returncode == 1 and "holds no tokens" in done.stderr and "Traceback" not in done.stderr
 
 
+@pytest.mark.slow
 def test_bad_tls_files_are_one_line_errors(tmp_path: Path, pki) -> None:
     script = Path(sys.executable).parent / "zfserver"
     garbage = tmp_path / "garbage.pem"
