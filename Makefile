@@ -12,7 +12,7 @@ SAMPLES := samples/cifar10
 DEMO_IMAGES := $(sort $(wildcard $(SAMPLES)/*/0000.jpg))
 NODE_EXAMPLE := examples/node
 
-.PHONY: install demo test bench train clean node-deps
+.PHONY: install demo test bench soak train clean node-deps
 
 install: $(STAMP)
 
@@ -52,6 +52,12 @@ node-deps:
 bench: install
 	$(PY) bench/deconv_bench.py
 	$(PY) bench/occlusion_bench.py
+	$(PY) bench/transport_bench.py
+
+# A real zfserver on loopback under load, hostile requests and uploads at once (a few minutes);
+# bounded in count and time, figures in out/soak.json.
+soak: install
+	$(PY) bench/soak.py
 
 # Retrain the bundled reference model (about 30 minutes on 2 CPU cores) and re-export it.
 train: install

@@ -1,15 +1,22 @@
 """A small typed Python client over the zfnet gRPC stubs.
 
-``Client()`` with no target starts the same service in-process on 127.0.0.1 and talks to it over
-the same gRPC path, so scripts work with nothing else running.
+``Client()`` with no target starts the same service in-process, listening on a Unix socket in a
+private (0700) temporary directory, and talks to it over the same gRPC path, so scripts work with
+nothing else running and no other local user can reach that server. A remote server may need TLS
+(``tls_ca`` / ``$ZFNET_TLS_CA`` for a private CA, ``tls=True`` / ``ZFNET_TLS=1`` for public ones,
+``tls_cert``/``tls_key`` for mutual TLS) and a bearer token (``token`` / ``$ZFNET_TOKEN``).
 """
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import os
+import shutil
+import tempfile
+import warnings
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import grpc
@@ -18,19 +25,27 @@ import numpy as np
 from zfnet import errors, imagefolder, status
 from zfnet.client import results
 from zfnet.client.results import BORDERS, FILLS, TRANSFORMS
-from zfnet.tensors import CHANNEL_OPTIONS, from_proto, to_proto
+from zfnet.tensors import CHANNEL_OPTIONS, MAX_MESSAGE_BYTES, from_proto, to_proto
 from zfnet.v1 import zfnet_pb2 as pb
 from zfnet.v1 import zfnet_pb2_grpc
 
 SERVER_ENV = "ZFNET_SERVER"
+TOKEN_ENV = "ZFNET_TOKEN"
+TLS_ENV = "ZFNET_TLS"
+TLS_CA_ENV = "ZFNET_TLS_CA"
+TLS_CERT_ENV = "ZFNET_TLS_CERT"
+TLS_KEY_ENV = "ZFNET_TLS_KEY"
 CHUNK_BYTES = 1 << 20
 STREAM_IMAGES = 128  # images per ImageBatch message when the client streams a data set
+DECONV_BATCH = 32  # images per Deconv request when the client splits a long list
+DECONV_ROWS = 1024  # reconstructions per Deconv request at most (the server takes up to 4096)
 _CODES = {
     grpc.StatusCode.INVALID_ARGUMENT: errors.InvalidArgument,
     grpc.StatusCode.NOT_FOUND: errors.NotFound,
     grpc.StatusCode.FAILED_PRECONDITION: errors.FailedPrecondition,
     grpc.StatusCode.RESOURCE_EXHAUSTED: errors.ResourceExhausted,
     grpc.StatusCode.UNAVAILABLE: errors.Unavailable,
+    grpc.StatusCode.UNAUTHENTICATED: errors.Unauthenticated,
 }
 MODES = {"max": pb.MAX, "map": pb.MAP}
 METHODS = {"deconvnet": pb.DECONVNET, "backprop": pb.BACKPROP, "guided": pb.GUIDED}
@@ -114,31 +129,139 @@ def image_message(image: ImageLike) -> pb.Image:
 
 
 def layer_ref(layer: str | int) -> pb.LayerRef:
-    if isinstance(layer, int) or str(layer).isdigit():
+    """A layer number (an int, or ASCII digits) or an exact tensor name."""
+    if isinstance(layer, int) or (str(layer).isascii() and str(layer).isdigit()):
         return pb.LayerRef(number=int(layer))
     return pb.LayerRef(name=str(layer))
 
 
-class Client:
-    """Talks to a zfnet server at ``target`` (``host:port``), ``$ZFNET_SERVER``, or one started in-process."""
+@dataclass(frozen=True)
+class Connection:
+    """How to reach a server beyond its address: TLS files and a bearer token."""
 
-    def __init__(self, target: str | None = None) -> None:
+    token: str | None = None
+    tls: bool = False  # TLS with the system's CA certificates (implied by tls_ca)
+    tls_ca: Path | None = None  # PEM CA that signed the server's certificate (a private CA)
+    tls_cert: Path | None = None  # PEM client certificate (mutual TLS), with tls_key
+    tls_key: Path | None = None
+
+    @classmethod
+    def from_env(cls) -> Connection:
+        """``$ZFNET_TOKEN``, ``$ZFNET_TLS`` (1), ``$ZFNET_TLS_CA``, ``$ZFNET_TLS_CERT``, ``$ZFNET_TLS_KEY``."""
+        env = os.environ.get
+        path = lambda name: Path(env(name)) if env(name) else None  # noqa: E731
+        return cls(env(TOKEN_ENV) or None, env(TLS_ENV, "") not in ("", "0"), path(TLS_CA_ENV), path(TLS_CERT_ENV), path(TLS_KEY_ENV))
+
+    @property
+    def secure(self) -> bool:
+        return self.tls or self.tls_ca is not None or self.tls_cert is not None
+
+    def channel(self, target: str) -> grpc.Channel:
+        """A channel to ``target`` with these settings (the token rides on every call)."""
+        if self.secure:
+            if (self.tls_cert is None) != (self.tls_key is None):
+                raise errors.InvalidArgument("a client certificate (--tls-cert) and its key (--tls-key) go together")
+            credentials = grpc.ssl_channel_credentials(
+                _read_pem(self.tls_ca, "--tls-ca"), _read_pem(self.tls_key, "--tls-key"), _read_pem(self.tls_cert, "--tls-cert"),
+            )
+            channel = grpc.secure_channel(target, credentials, options=CHANNEL_OPTIONS)
+        else:
+            channel = grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
+        if not self.token:
+            return channel
+        if not self.token.isascii() or not self.token.isprintable() or " " in self.token:
+            raise errors.InvalidArgument("the token has spaces or characters that cannot travel in gRPC metadata")
+        if not self.secure and not _is_local(target):
+            warnings.warn(f"sending a bearer token to {target} without TLS; anyone on the path can read it (use --tls-ca)", stacklevel=3)
+        return grpc.intercept_channel(channel, _BearerToken(self.token))
+
+
+def _read_pem(path: Path | None, what: str) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        return Path(path).read_bytes()
+    except OSError as err:
+        raise errors.NotFound(f"{what} {path}: {err.strerror or err}") from None
+
+
+def _is_local(target: str) -> bool:
+    host = target.removeprefix("dns:///").removeprefix("ipv4:").removeprefix("ipv6:").rpartition(":")[0].strip("[]")
+    return target.startswith("unix") or host in ("localhost", "127.0.0.1", "::1")
+
+
+class _Details(collections.namedtuple("_Details", "method timeout metadata credentials wait_for_ready compression"), grpc.ClientCallDetails):
+    pass
+
+
+class _BearerToken(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor, grpc.StreamUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):
+    """Adds ``authorization: Bearer <token>`` to every call."""
+
+    def __init__(self, token: str) -> None:
+        self._header = ("authorization", f"Bearer {token}")
+
+    def _details(self, d: grpc.ClientCallDetails) -> _Details:
+        return _Details(d.method, d.timeout, [*(d.metadata or ()), self._header], d.credentials, d.wait_for_ready, d.compression)
+
+    def intercept_unary_unary(self, continuation, details, request):
+        return continuation(self._details(details), request)
+
+    def intercept_unary_stream(self, continuation, details, request):
+        return continuation(self._details(details), request)
+
+    def intercept_stream_unary(self, continuation, details, requests):
+        return continuation(self._details(details), requests)
+
+    def intercept_stream_stream(self, continuation, details, requests):
+        return continuation(self._details(details), requests)
+
+
+# What ``zfclient``'s global options (--token, --tls-ca, ...) set; None: read the environment.
+cli_connection: Connection | None = None
+
+
+class Client:
+    """Talks to a zfnet server at ``target`` (``host:port``, ``unix:/path``), ``$ZFNET_SERVER``, or one
+    started in-process on a private Unix socket. ``connection`` (TLS, token) defaults to the
+    environment; keyword arguments override single fields of it."""
+
+    def __init__(self, target: str | None = None, connection: Connection | None = None, **overrides) -> None:
         target = target or os.environ.get(SERVER_ENV) or None
         self._server = None
+        self._private_dir: str | None = None
         if target is None:
-            from zfnet.server.app import create_server
-
-            self._server, port, _ = create_server("127.0.0.1:0")
-            target = f"127.0.0.1:{port}"
+            target = self._start_in_process()
+            connection = Connection()  # a private socket: no TLS, no token
+        else:
+            connection = connection or cli_connection or Connection.from_env()
+        self.connection = replace(connection, **overrides)
         self.target = target
-        self._channel = grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
+        self._channel = self.connection.channel(target)
         self.stub = zfnet_pb2_grpc.ZfnetStub(self._channel)
         self._uploaded: dict[Path, str] = {}
+
+    def _start_in_process(self) -> str:
+        """Serve in this process on a Unix socket in a fresh 0700 directory; the target."""
+        from zfnet.server.app import create_server
+
+        base = None if len(tempfile.gettempdir()) < 60 else "/tmp"  # a socket path is limited to about 107 bytes
+        self._private_dir = tempfile.mkdtemp(prefix="zfnet-", dir=base)  # mode 0700: only this user can reach the socket
+        target = f"unix:{self._private_dir}/zfnet.sock"
+        try:
+            self._server, _, _ = create_server(target)
+        except BaseException:
+            shutil.rmtree(self._private_dir, ignore_errors=True)
+            raise
+        return target
 
     def close(self) -> None:
         self._channel.close()
         if self._server is not None:
             self._server.stop(grace=None)
+            self._server = None
+        if self._private_dir is not None:
+            shutil.rmtree(self._private_dir, ignore_errors=True)
+            self._private_dir = None
 
     def __enter__(self) -> Client:
         return self
@@ -147,10 +270,31 @@ class Client:
         self.close()
 
     def _call(self, method, request, timeout: float | None = 600):
+        """A unary call, gRPC errors turned into zfnet errors. NOT_FOUND for a model this client
+        uploaded (the server restarted, evicted or deleted it) uploads it again and retries once."""
+        try:
+            return method(request, timeout=timeout)
+        except grpc.RpcError as err:
+            if err.code() != grpc.StatusCode.NOT_FOUND or not self._upload_again(request):
+                raise self._error(err) from None
         try:
             return method(request, timeout=timeout)
         except grpc.RpcError as err:
             raise self._error(err) from None
+
+    def _upload_again(self, request) -> bool:
+        """Upload again the model ``request`` names if this client uploaded it before and the server
+        no longer holds it; False when that is not why the call failed."""
+        ref = request if isinstance(request, pb.ModelRef) else getattr(request, "model", None)
+        if not isinstance(ref, pb.ModelRef) or not ref.sha256:
+            return False
+        path = next((p for p, sha in self._uploaded.items() if sha == ref.sha256), None)
+        if path is None or self._call(self.stub.HasModel, pb.ModelRef(sha256=ref.sha256)).present:
+            return False
+        del self._uploaded[path]
+        if self.ensure_model(path) != ref.sha256:
+            raise errors.NotFound(f"the server lost model {path}, and the file changed since this client uploaded it; run again")
+        return True
 
     def _stream(self, method, requests, timeout: float | None = None) -> Iterator:
         """The replies of a streaming call, gRPC errors turned into zfnet errors."""
@@ -207,6 +351,20 @@ class Client:
 
     def model_info(self, model: str | Path) -> pb.ModelInfo:
         return self._call(self.stub.GetModelInfo, self.model_ref(model))
+
+    def delete_model(self, model: str | Path) -> pb.DeleteModelResponse:
+        """Forget an uploaded model (a local path this client uploaded, or a SHA-256), or unload a
+        --model-dir model (by name) from the server's memory."""
+        path = Path(model)
+        if path.resolve() in self._uploaded:
+            ref = pb.ModelRef(sha256=self._uploaded.pop(path.resolve()))
+        elif path.is_file():
+            ref = pb.ModelRef(sha256=hashlib.sha256(path.read_bytes()).hexdigest())
+        elif len(str(model)) == 64 and all(c in "0123456789abcdef" for c in str(model).lower()):
+            ref = pb.ModelRef(sha256=str(model).lower())
+        else:
+            ref = pb.ModelRef(name=str(model))
+        return self._call(self.stub.DeleteModel, ref)
 
     # -- data sets ------------------------------------------------------------------------
     def list_datasets(self) -> list[pb.DatasetInfo]:
@@ -272,6 +430,21 @@ class Client:
             for i, img in enumerate(reply.images) for r in img.reconstructions
         ]
         return DeconvResult(reply.layer, mode, method, out)
+
+    def deconv_batches(
+        self, model: str | Path, images: Sequence[ImageLike], layer: str | int, channels: Sequence[int] | None = None,
+        top_k: int = 9, mode: str = "max", method: str = "deconvnet", batch_size: int = 0,
+    ) -> Iterator[tuple[int, int, DeconvResult]]:
+        """:meth:`deconv` over any number of images, one request per batch: yields (start, stop,
+        result) for ``images[start:stop]`` as each reply arrives (result image indices are relative to start). ``batch_size`` 0 picks the largest
+        batch whose reply stays well inside the message limit."""
+        if not batch_size:
+            info = self.model_info(model)
+            per_image = (len(channels) if channels else max(top_k, 1)) * 4 * int(np.prod(info.input_shape[1:]))
+            batch_size = max(1, min(DECONV_BATCH, (MAX_MESSAGE_BYTES // 4) // max(per_image, 1), DECONV_ROWS // max(len(channels or []) or top_k, 1)))
+        for start in range(0, len(images), batch_size):
+            stop = min(start + batch_size, len(images))
+            yield start, stop, self.deconv(model, images[start:stop], layer, channels, top_k, mode, method)
 
     def _stream(self, method, request, progress: ProgressCallback | None):
         """Run a server-streaming analysis: report each Progress, return the final result message."""

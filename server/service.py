@@ -11,9 +11,8 @@ from contextlib import contextmanager
 import grpc
 import numpy as np
 
-from zfnet.errors import InvalidArgument, ResourceExhausted, ZfnetError
-from zfnet.server import datasets
-from zfnet.server import correspondence, invariance, occlusion
+from zfnet.errors import InvalidArgument, NotFound, ResourceExhausted, ZfnetError
+from zfnet.server import admission, correspondence, datasets, invariance, occlusion, runtime
 from zfnet.server.engine import Engine
 from zfnet.server.images import ImageInput
 from zfnet.server.layers import resolve
@@ -63,14 +62,21 @@ def _status(fn: Callable) -> Callable:
 
 @contextmanager
 def _mapped(name: str, context: grpc.ServicerContext) -> Iterator[None]:
+    """The body of one call: memory reserved inside stays reserved until the reply is sent
+    (``admission.rpc_scope``); errors become status codes with details."""
     try:
-        yield
+        with admission.rpc_scope(context.time_remaining(), context.add_callback):
+            yield
     except ZfnetError as err:
         context.abort_with_status(to_grpc_status(err))
     except MemoryError:
         err = ResourceExhausted("out of memory; send fewer images or channels per request", reason="OUT_OF_MEMORY")
         context.abort_with_status(to_grpc_status(err))
-    except Exception:
+    except Exception as err:
+        if runtime.is_allocation_failure(err):
+            log.warning("%s: onnxruntime could not allocate memory: %s", name, str(err).splitlines()[0][-200:])
+            failed = ResourceExhausted("onnxruntime could not allocate the memory this request needs; send fewer or smaller images", reason="OUT_OF_MEMORY")
+            context.abort_with_status(to_grpc_status(failed))
         log.exception("%s failed", name)
         context.abort_with_status(to_grpc_status(ZfnetError(f"{name} failed on the server; see its log", reason="INTERNAL"), "INTERNAL"))
 
@@ -141,6 +147,11 @@ def layer_ref(ref: pb.LayerRef) -> str | int:
     kind = ref.WhichOneof("ref")
     if kind is None:
         raise InvalidArgument("no layer given: set LayerRef.number or LayerRef.name", field="layer", reason="FIELD_REQUIRED")
+    if kind == "name" and ref.name.isdigit() and not ref.name.isascii():
+        raise NotFound(
+            f"no layer named {ref.name!r}; a layer number is written in ASCII digits (or set LayerRef.number)",
+            field="layer.name", reason="LAYER_NOT_FOUND", resource=("layer", ref.name),
+        )
     return ref.number if kind == "number" else ref.name
 
 
@@ -148,6 +159,14 @@ def _require_model(ref: pb.ModelRef, at: str) -> None:
     """Refuse a ModelRef with neither sha256 nor name; ``at``: where it sits ("" for the request itself)."""
     if ref.WhichOneof("ref") is None:
         raise InvalidArgument("no model given: set ModelRef.sha256 or ModelRef.name", field=at or "ref", reason="FIELD_REQUIRED")
+
+
+def upload_chunks(first: pb.UploadModelRequest, rest: Iterator[pb.UploadModelRequest]) -> Iterator[bytes]:
+    """The model bytes of an upload stream whose first message was the header."""
+    for part in rest:
+        if part.WhichOneof("part") != "chunk":
+            raise InvalidArgument("UploadModel: send one UploadHeader, then only chunks", field="header", reason="STREAM_OUT_OF_ORDER")
+        yield part.chunk
 
 
 def model_info(model: LoadedModel, provider: str) -> pb.ModelInfo:
@@ -182,36 +201,28 @@ class ZfnetServicer(zfnet_pb2_grpc.ZfnetServicer):
 
     @_status
     def UploadModel(self, request_iterator: Iterator[pb.UploadModelRequest], context) -> pb.ModelInfo:
-        header, chunks, received = None, [], 0
-        limit = self.engine.store.max_model_bytes
-        for part in request_iterator:
-            if part.WhichOneof("part") == "header":
-                header = part.header
-            elif header is None:
-                raise InvalidArgument("UploadModel: send the UploadHeader before any chunk", field="chunk", reason="STREAM_OUT_OF_ORDER")
-            else:
-                chunks.append(part.chunk)
-                received += len(part.chunk)
-            if header is not None and max(header.size, received) > limit:
-                raise ResourceExhausted(
-                    f"model {header.name!r} is over {limit} bytes, this server's limit (--max-model-mb)",
-                    reason="MODEL_TOO_LARGE", metadata={"limit": limit, "requested": max(header.size, received)},
-                )
-        if header is None:
+        first = next(request_iterator, None)
+        if first is None:
             raise InvalidArgument("UploadModel: empty stream; send an UploadHeader and the model's bytes", field="header", reason="FIELD_REQUIRED")
-        data = b"".join(chunks)
-        if header.size and header.size != len(data):
-            raise InvalidArgument(
-                f"UploadModel: received {len(data)} bytes, the header said {header.size}", field="header.size", reason="UPLOAD_MISMATCH",
-                metadata={"received": len(data), "header": header.size},
-            )
-        model = self.engine.store.add(data, header.name, header.sha256)
-        log.info("model %s (%s) uploaded, %d bytes", model.name, model.sha256[:12], model.size)
+        if first.WhichOneof("part") != "header":
+            raise InvalidArgument("UploadModel: send the UploadHeader before any chunk", field="chunk", reason="STREAM_OUT_OF_ORDER")
+        header = first.header
+        model = self.engine.store.receive(upload_chunks(first, request_iterator), header.name, header.size, header.sha256)
+        log.info("model %s (%s) uploaded as %s, %d bytes", model.name, model.sha256[:12], header.name, model.size)
         return model_info(model, self.provider)
 
     @_status
     def ListModels(self, request, context) -> pb.ListModelsResponse:
-        return pb.ListModelsResponse(models=[pb.ModelSummary(sha256=s, name=n, size=z) for s, n, z in self.engine.store.summaries()])
+        store = self.engine.store
+        return pb.ListModelsResponse(models=[
+            pb.ModelSummary(sha256=s, name=n, size=z, upload_names=store.upload_names(s), in_model_dir=store.in_model_dir(s), loaded=store.is_loaded(s))
+            for s, n, z in store.summaries()
+        ])
+
+    @_status
+    def DeleteModel(self, request: pb.ModelRef, context) -> pb.DeleteModelResponse:
+        sha, removed = self.engine.store.delete(request.sha256, request.name)
+        return pb.DeleteModelResponse(sha256=sha, removed=removed)
 
     @_status
     def GetModelInfo(self, request: pb.ModelRef, context) -> pb.ModelInfo:

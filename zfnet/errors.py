@@ -42,6 +42,11 @@ REASONS: dict[str, str] = {
     "TOO_MANY_RECONSTRUCTIONS": "more (image, channel) reconstructions in one request than the server makes (metadata: limit, requested)",
     "MODEL_TOO_LARGE": "the model is over the server's --max-model-mb (metadata: limit, requested, in bytes)",
     "OUT_OF_MEMORY": "the server ran out of memory on this request; send fewer images or channels",
+    "OVER_MEMORY_BUDGET": "the request's estimated memory does not fit the server's --max-memory budget now or ever (metadata: limit, requested)",
+    "REPLY_TOO_LARGE": "the reply would not fit one message; ask for less per request (metadata: limit, requested, in bytes)",
+    "IMAGE_TOO_LARGE": "an image has more pixels than the server decodes, or is a decompression bomb (metadata: limit)",
+    "EXTERNAL_DATA": "the model keeps tensors in external files, which the server never reads for an upload: inline them",
+    "UNAUTHENTICATED": "no bearer token, or one this server does not accept (UNAUTHENTICATED)",
 }
 
 
@@ -115,3 +120,10 @@ class Unavailable(ZfnetError):
 
     code = "UNAVAILABLE"
     reason = "UNAVAILABLE"
+
+
+class Unauthenticated(ZfnetError):
+    """The server wants a (valid) bearer token or client certificate."""
+
+    code = "UNAUTHENTICATED"
+    reason = "UNAUTHENTICATED"

@@ -49,6 +49,8 @@ def from_proto(tensor: pb.Tensor, what: str = "tensor", field: str | None = None
     shape = list(tensor.shape)
     if any(d < 0 for d in shape):
         raise InvalidArgument(f"{what}: negative dimension in shape {shape}", field=_sub(field, "shape"), reason="BAD_TENSOR")
+    if any(d > MAX_MESSAGE_BYTES for d in shape):
+        raise InvalidArgument(f"{what}: shape {shape} has a dimension no message can carry (at most {MAX_MESSAGE_BYTES} bytes)", field=_sub(field, "shape"), reason="BAD_TENSOR")
     expected = math.prod(shape) * dtype.itemsize
     if len(tensor.data) != expected:
         raise InvalidArgument(

@@ -1,4 +1,4 @@
-"""What the commands share: the server option, number and layer lists, true classes, progress bars."""
+"""What the commands share: the server and connection options, number and layer lists, true classes, progress bars."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from zfnet.client.api import SERVER_ENV
+from zfnet.client import api
+from zfnet.client.api import SERVER_ENV, TLS_CA_ENV, TLS_CERT_ENV, TLS_ENV, TLS_KEY_ENV, TOKEN_ENV, Connection
 from zfnet.errors import InvalidArgument
 
 ServerOption = typer.Option(
@@ -24,6 +25,8 @@ def parse_numbers(text: str | None, what: str, kind: type = int) -> list:
     if not text:
         return []
     try:
+        if not text.isascii():
+            raise ValueError(text)
         return [kind(part) for part in text.split(",") if part.strip()]
     except ValueError:
         raise InvalidArgument(f"{what} must be comma-separated numbers, got {text!r}") from None
@@ -66,3 +69,14 @@ def progress_bar(what: str) -> Iterator[Callable[[str, int, int], None]]:
     with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
         task = bar.add_task(what, total=None)
         yield lambda stage, done, total: bar.update(task, description=stage, completed=done, total=total)
+
+
+def connection_options(
+    token: str | None = typer.Option(None, "--token", envvar=TOKEN_ENV, help=f"Bearer token of a server started with --token-file (${TOKEN_ENV} keeps it out of `ps`)."),
+    tls: bool = typer.Option(False, "--tls", envvar=TLS_ENV, help="Talk TLS to --server, trusting the system's CA certificates."),
+    tls_ca: Path | None = typer.Option(None, "--tls-ca", envvar=TLS_CA_ENV, help="Talk TLS to --server, trusting this PEM CA (a private CA or a self-signed certificate)."),
+    tls_cert: Path | None = typer.Option(None, "--tls-cert", envvar=TLS_CERT_ENV, help="PEM client certificate, for a server that asks for one (mutual TLS)."),
+    tls_key: Path | None = typer.Option(None, "--tls-key", envvar=TLS_KEY_ENV, help="PEM private key of --tls-cert."),
+) -> None:
+    """How every command reaches a --server: TLS and a bearer token (given before the command)."""
+    api.cli_connection = Connection(token or None, tls, tls_ca, tls_cert, tls_key)

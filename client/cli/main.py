@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from zfnet.client.cli import activations, convert_caffe, convert_torch, deconv, evaluate, layers, mean, predict, train
+from zfnet.client.cli import activations, common, convert_caffe, convert_torch, deconv, evaluate, layers, mean, predict, train
 from zfnet.client.cli import correspondence, invariance, occlusion
 from zfnet.edge import edge
 from zfnet.server import app as server_app
@@ -15,6 +15,7 @@ app = typer.Typer(
 )
 convert_app = typer.Typer(no_args_is_help=True, help="Convert PyTorch or Caffe models to ONNX with every layer exposed.")
 app.add_typer(convert_app, name="convert")
+app.callback()(common.connection_options)
 
 app.command("deconv")(edge(deconv.command))
 app.command("predict")(edge(predict.command))
