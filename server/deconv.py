@@ -98,7 +98,7 @@ def reconstruct(model: LoadedModel, batch: np.ndarray, layer: str, channels: lis
     return [
         Reconstruction(
             int(selection.image_index[r]), int(selection.channel[r]), float(selection.value[r]), selection.location[r],
-            model.receptive_fields.box(layer, selection.location[r]) if mode == "max" else (0, 0, *batch.shape[2:]),
+            model.receptive_fields.box(layer, selection.location[r] if mode == "max" else None, int(selection.channel[r])),
             pixels_all[r],
         )
         for r in range(len(selection.channel))

@@ -18,9 +18,11 @@ from google.protobuf.message import DecodeError
 
 from zfnet.converters import expose
 from zfnet.converters.graph import CLASSES_KEY, PREPROCESSING_KEY, get_metadata
+from zfnet.converters.index import GraphIndex
 from zfnet.errors import InvalidArgument, NotFound, ResourceExhausted
-from zfnet.server import projection, runtime
+from zfnet.server import cache, projection, runtime
 from zfnet.server.layers import Layer, ReceptiveFields, layer_table
+from zfnet.server.rules import batch_axes
 
 log = logging.getLogger("zfnet.server")
 
@@ -33,7 +35,7 @@ class LoadedModel:
     name: str
     size: int
     model: onnx.ModelProto
-    session: ort.InferenceSession
+    session: ort.InferenceSession | runtime.FixedBatchSession
     input_name: str
     input_shape: list[int]  # (-1, C, H, W)
     output_name: str
@@ -41,6 +43,7 @@ class LoadedModel:
     preprocessing_json: str
     classes: list[str]
     receptive_fields: ReceptiveFields
+    index: GraphIndex | None = None  # the exposed model's graph index, shared by the layer table, fields and projections
     _projections: dict[tuple[str, str], tuple[projection.Projection, ort.InferenceSession]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -49,7 +52,7 @@ class LoadedModel:
         key = (layer, method)
         with self._lock:
             if key not in self._projections:
-                built = projection.build(self.model, layer, method)
+                built = cache.projection(self.sha256, layer, method, lambda: projection.build(self.index or self.model, layer, method))
                 self._projections[key] = (built, runtime.session(built.model.SerializeToString()))
             return self._projections[key]
 
@@ -63,7 +66,7 @@ def load(data: bytes, name: str, sha256: str | None = None) -> LoadedModel:
         raise InvalidArgument(f"model {name!r} is not an ONNX file (protobuf decoding failed)") from None
     if not model.graph.node:
         raise InvalidArgument(f"model {name!r} has an empty graph; is it an ONNX file?")
-    exposed = expose.expose(model)  # renames tensors in place and appends outputs: output[0] stays the model's own output
+    exposed, index = cache.exposed(model, sha256)  # renames tensors and appends outputs: output[0] stays the model's own output
     try:
         session = runtime.session(exposed.SerializeToString())
     except Exception as err:  # onnxruntime raises Fail/InvalidGraph/RuntimeException
@@ -72,15 +75,19 @@ def load(data: bytes, name: str, sha256: str | None = None) -> LoadedModel:
     inputs = [v for v in exposed.graph.input if v.name not in initializers]
     if len(inputs) != 1:
         raise InvalidArgument(f"model {name!r} must have one input (an image batch); it has {[v.name for v in inputs]}")
-    input_shape = [d if isinstance(d, int) and d > 0 else -1 for d in expose.tensor_shape(inputs[0])]
+    declared = expose.tensor_shape(inputs[0])
+    input_shape = [d if isinstance(d, int) and d > 0 else -1 for d in declared]
     if len(input_shape) != 4 or any(d < 0 for d in input_shape[1:]):
-        raise InvalidArgument(f"model {name!r}: the input must be (N, C, H, W) with fixed C, H, W; it is {expose.tensor_shape(inputs[0])}")
+        raise InvalidArgument(f"model {name!r}: the input must be (N, C, H, W) with fixed C, H, W; it is {declared}")
+    if input_shape[0] > 0:  # exported with a fixed batch: run any number of images that many at a time
+        session = runtime.FixedBatchSession(session, inputs[0].name, input_shape[0], batch_axes(index))
+        input_shape[0] = -1
     classes = json.loads(get_metadata(exposed, CLASSES_KEY) or "[]")
     return LoadedModel(
         sha256=sha256, name=name, size=len(data), model=exposed, session=session,
         input_name=inputs[0].name, input_shape=input_shape, output_name=exposed.graph.output[0].name,
-        layers=layer_table(exposed), preprocessing_json=get_metadata(exposed, PREPROCESSING_KEY) or "{}", classes=classes,
-        receptive_fields=ReceptiveFields(exposed),
+        layers=layer_table(index), preprocessing_json=get_metadata(exposed, PREPROCESSING_KEY) or "{}", classes=classes,
+        receptive_fields=ReceptiveFields(index), index=index,
     )
 
 
