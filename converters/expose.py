@@ -22,8 +22,9 @@ import json
 import re
 from collections import defaultdict
 
+import numpy as np
 import onnx
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from zfnet.converters.geometry import window
 from zfnet.converters.graph import get_metadata, set_metadata, set_versions
@@ -106,6 +107,30 @@ def _float32_input(model: onnx.ModelProto) -> None:
         value.type.tensor_type.elem_type = TensorProto.FLOAT
 
 
+def _fold_static(model: onnx.ModelProto, inferred: GraphIndex) -> bool:
+    """Replace what the image-dependent nodes read from shape arithmetic (``Shape -> Gather -> Div
+    -> Slice`` chains of exporters) by its value where the shapes are static, so that shape inference
+    sees constants; drop the nodes left without readers. True if anything was folded."""
+    graph = model.graph
+    constants = {i.name for i in graph.initializer} | {n.output[0] for n in graph.node if n.op_type == "Constant"}
+    read = {name for node in graph.node if any(i in inferred.live for i in node.input) for name in node.input}
+    folded = {}
+    for name in read - inferred.live - constants - {""}:
+        value = inferred.constant(name)
+        if value is not None:
+            folded[name] = value
+    if not folded:
+        return False
+    graph.initializer.extend(numpy_helper.from_array(np.ascontiguousarray(v), name) for name, v in folded.items())
+    while True:
+        needed = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
+        dead = [node for node in graph.node if not any(o in needed and o not in folded for o in node.output if o)]
+        if not dead:
+            return True
+        for node in dead:
+            graph.node.remove(node)
+
+
 def _onnxruntime_pool_size(node: onnx.NodeProto, in_spatial: list) -> tuple[list[int], bool] | None:
     """For a ceil-mode pool with explicit pads: onnxruntime's output size, and whether it is below
     ONNX's (the last window would start in the end padding; onnxruntime, like PyTorch, drops it);
@@ -176,6 +201,8 @@ def expose_indexed(model: onnx.ModelProto) -> tuple[onnx.ModelProto, GraphIndex]
         _float32_input(model)
     try:
         inferred = _infer_shapes(model)
+        while _fold_static(model, GraphIndex(inferred)):
+            inferred = _infer_shapes(model)
     except onnx.shape_inference.InferenceError as err:
         raise InvalidArgument(f"ONNX shape inference failed on this model: {err}") from None
     graph = model.graph

@@ -196,11 +196,65 @@ class GraphIndex:
         return self.elem_type(name) in _FLOATS
 
     def constant(self, name: str) -> np.ndarray | None:
-        """The numpy value of an initializer or Constant output, else None."""
-        if name not in self.constants:
+        """The numpy value of a tensor that does not depend on the image: an initializer, a Constant,
+        or one computed from them and from static shapes (exporters' ``Shape -> Gather -> Div``
+        chains), evaluated once with onnx's reference evaluator; else None."""
+        if not name or name in self.live:
             return None
         if name not in self._arrays:
-            array = numpy_helper.to_array(self.constants[name])
-            array.setflags(write=False)
-            self._arrays[name] = array
+            self._arrays[name] = self._static_value(name)
         return self._arrays[name]
+
+    def _static_value(self, name: str) -> np.ndarray | None:
+        if name in self.constants:
+            array = numpy_helper.to_array(self.constants[name])
+        else:
+            i = self.producers.get(name)
+            node = self.nodes[i] if i is not None else None
+            if node is None or domain_of(node) or node.op_type in ("If", "Loop", "Scan"):
+                return None
+            values = [self._shape_of(node) if node.op_type in SHAPE_ONLY_OPS else None]
+            if values[0] is None:
+                values = self._evaluate(node)
+            if values is None:
+                return None
+            for out, value in zip(node.output, values):
+                if out and out != name:
+                    self._arrays.setdefault(out, value)
+            array = values[list(node.output).index(name)]
+            if array is None:
+                return None
+            array = np.asarray(array)
+        array.setflags(write=False)
+        return array
+
+    def _shape_of(self, node: onnx.NodeProto) -> np.ndarray | None:
+        """Shape/Size of a tensor whose dimensions are all static."""
+        dims = self.shape(node.input[0])
+        if dims is None or not all(isinstance(d, int) and d > 0 for d in dims):
+            return None
+        if node.op_type == "Size":
+            return np.asarray(int(np.prod(dims)), np.int64)
+        attrs = self.node(self.producers[node.output[0]]).attrs
+        start, end = attrs.get("start", 0), attrs.get("end")
+        return np.asarray(dims[start:end] if end is not None else dims[start:], np.int64)
+
+    def _evaluate(self, node: onnx.NodeProto) -> list[np.ndarray] | None:
+        """Run one node on static inputs with onnx's reference evaluator."""
+        from onnx.reference import ReferenceEvaluator  # noqa: PLC0415  (rarely needed, slow to import)
+
+        inputs = [self.constant(n) if n else None for n in node.input]
+        if any(v is None for v, n in zip(inputs, node.input) if n) or any(v is not None and v.size > 1 << 16 for v in inputs):
+            return None
+        names = [f"i{k}" if n else "" for k, n in enumerate(node.input)]
+        one = helper.make_node(node.op_type, names, [f"o{k}" for k in range(len(node.output))], domain=node.domain)
+        one.attribute.extend(node.attribute)
+        graph = helper.make_graph(
+            [one], "static", [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(v.dtype), v.shape) for n, v in zip(names, inputs) if n],
+            [helper.make_tensor_value_info(f"o{k}", onnx.TensorProto.UNDEFINED, None) for k in range(len(node.output))],
+        )
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", self.opset(node))])
+        try:
+            return list(ReferenceEvaluator(model).run(None, {n: v for n, v in zip(names, inputs) if n}))
+        except Exception:  # an op the reference evaluator lacks, or inputs it refuses: not static after all
+            return None

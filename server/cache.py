@@ -87,10 +87,10 @@ def projection(sha256: str, layer: str, method: str, build: Callable[[], project
     if cached is not None:
         info = json.loads(get_metadata(cached, PROJECTION_KEY) or "{}")
         if info.get("layer") == layer and info.get("method") == method:
-            return projection_graph.Projection(cached, layer, method, info["forward_tensors"])
+            return projection_graph.Projection(cached, layer, method, info["forward_tensors"], info.get("per_image", False))
     built = build()
     stored = onnx.ModelProto()
     stored.CopyFrom(built.model)
-    set_metadata(stored, PROJECTION_KEY, json.dumps({"layer": layer, "method": method, "forward_tensors": built.forward_tensors}))
+    set_metadata(stored, PROJECTION_KEY, json.dumps({"layer": layer, "method": method, "forward_tensors": built.forward_tensors, "per_image": built.per_image}))
     _write(path, stored)
     return built

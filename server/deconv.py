@@ -84,17 +84,20 @@ def reconstruct(model: LoadedModel, batch: np.ndarray, layer: str, channels: lis
     """Forward once, select, project in chunks; one Reconstruction per (image, channel)."""
     proj, proj_session = model.projection(layer, method)
     computed = [name for name in proj.forward_tensors if name != model.input_name]  # the input is fed, not computed
-    outputs = model.session.run([layer, *computed], {model.input_name: batch})
+    outputs = model.session.run([layer, *([] if proj.per_image else computed)], {model.input_name: batch})
     activation, forward = outputs[0], {model.input_name: batch, **dict(zip(computed, outputs[1:]))}
     selection = select(activation, choose_channels(activation, channels, top_k), mode)
-    feeds = {projection.FORWARD_PREFIX + name: forward[name] for name in proj.forward_tensors}
-    pixels = []
-    for start in range(0, len(selection.channel), CHUNK_ROWS):
-        part = slice(start, start + CHUNK_ROWS)
-        feeds[projection.SIGNAL] = selection.signal[part]
-        feeds[projection.IMAGE_INDEX] = selection.image_index[part]
-        pixels.append(proj_session.run([projection.RECONSTRUCTION], feeds)[0])
-    pixels_all = np.concatenate(pixels) if pixels else np.zeros((0, *batch.shape[1:]), np.float32)
+    if proj.per_image:
+        pixels_all = _per_image(model, proj, proj_session, batch, computed, selection)
+    else:
+        feeds = {projection.FORWARD_PREFIX + name: forward[name] for name in proj.forward_tensors}
+        pixels = []
+        for start in range(0, len(selection.channel), CHUNK_ROWS):
+            part = slice(start, start + CHUNK_ROWS)
+            feeds[projection.SIGNAL] = selection.signal[part]
+            feeds[projection.IMAGE_INDEX] = selection.image_index[part]
+            pixels.append(proj_session.run([projection.RECONSTRUCTION], feeds)[0])
+        pixels_all = np.concatenate(pixels) if pixels else np.zeros((0, *batch.shape[1:]), np.float32)
     return [
         Reconstruction(
             int(selection.image_index[r]), int(selection.channel[r]), float(selection.value[r]), selection.location[r],
@@ -103,3 +106,18 @@ def reconstruct(model: LoadedModel, batch: np.ndarray, layer: str, channels: lis
         )
         for r in range(len(selection.channel))
     ]
+
+
+def _per_image(model: LoadedModel, proj: projection.Projection, proj_session, batch: np.ndarray, computed: list[str], selection: Selection) -> np.ndarray:
+    """A projection of a fixed-batch model whose graph merges the batch axis away: each image's own
+    forward values, one row at a time."""
+    pixels = np.zeros((len(selection.channel), *batch.shape[1:]), np.float32)
+    for image in np.unique(selection.image_index):
+        one = batch[image : image + 1]
+        forward = {model.input_name: one, **dict(zip(computed, model.session.run(computed, {model.input_name: one}) if computed else []))}
+        feeds = {projection.FORWARD_PREFIX + name: forward[name] for name in proj.forward_tensors}
+        feeds[projection.IMAGE_INDEX] = np.zeros(1, np.int64)
+        for row in np.flatnonzero(selection.image_index == image):
+            feeds[projection.SIGNAL] = selection.signal[row : row + 1]
+            pixels[row] = proj_session.run([projection.RECONSTRUCTION], feeds)[0][0]
+    return pixels

@@ -63,8 +63,8 @@ def aliases(model: onnx.ModelProto) -> dict[str, list[str]]:
 
 
 def layer_table(model: onnx.ModelProto | GraphIndex) -> list[Layer]:
-    """Every exposed activation that keeps the batch on its first axis, in graph order, with the
-    paper's layer numbers at block ends."""
+    """Every exposed activation that keeps the batch on its first axis (or, in a model exported for
+    one image, leads with that image), in graph order, with the paper's layer numbers at block ends."""
     index = _index(model)
     axes = batch_axes(index)
     exposed = set(index.outputs)
@@ -73,8 +73,13 @@ def layer_table(model: onnx.ModelProto | GraphIndex) -> list[Layer]:
         if _role(index, i) is Role.LEARNED:
             numbers[_block_end(index, index.nodes[i].output[0], exposed)] = len(numbers) + 1
     names = aliases(index.model)
+    one_image = (index.shape(index.image) or [None])[0] == 1 if index.image else False
     rows = sorted(
-        (name for name in index.outputs if not name.endswith(SWITCHES_SUFFIX) and name in index.producers and axes.get(name) == 0),
+        (
+            name for name in index.outputs
+            if not name.endswith(SWITCHES_SUFFIX) and name in index.producers
+            and (axes.get(name) == 0 or (one_image and axes.get(name) is None and (index.shape(name) or [None])[0] == 1))
+        ),
         key=lambda name: index.producers[name],
     )
     table = []

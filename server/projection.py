@@ -42,12 +42,13 @@ class Projection:
     layer: str
     method: str
     forward_tensors: list[str]  # names in the forward model, its image input included; fed as ``fwd/<name>``
+    per_image: bool = False  # run one row at a time on one image's forward values (see :func:`build`)
 
 
 class Builder:
     """Accumulates the nodes of one projection graph; the API the backward rules are written in."""
 
-    def __init__(self, index: GraphIndex, method: str) -> None:
+    def __init__(self, index: GraphIndex, method: str, per_image: bool = False) -> None:
         if method not in METHODS:
             raise InvalidArgument(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
         self.method = method
@@ -58,6 +59,7 @@ class Builder:
         self._copied: dict[str, str] = {}
         self._counter = itertools.count()
         self._batch = batch_axes(index)
+        self.per_image = per_image  # shapes are the forward pass's own (batch 1), one row per run
         self.node: Node | None = None  # the forward node whose rule is running
 
     @property
@@ -67,16 +69,19 @@ class Builder:
 
     # -- what the rules read -------------------------------------------------------------------
     def batch_axis(self, name: str) -> int | None:
-        """The batch axis of a forward tensor that depends on the image (None for constants)."""
-        return self._batch.get(name) if name in self.index.live else None
+        """The batch axis of a forward tensor that depends on the image (None for constants, and for
+        every tensor when the projection runs one image at a time)."""
+        return self._batch.get(name) if name in self.index.live and not self.per_image else None
 
     def shape(self, name: str) -> list[int]:
         """Static shape of a forward tensor, its batch dimension as -1; an error if any other is unknown."""
         dims = self.index.shape(name)
+        if dims is None and name not in self.index.live and self.index.constant(name) is not None:
+            dims = list(self.index.constant(name).shape)
         if dims is None:
             raise FailedPrecondition(f"the shape of tensor {name!r} is unknown; was the model exposed?")
         batch = self.batch_axis(name)
-        if name in self.index.live and batch is None:
+        if name in self.index.live and batch is None and not self.per_image:
             raise self.refuse(f"tensor {name!r} no longer has a batch axis (an op merged it with another); "
                               "projections keep the images of a batch apart")
         shape = [-1 if axis == batch else d for axis, d in enumerate(dims)]
@@ -95,18 +100,23 @@ class Builder:
     def forward(self, name: str) -> str:
         """A forward value in the projection graph, as float32 if it is a float: copied if constant,
         else gathered per signal row (along its batch axis) through ``image_index``."""
-        if name in self.index.constants:
+        if name not in self.index.live:
             if name not in self._copied:
                 value = self.index.constant(name)
+                if value is None:
+                    raise self.refuse(f"the value of {name!r} is not known before the image is")
                 if value.dtype in (np.float16, np.float64):
                     value = value.astype(np.float32)
                 self._copied[name] = self.const(value, value.dtype)
             return self._copied[name]
         if name not in self._gathered:
             axis = self.batch_axis(name)
-            if axis is None:
+            if self.per_image:
+                value = FORWARD_PREFIX + name
+            elif axis is None:
                 raise self.refuse(f"tensor {name!r} has no batch axis; projections keep the images of a batch apart")
-            value = self.op("Gather", [FORWARD_PREFIX + name, IMAGE_INDEX], axis=axis)
+            else:
+                value = self.op("Gather", [FORWARD_PREFIX + name, IMAGE_INDEX], axis=axis)
             if self.index.elem_type(name) in _WIDE_FLOATS:
                 value = self.op("Cast", [value], to=TensorProto.FLOAT)
             self._gathered[name] = value
@@ -151,6 +161,8 @@ class Builder:
         return self._zeros([-1, *tail])
 
     def _zeros(self, shape: list[int]) -> str:
+        if -1 not in shape:
+            return self.op("ConstantOfShape", [self.const(shape, np.int64)], value=helper.make_tensor("zero", TensorProto.FLOAT, [1], [0.0]))
         batch = shape.index(-1)
         rows = self.op("Shape", [IMAGE_INDEX])
         parts = [self.const(shape[:batch], np.int64), rows, self.const(shape[batch + 1 :], np.int64)]
@@ -160,7 +172,7 @@ class Builder:
     def batch_first(self, name: str) -> None:
         """Refuse unless forward tensor ``name`` holds the images of the batch on its first axis
         (convolution, pooling and normalisation read their input as (N, C, ...))."""
-        if self.needs(name) and self.batch_axis(name) != 0:
+        if self.needs(name) and not self.per_image and self.batch_axis(name) != 0:
             raise self.refuse(f"its input {name!r} does not hold the batch on its first axis")
 
     def fit_spatial(self, signal: str, begin: list[int], length: list[int], have: list[int]) -> str:
@@ -178,16 +190,24 @@ class Builder:
 
 
 def build(model: onnx.ModelProto | GraphIndex, layer: str, method: str) -> Projection:
-    """Build the projection graph from tensor ``layer`` of an exposed model to its image input."""
+    """Build the projection graph from tensor ``layer`` of an exposed model to its image input.
+
+    The rows of a batch are projected together when every tensor on the way keeps the batch on an
+    axis of its own. A model exported with a fixed batch of one image may merge that axis away (a
+    reshape to ``(C,)`` and back); its projection then runs one image's row at a time (``per_image``).
+    """
     index = model if isinstance(model, GraphIndex) else GraphIndex(model)
     image = index.image
     if image is None:
         raise InvalidArgument(f"deconv needs a model with one image input; this one has {index.inputs}")
-    builder = Builder(index, method)
     if layer not in index.live:
         raise InvalidArgument(f"tensor {layer!r} does not depend on the input {image!r}")
-    if builder.batch_axis(layer) != 0:
+    axes = batch_axes(index)
+    merged = axes.get(layer) != 0 or any(axes.get(n) is None for node in index.ancestors(layer) for n in node.output if n in index.live)
+    per_image = merged and (index.shape(image) or [None])[0] == 1
+    if axes.get(layer) != 0 and not per_image:
         raise InvalidArgument(f"tensor {layer!r} does not keep the images of a batch on its first axis; choose another layer")
+    builder = Builder(index, method, per_image)
     signals: dict[str, str] = {layer: SIGNAL}
     for node in index.ancestors(layer):
         outgoing = [signals.get(name) for name in node.output]
@@ -211,10 +231,11 @@ def build(model: onnx.ModelProto | GraphIndex, layer: str, method: str) -> Proje
         raise InvalidArgument(f"no signal reaches the input from layer {layer!r}")
     builder.nodes.append(helper.make_node("Identity", [signals[image]], [RECONSTRUCTION], name=RECONSTRUCTION))
     layer_shape, image_shape = builder.shape(layer), builder.shape(image)
+    rows = 1 if per_image else "M"
     forward_tensors = builder.forward_tensors
     proj_inputs = [
-        helper.make_tensor_value_info(SIGNAL, TensorProto.FLOAT, ["M", *layer_shape[1:]]),
-        helper.make_tensor_value_info(IMAGE_INDEX, TensorProto.INT64, ["M"]),
+        helper.make_tensor_value_info(SIGNAL, TensorProto.FLOAT, [rows, *layer_shape[1:]]),
+        helper.make_tensor_value_info(IMAGE_INDEX, TensorProto.INT64, [rows]),
     ] + [
         helper.make_tensor_value_info(
             FORWARD_PREFIX + name, index.elem_type(name) or TensorProto.FLOAT, ["N" if d == -1 else d for d in builder.shape(name)],
@@ -223,10 +244,10 @@ def build(model: onnx.ModelProto | GraphIndex, layer: str, method: str) -> Proje
     ]
     proj_graph = helper.make_graph(
         builder.nodes, f"projection_{method}_{layer}", proj_inputs,
-        [helper.make_tensor_value_info(RECONSTRUCTION, TensorProto.FLOAT, ["M", *image_shape[1:]])],
+        [helper.make_tensor_value_info(RECONSTRUCTION, TensorProto.FLOAT, [rows, *image_shape[1:]])],
         initializer=builder.initializers,
     )
     proj = helper.make_model(proj_graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="zfnet")
     proj.ir_version = IR_VERSION
     onnx.checker.check_model(proj)
-    return Projection(proj, layer, method, forward_tensors)
+    return Projection(proj, layer, method, forward_tensors, per_image)

@@ -123,7 +123,10 @@ def batch_axes(index: GraphIndex) -> dict[str, int | None]:
             if not any(name in index.live for name in node.input):
                 continue
             rule = lookup_node(index, node)
-            found = (rule.batch if rule is not None else same_batch)(index, node, [axes.get(n) for n in node.input])
+            try:
+                found = (rule.batch if rule is not None else same_batch)(index, node, [axes.get(n) for n in node.input])
+            except (InvalidArgument, ValueError, IndexError, ZeroDivisionError, TypeError):  # shapes or values unknown
+                found = [None] * len(node.output)
             axes.update(zip(node.output, found))
         index.memo["batch_axes"] = axes
     return index.memo["batch_axes"]

@@ -157,7 +157,9 @@ class DenseBlock(nn.Module):
 
 class DenseNet(nn.Module):
     """DenseNet: pre-activation dense layers concatenating all earlier features, average-pool transitions,
-    functional ReLU and ``adaptive_avg_pool2d`` at the head."""
+    ``adaptive_avg_pool2d`` at the head. (torchvision applies the last ReLU as ``F.relu``; here it is a
+    module, because Captum's deconvnet and guided backprop only hook ``nn.ReLU`` modules, while zfnet
+    sees a Relu op either way.)"""
 
     def __init__(self, classes: int = 10) -> None:
         super().__init__()
@@ -167,10 +169,11 @@ class DenseNet(nn.Module):
             nn.Sequential(nn.BatchNorm2d(16), nn.ReLU(inplace=True), nn.Conv2d(16, 8, 1, bias=False), nn.AvgPool2d(2, 2)),
             DenseBlock(2, 8, 4), nn.BatchNorm2d(16),
         )
+        self.relu = nn.ReLU(inplace=True)
         self.classifier = nn.Linear(16, classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.features(x), inplace=True)
+        out = self.relu(self.features(x))
         out = torch.flatten(F.adaptive_avg_pool2d(out, (1, 1)), 1)
         return self.classifier(out)
 
