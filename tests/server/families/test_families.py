@@ -51,11 +51,11 @@ class Probe(nn.Module):
         return self.logits(self.net(x))
 
 
-def export(net: nn.Module, path: Path, size: int, **options) -> Path:
+def export(net: nn.Module, path: Path, size: int, dtype: torch.dtype = torch.float32, **options) -> Path:
     """``torch.onnx.export`` as a user calls it, on one example image."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(net, (torch.rand(1, 3, size, size) * 255,), str(path), **options)
+        torch.onnx.export(net, ((torch.rand(1, 3, size, size) * 255).to(dtype),), str(path), **options)
     return path
 
 
