@@ -40,16 +40,25 @@ _MEANINGLESS = re.compile(r"^(\d+|onnx::.*|.*_output_\d+|val_\d+)$")
 
 
 def _module_of(node: onnx.NodeProto) -> str | None:
-    """The innermost module path of a node exported by torch.onnx (dynamo), or None."""
+    """The innermost module path of a node exported by torch.onnx, or None: from the name scopes the
+    dynamo exporter records, else from the legacy exporter's node name (``/features/features.1/block/
+    block.0/Relu`` is module ``features.1.block.0``: a scope that extends the one before it by
+    ``.child`` names that child)."""
     for prop in node.metadata_props:
         if prop.key == SCOPES_KEY:
             try:
                 scopes = ast.literal_eval(prop.value)
             except (ValueError, SyntaxError):
                 return None
-            if len(scopes) >= 3 and scopes[0] == "":
-                return str(scopes[-2])
-    return None
+            return str(scopes[-2]) if len(scopes) >= 3 and scopes[0] == "" else None
+    segments = node.name.split("/")
+    if len(segments) < 3 or segments[0] or not all(segments[1:-1]):
+        return None
+    path, previous = [], None
+    for scope in segments[1:-1]:
+        path.append(scope[len(previous) + 1 :] if previous and scope.startswith(previous + ".") else scope)
+        previous = scope
+    return ".".join(path)
 
 
 def _layer_names(graph: onnx.GraphProto) -> dict[str, str]:
@@ -57,13 +66,11 @@ def _layer_names(graph: onnx.GraphProto) -> dict[str, str]:
     renames: dict[str, str] = {}
     used: set[str] = {v.name for v in graph.input} | {i.name for i in graph.initializer}
     calls: dict[str, int] = defaultdict(int)
-    nodes = list(graph.node)
+    nodes = [node for node in graph.node if node.op_type not in _NO_LAYER_NAME]
     for i, node in enumerate(nodes):
         module = _module_of(node)
-        if module:
-            if i + 1 < len(nodes) and _module_of(nodes[i + 1]) == module:
-                continue  # a module call's result is the output of the last node of its run
-            calls[module] += 1
+        if module and not (i + 1 < len(nodes) and _module_of(nodes[i + 1]) == module):  # a module call's result:
+            calls[module] += 1  # the output of the last node of its run
             name = module if calls[module] == 1 else f"{module}:{calls[module]}"
         elif node.name and node.op_type not in _NO_LAYER_NAME and _MEANINGLESS.match(node.output[0]):
             name = node.name.strip("/").replace("/", ".")
