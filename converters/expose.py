@@ -9,8 +9,8 @@
    switches that a deconvnet unpools through.
 3. A float16 or float64 image input becomes a float32 one followed by a Cast, so every model takes
    float32 RGB images in 0..255 (the model itself still runs in its own precision).
-4. Every float activation (a tensor that depends on the image values) and every switch becomes a
-   graph output with its type and shape.
+4. Every tensor that depends on the image values (activations, switches, the masks a Where reads)
+   becomes a graph output with its type and shape; the layer table lists the float ones.
 
 The pass is idempotent, so the server runs it on every model it receives.
 """
@@ -69,9 +69,12 @@ def _layer_names(graph: onnx.GraphProto) -> dict[str, str]:
     nodes = [node for node in graph.node if node.op_type not in _NO_LAYER_NAME]
     for i, node in enumerate(nodes):
         module = _module_of(node)
+        recorded = any(p.key == SCOPES_KEY for p in node.metadata_props)  # else read from a node name: keep a meaningful tensor name
         if module and not (i + 1 < len(nodes) and _module_of(nodes[i + 1]) == module):  # a module call's result:
             calls[module] += 1  # the output of the last node of its run
             name = module if calls[module] == 1 else f"{module}:{calls[module]}"
+            if not recorded and not _MEANINGLESS.match(node.output[0]):
+                continue
         elif node.name and node.op_type not in _NO_LAYER_NAME and _MEANINGLESS.match(node.output[0]):
             name = node.name.strip("/").replace("/", ".")
         else:
@@ -225,10 +228,7 @@ def expose_indexed(model: onnx.ModelProto) -> tuple[onnx.ModelProto, GraphIndex]
             info = types.get(name)
             if not name or name in outputs or info is None:
                 continue
-            elem = info.type.tensor_type.elem_type
-            is_switch = name.endswith(SWITCHES_SUFFIX) and elem == TensorProto.INT64
-            is_activation = name in live and elem in (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE)
-            if (is_activation or is_switch) and len(info.type.tensor_type.shape.dim) >= 2:
+            if (name in live or name.endswith(SWITCHES_SUFFIX)) and len(info.type.tensor_type.shape.dim) >= 1:
                 graph.output.append(info)
                 outputs.add(name)
     del graph.value_info[:]

@@ -77,7 +77,7 @@ def layer_table(model: onnx.ModelProto | GraphIndex) -> list[Layer]:
     rows = sorted(
         (
             name for name in index.outputs
-            if not name.endswith(SWITCHES_SUFFIX) and name in index.producers
+            if not name.endswith(SWITCHES_SUFFIX) and name in index.producers and index.is_float(name) and len(index.shape(name) or []) >= 2
             and (axes.get(name) == 0 or (one_image and axes.get(name) is None and (index.shape(name) or [None])[0] == 1))
         ),
         key=lambda name: index.producers[name],
@@ -134,7 +134,7 @@ class ReceptiveFields:
         image = index.image
         spans: dict[str, Span] = {layer: start}
         for node in index.ancestors(layer):
-            outgoing = [spans.get(name) for name in node.output]
+            outgoing = [_explicit(spans.get(name), index.shape(name) or []) for name in node.output]
             if all(s is None for s in outgoing):
                 continue
             rule = lookup_node(index, node)
@@ -152,6 +152,13 @@ class ReceptiveFields:
         height, width = index.shape(image)[2:4]
         (top, bottom), (left, right) = [s if s is not None else (0, size - 1) for s, size in zip(box[2:4], (height, width))]
         return (top, left, bottom + 1, right + 1)
+
+
+def _explicit(span: Span | None, shape: list) -> Span | None:
+    """``span`` with each whole static axis written as its range, so that mappings stay exact."""
+    if span is None:
+        return None
+    return tuple((0, size - 1) if s is None and isinstance(size, int) and size > 0 else s for s, size in zip(span, shape))
 
 
 def _clip(span: Span | None, shape: list) -> Span | None:

@@ -68,7 +68,20 @@ def _matmul_grad(b, node, product: str, i: int) -> str:
     return b.reshape(product, shape) if len(padded) != len(shape) else product
 
 
-@op("MatMul", field=_matmul_field, role=_one_constant)
+def _matmul_batch(index, node, axes):
+    """Batched factors keep their batch axis, aligned from the right; a vector factor drops its axis."""
+    ranks = [len(index.shape(name) or []) for name in node.input]
+    out_rank = len(index.shape(node.output[0]) or [])
+    for i, axis in enumerate(axes):
+        if axis is not None:
+            if ranks[1 - i] == 1:  # numpy: a vector factor's axis is removed from the result
+                dropped = ranks[i] - 1 if i == 0 else ranks[i] - 2
+                return [None if axis == dropped else axis - (axis > dropped)]
+            return [axis + out_rank - ranks[i] if axis + out_rank - ranks[i] >= 0 else None]
+    return [None]
+
+
+@op("MatMul", field=_matmul_field, role=_one_constant, batch=_matmul_batch)
 def matmul(b, node, signals):
     a, w = node.input
     if any(len(b.index.shape(name) or []) < 2 for name in (a, w)):

@@ -82,7 +82,7 @@ def _scales(index, node, in_shape: list[int], out_shape: list[int]) -> list[floa
             for a, s in zip(axes, value.tolist()):
                 scales[a] = float(s)
             return scales
-        ratios = {a: out_shape[a] / in_shape[a] for a in axes}
+        ratios = {a: out_shape[a] / in_shape[a] if isinstance(in_shape[a], int) and isinstance(out_shape[a], int) else 1.0 for a in axes}
         policy = node.attrs.get("keep_aspect_ratio_policy", "stretch")
         if policy != "stretch":
             common = (min if policy == "not_larger" else max)(ratios.values())
@@ -108,11 +108,14 @@ def resize_matrices(index, node) -> dict[int, np.ndarray]:
     nearest = "simple" if legacy else node.attrs.get("nearest_mode", "round_prefer_floor")
     in_shape, out_shape = index.shape(node.input[0]) or [], index.shape(node.output[0]) or []
     scales = _scales(index, node, in_shape, out_shape)
-    return {
-        axis: interpolation_matrix(in_shape[axis], out_shape[axis], scales[axis], mode, coordinates, nearest)
-        for axis in range(len(in_shape))
-        if in_shape[axis] != out_shape[axis] or scales[axis] != 1.0
-    }
+    matrices = {}
+    for axis, (size, out_size) in enumerate(zip(in_shape, out_shape)):
+        if not isinstance(size, int) or not isinstance(out_size, int):  # the dynamic batch
+            if scales[axis] != 1.0:
+                raise InvalidArgument(f"{node.label}: resizing the batch axis mixes the images of a batch; this is not supported")
+        elif size != out_size or scales[axis] != 1.0:
+            matrices[axis] = interpolation_matrix(size, out_size, scales[axis], mode, coordinates, nearest)
+    return matrices
 
 
 def _field(index, node, spans, i) -> Span:

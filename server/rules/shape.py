@@ -235,8 +235,9 @@ def _gather_batch(index, node, axes):
     batch = axes[0]
     if batch is None:
         return [None]
-    axis, indices = _gather_indices(index, node)
-    return [None if batch == axis else batch if batch < axis else batch + indices.ndim - 1]
+    axis = node.attrs["axis"] % len(index.shape(node.input[0]) or [])
+    depth = len(index.shape(node.input[1]) or [])  # the indices' rank replaces the gathered axis
+    return [None if batch == axis else batch if batch < axis else batch + depth - 1]
 
 
 @op("Gather", field=_gather_field, batch=_gather_batch)
