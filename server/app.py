@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from concurrent import futures
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 import typer
@@ -12,12 +13,11 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from zfnet.edge import edge
-from zfnet.server import runtime
-from zfnet.server.engine import Engine
-from zfnet.server.models import ModelStore
-from zfnet.server.service import ZfnetServicer
 from zfnet.tensors import CHANNEL_OPTIONS
 from zfnet.v1 import zfnet_pb2, zfnet_pb2_grpc
+
+if TYPE_CHECKING:
+    from zfnet.server.engine import Engine
 
 log = logging.getLogger("zfnet.server")
 
@@ -26,6 +26,11 @@ SERVICE_NAME = zfnet_pb2.DESCRIPTOR.services_by_name["Zfnet"].full_name
 
 def create_server(address: str = "127.0.0.1:0", model_dir: Path | None = None, max_model_mb: int = 2048, workers: int = 8) -> tuple[grpc.Server, int, Engine]:
     """A started server with the zfnet, health and reflection services; returns (server, port, engine)."""
+    from zfnet.server import runtime  # onnxruntime, onnx and the rules load with the server, not with every CLI command
+    from zfnet.server.engine import Engine
+    from zfnet.server.models import ModelStore
+    from zfnet.server.service import ZfnetServicer
+
     engine = Engine(ModelStore(model_dir, max_model_mb << 20))
     provider = runtime.providers()[0]
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=CHANNEL_OPTIONS)

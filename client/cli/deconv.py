@@ -8,7 +8,6 @@ import typer
 from rich.console import Console
 
 from zfnet import imagefolder
-from zfnet.client import render
 from zfnet.client.api import Client
 from zfnet.client.cli.common import ServerOption, parse_numbers
 from zfnet.errors import InvalidArgument
@@ -27,6 +26,8 @@ def command(
     server: str | None = ServerOption,
 ) -> None:
     """Deconv reconstructions of one layer for each image: a PNG per channel and a labelled grid per image."""
+    from zfnet.client import render  # matplotlib loads only when pictures are drawn
+
     chosen = parse_numbers(channels, "--channels")
     if not chosen and top <= 0:
         raise InvalidArgument("--top must be positive")
