@@ -152,13 +152,6 @@ class GraphIndex:
             self._attrs[i] = bind_attributes(self.nodes[i], self.opset(self.nodes[i]))
         return Node(self.nodes[i], i, self._attrs[i], self.opset(self.nodes[i]))
 
-    def producer(self, name: str) -> Node | None:
-        i = self.producers.get(name)
-        return None if i is None else self.node(i)
-
-    def consumers_of(self, name: str) -> list[Node]:
-        return [self.node(i) for i in self.consumers.get(name, [])]
-
     def ancestors(self, target: str) -> list[Node]:
         """The nodes ``target`` depends on, in reverse graph order."""
         needed, stack = set(), [target]

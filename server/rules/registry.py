@@ -6,7 +6,7 @@ An entry carries
   op's outputs back to its inputs (its vector-Jacobian product; only ReLU's depends on the method,
   Zeiler & Fergus 2013, Sec. 2.1; Springenberg et al. 2015 for guided backprop);
 - ``field``: its receptive-field mapping, from the span of an output to the span of an input
-  (``POINTWISE``, ``GLOBAL``, a window, an op's own function, or ``REFUSE``); it must be given;
+  (``POINTWISE``, a window, an op's own function, or ``REFUSE``); it must be given;
 - ``role``: its role in the paper's layer numbering (``LEARNED`` layers are counted; ``BLOCK`` ops
   extend the block of the layer before them; anything else ends a block);
 - ``batch``: where each output's batch axis is, given its inputs' (most ops keep it in place).
@@ -149,20 +149,11 @@ def union(spans: list[Span | None]) -> Span | None:
     )
 
 
-def whole(rank: int) -> Span:
-    return (None,) * rank
-
-
-def out_span(node: Node, spans: list[Span | None]) -> Span:
-    """The span of the node's (first used) output; outputs of one op share a shape unless said otherwise."""
-    return union(spans)
-
-
 def broadcast_span(in_shape: list, out_shape: list, out: Span) -> Span:
     """The span of an input broadcast (numpy rules, aligned from the right) to ``out_shape``."""
     offset = len(out_shape) - len(in_shape)
     if offset < 0 or len(out) != len(out_shape):
-        return whole(len(in_shape))
+        return (None,) * len(in_shape)
     return tuple(
         out[axis + offset] if size == out_shape[axis + offset] else (0, 0) if size == 1 else None
         for axis, size in enumerate(in_shape)
@@ -171,12 +162,7 @@ def broadcast_span(in_shape: list, out_shape: list, out: Span) -> Span:
 
 def POINTWISE(index: GraphIndex, node: Node, spans: list[Span | None], i: int) -> Span:
     """Each output position reads the same position of each input (with numpy broadcasting)."""
-    return broadcast_span(index.shape(node.input[i]) or [], index.shape(node.output[0]) or [], out_span(node, spans))
-
-
-def GLOBAL(index: GraphIndex, node: Node, spans: list[Span | None], i: int) -> Span:
-    """Every output position may read every input position."""
-    return whole(len(index.shape(node.input[i]) or []))
+    return broadcast_span(index.shape(node.input[i]) or [], index.shape(node.output[0]) or [], union(spans))
 
 
 def REFUSE(index: GraphIndex, node: Node, spans: list[Span | None], i: int) -> Span:

@@ -10,7 +10,7 @@ import numpy as np
 
 from zfnet.errors import InvalidArgument
 from zfnet.server.rules.registry import Span, op, union
-from zfnet.server.rules.shape import _along
+from zfnet.server.rules.shape import along_axis
 
 
 def _original(x: float, scale: float, in_size: int, out_size: int, mode: str) -> float:
@@ -134,5 +134,5 @@ def resize(b, node, signals):
     g = signals[0]
     for axis, matrix in resize_matrices(b.index, node).items():
         b.check_batch(node.input[0], [axis], "Resizing")
-        g = _along(b, g, axis, len(shape), matrix)
+        g = along_axis(b, g, axis, len(shape), matrix)
     return [g] + [None] * (len(node.input) - 1)

@@ -197,12 +197,12 @@ def split(b, node, signals):
 
 
 # -- selecting -----------------------------------------------------------------------------------------
-def _along(b, g: str, axis: int, rank: int, onehot: np.ndarray) -> str:
-    """Carry ``g`` back along ``axis``: (..., K, ...) -> (..., D, ...) through a (K, D) 0/1 matrix
-    (positions chosen more than once add up)."""
+def along_axis(b, g: str, axis: int, rank: int, matrix: np.ndarray) -> str:
+    """Carry ``g`` back along ``axis``, (..., K, ...) -> (..., D, ...), through the (K, D) matrix of a
+    linear map along that axis (0/1 for a selection, where positions chosen twice add up)."""
     perm = [a for a in range(rank) if a != axis] + [axis]
     moved = b.op("Transpose", [g], perm=perm)
-    back = b.op("MatMul", [moved, b.const(onehot.astype(np.float32))])
+    back = b.op("MatMul", [moved, b.const(matrix.astype(np.float32))])
     return b.op("Transpose", [back], perm=[int(p) for p in np.argsort(perm)])
 
 
@@ -250,7 +250,7 @@ def gather(b, node, signals):
     b.check_batch(node.input[0], [axis], "Gather")
     in_shape = b.shape(node.input[0])
     picked = b.reshape(signals[0], [*in_shape[:axis], indices.size, *in_shape[axis + 1 :]])
-    return [_along(b, picked, axis, len(in_shape), _onehot(indices, in_shape[axis])), None]
+    return [along_axis(b, picked, axis, len(in_shape), _onehot(indices, in_shape[axis])), None]
 
 
 def _slice_params(index, node) -> dict[int, list[int]]:
@@ -308,7 +308,7 @@ def slice_(b, node, signals):
             pads[axis], pads[axis + len(shape)] = positions[0], shape[axis] - positions[-1] - 1
             g = b.op("Pad", [g, b.const(pads, np.int64)])
         else:
-            g = _along(b, g, axis, len(shape), _onehot(np.asarray(positions, np.int64), shape[axis]))
+            g = along_axis(b, g, axis, len(shape), _onehot(np.asarray(positions, np.int64), shape[axis]))
     return [g] + [None] * (len(node.input) - 1)
 
 

@@ -145,6 +145,7 @@ def test_layers_prints_the_table_with_layer_numbers() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.export's own deprecation notices
 def test_layers_shows_the_names_a_model_was_saved_with(tmp_path: Path, sample_images) -> None:
     """A model saved by ``torch.onnx.export(..., output_names=["logits"])``: its layers are named after
     their modules, the saved names are listed beside them and ``--layer logits`` selects the output."""
