@@ -120,7 +120,7 @@ def _float32_input(model: onnx.ModelProto) -> None:
 def _fold_static(model: onnx.ModelProto, inferred: GraphIndex) -> bool:
     """Replace what the image-dependent nodes read from shape arithmetic (``Shape -> Gather -> Div
     -> Slice`` chains of exporters) by its value where the shapes are static, so that shape inference
-    sees constants; drop the nodes left without readers. True if anything was folded."""
+    sees constants; drop the shape arithmetic left without readers. True if anything was folded."""
     graph = model.graph
     constants = {i.name for i in graph.initializer} | {n.output[0] for n in graph.node if n.op_type == "Constant"}
     read = {name for node in graph.node if any(i in inferred.live for i in node.input) for name in node.input}
@@ -134,7 +134,8 @@ def _fold_static(model: onnx.ModelProto, inferred: GraphIndex) -> bool:
     graph.initializer.extend(numpy_helper.from_array(np.ascontiguousarray(v), name) for name, v in folded.items())
     while True:
         needed = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
-        dead = [node for node in graph.node if not any(o in needed and o not in folded for o in node.output if o)]
+        dead = [node for node in graph.node
+                if not any(o in inferred.live or (o in needed and o not in folded) for o in node.output if o)]
         if not dead:
             return True
         for node in dead:
