@@ -153,8 +153,7 @@ def _onnxruntime_pool_size(node: onnx.NodeProto, in_spatial: list) -> tuple[list
         return None
     win = window(attrs, in_spatial)
     sizes = win.output_size(in_spatial)
-    onnx_sizes = [-(-(n + win.begin[a] + win.end[a] - win.extent(a)) // win.strides[a]) + 1 for a, n in enumerate(in_spatial)]
-    return sizes, sizes != onnx_sizes
+    return sizes, sizes != win.output_size(in_spatial, keep_padding_window=True)
 
 
 def _infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:

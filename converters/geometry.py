@@ -38,14 +38,15 @@ class Window:
         """How many input positions one window spans along ``axis``."""
         return (self.kernel[axis] - 1) * self.dilations[axis] + 1
 
-    def output_size(self, in_spatial: Sequence[int]) -> list[int]:
+    def output_size(self, in_spatial: Sequence[int], keep_padding_window: bool = False) -> list[int]:
         """Output sizes as onnxruntime (and PyTorch) compute them: in ceil mode a last window that
-        would start in the end padding is dropped (ONNX's shape inference keeps it before opset 22)."""
+        would start in the end padding is dropped. ``keep_padding_window``: the size ONNX's shape
+        inference gives before opset 22, which keeps it."""
         sizes = []
         for axis, size in enumerate(in_spatial):
             span = size + self.begin[axis] + self.end[axis] - self.extent(axis)
             out = (-(-span // self.strides[axis]) if self.ceil_mode else span // self.strides[axis]) + 1
-            if self.ceil_mode and (out - 1) * self.strides[axis] >= size + self.begin[axis]:
+            if self.ceil_mode and not keep_padding_window and (out - 1) * self.strides[axis] >= size + self.begin[axis]:
                 out -= 1
             sizes.append(out)
         return sizes
