@@ -15,6 +15,7 @@ from zfnet.converters.expose import ALIASES_KEY, SWITCHES_SUFFIX
 from zfnet.converters.graph import get_metadata
 from zfnet.converters.index import GraphIndex
 from zfnet.errors import InvalidArgument, NotFound
+from zfnet.server import projection
 from zfnet.server.rules import Role, batch_axes, lookup_node
 from zfnet.server.rules.registry import Span, union
 
@@ -63,8 +64,9 @@ def aliases(model: onnx.ModelProto) -> dict[str, list[str]]:
 
 
 def layer_table(model: onnx.ModelProto | GraphIndex) -> list[Layer]:
-    """Every exposed activation that keeps the batch on its first axis (or, in a model exported for
-    one image, leads with that image), in graph order, with the paper's layer numbers at block ends."""
+    """Every exposed float activation that keeps the batch on its first axis (or that leads with the
+    images where the graph merged that axis away and back), in graph order, with the paper's layer
+    numbers at block ends."""
     index = _index(model)
     axes = batch_axes(index)
     exposed = set(index.outputs)
@@ -73,12 +75,12 @@ def layer_table(model: onnx.ModelProto | GraphIndex) -> list[Layer]:
         if _role(index, i) is Role.LEARNED:
             numbers[_block_end(index, index.nodes[i].output[0], exposed)] = len(numbers) + 1
     names = aliases(index.model)
-    one_image = (index.shape(index.image) or [None])[0] == 1 if index.image else False
+    images = (index.shape(index.image) or [None])[0] if index.image else None  # the input's batch dimension
     rows = sorted(
         (
             name for name in index.outputs
             if not name.endswith(SWITCHES_SUFFIX) and name in index.producers and index.is_float(name) and len(index.shape(name) or []) >= 2
-            and (axes.get(name) == 0 or (one_image and axes.get(name) is None and (index.shape(name) or [None])[0] == 1))
+            and (axes.get(name) == 0 or (axes.get(name) is None and (images == 1 or isinstance(images, str)) and (index.shape(name) or [None])[0] == images))
         ),
         key=lambda name: index.producers[name],
     )
@@ -130,7 +132,7 @@ class ReceptiveFields:
         return self._cache[key]
 
     def _compute(self, layer: str, start: Span) -> tuple[int, int, int, int]:
-        index = self._index
+        index = projection.index_for(self._index, layer)[0]  # as the projection sees the graph
         image = index.image
         spans: dict[str, Span] = {layer: start}
         for node in index.ancestors(layer):

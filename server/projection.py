@@ -23,6 +23,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from zfnet.converters import expose
 from zfnet.converters.graph import IR_VERSION, OPSET
 from zfnet.converters.index import GraphIndex, Node
 from zfnet.errors import FailedPrecondition, InvalidArgument
@@ -43,6 +44,40 @@ class Projection:
     method: str
     forward_tensors: list[str]  # names in the forward model, its image input included; fed as ``fwd/<name>``
     per_image: bool = False  # run one row at a time on one image's forward values (see :func:`build`)
+
+
+def one_image(index: GraphIndex) -> GraphIndex | None:
+    """The index of the model specialised to one image (its batch dimension 1, shape arithmetic folded
+    again), so that every shape is static; None when the model takes a fixed batch of several images."""
+    if "one_image" not in index.memo:
+        dims = index.infos[index.image].type.tensor_type.shape.dim
+        if dims[0].HasField("dim_value") and dims[0].dim_value != 1:
+            index.memo["one_image"] = None
+        elif dims[0].HasField("dim_value"):
+            index.memo["one_image"] = index
+        else:
+            model = onnx.ModelProto()
+            model.CopyFrom(index.model)
+            batch = next(v for v in model.graph.input if v.name == index.image).type.tensor_type.shape.dim[0]
+            batch.Clear()
+            batch.dim_value = 1
+            del model.graph.value_info[:]
+            for output in model.graph.output:  # inferred again, from the one image
+                output.type.tensor_type.ClearField("shape")
+            index.memo["one_image"] = expose.expose_indexed(model)[1]
+    return index.memo["one_image"]
+
+
+def index_for(index: GraphIndex, layer: str) -> tuple[GraphIndex, bool]:
+    """The index to project ``layer`` with, and whether it runs one image at a time: the model's own
+    when every tensor on the way keeps the batch on an axis of its own, else the one-image one."""
+    axes = batch_axes(index)
+    if axes.get(layer) == 0 and all(axes.get(n) is not None for node in index.ancestors(layer) for n in node.output if n in index.live):
+        return index, False
+    one = one_image(index)
+    if one is None or layer not in one.live or (one.shape(layer) or [None])[0] != 1:
+        raise InvalidArgument(f"tensor {layer!r} does not keep the images of a batch on its first axis; choose another layer")
+    return one, True
 
 
 class Builder:
@@ -193,8 +228,9 @@ def build(model: onnx.ModelProto | GraphIndex, layer: str, method: str) -> Proje
     """Build the projection graph from tensor ``layer`` of an exposed model to its image input.
 
     The rows of a batch are projected together when every tensor on the way keeps the batch on an
-    axis of its own. A model exported with a fixed batch of one image may merge that axis away (a
-    reshape to ``(C,)`` and back); its projection then runs one image's row at a time (``per_image``).
+    axis of its own. Where the graph merges that axis away (an exporter's reshape to ``(C,)`` and back
+    in a model exported for one image, or its ``as_strided`` index arithmetic), the projection is
+    built for the model specialised to one image and runs one image's rows at a time (``per_image``).
     """
     index = model if isinstance(model, GraphIndex) else GraphIndex(model)
     image = index.image
@@ -202,11 +238,7 @@ def build(model: onnx.ModelProto | GraphIndex, layer: str, method: str) -> Proje
         raise InvalidArgument(f"deconv needs a model with one image input; this one has {index.inputs}")
     if layer not in index.live:
         raise InvalidArgument(f"tensor {layer!r} does not depend on the input {image!r}")
-    axes = batch_axes(index)
-    merged = axes.get(layer) != 0 or any(axes.get(n) is None for node in index.ancestors(layer) for n in node.output if n in index.live)
-    per_image = merged and (index.shape(image) or [None])[0] == 1
-    if axes.get(layer) != 0 and not per_image:
-        raise InvalidArgument(f"tensor {layer!r} does not keep the images of a batch on its first axis; choose another layer")
+    index, per_image = index_for(index, layer)
     builder = Builder(index, method, per_image)
     signals: dict[str, str] = {layer: SIGNAL}
     for node in index.ancestors(layer):

@@ -4,6 +4,7 @@ large for one protobuf message."""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +41,23 @@ def test_legacy_exporter_opsets_match_captum(family: str, opset: int, server, sa
     assert onnx.load(path, load_external_data=False).opset_import[0].version == opset
     with Client(server[0]) as client:
         check_family(client, net, path, images(sample_images, size), [None, INNER[family][0]])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["convnext", "vit", "shufflenet"])
+def test_dynamic_batch_exports_match_captum(family: str, server, sample_images, tmp_path: Path) -> None:
+    """Exported with a dynamic batch (``dynamic_shapes``): the batch axis moves through attention's
+    transposes (ViT), and ConvNeXt's head flattens it away and gathers it back by index arithmetic
+    (``as_strided``), which is projected for one image at a time."""
+    net = family_models.build(family)
+    size = family_models.INPUT_SIZE.get(family, 32)
+    path = tmp_path / f"{family}-dynamic.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (torch.rand(2, 3, size, size) * 255,), str(path), dynamic_shapes=({0: torch.export.Dim("N")},))
+    assert onnx.load(path, load_external_data=False).graph.input[0].type.tensor_type.shape.dim[0].dim_param
+    with Client(server[0]) as client:
+        check_family(client, net, path, images(sample_images, size), [None, INNER[family][1]])
 
 
 @pytest.mark.slow
