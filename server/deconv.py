@@ -107,6 +107,7 @@ def _per_image(model: LoadedModel, proj: projection.Projection, proj_session, ba
     forwards = [{model.input_name: batch[i : i + 1], **dict(zip(names, model.session.run(names, {model.input_name: batch[i : i + 1]})))}
                 for i in range(len(batch))]
     activation = np.concatenate([forward[layer] for forward in forwards])
+    _check_images_apart(model, batch, layer, activation)
     selection = select(activation, choose_channels(activation, channels, top_k), mode)
     pixels = np.zeros((len(selection.channel), *batch.shape[1:]), np.float32)
     for row, image in enumerate(selection.image_index):
@@ -114,6 +115,18 @@ def _per_image(model: LoadedModel, proj: projection.Projection, proj_session, ba
         feeds.update({projection.SIGNAL: selection.signal[row : row + 1], projection.IMAGE_INDEX: np.zeros(1, np.int64)})
         pixels[row] = proj_session.run([projection.RECONSTRUCTION], feeds)[0][0]
     return _reconstructions(model, layer, mode, selection, pixels)
+
+
+def _check_images_apart(model: LoadedModel, batch: np.ndarray, layer: str, alone: np.ndarray) -> None:
+    """Refuse when the batch's forward pass differs from its images' one by one: the graph mixes the
+    images of a batch, and the projection of one image alone would not be the batch's."""
+    if len(batch) == 1:
+        return
+    together = model.session.run([layer], {model.input_name: batch})[0]
+    scale = float(np.abs(alone).max(initial=0.0))
+    if together.shape != alone.shape or not np.allclose(together, alone, rtol=1e-3, atol=1e-4 * max(scale, 1e-12)):
+        raise InvalidArgument(f"layer {layer!r}: the model mixes the images of a batch on the way to this layer "
+                              "(an image alone gives other values); send one image per request or choose another layer")
 
 
 def _fetched(model: LoadedModel, proj: projection.Projection, layer: str) -> list[str]:

@@ -80,7 +80,7 @@ def layer_table(model: onnx.ModelProto | GraphIndex) -> list[Layer]:
         (
             name for name in index.outputs
             if not name.endswith(SWITCHES_SUFFIX) and name in index.producers and index.is_float(name) and len(index.shape(name) or []) >= 2
-            and (axes.get(name) == 0 or (axes.get(name) is None and (images == 1 or isinstance(images, str)) and (index.shape(name) or [None])[0] == images))
+            and (axes.get(name) == 0 or (axes.get(name) is None and (images == 1 or isinstance(images, str)) and (index.shape(name) or [None])[0] in (1, images)))
         ),
         key=lambda name: index.producers[name],
     )

@@ -157,7 +157,6 @@ REFUSALS = {
     "reduce-over-batch": ([node("ReduceMean", ["x", "a"])], (3,), {"a": np.array([0], np.int64)}, 18, "y", "batch axis mixes"),
     "reduce-all-axes": ([node("ReduceSum", ["x"], keepdims=1)], (3,), {}, 18, "y", "batch axis mixes"),
     "concat-batch": ([node("Concat", ["x", "x"], axis=0)], (3,), {}, 18, "y", "batch axis mixes"),
-    "gather-batch": ([node("Gather", ["x", "i"], axis=0)], (3,), {"i": np.array([0], np.int64)}, 18, "y", "batch"),
     "slice-batch": ([node("Slice", ["x", "s", "e", "a"])], (3,), {k: np.array([v], np.int64) for k, v in zip("sea", (0, 1, 0))}, 18, "y", "batch"),
     "pad-batch": ([node("Pad", ["x", "p"])], (3,), {"p": np.array([1, 0, 0, 0], np.int64)}, 18, "y", "batch axis mixes"),
     "layernorm-from-batch": ([node("LayerNormalization", ["x", "s"], axis=0)], (3,), {"s": np.ones(3, F32)}, 17, "y", "batch"),
@@ -195,3 +194,19 @@ def test_a_merged_batch_is_refused_as_a_layer():
     exposed = expose.expose(make_model([node("Reshape", ["x", "s"])], (2, 3), {"s": np.array([-1, 3], np.int64)}))
     with pytest.raises(InvalidArgument, match="first axis"):
         projection.build(exposed, "y", "backprop")
+
+
+def test_a_graph_that_mixes_the_images_of_a_batch_is_refused_at_deconv():
+    """Gather of image 0 along the batch axis: the graph merges the batch axis away, so deconv would run
+    image by image; the batch's own forward pass differs from that, and deconv says so."""
+    from zfnet.server.engine import Engine
+    from zfnet.server.images import ImageInput
+    from zfnet.server.models import ModelStore, load
+
+    nodes = [node("Gather", ["x", "i"], "g", axis=0), node("Relu", ["g"])]
+    model = make_model(nodes, (3, 4, 4), {"i": np.array([0], np.int64)})
+    loaded = load(model.SerializeToString(), "mixing")
+    images = [ImageInput(model_input=np.random.default_rng(k).standard_normal((3, 4, 4)).astype(np.float32)) for k in range(2)]
+    with pytest.raises(InvalidArgument, match="mixes the images of a batch"):
+        Engine(ModelStore()).deconv(loaded, images, "y", None, 1, "max", "backprop")
+    assert Engine(ModelStore()).deconv(loaded, images[:1], "y", None, 1, "max", "backprop")[1]  # one image: nothing to mix
