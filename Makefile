@@ -12,7 +12,7 @@ SAMPLES := samples/cifar10
 DEMO_IMAGES := $(sort $(wildcard $(SAMPLES)/*/0000.jpg))
 NODE_EXAMPLE := examples/node
 
-.PHONY: install demo test bench soak train clean node-deps
+.PHONY: install demo test bench bench-startup soak train clean node-deps
 
 install: $(STAMP)
 
@@ -28,6 +28,7 @@ $(STUBS): proto/zfnet/v1/zfnet.proto $(BOOTSTRAP)
 	$(PY) -m grpc_tools.protoc -Iproto --python_out=. --pyi_out=. --grpc_python_out=. proto/zfnet/v1/zfnet.proto
 	touch zfnet/v1/__init__.py
 
+# generated, never committed (tests/test_stubs.py checks both against their .proto)
 $(CAFFE_STUBS): converters/caffe/caffe.proto $(BOOTSTRAP)
 	$(PY) -m grpc_tools.protoc -Iconverters/caffe --python_out=converters/caffe converters/caffe/caffe.proto
 
@@ -58,6 +59,10 @@ bench: install
 # bounded in count and time, figures in out/soak.json.
 soak: install
 	$(PY) bench/soak.py
+
+# zfclient --help, and an in-process call's model preparation with an empty and a warm cache
+bench-startup: install
+	$(PY) bench/startup_bench.py
 
 # Retrain the bundled reference model (about 30 minutes on 2 CPU cores) and re-export it.
 train: install

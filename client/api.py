@@ -39,6 +39,7 @@ CHUNK_BYTES = 1 << 20
 STREAM_IMAGES = 128  # images per ImageBatch message when the client streams a data set
 DECONV_BATCH = 32  # images per Deconv request when the client splits a long list
 DECONV_ROWS = 1024  # reconstructions per Deconv request at most (the server takes up to 4096)
+PROTOBUF_LIMIT = 2 << 30  # bytes: the most one protobuf message (one ONNX model) can hold
 _CODES = {
     grpc.StatusCode.INVALID_ARGUMENT: errors.InvalidArgument,
     grpc.StatusCode.NOT_FOUND: errors.NotFound,
@@ -342,7 +343,7 @@ class Client:
             return self._uploaded[path]
         if not path.is_file():
             raise errors.NotFound(f"model {path} does not exist")
-        data = path.read_bytes()
+        data = model_bytes(path)
         sha = hashlib.sha256(data).hexdigest()
         if not self._call(self.stub.HasModel, pb.ModelRef(sha256=sha)).present:
             self._call(self.stub.UploadModel, _upload_parts(data, sha, path.stem))
@@ -507,6 +508,55 @@ def _choice(table: dict[str, int], name: str, what: str) -> int:
     if name not in table:
         raise errors.InvalidArgument(f"unknown {what} {name!r}; choose one of {', '.join(table)}")
     return table[name]
+
+
+def model_bytes(path: Path) -> bytes:
+    """A model file's bytes, with the weights of any external data file (``model.onnx.data``, as
+    ``torch.onnx.export`` writes by default) inlined, so that one self-contained model travels."""
+    data = path.read_bytes()
+    if b"location" not in data:  # external data is named by a "location" entry: without one there is none
+        return data
+    import onnx  # noqa: PLC0415  (only models that may reference external data need it)
+    from onnx.external_data_helper import load_external_data_for_model, uses_external_data  # noqa: PLC0415
+
+    model = onnx.ModelProto.FromString(data)
+    tensors = [t for t in _tensors(model.graph) if uses_external_data(t)]
+    if not tensors:
+        return data
+    total = len(data) + sum(_external_length(path.parent, t) for t in tensors)
+    if total > PROTOBUF_LIMIT:
+        raise errors.ResourceExhausted(
+            f"model {path} with its external data is {total / (1 << 30):.1f} GiB; one ONNX model (a protobuf message) "
+            f"holds at most 2 GiB, so zfnet cannot take it whole"
+        )
+    try:
+        load_external_data_for_model(model, str(path.parent))
+    except (OSError, ValueError, onnx.checker.ValidationError) as err:
+        raise errors.InvalidArgument(f"cannot read the external data of {path}: {err}") from None
+    return model.SerializeToString()
+
+
+def _tensors(graph) -> Iterator:
+    """Every TensorProto of a graph: initializers and tensor attributes, subgraphs included."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            for sub in [attr.g] if attr.HasField("g") else list(attr.graphs):
+                yield from _tensors(sub)
+
+
+def _external_length(folder: Path, tensor) -> int:
+    """The byte length of one tensor's external data (its ``length`` entry, else its file's size)."""
+    info = {entry.key: entry.value for entry in tensor.external_data}
+    if "length" in info:
+        return int(info["length"])
+    location = folder / info.get("location", "")
+    if not location.is_file():
+        raise errors.NotFound(f"external data file {location} of tensor {tensor.name!r} does not exist")
+    return location.stat().st_size
 
 
 def _upload_parts(data: bytes, sha: str, name: str) -> Iterator[pb.UploadModelRequest]:

@@ -14,17 +14,13 @@ from matplotlib import colors  # noqa: E402
 from matplotlib.patches import Patch, Rectangle  # noqa: E402
 
 from zfnet.client.render import for_display  # noqa: E402
-from zfnet.client.results import CorrespondenceResult, InvarianceResult, OcclusionMaps, OcclusionResult  # noqa: E402
+from zfnet.client.results import CorrespondenceResult, InvarianceResult, OcclusionMaps, OcclusionResult, class_name  # noqa: E402
 
 def _save(fig: plt.Figure, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, bbox_inches="tight")
     plt.close(fig)
     return path
-
-
-def class_name(classes: list[str], index: int) -> str:
-    return classes[index] if 0 <= index < len(classes) else f"class {index}"
 
 
 # ---- occlusion -------------------------------------------------------------------------------

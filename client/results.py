@@ -186,3 +186,8 @@ def correspondence(reply: pb.CorrespondenceResult) -> CorrespondenceResult:
         ],
         reply.random_trials, reply.seed, reply.batch,
     )
+
+
+def class_name(classes: list[str], index: int) -> str:
+    """A class's name, or ``class <index>`` for a model without class names."""
+    return classes[index] if 0 <= index < len(classes) else f"class {index}"

@@ -35,16 +35,19 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-
-import onnx
+from typing import TYPE_CHECKING
 
 from zfnet.errors import InvalidArgument, ResourceExhausted
 from zfnet.tensors import MAX_MESSAGE_BYTES
+
+if TYPE_CHECKING:
+    import onnx
 
 log = logging.getLogger("zfnet.server")
 
 MIB = 1 << 20
 DEFAULT_FRACTION = 0.5  # --max-memory default: this fraction of the machine's (or cgroup's) memory
+MAX_INPUT_PIXELS = 4096 * 4096  # default bound on the H x W a model may declare (--max-input-pixels)
 DEFAULT_WAIT_S = 60.0  # longest a request waits for budget when the call has no deadline
 TRIM_AFTER_BYTES = 32 * MIB  # hand memory back to the OS at once when this much was released, on going idle
 TRIM_LATER_S = 1.0  # else once the server has stayed idle this long
@@ -203,7 +206,9 @@ def value_bytes(value: onnx.ValueInfoProto) -> int:
     """Bytes of one item of a tensor value: dynamic and unknown dimensions count as 1."""
     tensor = value.type.tensor_type
     try:
-        itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).itemsize
+        from onnx.helper import tensor_dtype_to_np_dtype
+
+        itemsize = tensor_dtype_to_np_dtype(tensor.elem_type).itemsize
     except (KeyError, TypeError, ValueError):
         itemsize = 8
     count = 1

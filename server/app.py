@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 import typer
@@ -17,15 +18,14 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from zfnet.edge import edge
 from zfnet.errors import InvalidArgument
-from zfnet.server import reflection, runtime
-from zfnet.server.admission import DEFAULT_FRACTION, MemoryBudget, fmt_bytes, limit_malloc_arenas, machine_memory, parse_bytes
-from zfnet.server.datasets import DatasetStore
-from zfnet.server.engine import Engine
-from zfnet.server.models import MAX_INPUT_PIXELS, ModelStore
+from zfnet.server import reflection
+from zfnet.server.admission import DEFAULT_FRACTION, MAX_INPUT_PIXELS, MemoryBudget, fmt_bytes, limit_malloc_arenas, machine_memory, parse_bytes
 from zfnet.server.security import Tls, TokenAuth, check_exposure, read_tokens, server_credentials
-from zfnet.server.service import ZfnetServicer
 from zfnet.tensors import CHANNEL_OPTIONS
 from zfnet.v1 import zfnet_pb2, zfnet_pb2_grpc
+
+if TYPE_CHECKING:
+    from zfnet.server.engine import Engine
 
 log = logging.getLogger("zfnet.server")
 
@@ -70,6 +70,12 @@ def start(
     or ``unix:/path``); off-host addresses need TLS and tokens unless ``insecure``."""
     check_exposure(address, tls, tokens, insecure)
     credentials = server_credentials(tls) if tls else None
+    from zfnet.server import runtime  # onnxruntime, onnx and the rules load with the server, not with every CLI command
+    from zfnet.server.datasets import DatasetStore
+    from zfnet.server.engine import Engine
+    from zfnet.server.models import ModelStore
+    from zfnet.server.service import ZfnetServicer
+
     budget = MemoryBudget.for_process(max_memory)
     engine = Engine(ModelStore(model_dir, max_model_mb << 20, budget, max_input_pixels), DatasetStore(data_dir))
     provider = runtime.providers()[0]

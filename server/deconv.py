@@ -89,9 +89,11 @@ def select(activation: np.ndarray, chosen: list[list[int]], mode: str) -> Select
 def reconstruct(model: LoadedModel, batch: np.ndarray, layer: str, channels: list[int] | None, top_k: int, mode: str, method: str) -> list[Reconstruction]:
     """Forward once, select, project in chunks; one Reconstruction per (image, channel)."""
     proj, proj_session = model.projection(layer, method)
-    computed = [name for name in proj.forward_tensors if name != model.input_name]  # the input is fed, not computed
-    outputs = model.session.run([layer, *computed], {model.input_name: batch})
-    activation, forward = outputs[0], {model.input_name: batch, **dict(zip(computed, outputs[1:]))}
+    if proj.per_image:
+        return _per_image(model, proj, proj_session, batch, layer, channels, top_k, mode)
+    names = _fetched(model, proj, layer)
+    forward = {model.input_name: batch, **dict(zip(names, model.session.run(names, {model.input_name: batch})))}
+    activation = forward[layer]
     selection = select(activation, choose_channels(activation, channels, top_k), mode)
     feeds = {projection.FORWARD_PREFIX + name: forward[name] for name in proj.forward_tensors}
     pixels = []
@@ -100,12 +102,51 @@ def reconstruct(model: LoadedModel, batch: np.ndarray, layer: str, channels: lis
         feeds[projection.SIGNAL] = selection.signal[part]
         feeds[projection.IMAGE_INDEX] = selection.image_index[part]
         pixels.append(proj_session.run([projection.RECONSTRUCTION], feeds)[0])
-    pixels_all = np.concatenate(pixels) if pixels else np.zeros((0, *batch.shape[1:]), np.float32)
+    return _reconstructions(model, layer, mode, selection, np.concatenate(pixels) if pixels else np.zeros((0, *batch.shape[1:]), np.float32))
+
+
+def _per_image(model: LoadedModel, proj: projection.Projection, proj_session, batch: np.ndarray, layer: str,
+               channels: list[int] | None, top_k: int, mode: str) -> list[Reconstruction]:
+    """For a model whose graph merges the batch axis away: each image alone, its forward pass and then
+    its rows one at a time, so that the projection is exactly that of the one-image computation."""
+    names = _fetched(model, proj, layer)
+    forwards = [{model.input_name: batch[i : i + 1], **dict(zip(names, model.session.run(names, {model.input_name: batch[i : i + 1]})))}
+                for i in range(len(batch))]
+    activation = np.concatenate([forward[layer] for forward in forwards])
+    _check_images_apart(model, batch, layer, activation)
+    selection = select(activation, choose_channels(activation, channels, top_k), mode)
+    pixels = np.zeros((len(selection.channel), *batch.shape[1:]), np.float32)
+    for row, image in enumerate(selection.image_index):
+        feeds = {projection.FORWARD_PREFIX + name: forwards[image][name] for name in proj.forward_tensors}
+        feeds.update({projection.SIGNAL: selection.signal[row : row + 1], projection.IMAGE_INDEX: np.zeros(1, np.int64)})
+        pixels[row] = proj_session.run([projection.RECONSTRUCTION], feeds)[0][0]
+    return _reconstructions(model, layer, mode, selection, pixels)
+
+
+def _check_images_apart(model: LoadedModel, batch: np.ndarray, layer: str, alone: np.ndarray) -> None:
+    """Refuse when the batch's forward pass differs from its images' one by one: the graph mixes the
+    images of a batch, and the projection of one image alone would not be the batch's."""
+    if len(batch) == 1:
+        return
+    together = model.session.run([layer], {model.input_name: batch})[0]
+    scale = float(np.abs(alone).max(initial=0.0))
+    if together.shape != alone.shape or not np.allclose(together, alone, rtol=1e-3, atol=1e-4 * max(scale, 1e-12)):
+        raise InvalidArgument(f"layer {layer!r}: the model mixes the images of a batch on the way to this layer "
+                              "(an image alone gives other values); send one image per request or choose another layer")
+
+
+def _fetched(model: LoadedModel, proj: projection.Projection, layer: str) -> list[str]:
+    """The forward tensors to compute: the layer and what the projection reads (the input is fed)."""
+    return list(dict.fromkeys(name for name in [layer, *proj.forward_tensors] if name != model.input_name))
+
+
+def _reconstructions(model: LoadedModel, layer: str, mode: str, selection: Selection, pixels: np.ndarray) -> list[Reconstruction]:
+    """One Reconstruction per selected row, with its receptive field (of the whole map in map mode)."""
     return [
         Reconstruction(
             int(selection.image_index[r]), int(selection.channel[r]), float(selection.value[r]), selection.location[r],
-            model.receptive_fields.box(layer, selection.location[r]) if mode == "max" else (0, 0, *batch.shape[2:]),
-            pixels_all[r],
+            model.receptive_fields.box(layer, selection.location[r] if mode == "max" else None, int(selection.channel[r])),
+            pixels[r],
         )
         for r in range(len(selection.channel))
     ]

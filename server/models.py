@@ -30,14 +30,15 @@ from onnx import external_data_helper
 
 from zfnet.converters import expose
 from zfnet.converters.graph import CLASSES_KEY, PREPROCESSING_KEY, get_metadata
+from zfnet.converters.index import GraphIndex
 from zfnet.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
-from zfnet.server import projection, runtime
-from zfnet.server.admission import Estimate, Footprint, MemoryBudget, fmt_bytes, value_bytes
+from zfnet.server import cache, projection, runtime
+from zfnet.server.admission import MAX_INPUT_PIXELS, Estimate, Footprint, MemoryBudget, fmt_bytes, value_bytes
 from zfnet.server.layers import Layer, ReceptiveFields, layer_table
+from zfnet.server.rules import batch_axes
 
 log = logging.getLogger("zfnet.server")
 
-MAX_INPUT_PIXELS = 4096 * 4096  # default bound on the H x W a model may declare (--max-input-pixels)
 MAX_NAME_CHARS = 200  # an upload's display name is cut to this
 # What a model costs in memory, measured (README, "Security"): loading one peaks at about 8x its
 # file size (received bytes, parsed, exposed, serialised, session), a loaded one holds about 3x,
@@ -55,7 +56,7 @@ class LoadedModel:
     name: str
     size: int
     model: onnx.ModelProto
-    session: ort.InferenceSession
+    session: ort.InferenceSession | runtime.FixedBatchSession
     input_name: str
     input_shape: list[int]  # (-1, C, H, W)
     output_name: str
@@ -64,6 +65,7 @@ class LoadedModel:
     classes: list[str]
     receptive_fields: ReceptiveFields
     budget: MemoryBudget | None = None  # the store's, which holds the cached projection sessions
+    index: GraphIndex | None = None  # the exposed model's graph index, shared by the layer table, fields and projections
     _projections: dict[tuple[str, str], tuple[projection.Projection, ort.InferenceSession]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -91,7 +93,7 @@ class LoadedModel:
         with self._lock:
             built = key not in self._projections
             if built:
-                graph = projection.build(self.model, layer, method)
+                graph = cache.projection(self.sha256, layer, method, lambda: projection.build(self.index or self.model, layer, method))
                 data = graph.model.SerializeToString()
                 self._projections[key] = (graph, runtime.session(data))
             found = self._projections[key]
@@ -189,7 +191,7 @@ def load(
     if not model.graph.node:
         raise InvalidArgument(f"model {name!r} has an empty graph; is it an ONNX file?", reason="BAD_MODEL")
     inline_external_data(model, name, base_dir)
-    exposed = expose.expose(model)  # renames tensors in place and appends outputs: output[0] stays the model's own output
+    exposed, index = cache.exposed(model, sha256)  # renames tensors and appends outputs: output[0] stays the model's own output
     if check is not None:
         check(exposed, name)
     try:
@@ -200,15 +202,19 @@ def load(
     inputs = [v for v in exposed.graph.input if v.name not in initializers]
     if len(inputs) != 1:
         raise InvalidArgument(f"model {name!r} must have one input (an image batch); it has {[v.name for v in inputs]}", reason="BAD_MODEL")
-    input_shape = [d if isinstance(d, int) and d > 0 else -1 for d in expose.tensor_shape(inputs[0])]
+    declared = expose.tensor_shape(inputs[0])
+    input_shape = [d if isinstance(d, int) and d > 0 else -1 for d in declared]
     if len(input_shape) != 4 or any(d < 0 for d in input_shape[1:]):
-        raise InvalidArgument(f"model {name!r}: the input must be (N, C, H, W) with fixed C, H, W; it is {expose.tensor_shape(inputs[0])}", reason="BAD_MODEL")
+        raise InvalidArgument(f"model {name!r}: the input must be (N, C, H, W) with fixed C, H, W; it is {declared}", reason="BAD_MODEL")
+    if input_shape[0] > 0:  # exported with a fixed batch: run any number of images that many at a time
+        session = runtime.FixedBatchSession(session, inputs[0].name, input_shape[0], batch_axes(index))
+        input_shape[0] = -1
     classes = json.loads(get_metadata(exposed, CLASSES_KEY) or "[]")
     return LoadedModel(
         sha256=sha256, name=name, size=len(data), model=exposed, session=session,
         input_name=inputs[0].name, input_shape=input_shape, output_name=exposed.graph.output[0].name,
-        layers=layer_table(exposed), preprocessing_json=get_metadata(exposed, PREPROCESSING_KEY) or "{}", classes=classes,
-        receptive_fields=ReceptiveFields(exposed),
+        layers=layer_table(index), preprocessing_json=get_metadata(exposed, PREPROCESSING_KEY) or "{}", classes=classes,
+        receptive_fields=ReceptiveFields(index), index=index,
     )
 
 

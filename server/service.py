@@ -174,7 +174,8 @@ def model_info(model: LoadedModel, provider: str) -> pb.ModelInfo:
         sha256=model.sha256, name=model.name, input_name=model.input_name, input_shape=model.input_shape,
         preprocessing_json=model.preprocessing_json, classes=model.classes, output_name=model.output_name, provider=provider,
         layers=[
-            pb.Layer(index=r.index, name=r.name, op=r.op, shape=[d if isinstance(d, int) and d > 0 else -1 for d in r.shape], number=r.number or 0)
+            pb.Layer(index=r.index, name=r.name, op=r.op, shape=[d if isinstance(d, int) and d > 0 else -1 for d in r.shape], number=r.number or 0,
+                     aliases=list(r.aliases))
             for r in model.layers
         ],
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,19 @@ SHARED = ROOT.parent / "shared"
 SAMPLES = ROOT / "samples" / "cifar10"
 BUNDLED_MODEL = ROOT / "models" / "zfnet-cifar10.onnx"
 BUNDLED_CHECKPOINT = ROOT / "models" / "zfnet-cifar10.pt"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def cache_home(tmp_path_factory) -> Iterator[Path]:
+    """Every test (and every process it starts) caches prepared models in a temporary folder,
+    never in the user's cache directory."""
+    old = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg-cache"))
+    yield Path(os.environ["XDG_CACHE_HOME"])
+    if old is None:
+        del os.environ["XDG_CACHE_HOME"]
+    else:
+        os.environ["XDG_CACHE_HOME"] = old
 
 
 def shared_path(*parts: str) -> Path:

@@ -14,7 +14,6 @@ from rich.console import Console
 from rich.table import Table
 
 from zfnet import imagefolder
-from zfnet.client import plots
 from zfnet.client.api import Client
 from zfnet.client.cli.common import ServerOption, parse_layers, progress_bar
 from zfnet.client.results import CorrespondenceResult
@@ -89,6 +88,8 @@ def command(
     server: str | None = ServerOption,
 ) -> None:
     """Correspondence (Table 1): how consistently masking the same part of several images changes their features."""
+    from zfnet.client import plots  # matplotlib loads only when pictures are drawn
+
     annotation = load_parts(parts, images)
     with Client(server) as client:
         info = client.model_info(model)

@@ -13,7 +13,6 @@ import typer
 from rich.console import Console
 
 from zfnet import imagefolder
-from zfnet.client import render
 from zfnet.client.api import Client
 from zfnet.client.cli.common import ServerOption, job_progress, parse_numbers
 from zfnet.errors import InvalidArgument, NotFound, ZfnetError
@@ -35,6 +34,8 @@ def command(
     server: str | None = ServerOption,
 ) -> None:
     """Deconv reconstructions of one layer for each image: a PNG per channel and a labelled grid per image."""
+    from zfnet.client import render  # matplotlib loads only when pictures are drawn
+
     chosen = parse_numbers(channels, "--channels")
     if not chosen and top <= 0:
         raise InvalidArgument("--top must be positive")

@@ -12,9 +12,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from zfnet.client import plots
 from zfnet.client.api import Client
-from zfnet.client.results import TRANSFORMS
+from zfnet.client.results import TRANSFORMS, class_name
 from zfnet.client.cli.common import ServerOption, parse_layers, progress_bar, true_classes, unique_stems
 from zfnet.client.results import InvarianceResult
 from zfnet.errors import InvalidArgument
@@ -60,6 +59,8 @@ def command(
     server: str | None = ServerOption,
 ) -> None:
     """Invariance (Fig. 5): feature distance and true-class probability under translation, scale and rotation."""
+    from zfnet.client import plots  # matplotlib loads only when pictures are drawn
+
     values = {"translate": parse_values(shifts, "--shifts"), "scale": parse_values(scales, "--scales"), "rotate": parse_values(angles, "--angles")}
     sweeps = [(name, values[name]) for name in parse_transforms(transform)]
     with Client(server) as client:
@@ -88,7 +89,7 @@ def as_json(result: InvarianceResult, images: list[Path]) -> dict:
         "layers": result.layers, "border": result.border,
         "fill": {"name": result.fill.name, "values": list(result.fill.values), "note": result.fill.note},
         "images": [
-            {"file": str(path), "true_class": plots.class_name(result.classes, t.index), "true_class_index": t.index, "from_top1": t.from_top1,
+            {"file": str(path), "true_class": class_name(result.classes, t.index), "true_class_index": t.index, "from_top1": t.from_top1,
              "feature_norms": dict(zip(result.layers, map(float, norms)))}
             for path, t, norms in zip(images, result.true_classes, result.feature_norms)
         ],

@@ -10,10 +10,9 @@ from rich.console import Console
 from rich.table import Table
 
 from zfnet import imagefolder
-from zfnet.client import plots
 from zfnet.client.api import Client
 from zfnet.client.cli.common import ServerOption, parse_layers, progress_bar, true_classes, unique_stems
-from zfnet.client.results import OcclusionMaps, OcclusionResult
+from zfnet.client.results import OcclusionMaps, OcclusionResult, class_name
 
 
 def command(
@@ -30,6 +29,8 @@ def command(
     server: str | None = ServerOption,
 ) -> None:
     """Occlusion sensitivity (Fig. 7): per occluder position, a feature map's activation, the true class's probability, the top class."""
+    from zfnet.client import plots  # matplotlib loads only when pictures are drawn
+
     with Client(server) as client:
         info = client.model_info(model)
         truths, sources = true_classes(label, image, list(info.classes))
@@ -41,7 +42,7 @@ def command(
                   title=f"occlusion {result.size}x{result.size} px, stride {result.stride}, fill {result.fill.describe()}; {result.layer}")
     sheets = []
     for picture, stem, path, maps, source in zip(pictures, unique_stems(image), image, result.images, sources):
-        truth = plots.class_name(result.classes, maps.true_class.index)
+        truth = class_name(result.classes, maps.true_class.index)
         title = f"{path.name} | true class {truth} ({source}) | {info.name}"
         sheets.append(plots.occlusion_sheet(picture, result, maps, title, out / f"{stem}_occlusion.png"))
         save_maps(out / f"{stem}_occlusion.npz", result, maps, source)

@@ -173,7 +173,7 @@ def test_op_without_backward_rule_details(conn: Conn, tmp_path: Path, sample_ima
     ref = pb.ModelRef(sha256=conn.client.ensure_model(erf_model(tmp_path / "erf.onnx")))
     images = [pb.Image(model_input=to_proto(np.zeros((3, 8, 8), np.float32)))]
     d = details(conn.stub.Deconv, pb.DeconvRequest(model=ref, images=images, layer=pb.LayerRef(number=2)))
-    check(d, Code.INVALID_ARGUMENT, "UNSUPPORTED_OP", metadata={"op": "Erf", "node": "erf1"}, words=("Erf",))
+    check(d, Code.INVALID_ARGUMENT, "UNSUPPORTED_OP", metadata={"op": "Sin", "node": "erf1"}, words=("Sin",))
 
 
 def test_upload_error_details(conn: Conn, tmp_path: Path, sample_images) -> None:
@@ -266,15 +266,30 @@ def unexposed_model(path: Path) -> Path:
     return path
 
 
-def test_failed_precondition_details(conn: Conn, tmp_path: Path, sample_images, monkeypatch) -> None:
-    """A model that did not go through the expose pass (the fault injected: the server skips it)
-    has no switches and no shapes: the projection refuses it with FAILED_PRECONDITION."""
-    monkeypatch.setattr(models_module.expose, "expose", lambda model: model)
-    ref = pb.ModelRef(sha256=conn.client.ensure_model(unexposed_model(tmp_path / "pool.onnx")))
-    images = [pb.Image(model_input=to_proto(np.ones((3, 8, 8), np.float32)))]
-    d = details(conn.stub.Deconv, pb.DeconvRequest(model=ref, images=images, layer=pb.LayerRef(name="r2")))
-    check(d, Code.FAILED_PRECONDITION, "FAILED_PRECONDITION", words=("expose",))
-    still_serves(conn, sample_images[0])
+def test_failed_precondition_details(tmp_path: Path, sample_images) -> None:
+    """A --model-dir model whose external data lies outside that directory cannot be served:
+    FAILED_PRECONDITION (the request is fine, the operator's model is not), with EXTERNAL_DATA."""
+    from onnx.external_data_helper import set_external_data
+
+    folder, outside = tmp_path / "models", tmp_path / "elsewhere"
+    folder.mkdir()
+    outside.mkdir()
+    model = onnx.load(unexposed_model(tmp_path / "pool.onnx"))
+    weights = model.graph.initializer[0]
+    (outside / "weights.bin").write_bytes(weights.raw_data)
+    set_external_data(weights, "../elsewhere/weights.bin", offset=0, length=len(weights.raw_data))
+    weights.ClearField("raw_data")
+    weights.data_location = onnx.TensorProto.EXTERNAL
+    (folder / "pool.onnx").write_bytes(model.SerializeToString())  # onnx.save refuses to write such a location
+    srv, port, _ = create_server("127.0.0.1:0", model_dir=folder)
+    try:
+        channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=CHANNEL_OPTIONS)
+        stub = zfnet_pb2_grpc.ZfnetStub(channel)
+        d = details(stub.GetModelInfo, pb.ModelRef(name="pool"))
+        check(d, Code.FAILED_PRECONDITION, "EXTERNAL_DATA", words=("../elsewhere/weights.bin", "inside"))
+        channel.close()
+    finally:
+        srv.stop(grace=None)
 
 
 # ---- RESOURCE_EXHAUSTED ------------------------------------------------------------------
