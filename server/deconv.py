@@ -80,6 +80,21 @@ def select(activation: np.ndarray, chosen: list[list[int]], mode: str) -> Select
     return Selection(image_index, np.asarray([c for _, c in rows], np.int64), values, locations, signal)
 
 
+def project(
+    proj: projection.Projection, session, forward: dict[str, np.ndarray], signal: np.ndarray, image_index: np.ndarray, pixel_shape: tuple[int, ...],
+) -> np.ndarray:
+    """Send ``signal`` rows (M, *layer shape) down the projection graph in chunks of CHUNK_ROWS; row m
+    belongs to image ``image_index[m]`` of the forward batch, whose tensors ``forward`` holds. (M, *pixel_shape)."""
+    feeds = {projection.FORWARD_PREFIX + name: forward[name] for name in proj.forward_tensors}
+    pixels = []
+    for start in range(0, len(signal), CHUNK_ROWS):
+        part = slice(start, start + CHUNK_ROWS)
+        feeds[projection.SIGNAL] = signal[part]
+        feeds[projection.IMAGE_INDEX] = image_index[part]
+        pixels.append(session.run([projection.RECONSTRUCTION], feeds)[0])
+    return np.concatenate(pixels) if pixels else np.zeros((0, *pixel_shape), np.float32)
+
+
 def reconstruct(model: LoadedModel, batch: np.ndarray, layer: str, channels: list[int] | None, top_k: int, mode: str, method: str) -> list[Reconstruction]:
     """Forward once, select, project in chunks; one Reconstruction per (image, channel)."""
     proj, proj_session = model.projection(layer, method)
@@ -87,14 +102,7 @@ def reconstruct(model: LoadedModel, batch: np.ndarray, layer: str, channels: lis
     outputs = model.session.run([layer, *computed], {model.input_name: batch})
     activation, forward = outputs[0], {model.input_name: batch, **dict(zip(computed, outputs[1:]))}
     selection = select(activation, choose_channels(activation, channels, top_k), mode)
-    feeds = {projection.FORWARD_PREFIX + name: forward[name] for name in proj.forward_tensors}
-    pixels = []
-    for start in range(0, len(selection.channel), CHUNK_ROWS):
-        part = slice(start, start + CHUNK_ROWS)
-        feeds[projection.SIGNAL] = selection.signal[part]
-        feeds[projection.IMAGE_INDEX] = selection.image_index[part]
-        pixels.append(proj_session.run([projection.RECONSTRUCTION], feeds)[0])
-    pixels_all = np.concatenate(pixels) if pixels else np.zeros((0, *batch.shape[1:]), np.float32)
+    pixels_all = project(proj, proj_session, forward, selection.signal, selection.image_index, batch.shape[1:])
     return [
         Reconstruction(
             int(selection.image_index[r]), int(selection.channel[r]), float(selection.value[r]), selection.location[r],

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 
 from zfnet.errors import InvalidArgument, ResourceExhausted
-from zfnet.server import deconv
-from zfnet.server.datasets import DatasetStore
+from zfnet.server import deconv, filters, top
+from zfnet.server.datasets import DatasetStore, Source
 from zfnet.server.images import ImageInput, to_batch
 from zfnet.server.layers import Layer, resolve
 from zfnet.server.models import LoadedModel, ModelStore
@@ -55,3 +57,11 @@ class Engine:
         """Reconstructions of ``layer`` for every image and selected channel."""
         row = resolve(model.layers, layer)
         return row, deconv.reconstruct(model, self.batch(model, images), row.name, channels, top_k, mode, method)
+
+    def top(self, model: LoadedModel, source: Source, **job) -> Iterator:
+        """A top-k job over a data set (see :func:`zfnet.server.top.job`): progress, checkpoints, results."""
+        return top.job(model, source, **job)
+
+    def filters(self, model: LoadedModel, layer: str | int) -> filters.Filters:
+        """The filters of a convolutional or fully connected layer."""
+        return filters.find(model, layer)

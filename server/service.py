@@ -10,7 +10,8 @@ import grpc
 import numpy as np
 
 from zfnet.errors import InvalidArgument, ResourceExhausted, ZfnetError
-from zfnet.server import datasets
+from zfnet import topk_proto
+from zfnet.server import datasets, top
 from zfnet.server.engine import Engine
 from zfnet.server.images import ImageInput
 from zfnet.server.models import LoadedModel
@@ -35,6 +36,24 @@ def _status(fn: Callable) -> Callable:
             context.abort(getattr(grpc.StatusCode, err.code), str(err))
         except MemoryError:
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "out of memory; send fewer images or channels per request")
+        except Exception:
+            log.exception("%s failed", fn.__name__)
+            context.abort(grpc.StatusCode.INTERNAL, f"{fn.__name__} failed on the server; see its log")
+
+    return wrapper
+
+
+def _status_stream(fn: Callable) -> Callable:
+    """:func:`_status` for calls that stream their replies: errors raised while replying end the call the same way."""
+
+    @functools.wraps(fn)
+    def wrapper(self, request, context: grpc.ServicerContext):
+        try:
+            yield from fn(self, request, context)
+        except ZfnetError as err:
+            context.abort(getattr(grpc.StatusCode, err.code), str(err))
+        except MemoryError:
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "out of memory; use a smaller batch_size or fewer layers")
         except Exception:
             log.exception("%s failed", fn.__name__)
             context.abort(grpc.StatusCode.INTERNAL, f"{fn.__name__} failed on the server; see its log")
@@ -186,3 +205,54 @@ class ZfnetServicer(zfnet_pb2_grpc.ZfnetServicer):
         return pb.ListDatasetsResponse(datasets=[
             pb.DatasetInfo(name=name, size=len(store.folder(name)), classes=store.folder(name).classes) for name in store.names()
         ])
+
+    @_status_stream
+    def TopActivations(self, request_iterator: Iterator[pb.TopRequest], context) -> Iterator[pb.TopReply]:
+        first = next(request_iterator, None)
+        if first is None or first.WhichOneof("part") != "job":
+            raise InvalidArgument("TopActivations: the first request must be the TopJob")
+        job = first.job
+        model = self._model(job.model)
+        method, stage = METHODS.get(job.method), TOP_STAGES.get(job.stage)
+        if method is None or stage is None:
+            raise InvalidArgument(f"unknown method {job.method} or stage {job.stage}")
+        if job.k < 0:
+            raise InvalidArgument(f"k must be positive, got {job.k}")
+        source = data_source(self.engine, job.data, request_iterator)
+        data = f"dataset:{job.data.dataset}" if job.data.WhichOneof("source") == "dataset" else "streamed"
+        events = self.engine.top(
+            model, source, data=data, layers=[layer_ref(r) for r in job.layers], channels=list(job.channels) or None,
+            k=job.k or 9, by=topk_proto.BY_NAME.get(job.by, "max"), method=method, stage=stage,
+            state=topk_proto.from_message(job.state) if job.HasField("state") else None, checkpoint_every=job.checkpoint_every,
+        )
+        for event in events:
+            yield top_reply(event)
+
+    @_status
+    def GetFilters(self, request: pb.FiltersRequest, context) -> pb.FiltersResponse:
+        model = self._model(request.model)
+        found = self.engine.filters(model, layer_ref(request.layer))
+        bias = to_proto(found.bias) if found.bias is not None else pb.Tensor(dtype=pb.FLOAT32)
+        return pb.FiltersResponse(layer=found.layer, op=found.op, weights=to_proto(found.weights), bias=bias, channel_order=found.channel_order)
+
+
+TOP_STAGES = {pb.TOP_ALL: "all", pb.TOP_SCAN: "scan", pb.TOP_RECONSTRUCT: "reconstruct"}
+
+
+def _box(box: tuple[int, int, int, int]) -> pb.Box:
+    return pb.Box(top=box[0], left=box[1], bottom=box[2], right=box[3])
+
+
+def top_reply(event) -> pb.TopReply:
+    """One event of a top-k job -> its reply."""
+    if isinstance(event, top.Progress):
+        return pb.TopReply(progress=progress(event.stage, event.done, event.total, event.skipped))
+    if isinstance(event, top.Checkpoint):
+        state = topk_proto.to_message(event.state)
+        return pb.TopReply(state=state) if event.final else pb.TopReply(checkpoint=state)
+    if isinstance(event, top.WinnerImage):
+        return pb.TopReply(image=pb.TopImage(index=event.index, path=event.path, label=event.label, pixels=to_proto(event.pixels)))
+    return pb.TopReply(entry=pb.TopEntry(
+        layer=event.layer, channel=event.channel, rank=event.rank, index=event.index, value=event.value, activation=event.activation,
+        location=list(event.location), receptive_field=_box(event.receptive_field), patch=_box(event.patch), reconstruction=to_proto(event.reconstruction),
+    ))

@@ -31,3 +31,21 @@ def job_progress(console: Console | None = None) -> Progress:
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
         TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn(), console=console or Console(stderr=True), transient=True,
     )
+
+
+def parse_ranges(text: str | None, what: str) -> list[int]:
+    """``"0-15,20"`` -> ``[0, 1, ..., 15, 20]`` (inclusive ranges); a clear error for anything else."""
+    out: list[int] = []
+    for part in (text or "").split(","):
+        part = part.strip()
+        if not part:
+            continue
+        low, _, high = part.partition("-")
+        try:
+            first, last = int(low), int(high) if high else int(low)
+        except ValueError:
+            raise InvalidArgument(f"{what} must be numbers or ranges like 0-15,20; got {text!r}") from None
+        if first > last:
+            raise InvalidArgument(f"{what}: the range {part} is empty")
+        out.extend(range(first, last + 1))
+    return list(dict.fromkeys(out))
