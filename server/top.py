@@ -125,7 +125,7 @@ def scan(model: LoadedModel, source: Source, state: TopK, checkpoint_every: int 
     ``checkpoint_every`` images, the final state last."""
     clash = [r for r in state.covered if max(r[0], source.start) < min(r[1], source.stop)]
     if clash:
-        raise InvalidArgument(f"the range [{source.start}, {source.stop}) overlaps indices {list(clash[0])} that the state has read already; send only the rest")
+        raise InvalidArgument(f"the range [{source.start}, {source.stop}) overlaps indices [{clash[0][0]}, {clash[0][1]}) that the state has read already; send only the rest")
     names = list(state.layers)
     position, since = source.start, 0
     yield Progress(SCAN, 0, source.count, [])
