@@ -11,7 +11,7 @@ MODEL := models/zfnet-cifar10.onnx
 SAMPLES := samples/cifar10
 DEMO_IMAGES := $(sort $(wildcard $(SAMPLES)/*/0000.jpg))
 
-.PHONY: install demo test bench train clean
+.PHONY: install demo test bench train clean browser
 
 install: $(STAMP)
 
@@ -38,11 +38,23 @@ demo: install
 	$(VENV)/bin/zfclient deconv --model $(MODEL) --layer 4 --top 9 --out out/demo $(foreach f,$(DEMO_IMAGES),--image $(f))
 	@echo "demo: deconv reconstructions of layer 4 (one labelled grid per image) are in out/demo/"
 
-test: install
+test: install browser
 	$(VENV)/bin/pytest -q
+
+# The top-k report test opens the report in a real headless Chromium (Debian's chromium and
+# chromium-driver): install them when missing and apt-get may run; elsewhere that test skips, saying why.
+browser:
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing chromium and chromium-driver for the report test"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) \
+	      || echo "could not install chromium; the report's browser test will skip"; \
+	  else echo "chromium or chromedriver missing and apt-get cannot run here; the report's browser test will skip"; fi; \
+	fi
 
 bench: install
 	$(PY) bench/deconv_bench.py
+	$(PY) bench/top_bench.py
 
 # Retrain the bundled reference model (about 30 minutes on 2 CPU cores) and re-export it.
 train: install

@@ -162,11 +162,10 @@ def manifest_entry(entry: TopEntry, image: TopImage) -> dict:
 def write(result: TopResult, out: Path, job: Job, raw: bool = False) -> Path:
     """Write the whole report under ``out``; ``index.html`` and ``manifest.json`` come last, so a report
     that has them is complete. Returns the path of ``index.html``."""
-    out.mkdir(parents=True, exist_ok=True)
     state = result.state
     for stale in ("index.html", "manifest.json"):
         (out / stale).unlink(missing_ok=True)
-    (out / "images").mkdir(exist_ok=True)
+    (out / "images").mkdir(parents=True, exist_ok=True)
     for image in result.images.values():
         Image.fromarray(to_rgb(image.pixels)).save(out / "images" / f"{image.index}.png")
     folders = _folders(list(state.layers))
