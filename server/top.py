@@ -142,12 +142,23 @@ def scan(model: LoadedModel, source: Source, state: TopK, checkpoint_every: int 
     yield Checkpoint(state, final=True)
 
 
-def reconstruct(model: LoadedModel, source: Source, state: TopK, method: str) -> Iterator[Progress | WinnerImage | Entry]:
-    """Read the winners of ``state`` from ``source`` and reconstruct every (layer, channel, rank):
-    each image once (before its entries), progress in reconstructions."""
+def _check_fits(model: LoadedModel, source: Source, data: str, state: TopK) -> None:
+    """Refuse a state made with another model or data set, or whose layers, channels or locations do not fit."""
     if state.model != model.sha256:
         raise InvalidArgument(f"the top-k state is for model {state.model[:12]}, not {model.sha256[:12]} ({model.name})")
-    plan(model, list(state.layers), None)  # every layer exists here
+    if (state.data, state.size) != (data, source.size):
+        raise InvalidArgument(f"the top-k state is for data set {state.data!r} of {state.size} images, not {data!r} of {source.size}")
+    for layer, top in state.layers.items():
+        (_, rank), = plan(model, [layer], [int(c) for c in top.channels]).values()
+        shape = [d for d in resolve(model.layers, layer).shape[2:]]
+        if top.locations.shape[2] != rank or np.any(top.locations < 0) or np.any(top.locations >= np.asarray(shape, np.int64)):
+            raise InvalidArgument(f"the top-k state's locations do not fit layer {layer!r} of shape {shape}")
+
+
+def reconstruct(model: LoadedModel, source: Source, data: str, state: TopK, method: str) -> Iterator[Progress | WinnerImage | Entry]:
+    """Read the winners of ``state`` from ``source`` and reconstruct every (layer, channel, rank):
+    each image once (before its entries), progress in reconstructions."""
+    _check_fits(model, source, data, state)
     projections = {layer: model.projection(layer, method) for layer in state.layers}  # refuse early, before reading
     needed = list(dict.fromkeys([*state.layers, *(n for p, _ in projections.values() for n in p.forward_tensors if n != model.input_name)]))
     total = sum(int((top.indices != EMPTY).sum()) for top in state.layers.values())
@@ -213,7 +224,7 @@ def job(
     if stage == "reconstruct":
         if state is None:
             raise InvalidArgument("stage reconstruct needs the top-k state whose winners to reconstruct (TopJob.state)")
-        yield from reconstruct(model, source, state.check(), method)
+        yield from reconstruct(model, source, data, state.check(), method)
         return
     if checkpoint_every < 0:
         raise InvalidArgument(f"checkpoint_every must be positive, got {checkpoint_every}")
@@ -223,4 +234,4 @@ def job(
             model.projection(layer, method)
     yield from scan(model, source, running, checkpoint_every or CHECKPOINT_EVERY)
     if stage == "all":
-        yield from reconstruct(model, source, running, method)
+        yield from reconstruct(model, source, data, running, method)

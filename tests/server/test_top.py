@@ -219,6 +219,11 @@ def test_bad_jobs_get_clear_errors_and_the_server_keeps_serving(client, data_dir
     other = TopK.empty("0" * 64, state.data, state.size, 2, "max", {"pool1": (np.arange(32), 2)})
     err = call(state=topk_proto.to_message(other), stage=pb.TOP_RECONSTRUCT)
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "is for model 000000000000" in err.details()
+    err = call(state=topk_proto.to_message(state), stage=pb.TOP_RECONSTRUCT, data=pb.DataSource(streamed=pb.StreamedImages(size=201)))
+    assert "is for data set 'dataset:cifar' of 201 images, not 'streamed' of 201" in err.details()
+    beyond = TopK.empty(state.model, state.data, state.size, 2, "max", {"pool1": (np.asarray([40]), 2)})
+    err = call(state=topk_proto.to_message(beyond), stage=pb.TOP_RECONSTRUCT)
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "channel(s) [40] out of range" in err.details()
 
     with pytest.raises(InvalidArgument, match="k must be positive"):
         client.top_scan(MODEL, client.dataset("cifar"), [1], k=0)
