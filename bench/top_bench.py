@@ -11,7 +11,9 @@ bundled model over the 10,000 test images, then the deconvnet reconstruction of 
   each), timed on a sample of images and extrapolated to the data set (the calls are independent
   and cost the same, so the extrapolation is linear);
 - peak memory (resident set) of the whole job, server included, for the 10,000 test images and for
-  the 50,000 training images: it must not grow with the data set.
+  the 50,000 training images: it must not grow with the data set;
+- the second pass of each of layers 1-5 alone, after one scan of all five: its share of the job bounds
+  what computing reconstructions on the receptive-field window alone could save.
 
 Each measurement runs in its own process (so that its peak memory is its own).
 
@@ -81,6 +83,35 @@ def child_top(split: str, batch: int, layer: str) -> dict:
             "images": state.images_read, "reconstructions": entries, "peak_mib": peak_mib()}
 
 
+def child_layers(batch: int) -> dict:
+    """Does computing a reconstruction on its receptive-field window alone pay? One scan of layers 1-5
+    over the test set, then each layer's second pass timed alone: the share it takes of the job bounds
+    what any cheaper second pass could save."""
+    from dataclasses import replace
+
+    from zfnet.client.api import Client
+    from zfnet.server.app import create_server
+
+    server, port, _ = create_server("127.0.0.1:0", data_dir=DATA)
+    try:
+        with Client(f"127.0.0.1:{port}") as client:
+            client.ensure_model(MODEL)
+            dataset = client.dataset("cifar10/test", batch_size=batch)
+            began = time.perf_counter()
+            state = client.top_scan(MODEL, dataset, [1, 2, 3, 4, 5], k=9)
+            out = {"scan_seconds": time.perf_counter() - began, "layers": {}}
+            for name, top in state.layers.items():
+                began = time.perf_counter()
+                result = client.top_reconstruct(MODEL, dataset, replace(state, layers={name: top}))
+                entry = next(e[0] for e in result.entries[name].values() if e)
+                height, width = entry.patch[2] - entry.patch[0], entry.patch[3] - entry.patch[1]
+                out["layers"][name] = {"reconstructions": int((top.indices >= 0).sum()), "seconds": time.perf_counter() - began,
+                                       "field": [height, width], "field_area_share": min(1.0, height * width / 32 / 32)}
+    finally:
+        server.stop(grace=None)
+    return out
+
+
 def child_captum(images: int, layer: str) -> dict:
     """Captum NeuronDeconvolution, one call per (image, channel): the channel's strongest activation."""
     import numpy as np
@@ -126,7 +157,7 @@ def main() -> None:
     if args.child:
         kind, *rest = args.child
         result = {"floor": lambda: child_floor(rest[0], args.batch), "top": lambda: child_top(rest[0], args.batch, args.layer),
-                  "captum": lambda: child_captum(int(rest[0]), args.layer)}[kind]()
+                  "captum": lambda: child_captum(int(rest[0]), args.layer), "layers": lambda: child_layers(args.batch)}[kind]()
         print(json.dumps(result))
         return
     if not (DATA / "cifar10" / "test").is_dir():
@@ -143,10 +174,12 @@ def main() -> None:
     captum = run_child("captum", str(args.captum_images))
     captum_total = captum["seconds"] / captum["calls"] * job["images"] * captum["channels"]
     train = None if args.no_train else run_child("top", "train")
+    layers = run_child("layers")
     rows = {
         "machine": machine(), "layer": args.layer, "batch": args.batch, "k": 9, "floor": floor, "top": job, "captum_sample": captum,
         "captum_extrapolated_seconds": captum_total, "top_vs_floor": job["seconds"] / floor["seconds"],
         "captum_vs_top": captum_total / job["seconds"], "reconstruct_share": job["reconstruct_seconds"] / job["seconds"], "train": train,
+        "second_pass_by_layer": layers,
     }
     table = Table("what", "images", "seconds", "vs floor", "peak MiB", title=f"top-9 of every channel of layer {args.layer}, batch {args.batch} ({machine()})")
     table.add_row("floor: JPEG decoding + bare onnxruntime forward", f"{floor['images']:,}", f"{floor['seconds']:.1f}", "1.00x", f"{floor['peak_mib']:.0f}")
@@ -157,6 +190,13 @@ def main() -> None:
     if train:
         table.add_row("zfnet top on the 50,000 training images", f"{train['images']:,}", f"{train['seconds']:.1f}", "", f"{train['peak_mib']:.0f}")
     Console().print(table)
+    passes = Table("layer", "receptive field", "reconstructions", "second pass s", "share of the job", "window area / image",
+                   title=f"second pass per layer after one scan of layers 1-5 ({layers['scan_seconds']:.1f} s)")
+    for name, info in layers["layers"].items():
+        total = layers["scan_seconds"] + sum(i["seconds"] for i in layers["layers"].values())
+        passes.add_row(name, "x".join(map(str, info["field"])), str(info["reconstructions"]), f"{info['seconds']:.1f}",
+                       f"{info['seconds'] / total:.1%}", f"{info['field_area_share']:.0%}")
+    Console().print(passes)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(rows, indent=2))
     print(f"wrote {args.json}")

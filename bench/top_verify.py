@@ -127,6 +127,8 @@ def interrupted_then_resumed(model: Path, out: Path) -> tuple[float, list]:
     process = subprocess.Popen([str(a) for a in args], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     while not partial.is_file() and process.poll() is None:
         time.sleep(0.2)
+    if process.poll() is not None:
+        raise SystemExit(f"the scan to interrupt ended first (exit {process.returncode}): {process.stderr.read()[-2000:]}")
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
     covered = TopK.load(partial).covered

@@ -32,6 +32,7 @@ GREY = 128  # outside the image, a patch is grey (the paper's border patches)
 TILE = 64  # a patch is enlarged (nearest neighbour) to about this many pixels
 GAP, BLOCK_GAP = 2, 10
 CHANNELS_PER_SHEET = 16
+DISPLAY_WIDTH = 640  # a channel's block is shown enlarged by a whole factor to about this width
 BACKGROUND, EMPTY = (255, 255, 255), (225, 225, 225)
 
 
@@ -179,11 +180,13 @@ def write(result: TopResult, out: Path, job: Job, raw: bool = False) -> Path:
         folder = folders[layer]
         (out / folder).mkdir(exist_ok=True)
         size = tile_size(next((e for e in per_channel.values() if e), []))
-        blocks, channels = [], {}
+        blocks, channels, widths = [], {}, {}
         for channel, entries in per_channel.items():
             block = channel_block(entries, result.images, state.k, size)
             png = f"{folder}/channel-{channel:04d}.png"
-            _labelled(block, f"layer {layer} · channel {channel} · reconstructions | input patches").save(out / png)
+            labelled = _labelled(block, f"layer {layer} · channel {channel} · reconstructions | input patches")
+            labelled.save(out / png)
+            widths[channel] = labelled.width * max(1, DISPLAY_WIDTH // labelled.width)
             blocks.append((channel, block))
             channels[str(channel)] = {"png": png, "top": [manifest_entry(e, result.images[e.index]) for e in entries]}
             if raw and entries:
@@ -198,7 +201,7 @@ def write(result: TopResult, out: Path, job: Job, raw: bool = False) -> Path:
             sheet.save(out / name)
             pages.append(name)
         manifest["layers"][layer] = {"page": f"layer-{folder}.html", "sheets": pages, "channels": channels}
-        (out / f"layer-{folder}.html").write_text(_layer_page(layer, manifest, result), encoding="utf-8")
+        (out / f"layer-{folder}.html").write_text(_layer_page(layer, manifest, result, widths), encoding="utf-8")
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
     index = out / "index.html"
     index.write_text(_index_page(manifest), encoding="utf-8")
@@ -274,7 +277,7 @@ def _index_page(manifest: dict) -> str:
     return _page(f"top-{manifest['k']}: {manifest['model']}", body)
 
 
-def _layer_page(layer: str, manifest: dict, result: TopResult) -> str:
+def _layer_page(layer: str, manifest: dict, result: TopResult, widths: dict[int, int]) -> str:
     info = manifest["layers"][layer]
     cards = []
     for channel, data in info["channels"].items():
@@ -290,11 +293,11 @@ def _layer_page(layer: str, manifest: dict, result: TopResult) -> str:
                 f'<li><span class="thumb"><img src="images/{item["index"]}.png" alt="image {item["index"]}">'
                 f'<span class="box" style="{box}"></span></span><br>#{item["rank"]} <b>{html.escape(item["class"] or "?")}</b> '
                 f'{item["value"]:.4g}{peak} at {where}<br>'
-                f'<span class="path">{html.escape(item["path"])}</span></li>'
+                f'<span class="path" title="{html.escape(item["path"])}">{html.escape("/".join(Path(item["path"]).parts[-2:]))}</span></li>'
             )
         cards.append(
             f'<section class="channel" id="ch{channel}"><h3>channel {channel}</h3>'
-            f'<img class="block" src="{html.escape(data["png"])}" alt="layer {html.escape(layer)} channel {channel}: reconstructions and patches">'
+            f'<img class="block" src="{html.escape(data["png"])}" width="{widths[int(channel)]}" alt="layer {html.escape(layer)} channel {channel}: reconstructions and patches">'
             f'<ol class="winners">{"".join(items) or "<li>no image read</li>"}</ol></section>'
         )
     body = (

@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 
 from zfnet.client import report
-from zfnet.client.api import Client, Dataset
+from zfnet.client.api import Client
 from zfnet.client.cli.common import ServerOption, job_progress, parse_ranges
 from zfnet.errors import InvalidArgument
 from zfnet.topk import TopK
@@ -54,7 +54,7 @@ def command(
     with Client(server) as client:
         dataset = client.dataset(data, start, stop, batch_size)
         layers = list(layer) or list(state.layers)
-        picked = parse_ranges(channels, "--channels") or (None if state is None else [int(c) for c in next(iter(state.layers.values())).channels])
+        picked = parse_ranges(channels, "--channels") or _channels_of(state)
         k = k or (state.k if state is not None else 9)
         by = by or (state.by if state is not None else "max")
         (out / PARTIAL).parent.mkdir(parents=True, exist_ok=True)
@@ -75,7 +75,7 @@ def command(
             return
         with job_progress(console) as bar:
             result = client.top_reconstruct(model, dataset, state, method, on_progress=functools.partial(_show, bar, {}))
-    index = report.write(result, out, report.Job(Path(model).name, _data_name(data, dataset), time.perf_counter() - began), raw)
+    index = report.write(result, out, report.Job(Path(model).name, data, time.perf_counter() - began), raw)
     if json_out:
         print((out / "manifest.json").read_text())
         return
@@ -94,6 +94,14 @@ def _prior_state(out: Path, merge: list[Path], resume: bool) -> TopK | None:
     return None
 
 
+def _channels_of(state: TopK | None) -> list[int] | None:
+    """The --channels a state was made with: the list every layer shares, or None (all) where they differ."""
+    if state is None:
+        return None
+    lists = {tuple(int(c) for c in top.channels) for top in state.layers.values()}
+    return list(lists.pop()) if len(lists) == 1 else None
+
+
 def _show(bar, tasks: dict, progress: pb.JobProgress) -> None:
     """Progress replies -> the bar: one task per stage, skipped images counted."""
     stage = progress.stage
@@ -102,10 +110,6 @@ def _show(bar, tasks: dict, progress: pb.JobProgress) -> None:
     tasks[stage][1] += len(progress.skipped)
     label = stage + (f" ({tasks[stage][1]} skipped)" if tasks[stage][1] else "")
     bar.update(tasks[stage][0], completed=progress.done, total=progress.total, description=label)
-
-
-def _data_name(data: str, dataset: Dataset) -> str:
-    return Path(data).name if dataset.folder is not None else data
 
 
 def _ranges(state: TopK) -> str:

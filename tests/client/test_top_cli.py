@@ -171,3 +171,24 @@ def test_the_report_opens_from_disk_in_headless_chromium(report, tmp_path) -> No
         assert driver.current_url.endswith("layer-relu6.html") and "channel 5" in driver.page_source
     finally:
         driver.quit()
+
+
+def test_resume_keeps_all_channels_of_layers_of_different_widths(tmp_path) -> None:
+    """A job over every channel of pool1 (32) and pool2 (64), interrupted, resumes into the single pass."""
+    out = tmp_path / "resumed"
+    with Client() as client:
+        dataset = client.dataset(SAMPLES, 0, 120, batch_size=40)
+        whole = client.top_scan(MODEL, dataset, [1, 2], k=2)
+
+        def interrupt(state: TopK) -> None:
+            state.save(out / "partial-state.npz")
+            raise Interrupt
+
+        with pytest.raises(Interrupt):
+            client.top_scan(MODEL, dataset, [1, 2], k=2, checkpoint_every=40, on_checkpoint=interrupt)
+    ok(top("--model", MODEL, "--data", SAMPLES, "--stop", 120, "--out", out, "--resume", "--scan-only"))
+    resumed = TopK.load(out / "state.npz")
+    assert resumed.covered == [(0, 120)] and [len(t.channels) for t in resumed.layers.values()] == [32, 64]
+    for name, top_ in whole.layers.items():
+        np.testing.assert_array_equal(resumed.layers[name].indices, top_.indices)
+        np.testing.assert_array_equal(resumed.layers[name].values, top_.values)
