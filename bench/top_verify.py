@@ -124,15 +124,19 @@ def interrupted_then_resumed(model: Path, out: Path) -> tuple[float, list]:
     args = [ZFCLIENT, "top", "--model", model, *(a for layer in LAYERS for a in ("--layer", layer)), "--data", TEST, "--out", out,
             "--scan-only", "--checkpoint-every", "2048"]
     partial = out / "partial-state.npz"
-    process = subprocess.Popen([str(a) for a in args], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(  # with SIGINT's default action even when this script runs in the background (nohup ... &)
+        [str(a) for a in args], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     while not partial.is_file() and process.poll() is None:
         time.sleep(0.2)
     if process.poll() is not None:
         raise SystemExit(f"the scan to interrupt ended first (exit {process.returncode}): {process.stderr.read()[-2000:]}")
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
+    if process.returncode != 130 or "--resume" not in stderr:
+        raise SystemExit(f"the interrupted scan ended with exit {process.returncode}: {stderr[-2000:]}")
     covered = TopK.load(partial).covered
-    assert process.returncode == 130 and "--resume" in stderr, (process.returncode, stderr[-500:])
     began = time.perf_counter()
     sh(*args, "--resume")
     return time.perf_counter() - began, covered

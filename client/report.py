@@ -184,7 +184,7 @@ def write(result: TopResult, out: Path, job: Job, raw: bool = False) -> Path:
         for channel, entries in per_channel.items():
             block = channel_block(entries, result.images, state.k, size)
             png = f"{folder}/channel-{channel:04d}.png"
-            labelled = _labelled(block, f"layer {layer} · channel {channel} · reconstructions | input patches")
+            labelled = _labelled(block, f"{layer} · channel {channel}")
             labelled.save(out / png)
             widths[channel] = labelled.width * max(1, DISPLAY_WIDTH // labelled.width)
             blocks.append((channel, block))
@@ -226,11 +226,11 @@ table { border-collapse: collapse; } td, th { padding: .3em .7em; border-bottom:
 .channel { border-top: 1px solid #ccc; padding: .6em 0 1em; }
 .block { max-width: 100%; image-rendering: pixelated; }
 .winners { display: flex; flex-wrap: wrap; gap: .7em; list-style: none; padding: 0; margin: .5em 0 0; }
-.winners li { width: 8.5em; font-size: 12px; }
+.winners li { width: 11em; font-size: 12px; }
 .thumb { position: relative; display: inline-block; width: 64px; height: 64px; }
 .thumb img { width: 64px; height: 64px; image-rendering: pixelated; display: block; }
 .box { position: absolute; border: 1px solid #ff2a2a; box-sizing: border-box; }
-.path { color: #666; word-break: break-all; }
+.path { color: #666; overflow-wrap: anywhere; }
 .sheet { max-width: 100%; }
 """
 
