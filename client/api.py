@@ -131,11 +131,6 @@ class Dataset:
         source.start, source.stop = start, stop
         return replace(self, source=source)
 
-    @property
-    def identity(self) -> str:
-        """How a top-k state names the data set: ``dataset:<name>`` or ``streamed``."""
-        return f"dataset:{self.source.dataset}" if self.folder is None else "streamed"
-
     def batches(self, images_per_message: int = STREAM_IMAGES, indices: Sequence[int] | None = None) -> Iterator[pb.ImageBatch]:
         """The local folder's images ``[start, stop)``, or only those at ``indices`` (ascending), as
         ImageBatch messages of consecutive images, read lazily (bounded memory)."""
@@ -345,22 +340,26 @@ class Client:
     def top_scan(
         self, model: str | Path, dataset: Dataset, layers: Sequence[str | int], k: int = 9, by: str = "max",
         channels: Sequence[int] | None = None, state: TopK | None = None, checkpoint_every: int = 0,
-        on_progress: OnProgress | None = None, on_checkpoint: Callable[[TopK], None] | None = None,
+        on_progress: OnProgress | None = None, on_checkpoint: Callable[[TopK], None] | None = None, method: str | None = None,
     ) -> TopK:
         """The first pass of a top-k job: the running top-``k`` of every channel over ``dataset``'s range.
         With ``state`` (a checkpoint, or a shard's state), it reads only what the state has not read yet
-        and returns the merged state. ``on_checkpoint`` gets the state every ``checkpoint_every`` images."""
+        and returns the merged state. ``on_checkpoint`` gets the state every ``checkpoint_every`` images.
+        Given the ``method`` of the reconstructions to come, the server refuses a layer it cannot project
+        before reading any image."""
         if k <= 0:
             raise errors.InvalidArgument(f"k must be positive, got {k}")
         if by not in BY:
             raise errors.InvalidArgument(f"unknown ranking {by!r}; choose one of {', '.join(BY)}")
+        if method is not None and method not in METHODS:
+            raise errors.InvalidArgument(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
         ranges = state.remaining(dataset.start, dataset.stop) if state is not None else [(dataset.start, dataset.stop)]
         ref = self.model_ref(model)
         for start, stop in ranges:
             part = dataset.part(start, stop)
             job = pb.TopJob(
                 model=ref, layers=[layer_ref(x) for x in layers], k=k, by=topk_proto.BY[by], channels=list(channels or []),
-                data=part.source, stage=pb.TOP_SCAN, checkpoint_every=checkpoint_every,
+                data=part.source, stage=pb.TOP_SCAN, checkpoint_every=checkpoint_every, method=METHODS.get(method or "", 0),
                 state=topk_proto.to_message(state) if state is not None else None,
             )
             final = None
@@ -413,9 +412,7 @@ class Client:
     ) -> TopResult:
         """Top-``k`` images per channel of ``layers`` over ``dataset`` and their reconstructions (Zeiler &
         Fergus 2013, Fig. 2): :meth:`top_scan`, then :meth:`top_reconstruct`."""
-        if method not in METHODS:
-            raise errors.InvalidArgument(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-        state = self.top_scan(model, dataset, layers, k, by, channels, state, checkpoint_every, on_progress, on_checkpoint)
+        state = self.top_scan(model, dataset, layers, k, by, channels, state, checkpoint_every, on_progress, on_checkpoint, method)
         return self.top_reconstruct(model, dataset, state, method, on_progress)
 
     def filters(self, model: str | Path, layer: str | int) -> Filters:

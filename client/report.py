@@ -127,7 +127,7 @@ def _labelled(picture: Image.Image, label: str, size: int = 13) -> Image.Image:
     return out
 
 
-def sheets(layer: str, blocks: list[tuple[int, Image.Image]], title: str, per_sheet: int = CHANNELS_PER_SHEET) -> list[Image.Image]:
+def sheets(blocks: list[tuple[int, Image.Image]], title: str, per_sheet: int = CHANNELS_PER_SHEET) -> list[Image.Image]:
     """Blocks (channel, picture) laid out ``per_sheet`` to a page, each labelled, under a title line."""
     pages = [blocks[i : i + per_sheet] for i in range(0, len(blocks), per_sheet)] or [[]]
     out = []
@@ -196,7 +196,7 @@ def write(result: TopResult, out: Path, job: Job, raw: bool = False) -> Path:
                 channels[str(channel)]["npy"] = npy.relative_to(out).as_posix()
         title = f"{job.model} · layer {layer} · top-{state.k} by {state.by} over {state.images_read:,} images of {job.data} · {result.method}"
         pages = []
-        for number, sheet in enumerate(sheets(layer, blocks, title), 1):
+        for number, sheet in enumerate(sheets(blocks, title), 1):
             name = f"{folder}/sheet-{number:02d}.png"
             sheet.save(out / name)
             pages.append(name)

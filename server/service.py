@@ -9,8 +9,8 @@ from collections.abc import Callable, Iterator
 import grpc
 import numpy as np
 
-from zfnet.errors import InvalidArgument, ResourceExhausted, ZfnetError
 from zfnet import topk_proto
+from zfnet.errors import InvalidArgument, ResourceExhausted, ZfnetError
 from zfnet.server import datasets, top
 from zfnet.server.engine import Engine
 from zfnet.server.images import ImageInput
@@ -216,12 +216,12 @@ class ZfnetServicer(zfnet_pb2_grpc.ZfnetServicer):
         method, stage = METHODS.get(job.method), TOP_STAGES.get(job.stage)
         if method is None or stage is None:
             raise InvalidArgument(f"unknown method {job.method} or stage {job.stage}")
+        method = method if job.method != pb.DECONV_METHOD_UNSPECIFIED else None  # a scan given a method checks it can project
         if job.k < 0:
             raise InvalidArgument(f"k must be positive, got {job.k}")
         source = data_source(self.engine, job.data, request_iterator)
-        data = f"dataset:{job.data.dataset}" if job.data.WhichOneof("source") == "dataset" else "streamed"
         events = self.engine.top(
-            model, source, data=data, layers=[layer_ref(r) for r in job.layers], channels=list(job.channels) or None,
+            model, source, data=topk_proto.data_name(job.data), layers=[layer_ref(r) for r in job.layers], channels=list(job.channels) or None,
             k=job.k or 9, by=topk_proto.BY_NAME.get(job.by, "max"), method=method, stage=stage,
             state=topk_proto.from_message(job.state) if job.HasField("state") else None, checkpoint_every=job.checkpoint_every,
         )

@@ -211,27 +211,29 @@ STAGES = ("all", "scan", "reconstruct")
 
 def job(
     model: LoadedModel, source: Source, *, data: str, layers: list[str | int], channels: list[int] | None, k: int, by: str,
-    method: str, stage: str, state: TopK | None, checkpoint_every: int = CHECKPOINT_EVERY,
+    method: str | None, stage: str, state: TopK | None, checkpoint_every: int = CHECKPOINT_EVERY,
 ) -> Iterator[Progress | Checkpoint | WinnerImage | Entry]:
     """A whole top-k job: scan (continuing ``state`` if given), then reconstruct the winners; or one of the two
-    (``stage``). Everything the job needs is checked before the first image is read."""
+    (``stage``). Everything the job needs is checked before the first image is read: a scan given a
+    ``method`` (None: not given; deconvnet for the reconstructions) also builds the projection graphs
+    its reconstructions will need, so that a layer the method cannot project is refused before the scan."""
     if stage not in STAGES:
         raise InvalidArgument(f"unknown stage {stage!r}; choose one of {', '.join(STAGES)}")
-    if stage != "scan" and method not in projection.METHODS:
+    if method is not None and method not in projection.METHODS:
         raise InvalidArgument(f"unknown method {method!r}; choose one of {', '.join(projection.METHODS)}")
     if stage == "all" and isinstance(source, StreamedSource):
         raise InvalidArgument("a job over streamed images cannot re-read its winners: run stage scan, then stage reconstruct with the final state and the winners' images")
     if stage == "reconstruct":
         if state is None:
             raise InvalidArgument("stage reconstruct needs the top-k state whose winners to reconstruct (TopJob.state)")
-        yield from reconstruct(model, source, data, state.check(), method)
+        yield from reconstruct(model, source, data, state.check(), method or "deconvnet")
         return
     if checkpoint_every < 0:
         raise InvalidArgument(f"checkpoint_every must be positive, got {checkpoint_every}")
     running = start(model, data, source.size, layers, channels, k, by, state)
-    if stage == "all":
+    if stage == "all" or method is not None:
         for layer in running.layers:
-            model.projection(layer, method)
+            model.projection(layer, method or "deconvnet")
     yield from scan(model, source, running, checkpoint_every or CHECKPOINT_EVERY)
     if stage == "all":
-        yield from reconstruct(model, source, data, running, method)
+        yield from reconstruct(model, source, data, running, method or "deconvnet")

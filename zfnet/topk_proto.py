@@ -11,6 +11,11 @@ BY_NAME = {pb.TOP_BY_UNSPECIFIED: "max", pb.TOP_BY_MAX: "max", pb.TOP_BY_MEAN: "
 ARRAYS = ("channels", "values", "activations", "indices", "locations")
 
 
+def data_name(source: pb.DataSource) -> str:
+    """How a state names its data set (``TopState.data``): ``dataset:<name>`` on the server, or ``streamed``."""
+    return f"dataset:{source.dataset}" if source.WhichOneof("source") == "dataset" else "streamed"
+
+
 def to_message(state: TopK) -> pb.TopState:
     return pb.TopState(
         model_sha256=state.model, data=state.data, size=state.size, k=state.k, by=BY[state.by],

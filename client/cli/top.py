@@ -63,6 +63,7 @@ def command(
                 state = client.top_scan(
                     model, dataset, layers, k, by, picked, state, checkpoint_every,
                     on_progress=functools.partial(_show, bar, {}), on_checkpoint=lambda s: s.save(out / PARTIAL),
+                    method=None if scan_only else method,
                 )
             except KeyboardInterrupt:
                 if (out / PARTIAL).is_file():

@@ -274,3 +274,28 @@ def test_patches_are_whole_receptive_fields_clipped_to_the_box(reference_module,
                     assert clipped == model.receptive_fields.box(row.name, (y, x))
                     checked += 1
     assert checked == 16 * 16 + 8 * 8 * 3 + 4 * 4
+
+
+def test_a_layer_the_method_cannot_project_is_refused_before_the_scan(client, data_dir, tmp_path) -> None:
+    """Sin has no backward rule: told the method, the scan refuses before reading an image; a bare scan runs."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from zfnet.converters.graph import IR_VERSION, OPSET
+
+    weights = numpy_helper.from_array(np.random.default_rng(0).normal(size=(4, 3, 3, 3)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["conv"], pads=[1, 1, 1, 1]), helper.make_node("Sin", ["conv"], ["wave"])], "sine",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])], [helper.make_tensor_value_info("wave", TensorProto.FLOAT, ["N", 4, 8, 8])],
+        initializer=[weights],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = IR_VERSION
+    path = tmp_path / "sine.onnx"
+    onnx.save(model, path)
+    dataset = client.dataset(data_dir / "cifar", 0, 30)
+    seen: list = []
+    with pytest.raises(InvalidArgument, match="no backward rule for op 'Sin'"):
+        client.top_scan(path, dataset, ["wave"], k=2, method="deconvnet", on_progress=seen.append)
+    assert seen == []
+    assert client.top_scan(path, dataset, ["wave"], k=2).covered == [(0, 30)]
