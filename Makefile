@@ -12,7 +12,7 @@ SAMPLES := samples/cifar10
 DEMO_IMAGES := $(sort $(wildcard $(SAMPLES)/*/0000.jpg))
 NODE_EXAMPLE := examples/node
 
-.PHONY: install demo test bench bench-startup soak train clean node-deps
+.PHONY: install demo test bench bench-startup soak train clean node-deps browser
 
 install: $(STAMP)
 
@@ -40,7 +40,7 @@ demo: install
 	$(VENV)/bin/zfclient deconv --model $(MODEL) --layer 4 --top 9 --out out/demo $(foreach f,$(DEMO_IMAGES),--image $(f))
 	@echo "demo: deconv reconstructions of layer 4 (one labelled grid per image) are in out/demo/"
 
-test: install node-deps
+test: install node-deps browser
 	$(VENV)/bin/pytest -q
 
 # The Node.js client example's packages, exactly as locked (its test skips without Node.js and npm).
@@ -50,8 +50,20 @@ node-deps:
 		npm ci --prefix $(NODE_EXAMPLE) --ignore-scripts --no-audit --no-fund; \
 	else echo "npm not found: the Node.js client test will be skipped"; fi
 
+# The top-k report test opens the report in a real headless Chromium (Debian's chromium and
+# chromium-driver): install them when missing and apt-get may run; elsewhere that test skips, saying why.
+browser:
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing chromium and chromium-driver for the report test"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) \
+	      || echo "could not install chromium; the report's browser test will skip"; \
+	  else echo "chromium or chromedriver missing and apt-get cannot run here; the report's browser test will skip"; fi; \
+	fi
+
 bench: install
 	$(PY) bench/deconv_bench.py
+	$(PY) bench/top_bench.py
 	$(PY) bench/occlusion_bench.py
 	$(PY) bench/transport_bench.py
 

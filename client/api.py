@@ -22,10 +22,11 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from zfnet import errors, imagefolder, status
+from zfnet import errors, imagefolder, status, topk_proto
 from zfnet.client import results
 from zfnet.client.results import BORDERS, FILLS, TRANSFORMS
 from zfnet.tensors import CHANNEL_OPTIONS, MAX_MESSAGE_BYTES, from_proto, to_proto
+from zfnet.topk import BY, TopK
 from zfnet.v1 import zfnet_pb2 as pb
 from zfnet.v1 import zfnet_pb2_grpc
 
@@ -53,6 +54,7 @@ METHODS = {"deconvnet": pb.DECONVNET, "backprop": pb.BACKPROP, "guided": pb.GUID
 ProgressCallback = Callable[[str, int, int], None]  # (stage, copies done, copies in all)
 
 ImageLike = str | Path | bytes | np.ndarray
+OnProgress = Callable[[pb.JobProgress], None]
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,54 @@ class DeconvResult:
 
 
 @dataclass(frozen=True)
+class TopImage:
+    """A winner's image as the model saw it: (C, H, W) float32 RGB 0..255."""
+
+    index: int
+    path: str
+    label: str  # class name, "" when unknown
+    pixels: np.ndarray
+
+
+@dataclass(frozen=True)
+class TopEntry:
+    """One (layer, channel, rank) of a top-k job, with the reconstruction of its activation."""
+
+    layer: str
+    channel: int
+    rank: int
+    index: int  # data-set index; the image is TopResult.images[index]
+    value: float  # the ranking value (the map's max or mean)
+    activation: float  # the activation reconstructed
+    location: tuple[int, ...]
+    receptive_field: tuple[int, int, int, int]  # top, left, bottom, right (exclusive), clipped to the image
+    patch: tuple[int, int, int, int]  # the whole field; it may leave the image
+    reconstruction: np.ndarray  # (C, H, W) float32
+
+
+@dataclass(frozen=True)
+class TopResult:
+    """A finished top-k job: the scan's state, the winners' images and every reconstruction."""
+
+    state: TopK
+    method: str
+    classes: list[str]
+    images: dict[int, TopImage]
+    entries: dict[str, dict[int, list[TopEntry]]]  # layer -> channel -> ranked entries
+
+
+@dataclass(frozen=True)
+class Filters:
+    """A learned layer's filters: Conv (out, in/group, kh, kw) or fully connected (out, in)."""
+
+    layer: str
+    op: str
+    weights: np.ndarray
+    bias: np.ndarray | None
+    channel_order: str  # of the image input, for a first layer
+
+
+@dataclass(frozen=True)
 class Dataset:
     """The images of a data-set job: a named data set on the server, or a local folder the client streams."""
 
@@ -93,15 +143,37 @@ class Dataset:
     def stop(self) -> int:
         return self.source.stop or self.size
 
-    def batches(self, images_per_message: int = STREAM_IMAGES) -> Iterator[pb.ImageBatch]:
-        """The local folder's images ``[start, stop)`` as ImageBatch messages, read lazily (bounded memory)."""
+    def part(self, start: int, stop: int) -> Dataset:
+        """The same data set, indices ``[start, stop)`` only (a shard, or what is left to read)."""
+        source = pb.DataSource()
+        source.CopyFrom(self.source)
+        source.start, source.stop = start, stop
+        return replace(self, source=source)
+
+    def batches(self, images_per_message: int = STREAM_IMAGES, indices: Sequence[int] | None = None) -> Iterator[pb.ImageBatch]:
+        """The local folder's images ``[start, stop)``, or only those at ``indices`` (ascending), as
+        ImageBatch messages of consecutive images, read lazily (bounded memory)."""
         folder = self.folder
-        for begin in range(self.start, self.stop, images_per_message):
-            end = min(begin + images_per_message, self.stop)
+        for begin, end in _runs(range(self.start, self.stop) if indices is None else indices, images_per_message):
             yield pb.ImageBatch(
                 start=begin, labels=[int(x) for x in folder.labels[begin:end]],
                 images=[pb.Image(encoded=_read_bytes(folder.files[i]), label=str(folder.files[i])) for i in range(begin, end)],
             )
+
+
+def _runs(indices: Sequence[int], longest: int) -> Iterator[tuple[int, int]]:
+    """Ascending ``indices`` as [begin, end) runs of consecutive numbers, each at most ``longest`` long."""
+    begin = end = None
+    for i in indices:
+        i = int(i)
+        if begin is not None and i == end and end - begin < longest:
+            end += 1
+            continue
+        if begin is not None:
+            yield begin, end
+        begin, end = i, i + 1
+    if begin is not None:
+        yield begin, end
 
 
 def _read_bytes(path: Path) -> bytes:
@@ -304,14 +376,14 @@ class Client:
         except grpc.RpcError as err:
             raise self._error(err) from None
 
-    def _job(self, method, job: object, dataset: Dataset, wrap: Callable[[pb.ImageBatch], object]) -> Iterator:
+    def _job(self, method, job: object, dataset: Dataset, wrap: Callable[[pb.ImageBatch], object], indices: Sequence[int] | None = None) -> Iterator:
         """Run a data-set job: ``job`` (the first request), then, when the client streams the data,
-        every ImageBatch wrapped as a request; yields the replies as they come."""
+        every ImageBatch (of the range, or of ``indices`` only) wrapped as a request; yields the replies as they come."""
 
         def requests():
             yield job
             if dataset.folder is not None:
-                yield from (wrap(batch) for batch in dataset.batches())
+                yield from (wrap(batch) for batch in dataset.batches(indices=indices))
 
         return self._stream(method, requests())
 
@@ -447,7 +519,7 @@ class Client:
             stop = min(start + batch_size, len(images))
             yield start, stop, self.deconv(model, images[start:stop], layer, channels, top_k, mode, method)
 
-    def _stream(self, method, request, progress: ProgressCallback | None):
+    def _analysis(self, method, request, progress: ProgressCallback | None):
         """Run a server-streaming analysis: report each Progress, return the final result message."""
         try:
             for reply in method(request, timeout=None):
@@ -472,7 +544,7 @@ class Client:
         )
         if layer is not None:
             request.layer.CopyFrom(layer_ref(layer))
-        return results.occlusion(self._stream(self.stub.Occlusion, request, progress))
+        return results.occlusion(self._analysis(self.stub.Occlusion, request, progress))
 
     def invariance(
         self, model: str | Path, images: Sequence[ImageLike], sweeps: Sequence[tuple[str, Sequence[float]]] = (),
@@ -487,7 +559,7 @@ class Client:
             layers=[layer_ref(x) for x in layers], border=_choice(BORDERS, border, "border"), fill=_choice(FILLS, fill, "fill"),
             true_classes=list(true_classes), max_batch=max_batch,
         )
-        return results.invariance(self._stream(self.stub.Invariance, request, progress))
+        return results.invariance(self._analysis(self.stub.Invariance, request, progress))
 
     def correspondence(
         self, model: str | Path, images: Sequence[ImageLike], parts: Sequence[str], boxes: Sequence[Sequence[tuple[int, int, int, int]]],
@@ -501,7 +573,93 @@ class Client:
             boxes=[pb.PartBoxes(boxes=[pb.Box(top=t, left=l, bottom=b, right=r) for t, l, b, r in image_boxes]) for image_boxes in boxes],
             random_trials=random_trials, seed=seed, layers=[layer_ref(x) for x in layers], fill=_choice(FILLS, fill, "fill"), max_batch=max_batch,
         )
-        return results.correspondence(self._stream(self.stub.Correspondence, request, progress))
+        return results.correspondence(self._analysis(self.stub.Correspondence, request, progress))
+
+    # -- data-set jobs ----------------------------------------------------------------------
+    def top_scan(
+        self, model: str | Path, dataset: Dataset, layers: Sequence[str | int], k: int = 9, by: str = "max",
+        channels: Sequence[int] | None = None, state: TopK | None = None, checkpoint_every: int = 0,
+        on_progress: OnProgress | None = None, on_checkpoint: Callable[[TopK], None] | None = None, method: str | None = None,
+    ) -> TopK:
+        """The first pass of a top-k job: the running top-``k`` of every channel over ``dataset``'s range.
+        With ``state`` (a checkpoint, or a shard's state), it reads only what the state has not read yet
+        and returns the merged state. ``on_checkpoint`` gets the state every ``checkpoint_every`` images.
+        Given the ``method`` of the reconstructions to come, the server refuses a layer it cannot project
+        before reading any image."""
+        if k <= 0:
+            raise errors.InvalidArgument(f"k must be positive, got {k}")
+        if by not in BY:
+            raise errors.InvalidArgument(f"unknown ranking {by!r}; choose one of {', '.join(BY)}")
+        if method is not None and method not in METHODS:
+            raise errors.InvalidArgument(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+        ranges = state.remaining(dataset.start, dataset.stop) if state is not None else [(dataset.start, dataset.stop)]
+        ref = self.model_ref(model)
+        for start, stop in ranges:
+            part = dataset.part(start, stop)
+            job = pb.TopJob(
+                model=ref, layers=[layer_ref(x) for x in layers], k=k, by=topk_proto.BY[by], channels=list(channels or []),
+                data=part.source, stage=pb.TOP_SCAN, checkpoint_every=checkpoint_every, method=METHODS.get(method or "", 0),
+                state=topk_proto.to_message(state) if state is not None else None,
+            )
+            final = None
+            for reply in self._job(self.stub.TopActivations, pb.TopRequest(job=job), part, lambda b: pb.TopRequest(batch=b)):
+                kind = reply.WhichOneof("part")
+                if kind == "progress" and on_progress is not None:
+                    on_progress(reply.progress)
+                elif kind == "checkpoint" and on_checkpoint is not None:
+                    on_checkpoint(topk_proto.from_message(reply.checkpoint))
+                elif kind == "state":
+                    final = topk_proto.from_message(reply.state)
+            if final is None:
+                raise errors.ZfnetError("the server ended the top-k scan without its final state")
+            state = final
+        return state
+
+    def top_reconstruct(
+        self, model: str | Path, dataset: Dataset, state: TopK, method: str = "deconvnet", on_progress: OnProgress | None = None,
+    ) -> TopResult:
+        """The second pass: every winner of ``state`` with its image, patch box and reconstruction."""
+        if method not in METHODS:
+            raise errors.InvalidArgument(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+        job = pb.TopJob(model=self.model_ref(model), data=dataset.source, stage=pb.TOP_RECONSTRUCT, method=METHODS[method], state=topk_proto.to_message(state))
+        images: dict[int, TopImage] = {}
+        entries = {layer: {int(c): [] for c in top.channels} for layer, top in state.layers.items()}
+        replies = self._job(self.stub.TopActivations, pb.TopRequest(job=job), dataset, lambda b: pb.TopRequest(batch=b), state.winner_indices())
+        for reply in replies:
+            kind = reply.WhichOneof("part")
+            if kind == "progress" and on_progress is not None:
+                on_progress(reply.progress)
+            elif kind == "image":
+                m = reply.image
+                label = dataset.classes[m.label] if 0 <= m.label < len(dataset.classes) else ""
+                images[m.index] = TopImage(m.index, m.path, label, from_proto(m.pixels).copy())
+            elif kind == "entry":
+                e = reply.entry
+                entries[e.layer][e.channel].append(TopEntry(
+                    e.layer, e.channel, e.rank, e.index, e.value, e.activation, tuple(e.location), _box(e.receptive_field), _box(e.patch),
+                    from_proto(e.reconstruction).copy(),
+                ))
+        for per_channel in entries.values():
+            for ranked in per_channel.values():
+                ranked.sort(key=lambda entry: entry.rank)
+        return TopResult(state, method, list(dataset.classes), images, entries)
+
+    def top(
+        self, model: str | Path, dataset: Dataset, layers: Sequence[str | int], k: int = 9, by: str = "max",
+        channels: Sequence[int] | None = None, method: str = "deconvnet", state: TopK | None = None,
+        on_progress: OnProgress | None = None, on_checkpoint: Callable[[TopK], None] | None = None, checkpoint_every: int = 0,
+    ) -> TopResult:
+        """Top-``k`` images per channel of ``layers`` over ``dataset`` and their reconstructions (Zeiler &
+        Fergus 2013, Fig. 2): :meth:`top_scan`, then :meth:`top_reconstruct`."""
+        state = self.top_scan(model, dataset, layers, k, by, channels, state, checkpoint_every, on_progress, on_checkpoint, method)
+        return self.top_reconstruct(model, dataset, state, method, on_progress)
+
+    def filters(self, model: str | Path, layer: str | int) -> Filters:
+        """The filters of a convolutional or fully connected layer (a number names its block)."""
+        reply = self._call(self.stub.GetFilters, pb.FiltersRequest(model=self.model_ref(model), layer=layer_ref(layer)))
+        bias = from_proto(reply.bias).copy() if reply.bias.shape else None
+        return Filters(reply.layer, reply.op, from_proto(reply.weights).copy(), bias, reply.channel_order)
+
 
 
 def _choice(table: dict[str, int], name: str, what: str) -> int:
@@ -557,6 +715,10 @@ def _external_length(folder: Path, tensor) -> int:
     if not location.is_file():
         raise errors.NotFound(f"external data file {location} of tensor {tensor.name!r} does not exist")
     return location.stat().st_size
+
+
+def _box(box: pb.Box) -> tuple[int, int, int, int]:
+    return (box.top, box.left, box.bottom, box.right)
 
 
 def _upload_parts(data: bytes, sha: str, name: str) -> Iterator[pb.UploadModelRequest]:

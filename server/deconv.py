@@ -86,6 +86,21 @@ def select(activation: np.ndarray, chosen: list[list[int]], mode: str) -> Select
     return Selection(image_index, np.asarray([c for _, c in rows], np.int64), values, locations, signal)
 
 
+def project(
+    proj: projection.Projection, session, forward: dict[str, np.ndarray], signal: np.ndarray, image_index: np.ndarray, pixel_shape: tuple[int, ...],
+) -> np.ndarray:
+    """Send ``signal`` rows (M, *layer shape) down the projection graph in chunks of CHUNK_ROWS; row m
+    belongs to image ``image_index[m]`` of the forward batch, whose tensors ``forward`` holds. (M, *pixel_shape)."""
+    feeds = {projection.FORWARD_PREFIX + name: forward[name] for name in proj.forward_tensors}
+    pixels = []
+    for start in range(0, len(signal), CHUNK_ROWS):
+        part = slice(start, start + CHUNK_ROWS)
+        feeds[projection.SIGNAL] = signal[part]
+        feeds[projection.IMAGE_INDEX] = image_index[part]
+        pixels.append(session.run([projection.RECONSTRUCTION], feeds)[0])
+    return np.concatenate(pixels) if pixels else np.zeros((0, *pixel_shape), np.float32)
+
+
 def reconstruct(model: LoadedModel, batch: np.ndarray, layer: str, channels: list[int] | None, top_k: int, mode: str, method: str) -> list[Reconstruction]:
     """Forward once, select, project in chunks; one Reconstruction per (image, channel)."""
     proj, proj_session = model.projection(layer, method)
@@ -95,14 +110,23 @@ def reconstruct(model: LoadedModel, batch: np.ndarray, layer: str, channels: lis
     forward = {model.input_name: batch, **dict(zip(names, model.session.run(names, {model.input_name: batch})))}
     activation = forward[layer]
     selection = select(activation, choose_channels(activation, channels, top_k), mode)
+    pixels = project(proj, proj_session, forward, selection.signal, selection.image_index, batch.shape[1:])
+    return _reconstructions(model, layer, mode, selection, pixels)
+
+
+def project(
+    proj: projection.Projection, session, forward: dict[str, np.ndarray], signal: np.ndarray, image_index: np.ndarray, pixel_shape: tuple[int, ...],
+) -> np.ndarray:
+    """Send ``signal`` rows (M, *layer shape) down the projection graph in chunks of CHUNK_ROWS; row m
+    belongs to image ``image_index[m]`` of the forward batch, whose tensors ``forward`` holds. (M, *pixel_shape)."""
     feeds = {projection.FORWARD_PREFIX + name: forward[name] for name in proj.forward_tensors}
     pixels = []
-    for start in range(0, len(selection.channel), CHUNK_ROWS):
+    for start in range(0, len(signal), CHUNK_ROWS):
         part = slice(start, start + CHUNK_ROWS)
-        feeds[projection.SIGNAL] = selection.signal[part]
-        feeds[projection.IMAGE_INDEX] = selection.image_index[part]
-        pixels.append(proj_session.run([projection.RECONSTRUCTION], feeds)[0])
-    return _reconstructions(model, layer, mode, selection, np.concatenate(pixels) if pixels else np.zeros((0, *batch.shape[1:]), np.float32))
+        feeds[projection.SIGNAL] = signal[part]
+        feeds[projection.IMAGE_INDEX] = image_index[part]
+        pixels.append(session.run([projection.RECONSTRUCTION], feeds)[0])
+    return np.concatenate(pixels) if pixels else np.zeros((0, *pixel_shape), np.float32)
 
 
 def _per_image(model: LoadedModel, proj: projection.Projection, proj_session, batch: np.ndarray, layer: str,

@@ -6,15 +6,15 @@ of the server's memory budget (``admit``); see :mod:`zfnet.server.admission`.
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterator
 from contextlib import AbstractContextManager
 
 import numpy as np
 
 from zfnet.errors import InvalidArgument, ResourceExhausted
-from zfnet.server import deconv
+from zfnet.server import deconv, filters, top
 from zfnet.server.admission import Estimate, admitted, check_reply
-from zfnet.server.datasets import DatasetStore
+from zfnet.server.datasets import DatasetStore, Source
 from zfnet.server.images import MAX_IMAGE_PIXELS, ImageInput, inspect, to_batch
 from zfnet.server.layers import Layer, resolve
 from zfnet.server.models import PROJECTION_BUILD_FACTOR, LoadedModel, ModelStore
@@ -120,3 +120,11 @@ class Engine:
         )
         with self.admit(model, estimate, model.projection_key(row.name, method)):
             return row, deconv.reconstruct(model, self.batch(model, images), row.name, channels, top_k, mode, method)
+
+    def top(self, model: LoadedModel, source: Source, **job) -> Iterator:
+        """A top-k job over a data set (see :func:`zfnet.server.top.job`): progress, checkpoints, results."""
+        return top.job(model, source, **job)
+
+    def filters(self, model: LoadedModel, layer: str | int) -> filters.Filters:
+        """The filters of a convolutional or fully connected layer."""
+        return filters.find(model, layer)

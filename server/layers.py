@@ -123,18 +123,22 @@ class ReceptiveFields:
         self._index = _index(model)
         self._cache: dict[tuple, tuple[int, int, int, int]] = {}
 
-    def box(self, layer: str, location: tuple[int, ...] | None, channel: int | None = None) -> tuple[int, int, int, int]:
+    def box(self, layer: str, location: tuple[int, ...] | None, channel: int | None = None, clip: bool = True) -> tuple[int, int, int, int]:
         """The input box (top, left, bottom, right; bottom/right exclusive) that can affect ``layer``
-        at spatial ``location`` (None: the whole map) of ``channel`` (None: every channel)."""
-        key = (layer, None if location is None else tuple(location), channel)
+        at spatial ``location`` (None: the whole map) of ``channel`` (None: every channel). With
+        ``clip=False`` the box is not cut at the image's (and every tensor's) border: the whole field,
+        as if the padding went on forever (the paper shows border patches padded with grey); a unit
+        without a spatial location (fully connected) sees the image, clipped."""
+        clip = clip or not location
+        key = (layer, None if location is None else tuple(location), channel, clip)
         if key not in self._cache:
             rank = len(self._index.shape(layer) or [])
             spatial = [None] * (rank - 2) if location is None else [(p, p) for p in location]
             start = (None, None if channel is None else (channel, channel), *spatial)[:rank]
-            self._cache[key] = self._compute(layer, start)
+            self._cache[key] = self._compute(layer, start, clip)
         return self._cache[key]
 
-    def _compute(self, layer: str, start: Span) -> tuple[int, int, int, int]:
+    def _compute(self, layer: str, start: Span, clip: bool) -> tuple[int, int, int, int]:
         index = projection.index_for(self._index, layer)[0]  # as the projection sees the graph
         image = index.image
         spans: dict[str, Span] = {layer: start}
@@ -148,7 +152,8 @@ class ReceptiveFields:
             for i, name in enumerate(node.input):
                 if not name or name not in index.live:
                     continue
-                span = _clip(rule.field(index, node, outgoing, i), index.shape(name) or [])
+                span = rule.field(index, node, outgoing, i)
+                span = _clip(span, index.shape(name) or []) if clip else span
                 if span is not None:
                     spans[name] = union([spans.get(name), span])
         box = spans.get(image)

@@ -11,8 +11,9 @@ from contextlib import contextmanager
 import grpc
 import numpy as np
 
+from zfnet import topk_proto
 from zfnet.errors import InvalidArgument, NotFound, ResourceExhausted, ZfnetError
-from zfnet.server import admission, correspondence, datasets, invariance, occlusion, runtime
+from zfnet.server import admission, correspondence, datasets, invariance, occlusion, runtime, top
 from zfnet.server.engine import Engine
 from zfnet.server.images import ImageInput
 from zfnet.server.layers import resolve
@@ -321,6 +322,37 @@ class ZfnetServicer(zfnet_pb2_grpc.ZfnetServicer):
         yield pb.CorrespondenceReply(result=correspondence_result(result, images))
 
 
+    @_status
+    def TopActivations(self, request_iterator: Iterator[pb.TopRequest], context) -> Iterator[pb.TopReply]:
+        first = next(request_iterator, None)
+        if first is None or first.WhichOneof("part") != "job":
+            raise InvalidArgument("TopActivations: the first request must be the TopJob", field="job", reason="STREAM_OUT_OF_ORDER")
+        job = first.job
+        with within("model", "job.model"):
+            model = self._model(job.model)
+        method = enum_choice(METHODS, job.method, "job.method", pb.DeconvMethod)
+        stage = enum_choice(TOP_STAGES, job.stage, "job.stage", pb.TopStage)
+        by = enum_choice(topk_proto.BY_NAME, job.by, "job.by", pb.TopBy)
+        method = method if job.method != pb.DECONV_METHOD_UNSPECIFIED else None  # a scan given a method checks it can project
+        if job.k < 0:
+            raise InvalidArgument(f"k must be positive (0 or unset means 9), got {job.k}", field="job.k", reason="VALUE_OUT_OF_RANGE")
+        source = data_source(self.engine, job.data, request_iterator)
+        events = self.engine.top(
+            model, source, data=topk_proto.data_name(job.data), layers=[layer_ref(r) for r in job.layers], channels=list(job.channels) or None,
+            k=job.k or 9, by=by, method=method, stage=stage,
+            state=topk_proto.from_message(job.state) if job.HasField("state") else None, checkpoint_every=job.checkpoint_every,
+        )
+        for event in events:
+            yield top_reply(event)
+
+    @_status
+    def GetFilters(self, request: pb.FiltersRequest, context) -> pb.FiltersResponse:
+        model = self._model(request.model)
+        found = self.engine.filters(model, layer_ref(request.layer))
+        bias = to_proto(found.bias) if found.bias is not None else pb.Tensor(dtype=pb.FLOAT32)
+        return pb.FiltersResponse(layer=found.layer, op=found.op, weights=to_proto(found.weights), bias=bias, channel_order=found.channel_order)
+
+
 # ---- perturbation analyses: engine results -> messages ---------------------------------------
 
 
@@ -395,3 +427,23 @@ def correspondence_result(result: correspondence.Correspondence, images: list[Im
             for s in result.scores
         ],
     )
+TOP_STAGES = {pb.TOP_STAGE_UNSPECIFIED: "all", pb.TOP_ALL: "all", pb.TOP_SCAN: "scan", pb.TOP_RECONSTRUCT: "reconstruct"}
+
+
+def _box(box: tuple[int, int, int, int]) -> pb.Box:
+    return pb.Box(top=box[0], left=box[1], bottom=box[2], right=box[3])
+
+
+def top_reply(event) -> pb.TopReply:
+    """One event of a top-k job -> its reply."""
+    if isinstance(event, top.Progress):
+        return pb.TopReply(progress=progress(event.stage, event.done, event.total, event.skipped))
+    if isinstance(event, top.Checkpoint):
+        state = topk_proto.to_message(event.state)
+        return pb.TopReply(state=state) if event.final else pb.TopReply(checkpoint=state)
+    if isinstance(event, top.WinnerImage):
+        return pb.TopReply(image=pb.TopImage(index=event.index, path=event.path, label=event.label, pixels=to_proto(event.pixels)))
+    return pb.TopReply(entry=pb.TopEntry(
+        layer=event.layer, channel=event.channel, rank=event.rank, index=event.index, value=event.value, activation=event.activation,
+        location=list(event.location), receptive_field=_box(event.receptive_field), patch=_box(event.patch), reconstruction=to_proto(event.reconstruction),
+    ))

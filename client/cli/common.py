@@ -80,3 +80,21 @@ def connection_options(
 ) -> None:
     """How every command reaches a --server: TLS and a bearer token (given before the command)."""
     api.cli_connection = Connection(token or None, tls, tls_ca, tls_cert, tls_key)
+
+
+def parse_ranges(text: str | None, what: str) -> list[int]:
+    """``"0-15,20"`` -> ``[0, 1, ..., 15, 20]`` (inclusive ranges); a clear error for anything else."""
+    out: list[int] = []
+    for part in (text or "").split(","):
+        part = part.strip()
+        if not part:
+            continue
+        low, _, high = part.partition("-")
+        try:
+            first, last = int(low), int(high) if high else int(low)
+        except ValueError:
+            raise InvalidArgument(f"{what} must be numbers or ranges like 0-15,20; got {text!r}") from None
+        if first > last:
+            raise InvalidArgument(f"{what}: the range {part} is empty")
+        out.extend(range(first, last + 1))
+    return list(dict.fromkeys(out))

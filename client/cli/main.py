@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from zfnet.client.cli import activations, common, convert_caffe, convert_torch, deconv, evaluate, layers, mean, predict, train
+from zfnet.client.cli import activations, common, convert_caffe, convert_torch, deconv, evaluate, filters, layers, mean, predict, top, train
 from zfnet.client.cli import correspondence, invariance, occlusion
 from zfnet.edge import edge
 from zfnet.server import app as server_app
@@ -30,6 +30,8 @@ app.command("mean")(edge(mean.command))
 app.command("occlusion")(edge(occlusion.command))
 app.command("invariance")(edge(invariance.command))
 app.command("correspondence")(edge(correspondence.command))
+app.command("top")(edge(top.command))
+app.command("filters")(edge(filters.command))
 
 
 def main() -> None:
