@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from zfnet.errors import InvalidArgument, ResourceExhausted
-from zfnet.server import projection
+from zfnet.server import projection, runtime
 from zfnet.server.models import LoadedModel
 
 MODES = ("max", "map")
@@ -86,28 +86,13 @@ def select(activation: np.ndarray, chosen: list[list[int]], mode: str) -> Select
     return Selection(image_index, np.asarray([c for _, c in rows], np.int64), values, locations, signal)
 
 
-def project(
-    proj: projection.Projection, session, forward: dict[str, np.ndarray], signal: np.ndarray, image_index: np.ndarray, pixel_shape: tuple[int, ...],
-) -> np.ndarray:
-    """Send ``signal`` rows (M, *layer shape) down the projection graph in chunks of CHUNK_ROWS; row m
-    belongs to image ``image_index[m]`` of the forward batch, whose tensors ``forward`` holds. (M, *pixel_shape)."""
-    feeds = {projection.FORWARD_PREFIX + name: forward[name] for name in proj.forward_tensors}
-    pixels = []
-    for start in range(0, len(signal), CHUNK_ROWS):
-        part = slice(start, start + CHUNK_ROWS)
-        feeds[projection.SIGNAL] = signal[part]
-        feeds[projection.IMAGE_INDEX] = image_index[part]
-        pixels.append(session.run([projection.RECONSTRUCTION], feeds)[0])
-    return np.concatenate(pixels) if pixels else np.zeros((0, *pixel_shape), np.float32)
-
-
 def reconstruct(model: LoadedModel, batch: np.ndarray, layer: str, channels: list[int] | None, top_k: int, mode: str, method: str) -> list[Reconstruction]:
     """Forward once, select, project in chunks; one Reconstruction per (image, channel)."""
     proj, proj_session = model.projection(layer, method)
     if proj.per_image:
         return _per_image(model, proj, proj_session, batch, layer, channels, top_k, mode)
     names = _fetched(model, proj, layer)
-    forward = {model.input_name: batch, **dict(zip(names, model.session.run(names, {model.input_name: batch})))}
+    forward = {model.input_name: batch, **runtime.run(model.session, names, {model.input_name: batch}, host=[layer])}
     activation = forward[layer]
     selection = select(activation, choose_channels(activation, channels, top_k), mode)
     pixels = project(proj, proj_session, forward, selection.signal, selection.image_index, batch.shape[1:])
@@ -125,7 +110,7 @@ def project(
         part = slice(start, start + CHUNK_ROWS)
         feeds[projection.SIGNAL] = signal[part]
         feeds[projection.IMAGE_INDEX] = image_index[part]
-        pixels.append(session.run([projection.RECONSTRUCTION], feeds)[0])
+        pixels.append(runtime.run(session, [projection.RECONSTRUCTION], feeds)[projection.RECONSTRUCTION])
     return np.concatenate(pixels) if pixels else np.zeros((0, *pixel_shape), np.float32)
 
 
