@@ -260,8 +260,11 @@ def _read_pem(path: Path | None, what: str) -> bytes | None:
 
 
 def _is_local(target: str) -> bool:
-    host = target.removeprefix("dns:///").removeprefix("ipv4:").removeprefix("ipv6:").rpartition(":")[0].strip("[]")
-    return target.startswith("unix") or host in ("localhost", "127.0.0.1", "::1")
+    """Whether every address of ``target`` (one, a list, or a ``dns:``/``ipv4:`` target) is this machine."""
+    if target.startswith("unix"):
+        return True
+    addresses = target.removeprefix("dns:///").removeprefix("ipv4:").removeprefix("ipv6:").split(",")
+    return all(a.strip().rpartition(":")[0].strip("[]") in ("localhost", "127.0.0.1", "::1") for a in addresses)
 
 
 class _Details(collections.namedtuple("_Details", "method timeout metadata credentials wait_for_ready compression"), grpc.ClientCallDetails):
@@ -440,7 +443,7 @@ class Client:
         reached = 0
         for address in replicas.addresses(self.target):
             if address not in self._replicas:
-                channel = self.connection.channel(address)
+                channel = self.connection.channel(address, replicas.name_override(self.target) if self.connection.secure else ())
                 self._replicas[address] = (channel, zfnet_pb2_grpc.ZfnetStub(channel))
             stub = self._replicas[address][1]
             try:

@@ -80,6 +80,13 @@ def channel_target(target: str) -> str:
     return f"ipv{families.pop()}:" + ",".join(ips)
 
 
+def name_override(target: str) -> list[tuple[str, str]]:
+    """For TLS to one replica by its IP: check the certificate against the DNS name of a ``dns:`` target."""
+    if not target.startswith("dns:"):
+        return []
+    return [("grpc.ssl_target_name_override", _split(target.removeprefix("dns:").lstrip("/").rpartition("/")[2])[0])]
+
+
 def addresses(target: str) -> list[str]:
     """Each replica's own address (``ip:port``): the list's, or what the DNS name resolves to now."""
     if target.startswith("dns:"):

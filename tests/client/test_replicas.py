@@ -143,3 +143,23 @@ def test_300_deconvs_over_3_replicas_one_killed_mid_run_none_fail(reference_onnx
     finally:
         for s in servers:
             s.stop()
+
+
+def test_a_replica_reporting_not_serving_leaves_the_rotation(two_servers, reference_onnx: Path, sample_images) -> None:
+    from grpc_health.v1 import health_pb2
+
+    target = ",".join(f"127.0.0.1:{r.port}" for r in two_servers)
+    with Client(target) as client:
+        client.ensure_model(reference_onnx)
+        two_servers[1].health.set("zfnet.v1.Zfnet", health_pb2.HealthCheckResponse.NOT_SERVING)  # draining
+        before = [r.metrics.count("Predict") for r in two_servers]
+        for _ in range(8):
+            client.predict(reference_onnx, sample_images[:1])
+        after = [r.metrics.count("Predict") for r in two_servers]
+    assert after[1] == before[1], "a NOT_SERVING replica still got calls: health checking is off"
+    assert after[0] - before[0] == 8
+
+
+def test_tls_to_one_replica_by_ip_checks_the_service_name() -> None:
+    assert replicas.name_override("dns:///zfnet.default.svc:50051") == [("grpc.ssl_target_name_override", "zfnet.default.svc")]
+    assert replicas.name_override("10.0.0.1:1,10.0.0.2:1") == []
