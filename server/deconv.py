@@ -114,21 +114,6 @@ def reconstruct(model: LoadedModel, batch: np.ndarray, layer: str, channels: lis
     return _reconstructions(model, layer, mode, selection, pixels)
 
 
-def project(
-    proj: projection.Projection, session, forward: dict[str, np.ndarray], signal: np.ndarray, image_index: np.ndarray, pixel_shape: tuple[int, ...],
-) -> np.ndarray:
-    """Send ``signal`` rows (M, *layer shape) down the projection graph in chunks of CHUNK_ROWS; row m
-    belongs to image ``image_index[m]`` of the forward batch, whose tensors ``forward`` holds. (M, *pixel_shape)."""
-    feeds = {projection.FORWARD_PREFIX + name: forward[name] for name in proj.forward_tensors}
-    pixels = []
-    for start in range(0, len(signal), CHUNK_ROWS):
-        part = slice(start, start + CHUNK_ROWS)
-        feeds[projection.SIGNAL] = signal[part]
-        feeds[projection.IMAGE_INDEX] = image_index[part]
-        pixels.append(session.run([projection.RECONSTRUCTION], feeds)[0])
-    return np.concatenate(pixels) if pixels else np.zeros((0, *pixel_shape), np.float32)
-
-
 def _per_image(model: LoadedModel, proj: projection.Projection, proj_session, batch: np.ndarray, layer: str,
                channels: list[int] | None, top_k: int, mode: str) -> list[Reconstruction]:
     """For a model whose graph merges the batch axis away: each image alone, its forward pass and then
