@@ -38,7 +38,9 @@ $(STAMP): pyproject.toml $(STUBS) $(CAFFE_STUBS)
 
 demo: install
 	$(VENV)/bin/zfclient deconv --model $(MODEL) --layer 4 --top 9 --out out/demo $(foreach f,$(DEMO_IMAGES),--image $(f))
-	@echo "demo: deconv reconstructions of layer 4 (one labelled grid per image) are in out/demo/"
+	$(VENV)/bin/zfclient top --model $(MODEL) --layer 1 --layer 5 --data $(SAMPLES) --out out/demo/top
+	@echo "demo: deconv reconstructions of layer 4 (one labelled grid per image) are in out/demo/;"
+	@echo "      the top-9 of every feature map of layers 1 and 5 over the 200 bundled images: open out/demo/top/index.html"
 
 test: install node-deps browser
 	$(VENV)/bin/pytest -q

@@ -13,15 +13,8 @@ import numpy as np  # noqa: E402
 from matplotlib import colors  # noqa: E402
 from matplotlib.patches import Patch, Rectangle  # noqa: E402
 
-from zfnet.client.render import for_display  # noqa: E402
+from zfnet.client.render import for_display, save_figure  # noqa: E402
 from zfnet.client.results import CorrespondenceResult, InvarianceResult, OcclusionMaps, OcclusionResult, class_name  # noqa: E402
-
-def _save(fig: plt.Figure, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, bbox_inches="tight")
-    plt.close(fig)
-    return path
-
 
 # ---- occlusion -------------------------------------------------------------------------------
 
@@ -94,7 +87,7 @@ def occlusion_sheet(image: np.ndarray, result: OcclusionResult, maps: OcclusionM
     ax.legend(handles=[Patch(color=palette(k % palette.N), label=class_name(result.classes, k)) for k in present],
               fontsize=6, loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0)
     fig.suptitle(title, fontsize=9, y=1.06)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # ---- invariance ------------------------------------------------------------------------------
@@ -128,7 +121,7 @@ def invariance_grid(result: InvarianceResult, title: str, path: Path) -> Path:
     fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(6, len(labels)), fontsize=7)
     fig.suptitle(f"{title}\n{border}; legend: image: true class", fontsize=8)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # ---- correspondence --------------------------------------------------------------------------
@@ -156,7 +149,7 @@ def correspondence_bars(result: CorrespondenceResult, title: str, path: Path) ->
     axes[0, -1].legend(fontsize=6, loc="lower right")
     fig.suptitle(f"{title}\nlower = the masked part changes the features the same way in every image; fill {result.fill.describe()}", fontsize=8)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def part_boxes(images: list[np.ndarray], labels: list[str], parts: list[str], boxes: list[list[tuple[int, int, int, int]]], title: str, path: Path) -> Path:
@@ -172,4 +165,4 @@ def part_boxes(images: list[np.ndarray], labels: list[str], parts: list[str], bo
     fig.legend(handles=[Patch(edgecolor=palette(p % 10), fill=False, label=part) for p, part in enumerate(parts)],
                loc="lower center", ncol=len(parts), fontsize=7, bbox_to_anchor=(0.5, 0.0))
     fig.suptitle(title, fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)

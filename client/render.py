@@ -15,6 +15,14 @@ from zfnet.client.api import DeconvResult, Reconstruction  # noqa: E402
 from zfnet.errors import InvalidArgument  # noqa: E402
 
 
+def save_figure(fig: plt.Figure, path: Path) -> Path:
+    """Write ``fig`` to ``path`` (its folder made), close it, return the path."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
 def for_display(pixels: np.ndarray) -> np.ndarray:
     """(C, H, W) reconstruction -> (H, W, 3) uint8: zero at mid-grey, scaled by the largest magnitude
     (Zeiler & Fergus show each reconstruction contrast-normalised on its own)."""
@@ -62,10 +70,7 @@ def deconv_grid(image: np.ndarray, title: str, items: list[Reconstruction], path
             ax.set_title(label, fontsize=7, pad=2)
             ax.axis("off")
     fig.suptitle(title, fontsize=9)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def write_deconv(result: DeconvResult, images: list[np.ndarray], names: list[str], out: Path, raw: bool = False) -> list[Path]:
@@ -97,10 +102,7 @@ def feature_map_tiles(activation: np.ndarray, title: str, path: Path, columns: i
             ax.imshow(fmap, cmap="viridis", vmin=float(fmap.min()), vmax=float(fmap.max()) or 1.0, interpolation="nearest")
             ax.set_title(str(k), fontsize=6, pad=1)
     fig.suptitle(title, fontsize=9)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 NORMALISE = ("sheet", "filter")
@@ -145,7 +147,4 @@ def filters_figure(tiles: np.ndarray, title: str, path: Path) -> Path:
     ax.imshow(tiles, cmap="gray" if tiles.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
     ax.axis("off")
     ax.set_title(title, fontsize=9)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -219,7 +219,7 @@ class DatasetStore:
     def folder(self, name: str) -> imagefolder.ImageFolder:
         """The scanned file list of data set ``name`` (scanned once)."""
         if name not in self._folders:
-            known = ", ".join(self.names()) or "none (start zfserver with --data-dir)"
+            known = ", ".join(self.names()) or "none (this server was started without a data directory)"
             raise NotFound(f"no data set named {name!r} on this server; it has: {known}", reason="DATASET_NOT_FOUND", resource=("dataset", name))
         if name not in self._scanned:
             self._scanned[name] = imagefolder.scan(self._folders[name])

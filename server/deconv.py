@@ -86,19 +86,6 @@ def select(activation: np.ndarray, chosen: list[list[int]], mode: str) -> Select
     return Selection(image_index, np.asarray([c for _, c in rows], np.int64), values, locations, signal)
 
 
-def reconstruct(model: LoadedModel, batch: np.ndarray, layer: str, channels: list[int] | None, top_k: int, mode: str, method: str) -> list[Reconstruction]:
-    """Forward once, select, project in chunks; one Reconstruction per (image, channel)."""
-    proj, proj_session = model.projection(layer, method)
-    if proj.per_image:
-        return _per_image(model, proj, proj_session, batch, layer, channels, top_k, mode)
-    names = _fetched(model, proj, layer)
-    forward = {model.input_name: batch, **runtime.run(model.session, names, {model.input_name: batch}, host=[layer])}
-    activation = forward[layer]
-    selection = select(activation, choose_channels(activation, channels, top_k), mode)
-    pixels = project(proj, proj_session, forward, selection.signal, selection.image_index, batch.shape[1:])
-    return _reconstructions(model, layer, mode, selection, pixels)
-
-
 def project(
     proj: projection.Projection, session, forward: dict[str, np.ndarray], signal: np.ndarray, image_index: np.ndarray, pixel_shape: tuple[int, ...],
 ) -> np.ndarray:
@@ -112,6 +99,19 @@ def project(
         feeds[projection.IMAGE_INDEX] = image_index[part]
         pixels.append(runtime.run(session, [projection.RECONSTRUCTION], feeds)[projection.RECONSTRUCTION])
     return np.concatenate(pixels) if pixels else np.zeros((0, *pixel_shape), np.float32)
+
+
+def reconstruct(model: LoadedModel, batch: np.ndarray, layer: str, channels: list[int] | None, top_k: int, mode: str, method: str) -> list[Reconstruction]:
+    """Forward once, select, project in chunks; one Reconstruction per (image, channel)."""
+    proj, proj_session = model.projection(layer, method)
+    if proj.per_image:
+        return _per_image(model, proj, proj_session, batch, layer, channels, top_k, mode)
+    names = _fetched(model, proj, layer)
+    forward = {model.input_name: batch, **runtime.run(model.session, names, {model.input_name: batch}, host=[layer])}
+    activation = forward[layer]
+    selection = select(activation, choose_channels(activation, channels, top_k), mode)
+    pixels = project(proj, proj_session, forward, selection.signal, selection.image_index, batch.shape[1:])
+    return _reconstructions(model, layer, mode, selection, pixels)
 
 
 def _per_image(model: LoadedModel, proj: projection.Projection, proj_session, batch: np.ndarray, layer: str,

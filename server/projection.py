@@ -114,7 +114,7 @@ class Builder:
         if dims is None and name not in self.index.live and self.index.constant(name) is not None:
             dims = list(self.index.constant(name).shape)
         if dims is None:
-            raise FailedPrecondition(f"the shape of tensor {name!r} is unknown; was the model exposed?")
+            raise FailedPrecondition(f"the shape of tensor {name!r} is unknown: shape inference could not fix it (export the model with static input dimensions)")
         batch = self.batch_axis(name)
         if name in self.index.live and batch is None and not self.per_image:
             raise self.refuse(f"tensor {name!r} no longer has a batch axis (an op merged it with another); "
