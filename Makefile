@@ -12,7 +12,7 @@ SAMPLES := samples/cifar10
 DEMO_IMAGES := $(sort $(wildcard $(SAMPLES)/*/0000.jpg))
 NODE_EXAMPLE := examples/node
 
-.PHONY: install demo test bench bench-startup soak train clean node-deps browser
+.PHONY: install demo test bench bench-startup bench-ray bench-gpu soak train clean node-deps browser
 
 install: $(STAMP)
 
@@ -77,6 +77,14 @@ soak: install
 # zfclient --help, and an in-process call's model preparation with an empty and a warm cache
 bench-startup: install
 	$(PY) bench/startup_bench.py
+
+# Top-9 on a local Ray with 1 and 2 workers against the single-process job (README, "Data-set jobs on Ray").
+bench-ray: install
+	$(PY) bench/ray_bench.py
+
+# On a machine with an NVIDIA GPU: the GPU tests and benchmarks, out/gpu.json (README, "GPU fast path").
+bench-gpu: install
+	bash bench/gpu.sh
 
 # Retrain the bundled reference model (about 30 minutes on 2 CPU cores) and re-export it.
 train: install

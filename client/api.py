@@ -23,7 +23,7 @@ import grpc
 import numpy as np
 
 from zfnet import errors, imagefolder, status, topk_proto
-from zfnet.client import results
+from zfnet.client import replicas, results
 from zfnet.client.results import BORDERS, FILLS, TRANSFORMS
 from zfnet.tensors import CHANNEL_OPTIONS, MAX_MESSAGE_BYTES, from_proto, to_proto
 from zfnet.topk import BY, TopK
@@ -41,6 +41,7 @@ STREAM_IMAGES = 128  # images per ImageBatch message when the client streams a d
 DECONV_BATCH = 32  # images per Deconv request when the client splits a long list
 DECONV_ROWS = 1024  # reconstructions per Deconv request at most (the server takes up to 4096)
 PROTOBUF_LIMIT = 2 << 30  # bytes: the most one protobuf message (one ONNX model) can hold
+REPLICA_CHECK_S = 10.0  # seconds a replica gets to answer HasModel before it counts as unreachable
 _CODES = {
     grpc.StatusCode.INVALID_ARGUMENT: errors.InvalidArgument,
     grpc.StatusCode.NOT_FOUND: errors.NotFound,
@@ -229,17 +230,17 @@ class Connection:
     def secure(self) -> bool:
         return self.tls or self.tls_ca is not None or self.tls_cert is not None
 
-    def channel(self, target: str) -> grpc.Channel:
-        """A channel to ``target`` with these settings (the token rides on every call)."""
+    def channel(self, target: str, options: Sequence[tuple[str, object]] = ()) -> grpc.Channel:
+        """A channel to ``target`` with these settings and extra channel ``options`` (the token rides on every call)."""
         if self.secure:
             if (self.tls_cert is None) != (self.tls_key is None):
                 raise errors.InvalidArgument("a client certificate (--tls-cert) and its key (--tls-key) go together")
             credentials = grpc.ssl_channel_credentials(
                 _read_pem(self.tls_ca, "--tls-ca"), _read_pem(self.tls_key, "--tls-key"), _read_pem(self.tls_cert, "--tls-cert"),
             )
-            channel = grpc.secure_channel(target, credentials, options=CHANNEL_OPTIONS)
+            channel = grpc.secure_channel(target, credentials, options=[*CHANNEL_OPTIONS, *options])
         else:
-            channel = grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
+            channel = grpc.insecure_channel(target, options=[*CHANNEL_OPTIONS, *options])
         if not self.token:
             return channel
         if not self.token.isascii() or not self.token.isprintable() or " " in self.token:
@@ -259,8 +260,11 @@ def _read_pem(path: Path | None, what: str) -> bytes | None:
 
 
 def _is_local(target: str) -> bool:
-    host = target.removeprefix("dns:///").removeprefix("ipv4:").removeprefix("ipv6:").rpartition(":")[0].strip("[]")
-    return target.startswith("unix") or host in ("localhost", "127.0.0.1", "::1")
+    """Whether every address of ``target`` (one, a list, or a ``dns:``/``ipv4:`` target) is this machine."""
+    if target.startswith("unix"):
+        return True
+    addresses = target.removeprefix("dns:///").removeprefix("ipv4:").removeprefix("ipv6:").split(",")
+    return all(a.strip().rpartition(":")[0].strip("[]") in ("localhost", "127.0.0.1", "::1") for a in addresses)
 
 
 class _Details(collections.namedtuple("_Details", "method timeout metadata credentials wait_for_ready compression"), grpc.ClientCallDetails):
@@ -295,8 +299,9 @@ cli_connection: Connection | None = None
 
 class Client:
     """Talks to a zfnet server at ``target`` (``host:port``, ``unix:/path``), ``$ZFNET_SERVER``, or one
-    started in-process on a private Unix socket. ``connection`` (TLS, token) defaults to the
-    environment; keyword arguments override single fields of it."""
+    started in-process on a private Unix socket; or to several replicas, ``dns:///host:port`` or
+    ``host1:port,host2:port``, balanced per call (:mod:`zfnet.client.replicas`). ``connection`` (TLS,
+    token) defaults to the environment; keyword arguments override single fields of it."""
 
     def __init__(self, target: str | None = None, connection: Connection | None = None, **overrides) -> None:
         target = target or os.environ.get(SERVER_ENV) or None
@@ -309,9 +314,14 @@ class Client:
             connection = connection or cli_connection or Connection.from_env()
         self.connection = replace(connection, **overrides)
         self.target = target
-        self._channel = self.connection.channel(target)
+        balanced = replicas.is_replicated(target)
+        if balanced:
+            self._channel = self.connection.channel(replicas.channel_target(target), replicas.channel_options())
+        else:
+            self._channel = self.connection.channel(target)
         self.stub = zfnet_pb2_grpc.ZfnetStub(self._channel)
         self._uploaded: dict[Path, str] = {}
+        self._replicas: dict[str, tuple[grpc.Channel, zfnet_pb2_grpc.ZfnetStub]] | None = {} if balanced else None
 
     def _start_in_process(self) -> str:
         """Serve in this process on a Unix socket in a fresh 0700 directory; the target."""
@@ -329,6 +339,8 @@ class Client:
 
     def close(self) -> None:
         self._channel.close()
+        for channel, _ in (self._replicas or {}).values():
+            channel.close()
         if self._server is not None:
             self._server.stop(grace=None)
             self._server = None
@@ -362,7 +374,7 @@ class Client:
         if not isinstance(ref, pb.ModelRef) or not ref.sha256:
             return False
         path = next((p for p, sha in self._uploaded.items() if sha == ref.sha256), None)
-        if path is None or self._call(self.stub.HasModel, pb.ModelRef(sha256=ref.sha256)).present:
+        if path is None or (self._replicas is None and self._call(self.stub.HasModel, pb.ModelRef(sha256=ref.sha256)).present):
             return False
         del self._uploaded[path]
         if self.ensure_model(path) != ref.sha256:
@@ -417,10 +429,32 @@ class Client:
             raise errors.NotFound(f"model {path} does not exist")
         data = model_bytes(path)
         sha = hashlib.sha256(data).hexdigest()
-        if not self._call(self.stub.HasModel, pb.ModelRef(sha256=sha)).present:
+        if self._replicas is not None:
+            self._upload_to_replicas(data, sha, path.stem)
+        elif not self._call(self.stub.HasModel, pb.ModelRef(sha256=sha)).present:
             self._call(self.stub.UploadModel, _upload_parts(data, sha, path.stem))
         self._uploaded[path] = sha
         return sha
+
+    def _upload_to_replicas(self, data: bytes, sha: str, name: str) -> None:
+        """Upload a model to every replica that lacks it, each over its own channel (a balanced call
+        cannot choose its replica). A replica that cannot be reached is skipped: should it come back
+        without the model, its NOT_FOUND brings the model to it (:meth:`_upload_again`)."""
+        reached = 0
+        for address in replicas.addresses(self.target):
+            if address not in self._replicas:
+                channel = self.connection.channel(address, replicas.name_override(self.target) if self.connection.secure else ())
+                self._replicas[address] = (channel, zfnet_pb2_grpc.ZfnetStub(channel))
+            stub = self._replicas[address][1]
+            try:
+                if not stub.HasModel(pb.ModelRef(sha256=sha), timeout=REPLICA_CHECK_S).present:
+                    stub.UploadModel(_upload_parts(data, sha, name), timeout=600)
+                reached += 1
+            except grpc.RpcError as err:
+                if err.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                    raise self._error(err) from None
+        if not reached:
+            raise errors.Unavailable(f"cannot reach any zfnet replica of {self.target}")
 
     def model_info(self, model: str | Path) -> pb.ModelInfo:
         return self._call(self.stub.GetModelInfo, self.model_ref(model))

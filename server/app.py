@@ -20,6 +20,7 @@ from zfnet.edge import edge
 from zfnet.errors import InvalidArgument
 from zfnet.server import reflection
 from zfnet.server.admission import DEFAULT_FRACTION, MAX_INPUT_PIXELS, MemoryBudget, fmt_bytes, limit_malloc_arenas, machine_memory, parse_bytes
+from zfnet.server.metrics import Metrics
 from zfnet.server.security import Tls, TokenAuth, check_exposure, read_tokens, server_credentials
 from zfnet.tensors import CHANNEL_OPTIONS
 from zfnet.v1 import zfnet_pb2, zfnet_pb2_grpc
@@ -52,6 +53,8 @@ class Running:
     port: int  # the bound TCP port (1 for a Unix socket)
     engine: Engine
     health: Health
+    metrics: Metrics
+    metrics_port: int | None = None  # where /metrics is served, when it is
 
     def shutdown(self, grace: float) -> None:
         """Health NOT_SERVING, no new calls, in-flight calls get ``grace`` seconds, then stop."""
@@ -59,15 +62,17 @@ class Running:
         stopped = self.server.stop(grace)
         self.health.end_watches()
         stopped.wait()
+        self.metrics.close()
 
 
 def start(
     address: str = "127.0.0.1:0", model_dir: Path | None = None, max_model_mb: int = 2048, workers: int = 8, data_dir: Path | None = None,
     *, max_memory: int | None = None, max_input_pixels: int = MAX_INPUT_PIXELS, tls: Tls | None = None, tokens: Sequence[str] = (),
-    insecure: bool = False,
+    insecure: bool = False, metrics_port: int | None = None,
 ) -> Running:
     """Start a server with the zfnet, health and reflection services on ``address`` (``host:port``
-    or ``unix:/path``); off-host addresses need TLS and tokens unless ``insecure``."""
+    or ``unix:/path``); off-host addresses need TLS and tokens unless ``insecure``. ``metrics_port``
+    (0: any free port) serves Prometheus metrics on the same host (see :mod:`zfnet.server.metrics`)."""
     check_exposure(address, tls, tokens, insecure)
     credentials = server_credentials(tls) if tls else None
     from zfnet.server import runtime  # onnxruntime, onnx and the rules load with the server, not with every CLI command
@@ -79,7 +84,8 @@ def start(
     budget = MemoryBudget.for_process(max_memory)
     engine = Engine(ModelStore(model_dir, max_model_mb << 20, budget, max_input_pixels), DatasetStore(data_dir))
     provider = runtime.providers()[0]
-    interceptors = [TokenAuth(tokens)] if tokens else []
+    metrics = Metrics(engine)
+    interceptors = [metrics, *([TokenAuth(tokens)] if tokens else [])]
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=CHANNEL_OPTIONS, interceptors=interceptors)
     zfnet_pb2_grpc.add_ZfnetServicer_to_server(ZfnetServicer(engine, provider), server)
     health_servicer = Health()
@@ -91,7 +97,15 @@ def start(
     server.start()
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return Running(server, port, engine, health_servicer)
+    served = metrics.serve(_metrics_host(address), metrics_port) if metrics_port is not None else None
+    return Running(server, port, engine, health_servicer, metrics, served)
+
+
+def _metrics_host(address: str) -> str:
+    """The host the metrics endpoint binds: the gRPC address's host (loopback for a Unix socket)."""
+    if address.startswith("unix"):
+        return "127.0.0.1"
+    return address.rpartition(":")[0].strip("[]") or "127.0.0.1"
 
 
 def create_server(
@@ -121,6 +135,8 @@ def serve(
         "zfnet serving on %s:%d (%s, %s; memory budget %s)", host, running.port, "TLS" if options.get("tls") else "plaintext",
         "bearer tokens" if options.get("tokens") else "no tokens", fmt_bytes(budget.limit),
     )
+    if running.metrics_port is not None:
+        log.info("metrics on http://%s:%d/metrics", _metrics_host(address), running.metrics_port)
     while not stop.wait(1.0):
         pass
     name = signal.Signals(received[0]).name if received else "stop"
@@ -149,6 +165,9 @@ def command(
     token_file: Path | None = typer.Option(None, "--token-file", help="Bearer tokens, one per line: every call but health must carry one."),
     insecure: bool = typer.Option(False, "--insecure", help="Serve a non-loopback address without TLS and tokens anyway (logged as a warning)."),
     grace: float = typer.Option(20.0, "--grace", help="Seconds in-flight calls get to finish after SIGTERM."),
+    metrics_port: int | None = typer.Option(
+        None, "--metrics-port", help="Serve Prometheus metrics (requests, latencies, memory, cache) at http://HOST:PORT/metrics (0: any free port).",
+    ),
 ) -> None:
     """Run the zfnet gRPC server (zfnet.v1.Zfnet, grpc.health.v1 and reflection).
 
@@ -168,7 +187,7 @@ def command(
     tokens = read_tokens(token_file) if token_file is not None else ()
     serve(
         host, port, model_dir, max_model_mb, workers, data_dir, grace, max_memory=parse_bytes(max_memory, machine_memory()),
-        max_input_pixels=max_input_pixels, tls=tls, tokens=tokens, insecure=insecure,
+        max_input_pixels=max_input_pixels, tls=tls, tokens=tokens, insecure=insecure, metrics_port=metrics_port,
     )
 
 

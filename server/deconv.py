@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from zfnet.errors import InvalidArgument, ResourceExhausted
-from zfnet.server import projection
+from zfnet.server import projection, runtime
 from zfnet.server.models import LoadedModel
 
 MODES = ("max", "map")
@@ -97,7 +97,7 @@ def project(
         part = slice(start, start + CHUNK_ROWS)
         feeds[projection.SIGNAL] = signal[part]
         feeds[projection.IMAGE_INDEX] = image_index[part]
-        pixels.append(session.run([projection.RECONSTRUCTION], feeds)[0])
+        pixels.append(runtime.run(session, [projection.RECONSTRUCTION], feeds)[projection.RECONSTRUCTION])
     return np.concatenate(pixels) if pixels else np.zeros((0, *pixel_shape), np.float32)
 
 
@@ -107,7 +107,7 @@ def reconstruct(model: LoadedModel, batch: np.ndarray, layer: str, channels: lis
     if proj.per_image:
         return _per_image(model, proj, proj_session, batch, layer, channels, top_k, mode)
     names = _fetched(model, proj, layer)
-    forward = {model.input_name: batch, **dict(zip(names, model.session.run(names, {model.input_name: batch})))}
+    forward = {model.input_name: batch, **runtime.run(model.session, names, {model.input_name: batch}, host=[layer])}
     activation = forward[layer]
     selection = select(activation, choose_channels(activation, channels, top_k), mode)
     pixels = project(proj, proj_session, forward, selection.signal, selection.image_index, batch.shape[1:])

@@ -12,7 +12,7 @@ from contextlib import AbstractContextManager
 import numpy as np
 
 from zfnet.errors import InvalidArgument, ResourceExhausted
-from zfnet.server import deconv, filters, top
+from zfnet.server import deconv, filters, runtime, top
 from zfnet.server.admission import Estimate, admitted, check_reply
 from zfnet.server.datasets import DatasetStore, Source
 from zfnet.server.images import MAX_IMAGE_PIXELS, ImageInput, inspect, to_batch
@@ -44,6 +44,7 @@ class Engine:
         self.datasets = datasets or DatasetStore()
         self.budget = store.budget
         self.max_image_pixels = max_image_pixels
+        runtime.limit_gpu_memory(self.budget.limit)  # sessions on CUDA: device arenas capped at the budget
 
     def batch(self, model: LoadedModel, images: list[ImageInput]) -> np.ndarray:
         if len(images) > MAX_IMAGES:

@@ -1,28 +1,69 @@
-"""onnxruntime sessions: the CUDA execution provider when it loads, else the CPU one."""
+"""onnxruntime sessions: the CUDA execution provider when it loads, else the CPU one.
+
+On CUDA (``ZFNET_PROVIDER=cpu`` keeps a GPU machine on the CPU): cuDNN picks convolution algorithms
+by heuristic rather than by timing them all (exhaustive search stalls a session's first call for
+seconds, onnxruntime #12880), each session's device arena grows by what is asked for only and is
+capped at the server's memory budget (:func:`limit_gpu_memory`), and :func:`run` uses IO binding:
+forward tensors the projection session reads stay on the device between the two sessions, and
+images go up from a pinned host buffer. On the CPU every run is a plain ``session.run``.
+"""
 
 from __future__ import annotations
 
 import functools
 import logging
+import os
+import threading
+from collections.abc import Collection
 
 import numpy as np
 import onnxruntime as ort
 
 log = logging.getLogger("zfnet.server")
 
+CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
+PROVIDER_ENV = "ZFNET_PROVIDER"  # "cpu": stay on the CPU even where CUDA loads
+CUDA_OPTIONS = {
+    "device_id": "0",
+    "cudnn_conv_algo_search": "HEURISTIC",  # EXHAUSTIVE (the default) times every algorithm on a shape's first call
+    "arena_extend_strategy": "kSameAsRequested",  # grow by what a run needs, not by powers of two
+    "do_copy_in_default_stream": "1",
+}
+_gpu_limit = {"bytes": 0}  # 0: no cap beyond the device's own memory
+
 
 @functools.cache
 def providers() -> tuple[str, ...]:
     """The providers every session uses, decided once per process, logged in one line."""
     available = ort.get_available_providers()
-    if "CUDAExecutionProvider" in available and _cuda_loads():
-        chosen = ("CUDAExecutionProvider", "CPUExecutionProvider")
+    wanted = os.environ.get(PROVIDER_ENV, "").lower() != "cpu"
+    if wanted and CUDA in available and _cuda_loads():
+        chosen = (CUDA, CPU)
         log.info("onnxruntime %s: using CUDAExecutionProvider", ort.__version__)
     else:
-        chosen = ("CPUExecutionProvider",)
-        reason = "CUDA provider not built in" if "CUDAExecutionProvider" not in available else "CUDA libraries did not load"
+        chosen = (CPU,)
+        reason = f"{PROVIDER_ENV}=cpu" if not wanted else "CUDA provider not built in" if CUDA not in available else "CUDA libraries did not load"
         log.info("onnxruntime %s: using CPUExecutionProvider (%s)", ort.__version__, reason)
     return chosen
+
+
+def device() -> str | None:
+    """Where tensors may stay between runs: "cuda" when sessions run on CUDA, else None (plain runs)."""
+    return "cuda" if providers()[0] == CUDA else None
+
+
+def limit_gpu_memory(nbytes: int) -> None:
+    """Cap the device arena of every session made from now on at ``nbytes`` (the server's memory
+    budget: what admission lets requests hold on the host, they may hold on the device)."""
+    _gpu_limit["bytes"] = max(0, int(nbytes))
+
+
+def cuda_options() -> dict[str, str]:
+    """The CUDA provider's options for a new session."""
+    options = dict(CUDA_OPTIONS)
+    if _gpu_limit["bytes"]:
+        options["gpu_mem_limit"] = str(_gpu_limit["bytes"])
+    return options
 
 
 def _cuda_loads() -> bool:
@@ -57,7 +98,56 @@ def session(model_bytes: bytes) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.log_severity_level = 4  # onnxruntime prints a model's own node names raw; the server logs errors itself, escaped
     options.enable_cpu_mem_arena = False
-    return ort.InferenceSession(model_bytes, options, providers=list(providers()))
+    chosen = [(CUDA, cuda_options()) if p == CUDA else p for p in providers()]
+    return ort.InferenceSession(model_bytes, options, providers=chosen)
+
+
+def run(session, names: list[str], feeds: dict, host: Collection[str] | None = None) -> dict:
+    """Outputs ``names`` of one run, by name. On the CPU: ``session.run``, numpy out. On a device
+    (:func:`device`): IO binding; ``feeds`` may hold device tensors (OrtValues) from an earlier run,
+    numpy images go up through a pinned buffer, and the outputs not in ``host`` (None: all are) stay
+    on the device as OrtValues for the next session."""
+    where = device()
+    if where is None or not isinstance(session, ort.InferenceSession):  # a FixedBatchSession pads on the host
+        plain = {k: v.numpy() if isinstance(v, ort.OrtValue) else v for k, v in feeds.items()}
+        return dict(zip(names, session.run(names, plain)))
+    binding = session.io_binding()
+    keep = []  # host buffers bound by address must outlive the run
+    for name, value in feeds.items():
+        if isinstance(value, ort.OrtValue):
+            binding.bind_ortvalue_input(name, value)
+        else:
+            array = _pinned(np.asarray(value)) if where != "cpu" else np.ascontiguousarray(value)
+            keep.append(array)
+            binding.bind_input(name, "cpu", 0, array.dtype, list(array.shape), array.ctypes.data)
+    on_host = set(names) if host is None else set(host)
+    for name in names:
+        binding.bind_output(name, "cpu" if name in on_host else where)
+    session.run_with_iobinding(binding)
+    outputs = binding.get_outputs()
+    return {name: out.numpy() if name in on_host else out for name, out in zip(names, outputs)}
+
+
+_pinned_buffers = threading.local()
+
+
+def _pinned(array: np.ndarray) -> np.ndarray:
+    """``array`` copied into this thread's page-locked host buffer (grown as needed), so that the copy
+    to the device is one DMA transfer; the array itself where pinned memory is not to be had."""
+    if array.dtype != np.float32 or array.nbytes < (64 << 10):
+        return np.ascontiguousarray(array)
+    buffer = getattr(_pinned_buffers, "buffer", None)
+    if buffer is None or buffer.nbytes < array.nbytes:
+        try:
+            import torch  # noqa: PLC0415  (already a dependency; its allocator pins host memory)
+
+            buffer = torch.empty(array.size, dtype=torch.float32, pin_memory=True).numpy()
+        except Exception:  # no CUDA build of torch, or the driver refuses: pageable memory still works
+            return np.ascontiguousarray(array)
+        _pinned_buffers.buffer = buffer
+    view = buffer[: array.size].reshape(array.shape)
+    np.copyto(view, array)
+    return view
 
 
 ALLOCATION_FAILURES = ("Failed to allocate memory", "bad_alloc", "bad allocation", "std::bad_array_new_length")

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from zfnet.errors import FailedPrecondition, InvalidArgument
-from zfnet.server import deconv, projection
+from zfnet.server import deconv, projection, runtime
 from zfnet.server.datasets import Skipped, Source, StreamedSource
 from zfnet.server.layers import ReceptiveFields, resolve
 from zfnet.server.models import LoadedModel
@@ -149,7 +149,7 @@ def reconstruct(model: LoadedModel, source: Source, data: str, state: TopK, meth
         if batch.skipped:
             s = batch.skipped[0]
             raise FailedPrecondition(f"image {s.index} ({s.path}) was read by the scan but cannot be read now: {s.reason}")
-        forward = {model.input_name: batch.inputs, **dict(zip(needed, model.session.run(needed, {model.input_name: batch.inputs})))}
+        forward = {model.input_name: batch.inputs, **runtime.run(model.session, needed, {model.input_name: batch.inputs}, host=list(state.layers))}
         for i, index in enumerate(batch.indices):
             yield WinnerImage(int(index), batch.paths[i], int(batch.labels[i]), batch.inputs[i])
         for layer, top in state.layers.items():

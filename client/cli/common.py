@@ -16,7 +16,7 @@ from zfnet.errors import InvalidArgument
 
 ServerOption = typer.Option(
     None, "--server", envvar=SERVER_ENV,
-    help=f"HOST:PORT of a running zfnet server (or ${SERVER_ENV}); without it the service runs in-process.",
+    help=f"HOST:PORT of a running zfnet server (or ${SERVER_ENV}); several replicas as HOST:PORT,HOST:PORT or dns:///NAME:PORT; without it the service runs in-process.",
 )
 
 

@@ -38,6 +38,12 @@ def command(
     resume: bool = typer.Option(False, "--resume", help=f"Continue an interrupted job from OUT/{PARTIAL}."),
     checkpoint_every: int = typer.Option(1024, "--checkpoint-every", help=f"Images between checkpoints (OUT/{PARTIAL})."),
     server: str | None = ServerOption,
+    ray: bool = typer.Option(
+        False, "--ray", help="Run the job on Ray actors (pip install 'zfnet[ray]'): a local Ray, or --ray-address. --data and --model must be local.",
+    ),
+    ray_address: str | None = typer.Option(None, "--ray-address", help="With --ray: join this Ray cluster (auto, ray://host:10001) instead of starting a local one."),
+    ray_workers: int = typer.Option(2, "--ray-workers", help="With --ray: actors in the pool, each holding one engine."),
+    ray_gpus: float = typer.Option(0.0, "--ray-gpus", help="With --ray: GPUs per actor (1: one GPU each)."),
 ) -> None:
     """Top-k images per channel over a data set, their input patches and reconstructions: a Fig. 2 sheet per layer,
     a PNG per channel, a static HTML report (OUT/index.html), manifest.json and the scan's state."""
@@ -50,6 +56,28 @@ def command(
         (out / finished).unlink(missing_ok=True)
     console = Console(stderr=True)
     began = time.perf_counter()
+    if ray or ray_address:
+        if server:
+            raise InvalidArgument("--ray runs the job on Ray actors, not on --server; give one of them")
+        from zfnet.client import ray_jobs  # noqa: PLC0415  (Ray only with --ray)
+
+        cluster = ray_jobs.Cluster(ray_address, ray_workers, ray_gpus)
+        with job_progress(console) as bar:
+            try:
+                done = ray_jobs.top(
+                    model, data, list(layer) or list(state.layers), k or (state.k if state is not None else 9), by or (state.by if state is not None else "max"),
+                    parse_ranges(channels, "--channels") or _channels_of(state), method, batch_size, cluster, state, scan_only,
+                    on_progress=functools.partial(_show_stage, bar, {}), start=start, stop=stop,
+                )
+            finally:
+                ray_jobs.shutdown()
+        state = done if scan_only else done.state
+        state.save(out / STATE)
+        if scan_only:
+            print(f"scanned {state.images_read:,} images ({_ranges(state)}); state in {out / STATE}; merge shards with --merge")
+            return
+        _finish(done, out, model, data, began, raw, json_out)
+        return
     with Client(server) as client:
         dataset = client.dataset(data, start, stop, batch_size)
         layers = list(layer) or list(state.layers)
@@ -75,13 +103,18 @@ def command(
             return
         with job_progress(console) as bar:
             result = client.top_reconstruct(model, dataset, state, method, on_progress=functools.partial(_show, bar, {}))
+    _finish(result, out, model, data, began, raw, json_out)
+
+
+def _finish(result, out: Path, model: str, data: str, began: float, raw: bool, json_out: bool) -> None:
+    """Write the report of a finished job and print its manifest or a summary."""
     from zfnet.client import report  # noqa: PLC0415  (matplotlib's fonts: only to draw)
 
     index = report.write(result, out, report.Job(Path(model).name, data, time.perf_counter() - began), raw)
     if json_out:
         print((out / "manifest.json").read_text())
         return
-    _summary(state, index, out)
+    _summary(result.state, index, out)
 
 
 def _prior_state(out: Path, merge: list[Path], resume: bool) -> TopK | None:
@@ -112,6 +145,11 @@ def _show(bar, tasks: dict, progress: pb.JobProgress) -> None:
     tasks[stage][1] += len(progress.skipped)
     label = stage + (f" ({tasks[stage][1]} skipped)" if tasks[stage][1] else "")
     bar.update(tasks[stage][0], completed=progress.done, total=progress.total, description=label)
+
+
+def _show_stage(bar, tasks: dict, stage: str, done: int, total: int) -> None:
+    """A Ray job's (stage, done, total) -> the bar, as :func:`_show` shows a server's progress."""
+    _show(bar, tasks, pb.JobProgress(stage=stage, done=done, total=total))
 
 
 def _ranges(state: TopK) -> str:

@@ -1,0 +1,252 @@
+"""Data-set jobs on Ray: the top-k pass over a local image folder, spread over a pool of actors.
+
+The folder's file list becomes a Ray Data dataset (one row per image: its data-set index);
+``map_batches`` sends blocks of rows to a pool of actors, each holding one zfnet engine in-process
+(:class:`zfnet.server.engine.Engine`, no gRPC; CPU, or one GPU each). A scan actor returns the
+partial :class:`~zfnet.topk.TopK` of its rows; the driver merges them with :meth:`TopK.merge`, the
+same associative merge that joins shards, so the result equals the single-process job's exactly.
+The winners' reconstructions run on actors too. A worker that dies is restarted by Ray and its
+block runs again; a block's partial state covers only its own rows, so nothing counts twice.
+
+Ray is an optional extra (``pip install zfnet[ray]``), imported only here. Another data-set job
+(streamed features, for one) plugs in as one more :class:`EngineWorker` subclass whose rows come
+back keyed by data-set index, written in order by the driver (:func:`run`).
+"""
+
+from __future__ import annotations
+
+import functools
+import pickle
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from zfnet import imagefolder
+from zfnet.client.api import TopEntry, TopImage, TopResult, model_bytes
+from zfnet.errors import FailedPrecondition, InvalidArgument
+from zfnet.topk import EMPTY, TopK
+
+STREAMED = "streamed"  # how a state names a local folder's data set, as the single-process job does (topk_proto.data_name)
+BLOCKS_PER_TASK = 4  # forward batches per Ray task: fewer, larger tasks; a retried task redoes at most this many
+ACTOR_CPUS = 0.5  # logical CPUs an actor asks for, so that Ray Data's read tasks still find one (see CONTRIBUTING)
+OnProgress = Callable[[str, int, int], None]  # (stage, done, total)
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """Where and how wide a Ray job runs."""
+
+    address: str | None = None  # a Ray cluster ("auto", "ray://host:10001"); None or "local": start a local one
+    workers: int = 2  # actors in the pool
+    gpus_per_worker: float = 0.0  # 1: each actor holds one GPU (onnxruntime's CUDA provider)
+    cpus_per_worker: float = ACTOR_CPUS
+    num_cpus: int | None = None  # logical CPUs of a local cluster (None: the machine's)
+
+
+def _ray():
+    try:
+        import ray  # noqa: PLC0415  (an optional extra, only for --ray)
+    except ImportError:
+        raise InvalidArgument("--ray needs Ray: pip install 'zfnet[ray]'") from None
+    return ray
+
+
+def connect(cluster: Cluster):
+    """Join ``cluster.address``, or start a local Ray (progress bars off: the caller shows its own)."""
+    ray = _ray()
+    if not ray.is_initialized():
+        if cluster.address in (None, "", "local"):
+            ray.init(num_cpus=cluster.num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        else:
+            ray.init(address=cluster.address, log_to_driver=False, configure_logging=False)
+    from ray.data import DataContext  # noqa: PLC0415
+
+    context = DataContext.get_current()
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
+    return ray
+
+
+class FileListSource:
+    """A folder's images as the engine reads them, paths named as the client names streamed images
+    (the file path itself), so that results match the single-process job's field for field."""
+
+    @staticmethod
+    def make(folder: imagefolder.ImageFolder, start: int, stop: int, batch_size: int):
+        from zfnet.server.datasets import FolderSource  # noqa: PLC0415
+
+        class _Source(FolderSource):
+            def path(self, index: int) -> str:
+                return str(self.folder.files[index])
+
+        return _Source(len(folder), list(folder.classes), start, stop, batch_size, folder=folder)
+
+
+class EngineWorker:
+    """A Ray actor's state: one engine holding the model, and the data set's file list."""
+
+    def __init__(self, model: bytes, name: str, folder: imagefolder.ImageFolder, batch_size: int) -> None:
+        from zfnet.server.admission import MemoryBudget  # noqa: PLC0415  (onnxruntime loads in the actor only)
+        from zfnet.server.engine import Engine  # noqa: PLC0415
+        from zfnet.server.models import ModelStore  # noqa: PLC0415
+
+        self.engine = Engine(ModelStore(None, len(model) + 1, MemoryBudget.for_process()))
+        self.model = self.engine.store.add(model, name)
+        self.folder, self.batch_size = folder, batch_size
+
+    def source(self, start: int, stop: int):
+        return FileListSource.make(self.folder, start, stop, self.batch_size)
+
+    def runs(self, indices: np.ndarray) -> Iterator[tuple[int, int]]:
+        """Ascending ``indices`` as consecutive runs, cut at multiples of the batch size, so that every
+        forward pass holds the images the single-process job's pass at that position holds."""
+        begin = None
+        for i in (int(x) for x in np.sort(indices)):
+            if begin is not None and i == end and i % self.batch_size:
+                end += 1
+                continue
+            if begin is not None:
+                yield begin, end
+            begin, end = i, i + 1
+        if begin is not None:
+            yield begin, end
+
+
+class ScanWorker(EngineWorker):
+    """Scans its rows' images; returns one partial top-k state per block."""
+
+    def __init__(self, model: bytes, name: str, folder: imagefolder.ImageFolder, batch_size: int, job: dict) -> None:
+        super().__init__(model, name, folder, batch_size)
+        self.job = job
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        state = None
+        for start, stop in self.runs(batch["index"]):
+            parts = self.engine.top(self.model, self.source(start, stop), stage="scan", state=None, method=None, **self.job)
+            final = [p for p in parts if getattr(p, "final", False)][-1].state
+            state = final if state is None else state.merge(final)
+        return {"state": np.array([pickle.dumps(state)], dtype=object), "images": np.array([len(batch["index"])])}
+
+
+class ReconstructWorker(EngineWorker):
+    """Reconstructs the winners among its rows' images: their images and entries, pickled."""
+
+    def __init__(self, model: bytes, name: str, folder: imagefolder.ImageFolder, batch_size: int, state: TopK, method: str) -> None:
+        super().__init__(model, name, folder, batch_size)
+        self.state, self.method = state, method
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        mine = only_winners(self.state, batch["index"])
+        source = self.source(0, len(self.folder))
+        parts = list(self.engine.top(self.model, source, data=self.state.data, layers=[], channels=None, k=self.state.k, by=self.state.by,
+                                     method=self.method, stage="reconstruct", state=mine))
+        kept = [p for p in parts if type(p).__name__ in ("WinnerImage", "Entry")]
+        return {"parts": np.array([pickle.dumps(kept)], dtype=object), "images": np.array([len(batch["index"])])}
+
+
+def only_winners(state: TopK, indices: np.ndarray) -> TopK:
+    """``state`` with every winner whose image is not among ``indices`` emptied (ranks kept)."""
+    mine = state.copy()
+    for top in mine.layers.values():
+        top.indices[~np.isin(top.indices, indices)] = EMPTY
+    return mine
+
+
+def run(ray, rows: Sequence[int], worker: type, arguments: dict, cluster: Cluster, batch_rows: int,
+        stage: str, on_progress: OnProgress | None) -> Iterator[dict]:
+    """Send ``rows`` (data-set indices) through a pool of ``cluster.workers`` actors of class ``worker``
+    in blocks of ``batch_rows``; yields each block's output row as it arrives (in any order)."""
+    from ray.data import ActorPoolStrategy  # noqa: PLC0415
+
+    total, done = len(rows), 0
+    if on_progress is not None:
+        on_progress(stage, 0, total)
+    if not total:
+        return
+    dataset = ray.data.from_items([{"index": int(i)} for i in rows], override_num_blocks=max(1, -(-total // batch_rows)))
+    resources = {"num_cpus": cluster.cpus_per_worker, **({"num_gpus": cluster.gpus_per_worker} if cluster.gpus_per_worker else {})}
+    mapped = dataset.map_batches(
+        worker, fn_constructor_kwargs=arguments, batch_size=batch_rows, batch_format="numpy",
+        compute=ActorPoolStrategy(size=cluster.workers), **resources,  # Ray Data restarts a dead actor and retries its block
+    )
+    for out in mapped.iter_rows():
+        done += int(out["images"])
+        if on_progress is not None:
+            on_progress(stage, done, total)
+        yield out
+
+
+def top(
+    model: str | Path, data: str | Path, layers: Sequence[str | int], k: int = 9, by: str = "max", channels: Sequence[int] | None = None,
+    method: str = "deconvnet", batch_size: int = 64, cluster: Cluster | None = None, state: TopK | None = None,
+    scan_only: bool = False, on_progress: OnProgress | None = None, start: int = 0, stop: int = 0,
+    scan_worker: type[ScanWorker] = ScanWorker,
+) -> TopResult | TopK:
+    """Top-``k`` images per channel of ``layers`` over the local folder ``data`` (indices ``[start,
+    stop)``, 0: to the end) on Ray, with their reconstructions: the same result as
+    :meth:`zfnet.client.api.Client.top` on that folder. With ``state`` (a checkpoint or merged shards)
+    only what it has not read is scanned; ``scan_only`` returns the merged state."""
+    cluster = cluster or Cluster()
+    folder_path = Path(data)
+    if not folder_path.is_dir():
+        raise InvalidArgument(f"--ray reads a local image folder (DIR/<class>/<image>); {data} is not one")
+    path = Path(model)
+    if not path.is_file():
+        raise InvalidArgument(f"--ray runs a local .onnx model; {model} is not a file")
+    if cluster.workers < 1:
+        raise InvalidArgument(f"Ray workers must be at least 1, got {cluster.workers}")
+    folder = imagefolder.scan(folder_path)
+    if not 0 <= start <= (stop or len(folder)) <= len(folder):
+        raise InvalidArgument(f"range [{start}, {stop}) is outside the data set's {len(folder)} images")
+    blob = model_bytes(path)
+    ray = connect(cluster)
+    shared = {"model": blob, "name": path.stem, "folder": folder, "batch_size": batch_size}
+    job = {"data": STREAMED, "layers": list(layers), "channels": list(channels) if channels else None, "k": k, "by": by}
+    todo = [i for s, e in (state.remaining(start, stop) if state is not None else [(start, stop or len(folder))]) for i in range(s, e)]
+    partials = [pickle.loads(out["state"]) for out in run(
+        ray, todo, scan_worker, {**shared, "job": job}, cluster, batch_size * BLOCKS_PER_TASK, "scan", on_progress,
+    )]
+    if state is not None:
+        partials.append(state)
+    if not partials:
+        raise InvalidArgument(f"{data} holds no images")
+    merged = functools.reduce(TopK.merge, partials)
+    if scan_only:
+        return merged
+    return reconstruct(ray, merged, folder, shared, method, cluster, batch_size, on_progress)
+
+
+def reconstruct(ray, state: TopK, folder: imagefolder.ImageFolder, shared: dict, method: str, cluster: Cluster, batch_size: int,
+                on_progress: OnProgress | None) -> TopResult:
+    """The winners of ``state`` reconstructed on the actors, gathered as :meth:`Client.top_reconstruct` gathers them."""
+    images: dict[int, TopImage] = {}
+    entries = {layer: {int(c): [] for c in top.channels} for layer, top in state.layers.items()}
+    winners = state.winner_indices()
+    for out in run(ray, winners, ReconstructWorker, {**shared, "state": state, "method": method}, cluster, batch_size,
+                   "reconstructions", on_progress):
+        for part in pickle.loads(out["parts"]):
+            if type(part).__name__ == "WinnerImage":
+                label = folder.classes[part.label] if 0 <= part.label < len(folder.classes) else ""
+                images[part.index] = TopImage(part.index, part.path, label, part.pixels)
+            else:
+                entries[part.layer][part.channel].append(TopEntry(
+                    part.layer, part.channel, part.rank, part.index, part.value, part.activation, part.location,
+                    part.receptive_field, part.patch, part.reconstruction,
+                ))
+    missing = len(winners) - len(images)
+    if missing:
+        raise FailedPrecondition(f"{missing} winner image(s) came back from no Ray worker")
+    for per_channel in entries.values():
+        for ranked in per_channel.values():
+            ranked.sort(key=lambda entry: entry.rank)
+    return TopResult(state, method, list(folder.classes), images, entries)
+
+
+def shutdown() -> None:
+    """Stop the Ray this process joined or started (a no-op when none runs)."""
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()

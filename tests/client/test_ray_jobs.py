@@ -1,0 +1,112 @@
+"""Top-k on Ray (local Ray, 2 actors, 2 logical CPUs): the report and state equal the single-process
+job's exactly, and a worker killed mid-job is retried with the result still exact."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from zfnet.topk import TopK
+
+pytest.importorskip("ray")
+pytestmark = pytest.mark.slow
+
+from zfnet.client import ray_jobs  # noqa: E402
+from zfnet.client.cli.main import app  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+MODEL = ROOT / "models" / "zfnet-cifar10.onnx"
+PER_CLASS = 60  # 600 CIFAR-10 test images: the two jobs and the Ray start-up stay well under two minutes here
+LAYERS = ("--layer", "2", "--layer", "5")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _ray_env() -> None:
+    os.environ["RAY_AUTH_MODE"] = "disabled"  # a throw-away local cluster
+    yield
+    ray_jobs.shutdown()
+
+
+@pytest.fixture(scope="module")
+def subset(tmp_path_factory) -> Path:
+    """The first PER_CLASS images of every class of the CIFAR-10 test set (../shared), else the bundled samples."""
+    from conftest import shared_path
+
+    test = shared_path("data", "cifar10", "test")
+    if not test.is_dir():
+        return ROOT / "samples" / "cifar10"
+    root = tmp_path_factory.mktemp("cifar10-test")
+    for folder in sorted(p for p in test.iterdir() if p.is_dir()):
+        (root / folder.name).mkdir()
+        for image in sorted(folder.glob("*.jpg"))[:PER_CLASS]:
+            (root / folder.name / image.name).symlink_to(image)
+    return root
+
+
+def top(*args: str):
+    result = CliRunner().invoke(app, ["top", "--model", str(MODEL), *LAYERS, "--raw", "--json", *args])
+    assert result.exit_code == 0, result.output
+    return result
+
+
+@pytest.fixture(scope="module")
+def single(subset: Path, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("single")
+    top("--data", str(subset), "--out", str(out))
+    return out
+
+
+def assert_same_state(a: TopK, b: TopK) -> None:
+    assert (a.model, a.data, a.size, a.k, a.by, a.covered, a.skipped_count) == (b.model, b.data, b.size, b.k, b.by, b.covered, b.skipped_count)
+    assert list(a.layers) == list(b.layers)
+    for name, top_a in a.layers.items():
+        for what in ("channels", "values", "activations", "indices", "locations"):
+            np.testing.assert_array_equal(getattr(top_a, what), getattr(b.layers[name], what), err_msg=f"{name} {what}")
+
+
+def manifest(out: Path) -> dict:
+    data = json.loads((out / "manifest.json").read_text())
+    data.pop("seconds")
+    return data
+
+
+def test_top_on_ray_equals_the_single_process_report(single: Path, subset: Path, tmp_path: Path) -> None:
+    top("--data", str(subset), "--out", str(tmp_path), "--ray", "--ray-workers", "2")
+    assert manifest(tmp_path) == manifest(single)
+    assert manifest(single)["images_read"] == len(list(subset.glob("*/*.jpg")))
+    assert_same_state(TopK.load(tmp_path / "state.npz"), TopK.load(single / "state.npz"))
+    raw = sorted((single / "raw").rglob("*.npy"))
+    assert len(raw) == sum(len(t.channels) for t in TopK.load(single / "state.npz").layers.values())  # one per channel
+    for path in raw:
+        np.testing.assert_array_equal(np.load(tmp_path / path.relative_to(single)), np.load(path), err_msg=str(path))
+
+
+class DiesOnce(ray_jobs.ScanWorker):
+    """Exits its process on the block holding image ``victim``, the first time only (a marker file)."""
+
+    victim = 300
+    marker: str = ""
+
+    def __call__(self, batch):
+        if self.victim in batch["index"] and not os.path.exists(self.marker):
+            Path(self.marker).write_text(str(os.getpid()))
+            os._exit(1)
+        return super().__call__(batch)
+
+
+def test_a_worker_killed_mid_job_is_retried_and_the_result_stays_exact(single: Path, subset: Path, tmp_path: Path) -> None:
+    import ray
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the actor class travels with the job
+    DiesOnce.marker = str(tmp_path / "died")
+    DiesOnce.victim = min(300, len(list(subset.glob("*/*.jpg"))) - 1)
+    cluster = ray_jobs.Cluster(workers=2, num_cpus=2)
+    state = ray_jobs.top(MODEL, subset, [2, 5], batch_size=64, cluster=cluster, scan_only=True, scan_worker=DiesOnce)
+    assert Path(DiesOnce.marker).is_file(), "the worker was never killed"
+    assert_same_state(state, TopK.load(single / "state.npz"))
