@@ -82,6 +82,8 @@ def _cuda_loads() -> bool:
     options.log_severity_level = 4
     ort.set_default_logger_severity(4)
     try:
+        if hasattr(ort, "preload_dlls"):  # CUDA and cuDNN from the nvidia-* wheels (torch's) where the system has none
+            ort.preload_dlls()
         session = ort.InferenceSession(model.SerializeToString(), options, providers=["CUDAExecutionProvider"])
         return "CUDAExecutionProvider" in session.get_providers()
     except Exception:  # onnxruntime raises plain RuntimeError/Fail when CUDA libraries are missing
