@@ -10,7 +10,9 @@ images go up from a pinned host buffer. On the CPU every run is a plain ``sessio
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import io
 import logging
 import os
 import threading
@@ -83,7 +85,8 @@ def _cuda_loads() -> bool:
     ort.set_default_logger_severity(4)
     try:
         if hasattr(ort, "preload_dlls"):  # CUDA and cuDNN from the nvidia-* wheels (torch's) where the system has none
-            ort.preload_dlls()
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):  # it prints install advice
+                ort.preload_dlls()
         session = ort.InferenceSession(model.SerializeToString(), options, providers=["CUDAExecutionProvider"])
         return "CUDAExecutionProvider" in session.get_providers()
     except Exception:  # onnxruntime raises plain RuntimeError/Fail when CUDA libraries are missing
