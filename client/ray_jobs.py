@@ -16,6 +16,8 @@ back keyed by data-set index, written in order by the driver (:func:`run`).
 from __future__ import annotations
 
 import functools
+import hashlib
+import logging
 import pickle
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -64,41 +66,49 @@ def connect(cluster: Cluster):
             ray.init(address=cluster.address, log_to_driver=False, configure_logging=False)
     from ray.data import DataContext  # noqa: PLC0415
 
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # its per-dataset INFO lines would break the progress bar
     context = DataContext.get_current()
     context.enable_progress_bars = False
     context.print_on_execution_start = False
     return ray
 
 
-class FileListSource:
-    """A folder's images as the engine reads them, paths named as the client names streamed images
-    (the file path itself), so that results match the single-process job's field for field."""
+def file_list_source(folder: imagefolder.ImageFolder, shown: str, start: int, stop: int, batch_size: int):
+    """A folder's images as the engine reads them, each named as the client names the images it
+    streams (the path under the folder as the user gave it), so results match the single-process
+    job's field for field."""
+    from zfnet.server.datasets import FolderSource  # noqa: PLC0415
 
-    @staticmethod
-    def make(folder: imagefolder.ImageFolder, start: int, stop: int, batch_size: int):
-        from zfnet.server.datasets import FolderSource  # noqa: PLC0415
+    class FileListSource(FolderSource):
+        def path(self, index: int) -> str:
+            return str(Path(shown) / self.folder.files[index].relative_to(self.folder.root))
 
-        class _Source(FolderSource):
-            def path(self, index: int) -> str:
-                return str(self.folder.files[index])
-
-        return _Source(len(folder), list(folder.classes), start, stop, batch_size, folder=folder)
+    return FileListSource(len(folder), list(folder.classes), start, stop, batch_size, folder=folder)
 
 
 class EngineWorker:
-    """A Ray actor's state: one engine holding the model, and the data set's file list."""
+    """A Ray actor's state: one engine holding the model, and the data set's file list. The actor
+    reads both from the paths the driver read (a shared file system), so that its constructor's
+    arguments stay small (a restarted actor needs nothing from the object store), and checks they
+    are what the driver saw."""
 
-    def __init__(self, model: bytes, name: str, folder: imagefolder.ImageFolder, batch_size: int) -> None:
+    def __init__(self, model: str, sha256: str, folder: str, shown: str, size: int, batch_size: int) -> None:
         from zfnet.server.admission import MemoryBudget  # noqa: PLC0415  (onnxruntime loads in the actor only)
         from zfnet.server.engine import Engine  # noqa: PLC0415
         from zfnet.server.models import ModelStore  # noqa: PLC0415
 
-        self.engine = Engine(ModelStore(None, len(model) + 1, MemoryBudget.for_process()))
-        self.model = self.engine.store.add(model, name)
-        self.folder, self.batch_size = folder, batch_size
+        data = model_bytes(Path(model))
+        if hashlib.sha256(data).hexdigest() != sha256:
+            raise FailedPrecondition(f"model {model} changed while the Ray job ran (or differs on this node)")
+        self.folder = imagefolder.scan(folder)
+        if len(self.folder) != size:
+            raise FailedPrecondition(f"{folder} holds {len(self.folder)} images on this node; the job started with {size}")
+        self.engine = Engine(ModelStore(None, len(data) + 1, MemoryBudget.for_process()))
+        self.model = self.engine.store.add(data, Path(model).stem)
+        self.batch_size, self.shown = batch_size, shown
 
     def source(self, start: int, stop: int):
-        return FileListSource.make(self.folder, start, stop, self.batch_size)
+        return file_list_source(self.folder, self.shown, start, stop, self.batch_size)
 
     def runs(self, indices: np.ndarray) -> Iterator[tuple[int, int]]:
         """Ascending ``indices`` as consecutive runs, cut at multiples of the batch size, so that every
@@ -118,8 +128,8 @@ class EngineWorker:
 class ScanWorker(EngineWorker):
     """Scans its rows' images; returns one partial top-k state per block."""
 
-    def __init__(self, model: bytes, name: str, folder: imagefolder.ImageFolder, batch_size: int, job: dict) -> None:
-        super().__init__(model, name, folder, batch_size)
+    def __init__(self, model: str, sha256: str, folder: str, shown: str, size: int, batch_size: int, job: dict) -> None:
+        super().__init__(model, sha256, folder, shown, size, batch_size)
         self.job = job
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -134,8 +144,8 @@ class ScanWorker(EngineWorker):
 class ReconstructWorker(EngineWorker):
     """Reconstructs the winners among its rows' images: their images and entries, pickled."""
 
-    def __init__(self, model: bytes, name: str, folder: imagefolder.ImageFolder, batch_size: int, state: TopK, method: str) -> None:
-        super().__init__(model, name, folder, batch_size)
+    def __init__(self, model: str, sha256: str, folder: str, shown: str, size: int, batch_size: int, state: TopK, method: str) -> None:
+        super().__init__(model, sha256, folder, shown, size, batch_size)
         self.state, self.method = state, method
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -198,12 +208,14 @@ def top(
         raise InvalidArgument(f"--ray runs a local .onnx model; {model} is not a file")
     if cluster.workers < 1:
         raise InvalidArgument(f"Ray workers must be at least 1, got {cluster.workers}")
-    folder = imagefolder.scan(folder_path)
+    folder = imagefolder.scan(folder_path.resolve())
     if not 0 <= start <= (stop or len(folder)) <= len(folder):
         raise InvalidArgument(f"range [{start}, {stop}) is outside the data set's {len(folder)} images")
-    blob = model_bytes(path)
+    sha = hashlib.sha256(model_bytes(path)).hexdigest()
     ray = connect(cluster)
-    shared = {"model": blob, "name": path.stem, "folder": folder, "batch_size": batch_size}
+    shared = {
+        "model": str(path.resolve()), "sha256": sha, "folder": str(folder_path.resolve()), "shown": str(data), "size": len(folder), "batch_size": batch_size,
+    }
     job = {"data": STREAMED, "layers": list(layers), "channels": list(channels) if channels else None, "k": k, "by": by}
     todo = [i for s, e in (state.remaining(start, stop) if state is not None else [(start, stop or len(folder))]) for i in range(s, e)]
     partials = [pickle.loads(out["state"]) for out in run(
