@@ -33,7 +33,6 @@ from zfnet.topk import EMPTY, TopK
 
 STREAMED = "streamed"  # how a state names a local folder's data set, as the single-process job does (topk_proto.data_name)
 BLOCKS_PER_TASK = 4  # forward batches per Ray task: fewer, larger tasks; a retried task redoes at most this many
-ACTOR_CPUS = 0.5  # logical CPUs an actor asks for, so that Ray Data's read tasks still find one (see CONTRIBUTING)
 OnProgress = Callable[[str, int, int], None]  # (stage, done, total)
 
 
@@ -44,7 +43,7 @@ class Cluster:
     address: str | None = None  # a Ray cluster ("auto", "ray://host:10001"); None or "local": start a local one
     workers: int = 2  # actors in the pool
     gpus_per_worker: float = 0.0  # 1: each actor holds one GPU (onnxruntime's CUDA provider)
-    cpus_per_worker: float = ACTOR_CPUS
+    cpus_per_worker: float | None = None  # None: a share of the cluster's CPUs that leaves one for Ray Data's own tasks, at most 1
     num_cpus: int | None = None  # logical CPUs of a local cluster (None: the machine's)
 
 
@@ -177,7 +176,10 @@ def run(ray, rows: Sequence[int], worker: type, arguments: dict, cluster: Cluste
     if not total:
         return
     dataset = ray.data.from_items([{"index": int(i)} for i in rows], override_num_blocks=max(1, -(-total // batch_rows)))
-    resources = {"num_cpus": cluster.cpus_per_worker, **({"num_gpus": cluster.gpus_per_worker} if cluster.gpus_per_worker else {})}
+    # Actors that take every logical CPU starve Ray Data's own tasks and the job hangs (../shared/notes/ray.md):
+    # each asks for a share that leaves one CPU free. onnxruntime's threads use the cores regardless.
+    cpus = cluster.cpus_per_worker or max(0.05, min(1.0, (ray.cluster_resources().get("CPU", 1.0) - 1) / cluster.workers))
+    resources = {"num_cpus": cpus, **({"num_gpus": cluster.gpus_per_worker} if cluster.gpus_per_worker else {})}
     mapped = dataset.map_batches(
         worker, fn_constructor_kwargs=arguments, batch_size=batch_rows, batch_format="numpy",
         compute=ActorPoolStrategy(size=cluster.workers), **resources,  # Ray Data restarts a dead actor and retries its block
