@@ -110,3 +110,13 @@ def test_a_worker_killed_mid_job_is_retried_and_the_result_stays_exact(single: P
     state = ray_jobs.top(MODEL, subset, [2, 5], batch_size=64, cluster=cluster, scan_only=True, scan_worker=DiesOnce)
     assert Path(DiesOnce.marker).is_file(), "the worker was never killed"
     assert_same_state(state, TopK.load(single / "state.npz"))
+
+
+def test_bad_ray_input_ends_in_one_line(tmp_path: Path) -> None:
+    runner = CliRunner()
+    for args, message in [
+        (["--data", "cifar10/test", "--ray"], "--ray reads a local image folder"),
+        (["--data", str(ROOT / "samples" / "cifar10"), "--ray", "--server", "127.0.0.1:1"], "not on --server"),
+    ]:
+        result = runner.invoke(app, ["top", "--model", str(MODEL), "--layer", "2", "--out", str(tmp_path), *args])
+        assert result.exit_code != 0 and message in result.output and "Traceback" not in result.output, result.output
