@@ -15,7 +15,6 @@ back keyed by data-set index, written in order by the driver (:func:`run`).
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import logging
 import pickle
@@ -195,12 +194,14 @@ def top(
     model: str | Path, data: str | Path, layers: Sequence[str | int], k: int = 9, by: str = "max", channels: Sequence[int] | None = None,
     method: str = "deconvnet", batch_size: int = 64, cluster: Cluster | None = None, state: TopK | None = None,
     scan_only: bool = False, on_progress: OnProgress | None = None, start: int = 0, stop: int = 0,
-    scan_worker: type[ScanWorker] = ScanWorker,
+    scan_worker: type[ScanWorker] = ScanWorker, on_checkpoint: Callable[[TopK], None] | None = None, checkpoint_every: int = 1024,
 ) -> TopResult | TopK:
     """Top-``k`` images per channel of ``layers`` over the local folder ``data`` (indices ``[start,
     stop)``, 0: to the end) on Ray, with their reconstructions: the same result as
     :meth:`zfnet.client.api.Client.top` on that folder. With ``state`` (a checkpoint or merged shards)
-    only what it has not read is scanned; ``scan_only`` returns the merged state."""
+    only what it has not read is scanned; ``scan_only`` returns the merged state. ``on_checkpoint``
+    gets the state merged so far every ``checkpoint_every`` images (blocks finish in any order: its
+    covered ranges may have gaps, which a resumed job reads)."""
     cluster = cluster or Cluster()
     folder_path = Path(data)
     if not folder_path.is_dir():
@@ -220,14 +221,16 @@ def top(
     }
     job = {"data": STREAMED, "layers": list(layers), "channels": list(channels) if channels else None, "k": k, "by": by}
     todo = [i for s, e in (state.remaining(start, stop) if state is not None else [(start, stop or len(folder))]) for i in range(s, e)]
-    partials = [pickle.loads(out["state"]) for out in run(
-        ray, todo, scan_worker, {**shared, "job": job}, cluster, batch_size * BLOCKS_PER_TASK, "scan", on_progress,
-    )]
-    if state is not None:
-        partials.append(state)
-    if not partials:
+    merged, since = state, 0
+    for out in run(ray, todo, scan_worker, {**shared, "job": job}, cluster, batch_size * BLOCKS_PER_TASK, "scan", on_progress):
+        part = pickle.loads(out["state"])
+        merged = part if merged is None else merged.merge(part)
+        since += int(out["images"])
+        if on_checkpoint is not None and since >= checkpoint_every and merged.images_read < len(todo) + (state.images_read if state else 0):
+            on_checkpoint(merged)
+            since = 0
+    if merged is None:
         raise InvalidArgument(f"{data} holds no images")
-    merged = functools.reduce(TopK.merge, partials)
     if scan_only:
         return merged
     return reconstruct(ray, merged, folder, shared, method, cluster, batch_size, on_progress)

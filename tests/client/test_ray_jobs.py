@@ -107,9 +107,16 @@ def test_a_worker_killed_mid_job_is_retried_and_the_result_stays_exact(single: P
     DiesOnce.marker = str(tmp_path / "died")
     DiesOnce.victim = min(300, len(list(subset.glob("*/*.jpg"))) - 1)
     cluster = ray_jobs.Cluster(workers=2, num_cpus=2)
-    state = ray_jobs.top(MODEL, subset, [2, 5], batch_size=64, cluster=cluster, scan_only=True, scan_worker=DiesOnce)
+    checkpoints: list[TopK] = []
+    state = ray_jobs.top(MODEL, subset, [2, 5], batch_size=64, cluster=cluster, scan_only=True, scan_worker=DiesOnce,
+                         on_checkpoint=lambda s: checkpoints.append(s.copy()), checkpoint_every=1)
     assert Path(DiesOnce.marker).is_file(), "the worker was never killed"
-    assert_same_state(state, TopK.load(single / "state.npz"))
+    reference = TopK.load(single / "state.npz")
+    assert_same_state(state, reference)
+    # a job interrupted after its first block resumes from that checkpoint and ends exactly where one pass ends
+    assert checkpoints and checkpoints[0].images_read < reference.images_read
+    resumed = ray_jobs.top(MODEL, subset, [2, 5], batch_size=64, cluster=cluster, scan_only=True, state=checkpoints[0])
+    assert_same_state(resumed, reference)
 
 
 def test_bad_ray_input_ends_in_one_line(tmp_path: Path) -> None:
