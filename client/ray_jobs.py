@@ -9,8 +9,9 @@ The winners' reconstructions run on actors too. A worker that dies is restarted 
 block runs again; a block's partial state covers only its own rows, so nothing counts twice.
 
 Ray is an optional extra (``pip install zfnet[ray]``), imported only here. Another data-set job
-(streamed features, for one) plugs in as one more :class:`EngineWorker` subclass whose rows come
-back keyed by data-set index, written in order by the driver (:func:`run`).
+(streamed features, for one) plugs in as one more :class:`EngineWorker` subclass whose output rows
+carry their data-set indices, which the driver writes in place as blocks arrive (:func:`run` yields
+them in any order).
 """
 
 from __future__ import annotations
