@@ -39,7 +39,7 @@ def command(
     checkpoint_every: int = typer.Option(1024, "--checkpoint-every", help=f"Images between checkpoints (OUT/{PARTIAL})."),
     server: str | None = ServerOption,
     ray: bool = typer.Option(
-        False, "--ray", help="Run the job on Ray actors (pip install 'zfnet[ray]'): a local Ray, or --ray-address. --data and --model must be local.",
+        False, "--ray", help="Run the job on Ray actors (needs the ray extra of zfnet): a local Ray, or --ray-address. --data and --model must be local.",
     ),
     ray_address: str | None = typer.Option(None, "--ray-address", help="With --ray: join this Ray cluster (auto, ray://host:10001) instead of starting a local one."),
     ray_workers: int = typer.Option(2, "--ray-workers", help="With --ray: actors in the pool, each holding one engine."),
