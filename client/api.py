@@ -707,8 +707,8 @@ class Client:
         probe = dataset.folder.files[dataset.start]
         signatures = []
         for label, model in zip(labels, models):
-            activations = self.activations(model, [probe], layers)
-            signatures.append((label, [(name, tuple(a.shape[1:])) for name, a in activations.items()]))
+            found = [next(iter(self.activations(model, [probe], [layer]).items())) for layer in layers]  # one call per layer: a reply's map has no order
+            signatures.append((label, [(name, tuple(a.shape[1:])) for name, a in found]))
         evolution.check_same(signatures)
         out = []
         for i, model in enumerate(models):
