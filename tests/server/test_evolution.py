@@ -1,7 +1,8 @@
 """Feature evolution over training through a real server: every column equals a top-1 job on that
 snapshot alone (and a brute-force argmax over every image's activations), over a named data set
 (the Evolution call) and a streamed folder alike; snapshots go in the order of the numbers in their
-names; snapshots whose chosen layer differs are refused with INVALID_ARGUMENT / SNAPSHOTS_DIFFER."""
+names; snapshots whose chosen layer differs are refused with INVALID_ARGUMENT / SNAPSHOTS_DIFFER.
+The snapshots are the bundled model with seeded noise on its weights (``snapshot_testing``)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import grpc
 import numpy as np
 import onnx
 import pytest
-from onnx import numpy_helper
+from snapshot_testing import perturbed
 
 from zfnet import evolution, imagefolder
 from zfnet.client.api import Client
@@ -20,23 +21,9 @@ from zfnet.errors import InvalidArgument
 from zfnet.server.app import create_server
 from zfnet.v1 import zfnet_pb2 as pb
 
-MODEL = Path(__file__).resolve().parents[2] / "models" / "zfnet-cifar10.onnx"
 LAYERS = [1, 3, 5]
 CHANNELS = [0, 3, 5, 11]
 PER_CLASS = 6  # 60 images
-
-
-def perturbed(path: Path, seed: int) -> Path:
-    """The bundled model with every weight tensor moved by a seeded relative noise: the same architecture,
-    other weights (a stand-in for a training snapshot; real training runs are in the slow tests)."""
-    model = onnx.load(MODEL)
-    rng = np.random.default_rng(seed)
-    for tensor in model.graph.initializer:
-        array = numpy_helper.to_array(tensor)
-        if array.dtype == np.float32 and array.ndim >= 2:
-            tensor.CopyFrom(numpy_helper.from_array((array * (1 + 0.3 * rng.standard_normal(array.shape))).astype(np.float32), tensor.name))
-    onnx.save(model, path)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +77,7 @@ def brute_top1(client: Client, model: Path, files: list[Path], layer: str, chann
     return best
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", ["named", "streamed"])
 def test_each_column_equals_a_top1_job_on_that_snapshot_alone(client, data_dir, snapshots, where) -> None:
     ordered = evolution.in_training_order(snapshots)
@@ -119,6 +107,7 @@ def test_each_column_equals_a_top1_job_on_that_snapshot_alone(client, data_dir, 
     assert not np.array_equal(first, last), "different snapshots must give different reconstructions"
 
 
+@pytest.mark.slow
 def test_snapshots_whose_layer_differs_are_refused_naming_the_difference(client, data_dir, snapshots, tmp_path) -> None:
     import torch
 
@@ -155,3 +144,13 @@ def test_bad_evolution_requests_get_the_right_status(client, snapshots) -> None:
         with pytest.raises(grpc.RpcError) as err:
             list(client.stub.Evolution(request))
         assert err.value.code() == code and words in err.value.details(), (err.value.code(), err.value.details())
+
+
+def test_check_same_names_the_first_difference() -> None:
+    first = [("pool1", (32, 16, 16)), ("pool5", (64, 4, 4))]
+    evolution.check_same([("epoch 1", first), ("epoch 2", list(first))])
+    with pytest.raises(InvalidArgument, match=r"'epoch 2' differs from 'epoch 1' in the name of chosen layer 2: conv5 \(64, 4, 4\) there, pool5 \(64, 4, 4\)") as err:
+        evolution.check_same([("epoch 1", first), ("epoch 2", [first[0], ("conv5", (64, 4, 4))])])
+    assert err.value.reason == "SNAPSHOTS_DIFFER" and err.value.metadata == {"snapshot": "epoch 2", "reference": "epoch 1"}
+    with pytest.raises(InvalidArgument, match=r"'epoch 3' differs from 'epoch 1' in the shape of chosen layer 1: pool1 \(16, 16, 16\) there"):
+        evolution.check_same([("epoch 1", first), ("epoch 2", first), ("epoch 3", [("pool1", (16, 16, 16)), first[1]])])
