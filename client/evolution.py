@@ -85,14 +85,14 @@ def figure(result: EvolutionResult, title: str, path: Path) -> Path:
         left.tick_params(length=0)
         for spine in left.spines.values():
             spine.set_visible(False)
-        left.set_title(f"{layer}: strongest activation's reconstruction", fontsize=10, pad=22)
+        left.set_title(f"{layer}: reconstructions", fontsize=10, pad=22)
         values = arrays(result, layer)["activations"]
         colours = plt.get_cmap("tab20")
         for r, channel in enumerate(channels):
             right.plot(range(len(labels)), values[r], marker="o", markersize=3, linewidth=1, color=colours(r % 20), label=f"ch {channel}")
         right.set_xticks(range(len(labels)), labels, rotation=45 if len(labels) > 4 else 0, fontsize=8)
         right.set_ylabel("strongest activation", fontsize=9)
-        right.set_title(f"{layer}: per channel, over the data set", fontsize=10)
+        right.set_title(f"{layer}: strongest activation per channel", fontsize=10)
         right.tick_params(labelsize=8)
         right.grid(alpha=0.3)
         if len(channels) <= 20:

@@ -104,3 +104,26 @@ def test_caffe_cifar10_quick_snapshots_converted_and_compared(shared, tmp_path, 
             assert [per_channel[ch][0].index for ch in range(8)] == packed["layer2.indices"][:, c].tolist()
     mixed = run("--model", str(snaps / "cifar10_quick_iter_4000.onnx"), "--model", str(MODEL), "--layer", "1", "--data", str(data), "--out", str(tmp_path / "mixed"))
     assert mixed.exit_code == 1 and "differs from 'iter 4000'" in mixed.stderr and "zfnet-cifar10" in mixed.stderr
+
+
+@pytest.mark.slow
+def test_snapshots_of_a_short_training_run(tmp_path, data) -> None:
+    """The bundled architecture trained for two epochs on a tiny tree, a snapshot after each: the
+    evolution of its layers, each column that snapshot's own top-1."""
+    for split in ("train", "test"):
+        shutil.copytree(data, tmp_path / "tree" / split)
+    trained = CliRunner().invoke(app, [
+        "train", "--data", str(tmp_path / "tree"), "--checkpoint", str(tmp_path / "final.pt"), "--epochs", "2", "--batch-size", "5",
+        "--snapshots", "1,2", "--snapshot-dir", str(tmp_path / "snaps"),
+    ])
+    assert trained.exit_code == 0, trained.output
+    out = tmp_path / "evo"
+    result = run("--models", str(tmp_path / "snaps" / "*.onnx"), "--layer", "1", "--layer", "3", "--layer", "5", "--data", str(data), "--channels", "0-3", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    packed = np.load(out / "evolution.npz")
+    assert packed["labels"].tolist() == ["epoch 1", "epoch 2"] and packed["layers"].tolist() == ["pool1", "relu3", "pool5"]
+    with Client() as client:
+        for c in range(2):
+            alone = client.top(tmp_path / "snaps" / f"epoch_{c + 1}.onnx", client.dataset(data), [5], k=1, channels=[0, 1, 2, 3])
+            assert [alone.entries["pool5"][ch][0].index for ch in range(4)] == packed["layer2.indices"][:, c].tolist()
+            np.testing.assert_allclose([alone.entries["pool5"][ch][0].activation for ch in range(4)], packed["layer2.activations"][:, c], rtol=1e-6)
