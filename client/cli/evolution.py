@@ -41,8 +41,7 @@ def command(
     with Client(server) as client:
         dataset = client.dataset(data, batch_size=batch_size)
         with job_progress(console) as bar:
-            result = client.evolution(snapshots, dataset, [int(x) if x.isascii() and x.isdigit() else x for x in layer], picked, method, labels,
-                                      on_progress=_Bars(bar, labels))
+            result = client.evolution(snapshots, dataset, list(layer), picked, method, labels, on_progress=_Bars(bar, labels))
     from zfnet.client import evolution as pictures  # noqa: PLC0415  (matplotlib: only to draw)
 
     title = f"Feature evolution: {len(snapshots)} snapshots, {labels[0]} .. {labels[-1]}; {method}; data {Path(data).name or data}"
