@@ -6,7 +6,8 @@
                     channel's strongest activation contrast-normalised on its own, cut to its receptive
                     field) beside a plot of each channel's strongest activation against the snapshot
     evolution.json  per layer, channel and snapshot: the image (index, path, class), the activation,
-                    its location and receptive field
+                    its location and receptive field; per layer and snapshot, the share of channels
+                    whose strongest image is already the last snapshot's (how settled the layer is)
     evolution.npz   the same numbers as arrays, with the float reconstructions
 """
 
@@ -22,6 +23,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from zfnet import evolution  # noqa: E402
 from zfnet.client.api import EvolutionResult  # noqa: E402
 from zfnet.client.report import EMPTY, reconstruction, tile_size  # noqa: E402
 
@@ -75,6 +77,9 @@ def figure(result: EvolutionResult, title: str, path: Path) -> Path:
         len(result.layers), 2, figsize=(fig_width, (sum(heights) + 130 * len(heights) + 60) / DPI), squeeze=False,
         gridspec_kw={"height_ratios": heights, "width_ratios": [sheet_width + 110, 420]}, dpi=DPI,
     )
+    steps = [evolution.number(c.model) for c in result.columns]
+    by_number = all(steps) and len({n for _, n in steps}) == len(steps) and len({u for u, _ in steps}) == 1
+    xs = [n for _, n in steps] if by_number else list(range(len(labels)))
     for row, (layer, (sheet, (width, height))) in enumerate(zip(result.layers, sheets)):
         channels = result.channels[layer]
         left, right = axes[row]
@@ -89,8 +94,12 @@ def figure(result: EvolutionResult, title: str, path: Path) -> Path:
         values = arrays(result, layer)["activations"]
         colours = plt.get_cmap("tab20")
         for r, channel in enumerate(channels):
-            right.plot(range(len(labels)), values[r], marker="o", markersize=3, linewidth=1, color=colours(r % 20), label=f"ch {channel}")
-        right.set_xticks(range(len(labels)), labels, rotation=45 if len(labels) > 4 else 0, fontsize=8)
+            right.plot(xs, values[r], marker="o", markersize=3, linewidth=1, color=colours(r % 20), label=f"ch {channel}")
+        if by_number:
+            right.set_xticks(xs, [str(x) for x in xs], fontsize=8)
+            right.set_xlabel(steps[0][0] or "snapshot", fontsize=9)
+        else:
+            right.set_xticks(xs, labels, rotation=45 if len(labels) > 4 else 0, fontsize=8)
         right.set_ylabel("strongest activation", fontsize=9)
         right.set_title(f"{layer}: strongest activation per channel", fontsize=10)
         right.tick_params(labelsize=8)
@@ -98,7 +107,7 @@ def figure(result: EvolutionResult, title: str, path: Path) -> Path:
         if len(channels) <= 20:
             right.legend(fontsize=6, ncol=2 if len(channels) > 8 else 1, loc="best", frameon=False)
     fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 30 / (fig.get_figheight() * DPI)))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
@@ -121,7 +130,8 @@ def numbers(result: EvolutionResult, data: str) -> dict:
                     "receptive_field": list(entry.receptive_field), "patch": list(entry.patch),
                 })
             per_channel[str(channel)] = column_entries
-        layers[layer] = per_channel
+        indices = arrays(result, layer)["indices"]
+        layers[layer] = {"same_image_as_last": (indices == indices[:, -1:]).mean(axis=0).round(4).tolist(), "channels": per_channel}
     return {
         "method": result.method, "data": data,
         "snapshots": [{"label": c.label, "model": c.model, "sha256": c.result.state.model} for c in result.columns],

@@ -49,13 +49,16 @@ def test_glob_of_snapshots_gives_a_labelled_sheet_and_numbers_in_training_order(
     numbers = json.loads((out / "evolution.json").read_text())
     assert [s["label"] for s in numbers["snapshots"]] == ["iter 500", "iter 5000", "iter 10000"]
     assert [Path(s["model"]).name for s in numbers["snapshots"]] == ["net_iter_500.onnx", "net_iter_5000.onnx", "net_iter_10000.onnx"]
-    assert list(numbers["layers"]) == ["pool1", "relu4"] and list(numbers["layers"]["relu4"]) == ["0", "1", "2", "7"]
+    assert list(numbers["layers"]) == ["pool1", "relu4"] and list(numbers["layers"]["relu4"]["channels"]) == ["0", "1", "2", "7"]
+    cells = numbers["layers"]["relu4"]["channels"].values()
+    settled = [sum(row[c]["index"] == row[-1]["index"] for row in cells) / 4 for c in range(3)]
+    assert numbers["layers"]["relu4"]["same_image_as_last"] == pytest.approx(settled) and settled[-1] == 1
     packed = np.load(out / "evolution.npz")
     assert packed["labels"].tolist() == ["iter 500", "iter 5000", "iter 10000"] and packed["layers"].tolist() == ["pool1", "relu4"]
     assert packed["layer1.channels"].tolist() == [0, 1, 2, 7]
     assert packed["layer1.activations"].shape == (4, 3) and packed["layer1.reconstructions"].shape == (4, 3, 3, 32, 32)
     for c in range(3):  # json and npz say the same; the iter-5000 column is net_iter_5000's own top-1
-        cell = numbers["layers"]["relu4"]["7"][c]
+        cell = numbers["layers"]["relu4"]["channels"]["7"][c]
         assert packed["layer1.indices"][3, c] == cell["index"] and np.float32(cell["activation"]) == packed["layer1.activations"][3, c]
     with Client() as client:
         alone = client.top(snaps / "net_iter_5000.onnx", client.dataset(data), ["relu4"], k=1, channels=[7])
