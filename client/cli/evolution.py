@@ -44,7 +44,8 @@ def command(
             result = client.evolution(snapshots, dataset, list(layer), picked, method, labels, on_progress=_Bars(bar, labels))
     from zfnet.client import evolution as pictures  # noqa: PLC0415  (matplotlib: only to draw)
 
-    title = f"Feature evolution: {len(snapshots)} snapshots, {labels[0]} .. {labels[-1]}; {method}; data {Path(data).name or data}"
+    shown = "/".join(Path(data).parts[-2:]) if Path(data).is_dir() else data
+    title = f"Feature evolution: {len(snapshots)} snapshots, {labels[0]} .. {labels[-1]}; {method}; data {shown}"
     saved = pictures.write(result, out, title, data)
     for layer_name in result.layers:
         strongest = [result.entry(layer_name, ch, c) for ch in result.channels[layer_name] for c in range(len(result.columns))]
