@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from zfnet.client.cli import activations, common, convert_caffe, convert_torch, deconv, evaluate, filters, layers, mean, predict, top, train
-from zfnet.client.cli import correspondence, invariance, occlusion
+from zfnet.client.cli import correspondence, evolution, invariance, occlusion
 from zfnet.edge import edge
 from zfnet.server import app as server_app
 
@@ -32,6 +32,7 @@ app.command("invariance")(edge(invariance.command))
 app.command("correspondence")(edge(correspondence.command))
 app.command("top")(edge(top.command))
 app.command("filters")(edge(filters.command))
+app.command("evolution")(edge(evolution.command))
 
 
 def main() -> None:
