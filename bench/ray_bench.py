@@ -14,7 +14,7 @@ when it is absent), then the deconvnet reconstruction of every winner.
 Every Ray result is checked against the single-process state (exactly equal). Figures land in
 ``out/ray_bench.json``.
 
-    python bench/ray_bench.py [--images 2000] [--layer 5] [--batch 64] [--repeats 1]
+    python bench/ray_bench.py [--images 10000] [--layer 5] [--batch 64] [--repeats 1]
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ def same(a, b) -> bool:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=2000)
+    parser.add_argument("--images", type=int, default=10_000)
     parser.add_argument("--layer", type=int, default=5)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=1)

@@ -9,13 +9,15 @@ The winners' reconstructions run on actors too. A worker that dies is restarted 
 block runs again; a block's partial state covers only its own rows, so nothing counts twice.
 
 Ray is an optional extra (``pip install zfnet[ray]``), imported only here. Another data-set job
-(streamed features, for one) plugs in as one more :class:`EngineWorker` subclass whose rows come
-back keyed by data-set index, written in order by the driver (:func:`run`).
+(streamed features, for one) plugs in as one more :class:`EngineWorker` subclass whose output rows
+carry their data-set indices, which the driver writes in place as blocks arrive (:func:`run` yields
+them in any order).
 """
 
 from __future__ import annotations
 
-import functools
+import hashlib
+import logging
 import pickle
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -31,7 +33,6 @@ from zfnet.topk import EMPTY, TopK
 
 STREAMED = "streamed"  # how a state names a local folder's data set, as the single-process job does (topk_proto.data_name)
 BLOCKS_PER_TASK = 4  # forward batches per Ray task: fewer, larger tasks; a retried task redoes at most this many
-ACTOR_CPUS = 0.5  # logical CPUs an actor asks for, so that Ray Data's read tasks still find one (see CONTRIBUTING)
 OnProgress = Callable[[str, int, int], None]  # (stage, done, total)
 
 
@@ -42,7 +43,7 @@ class Cluster:
     address: str | None = None  # a Ray cluster ("auto", "ray://host:10001"); None or "local": start a local one
     workers: int = 2  # actors in the pool
     gpus_per_worker: float = 0.0  # 1: each actor holds one GPU (onnxruntime's CUDA provider)
-    cpus_per_worker: float = ACTOR_CPUS
+    cpus_per_worker: float | None = None  # None: a share of the cluster's CPUs that leaves one for Ray Data's own tasks, at most 1
     num_cpus: int | None = None  # logical CPUs of a local cluster (None: the machine's)
 
 
@@ -64,41 +65,49 @@ def connect(cluster: Cluster):
             ray.init(address=cluster.address, log_to_driver=False, configure_logging=False)
     from ray.data import DataContext  # noqa: PLC0415
 
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # its per-dataset INFO lines would break the progress bar
     context = DataContext.get_current()
     context.enable_progress_bars = False
     context.print_on_execution_start = False
     return ray
 
 
-class FileListSource:
-    """A folder's images as the engine reads them, paths named as the client names streamed images
-    (the file path itself), so that results match the single-process job's field for field."""
+def file_list_source(folder: imagefolder.ImageFolder, shown: str, start: int, stop: int, batch_size: int):
+    """A folder's images as the engine reads them, each named as the client names the images it
+    streams (the path under the folder as the user gave it), so results match the single-process
+    job's field for field."""
+    from zfnet.server.datasets import FolderSource  # noqa: PLC0415
 
-    @staticmethod
-    def make(folder: imagefolder.ImageFolder, start: int, stop: int, batch_size: int):
-        from zfnet.server.datasets import FolderSource  # noqa: PLC0415
+    class FileListSource(FolderSource):
+        def path(self, index: int) -> str:
+            return str(Path(shown) / self.folder.files[index].relative_to(self.folder.root))
 
-        class _Source(FolderSource):
-            def path(self, index: int) -> str:
-                return str(self.folder.files[index])
-
-        return _Source(len(folder), list(folder.classes), start, stop, batch_size, folder=folder)
+    return FileListSource(len(folder), list(folder.classes), start, stop, batch_size, folder=folder)
 
 
 class EngineWorker:
-    """A Ray actor's state: one engine holding the model, and the data set's file list."""
+    """A Ray actor's state: one engine holding the model, and the data set's file list. The actor
+    reads both from the paths the driver read (a shared file system), so that its constructor's
+    arguments stay small (a restarted actor needs nothing from the object store), and checks they
+    are what the driver saw."""
 
-    def __init__(self, model: bytes, name: str, folder: imagefolder.ImageFolder, batch_size: int) -> None:
+    def __init__(self, model: str, sha256: str, folder: str, shown: str, size: int, batch_size: int) -> None:
         from zfnet.server.admission import MemoryBudget  # noqa: PLC0415  (onnxruntime loads in the actor only)
         from zfnet.server.engine import Engine  # noqa: PLC0415
         from zfnet.server.models import ModelStore  # noqa: PLC0415
 
-        self.engine = Engine(ModelStore(None, len(model) + 1, MemoryBudget.for_process()))
-        self.model = self.engine.store.add(model, name)
-        self.folder, self.batch_size = folder, batch_size
+        data = model_bytes(Path(model))
+        if hashlib.sha256(data).hexdigest() != sha256:
+            raise FailedPrecondition(f"model {model} changed while the Ray job ran (or differs on this node)")
+        self.folder = imagefolder.scan(folder)
+        if len(self.folder) != size:
+            raise FailedPrecondition(f"{folder} holds {len(self.folder)} images on this node; the job started with {size}")
+        self.engine = Engine(ModelStore(None, len(data) + 1, MemoryBudget.for_process()))
+        self.model = self.engine.store.add(data, Path(model).stem)
+        self.batch_size, self.shown = batch_size, shown
 
     def source(self, start: int, stop: int):
-        return FileListSource.make(self.folder, start, stop, self.batch_size)
+        return file_list_source(self.folder, self.shown, start, stop, self.batch_size)
 
     def runs(self, indices: np.ndarray) -> Iterator[tuple[int, int]]:
         """Ascending ``indices`` as consecutive runs, cut at multiples of the batch size, so that every
@@ -118,8 +127,8 @@ class EngineWorker:
 class ScanWorker(EngineWorker):
     """Scans its rows' images; returns one partial top-k state per block."""
 
-    def __init__(self, model: bytes, name: str, folder: imagefolder.ImageFolder, batch_size: int, job: dict) -> None:
-        super().__init__(model, name, folder, batch_size)
+    def __init__(self, model: str, sha256: str, folder: str, shown: str, size: int, batch_size: int, job: dict) -> None:
+        super().__init__(model, sha256, folder, shown, size, batch_size)
         self.job = job
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -134,8 +143,8 @@ class ScanWorker(EngineWorker):
 class ReconstructWorker(EngineWorker):
     """Reconstructs the winners among its rows' images: their images and entries, pickled."""
 
-    def __init__(self, model: bytes, name: str, folder: imagefolder.ImageFolder, batch_size: int, state: TopK, method: str) -> None:
-        super().__init__(model, name, folder, batch_size)
+    def __init__(self, model: str, sha256: str, folder: str, shown: str, size: int, batch_size: int, state: TopK, method: str) -> None:
+        super().__init__(model, sha256, folder, shown, size, batch_size)
         self.state, self.method = state, method
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -167,7 +176,10 @@ def run(ray, rows: Sequence[int], worker: type, arguments: dict, cluster: Cluste
     if not total:
         return
     dataset = ray.data.from_items([{"index": int(i)} for i in rows], override_num_blocks=max(1, -(-total // batch_rows)))
-    resources = {"num_cpus": cluster.cpus_per_worker, **({"num_gpus": cluster.gpus_per_worker} if cluster.gpus_per_worker else {})}
+    # Actors that take every logical CPU starve Ray Data's own tasks and the job hangs (../shared/notes/ray.md):
+    # each asks for a share that leaves one CPU free. onnxruntime's threads use the cores regardless.
+    cpus = cluster.cpus_per_worker or max(0.05, min(1.0, (ray.cluster_resources().get("CPU", 1.0) - 1) / cluster.workers))
+    resources = {"num_cpus": cpus, **({"num_gpus": cluster.gpus_per_worker} if cluster.gpus_per_worker else {})}
     mapped = dataset.map_batches(
         worker, fn_constructor_kwargs=arguments, batch_size=batch_rows, batch_format="numpy",
         compute=ActorPoolStrategy(size=cluster.workers), **resources,  # Ray Data restarts a dead actor and retries its block
@@ -183,12 +195,14 @@ def top(
     model: str | Path, data: str | Path, layers: Sequence[str | int], k: int = 9, by: str = "max", channels: Sequence[int] | None = None,
     method: str = "deconvnet", batch_size: int = 64, cluster: Cluster | None = None, state: TopK | None = None,
     scan_only: bool = False, on_progress: OnProgress | None = None, start: int = 0, stop: int = 0,
-    scan_worker: type[ScanWorker] = ScanWorker,
+    scan_worker: type[ScanWorker] = ScanWorker, on_checkpoint: Callable[[TopK], None] | None = None, checkpoint_every: int = 1024,
 ) -> TopResult | TopK:
     """Top-``k`` images per channel of ``layers`` over the local folder ``data`` (indices ``[start,
     stop)``, 0: to the end) on Ray, with their reconstructions: the same result as
     :meth:`zfnet.client.api.Client.top` on that folder. With ``state`` (a checkpoint or merged shards)
-    only what it has not read is scanned; ``scan_only`` returns the merged state."""
+    only what it has not read is scanned; ``scan_only`` returns the merged state. ``on_checkpoint``
+    gets the state merged so far every ``checkpoint_every`` images (blocks finish in any order: its
+    covered ranges may have gaps, which a resumed job reads)."""
     cluster = cluster or Cluster()
     folder_path = Path(data)
     if not folder_path.is_dir():
@@ -198,22 +212,26 @@ def top(
         raise InvalidArgument(f"--ray runs a local .onnx model; {model} is not a file")
     if cluster.workers < 1:
         raise InvalidArgument(f"Ray workers must be at least 1, got {cluster.workers}")
-    folder = imagefolder.scan(folder_path)
+    folder = imagefolder.scan(folder_path.resolve())
     if not 0 <= start <= (stop or len(folder)) <= len(folder):
         raise InvalidArgument(f"range [{start}, {stop}) is outside the data set's {len(folder)} images")
-    blob = model_bytes(path)
+    sha = hashlib.sha256(model_bytes(path)).hexdigest()
     ray = connect(cluster)
-    shared = {"model": blob, "name": path.stem, "folder": folder, "batch_size": batch_size}
+    shared = {
+        "model": str(path.resolve()), "sha256": sha, "folder": str(folder_path.resolve()), "shown": str(data), "size": len(folder), "batch_size": batch_size,
+    }
     job = {"data": STREAMED, "layers": list(layers), "channels": list(channels) if channels else None, "k": k, "by": by}
     todo = [i for s, e in (state.remaining(start, stop) if state is not None else [(start, stop or len(folder))]) for i in range(s, e)]
-    partials = [pickle.loads(out["state"]) for out in run(
-        ray, todo, scan_worker, {**shared, "job": job}, cluster, batch_size * BLOCKS_PER_TASK, "scan", on_progress,
-    )]
-    if state is not None:
-        partials.append(state)
-    if not partials:
+    merged, since = state, 0
+    for out in run(ray, todo, scan_worker, {**shared, "job": job}, cluster, batch_size * BLOCKS_PER_TASK, "scan", on_progress):
+        part = pickle.loads(out["state"])
+        merged = part if merged is None else merged.merge(part)
+        since += int(out["images"])
+        if on_checkpoint is not None and since >= checkpoint_every and merged.images_read < len(todo) + (state.images_read if state else 0):
+            on_checkpoint(merged)
+            since = 0
+    if merged is None:
         raise InvalidArgument(f"{data} holds no images")
-    merged = functools.reduce(TopK.merge, partials)
     if scan_only:
         return merged
     return reconstruct(ray, merged, folder, shared, method, cluster, batch_size, on_progress)

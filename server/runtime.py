@@ -30,6 +30,7 @@ CUDA_OPTIONS = {
     "cudnn_conv_algo_search": "HEURISTIC",  # EXHAUSTIVE (the default) times every algorithm on a shape's first call
     "arena_extend_strategy": "kSameAsRequested",  # grow by what a run needs, not by powers of two
     "do_copy_in_default_stream": "1",
+    "use_tf32": "0",  # full float32 as on the CPU (TF32 matmuls and convolutions are on by default and drift ~1e-3)
 }
 _gpu_limit = {"bytes": 0}  # 0: no cap beyond the device's own memory
 

@@ -39,7 +39,7 @@ def command(
     checkpoint_every: int = typer.Option(1024, "--checkpoint-every", help=f"Images between checkpoints (OUT/{PARTIAL})."),
     server: str | None = ServerOption,
     ray: bool = typer.Option(
-        False, "--ray", help="Run the job on Ray actors (pip install 'zfnet[ray]'): a local Ray, or --ray-address. --data and --model must be local.",
+        False, "--ray", help="Run the job on Ray actors (needs the ray extra of zfnet): a local Ray, or --ray-address. --data and --model must be local.",
     ),
     ray_address: str | None = typer.Option(None, "--ray-address", help="With --ray: join this Ray cluster (auto, ray://host:10001) instead of starting a local one."),
     ray_workers: int = typer.Option(2, "--ray-workers", help="With --ray: actors in the pool, each holding one engine."),
@@ -62,15 +62,22 @@ def command(
         from zfnet.client import ray_jobs  # noqa: PLC0415  (Ray only with --ray)
 
         cluster = ray_jobs.Cluster(ray_address, ray_workers, ray_gpus)
+        (out / PARTIAL).parent.mkdir(parents=True, exist_ok=True)
         with job_progress(console) as bar:
             try:
                 done = ray_jobs.top(
                     model, data, list(layer) or list(state.layers), k or (state.k if state is not None else 9), by or (state.by if state is not None else "max"),
                     parse_ranges(channels, "--channels") or _channels_of(state), method, batch_size, cluster, state, scan_only,
                     on_progress=functools.partial(_show_stage, bar, {}), start=start, stop=stop,
+                    on_checkpoint=lambda s: s.save(out / PARTIAL), checkpoint_every=checkpoint_every,
                 )
+            except KeyboardInterrupt:
+                if (out / PARTIAL).is_file():
+                    console.print(f"interrupted: the last checkpoint is {out / PARTIAL}; run the same command with --resume to continue")
+                raise
             finally:
                 ray_jobs.shutdown()
+        (out / PARTIAL).unlink(missing_ok=True)
         state = done if scan_only else done.state
         state.save(out / STATE)
         if scan_only:

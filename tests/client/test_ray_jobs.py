@@ -58,7 +58,7 @@ def top(*args: str):
 @pytest.fixture(scope="module")
 def single(subset: Path, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("single")
-    top("--data", str(subset), "--out", str(out))
+    top("--data", os.path.relpath(subset), "--out", str(out))  # relative: image paths are shown as given
     return out
 
 
@@ -77,7 +77,7 @@ def manifest(out: Path) -> dict:
 
 
 def test_top_on_ray_equals_the_single_process_report(single: Path, subset: Path, tmp_path: Path) -> None:
-    top("--data", str(subset), "--out", str(tmp_path), "--ray", "--ray-workers", "2")
+    top("--data", os.path.relpath(subset), "--out", str(tmp_path), "--ray", "--ray-workers", "2")
     assert manifest(tmp_path) == manifest(single)
     assert manifest(single)["images_read"] == len(list(subset.glob("*/*.jpg")))
     assert_same_state(TopK.load(tmp_path / "state.npz"), TopK.load(single / "state.npz"))
@@ -107,6 +107,23 @@ def test_a_worker_killed_mid_job_is_retried_and_the_result_stays_exact(single: P
     DiesOnce.marker = str(tmp_path / "died")
     DiesOnce.victim = min(300, len(list(subset.glob("*/*.jpg"))) - 1)
     cluster = ray_jobs.Cluster(workers=2, num_cpus=2)
-    state = ray_jobs.top(MODEL, subset, [2, 5], batch_size=64, cluster=cluster, scan_only=True, scan_worker=DiesOnce)
+    checkpoints: list[TopK] = []
+    state = ray_jobs.top(MODEL, subset, [2, 5], batch_size=64, cluster=cluster, scan_only=True, scan_worker=DiesOnce,
+                         on_checkpoint=lambda s: checkpoints.append(s.copy()), checkpoint_every=1)
     assert Path(DiesOnce.marker).is_file(), "the worker was never killed"
-    assert_same_state(state, TopK.load(single / "state.npz"))
+    reference = TopK.load(single / "state.npz")
+    assert_same_state(state, reference)
+    # a job interrupted after its first block resumes from that checkpoint and ends exactly where one pass ends
+    assert checkpoints and checkpoints[0].images_read < reference.images_read
+    resumed = ray_jobs.top(MODEL, subset, [2, 5], batch_size=64, cluster=cluster, scan_only=True, state=checkpoints[0])
+    assert_same_state(resumed, reference)
+
+
+def test_bad_ray_input_ends_in_one_line(tmp_path: Path) -> None:
+    runner = CliRunner()
+    for args, message in [
+        (["--data", "cifar10/test", "--ray"], "--ray reads a local image folder"),
+        (["--data", str(ROOT / "samples" / "cifar10"), "--ray", "--server", "127.0.0.1:1"], "not on --server"),
+    ]:
+        result = runner.invoke(app, ["top", "--model", str(MODEL), "--layer", "2", "--out", str(tmp_path), *args])
+        assert result.exit_code != 0 and message in result.output and "Traceback" not in result.output, result.output

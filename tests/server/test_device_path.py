@@ -72,6 +72,7 @@ def test_cuda_options_do_not_stall_and_follow_the_budget() -> None:
         options = runtime.cuda_options()
         assert options["cudnn_conv_algo_search"] == "HEURISTIC"
         assert options["arena_extend_strategy"] == "kSameAsRequested"
+        assert options["use_tf32"] == "0"
         assert options["gpu_mem_limit"] == str(3 << 30)
     finally:
         runtime.limit_gpu_memory(0)
