@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
+
 import numpy as np
 
 from zfnet.errors import InvalidArgument, ResourceExhausted
-from zfnet.server import deconv
-from zfnet.server.datasets import DatasetStore
+from zfnet.server import deconv, features
+from zfnet.server.datasets import Batch, DatasetStore, Source
 from zfnet.server.images import ImageInput, to_batch
 from zfnet.server.layers import Layer, resolve
 from zfnet.server.models import LoadedModel, ModelStore
@@ -55,3 +57,15 @@ class Engine:
         """Reconstructions of ``layer`` for every image and selected channel."""
         row = resolve(model.layers, layer)
         return row, deconv.reconstruct(model, self.batch(model, images), row.name, channels, top_k, mode, method)
+
+    def feature_layers(
+        self, model: LoadedModel, layers: Sequence[tuple[str | int, features.Pooling | None]], default: features.Pooling = features.NONE,
+    ) -> list[features.FeatureLayer]:
+        """The layers of a features job with their pooling and row sizes."""
+        return features.plan(model, layers, default)
+
+    def features(
+        self, model: LoadedModel, layers: Sequence[features.FeatureLayer], source: Source, dtype: str = "float32",
+    ) -> Iterator[tuple[Batch, list[np.ndarray]]]:
+        """Each batch of ``source`` with its feature rows per layer, in data-set order."""
+        return features.run(model, layers, source, dtype)

@@ -12,9 +12,10 @@ import numpy as np
 from zfnet.errors import InvalidArgument, ResourceExhausted, ZfnetError
 from zfnet.server import datasets
 from zfnet.server.engine import Engine
+from zfnet.server.features import NONE, FeatureLayer, Pooling
 from zfnet.server.images import ImageInput
 from zfnet.server.models import LoadedModel
-from zfnet.tensors import from_proto, to_proto
+from zfnet.tensors import MAX_MESSAGE_BYTES, from_proto, to_proto
 from zfnet.v1 import zfnet_pb2 as pb
 from zfnet.v1 import zfnet_pb2_grpc
 
@@ -35,6 +36,24 @@ def _status(fn: Callable) -> Callable:
             context.abort(getattr(grpc.StatusCode, err.code), str(err))
         except MemoryError:
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "out of memory; send fewer images or channels per request")
+        except Exception:
+            log.exception("%s failed", fn.__name__)
+            context.abort(grpc.StatusCode.INTERNAL, f"{fn.__name__} failed on the server; see its log")
+
+    return wrapper
+
+
+def _status_stream(fn: Callable) -> Callable:
+    """:func:`_status` for server-streaming methods: errors raised while the replies are generated."""
+
+    @functools.wraps(fn)
+    def wrapper(self, request, context: grpc.ServicerContext):
+        try:
+            yield from fn(self, request, context)
+        except ZfnetError as err:
+            context.abort(getattr(grpc.StatusCode, err.code), str(err))
+        except MemoryError:
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "out of memory; use a smaller batch_size")
         except Exception:
             log.exception("%s failed", fn.__name__)
             context.abort(grpc.StatusCode.INTERNAL, f"{fn.__name__} failed on the server; see its log")
@@ -82,6 +101,54 @@ def layer_ref(ref: pb.LayerRef) -> str | int:
     if kind is None:
         raise InvalidArgument("no layer given: set LayerRef.number or LayerRef.name")
     return ref.number if kind == "number" else ref.name
+
+
+POOL_KINDS = {pb.POOL_NONE: "none", pb.POOL_AVG: "avg", pb.POOL_MAX: "max", pb.POOL_GRID: "grid"}
+POOL_PROTO = {kind: code for code, kind in POOL_KINDS.items()}
+FEATURE_DTYPES = {pb.DATA_TYPE_UNSPECIFIED: "float32", pb.FLOAT32: "float32", pb.FLOAT16: "float16"}
+FEATURE_DTYPE_PROTO = {"float32": pb.FLOAT32, "float16": pb.FLOAT16}
+REPLY_BYTES = 32 << 20  # feature bytes per FeaturesReply; a batch over it travels in several replies
+
+
+def pooling(message: pb.Pooling) -> Pooling | None:
+    """Proto pooling -> engine pooling; None when unspecified."""
+    if message.kind == pb.POOL_UNSPECIFIED:
+        return None
+    if message.kind not in POOL_KINDS:
+        raise InvalidArgument(f"unknown Pooling.kind {message.kind}")
+    kind = POOL_KINDS[message.kind]
+    return Pooling.parse(f"grid:{message.grid}" if kind == "grid" else kind)
+
+
+def pooling_proto(value: Pooling) -> pb.Pooling:
+    return pb.Pooling(kind=POOL_PROTO[value.kind], grid=value.grid)
+
+
+def features_header(sha256: str, layers: list[FeatureLayer], dtype: str, source: datasets.Source) -> pb.FeaturesHeader:
+    return pb.FeaturesHeader(
+        model_sha256=sha256, dtype=FEATURE_DTYPE_PROTO[dtype], size=source.size, classes=source.classes,
+        start=source.start, stop=source.stop, batch_size=source.batch_size,
+        layers=[
+            pb.FeatureSpec(name=f.name, number=f.number or 0, pooling=pooling_proto(f.pooling), layer_shape=f.layer_shape, shape=f.shape)
+            for f in layers
+        ],
+    )
+
+
+def feature_replies(batch: datasets.Batch, rows: list[np.ndarray], done: int, total: int) -> Iterator[pb.FeaturesReply]:
+    """One batch's rows as replies of at most REPLY_BYTES of features (at least one row each); the
+    first carries the batch's skipped images."""
+    row_bytes = sum(r.shape[1] * r.itemsize for r in rows) or 1
+    step = max(1, REPLY_BYTES // row_bytes)
+    for begin in range(0, max(len(batch.indices), 1), step):
+        end = begin + step
+        yield pb.FeaturesReply(
+            rows=pb.FeatureRows(
+                indices=batch.indices[begin:end].tolist(), labels=batch.labels[begin:end].tolist(), paths=batch.paths[begin:end],
+                features=[to_proto(r[begin:end]) for r in rows],
+            ),
+            progress=progress("features", done, total, batch.skipped if begin == 0 else []),
+        )
 
 
 def model_info(model: LoadedModel, provider: str) -> pb.ModelInfo:
@@ -186,3 +253,26 @@ class ZfnetServicer(zfnet_pb2_grpc.ZfnetServicer):
         return pb.ListDatasetsResponse(datasets=[
             pb.DatasetInfo(name=name, size=len(store.folder(name)), classes=store.folder(name).classes) for name in store.names()
         ])
+
+    @_status_stream
+    def Features(self, request_iterator: Iterator[pb.FeaturesRequest], context) -> Iterator[pb.FeaturesReply]:
+        first = next(request_iterator, None)
+        if first is None or first.WhichOneof("part") != "job":
+            raise InvalidArgument("Features: the first request must be the FeaturesJob")
+        job = first.job
+        model = self._model(job.model)
+        if job.dtype not in FEATURE_DTYPES:
+            raise InvalidArgument("FeaturesJob.dtype must be FLOAT32 or FLOAT16")
+        dtype = FEATURE_DTYPES[job.dtype]
+        layers = self.engine.feature_layers(
+            model, [(layer_ref(f.layer), pooling(f.pooling)) for f in job.layers], pooling(job.default_pooling) or NONE,
+        )
+        row_bytes = sum(f.size for f in layers) * np.dtype(dtype).itemsize
+        if row_bytes > MAX_MESSAGE_BYTES // 2:
+            raise ResourceExhausted(f"one image's features are {row_bytes} bytes, over half the {MAX_MESSAGE_BYTES}-byte message limit; pool the large layers")
+        source = data_source(self.engine, job.data, request_iterator)
+        yield pb.FeaturesReply(header=features_header(model.sha256, layers, dtype, source))
+        done = 0
+        for batch, rows in self.engine.features(model, layers, source, dtype):
+            done += batch.read
+            yield from feature_replies(batch, rows, done, source.count)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from zfnet.client.cli import activations, convert_caffe, convert_torch, deconv, evaluate, layers, mean, predict, train
+from zfnet.client.cli import activations, convert_caffe, convert_torch, deconv, evaluate, features, layers, mean, predict, probe, train
 from zfnet.edge import edge
 from zfnet.server import app as server_app
 
@@ -25,6 +25,8 @@ app.command("serve")(edge(server_app.command))
 convert_app.command("torch")(edge(convert_torch.command))
 convert_app.command("caffe")(edge(convert_caffe.command))
 app.command("mean")(edge(mean.command))
+app.command("features")(edge(features.command))
+app.command("probe")(edge(probe.command))
 
 
 def main() -> None:
