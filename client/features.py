@@ -44,7 +44,7 @@ PIXELS = "pixels"
 COMMIT_SECONDS = 2.0  # how often index.json records the finished rows while a job runs
 PARQUET_ROWS = 4096  # rows per parquet row group
 # what must match for a run to continue (or to count as done) in an existing folder
-JOB_KEYS = ("zfnet_version", "model_sha256", "data", "classes", "start", "stop", "dtype", "batch_size", "format", "asked")
+JOB_KEYS = ("model_sha256", "data", "classes", "start", "stop", "asked", "dtype", "format", "batch_size", "zfnet_version")
 
 
 @dataclass(frozen=True)
@@ -211,9 +211,10 @@ class FeatureWriter:
             if differs and not force:
                 key = differs[0]
                 state = "finished" if old["complete"] else f"partial ({old['done']} of {old['rows']} rows)"
+                more = f", and {', '.join(differs[1:])} differ" if len(differs) > 1 else ""
                 raise FailedPrecondition(
                     f"{self.out} holds {state} features of another job ({key}: {_short(old.get(key))} there, "
-                    f"{_short(self.job[key])} now); choose another --out, or --force to replace them"
+                    f"{_short(self.job[key])} now{more}); choose another --out, or --force to replace them"
                 )
             if differs:
                 self._delete(old)

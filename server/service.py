@@ -55,6 +55,9 @@ def _status_stream(fn: Callable) -> Callable:
         except MemoryError:
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "out of memory; use a smaller batch_size")
         except Exception:
+            if not context.is_active():  # the client cancelled: its request stream ends in an RpcError
+                log.info("%s cancelled by the client", fn.__name__)
+                return
             log.exception("%s failed", fn.__name__)
             context.abort(grpc.StatusCode.INTERNAL, f"{fn.__name__} failed on the server; see its log")
 

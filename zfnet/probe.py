@@ -75,29 +75,31 @@ def fit_predict(
     x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, cs: Sequence[float] = CS, cv: int = 3, seed: int = 0,
     max_dim: int = MAX_DIM, max_iter: int = MAX_ITER,
 ) -> tuple[np.ndarray, float, int]:
-    """Predictions for ``x_test``, the C chosen and the dimensions used: features standardised (and
-    reduced by PCA to ``max_dim``, or to the training images' count if fewer, when larger) with statistics of the training split, then ``LogisticRegressionCV``:
-    the C of ``cs`` with the best mean accuracy over ``cv`` stratified folds of the training split
-    (a warm-started path over C per fold), refit on the whole training split."""
+    """Predictions for ``x_test``, the C chosen and the dimensions used. Features are standardised,
+    and reduced by PCA to ``max_dim`` (or to the number of training images, if fewer) when larger,
+    with statistics of the training split; then ``LogisticRegressionCV`` takes the C of ``cs`` with
+    the best mean accuracy over ``cv`` stratified folds of the training split (a warm-started path
+    over C per fold) and refits on the whole training split. Runs on one thread: OpenMP and BLAS
+    threads spin badly on a shared CPU, and the fits are many and small."""
     from sklearn.decomposition import PCA
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegressionCV
     from sklearn.model_selection import StratifiedKFold
     from sklearn.preprocessing import StandardScaler
+    from threadpoolctl import threadpool_limits
 
-    scaler = StandardScaler().fit(x_train)
-    x_train, x_test = scaler.transform(x_train), scaler.transform(x_test)
-    if x_train.shape[1] > max_dim:
-        pca = PCA(min(max_dim, len(x_train)), svd_solver="randomized", random_state=seed).fit(x_train)
-        x_train, x_test = pca.transform(x_train), pca.transform(x_test)
-    model = LogisticRegressionCV(
-        Cs=list(cs), l1_ratios=(0.0,), cv=StratifiedKFold(cv, shuffle=True, random_state=seed), scoring="accuracy", max_iter=max_iter,
-        use_legacy_attributes=False,
-    )
-    with warnings.catch_warnings():
+    with threadpool_limits(1), warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)  # max_iter bounds the fits on purpose
-        model.fit(x_train, y_train)
-    return model.predict(x_test), float(np.ravel(model.C_)[0]), x_train.shape[1]
+        scaler = StandardScaler().fit(x_train)
+        x_train, x_test = scaler.transform(x_train), scaler.transform(x_test)
+        if x_train.shape[1] > max_dim:
+            pca = PCA(min(max_dim, len(x_train)), svd_solver="randomized", random_state=seed).fit(x_train)
+            x_train, x_test = pca.transform(x_train), pca.transform(x_test)
+        model = LogisticRegressionCV(
+            Cs=list(cs), l1_ratios=(0.0,), cv=StratifiedKFold(cv, shuffle=True, random_state=seed), scoring="accuracy",
+            max_iter=max_iter, use_legacy_attributes=False,
+        ).fit(x_train, y_train)
+        return model.predict(x_test), float(np.ravel(model.C_)[0]), x_train.shape[1]
 
 
 def per_class_accuracy(truth: np.ndarray, predicted: np.ndarray, n_classes: int) -> np.ndarray:
