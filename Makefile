@@ -43,6 +43,7 @@ test: install
 
 bench: install
 	$(PY) bench/deconv_bench.py
+	$(PY) bench/features_bench.py
 
 # Retrain the bundled reference model (about 30 minutes on 2 CPU cores) and re-export it.
 train: install

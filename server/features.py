@@ -72,6 +72,8 @@ def _grid(x: np.ndarray, grid: int) -> np.ndarray:
     """Average over an S x S (x S ...) grid of adaptive-average-pool bins. The bins are products of
     intervals, so the average is one matrix product per spatial axis."""
     for axis in range(x.ndim - 1, 1, -1):
+        if x.shape[axis] == grid:
+            continue  # one bin per position: the identity
         x = np.moveaxis(np.moveaxis(x, axis, -1) @ _bins(x.shape[axis], grid), -1, axis)
     return x
 
