@@ -337,7 +337,10 @@ class FeatureWriter:
         if fmt != "npy":
             for name in names:
                 (self.out / name).unlink()
-            names = [NPZ if fmt == "npz" else PARQUET]
+            packed = NPZ if fmt == "npz" else PARQUET
+            for layer in self.index["layers"]:  # where each layer's rows are now: an array of the npz, a column of the parquet file
+                layer.update({"file": packed, "key": Path(layer["file"]).stem} if fmt == "npz" else {"file": packed, "column": layer["name"]})
+            names = [packed]
         self.index["files"] = {name: {"bytes": (self.out / name).stat().st_size, "sha256": _sha256(self.out / name)} for name in names}
         self.index["complete"] = True
         _write_json(self.out / INDEX, self.index)
@@ -455,14 +458,14 @@ def load(folder: str | Path, verify: bool = True) -> FeatureSet:
         labels = np.load(folder / f"{LABELS}.npy")
     elif fmt == "npz":
         with np.load(folder / NPZ) as data:
-            arrays = {layer["name"]: data[Path(layer["file"]).stem] for layer in index["layers"]}
+            arrays = {layer["name"]: data[layer["key"]] for layer in index["layers"]}
             labels = data[LABELS]
     else:
         import pyarrow.parquet as pq
 
         table = pq.read_table(folder / PARQUET)
         arrays = {
-            layer["name"]: table.column(layer["name"]).combine_chunks().flatten().to_numpy().reshape(rows, layer["size"])
+            layer["name"]: table.column(layer["column"]).combine_chunks().flatten().to_numpy().reshape(rows, layer["size"])
             for layer in index["layers"]
         }
         labels = table.column("label").to_numpy()

@@ -118,9 +118,9 @@ def _direct_sklearn(x: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.nd
 
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
-@pytest.mark.parametrize("max_dim", [256, 8])
-def test_the_probe_equals_scikit_learn_run_directly(synthetic: features.FeatureSet, max_dim: int) -> None:
-    result = probe.run(synthetic, train_per_class=12, test_per_class=10, folds=2, seed=0, max_dim=max_dim)
+@pytest.mark.parametrize("max_dim,jobs", [(256, 1), (8, 2)])
+def test_the_probe_equals_scikit_learn_run_directly(synthetic: features.FeatureSet, max_dim: int, jobs: int) -> None:
+    result = probe.run(synthetic, train_per_class=12, test_per_class=10, folds=2, seed=0, max_dim=max_dim, jobs=jobs)
     assert [r.name for r in result.layers] == ["pixels", "signal", "noise"]
     usable = np.ones(len(synthetic.labels), bool)
     usable[SKIPPED_ROW] = False
@@ -155,7 +155,7 @@ def test_probe_command(tmp_path: Path) -> None:
     write_synthetic(tmp_path / "a", seed=0)
     write_synthetic(tmp_path / "b", seed=1)
     runner = CliRunner()
-    args = ["probe", "--features", str(tmp_path / "a"), "--train-per-class", "10", "--test-per-class", "10", "--folds", "2"]
+    args = ["probe", "--features", str(tmp_path / "a"), "--train-per-class", "10", "--test-per-class", "10", "--folds", "2", "--jobs", "1"]
     result = runner.invoke(app, [*args, "--per-class"])
     assert result.exit_code == 0, result.output
     assert "synthetic.onnx on synthetic" in result.output and "accuracy per class" in result.output and "bee" in result.output

@@ -184,41 +184,47 @@ class ProbeResult:
 def run(
     features: str | Path | FeatureSet, layers: Sequence[str | int] | None = None, train_per_class: int = 30, test_per_class: int = 50,
     folds: int = 5, seed: int = 0, cv: int = 3, cs: Sequence[float] = CS, max_dim: int = MAX_DIM, max_iter: int = MAX_ITER,
-    on_step: Callable[[str, int], None] | None = None,
+    jobs: int = 1, on_step: Callable[[str, int], None] | None = None,
 ) -> ProbeResult:
-    """Probe every layer of a features folder (or ``layers``: names or numbers), raw pixels first.
-    ``on_step(layer, fold)`` is called after each fit."""
+    """Probe every layer of a features folder (or ``layers``: names or numbers), raw pixels first,
+    with ``jobs`` fits in parallel processes (each fit runs on one thread). ``on_step(layer, fold)``
+    is called after each fit."""
+    from joblib import Parallel, delayed
+
     fs = features if isinstance(features, FeatureSet) else load(features)
     chosen = _choose(fs, layers)
     if cv < 2:
         raise InvalidArgument("--cv must be at least 2 (folds of the training split that choose C)")
     if train_per_class < cv:
         raise InvalidArgument(f"--train-per-class {train_per_class} is too few for {cv}-fold cross-validation of C; use at least {cv}")
+    if jobs < 1:
+        raise InvalidArgument("--jobs must be at least 1")
     usable = np.ones(len(fs.labels), bool)
     usable[fs.skipped_rows] = False
     splits = draw_splits(fs.labels, usable, fs.classes, train_per_class, test_per_class, folds, seed)
     n_classes = max(len(fs.classes), int(fs.labels.max()) + 1)
+    tasks = [(layer, split) for layer in chosen for split in splits]
+
+    def fit(layer: dict, split: Split):
+        values = fs.arrays[layer["name"]]
+        x_train, x_test = np.asarray(values[split.train], np.float32), np.asarray(values[split.test], np.float32)
+        return delayed(fit_predict)(x_train, fs.labels[split.train], x_test, cs, cv, seed, max_dim, max_iter)
+
+    fitted: dict[str, list[tuple[np.ndarray, float, int]]] = {layer["name"]: [] for layer in chosen}
+    outputs = Parallel(n_jobs=jobs, return_as="generator")(fit(layer, split) for layer, split in tasks)
+    for (layer, split), (predicted, c, used_dim) in zip(tasks, outputs):
+        fitted[layer["name"]].append((per_class_accuracy(fs.labels[split.test], predicted, n_classes), c, used_dim))
+        if on_step:
+            on_step(layer["name"], split.fold)
     results = []
     for layer in chosen:
-        values = fs.arrays[layer["name"]]
-        accuracy, chosen_c, per_class = [], [], []
-        for split in splits:
-            predicted, c, used_dim = fit_predict(
-                np.asarray(values[split.train], np.float32), fs.labels[split.train], np.asarray(values[split.test], np.float32),
-                cs, cv, seed, max_dim, max_iter,
-            )
-            scores = per_class_accuracy(fs.labels[split.test], predicted, n_classes)
-            per_class.append(scores)
-            accuracy.append(float(np.nanmean(scores)))
-            chosen_c.append(c)
-            if on_step:
-                on_step(layer["name"], split.fold)
+        per_class = np.stack([scores for scores, _, _ in fitted[layer["name"]]])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # classes never probed stay NaN
-            mean_per_class = np.nanmean(np.stack(per_class), axis=0)
+            mean_per_class = np.nanmean(per_class, axis=0)
         results.append(LayerResult(
-            layer["name"], layer["number"], layer["pooling"], layer["size"], used_dim,
-            accuracy, chosen_c, mean_per_class.tolist(),
+            layer["name"], layer["number"], layer["pooling"], layer["size"], fitted[layer["name"]][0][2],
+            [float(np.nanmean(scores)) for scores in per_class], [c for _, c, _ in fitted[layer["name"]]], mean_per_class.tolist(),
         ))
     start = fs.index["start"]
     data = fs.index["data"]["name"]

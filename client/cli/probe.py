@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +60,7 @@ def command(
     cv: int = typer.Option(3, "--cv", help="Folds of the training split that choose C."),
     max_dim: int = typer.Option(probe.MAX_DIM, "--max-dim", help="Reduce larger layers by PCA (fit on the training split) to this many dimensions."),
     max_iter: int = typer.Option(probe.MAX_ITER, "--max-iter", help="L-BFGS iterations per fit."),
+    jobs: int = typer.Option(os.cpu_count() or 1, "--jobs", help="Fits run in parallel processes (one thread each)."),
     per_class: bool = typer.Option(False, "--per-class", help="Also show the accuracy of each class per layer."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list (one object per folder, splits included) on stdout and nothing else."),
     plot: Path | None = typer.Option(None, "--plot", help="Where to save the plot of accuracy against layer (default: FEATURES/probe.png)."),
@@ -72,7 +74,7 @@ def command(
             count = len(layer) + 1 if layer else len(fs.layers)
             task = bar.add_task(f"probing {fs.folder.name}", total=count * folds)
             results.append(probe.run(
-                fs, layer or None, train_per_class, test_per_class, folds, seed, cv, max_dim=max_dim, max_iter=max_iter,
+                fs, layer or None, train_per_class, test_per_class, folds, seed, cv, max_dim=max_dim, max_iter=max_iter, jobs=jobs,
                 on_step=lambda name, fold, task=task: bar.update(task, advance=1, description=f"probing {name}"),
             ))
     plot = plot or features[0] / "probe.png"

@@ -71,11 +71,16 @@ def test_npy_npz_and_parquet_hold_the_same_numbers(client: Client, data: Path, r
     npz = np.load(tmp_path / "npz" / "features.npz")
     table = pq.read_table(tmp_path / "parquet" / "features.parquet")
     index = json.loads((tmp_path / "npy" / "index.json").read_text())
-    for layer in index["layers"]:
+    npz_layers = json.loads((tmp_path / "npz" / "index.json").read_text())["layers"]
+    parquet_layers = json.loads((tmp_path / "parquet" / "index.json").read_text())["layers"]
+    for layer, in_npz, in_parquet in zip(index["layers"], npz_layers, parquet_layers):
         values = np.load(tmp_path / "npy" / layer["file"])
         assert values.dtype == np.float16 and values.shape == (18, layer["size"])
-        np.testing.assert_array_equal(npz[Path(layer["file"]).stem], values)
-        column = table.column(layer["name"]).combine_chunks()
+        assert (in_npz["file"], in_npz["key"], in_parquet["file"], in_parquet["column"]) == (
+            "features.npz", Path(layer["file"]).stem, "features.parquet", layer["name"],
+        )
+        np.testing.assert_array_equal(npz[in_npz["key"]], values)
+        column = table.column(in_parquet["column"]).combine_chunks()
         np.testing.assert_array_equal(np.asarray(column.flatten()).reshape(18, -1), values)
     labels = np.load(tmp_path / "npy" / "labels.npy")
     np.testing.assert_array_equal(npz["labels"], labels)
