@@ -34,6 +34,7 @@ _CODES = {
 MODES = {"max": pb.MAX, "map": pb.MAP}
 FEATURE_DTYPES = {"float32": pb.FLOAT32, "float16": pb.FLOAT16}
 POOLS = {"none": pb.POOL_NONE, "avg": pb.POOL_AVG, "max": pb.POOL_MAX, "grid": pb.POOL_GRID}
+POOL_NAMES = {code: name for name, code in POOLS.items()}
 METHODS = {"deconvnet": pb.DECONVNET, "backprop": pb.BACKPROP, "guided": pb.GUIDED}
 
 ImageLike = str | Path | bytes | np.ndarray
@@ -322,7 +323,7 @@ class FeatureStream:
 
 
 def _pooling_text(message: pb.Pooling) -> str:
-    kind = {code: name for name, code in POOLS.items()}.get(message.kind, "none")
+    kind = POOL_NAMES.get(message.kind, "none")
     return f"grid:{message.grid}" if kind == "grid" else kind
 
 

@@ -1,7 +1,9 @@
 """Feature folders: what ``zfclient features`` writes and ``zfnet.probe`` reads.
 
 A folder holds ``index.json`` and, in the default ``npy`` format, one ``<layer>.npy`` per layer
-(rows x D in the job's float type) and ``labels.npy`` (int64, -1 where unknown). Row ``r`` is image
+(rows x D in the job's float type) and ``labels.npy`` (int64, -1 where unknown). ``index.json``
+describes the job and lists every row's image path once the job is finished; while it runs, the
+paths of finished rows are appended to ``paths.jsonl``. Row ``r`` is image
 ``start + r`` of the data set, in data-set order. An image that cannot be read keeps its row: its
 values are NaN, its label -1, and ``index.json``'s ``skipped`` list names it with the reason, so
 rows, labels and ``paths`` always line up.
@@ -26,7 +28,7 @@ import math
 import os
 import re
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -37,6 +39,7 @@ from zfnet.errors import FailedPrecondition, InvalidArgument, NotFound
 
 INDEX = "index.json"
 LABELS = "labels"
+PATHS = "paths.jsonl"  # while a job runs: the finished rows' paths, one JSON string a line (index.json gets them at the end)
 NPZ = "features.npz"
 PARQUET = "features.parquet"
 FORMATS = ("npy", "npz", "parquet")
@@ -158,6 +161,48 @@ class RowFile:
         self._file.close()
 
 
+class PathLog:
+    """The paths of finished rows, appended as rows finish, so that neither memory nor the cost of
+    recording progress grows with the data set; continuing keeps the first ``keep`` lines."""
+
+    def __init__(self, path: Path, keep: int) -> None:
+        self.path = path
+        if keep and not path.is_file():
+            raise InvalidArgument(f"{path} is missing: the folder's paths of its {keep} finished rows are lost; use --force to start over")
+        if keep:
+            offset = 0
+            with open(path, "rb") as f:
+                for _ in range(keep):
+                    line = f.readline()
+                    if not line.endswith(b"\n"):
+                        raise InvalidArgument(f"{path} lists fewer paths than the {keep} finished rows; use --force to start over")
+                    offset += len(line)
+            self._file = open(path, "r+b")
+            self._file.truncate(offset)
+            self._file.seek(offset)
+        else:
+            self._file = open(path, "wb")
+        self.count = keep
+
+    def append(self, path: str) -> None:
+        self._file.write(json.dumps(path).encode() + b"\n")
+        self.count += 1
+
+    def sync(self) -> None:
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        self._file.close()
+
+    @staticmethod
+    def lines(path: Path) -> Iterator[str]:
+        """The logged paths, each still a JSON string."""
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                yield line.rstrip("\n")
+
+
 def check_npy(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> int:
     """The data offset of an ``.npy`` file, after checking its header and its length."""
     if not path.is_file():
@@ -227,6 +272,7 @@ class FeatureWriter:
                 raise FailedPrecondition(f"{self.out} already holds {', '.join(sorted(clash))} without an {INDEX}; choose another --out, or --force")
         self._files: list[RowFile] = []
         self._labels: RowFile | None = None
+        self._paths: PathLog | None = None
         self._ahead: dict[int, str] = {}  # rows filled beyond the finished prefix -> path
         self._last_commit = 0.0
 
@@ -243,7 +289,7 @@ class FeatureWriter:
         return self.job["start"] + self.done
 
     def _delete(self, old: dict) -> None:
-        for name in [layer["file"] for layer in old["layers"]] + [LABELS + ".npy", NPZ, PARQUET, INDEX]:
+        for name in [layer["file"] for layer in old["layers"]] + [LABELS + ".npy", NPZ, PARQUET, PATHS, INDEX]:
             (self.out / name).unlink(missing_ok=True)
 
     def begin(self, header: FeatureHeader) -> None:
@@ -260,7 +306,7 @@ class FeatureWriter:
             self.index = {
                 **self.job, "model_name": self.job.get("model_name", ""), "layers": layers, "rows": self.rows,
                 "row_index": "row r holds image start + r of the data set; skipped images keep their row (NaN values, label -1)",
-                "done": 0, "complete": False, "paths": [], "skipped": [], "files": {},
+                "done": 0, "complete": False, "skipped": [], "files": {},
             }
         elif self.index["layers"] != layers:
             raise FailedPrecondition(f"the server resolved the layers differently from {self.out / INDEX}; use --force to start over")
@@ -269,9 +315,8 @@ class FeatureWriter:
         dtype = np.dtype(header.dtype)
         self._files = [RowFile(self.out / layer["file"], self.rows, layer["size"], dtype, create) for layer in layers]
         self._labels = RowFile(self.out / f"{LABELS}.npy", self.rows, None, np.dtype("<i8"), create)
-        index = self.index
-        index["paths"] = index["paths"][: self.done]
-        index["skipped"] = [s for s in index["skipped"] if s["row"] < self.done]
+        self._paths = PathLog(self.out / PATHS, 0 if create else self.done)
+        self.index["skipped"] = [s for s in self.index["skipped"] if s["row"] < self.done]
         self._commit()
 
     def write(self, batch: FeatureBatch) -> None:
@@ -292,23 +337,21 @@ class FeatureWriter:
             self._labels.write(row, np.asarray([-1]))
             self._ahead[row] = s.path
             self.index["skipped"].append({"row": row, "index": s.index, "path": s.path, "reason": s.reason})
-        paths = self.index["paths"]
-        while len(paths) in self._ahead:
-            paths.append(self._ahead.pop(len(paths)))
+        while self._paths.count in self._ahead:
+            self._paths.append(self._ahead.pop(self._paths.count))
         if time.monotonic() - self._last_commit > COMMIT_SECONDS:
             self._commit()
 
     def _commit(self) -> None:
         """Record the finished rows in index.json: whole batches only, so that a resumed job reads
         every image in the same batch as an uninterrupted one."""
-        filled = len(self.index["paths"])
+        filled = self._paths.count
         batch = self.job["batch_size"]
         done = filled if filled == self.rows else filled // batch * batch
-        for file in self._files + ([self._labels] if self._labels else []):
+        for file in [*self._files, self._labels, self._paths]:
             file.sync()
         self.index["done"] = done
-        saved = {**self.index, "paths": self.index["paths"][:done], "skipped": [s for s in self.index["skipped"] if s["row"] < done]}
-        _write_json(self.out / INDEX, saved)
+        _write_json(self.out / INDEX, {**self.index, "skipped": [s for s in self.index["skipped"] if s["row"] < done]})
         self.done = done
         self._last_commit = time.monotonic()
 
@@ -317,9 +360,9 @@ class FeatureWriter:
         if self._labels is None:
             return
         self._commit()
-        for file in self._files + [self._labels]:
+        for file in [*self._files, self._labels, self._paths]:
             file.close()
-        self._files, self._labels = [], None
+        self._files, self._labels, self._paths = [], None, None
 
     def finish(self) -> None:
         """After the last batch: check every row is there, pack npz/parquet, record checksums."""
@@ -343,7 +386,20 @@ class FeatureWriter:
             names = [packed]
         self.index["files"] = {name: {"bytes": (self.out / name).stat().st_size, "sha256": _sha256(self.out / name)} for name in names}
         self.index["complete"] = True
-        _write_json(self.out / INDEX, self.index)
+        _write_final_index(self.out, self.index)
+        (self.out / PATHS).unlink()
+
+
+def _write_final_index(out: Path, index: dict) -> None:
+    """index.json with ``paths`` (last), copied line by line from the path log: never all in memory."""
+    head, tail = json.dumps({**index, "paths": None}, indent=1).rsplit('"paths": null', 1)
+    tmp = out / (INDEX + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(head + '"paths": [')
+        for k, line in enumerate(PathLog.lines(out / PATHS)):
+            f.write(("," if k else "") + "\n  " + line)
+        f.write("\n ]" + tail)
+    os.replace(tmp, out / INDEX)
 
 
 def _runs(rows: np.ndarray) -> Iterable[tuple[int, int]]:
@@ -396,12 +452,13 @@ def _pack_parquet(out: Path, index: dict) -> None:
         + [(name, pa.list_(value_type, layer["size"])) for name, layer in zip(names, index["layers"])]
     )
     tmp = out / (PARQUET + ".tmp")
+    paths = PathLog.lines(out / PATHS)
     with pq.ParquetWriter(tmp, schema) as writer:
         for begin in range(0, index["rows"], PARQUET_ROWS):
             end = min(begin + PARQUET_ROWS, index["rows"])
             columns = [
                 pa.array(np.arange(begin, end, dtype=np.int64)), pa.array(np.arange(begin, end, dtype=np.int64) + index["start"]),
-                pa.array(index["paths"][begin:end], pa.string()), pa.array(np.asarray(labels[begin:end])),
+                pa.array([json.loads(next(paths)) for _ in range(begin, end)], pa.string()), pa.array(np.asarray(labels[begin:end])),
             ] + [pa.FixedSizeListArray.from_arrays(pa.array(np.asarray(a[begin:end]).reshape(-1)), a.shape[1]) for a in arrays]
             writer.write_batch(pa.record_batch(columns, schema=schema))
     os.replace(tmp, out / PARQUET)
