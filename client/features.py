@@ -273,6 +273,7 @@ class FeatureWriter:
         self._files: list[RowFile] = []
         self._labels: RowFile | None = None
         self._paths: PathLog | None = None
+        self._batch_size = self.job["batch_size"]
         self._ahead: dict[int, str] = {}  # rows filled beyond the finished prefix -> path
         self._last_commit = 0.0
 
@@ -312,6 +313,7 @@ class FeatureWriter:
             raise FailedPrecondition(f"the server resolved the layers differently from {self.out / INDEX}; use --force to start over")
         if self.complete:
             return
+        self._batch_size = header.batch_size or self.job["batch_size"]  # as the server runs it
         dtype = np.dtype(header.dtype)
         self._files = [RowFile(self.out / layer["file"], self.rows, layer["size"], dtype, create) for layer in layers]
         self._labels = RowFile(self.out / f"{LABELS}.npy", self.rows, None, np.dtype("<i8"), create)
@@ -346,7 +348,7 @@ class FeatureWriter:
         """Record the finished rows in index.json: whole batches only, so that a resumed job reads
         every image in the same batch as an uninterrupted one."""
         filled = self._paths.count
-        batch = self.job["batch_size"]
+        batch = self._batch_size
         done = filled if filled == self.rows else filled // batch * batch
         for file in [*self._files, self._labels, self._paths]:
             file.sync()
