@@ -10,8 +10,9 @@ CAFFE_STUBS := converters/caffe/caffe_pb2.py
 MODEL := models/zfnet-cifar10.onnx
 SAMPLES := samples/cifar10
 DEMO_IMAGES := $(sort $(wildcard $(SAMPLES)/*/0000.jpg))
+NODE_EXAMPLE := examples/node
 
-.PHONY: install demo test bench train clean
+.PHONY: install demo test bench bench-startup soak train clean node-deps browser
 
 install: $(STAMP)
 
@@ -27,6 +28,7 @@ $(STUBS): proto/zfnet/v1/zfnet.proto $(BOOTSTRAP)
 	$(PY) -m grpc_tools.protoc -Iproto --python_out=. --pyi_out=. --grpc_python_out=. proto/zfnet/v1/zfnet.proto
 	touch zfnet/v1/__init__.py
 
+# generated, never committed (tests/test_stubs.py checks both against their .proto)
 $(CAFFE_STUBS): converters/caffe/caffe.proto $(BOOTSTRAP)
 	$(PY) -m grpc_tools.protoc -Iconverters/caffe --python_out=converters/caffe converters/caffe/caffe.proto
 
@@ -38,12 +40,42 @@ demo: install
 	$(VENV)/bin/zfclient deconv --model $(MODEL) --layer 4 --top 9 --out out/demo $(foreach f,$(DEMO_IMAGES),--image $(f))
 	@echo "demo: deconv reconstructions of layer 4 (one labelled grid per image) are in out/demo/"
 
-test: install
+test: install node-deps browser
 	$(VENV)/bin/pytest -q
+
+# The Node.js client example's packages, exactly as locked (its test skips without Node.js and npm).
+node-deps:
+	@if command -v npm >/dev/null 2>&1; then \
+		[ $(NODE_EXAMPLE)/node_modules/.package-lock.json -nt $(NODE_EXAMPLE)/package-lock.json ] || \
+		npm ci --prefix $(NODE_EXAMPLE) --ignore-scripts --no-audit --no-fund; \
+	else echo "npm not found: the Node.js client test will be skipped"; fi
+
+# The top-k report test opens the report in a real headless Chromium (Debian's chromium and
+# chromium-driver): install them when missing and apt-get may run; elsewhere that test skips, saying why.
+browser:
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing chromium and chromium-driver for the report test"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) \
+	      || echo "could not install chromium; the report's browser test will skip"; \
+	  else echo "chromium or chromedriver missing and apt-get cannot run here; the report's browser test will skip"; fi; \
+	fi
 
 bench: install
 	$(PY) bench/deconv_bench.py
+	$(PY) bench/top_bench.py
+	$(PY) bench/occlusion_bench.py
+	$(PY) bench/transport_bench.py
 	$(PY) bench/features_bench.py
+
+# A real zfserver on loopback under load, hostile requests and uploads at once (a few minutes);
+# bounded in count and time, figures in out/soak.json.
+soak: install
+	$(PY) bench/soak.py
+
+# zfclient --help, and an in-process call's model preparation with an empty and a warm cache
+bench-startup: install
+	$(PY) bench/startup_bench.py
 
 # Retrain the bundled reference model (about 30 minutes on 2 CPU cores) and re-export it.
 train: install
@@ -51,4 +83,4 @@ train: install
 	$(VENV)/bin/zfclient convert torch zfnet-cifar10 --weights models/zfnet-cifar10.pt -o $(MODEL)
 
 clean:
-	rm -rf $(VENV) out zfnet/v1 $(CAFFE_STUBS)
+	rm -rf $(VENV) out zfnet/v1 $(CAFFE_STUBS) $(NODE_EXAMPLE)/node_modules

@@ -1,43 +1,64 @@
 """A small typed Python client over the zfnet gRPC stubs.
 
-``Client()`` with no target starts the same service in-process on 127.0.0.1 and talks to it over
-the same gRPC path, so scripts work with nothing else running.
+``Client()`` with no target starts the same service in-process, listening on a Unix socket in a
+private (0700) temporary directory, and talks to it over the same gRPC path, so scripts work with
+nothing else running and no other local user can reach that server. A remote server may need TLS
+(``tls_ca`` / ``$ZFNET_TLS_CA`` for a private CA, ``tls=True`` / ``ZFNET_TLS=1`` for public ones,
+``tls_cert``/``tls_key`` for mutual TLS) and a bearer token (``token`` / ``$ZFNET_TOKEN``).
 """
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import os
+import shutil
+import tempfile
+import warnings
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import grpc
 import numpy as np
 
-from zfnet import errors, imagefolder
+from zfnet import errors, imagefolder, status, topk_proto
+from zfnet.client import results
 from zfnet.client.features import FeatureBatch, FeatureHeader, FeatureSpec, Skipped
-from zfnet.tensors import CHANNEL_OPTIONS, from_proto, to_proto
+from zfnet.client.results import BORDERS, FILLS, TRANSFORMS
+from zfnet.tensors import CHANNEL_OPTIONS, MAX_MESSAGE_BYTES, from_proto, to_proto
+from zfnet.topk import BY, TopK
 from zfnet.v1 import zfnet_pb2 as pb
 from zfnet.v1 import zfnet_pb2_grpc
 
 SERVER_ENV = "ZFNET_SERVER"
+TOKEN_ENV = "ZFNET_TOKEN"
+TLS_ENV = "ZFNET_TLS"
+TLS_CA_ENV = "ZFNET_TLS_CA"
+TLS_CERT_ENV = "ZFNET_TLS_CERT"
+TLS_KEY_ENV = "ZFNET_TLS_KEY"
 CHUNK_BYTES = 1 << 20
 STREAM_IMAGES = 128  # images per ImageBatch message when the client streams a data set
+DECONV_BATCH = 32  # images per Deconv request when the client splits a long list
+DECONV_ROWS = 1024  # reconstructions per Deconv request at most (the server takes up to 4096)
+PROTOBUF_LIMIT = 2 << 30  # bytes: the most one protobuf message (one ONNX model) can hold
 _CODES = {
     grpc.StatusCode.INVALID_ARGUMENT: errors.InvalidArgument,
     grpc.StatusCode.NOT_FOUND: errors.NotFound,
     grpc.StatusCode.FAILED_PRECONDITION: errors.FailedPrecondition,
     grpc.StatusCode.RESOURCE_EXHAUSTED: errors.ResourceExhausted,
     grpc.StatusCode.UNAVAILABLE: errors.Unavailable,
+    grpc.StatusCode.UNAUTHENTICATED: errors.Unauthenticated,
 }
 MODES = {"max": pb.MAX, "map": pb.MAP}
 FEATURE_DTYPES = {"float32": pb.FLOAT32, "float16": pb.FLOAT16}
 POOLS = {"none": pb.POOL_NONE, "avg": pb.POOL_AVG, "max": pb.POOL_MAX, "grid": pb.POOL_GRID}
 POOL_NAMES = {code: name for name, code in POOLS.items()}
 METHODS = {"deconvnet": pb.DECONVNET, "backprop": pb.BACKPROP, "guided": pb.GUIDED}
+ProgressCallback = Callable[[str, int, int], None]  # (stage, copies done, copies in all)
 
 ImageLike = str | Path | bytes | np.ndarray
+OnProgress = Callable[[pb.JobProgress], None]
 
 
 @dataclass(frozen=True)
@@ -62,6 +83,54 @@ class DeconvResult:
 
 
 @dataclass(frozen=True)
+class TopImage:
+    """A winner's image as the model saw it: (C, H, W) float32 RGB 0..255."""
+
+    index: int
+    path: str
+    label: str  # class name, "" when unknown
+    pixels: np.ndarray
+
+
+@dataclass(frozen=True)
+class TopEntry:
+    """One (layer, channel, rank) of a top-k job, with the reconstruction of its activation."""
+
+    layer: str
+    channel: int
+    rank: int
+    index: int  # data-set index; the image is TopResult.images[index]
+    value: float  # the ranking value (the map's max or mean)
+    activation: float  # the activation reconstructed
+    location: tuple[int, ...]
+    receptive_field: tuple[int, int, int, int]  # top, left, bottom, right (exclusive), clipped to the image
+    patch: tuple[int, int, int, int]  # the whole field; it may leave the image
+    reconstruction: np.ndarray  # (C, H, W) float32
+
+
+@dataclass(frozen=True)
+class TopResult:
+    """A finished top-k job: the scan's state, the winners' images and every reconstruction."""
+
+    state: TopK
+    method: str
+    classes: list[str]
+    images: dict[int, TopImage]
+    entries: dict[str, dict[int, list[TopEntry]]]  # layer -> channel -> ranked entries
+
+
+@dataclass(frozen=True)
+class Filters:
+    """A learned layer's filters: Conv (out, in/group, kh, kw) or fully connected (out, in)."""
+
+    layer: str
+    op: str
+    weights: np.ndarray
+    bias: np.ndarray | None
+    channel_order: str  # of the image input, for a first layer
+
+
+@dataclass(frozen=True)
 class Dataset:
     """The images of a data-set job: a named data set on the server, or a local folder the client streams."""
 
@@ -78,15 +147,37 @@ class Dataset:
     def stop(self) -> int:
         return self.source.stop or self.size
 
-    def batches(self, images_per_message: int = STREAM_IMAGES) -> Iterator[pb.ImageBatch]:
-        """The local folder's images ``[start, stop)`` as ImageBatch messages, read lazily (bounded memory)."""
+    def part(self, start: int, stop: int) -> Dataset:
+        """The same data set, indices ``[start, stop)`` only (a shard, or what is left to read)."""
+        source = pb.DataSource()
+        source.CopyFrom(self.source)
+        source.start, source.stop = start, stop
+        return replace(self, source=source)
+
+    def batches(self, images_per_message: int = STREAM_IMAGES, indices: Sequence[int] | None = None) -> Iterator[pb.ImageBatch]:
+        """The local folder's images ``[start, stop)``, or only those at ``indices`` (ascending), as
+        ImageBatch messages of consecutive images, read lazily (bounded memory)."""
         folder = self.folder
-        for begin in range(self.start, self.stop, images_per_message):
-            end = min(begin + images_per_message, self.stop)
+        for begin, end in _runs(range(self.start, self.stop) if indices is None else indices, images_per_message):
             yield pb.ImageBatch(
                 start=begin, labels=[int(x) for x in folder.labels[begin:end]],
                 images=[pb.Image(encoded=_read_bytes(folder.files[i]), label=str(folder.files[i])) for i in range(begin, end)],
             )
+
+
+def _runs(indices: Sequence[int], longest: int) -> Iterator[tuple[int, int]]:
+    """Ascending ``indices`` as [begin, end) runs of consecutive numbers, each at most ``longest`` long."""
+    begin = end = None
+    for i in indices:
+        i = int(i)
+        if begin is not None and i == end and end - begin < longest:
+            end += 1
+            continue
+        if begin is not None:
+            yield begin, end
+        begin, end = i, i + 1
+    if begin is not None:
+        yield begin, end
 
 
 def _read_bytes(path: Path) -> bytes:
@@ -115,31 +206,139 @@ def image_message(image: ImageLike) -> pb.Image:
 
 
 def layer_ref(layer: str | int) -> pb.LayerRef:
-    if isinstance(layer, int) or str(layer).isdigit():
+    """A layer number (an int, or ASCII digits) or an exact tensor name."""
+    if isinstance(layer, int) or (str(layer).isascii() and str(layer).isdigit()):
         return pb.LayerRef(number=int(layer))
     return pb.LayerRef(name=str(layer))
 
 
-class Client:
-    """Talks to a zfnet server at ``target`` (``host:port``), ``$ZFNET_SERVER``, or one started in-process."""
+@dataclass(frozen=True)
+class Connection:
+    """How to reach a server beyond its address: TLS files and a bearer token."""
 
-    def __init__(self, target: str | None = None) -> None:
+    token: str | None = None
+    tls: bool = False  # TLS with the system's CA certificates (implied by tls_ca)
+    tls_ca: Path | None = None  # PEM CA that signed the server's certificate (a private CA)
+    tls_cert: Path | None = None  # PEM client certificate (mutual TLS), with tls_key
+    tls_key: Path | None = None
+
+    @classmethod
+    def from_env(cls) -> Connection:
+        """``$ZFNET_TOKEN``, ``$ZFNET_TLS`` (1), ``$ZFNET_TLS_CA``, ``$ZFNET_TLS_CERT``, ``$ZFNET_TLS_KEY``."""
+        env = os.environ.get
+        path = lambda name: Path(env(name)) if env(name) else None  # noqa: E731
+        return cls(env(TOKEN_ENV) or None, env(TLS_ENV, "") not in ("", "0"), path(TLS_CA_ENV), path(TLS_CERT_ENV), path(TLS_KEY_ENV))
+
+    @property
+    def secure(self) -> bool:
+        return self.tls or self.tls_ca is not None or self.tls_cert is not None
+
+    def channel(self, target: str) -> grpc.Channel:
+        """A channel to ``target`` with these settings (the token rides on every call)."""
+        if self.secure:
+            if (self.tls_cert is None) != (self.tls_key is None):
+                raise errors.InvalidArgument("a client certificate (--tls-cert) and its key (--tls-key) go together")
+            credentials = grpc.ssl_channel_credentials(
+                _read_pem(self.tls_ca, "--tls-ca"), _read_pem(self.tls_key, "--tls-key"), _read_pem(self.tls_cert, "--tls-cert"),
+            )
+            channel = grpc.secure_channel(target, credentials, options=CHANNEL_OPTIONS)
+        else:
+            channel = grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
+        if not self.token:
+            return channel
+        if not self.token.isascii() or not self.token.isprintable() or " " in self.token:
+            raise errors.InvalidArgument("the token has spaces or characters that cannot travel in gRPC metadata")
+        if not self.secure and not _is_local(target):
+            warnings.warn(f"sending a bearer token to {target} without TLS; anyone on the path can read it (use --tls-ca)", stacklevel=3)
+        return grpc.intercept_channel(channel, _BearerToken(self.token))
+
+
+def _read_pem(path: Path | None, what: str) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        return Path(path).read_bytes()
+    except OSError as err:
+        raise errors.NotFound(f"{what} {path}: {err.strerror or err}") from None
+
+
+def _is_local(target: str) -> bool:
+    host = target.removeprefix("dns:///").removeprefix("ipv4:").removeprefix("ipv6:").rpartition(":")[0].strip("[]")
+    return target.startswith("unix") or host in ("localhost", "127.0.0.1", "::1")
+
+
+class _Details(collections.namedtuple("_Details", "method timeout metadata credentials wait_for_ready compression"), grpc.ClientCallDetails):
+    pass
+
+
+class _BearerToken(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor, grpc.StreamUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):
+    """Adds ``authorization: Bearer <token>`` to every call."""
+
+    def __init__(self, token: str) -> None:
+        self._header = ("authorization", f"Bearer {token}")
+
+    def _details(self, d: grpc.ClientCallDetails) -> _Details:
+        return _Details(d.method, d.timeout, [*(d.metadata or ()), self._header], d.credentials, d.wait_for_ready, d.compression)
+
+    def intercept_unary_unary(self, continuation, details, request):
+        return continuation(self._details(details), request)
+
+    def intercept_unary_stream(self, continuation, details, request):
+        return continuation(self._details(details), request)
+
+    def intercept_stream_unary(self, continuation, details, requests):
+        return continuation(self._details(details), requests)
+
+    def intercept_stream_stream(self, continuation, details, requests):
+        return continuation(self._details(details), requests)
+
+
+# What ``zfclient``'s global options (--token, --tls-ca, ...) set; None: read the environment.
+cli_connection: Connection | None = None
+
+
+class Client:
+    """Talks to a zfnet server at ``target`` (``host:port``, ``unix:/path``), ``$ZFNET_SERVER``, or one
+    started in-process on a private Unix socket. ``connection`` (TLS, token) defaults to the
+    environment; keyword arguments override single fields of it."""
+
+    def __init__(self, target: str | None = None, connection: Connection | None = None, **overrides) -> None:
         target = target or os.environ.get(SERVER_ENV) or None
         self._server = None
+        self._private_dir: str | None = None
         if target is None:
-            from zfnet.server.app import create_server
-
-            self._server, port, _ = create_server("127.0.0.1:0")
-            target = f"127.0.0.1:{port}"
+            target = self._start_in_process()
+            connection = Connection()  # a private socket: no TLS, no token
+        else:
+            connection = connection or cli_connection or Connection.from_env()
+        self.connection = replace(connection, **overrides)
         self.target = target
-        self._channel = grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
+        self._channel = self.connection.channel(target)
         self.stub = zfnet_pb2_grpc.ZfnetStub(self._channel)
         self._uploaded: dict[Path, str] = {}
+
+    def _start_in_process(self) -> str:
+        """Serve in this process on a Unix socket in a fresh 0700 directory; the target."""
+        from zfnet.server.app import create_server
+
+        base = None if len(tempfile.gettempdir()) < 60 else "/tmp"  # a socket path is limited to about 107 bytes
+        self._private_dir = tempfile.mkdtemp(prefix="zfnet-", dir=base)  # mode 0700: only this user can reach the socket
+        target = f"unix:{self._private_dir}/zfnet.sock"
+        try:
+            self._server, _, _ = create_server(target)
+        except BaseException:
+            shutil.rmtree(self._private_dir, ignore_errors=True)
+            raise
+        return target
 
     def close(self) -> None:
         self._channel.close()
         if self._server is not None:
             self._server.stop(grace=None)
+            self._server = None
+        if self._private_dir is not None:
+            shutil.rmtree(self._private_dir, ignore_errors=True)
+            self._private_dir = None
 
     def __enter__(self) -> Client:
         return self
@@ -148,10 +347,31 @@ class Client:
         self.close()
 
     def _call(self, method, request, timeout: float | None = 600):
+        """A unary call, gRPC errors turned into zfnet errors. NOT_FOUND for a model this client
+        uploaded (the server restarted, evicted or deleted it) uploads it again and retries once."""
+        try:
+            return method(request, timeout=timeout)
+        except grpc.RpcError as err:
+            if err.code() != grpc.StatusCode.NOT_FOUND or not self._upload_again(request):
+                raise self._error(err) from None
         try:
             return method(request, timeout=timeout)
         except grpc.RpcError as err:
             raise self._error(err) from None
+
+    def _upload_again(self, request) -> bool:
+        """Upload again the model ``request`` names if this client uploaded it before and the server
+        no longer holds it; False when that is not why the call failed."""
+        ref = request if isinstance(request, pb.ModelRef) else getattr(request, "model", None)
+        if not isinstance(ref, pb.ModelRef) or not ref.sha256:
+            return False
+        path = next((p for p, sha in self._uploaded.items() if sha == ref.sha256), None)
+        if path is None or self._call(self.stub.HasModel, pb.ModelRef(sha256=ref.sha256)).present:
+            return False
+        del self._uploaded[path]
+        if self.ensure_model(path) != ref.sha256:
+            raise errors.NotFound(f"the server lost model {path}, and the file changed since this client uploaded it; run again")
+        return True
 
     def _stream(self, method, requests, timeout: float | None = None) -> Iterator:
         """The replies of a streaming call, gRPC errors turned into zfnet errors."""
@@ -160,23 +380,29 @@ class Client:
         except grpc.RpcError as err:
             raise self._error(err) from None
 
-    def _job(self, method, job: object, dataset: Dataset, wrap: Callable[[pb.ImageBatch], object]) -> Iterator:
+    def _job(self, method, job: object, dataset: Dataset, wrap: Callable[[pb.ImageBatch], object], indices: Sequence[int] | None = None) -> Iterator:
         """Run a data-set job: ``job`` (the first request), then, when the client streams the data,
-        every ImageBatch wrapped as a request; yields the replies as they come."""
+        every ImageBatch (of the range, or of ``indices`` only) wrapped as a request; yields the replies as they come."""
 
         def requests():
             yield job
             if dataset.folder is not None:
-                yield from (wrap(batch) for batch in dataset.batches())
+                yield from (wrap(batch) for batch in dataset.batches(indices=indices))
 
         return self._stream(method, requests())
 
     def _error(self, err: grpc.RpcError) -> errors.ZfnetError:
+        """The zfnet error for a failed call, with the server's details (field, reason, resource, metadata)."""
         code = err.code()
         details = err.details() or str(code)
         if code == grpc.StatusCode.UNAVAILABLE:
             return errors.Unavailable(f"cannot reach the zfnet server at {self.target}: {details}")
-        return _CODES.get(code, errors.ZfnetError)(details)
+        cls, sent = _CODES.get(code, errors.ZfnetError), status.details_of(err)
+        error = cls(details, **sent)
+        if cls is errors.ZfnetError and code is not None:  # INTERNAL, DEADLINE_EXCEEDED, ...: keep the real code
+            error.code = code.name
+            error.reason = sent.get("reason") or code.name
+        return error
 
     # -- models ---------------------------------------------------------------------------
     def model_ref(self, model: str | Path) -> pb.ModelRef:
@@ -193,7 +419,7 @@ class Client:
             return self._uploaded[path]
         if not path.is_file():
             raise errors.NotFound(f"model {path} does not exist")
-        data = path.read_bytes()
+        data = model_bytes(path)
         sha = hashlib.sha256(data).hexdigest()
         if not self._call(self.stub.HasModel, pb.ModelRef(sha256=sha)).present:
             self._call(self.stub.UploadModel, _upload_parts(data, sha, path.stem))
@@ -202,6 +428,20 @@ class Client:
 
     def model_info(self, model: str | Path) -> pb.ModelInfo:
         return self._call(self.stub.GetModelInfo, self.model_ref(model))
+
+    def delete_model(self, model: str | Path) -> pb.DeleteModelResponse:
+        """Forget an uploaded model (a local path this client uploaded, or a SHA-256), or unload a
+        --model-dir model (by name) from the server's memory."""
+        path = Path(model)
+        if path.resolve() in self._uploaded:
+            ref = pb.ModelRef(sha256=self._uploaded.pop(path.resolve()))
+        elif path.is_file():
+            ref = pb.ModelRef(sha256=hashlib.sha256(path.read_bytes()).hexdigest())
+        elif len(str(model)) == 64 and all(c in "0123456789abcdef" for c in str(model).lower()):
+            ref = pb.ModelRef(sha256=str(model).lower())
+        else:
+            ref = pb.ModelRef(name=str(model))
+        return self._call(self.stub.DeleteModel, ref)
 
     # -- data sets ------------------------------------------------------------------------
     def list_datasets(self) -> list[pb.DatasetInfo]:
@@ -267,6 +507,162 @@ class Client:
             for i, img in enumerate(reply.images) for r in img.reconstructions
         ]
         return DeconvResult(reply.layer, mode, method, out)
+
+    def deconv_batches(
+        self, model: str | Path, images: Sequence[ImageLike], layer: str | int, channels: Sequence[int] | None = None,
+        top_k: int = 9, mode: str = "max", method: str = "deconvnet", batch_size: int = 0,
+    ) -> Iterator[tuple[int, int, DeconvResult]]:
+        """:meth:`deconv` over any number of images, one request per batch: yields (start, stop,
+        result) for ``images[start:stop]`` as each reply arrives (result image indices are relative to start). ``batch_size`` 0 picks the largest
+        batch whose reply stays well inside the message limit."""
+        if not batch_size:
+            info = self.model_info(model)
+            per_image = (len(channels) if channels else max(top_k, 1)) * 4 * int(np.prod(info.input_shape[1:]))
+            batch_size = max(1, min(DECONV_BATCH, (MAX_MESSAGE_BYTES // 4) // max(per_image, 1), DECONV_ROWS // max(len(channels or []) or top_k, 1)))
+        for start in range(0, len(images), batch_size):
+            stop = min(start + batch_size, len(images))
+            yield start, stop, self.deconv(model, images[start:stop], layer, channels, top_k, mode, method)
+
+    def _analysis(self, method, request, progress: ProgressCallback | None):
+        """Run a server-streaming analysis: report each Progress, return the final result message."""
+        try:
+            for reply in method(request, timeout=None):
+                if reply.WhichOneof("reply") == "progress":
+                    if progress is not None:
+                        progress(reply.progress.stage, reply.progress.done, reply.progress.total)
+                else:
+                    return reply.result
+        except grpc.RpcError as err:
+            raise self._error(err) from None
+        raise errors.Unavailable(f"the server at {self.target} ended the stream without a result")
+
+    def occlusion(
+        self, model: str | Path, images: Sequence[ImageLike], size: int | None = None, stride: int | None = None,
+        fill: str = "mean", layer: str | int | None = None, true_classes: Sequence[str] = (), max_batch: int = 0,
+        all_classes: bool = False, progress: ProgressCallback | None = None,
+    ) -> results.OcclusionResult:
+        """Occlusion sensitivity maps (b)-(e) of each image (the paper's Fig. 7)."""
+        request = pb.OcclusionRequest(
+            model=self.model_ref(model), images=[image_message(i) for i in images], size=size, stride=stride,
+            fill=_choice(FILLS, fill, "fill"), true_classes=list(true_classes), max_batch=max_batch, all_classes=all_classes,
+        )
+        if layer is not None:
+            request.layer.CopyFrom(layer_ref(layer))
+        return results.occlusion(self._analysis(self.stub.Occlusion, request, progress))
+
+    def invariance(
+        self, model: str | Path, images: Sequence[ImageLike], sweeps: Sequence[tuple[str, Sequence[float]]] = (),
+        layers: Sequence[str | int] = (), border: str = "reflect", fill: str = "mean", true_classes: Sequence[str] = (),
+        max_batch: int = 0, progress: ProgressCallback | None = None,
+    ) -> results.InvarianceResult:
+        """Feature distances and true-class probability under each sweep, ``(transform, values)``
+        (empty values: the server's defaults; no sweeps: translate, scale and rotate) (the paper's Fig. 5)."""
+        request = pb.InvarianceRequest(
+            model=self.model_ref(model), images=[image_message(i) for i in images],
+            sweeps=[pb.Sweep(transform=_choice(TRANSFORMS, name, "transform"), values=list(values)) for name, values in sweeps],
+            layers=[layer_ref(x) for x in layers], border=_choice(BORDERS, border, "border"), fill=_choice(FILLS, fill, "fill"),
+            true_classes=list(true_classes), max_batch=max_batch,
+        )
+        return results.invariance(self._analysis(self.stub.Invariance, request, progress))
+
+    def correspondence(
+        self, model: str | Path, images: Sequence[ImageLike], parts: Sequence[str], boxes: Sequence[Sequence[tuple[int, int, int, int]]],
+        random_trials: int | None = None, seed: int = 0, layers: Sequence[str | int] = (), fill: str = "mean",
+        max_batch: int = 0, progress: ProgressCallback | None = None,
+    ) -> results.CorrespondenceResult:
+        """The paper's Delta per part and layer (Table 1); ``boxes[i][p]`` = (top, left, bottom, right)
+        of part p in image i, model input pixels, bottom/right exclusive."""
+        request = pb.CorrespondenceRequest(
+            model=self.model_ref(model), images=[image_message(i) for i in images], parts=list(parts),
+            boxes=[pb.PartBoxes(boxes=[pb.Box(top=t, left=l, bottom=b, right=r) for t, l, b, r in image_boxes]) for image_boxes in boxes],
+            random_trials=random_trials, seed=seed, layers=[layer_ref(x) for x in layers], fill=_choice(FILLS, fill, "fill"), max_batch=max_batch,
+        )
+        return results.correspondence(self._analysis(self.stub.Correspondence, request, progress))
+
+    # -- data-set jobs ----------------------------------------------------------------------
+    def top_scan(
+        self, model: str | Path, dataset: Dataset, layers: Sequence[str | int], k: int = 9, by: str = "max",
+        channels: Sequence[int] | None = None, state: TopK | None = None, checkpoint_every: int = 0,
+        on_progress: OnProgress | None = None, on_checkpoint: Callable[[TopK], None] | None = None, method: str | None = None,
+    ) -> TopK:
+        """The first pass of a top-k job: the running top-``k`` of every channel over ``dataset``'s range.
+        With ``state`` (a checkpoint, or a shard's state), it reads only what the state has not read yet
+        and returns the merged state. ``on_checkpoint`` gets the state every ``checkpoint_every`` images.
+        Given the ``method`` of the reconstructions to come, the server refuses a layer it cannot project
+        before reading any image."""
+        if k <= 0:
+            raise errors.InvalidArgument(f"k must be positive, got {k}")
+        if by not in BY:
+            raise errors.InvalidArgument(f"unknown ranking {by!r}; choose one of {', '.join(BY)}")
+        if method is not None and method not in METHODS:
+            raise errors.InvalidArgument(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+        ranges = state.remaining(dataset.start, dataset.stop) if state is not None else [(dataset.start, dataset.stop)]
+        ref = self.model_ref(model)
+        for start, stop in ranges:
+            part = dataset.part(start, stop)
+            job = pb.TopJob(
+                model=ref, layers=[layer_ref(x) for x in layers], k=k, by=topk_proto.BY[by], channels=list(channels or []),
+                data=part.source, stage=pb.TOP_SCAN, checkpoint_every=checkpoint_every, method=METHODS.get(method or "", 0),
+                state=topk_proto.to_message(state) if state is not None else None,
+            )
+            final = None
+            for reply in self._job(self.stub.TopActivations, pb.TopRequest(job=job), part, lambda b: pb.TopRequest(batch=b)):
+                kind = reply.WhichOneof("part")
+                if kind == "progress" and on_progress is not None:
+                    on_progress(reply.progress)
+                elif kind == "checkpoint" and on_checkpoint is not None:
+                    on_checkpoint(topk_proto.from_message(reply.checkpoint))
+                elif kind == "state":
+                    final = topk_proto.from_message(reply.state)
+            if final is None:
+                raise errors.ZfnetError("the server ended the top-k scan without its final state")
+            state = final
+        return state
+
+    def top_reconstruct(
+        self, model: str | Path, dataset: Dataset, state: TopK, method: str = "deconvnet", on_progress: OnProgress | None = None,
+    ) -> TopResult:
+        """The second pass: every winner of ``state`` with its image, patch box and reconstruction."""
+        if method not in METHODS:
+            raise errors.InvalidArgument(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+        job = pb.TopJob(model=self.model_ref(model), data=dataset.source, stage=pb.TOP_RECONSTRUCT, method=METHODS[method], state=topk_proto.to_message(state))
+        images: dict[int, TopImage] = {}
+        entries = {layer: {int(c): [] for c in top.channels} for layer, top in state.layers.items()}
+        replies = self._job(self.stub.TopActivations, pb.TopRequest(job=job), dataset, lambda b: pb.TopRequest(batch=b), state.winner_indices())
+        for reply in replies:
+            kind = reply.WhichOneof("part")
+            if kind == "progress" and on_progress is not None:
+                on_progress(reply.progress)
+            elif kind == "image":
+                m = reply.image
+                label = dataset.classes[m.label] if 0 <= m.label < len(dataset.classes) else ""
+                images[m.index] = TopImage(m.index, m.path, label, from_proto(m.pixels).copy())
+            elif kind == "entry":
+                e = reply.entry
+                entries[e.layer][e.channel].append(TopEntry(
+                    e.layer, e.channel, e.rank, e.index, e.value, e.activation, tuple(e.location), _box(e.receptive_field), _box(e.patch),
+                    from_proto(e.reconstruction).copy(),
+                ))
+        for per_channel in entries.values():
+            for ranked in per_channel.values():
+                ranked.sort(key=lambda entry: entry.rank)
+        return TopResult(state, method, list(dataset.classes), images, entries)
+
+    def top(
+        self, model: str | Path, dataset: Dataset, layers: Sequence[str | int], k: int = 9, by: str = "max",
+        channels: Sequence[int] | None = None, method: str = "deconvnet", state: TopK | None = None,
+        on_progress: OnProgress | None = None, on_checkpoint: Callable[[TopK], None] | None = None, checkpoint_every: int = 0,
+    ) -> TopResult:
+        """Top-``k`` images per channel of ``layers`` over ``dataset`` and their reconstructions (Zeiler &
+        Fergus 2013, Fig. 2): :meth:`top_scan`, then :meth:`top_reconstruct`."""
+        state = self.top_scan(model, dataset, layers, k, by, channels, state, checkpoint_every, on_progress, on_checkpoint, method)
+        return self.top_reconstruct(model, dataset, state, method, on_progress)
+
+    def filters(self, model: str | Path, layer: str | int) -> Filters:
+        """The filters of a convolutional or fully connected layer (a number names its block)."""
+        reply = self._call(self.stub.GetFilters, pb.FiltersRequest(model=self.model_ref(model), layer=layer_ref(layer)))
+        bias = from_proto(reply.bias).copy() if reply.bias.shape else None
+        return Filters(reply.layer, reply.op, from_proto(reply.weights).copy(), bias, reply.channel_order)
 
     def features(
         self, model: str | Path, data: str | Path | Dataset, layers: Sequence[str | int], pool: str = "none",
@@ -335,6 +731,65 @@ def pooling_message(text: str | None) -> pb.Pooling:
 
     value = Pooling.parse(text)
     return pb.Pooling(kind=POOLS[value.kind], grid=value.grid)
+
+
+def _choice(table: dict[str, int], name: str, what: str) -> int:
+    if name not in table:
+        raise errors.InvalidArgument(f"unknown {what} {name!r}; choose one of {', '.join(table)}")
+    return table[name]
+
+
+def model_bytes(path: Path) -> bytes:
+    """A model file's bytes, with the weights of any external data file (``model.onnx.data``, as
+    ``torch.onnx.export`` writes by default) inlined, so that one self-contained model travels."""
+    data = path.read_bytes()
+    if b"location" not in data:  # external data is named by a "location" entry: without one there is none
+        return data
+    import onnx  # noqa: PLC0415  (only models that may reference external data need it)
+    from onnx.external_data_helper import load_external_data_for_model, uses_external_data  # noqa: PLC0415
+
+    model = onnx.ModelProto.FromString(data)
+    tensors = [t for t in _tensors(model.graph) if uses_external_data(t)]
+    if not tensors:
+        return data
+    total = len(data) + sum(_external_length(path.parent, t) for t in tensors)
+    if total > PROTOBUF_LIMIT:
+        raise errors.ResourceExhausted(
+            f"model {path} with its external data is {total / (1 << 30):.1f} GiB; one ONNX model (a protobuf message) "
+            f"holds at most 2 GiB, so zfnet cannot take it whole"
+        )
+    try:
+        load_external_data_for_model(model, str(path.parent))
+    except (OSError, ValueError, onnx.checker.ValidationError) as err:
+        raise errors.InvalidArgument(f"cannot read the external data of {path}: {err}") from None
+    return model.SerializeToString()
+
+
+def _tensors(graph) -> Iterator:
+    """Every TensorProto of a graph: initializers and tensor attributes, subgraphs included."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            for sub in [attr.g] if attr.HasField("g") else list(attr.graphs):
+                yield from _tensors(sub)
+
+
+def _external_length(folder: Path, tensor) -> int:
+    """The byte length of one tensor's external data (its ``length`` entry, else its file's size)."""
+    info = {entry.key: entry.value for entry in tensor.external_data}
+    if "length" in info:
+        return int(info["length"])
+    location = folder / info.get("location", "")
+    if not location.is_file():
+        raise errors.NotFound(f"external data file {location} of tensor {tensor.name!r} does not exist")
+    return location.stat().st_size
+
+
+def _box(box: pb.Box) -> tuple[int, int, int, int]:
+    return (box.top, box.left, box.bottom, box.right)
 
 
 def _upload_parts(data: bytes, sha: str, name: str) -> Iterator[pb.UploadModelRequest]:

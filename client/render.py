@@ -12,6 +12,7 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from zfnet.client.api import DeconvResult, Reconstruction  # noqa: E402
+from zfnet.errors import InvalidArgument  # noqa: E402
 
 
 def for_display(pixels: np.ndarray) -> np.ndarray:
@@ -124,6 +125,54 @@ def probe_plot(results: list, title: str, path: Path) -> Path:
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+NORMALISE = ("sheet", "filter")
+
+
+def filter_tiles(weights: np.ndarray, limit: int = 1024, normalise: str = "sheet", bgr: bool = False, pad: int = 1) -> tuple[np.ndarray, str]:
+    """A convolution's filters (out, in, kh, kw) tiled like the classic Caffe ``show_feature`` snippet:
+    a first layer (3 input channels) as RGB tiles, one per output channel; any other as grey tiles, one
+    per (output, input) pair, the first ``limit`` of them. Values are scaled to [0, 1] over the whole
+    sheet (``normalise="sheet"``, what the snippet does) or per tile (``"filter"``); tiles sit in a
+    square grid with ``pad`` pixels of 0 after each. Returns the image, (H, W) or (H, W, 3), and what it shows."""
+    if weights.ndim != 4:
+        raise InvalidArgument(f"filters to tile must be (out, in, kh, kw); these are {list(weights.shape)} (a fully connected layer?)")
+    if normalise not in NORMALISE:
+        raise InvalidArgument(f"unknown normalisation {normalise!r}; choose one of {', '.join(NORMALISE)}")
+    if limit <= 0:
+        raise InvalidArgument(f"the limit must be positive, got {limit}")
+    out_channels, in_channels, kh, kw = weights.shape
+    if in_channels == 3:
+        tiles = weights.transpose(0, 2, 3, 1)[..., ::-1] if bgr else weights.transpose(0, 2, 3, 1)
+        shown = f"{min(limit, out_channels)} of {out_channels} {kh}x{kw} RGB filters"
+    else:
+        tiles = weights.reshape(out_channels * in_channels, kh, kw)
+        shown = f"{'first ' if limit < len(tiles) else ''}{min(limit, len(tiles)):,} of {len(tiles):,} (output, input) {kh}x{kw} filters"
+    data = np.array(tiles[:limit], dtype=np.float64)
+    axes = tuple(range(1, data.ndim))
+    low = data.min(axis=axes, keepdims=True) if normalise == "filter" else data.min()
+    data -= low
+    high = data.max(axis=axes, keepdims=True) if normalise == "filter" else data.max()
+    data /= np.where(high > 0, high, 1.0)
+    n = int(np.ceil(np.sqrt(len(data))))
+    padding = ((0, n * n - len(data)), (0, pad), (0, pad)) + ((0, 0),) * (data.ndim - 3)
+    data = np.pad(data, padding, mode="constant", constant_values=0)
+    data = data.reshape((n, n) + data.shape[1:]).transpose((0, 2, 1, 3) + tuple(range(4, data.ndim + 1)))
+    return data.reshape((n * data.shape[1], n * data.shape[3]) + data.shape[4:]), shown
+
+
+def filters_figure(tiles: np.ndarray, title: str, path: Path) -> Path:
+    """The tiled filters as a labelled figure (nearest-neighbour pixels, grey or RGB)."""
+    side = max(4.0, min(12.0, tiles.shape[1] / 24))
+    fig, ax = plt.subplots(figsize=(side, side * tiles.shape[0] / tiles.shape[1] + 0.6), dpi=110)
+    ax.imshow(tiles, cmap="gray" if tiles.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
+    ax.axis("off")
+    ax.set_title(title, fontsize=9)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, bbox_inches="tight")
     plt.close(fig)

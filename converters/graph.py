@@ -23,6 +23,7 @@ IR_VERSION = 10  # onnx 1.23 stamps 14; onnxruntime 1.31 accepts at most 13
 PREPROCESSING_KEY = "zfnet.preprocessing"
 CLASSES_KEY = "zfnet.classes"
 SOURCE_KEY = "zfnet.source"
+MEAN_INITIALIZER = "preprocess/mean_value"  # the mean prepend_preprocessing subtracts, (1, C, 1, 1) or (1, C, H, W)
 
 
 @dataclass
@@ -105,8 +106,8 @@ def prepend_preprocessing(
     if mean is not None:
         mean = np.asarray(mean, np.float32)
         mean = mean.reshape(1, channels, 1, 1) if mean.ndim == 1 else mean.reshape(1, *mean.shape)
-        graph.initializer.append(numpy_helper.from_array(mean, "preprocess/mean_value"))
-        add("Sub", ["preprocess/mean_value"], "mean")
+        graph.initializer.append(numpy_helper.from_array(mean, MEAN_INITIALIZER))
+        add("Sub", [MEAN_INITIALIZER], "mean")
     scale = np.asarray(preprocessing.scale, np.float32)
     if not np.all(scale == 1.0):
         scale = scale.reshape(1, -1, 1, 1) if scale.size > 1 else scale.reshape(())

@@ -2,72 +2,174 @@
 
 from __future__ import annotations
 
+import faulthandler
 import logging
+import signal
+import threading
+from collections.abc import Sequence
 from concurrent import futures
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 import typer
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from zfnet.edge import edge
-from zfnet.server import runtime
-from zfnet.server.datasets import DatasetStore
-from zfnet.server.engine import Engine
-from zfnet.server.models import ModelStore
-from zfnet.server.service import ZfnetServicer
+from zfnet.errors import InvalidArgument
+from zfnet.server import reflection
+from zfnet.server.admission import DEFAULT_FRACTION, MAX_INPUT_PIXELS, MemoryBudget, fmt_bytes, limit_malloc_arenas, machine_memory, parse_bytes
+from zfnet.server.security import Tls, TokenAuth, check_exposure, read_tokens, server_credentials
 from zfnet.tensors import CHANNEL_OPTIONS
 from zfnet.v1 import zfnet_pb2, zfnet_pb2_grpc
+
+if TYPE_CHECKING:
+    from zfnet.server.engine import Engine
 
 log = logging.getLogger("zfnet.server")
 
 SERVICE_NAME = zfnet_pb2.DESCRIPTOR.services_by_name["Zfnet"].full_name
 
 
-def create_server(
+class Health(health.HealthServicer):
+    """The standard health service, able to end its Watch streams when the server drains."""
+
+    def end_watches(self) -> None:
+        """End every Watch stream (after NOT_SERVING went out): an open Watch would otherwise count
+        as an in-flight call and hold the whole grace period."""
+        with self._lock:
+            ends = [send for sends in getattr(self, "_send_response_callbacks", {}).values() for send in sends]
+        for send in ends:
+            send(None)
+
+
+@dataclass
+class Running:
+    """A started server and what stopping it gracefully needs."""
+
+    server: grpc.Server
+    port: int  # the bound TCP port (1 for a Unix socket)
+    engine: Engine
+    health: Health
+
+    def shutdown(self, grace: float) -> None:
+        """Health NOT_SERVING, no new calls, in-flight calls get ``grace`` seconds, then stop."""
+        self.health.enter_graceful_shutdown()
+        stopped = self.server.stop(grace)
+        self.health.end_watches()
+        stopped.wait()
+
+
+def start(
     address: str = "127.0.0.1:0", model_dir: Path | None = None, max_model_mb: int = 2048, workers: int = 8, data_dir: Path | None = None,
-) -> tuple[grpc.Server, int, Engine]:
-    """A started server with the zfnet, health and reflection services; returns (server, port, engine)."""
-    engine = Engine(ModelStore(model_dir, max_model_mb << 20), DatasetStore(data_dir))
+    *, max_memory: int | None = None, max_input_pixels: int = MAX_INPUT_PIXELS, tls: Tls | None = None, tokens: Sequence[str] = (),
+    insecure: bool = False,
+) -> Running:
+    """Start a server with the zfnet, health and reflection services on ``address`` (``host:port``
+    or ``unix:/path``); off-host addresses need TLS and tokens unless ``insecure``."""
+    check_exposure(address, tls, tokens, insecure)
+    credentials = server_credentials(tls) if tls else None
+    from zfnet.server import runtime  # onnxruntime, onnx and the rules load with the server, not with every CLI command
+    from zfnet.server.datasets import DatasetStore
+    from zfnet.server.engine import Engine
+    from zfnet.server.models import ModelStore
+    from zfnet.server.service import ZfnetServicer
+
+    budget = MemoryBudget.for_process(max_memory)
+    engine = Engine(ModelStore(model_dir, max_model_mb << 20, budget, max_input_pixels), DatasetStore(data_dir))
     provider = runtime.providers()[0]
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=CHANNEL_OPTIONS)
+    interceptors = [TokenAuth(tokens)] if tokens else []
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=CHANNEL_OPTIONS, interceptors=interceptors)
     zfnet_pb2_grpc.add_ZfnetServicer_to_server(ZfnetServicer(engine, provider), server)
-    health_servicer = health.HealthServicer()
+    health_servicer = Health()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    port = server.add_insecure_port(address)
+    reflection.enable((SERVICE_NAME, health.SERVICE_NAME), server)  # grpc.reflection.v1 and v1alpha
+    port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"cannot bind {address}")
     server.start()
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return server, port, engine
+    return Running(server, port, engine, health_servicer)
 
 
-def serve(host: str, port: int, model_dir: Path | None, max_model_mb: int, workers: int, data_dir: Path | None = None) -> None:
-    """Run until interrupted."""
+def create_server(
+    address: str = "127.0.0.1:0", model_dir: Path | None = None, max_model_mb: int = 2048, workers: int = 8, data_dir: Path | None = None,
+    **options,
+) -> tuple[grpc.Server, int, Engine]:
+    """A started server (see :func:`start` for ``options``); returns (server, port, engine)."""
+    running = start(address, model_dir, max_model_mb, workers, data_dir, **options)
+    return running.server, running.port, running.engine
+
+
+def serve(
+    host: str, port: int, model_dir: Path | None, max_model_mb: int, workers: int, data_dir: Path | None = None, grace: float = 20.0, **options,
+) -> None:
+    """Run until SIGTERM or SIGINT, then stop gracefully (see :meth:`Running.shutdown`) and return."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    server, bound, _ = create_server(f"{host}:{port}", model_dir, max_model_mb, workers, data_dir)
-    log.info("zfnet serving on %s:%d", host, bound)
-    try:
-        server.wait_for_termination()
-    except KeyboardInterrupt:
-        server.stop(grace=2).wait()
+    limit_malloc_arenas()  # a process of its own: memory handed back after a burst (README, "Security")
+    stop = threading.Event()
+    received: list[int] = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda number, frame: (received.append(number), stop.set()))
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # kill -USR1: every thread's stack on stderr
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    running = start(address, model_dir, max_model_mb, workers, data_dir, **options)
+    budget = running.engine.budget
+    log.info(
+        "zfnet serving on %s:%d (%s, %s; memory budget %s)", host, running.port, "TLS" if options.get("tls") else "plaintext",
+        "bearer tokens" if options.get("tokens") else "no tokens", fmt_bytes(budget.limit),
+    )
+    while not stop.wait(1.0):
+        pass
+    name = signal.Signals(received[0]).name if received else "stop"
+    log.info("%s: health NOT_SERVING, no new calls; in-flight calls have %.0f s to finish", name, grace)
+    running.shutdown(grace)
+    log.info("stopped")
 
 
 def command(
-    host: str = typer.Option("127.0.0.1", help="Address to bind; 127.0.0.1 unless told otherwise."),
+    host: str = typer.Option("127.0.0.1", help="Address to bind. Anything but loopback needs --tls-cert/--tls-key and --token-file (or --insecure)."),
     port: int = typer.Option(50051, help="Port to bind (0: any free port)."),
-    model_dir: Path | None = typer.Option(None, "--model-dir", help="Serve the .onnx files in this folder by name (file stem)."),
+    model_dir: Path | None = typer.Option(None, "--model-dir", help="Serve the .onnx files in this folder by name (file stem); their external data must stay inside it."),
     max_model_mb: int = typer.Option(2048, help="Largest model accepted for upload, in MiB."),
     workers: int = typer.Option(8, help="Request threads."),
     data_dir: Path | None = typer.Option(
         None, "--data-dir", help="Serve the image folders under DIR as named data sets (DIR/<name>/<class>/<image>; clients send names, never paths).",
     ),
+    max_memory: str = typer.Option(
+        f"{int(DEFAULT_FRACTION * 100)}%", "--max-memory",
+        help="Most memory (RSS) the server may take: 8G, 512M or a share of the machine's memory like 50%. Requests and loaded models are admitted against it.",
+    ),
+    max_input_pixels: int = typer.Option(MAX_INPUT_PIXELS, "--max-input-pixels", help="Largest input (H x W pixels) a model may declare."),
+    tls_cert: Path | None = typer.Option(None, "--tls-cert", help="PEM certificate chain: serve over TLS (with --tls-key)."),
+    tls_key: Path | None = typer.Option(None, "--tls-key", help="PEM private key of --tls-cert."),
+    tls_client_ca: Path | None = typer.Option(None, "--tls-client-ca", help="PEM CA: clients must present a certificate it signed (mutual TLS)."),
+    token_file: Path | None = typer.Option(None, "--token-file", help="Bearer tokens, one per line: every call but health must carry one."),
+    insecure: bool = typer.Option(False, "--insecure", help="Serve a non-loopback address without TLS and tokens anyway (logged as a warning)."),
+    grace: float = typer.Option(20.0, "--grace", help="Seconds in-flight calls get to finish after SIGTERM."),
 ) -> None:
-    """Run the zfnet gRPC server."""
-    serve(host, port, model_dir, max_model_mb, workers, data_dir)
+    """Run the zfnet gRPC server (zfnet.v1.Zfnet, grpc.health.v1 and reflection).
+
+    Exposed: model upload, listing and deletion, predictions, activations and deconv reconstructions, to any caller that reaches the address; with --token-file only to callers that hold a token (health needs none).
+
+    Refused: models that keep tensors in external files, models declaring an input over --max-input-pixels, images over 64 Mi pixels, and any request whose estimated memory cannot fit --max-memory (RESOURCE_EXHAUSTED, with the numbers).
+
+    Off-host: --host 0.0.0.0 --tls-cert server.pem --tls-key server.key --token-file tokens.txt; clients pass --tls-ca (or ZFNET_TLS_CA) and --token (or ZFNET_TOKEN).
+
+    SIGTERM: health turns NOT_SERVING, new calls are refused, in-flight calls finish within --grace, exit 0.
+    """
+    if (tls_cert is None) != (tls_key is None):
+        raise InvalidArgument("--tls-cert and --tls-key go together")
+    if tls_client_ca is not None and tls_cert is None:
+        raise InvalidArgument("--tls-client-ca needs --tls-cert and --tls-key")
+    tls = Tls(tls_cert, tls_key, tls_client_ca) if tls_cert is not None else None
+    tokens = read_tokens(token_file) if token_file is not None else ()
+    serve(
+        host, port, model_dir, max_model_mb, workers, data_dir, grace, max_memory=parse_bytes(max_memory, machine_memory()),
+        max_input_pixels=max_input_pixels, tls=tls, tokens=tokens, insecure=insecure,
+    )
 
 
 def main() -> None:

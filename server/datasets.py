@@ -9,7 +9,7 @@ that is how a job is split across processes or machines, and how an interrupted 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,15 +66,19 @@ class Source:
     def batches(self, input_shape: list[int]) -> Iterator[Batch]:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def take(self, indices: Sequence[int], input_shape: list[int]) -> Iterator[Batch]:  # pragma: no cover - interface
+        """Only the images at ``indices`` (ascending; a job's second pass), in batches of ``batch_size``."""
+        raise NotImplementedError
+
 
 def _range(size: int, start: int, stop: int, batch_size: int) -> tuple[int, int, int]:
     """Check a requested range and batch size against a data set of ``size`` images."""
     stop = stop or size
     if not 0 <= start <= stop <= size:
-        raise InvalidArgument(f"data range [{start}, {stop}) is outside the data set's {size} images (DataSource.start/stop)")
+        raise InvalidArgument(f"data range [{start}, {stop}) is outside the data set's {size} images (DataSource.start/stop)", reason="VALUE_OUT_OF_RANGE")
     batch_size = batch_size or DEFAULT_BATCH
     if not 0 < batch_size <= MAX_BATCH:
-        raise InvalidArgument(f"DataSource.batch_size must be 1..{MAX_BATCH}, got {batch_size}")
+        raise InvalidArgument(f"DataSource.batch_size must be 1..{MAX_BATCH}, got {batch_size}", reason="VALUE_OUT_OF_RANGE")
     return start, stop, batch_size
 
 
@@ -118,20 +122,26 @@ class FolderSource(Source):
         return self.folder.files[index].relative_to(self.folder.root).as_posix()
 
     def batches(self, input_shape: list[int]) -> Iterator[Batch]:
-        """Decode in a thread pool, one batch ahead of the consumer."""
-        starts = range(self.start, self.stop, self.batch_size)
-        with ThreadPoolExecutor(DECODE_WORKERS) as pool:
-            def submit(begin: int):
-                indices = list(range(begin, min(begin + self.batch_size, self.stop)))
-                return indices, pool.map(lambda i: self._read(i, input_shape), indices)
+        return self.take(range(self.start, self.stop), input_shape)
 
-            pending = submit(starts[0]) if starts else None
-            for k in range(len(starts)):
-                indices, decoded = pending
+    def take(self, indices: Sequence[int], input_shape: list[int]) -> Iterator[Batch]:
+        """The images at ``indices`` (ascending) in batches; decoded in a thread pool, one batch ahead of the consumer."""
+        bad = [int(i) for i in ([indices[0], indices[-1]] if len(indices) else []) if not 0 <= i < self.size]
+        if bad:
+            raise InvalidArgument(f"image index {bad[0]} is outside the data set's {self.size} images")
+        chunks = [indices[b : b + self.batch_size] for b in range(0, len(indices), self.batch_size)]
+        with ThreadPoolExecutor(DECODE_WORKERS) as pool:
+            def submit(chunk: Sequence[int]):
+                return chunk, pool.map(lambda i: self._read(i, input_shape), chunk)
+
+            pending = submit(chunks[0]) if chunks else None
+            for k in range(len(chunks)):
+                chunk, decoded = pending
                 decoded = list(decoded)
-                pending = submit(starts[k + 1]) if k + 1 < len(starts) else None
-                labels = [int(self.folder.labels[i]) for i in indices]
-                yield _assemble(indices, labels, [self.path(i) for i in indices], decoded, len(indices))
+                pending = submit(chunks[k + 1]) if k + 1 < len(chunks) else None
+                chunk = [int(i) for i in chunk]
+                labels = [int(self.folder.labels[i]) for i in chunk]
+                yield _assemble(chunk, labels, [self.path(i) for i in chunk], decoded, len(chunk))
 
 
 @dataclass(frozen=True)
@@ -141,7 +151,13 @@ class StreamedSource(Source):
     parts: Iterable[tuple[int, list[ImageInput], list[int]]] = ()
 
     def batches(self, input_shape: list[int]) -> Iterator[Batch]:
-        expected = self.start
+        return self.take(range(self.start, self.stop), input_shape)
+
+    def take(self, indices: Sequence[int], input_shape: list[int]) -> Iterator[Batch]:
+        """The images at ``indices`` (ascending), as the client streams them: each ImageBatch holds the
+        next wanted images, at consecutive data-set indices."""
+        position = 0  # how many of ``indices`` have arrived
+        end = int(indices[-1]) + 1 if len(indices) else self.start
         pending: list[tuple[int, ImageInput, int]] = []
         with ThreadPoolExecutor(DECODE_WORKERS) as pool:
             def flush(items):
@@ -149,24 +165,28 @@ class StreamedSource(Source):
                 return _assemble([i for i, _, _ in items], [lab for _, _, lab in items], [img.label for _, img, _ in items], decoded, len(items))
 
             for begin, images, labels in self.parts:
+                expected = int(indices[position]) if position < len(indices) else end
                 if begin != expected:
-                    raise InvalidArgument(f"ImageBatch.start is {begin}; the next image expected is {expected} (batches must be consecutive)")
+                    raise InvalidArgument(f"ImageBatch.start is {begin}; the next image expected is {expected} (batches must be consecutive)", reason="STREAM_OUT_OF_ORDER")
                 if labels and len(labels) != len(images):
                     raise InvalidArgument(f"ImageBatch at {begin}: {len(labels)} labels for {len(images)} images")
-                if expected + len(images) > self.stop:
-                    raise InvalidArgument(f"ImageBatch at {begin}: {len(images)} images run past the range's end {self.stop}")
+                last = position + len(images) - 1
+                if last >= len(indices):
+                    raise InvalidArgument(f"ImageBatch at {begin}: {len(images)} images run past the last image asked for ({end - 1})")
+                if images and int(indices[last]) != begin + len(images) - 1:
+                    raise InvalidArgument(f"ImageBatch at {begin}: {len(images)} images, but image {begin + len(images) - 1} is not asked for (send only the images asked for)")
                 labels = list(labels) or [-1] * len(images)
                 if any(not -1 <= lab < len(self.classes) for lab in labels):
-                    raise InvalidArgument(f"ImageBatch at {begin}: labels must be -1 or 0..{len(self.classes) - 1} (StreamedImages.classes)")
+                    raise InvalidArgument(f"ImageBatch at {begin}: labels must be -1 or 0..{len(self.classes) - 1} (StreamedImages.classes)", reason="VALUE_OUT_OF_RANGE")
                 pending.extend((begin + i, image, lab) for i, (image, lab) in enumerate(zip(images, labels)))
-                expected += len(images)
+                position += len(images)
                 while len(pending) >= self.batch_size:
                     yield flush(pending[: self.batch_size])
                     pending = pending[self.batch_size :]
             if pending:
                 yield flush(pending)
-        if expected != self.stop:
-            raise InvalidArgument(f"the client streamed images up to index {expected}; the range asked for ends at {self.stop}")
+        if position != len(indices):
+            raise InvalidArgument(f"the client streamed images up to index {indices[position]}; the images asked for end at {end}")
 
 
 class DatasetStore:
@@ -200,7 +220,7 @@ class DatasetStore:
         """The scanned file list of data set ``name`` (scanned once)."""
         if name not in self._folders:
             known = ", ".join(self.names()) or "none (start zfserver with --data-dir)"
-            raise NotFound(f"no data set named {name!r} on this server; it has: {known}")
+            raise NotFound(f"no data set named {name!r} on this server; it has: {known}", reason="DATASET_NOT_FOUND", resource=("dataset", name))
         if name not in self._scanned:
             self._scanned[name] = imagefolder.scan(self._folders[name])
         return self._scanned[name]
@@ -217,7 +237,7 @@ def streamed_source(
 ) -> StreamedSource:
     """A source over images the client streams."""
     if size <= 0:
-        raise InvalidArgument("StreamedImages.size must be the number of images in the data set (> 0)")
+        raise InvalidArgument("StreamedImages.size must be the number of images in the data set (> 0)", reason="VALUE_OUT_OF_RANGE")
     start, stop, batch_size = _range(size, start, stop, batch_size)
     return StreamedSource(size, list(classes), start, stop, batch_size, parts=parts)
 

@@ -48,10 +48,13 @@ def choose_channels(activation: np.ndarray, channels: list[int] | None, top_k: i
     if channels:
         bad = [c for c in channels if not 0 <= c < count]
         if bad:
-            raise InvalidArgument(f"channel(s) {bad} out of range: this layer has {count} channels (0..{count - 1})")
+            raise InvalidArgument(
+                f"channel(s) {bad} out of range: this layer has {count} channels (0..{count - 1})",
+                field=f"channels.channels[{channels.index(bad[0])}]", reason="VALUE_OUT_OF_RANGE", metadata={"channels": count},
+            )
         return [list(channels) for _ in range(activation.shape[0])]
     if top_k <= 0:
-        raise InvalidArgument(f"top_k must be positive, got {top_k}")
+        raise InvalidArgument(f"top_k must be positive, got {top_k}", field="channels.top_k", reason="VALUE_OUT_OF_RANGE")
     strength = activation.reshape(activation.shape[0], count, -1).max(axis=2)
     k = min(top_k, count)
     return [list(np.argsort(-row, kind="stable")[:k]) for row in strength]
@@ -60,10 +63,13 @@ def choose_channels(activation: np.ndarray, channels: list[int] | None, top_k: i
 def select(activation: np.ndarray, chosen: list[list[int]], mode: str) -> Selection:
     """Build the signals: only the strongest activation of the channel (``max``) or its whole map (``map``)."""
     if mode not in MODES:
-        raise InvalidArgument(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+        raise InvalidArgument(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}", field="mode", reason="UNKNOWN_ENUM_VALUE")
     rows = [(i, c) for i, cs in enumerate(chosen) for c in cs]
     if len(rows) > MAX_ROWS:
-        raise ResourceExhausted(f"{len(rows)} reconstructions asked for; at most {MAX_ROWS} per request")
+        raise ResourceExhausted(
+            f"{len(rows)} reconstructions asked for; at most {MAX_ROWS} per request",
+            reason="TOO_MANY_RECONSTRUCTIONS", metadata={"limit": MAX_ROWS, "requested": len(rows)},
+        )
     signal = np.zeros((len(rows), *activation.shape[1:]), np.float32)
     values, locations = np.zeros(len(rows), np.float32), []
     spatial = activation.shape[2:]
@@ -80,26 +86,91 @@ def select(activation: np.ndarray, chosen: list[list[int]], mode: str) -> Select
     return Selection(image_index, np.asarray([c for _, c in rows], np.int64), values, locations, signal)
 
 
+def project(
+    proj: projection.Projection, session, forward: dict[str, np.ndarray], signal: np.ndarray, image_index: np.ndarray, pixel_shape: tuple[int, ...],
+) -> np.ndarray:
+    """Send ``signal`` rows (M, *layer shape) down the projection graph in chunks of CHUNK_ROWS; row m
+    belongs to image ``image_index[m]`` of the forward batch, whose tensors ``forward`` holds. (M, *pixel_shape)."""
+    feeds = {projection.FORWARD_PREFIX + name: forward[name] for name in proj.forward_tensors}
+    pixels = []
+    for start in range(0, len(signal), CHUNK_ROWS):
+        part = slice(start, start + CHUNK_ROWS)
+        feeds[projection.SIGNAL] = signal[part]
+        feeds[projection.IMAGE_INDEX] = image_index[part]
+        pixels.append(session.run([projection.RECONSTRUCTION], feeds)[0])
+    return np.concatenate(pixels) if pixels else np.zeros((0, *pixel_shape), np.float32)
+
+
 def reconstruct(model: LoadedModel, batch: np.ndarray, layer: str, channels: list[int] | None, top_k: int, mode: str, method: str) -> list[Reconstruction]:
     """Forward once, select, project in chunks; one Reconstruction per (image, channel)."""
     proj, proj_session = model.projection(layer, method)
-    computed = [name for name in proj.forward_tensors if name != model.input_name]  # the input is fed, not computed
-    outputs = model.session.run([layer, *computed], {model.input_name: batch})
-    activation, forward = outputs[0], {model.input_name: batch, **dict(zip(computed, outputs[1:]))}
+    if proj.per_image:
+        return _per_image(model, proj, proj_session, batch, layer, channels, top_k, mode)
+    names = _fetched(model, proj, layer)
+    forward = {model.input_name: batch, **dict(zip(names, model.session.run(names, {model.input_name: batch})))}
+    activation = forward[layer]
     selection = select(activation, choose_channels(activation, channels, top_k), mode)
+    pixels = project(proj, proj_session, forward, selection.signal, selection.image_index, batch.shape[1:])
+    return _reconstructions(model, layer, mode, selection, pixels)
+
+
+def project(
+    proj: projection.Projection, session, forward: dict[str, np.ndarray], signal: np.ndarray, image_index: np.ndarray, pixel_shape: tuple[int, ...],
+) -> np.ndarray:
+    """Send ``signal`` rows (M, *layer shape) down the projection graph in chunks of CHUNK_ROWS; row m
+    belongs to image ``image_index[m]`` of the forward batch, whose tensors ``forward`` holds. (M, *pixel_shape)."""
     feeds = {projection.FORWARD_PREFIX + name: forward[name] for name in proj.forward_tensors}
     pixels = []
-    for start in range(0, len(selection.channel), CHUNK_ROWS):
+    for start in range(0, len(signal), CHUNK_ROWS):
         part = slice(start, start + CHUNK_ROWS)
-        feeds[projection.SIGNAL] = selection.signal[part]
-        feeds[projection.IMAGE_INDEX] = selection.image_index[part]
-        pixels.append(proj_session.run([projection.RECONSTRUCTION], feeds)[0])
-    pixels_all = np.concatenate(pixels) if pixels else np.zeros((0, *batch.shape[1:]), np.float32)
+        feeds[projection.SIGNAL] = signal[part]
+        feeds[projection.IMAGE_INDEX] = image_index[part]
+        pixels.append(session.run([projection.RECONSTRUCTION], feeds)[0])
+    return np.concatenate(pixels) if pixels else np.zeros((0, *pixel_shape), np.float32)
+
+
+def _per_image(model: LoadedModel, proj: projection.Projection, proj_session, batch: np.ndarray, layer: str,
+               channels: list[int] | None, top_k: int, mode: str) -> list[Reconstruction]:
+    """For a model whose graph merges the batch axis away: each image alone, its forward pass and then
+    its rows one at a time, so that the projection is exactly that of the one-image computation."""
+    names = _fetched(model, proj, layer)
+    forwards = [{model.input_name: batch[i : i + 1], **dict(zip(names, model.session.run(names, {model.input_name: batch[i : i + 1]})))}
+                for i in range(len(batch))]
+    activation = np.concatenate([forward[layer] for forward in forwards])
+    _check_images_apart(model, batch, layer, activation)
+    selection = select(activation, choose_channels(activation, channels, top_k), mode)
+    pixels = np.zeros((len(selection.channel), *batch.shape[1:]), np.float32)
+    for row, image in enumerate(selection.image_index):
+        feeds = {projection.FORWARD_PREFIX + name: forwards[image][name] for name in proj.forward_tensors}
+        feeds.update({projection.SIGNAL: selection.signal[row : row + 1], projection.IMAGE_INDEX: np.zeros(1, np.int64)})
+        pixels[row] = proj_session.run([projection.RECONSTRUCTION], feeds)[0][0]
+    return _reconstructions(model, layer, mode, selection, pixels)
+
+
+def _check_images_apart(model: LoadedModel, batch: np.ndarray, layer: str, alone: np.ndarray) -> None:
+    """Refuse when the batch's forward pass differs from its images' one by one: the graph mixes the
+    images of a batch, and the projection of one image alone would not be the batch's."""
+    if len(batch) == 1:
+        return
+    together = model.session.run([layer], {model.input_name: batch})[0]
+    scale = float(np.abs(alone).max(initial=0.0))
+    if together.shape != alone.shape or not np.allclose(together, alone, rtol=1e-3, atol=1e-4 * max(scale, 1e-12)):
+        raise InvalidArgument(f"layer {layer!r}: the model mixes the images of a batch on the way to this layer "
+                              "(an image alone gives other values); send one image per request or choose another layer")
+
+
+def _fetched(model: LoadedModel, proj: projection.Projection, layer: str) -> list[str]:
+    """The forward tensors to compute: the layer and what the projection reads (the input is fed)."""
+    return list(dict.fromkeys(name for name in [layer, *proj.forward_tensors] if name != model.input_name))
+
+
+def _reconstructions(model: LoadedModel, layer: str, mode: str, selection: Selection, pixels: np.ndarray) -> list[Reconstruction]:
+    """One Reconstruction per selected row, with its receptive field (of the whole map in map mode)."""
     return [
         Reconstruction(
             int(selection.image_index[r]), int(selection.channel[r]), float(selection.value[r]), selection.location[r],
-            model.receptive_fields.box(layer, selection.location[r]) if mode == "max" else (0, 0, *batch.shape[2:]),
-            pixels_all[r],
+            model.receptive_fields.box(layer, selection.location[r] if mode == "max" else None, int(selection.channel[r])),
+            pixels[r],
         )
         for r in range(len(selection.channel))
     ]

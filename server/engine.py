@@ -1,19 +1,26 @@
-"""The engine: what the server can do, in numpy terms, free of gRPC."""
+"""The engine: what the server can do, in numpy terms, free of gRPC.
+
+Every analysis first estimates what it will allocate (``estimate``) and runs inside a reservation
+of the server's memory budget (``admit``); see :mod:`zfnet.server.admission`.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Hashable, Iterator, Sequence
+from contextlib import AbstractContextManager
 
 import numpy as np
 
 from zfnet.errors import InvalidArgument, ResourceExhausted
-from zfnet.server import deconv, features
+from zfnet.server import deconv, features, filters, top
+from zfnet.server.admission import Estimate, admitted, check_reply
 from zfnet.server.datasets import Batch, DatasetStore, Source
-from zfnet.server.images import ImageInput, to_batch
+from zfnet.server.images import MAX_IMAGE_PIXELS, ImageInput, inspect, to_batch
 from zfnet.server.layers import Layer, resolve
-from zfnet.server.models import LoadedModel, ModelStore
+from zfnet.server.models import PROJECTION_BUILD_FACTOR, LoadedModel, ModelStore
 
 MAX_IMAGES = 1024  # per request
+FORWARD_FACTOR = 2  # a forward pass allocates up to about this many times its exposed outputs (measured: 1.4-1.6)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -23,32 +30,69 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return exp / exp.sum(axis=1, keepdims=True)
 
 
+def probabilities(out: np.ndarray) -> tuple[np.ndarray, bool]:
+    """A model's (N, K) output as class probabilities; True when softmax was applied (the output did not sum to 1)."""
+    is_probability = bool(np.all(out >= 0) and np.allclose(out.sum(axis=1), 1.0, atol=1e-3))
+    return (out, False) if is_probability else (softmax(out), True)
+
+
 class Engine:
     """Forward passes and analyses over the models of a :class:`ModelStore`."""
 
-    def __init__(self, store: ModelStore, datasets: DatasetStore | None = None) -> None:
+    def __init__(self, store: ModelStore, datasets: DatasetStore | None = None, max_image_pixels: int = MAX_IMAGE_PIXELS) -> None:
         self.store = store
         self.datasets = datasets or DatasetStore()
+        self.budget = store.budget
+        self.max_image_pixels = max_image_pixels
 
     def batch(self, model: LoadedModel, images: list[ImageInput]) -> np.ndarray:
         if len(images) > MAX_IMAGES:
-            raise ResourceExhausted(f"{len(images)} images in one request; at most {MAX_IMAGES}")
-        return to_batch(images, model.input_shape)
+            raise ResourceExhausted(f"{len(images)} images in one request; at most {MAX_IMAGES}", field="images", reason="TOO_MANY_IMAGES", metadata={"limit": MAX_IMAGES, "requested": len(images)})
+        return to_batch(images, model.input_shape, self.max_image_pixels)
 
+    # -- admission ------------------------------------------------------------------------
+    def estimate(self, model: LoadedModel, images: list[ImageInput], what: str, **parts: int) -> Estimate:
+        """What a request over ``images`` costs: their input batch, a forward pass, the largest
+        image decode (headers are checked here, nothing is decoded), and the analysis' own ``parts``."""
+        if not images:
+            raise InvalidArgument("the request has no images", field="images", reason="FIELD_REQUIRED")
+        if len(images) > MAX_IMAGES:
+            raise ResourceExhausted(f"{len(images)} images in one request; at most {MAX_IMAGES}", field="images", reason="TOO_MANY_IMAGES", metadata={"limit": MAX_IMAGES, "requested": len(images)})
+        headers = [inspect(image, i, self.max_image_pixels) for i, image in enumerate(images)]
+        footprint = model.footprint
+        n = len(images)
+        base = {
+            "input batch": n * footprint.input, "image decoding": max(h.decode_bytes for h in headers),
+            "forward pass": FORWARD_FACTOR * n * footprint.forward,
+        }
+        return Estimate(what, {**base, **{name.replace("_", " "): int(v) for name, v in parts.items()}})
+
+    def admit(self, model: LoadedModel, estimate: Estimate, *pins: Hashable, until_reply: bool = True) -> AbstractContextManager[None]:
+        """Reserve ``estimate`` in the memory budget, keeping ``model`` (and ``pins``) loaded meanwhile.
+        Within a unary gRPC call the reservation lasts until its reply is sent (``admission.admitted``);
+        ``until_reply=False`` ends it with the block (a job admitting one batch at a time)."""
+        reservation = self.budget.reserve(estimate, pin=[model.key, *pins])
+        return admitted(reservation) if until_reply else reservation
+
+    # -- analyses -------------------------------------------------------------------------
     def predict(self, model: LoadedModel, images: list[ImageInput]) -> tuple[np.ndarray, bool]:
         """Class probabilities (N, K); True when softmax was applied to the model's output."""
-        out = model.session.run([model.output_name], {model.input_name: self.batch(model, images)})[0]
-        out = out.reshape(out.shape[0], -1).astype(np.float32)
-        is_probability = bool(np.all(out >= 0) and np.allclose(out.sum(axis=1), 1.0, atol=1e-3))
-        return (out, False) if is_probability else (softmax(out), True)
+        with self.admit(model, self.estimate(model, images, f"Predict on {len(images)} image(s)")):
+            out = model.session.run([model.output_name], {model.input_name: self.batch(model, images)})[0]
+        return probabilities(out.reshape(out.shape[0], -1).astype(np.float32))
 
     def activations(self, model: LoadedModel, images: list[ImageInput], layers: list[str | int]) -> dict[str, np.ndarray]:
         """The chosen layers' activations, by tensor name."""
         if not layers:
-            raise InvalidArgument("no layers asked for")
-        names = [resolve(model.layers, layer).name for layer in layers]
-        values = model.session.run(names, {model.input_name: self.batch(model, images)})
-        return dict(zip(names, values))
+            raise InvalidArgument("no layers asked for", field="layers", reason="FIELD_REQUIRED")
+        names = list(dict.fromkeys(resolve(model.layers, layer).name for layer in layers))
+        footprint = model.footprint
+        what = f"GetActivations of {len(names)} layer(s) on {len(images)} image(s)"
+        reply = len(images) * sum(footprint.tensors.get(name, 0) for name in names)
+        check_reply(reply, what, "ask for fewer images or layers per request")
+        with self.admit(model, self.estimate(model, images, what, reply=2 * reply)):
+            values = model.session.run(names, {model.input_name: self.batch(model, images)})
+            return dict(zip(names, values))
 
     def deconv(
         self, model: LoadedModel, images: list[ImageInput], layer: str | int,
@@ -56,7 +100,34 @@ class Engine:
     ) -> tuple[Layer, list[deconv.Reconstruction]]:
         """Reconstructions of ``layer`` for every image and selected channel."""
         row = resolve(model.layers, layer)
-        return row, deconv.reconstruct(model, self.batch(model, images), row.name, channels, top_k, mode, method)
+        if not channels and top_k <= 0:
+            raise InvalidArgument(f"top_k must be positive, got {top_k}", field="channels.top_k", reason="VALUE_OUT_OF_RANGE")
+        count = row.shape[1] if len(row.shape) > 1 and isinstance(row.shape[1], int) and row.shape[1] > 0 else 1
+        rows = len(images) * (len(channels) if channels else min(top_k, count))
+        what = f"Deconv of {len(images)} image(s) x {rows // max(len(images), 1)} channel(s) of {row.name}"
+        if rows > deconv.MAX_ROWS:
+            raise ResourceExhausted(
+                f"{rows} reconstructions asked for; at most {deconv.MAX_ROWS} per request",
+                reason="TOO_MANY_RECONSTRUCTIONS", metadata={"limit": deconv.MAX_ROWS, "requested": rows},
+            )
+        footprint = model.footprint
+        reply = rows * footprint.input
+        check_reply(reply, what, "send fewer images or channels per request")
+        estimate = self.estimate(
+            model, images, what, signals=rows * footprint.tensors.get(row.name, 0),
+            projection=min(rows, deconv.CHUNK_ROWS) * footprint.forward, reconstructions=3 * reply,
+            projection_build=0 if model.has_projection(row.name, method) else PROJECTION_BUILD_FACTOR * model.size,
+        )
+        with self.admit(model, estimate, model.projection_key(row.name, method)):
+            return row, deconv.reconstruct(model, self.batch(model, images), row.name, channels, top_k, mode, method)
+
+    def top(self, model: LoadedModel, source: Source, **job) -> Iterator:
+        """A top-k job over a data set (see :func:`zfnet.server.top.job`): progress, checkpoints, results."""
+        return top.job(model, source, **job)
+
+    def filters(self, model: LoadedModel, layer: str | int) -> filters.Filters:
+        """The filters of a convolutional or fully connected layer."""
+        return filters.find(model, layer)
 
     def feature_layers(
         self, model: LoadedModel, layers: Sequence[tuple[str | int, features.Pooling | None]], default: features.Pooling = features.NONE,
@@ -67,5 +138,18 @@ class Engine:
     def features(
         self, model: LoadedModel, layers: Sequence[features.FeatureLayer], source: Source, dtype: str = "float32",
     ) -> Iterator[tuple[Batch, list[np.ndarray]]]:
-        """Each batch of ``source`` with its feature rows per layer, in data-set order."""
-        return features.run(model, layers, source, dtype)
+        """Each batch of ``source`` with its feature rows per layer, in data-set order; each batch is
+        read and computed inside its own reservation of the memory budget."""
+        n, footprint = source.batch_size, model.footprint
+        rows = n * sum(layer.size for layer in layers) * features.feature_dtype(dtype).itemsize
+        estimate = Estimate(
+            f"Features of {len(layers)} layer(s), {n} images per batch",
+            {"input batch": n * footprint.input, "forward pass": FORWARD_FACTOR * n * footprint.forward, "feature rows": 2 * rows},
+        )
+        batches = features.run(model, layers, source, dtype)
+        while True:
+            with self.admit(model, estimate, until_reply=False):
+                item = next(batches, None)
+            if item is None:
+                return
+            yield item

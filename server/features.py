@@ -17,13 +17,15 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from zfnet.errors import InvalidArgument
 from zfnet.server.datasets import Batch, Source
-from zfnet.server.layers import resolve
-from zfnet.server.models import LoadedModel
+
+if TYPE_CHECKING:  # the client parses pooling specs here without loading onnx
+    from zfnet.server.models import LoadedModel
 
 PIXELS = "pixels"
 DTYPES = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2")}
@@ -144,8 +146,10 @@ def plan(
     """Resolve the asked layers (numbers, tensor names or ``pixels``) with their pooling. A layer's own
     pooling wins; else ``default`` applies to network layers with spatial axes, and ``none`` to the
     others and to ``pixels``."""
+    from zfnet.server.layers import resolve  # noqa: PLC0415  (onnx: only where a model is served)
+
     if not layers:
-        raise InvalidArgument("no layers asked for")
+        raise InvalidArgument("no layers asked for", field="job.layers", reason="FIELD_REQUIRED")
     resolved: list[tuple[str, int | None, Pooling | None]] = []
     for layer, pooling in layers:
         if layer == PIXELS:

@@ -1,15 +1,31 @@
 """Request images -> the model's input batch: decode, RGB, resize to the input size, float32 NCHW
-in 0..255. Everything else (mean, scale, channel order) is done by the model's own graph."""
+in 0..255. Everything else (mean, scale, channel order) is done by the model's own graph.
+
+Image headers are read before any pixel is decoded: an image larger than ``max_pixels``, with no
+pixels, or in a mode Pillow cannot turn into RGB is refused, and :func:`inspect` says what
+decoding it will cost so that the request can be admitted against the memory budget first."""
 
 from __future__ import annotations
 
 import io
+import re
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from zfnet.errors import InvalidArgument
+from zfnet.errors import InvalidArgument, ResourceExhausted
+
+MAX_IMAGE_PIXELS = 64 << 20  # default bound on one request image (about 8200 x 8200)
+# bytes per pixel as Pillow holds a decoded image; modes not listed cannot become RGB here
+MODE_BYTES = {
+    "1": 1, "L": 1, "P": 1, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2, "I": 4, "F": 4,
+    "LA": 4, "La": 4, "PA": 4, "RGB": 4, "RGBA": 4, "RGBa": 4, "RGBX": 4, "CMYK": 4, "YCbCr": 4, "LAB": 4, "HSV": 4,
+}
+RGB_WORK_BYTES = 4 + 3 + 4  # per pixel on top of the decoded image: RGB copy, array, resize source
+# Pillow warns from 89 Mi pixels on; images are checked against max_pixels here, so its warning is noise.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
 @dataclass(frozen=True)
@@ -22,6 +38,92 @@ class ImageInput:
     label: str = ""
 
 
+@dataclass(frozen=True)
+class Header:
+    """What an image is before it is decoded: its size and the bytes decoding it will take at the peak."""
+
+    height: int
+    width: int
+    decode_bytes: int
+
+
+def _what(image: ImageInput, index: int) -> str:
+    return f"image {index}" + (f" ({image.label[:200]})" if image.label else "")
+
+
+def _check_size(what: str, height: int, width: int, max_pixels: int, field: str) -> None:
+    if height <= 0 or width <= 0:
+        raise InvalidArgument(f"{what} has no pixels ({width}x{height})", field=field, reason="BAD_IMAGE")
+    if height * width > max_pixels:
+        raise ResourceExhausted(
+            f"{what} is {width}x{height} = {height * width:,} pixels; this server decodes at most {max_pixels:,} per image",
+            field=field, reason="IMAGE_TOO_LARGE", metadata={"limit": max_pixels, "requested": height * width},
+        )
+
+
+def _pillow_message(err: Exception) -> str:
+    """Pillow's reason, without the Python object it names (``<_io.BytesIO object at 0x...>``)."""
+    if isinstance(err, UnidentifiedImageError):
+        return "not an image format this server reads: PNG, JPEG, BMP, GIF, WebP, TIFF..."
+    return re.sub(r"\s*<[^<>]* at 0x[0-9a-fA-F]+>", "", str(err)) or type(err).__name__
+
+
+def _open(image: ImageInput, what: str, max_pixels: int, field: str) -> Image.Image:
+    """The image opened lazily (header only), checked before any pixel is decoded."""
+    try:
+        img = Image.open(io.BytesIO(image.encoded))
+    except Image.DecompressionBombError as err:
+        raise _bomb(what, err, max_pixels, field) from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
+        raise InvalidArgument(f"{what}: cannot decode the image bytes ({_pillow_message(err)})", field=field, reason="BAD_IMAGE") from None
+    width, height = img.size
+    _check_size(what, height, width, max_pixels, field)
+    if img.mode not in MODE_BYTES:
+        raise InvalidArgument(f"{what}: image mode {img.mode!r} is not supported; send RGB, grey or palette images", field=field, reason="BAD_IMAGE")
+    return img
+
+
+def _bomb(what: str, err: Exception, max_pixels: int, field: str) -> ResourceExhausted:
+    return ResourceExhausted(
+        f"{what}: {str(err).rstrip('.')}; this server decodes at most {max_pixels:,} pixels per image",
+        field=field, reason="IMAGE_TOO_LARGE", metadata={"limit": max_pixels},
+    )
+
+
+def _check_rgb(rgb: np.ndarray, what: str, max_pixels: int, field: str) -> None:
+    if rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise InvalidArgument(f"{what}: an RGB tensor must be (H, W, 3), got {list(rgb.shape)}", field=f"{field}.shape", reason="BAD_TENSOR")
+    if rgb.dtype not in (np.uint8, np.float32):
+        raise InvalidArgument(f"{what}: an RGB tensor must be uint8 or float32, got {rgb.dtype}", field=f"{field}.dtype", reason="BAD_TENSOR")
+    _check_size(what, rgb.shape[0], rgb.shape[1], max_pixels, field)
+    _check_finite(rgb, what, field)
+
+
+def _check_finite(array: np.ndarray, what: str, field: str) -> None:
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        bad = int(array.size - np.isfinite(array).sum())
+        raise InvalidArgument(f"{what}: {bad} pixel value(s) are NaN or infinite", field=field, reason="BAD_TENSOR")
+
+
+def inspect(image: ImageInput, index: int, max_pixels: int = MAX_IMAGE_PIXELS) -> Header:
+    """Check one image without decoding it; what decoding and resizing it will cost."""
+    what = _what(image, index)
+    if image.encoded is not None:
+        with _open(image, what, max_pixels, f"images[{index}].encoded") as img:
+            width, height = img.size
+            return Header(height, width, height * width * (MODE_BYTES[img.mode] + RGB_WORK_BYTES))
+    if image.rgb is not None:
+        _check_rgb(image.rgb, what, max_pixels, f"images[{index}].rgb")
+        height, width = image.rgb.shape[:2]
+        per_pixel = 4 if image.rgb.dtype == np.uint8 else 3 * 4 * 2  # float: one image per channel, then stacked
+        return Header(height, width, height * width * per_pixel)
+    if image.model_input is not None:
+        _check_finite(image.model_input, what, f"images[{index}].model_input")
+        shape = image.model_input.shape
+        return Header(shape[-2] if len(shape) >= 2 else 0, shape[-1] if shape else 0, 0)
+    raise InvalidArgument(f"{what}: no image data", field=f"images[{index}]", reason="FIELD_REQUIRED")
+
+
 def _resize(rgb: np.ndarray, height: int, width: int) -> np.ndarray:
     if rgb.shape[:2] == (height, width):
         return rgb.astype(np.float32)
@@ -31,38 +133,37 @@ def _resize(rgb: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.stack(channels, axis=-1)
 
 
-def decode(image: ImageInput, index: int) -> np.ndarray:
-    """One image as (H, W, 3) RGB (uint8 or float32), or the model input as given."""
-    what = f"image {index}" + (f" ({image.label})" if image.label else "")
+def decode(image: ImageInput, index: int, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+    """One image as (H, W, 3) RGB (uint8 or float32), its header checked before decoding."""
+    what = _what(image, index)
     if image.encoded is not None:
         try:
-            with Image.open(io.BytesIO(image.encoded)) as img:
+            with _open(image, what, max_pixels, f"images[{index}].encoded") as img:
                 return np.asarray(img.convert("RGB"))
-        except (UnidentifiedImageError, OSError, ValueError) as err:
-            raise InvalidArgument(f"{what}: cannot decode the image bytes ({err})") from None
+        except Image.DecompressionBombError as err:
+            raise _bomb(what, err, max_pixels, f"images[{index}].encoded") from None
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
+            raise InvalidArgument(f"{what}: cannot decode the image bytes ({_pillow_message(err)})", field=f"images[{index}].encoded", reason="BAD_IMAGE") from None
     if image.rgb is not None:
-        rgb = image.rgb
-        if rgb.ndim != 3 or rgb.shape[2] != 3:
-            raise InvalidArgument(f"{what}: an RGB tensor must be (H, W, 3), got {list(rgb.shape)}")
-        if rgb.dtype not in (np.uint8, np.float32):
-            raise InvalidArgument(f"{what}: an RGB tensor must be uint8 or float32, got {rgb.dtype}")
-        return rgb
-    raise InvalidArgument(f"{what}: no image data")
+        _check_rgb(image.rgb, what, max_pixels, f"images[{index}].rgb")
+        return image.rgb
+    raise InvalidArgument(f"{what}: no image data", field=f"images[{index}]", reason="FIELD_REQUIRED")
 
 
-def to_batch(images: list[ImageInput], input_shape: list[int]) -> np.ndarray:
+def to_batch(images: list[ImageInput], input_shape: list[int], max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
     """Stack request images into the model's (N, C, H, W) float32 input."""
     if not images:
-        raise InvalidArgument("the request has no images")
+        raise InvalidArgument("the request has no images", field="images", reason="FIELD_REQUIRED")
     channels, height, width = input_shape[1:]
     batch = np.empty((len(images), channels, height, width), np.float32)
     for i, image in enumerate(images):
         if image.model_input is not None:
             if list(image.model_input.shape) != [channels, height, width]:
-                raise InvalidArgument(f"image {i}: model_input must be {[channels, height, width]}, got {list(image.model_input.shape)}")
+                raise InvalidArgument(f"image {i}: model_input must be {[channels, height, width]}, got {list(image.model_input.shape)}", field=f"images[{i}].model_input.shape", reason="BAD_TENSOR")
+            _check_finite(image.model_input, _what(image, i), f"images[{i}].model_input")
             batch[i] = image.model_input
             continue
         if channels != 3:
-            raise InvalidArgument(f"this model takes {channels} input channels; send model_input tensors, not RGB images")
-        batch[i] = _resize(decode(image, i), height, width).transpose(2, 0, 1)
+            raise InvalidArgument(f"this model takes {channels} input channels; send model_input tensors, not RGB images", field=f"images[{i}]")
+        batch[i] = _resize(decode(image, i, max_pixels), height, width).transpose(2, 0, 1)
     return batch

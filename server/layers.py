@@ -1,26 +1,23 @@
 """The layers of an exposed model: the table users pick from, ``--layer N`` numbering as in the
-paper, and receptive fields (the input box an activation can see)."""
+paper, names and their aliases (the tensor names the model had before the expose pass), and
+receptive fields (the input box an activation can see). What each op contributes comes from its
+entry in the op registry (:mod:`zfnet.server.rules`)."""
 
 from __future__ import annotations
 
-from collections import defaultdict
+import difflib
+import json
 from dataclasses import dataclass
 
 import onnx
 
-from zfnet.converters.expose import SWITCHES_SUFFIX, tensor_shape
-from zfnet.errors import NotFound
-from zfnet.server.rules.conv import explicit_pads
-from zfnet.server.rules.registry import attribute
-
-LEARNED_OPS = {"Conv", "Gemm", "MatMul", "ConvTranspose"}
-# ops that end a layer's block when they follow it: nonlinearity, normalisation, pooling
-BLOCK_OPS = {
-    "Relu", "LeakyRelu", "PRelu", "Elu", "Sigmoid", "Tanh", "Clip", "BatchNormalization", "LRN",
-    "MaxPool", "AveragePool", "Dropout", "Identity", "Add",
-}
-WINDOW_OPS = {"Conv", "MaxPool", "AveragePool"}
-POINTWISE_SPATIAL_OPS = BLOCK_OPS | {"Sub", "Mul", "Div", "Gather", "Abs", "Pow", "Concat", "Split"}
+from zfnet.converters.expose import ALIASES_KEY, SWITCHES_SUFFIX
+from zfnet.converters.graph import get_metadata
+from zfnet.converters.index import GraphIndex
+from zfnet.errors import InvalidArgument, NotFound
+from zfnet.server import projection
+from zfnet.server.rules import Role, batch_axes, lookup_node
+from zfnet.server.rules.registry import Span, union
 
 
 @dataclass(frozen=True)
@@ -30,133 +27,161 @@ class Layer:
     index: int
     name: str
     op: str
-    shape: list[int | str]
+    shape: list[int | str]  # the batch dimension as "N"
     number: int | None = None  # ``--layer number`` selects this tensor
+    aliases: tuple[str, ...] = ()  # the tensor's names before the expose pass renamed it
 
 
-def _producers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
-    return {out: node for node in graph.node for out in node.output}
+def _index(model: onnx.ModelProto | GraphIndex) -> GraphIndex:
+    return model if isinstance(model, GraphIndex) else GraphIndex(model)
 
 
-def _consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
-    consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
-    for node in graph.node:
-        for name in node.input:
-            consumers[name].append(node)
-    return consumers
+def _role(index: GraphIndex, i: int) -> Role:
+    node = index.node(i)
+    rule = lookup_node(index, node)
+    return rule.role_of(index, node) if rule is not None else Role.OTHER
 
 
-def _constants(graph: onnx.GraphProto) -> set[str]:
-    return {i.name for i in graph.initializer} | {n.output[0] for n in graph.node if n.op_type == "Constant"}
-
-
-def _block_end(graph: onnx.GraphProto, tensor: str, consumers, constants: set[str]) -> str:
-    """Follow a learned layer's output through its ReLU, normalisation and pooling."""
-    outputs = {o.name for o in graph.output}
-    while len(consumers.get(tensor, [])) == 1:
-        node = consumers[tensor][0]
-        if node.op_type not in BLOCK_OPS:
+def _block_end(index: GraphIndex, tensor: str, exposed: set[str]) -> str:
+    """Follow a learned layer's output through the ops that extend its block (nonlinearity,
+    normalisation, pooling, bias), as long as each is the tensor's only reader and is exposed."""
+    while len(index.consumers.get(tensor, [])) == 1:
+        i = index.consumers[tensor][0]
+        output = index.nodes[i].output[0]
+        if _role(index, i) is not Role.BLOCK or output not in exposed:
             break
-        if node.op_type == "Add" and not any(name in constants for name in node.input if name != tensor):
-            break  # a residual sum, not a bias
-        if node.output[0] not in outputs:
-            break
-        tensor = node.output[0]
+        tensor = output
     return tensor
 
 
-def layer_table(model: onnx.ModelProto) -> list[Layer]:
-    """Every exposed activation in graph order, with the paper's layer numbers at block ends."""
-    graph = model.graph
-    producers, consumers, constants = _producers(graph), _consumers(graph), _constants(graph)
+def aliases(model: onnx.ModelProto) -> dict[str, list[str]]:
+    """Exposed tensor name -> the names it had before the expose pass."""
+    renames = json.loads(get_metadata(model, ALIASES_KEY) or "{}")
+    out: dict[str, list[str]] = {}
+    for old, new in renames.items():
+        out.setdefault(new, []).append(old)
+    return out
+
+
+def layer_table(model: onnx.ModelProto | GraphIndex) -> list[Layer]:
+    """Every exposed float activation that keeps the batch on its first axis (or that leads with the
+    images where the graph merged that axis away and back), in graph order, with the paper's layer
+    numbers at block ends."""
+    index = _index(model)
+    axes = batch_axes(index)
+    exposed = set(index.outputs)
     numbers: dict[str, int] = {}
-    count = 0
-    for node in graph.node:
-        if node.op_type in LEARNED_OPS and len(node.input) > 1 and node.input[1] in constants:
-            count += 1
-            numbers[_block_end(graph, node.output[0], consumers, constants)] = count
-    order = {out: i for i, node in enumerate(graph.node) for out in node.output}
-    rows = sorted((o for o in graph.output if not o.name.endswith(SWITCHES_SUFFIX) and o.name in producers), key=lambda o: order[o.name])
-    return [
-        Layer(i, o.name, producers[o.name].op_type, tensor_shape(o), numbers.get(o.name))
-        for i, o in enumerate(rows)
-    ]
+    for i in range(len(index.nodes)):
+        if _role(index, i) is Role.LEARNED:
+            numbers[_block_end(index, index.nodes[i].output[0], exposed)] = len(numbers) + 1
+    names = aliases(index.model)
+    images = (index.shape(index.image) or [None])[0] if index.image else None  # the input's batch dimension
+    rows = sorted(
+        (
+            name for name in index.outputs
+            if not name.endswith(SWITCHES_SUFFIX) and name in index.producers and index.is_float(name) and len(index.shape(name) or []) >= 2
+            and (axes.get(name) == 0 or (axes.get(name) is None and (images == 1 or isinstance(images, str)) and (index.shape(name) or [None])[0] in (1, images)))
+        ),
+        key=lambda name: index.producers[name],
+    )
+    table = []
+    for position, name in enumerate(rows):
+        shape = ["N" if axis == 0 else d for axis, d in enumerate(index.shape(name) or [])]
+        table.append(Layer(position, name, index.nodes[index.producers[name]].op_type, shape, numbers.get(name), tuple(names.get(name, ()))))
+    return table
 
 
 def resolve(table: list[Layer], layer: str | int) -> Layer:
-    """``layer`` as a paper number (an int or a digit string) or an exact tensor name."""
+    """``layer`` as a paper number (an int or a digit string), an exact tensor name, or an alias."""
     if isinstance(layer, int) or (isinstance(layer, str) and layer.isdigit()):
         number = int(layer)
         for row in table:
             if row.number == number:
                 return row
         last = max((r.number for r in table if r.number), default=0)
-        raise NotFound(f"layer {number} is out of range: this model has {last} convolutional and fully connected layers (1..{last})")
+        raise NotFound(f"layer {number} is out of range: this model has {last} convolutional and fully connected layers (1..{last})", field="layer.number", reason="LAYER_NOT_FOUND", resource=("layer", str(number)))
     for row in table:
         if row.name == layer:
             return row
-    raise NotFound(f"no layer named {layer!r}; `zfclient layers` lists them")
+    for row in table:
+        if layer in row.aliases:
+            return row
+    known = [row.name for row in table] + [a for row in table for a in row.aliases]
+    near = difflib.get_close_matches(layer, known, n=5, cutoff=0.5)
+    hint = f"; did you mean {', '.join(near)}?" if near else ""
+    raise NotFound(
+        f"no layer named {layer!r}{hint} (GetModelInfo, or `zfclient layers`, lists them)",
+        field="layer.name", reason="LAYER_NOT_FOUND", resource=("layer", layer),
+    )
 
 
 class ReceptiveFields:
-    """Receptive fields of a model's activations, computed once per (layer, location)."""
+    """Receptive fields of a model's activations: each op on the way to the image maps the span of
+    its outputs to the span of its inputs (its registry entry's ``field``); computed once per query."""
 
-    def __init__(self, model: onnx.ModelProto) -> None:
-        graph = model.graph
-        self._nodes = list(reversed(graph.node))
-        self._shapes = {v.name: tensor_shape(v) for v in list(graph.input) + list(graph.output) + list(graph.value_info)}
-        self._shapes.update({i.name: list(i.dims) for i in graph.initializer})
-        self._constants = _constants(graph)
-        self._image = next(v.name for v in graph.input if v.name not in self._constants)
-        self._cache: dict[tuple[str, tuple[int, ...]], tuple[int, int, int, int]] = {}
+    def __init__(self, model: onnx.ModelProto | GraphIndex) -> None:
+        self._index = _index(model)
+        self._cache: dict[tuple, tuple[int, int, int, int]] = {}
 
-    def box(self, layer: str, location: tuple[int, ...]) -> tuple[int, int, int, int]:
+    def box(self, layer: str, location: tuple[int, ...] | None, channel: int | None = None, clip: bool = True) -> tuple[int, int, int, int]:
         """The input box (top, left, bottom, right; bottom/right exclusive) that can affect ``layer``
-        at spatial ``location``; the whole image for fully connected layers."""
-        key = (layer, tuple(location))
+        at spatial ``location`` (None: the whole map) of ``channel`` (None: every channel). With
+        ``clip=False`` the box is not cut at the image's (and every tensor's) border: the whole field,
+        as if the padding went on forever (the paper shows border patches padded with grey); a unit
+        without a spatial location (fully connected) sees the image, clipped."""
+        clip = clip or not location
+        key = (layer, None if location is None else tuple(location), channel, clip)
         if key not in self._cache:
-            self._cache[key] = self._compute(layer, key[1])
+            rank = len(self._index.shape(layer) or [])
+            spatial = [None] * (rank - 2) if location is None else [(p, p) for p in location]
+            start = (None, None if channel is None else (channel, channel), *spatial)[:rank]
+            self._cache[key] = self._compute(layer, start, clip)
         return self._cache[key]
 
-    def _compute(self, layer: str, location: tuple[int, ...]) -> tuple[int, int, int, int]:
-        height, width = self._shapes[self._image][2], self._shapes[self._image][3]
-        spans: dict[str, list[tuple[int, int]] | None] = {layer: [(p, p) for p in location] if location else None}
-        for node in self._nodes:
-            if not any(o in spans for o in node.output):
+    def _compute(self, layer: str, start: Span, clip: bool) -> tuple[int, int, int, int]:
+        index = projection.index_for(self._index, layer)[0]  # as the projection sees the graph
+        image = index.image
+        spans: dict[str, Span] = {layer: start}
+        for node in index.ancestors(layer):
+            outgoing = [_explicit(spans.get(name), index.shape(name) or []) for name in node.output]
+            if all(s is None for s in outgoing):
                 continue
-            out_spans = _union([spans[o] for o in node.output if o in spans])
-            for name in node.input:
-                if name and name not in self._constants:
-                    mapped = _to_input(node, out_spans, self._shapes, name)
-                    spans[name] = _union([spans[name], mapped]) if name in spans else mapped
-        box = spans.get(self._image)
-        if box is None or len(box) != 2:
-            return (0, 0, height, width)
-        (top, bottom), (left, right) = box
-        return (max(top, 0), max(left, 0), min(bottom + 1, height), min(right + 1, width))
+            rule = lookup_node(index, node)
+            if rule is None:
+                raise InvalidArgument(f"{node.label}: no receptive-field mapping is known for {node.op_type}")
+            for i, name in enumerate(node.input):
+                if not name or name not in index.live:
+                    continue
+                span = rule.field(index, node, outgoing, i)
+                span = _clip(span, index.shape(name) or []) if clip else span
+                if span is not None:
+                    spans[name] = union([spans.get(name), span])
+        box = spans.get(image)
+        if box is None:
+            return (0, 0, 0, 0)  # nothing of the image is under this activation
+        height, width = index.shape(image)[2:4]
+        (top, bottom), (left, right) = [s if s is not None else (0, size - 1) for s, size in zip(box[2:4], (height, width))]
+        return (top, left, bottom + 1, right + 1)
 
 
-def _union(spans: list[list[tuple[int, int]] | None]) -> list[tuple[int, int]] | None:
-    if any(s is None for s in spans):
+def _explicit(span: Span | None, shape: list) -> Span | None:
+    """``span`` with each whole static axis written as its range, so that mappings stay exact."""
+    if span is None:
         return None
-    return [(min(s[i][0] for s in spans), max(s[i][1] for s in spans)) for i in range(len(spans[0]))]
+    return tuple((0, size - 1) if s is None and isinstance(size, int) and size > 0 else s for s, size in zip(span, shape))
 
 
-def _to_input(node: onnx.NodeProto, spans, shapes, name: str):
-    """Map an output span to the span of input ``name``."""
-    if spans is None:
+def _clip(span: Span | None, shape: list) -> Span | None:
+    """``span`` clipped to a tensor's extent; None when nothing of it is left."""
+    if span is None:
         return None
-    if node.op_type in WINDOW_OPS:
-        in_shape = shapes.get(node.input[0])
-        if node.op_type == "Conv":
-            kernel = shapes[node.input[1]][2:] if node.input[1] in shapes else list(attribute(node, "kernel_shape"))
-        else:
-            kernel = list(attribute(node, "kernel_shape"))
-        rank = len(kernel)
-        strides = list(attribute(node, "strides", [1] * rank))
-        dilations = list(attribute(node, "dilations", [1] * rank))
-        pads = explicit_pads(node, in_shape[2:] if in_shape else [0] * rank, kernel, strides, dilations)
-        return [(lo * s - p, hi * s - p + (k - 1) * d) for (lo, hi), s, p, k, d in zip(spans, strides, pads, kernel, dilations)]
-    if node.op_type in POINTWISE_SPATIAL_OPS and len(shapes.get(name, [])) == len(spans) + 2:
-        return spans
-    return None
+    out = []
+    for s, size in zip(span, shape):
+        if s is None or not isinstance(size, int):
+            out.append(s)
+            continue
+        lo, hi = max(s[0], 0), min(s[1], size - 1)
+        if lo > hi:
+            return None
+        out.append((lo, hi))
+    return tuple(out)

@@ -1,28 +1,51 @@
 """Models held by a server, addressed by the SHA-256 of their bytes (or by file stem in --model-dir).
 
 Every model is run through the expose pass on arrival, gets one forward session, and caches one
-projection graph and session per (layer, method)."""
+projection graph and session per (layer, method).
+
+Names belong to the operator: ``ModelRef.name`` resolves only the file stems of ``--model-dir``.
+An uploaded model is addressed by its SHA-256 only; the name its uploader gives is shown by
+ListModels and never resolves, so no client can stand in for another's model. Models never name
+files: an uploaded model that keeps any tensor as external data is refused, and a ``--model-dir``
+model may keep external data only in files inside that directory. Loaded models and projection
+sessions are held against the server's memory budget and evicted least recently used; an evicted
+``--model-dir`` model is loaded again on its next use, an evicted upload is uploaded again by the
+client (``zfnet.client.api.Client`` does it on NOT_FOUND)."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
 import threading
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import onnx
 import onnxruntime as ort
 from google.protobuf.message import DecodeError
+from onnx import external_data_helper
 
 from zfnet.converters import expose
 from zfnet.converters.graph import CLASSES_KEY, PREPROCESSING_KEY, get_metadata
-from zfnet.errors import InvalidArgument, NotFound, ResourceExhausted
-from zfnet.server import projection, runtime
+from zfnet.converters.index import GraphIndex
+from zfnet.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
+from zfnet.server import cache, projection, runtime
+from zfnet.server.admission import MAX_INPUT_PIXELS, Estimate, Footprint, MemoryBudget, fmt_bytes, value_bytes
 from zfnet.server.layers import Layer, ReceptiveFields, layer_table
+from zfnet.server.rules import batch_axes
 
 log = logging.getLogger("zfnet.server")
+
+MAX_NAME_CHARS = 200  # an upload's display name is cut to this
+# What a model costs in memory, measured (README, "Security"): loading one peaks at about 8x its
+# file size (received bytes, parsed, exposed, serialised, session), a loaded one holds about 3x,
+# building a projection session peaks at about 5x the model and holds about 3x the projection graph.
+LOAD_FACTOR, RESIDENT_FACTOR, PROJECTION_BUILD_FACTOR, PROJECTION_FACTOR = 8, 3, 5, 3
+MODEL_OVERHEAD = 8 << 20  # a session's own structures, per model
+PROJECTION_OVERHEAD = 1 << 20
 
 
 @dataclass
@@ -33,7 +56,7 @@ class LoadedModel:
     name: str
     size: int
     model: onnx.ModelProto
-    session: ort.InferenceSession
+    session: ort.InferenceSession | runtime.FixedBatchSession
     input_name: str
     input_shape: list[int]  # (-1, C, H, W)
     output_name: str
@@ -41,57 +64,176 @@ class LoadedModel:
     preprocessing_json: str
     classes: list[str]
     receptive_fields: ReceptiveFields
+    budget: MemoryBudget | None = None  # the store's, which holds the cached projection sessions
+    index: GraphIndex | None = None  # the exposed model's graph index, shared by the layer table, fields and projections
     _projections: dict[tuple[str, str], tuple[projection.Projection, ort.InferenceSession]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
+    @property
+    def key(self) -> tuple[str, str]:
+        """This model's key in the memory budget."""
+        return ("model", self.sha256)
+
+    @functools.cached_property
+    def footprint(self) -> Footprint:
+        """Bytes per image of its input and exposed activations, for admission estimates."""
+        return Footprint.of(self.model)
+
+    def projection_key(self, layer: str, method: str) -> tuple[str, str, str, str]:
+        return ("projection", self.sha256, layer, method)
+
+    def has_projection(self, layer: str, method: str) -> bool:
+        """Whether the projection session of (layer, method) is built (else the next use builds it)."""
+        with self._lock:
+            return (layer, method) in self._projections
+
     def projection(self, layer: str, method: str) -> tuple[projection.Projection, ort.InferenceSession]:
-        """The projection graph and its session for (layer, method), built once."""
+        """The projection graph and its session for (layer, method), built once (until evicted)."""
         key = (layer, method)
         with self._lock:
-            if key not in self._projections:
-                built = projection.build(self.model, layer, method)
-                self._projections[key] = (built, runtime.session(built.model.SerializeToString()))
-            return self._projections[key]
+            built = key not in self._projections
+            if built:
+                graph = cache.projection(self.sha256, layer, method, lambda: projection.build(self.index or self.model, layer, method))
+                data = graph.model.SerializeToString()
+                self._projections[key] = (graph, runtime.session(data))
+            found = self._projections[key]
+        if self.budget is not None:
+            budget_key = self.projection_key(layer, method)
+            if built:
+                cost = PROJECTION_FACTOR * len(data) + PROJECTION_OVERHEAD
+                self.budget.hold(budget_key, cost, f"projection {layer}/{method} of model {self.name!r}", lambda: self._drop_projection(key))
+            else:
+                self.budget.touch(budget_key)
+        return found
+
+    def _drop_projection(self, key: tuple[str, str]) -> None:
+        with self._lock:
+            self._projections.pop(key, None)
+
+    def drop_projections(self) -> None:
+        """Forget every cached projection session (the model is evicted or deleted)."""
+        with self._lock:
+            keys = list(self._projections)
+            self._projections.clear()
+        if self.budget is not None:
+            for layer, method in keys:
+                self.budget.release(self.projection_key(layer, method))
 
 
-def load(data: bytes, name: str, sha256: str | None = None) -> LoadedModel:
-    """Parse, expose and open a model from its bytes."""
+def _tensors(message) -> Iterator[onnx.TensorProto]:
+    """Every TensorProto inside an ONNX message (initializers, Constant and attribute tensors, sparse
+    tensors, subgraphs, functions, training info); never reads tensor bytes."""
+    if isinstance(message, onnx.TensorProto):
+        yield message
+        return
+    for fd in message.DESCRIPTOR.fields:
+        if fd.message_type is None:
+            continue
+        if fd.is_repeated:
+            for item in getattr(message, fd.name):
+                yield from _tensors(item)
+        elif message.HasField(fd.name):
+            yield from _tensors(getattr(message, fd.name))
+
+
+def _external(tensor: onnx.TensorProto) -> bool:
+    return tensor.data_location == onnx.TensorProto.EXTERNAL or len(tensor.external_data) > 0
+
+
+def _location(tensor: onnx.TensorProto) -> str:
+    return next((e.value for e in tensor.external_data if e.key == "location"), "")
+
+
+def inline_external_data(model: onnx.ModelProto, name: str, base_dir: Path | None) -> None:
+    """Refuse or inline external data, so that onnxruntime never opens a file a model names.
+
+    ``base_dir`` None (an upload): any external tensor is refused. Else (a ``--model-dir`` model)
+    each location must resolve, symlinks followed, to a file inside ``base_dir``; the data is then
+    read into the model."""
+    external = [t for t in _tensors(model) if _external(t)]
+    if not external:
+        return
+    if base_dir is None:
+        first = external[0]
+        raise InvalidArgument(
+            f"model {name!r} keeps tensor {first.name!r} as external data (file {_location(first)!r})"
+            + (f" and {len(external) - 1} more" if len(external) > 1 else "")
+            + "; the server never reads files a model names: upload it with its weights inline (zfclient and the Python client do that)",
+            reason="EXTERNAL_DATA", metadata={"tensor": first.name},
+        )
+    root = base_dir.resolve()
+    for tensor in external:
+        location = _location(tensor)
+        target = (root / location).resolve() if location else root
+        if not location or Path(location).is_absolute() or not target.is_relative_to(root) or not target.is_file():
+            raise FailedPrecondition(
+                f"model {name!r} in the model directory keeps tensor {tensor.name!r} in {location!r}, "
+                f"which is not a file inside {base_dir}; external data must stay in the model's directory",
+                reason="EXTERNAL_DATA", metadata={"tensor": tensor.name},
+            )
+    try:
+        external_data_helper.load_external_data_for_model(model, str(root))
+    except (OSError, ValueError, onnx.checker.ValidationError) as err:
+        raise FailedPrecondition(f"model {name!r}: cannot read its external data ({err})", reason="EXTERNAL_DATA") from None
+
+
+def load(
+    data: bytes, name: str, sha256: str | None = None, base_dir: Path | None = None, check: Callable[[onnx.ModelProto, str], None] | None = None,
+) -> LoadedModel:
+    """Parse, expose and open a model from its bytes. External data is refused, or read from inside
+    ``base_dir`` (see :func:`inline_external_data`); ``check`` sees the exposed model before any
+    session is made (admission limits)."""
     sha256 = sha256 or hashlib.sha256(data).hexdigest()
     try:
         model = onnx.ModelProto.FromString(data)
     except DecodeError:
-        raise InvalidArgument(f"model {name!r} is not an ONNX file (protobuf decoding failed)") from None
+        raise InvalidArgument(f"model {name!r} is not an ONNX file (protobuf decoding failed)", reason="BAD_MODEL") from None
     if not model.graph.node:
-        raise InvalidArgument(f"model {name!r} has an empty graph; is it an ONNX file?")
-    exposed = expose.expose(model)  # renames tensors in place and appends outputs: output[0] stays the model's own output
+        raise InvalidArgument(f"model {name!r} has an empty graph; is it an ONNX file?", reason="BAD_MODEL")
+    inline_external_data(model, name, base_dir)
+    exposed, index = cache.exposed(model, sha256)  # renames tensors and appends outputs: output[0] stays the model's own output
+    if check is not None:
+        check(exposed, name)
     try:
         session = runtime.session(exposed.SerializeToString())
     except Exception as err:  # onnxruntime raises Fail/InvalidGraph/RuntimeException
-        raise InvalidArgument(f"onnxruntime cannot load model {name!r}: {str(err).splitlines()[0][:300]}") from None
+        raise InvalidArgument(f"onnxruntime cannot load model {name!r}: {str(err).splitlines()[0][:300]}", reason="BAD_MODEL") from None
     initializers = {i.name for i in exposed.graph.initializer}
     inputs = [v for v in exposed.graph.input if v.name not in initializers]
     if len(inputs) != 1:
-        raise InvalidArgument(f"model {name!r} must have one input (an image batch); it has {[v.name for v in inputs]}")
-    input_shape = [d if isinstance(d, int) and d > 0 else -1 for d in expose.tensor_shape(inputs[0])]
+        raise InvalidArgument(f"model {name!r} must have one input (an image batch); it has {[v.name for v in inputs]}", reason="BAD_MODEL")
+    declared = expose.tensor_shape(inputs[0])
+    input_shape = [d if isinstance(d, int) and d > 0 else -1 for d in declared]
     if len(input_shape) != 4 or any(d < 0 for d in input_shape[1:]):
-        raise InvalidArgument(f"model {name!r}: the input must be (N, C, H, W) with fixed C, H, W; it is {expose.tensor_shape(inputs[0])}")
+        raise InvalidArgument(f"model {name!r}: the input must be (N, C, H, W) with fixed C, H, W; it is {declared}", reason="BAD_MODEL")
+    if input_shape[0] > 0:  # exported with a fixed batch: run any number of images that many at a time
+        session = runtime.FixedBatchSession(session, inputs[0].name, input_shape[0], batch_axes(index))
+        input_shape[0] = -1
     classes = json.loads(get_metadata(exposed, CLASSES_KEY) or "[]")
     return LoadedModel(
         sha256=sha256, name=name, size=len(data), model=exposed, session=session,
         input_name=inputs[0].name, input_shape=input_shape, output_name=exposed.graph.output[0].name,
-        layers=layer_table(exposed), preprocessing_json=get_metadata(exposed, PREPROCESSING_KEY) or "{}", classes=classes,
-        receptive_fields=ReceptiveFields(exposed),
+        layers=layer_table(index), preprocessing_json=get_metadata(exposed, PREPROCESSING_KEY) or "{}", classes=classes,
+        receptive_fields=ReceptiveFields(index), index=index,
     )
 
 
 class ModelStore:
-    """Uploaded models and the ``.onnx`` files of a model directory (loaded on first use)."""
+    """Uploaded models and the ``.onnx`` files of a model directory (loaded on first use), held
+    against a memory budget and evicted least recently used."""
 
-    def __init__(self, model_dir: Path | None = None, max_model_bytes: int = 2 << 30) -> None:
+    def __init__(
+        self, model_dir: Path | None = None, max_model_bytes: int = 2 << 30, budget: MemoryBudget | None = None,
+        max_input_pixels: int = MAX_INPUT_PIXELS,
+    ) -> None:
         self.max_model_bytes = max_model_bytes
+        self.max_input_pixels = max_input_pixels
+        self.budget = budget if budget is not None else MemoryBudget.for_process()
         self._loaded: dict[str, LoadedModel] = {}
-        self._files: dict[str, Path] = {}  # sha256 -> path
-        self._names: dict[str, str] = {}  # name -> sha256
+        self._files: dict[str, Path] = {}  # sha256 -> path, --model-dir only
+        self._names: dict[str, str] = {}  # name -> sha256, --model-dir only
+        self._uploads: dict[str, list[str]] = {}  # sha256 -> display names its uploaders gave
+        self._loading: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
         if model_dir is not None:
             if not model_dir.is_dir():
@@ -103,48 +245,200 @@ class ModelStore:
             log.info("serving %d model(s) from %s", len(self._files), model_dir)
 
     def lookup(self, sha256: str = "", name: str = "") -> str | None:
-        """The SHA-256 of a held model, or None."""
+        """The SHA-256 of a held model, or None. Names are the file stems of --model-dir only."""
         if name:
             return self._names.get(name)
         sha = sha256.lower()
         return sha if sha in self._loaded or sha in self._files else None
 
-    def get(self, sha256: str = "", name: str = "") -> LoadedModel:
-        """A held model, loading it from the model directory on first use."""
+    def _resolve(self, sha256: str, name: str) -> str:
         if not sha256 and not name:
-            raise InvalidArgument("no model given: set ModelRef.sha256 or ModelRef.name")
+            raise InvalidArgument("no model given: set ModelRef.sha256 or ModelRef.name", field="model", reason="FIELD_REQUIRED")
         sha = self.lookup(sha256, name)
         if sha is None:
-            what = f"name {name!r}" if name else f"sha256 {sha256}"
-            raise NotFound(f"no model with {what} on this server; upload it first (the client does so automatically)")
+            if name:
+                raise NotFound(
+                    f"no model named {name!r} in this server's --model-dir (names address only those; an uploaded model is addressed by its SHA-256)",
+                    field="model.name", reason="MODEL_NOT_FOUND", resource=("model", name),
+                )
+            raise NotFound(
+                f"no model with sha256 {sha256} on this server; upload it (again) with UploadModel",
+                field="model.sha256", reason="MODEL_NOT_FOUND", resource=("model", sha256),
+            )
+        return sha
+
+    def get(self, sha256: str = "", name: str = "") -> LoadedModel:
+        """A held model, loading it from the model directory on first use (or after eviction)."""
+        sha = self._resolve(sha256, name)
         with self._lock:
-            if sha not in self._loaded:
-                path = self._files[sha]
-                self._loaded[sha] = load(path.read_bytes(), path.stem, sha)
-            return self._loaded[sha]
+            model = self._loaded.get(sha)
+        if model is not None:
+            self.budget.touch(model.key)
+            return model
+        path = self._files.get(sha)
+        if path is None:  # an upload evicted since the lookup
+            raise NotFound(
+                f"no model with sha256 {sha} on this server; upload it (again) with UploadModel",
+                field="model.sha256", reason="MODEL_NOT_FOUND", resource=("model", sha),
+            )
+        with self._load_lock(sha):
+            with self._lock:
+                if sha in self._loaded:
+                    return self._loaded[sha]
+            size = path.stat().st_size
+            with self.budget.reserve(self._load_estimate(f"loading model {path.stem!r}", size)):
+                model = self._keep(load(path.read_bytes(), path.stem, sha, base_dir=path.parent, check=self._check))
+        return self._hold(model, size)
 
     def add(self, data: bytes, name: str, sha256: str = "") -> LoadedModel:
         """Hold an uploaded model; ``sha256`` (when given) must match its bytes."""
         if len(data) > self.max_model_bytes:
-            raise ResourceExhausted(f"model {name!r} is {len(data)} bytes; this server takes at most {self.max_model_bytes}")
-        actual = hashlib.sha256(data).hexdigest()
+            raise ResourceExhausted(f"model {name!r} is {len(data)} bytes; this server takes at most {self.max_model_bytes}", reason="MODEL_TOO_LARGE", metadata={"limit": self.max_model_bytes, "requested": len(data)})
+        with self.budget.reserve(self._load_estimate(f"loading model {name!r}", len(data))):
+            model, new = self._add(data, hashlib.sha256(data).hexdigest(), name, sha256)
+        return self._hold(model, len(data)) if new else model
+
+    def receive(self, chunks: Iterable[bytes], name: str, size: int, sha256: str = "") -> LoadedModel:
+        """Receive an upload's bytes and hold the model: admitted against the budget for the
+        declared ``size`` (or the largest model allowed) before the first byte is stored."""
+        limit = self.max_model_bytes
+        if size > limit:
+            raise ResourceExhausted(f"model {name!r} is over {limit} bytes, this server's limit (--max-model-mb)", reason="MODEL_TOO_LARGE", metadata={"limit": limit, "requested": size})
+        expected = size or limit
+        with self.budget.reserve(self._load_estimate(f"upload of model {name!r}", expected)):
+            data, digest = bytearray(), hashlib.sha256()
+            for chunk in chunks:
+                if len(data) + len(chunk) > limit:
+                    raise ResourceExhausted(
+                        f"model {name!r} is over {limit} bytes, this server's limit (--max-model-mb)",
+                        reason="MODEL_TOO_LARGE", metadata={"limit": limit, "requested": len(data) + len(chunk)},
+                    )
+                if len(data) + len(chunk) > expected:
+                    raise ResourceExhausted(f"model {name!r} is larger than the {size} bytes its UploadHeader declared (and the server admitted)", field="header.size", reason="UPLOAD_MISMATCH")
+                data += chunk
+                digest.update(chunk)
+            if size and size != len(data):
+                raise InvalidArgument(
+                    f"UploadModel: received {len(data)} bytes, the header said {size}", field="header.size", reason="UPLOAD_MISMATCH",
+                    metadata={"received": len(data), "header": size},
+                )
+            model, new = self._add(data, digest.hexdigest(), name, sha256)
+        return self._hold(model, len(data)) if new else model
+
+    def _add(self, data: bytes, actual: str, name: str, sha256: str) -> tuple[LoadedModel, bool]:
+        """Load uploaded bytes whose SHA-256 is ``actual`` (``sha256``, when given, must match),
+        unless the model is held already; True when it was loaded now."""
         if sha256 and sha256.lower() != actual:
-            raise InvalidArgument(f"upload of {name!r} is corrupt: its SHA-256 is {actual}, the header said {sha256}")
+            raise InvalidArgument(f"upload of {name!r} is corrupt: its SHA-256 is {actual}, the header said {sha256}", field="header.sha256", reason="UPLOAD_MISMATCH")
+        name = name[:MAX_NAME_CHARS]
+        with self._load_lock(actual):
+            with self._lock:
+                model = self._loaded.get(actual)
+                if model is not None:
+                    self._remember_name(actual, name)
+                    return model, False
+            model = load(data, name or actual[:12], actual, check=self._check)
+            with self._lock:
+                self._remember_name(actual, name)
+            return self._keep(model), True
+
+    def _remember_name(self, sha: str, name: str) -> None:
+        """Under the lock: keep an uploader's display name (never resolvable) for ListModels."""
+        if sha in self._files:
+            return
+        names = self._uploads.setdefault(sha, [])
+        if name and name not in names:
+            names.append(name)
+
+    def _load_lock(self, sha: str) -> threading.Lock:
+        """One load at a time per model; other models load and serve meanwhile."""
         with self._lock:
-            if actual in self._loaded:
-                return self._loaded[actual]
-        model = load(data, name or actual[:12], actual)
+            return self._loading.setdefault(sha, threading.Lock())
+
+    def _load_estimate(self, what: str, size: int) -> Estimate:
+        return Estimate(what, {"model load": LOAD_FACTOR * size + MODEL_OVERHEAD})
+
+    def _check(self, model: onnx.ModelProto, name: str) -> None:
+        """Refuse, before a session is made, a model whose input or activations cannot fit this server."""
+        footprint = Footprint.of(model)
+        image = next(v for v in model.graph.input if v.name not in {i.name for i in model.graph.initializer})
+        dims = [d.dim_value if d.HasField("dim_value") else 0 for d in image.type.tensor_type.shape.dim]
+        pixels = 1
+        for d in dims[2:]:
+            pixels *= max(d, 1)
+        if pixels > self.max_input_pixels:
+            raise ResourceExhausted(
+                f"model {name!r} declares a {'x'.join(str(d) for d in dims[1:])} input ({pixels:,} pixels per image); "
+                f"this server takes at most {self.max_input_pixels:,} (--max-input-pixels)",
+                reason="MODEL_TOO_LARGE", metadata={"limit": self.max_input_pixels, "requested": pixels},
+            )
+        values = list(model.graph.value_info) + list(model.graph.output)
+        largest = max(values, key=value_bytes, default=None)
+        per_image = footprint.input + 2 * footprint.forward
+        biggest = value_bytes(largest) if largest is not None else 0
+        if max(per_image, biggest) > self.budget.limit:
+            raise ResourceExhausted(
+                f"model {name!r} needs about {fmt_bytes(max(per_image, biggest))} per image"
+                + (f" (tensor {largest.name!r} alone is {fmt_bytes(biggest)})" if largest is not None else "")
+                + f", over this server's memory budget of {fmt_bytes(self.budget.limit)}",
+                reason="OVER_MEMORY_BUDGET", metadata={"limit": self.budget.limit, "requested": max(per_image, biggest)},
+            )
+
+    def _keep(self, model: LoadedModel) -> LoadedModel:
+        """Serve a freshly loaded model (called under its load lock)."""
+        model.budget = self.budget
         with self._lock:
-            self._loaded.setdefault(actual, model)
-            if name:
-                self._names.setdefault(name, actual)
-            return self._loaded[actual]
+            self._loaded[model.sha256] = model
+        return model
+
+    def _hold(self, model: LoadedModel, size: int) -> LoadedModel:
+        """Account for a kept model in the budget, evictable (after its load's reservation ended)."""
+        self.budget.hold(model.key, RESIDENT_FACTOR * size + MODEL_OVERHEAD, f"model {model.name!r}", lambda: self._unload(model.sha256, "evicted", model))
+        log.info("model %s (%s) loaded, %d bytes", model.name, model.sha256[:12], size)
+        return model
+
+    def _unload(self, sha: str, why: str, only: LoadedModel | None = None) -> bool:
+        """Drop a loaded model (an upload is forgotten, a --model-dir model reloads on next use);
+        ``only``: if it is still this very model (an eviction racing a new load of the same bytes)."""
+        with self._lock:
+            if only is not None and self._loaded.get(sha) is not only:
+                return False
+            model = self._loaded.pop(sha, None)
+            if sha not in self._files:
+                self._uploads.pop(sha, None)
+        if model is None:
+            return False
+        key, name = model.key, model.name
+        model.drop_projections()
+        del model, only  # gone before the budget hands memory back
+        self.budget.release(key)
+        log.info("model %s (%s) %s", name, sha[:12], why)
+        return True
+
+    def delete(self, sha256: str = "", name: str = "") -> tuple[str, bool]:
+        """DeleteModel: forget an upload, or unload a --model-dir model (it stays on disk and loads
+        again on next use). Returns (sha256, removed): removed is False for --model-dir models."""
+        sha = self._resolve(sha256, name)
+        self._unload(sha, "deleted" if sha not in self._files else "unloaded")
+        return sha, sha not in self._files
+
+    def upload_names(self, sha: str) -> list[str]:
+        """The display names uploaders gave a model (shown by ListModels, never resolved)."""
+        with self._lock:
+            return list(self._uploads.get(sha, []))
+
+    def in_model_dir(self, sha: str) -> bool:
+        return sha in self._files
+
+    def is_loaded(self, sha: str) -> bool:
+        with self._lock:
+            return sha in self._loaded
 
     def summaries(self) -> list[tuple[str, str, int]]:
         """(sha256, name, size) of every held model."""
         names = {sha: name for name, sha in self._names.items()}
-        out = {sha: (sha, m.name, m.size) for sha, m in self._loaded.items()}
+        with self._lock:
+            out = {sha: (sha, m.name, m.size) for sha, m in self._loaded.items()}
         for sha, path in self._files.items():
-            out.setdefault(sha, (sha, names.get(sha, path.stem), path.stat().st_size))
+            out[sha] = (sha, names.get(sha, path.stem), path.stat().st_size)
         return sorted(out.values(), key=lambda t: t[1])
-

@@ -9,7 +9,9 @@ one, and in batches). Its inputs are
   taken from the one forward pass that served every channel of the batch;
 
 and its output is ``reconstruction`` (M, *input shape). Each op on the path passes the signal back
-by its vector-Jacobian product (a rule in :mod:`zfnet.server.rules`); ReLU's rule is the method.
+by its vector-Jacobian product (the ``backward`` of its entry in :mod:`zfnet.server.rules`); ReLU's
+rule is the method. Signals are float32 whatever the model's float type; a signal keeps its forward
+tensor's layout, with the M rows on that tensor's batch axis (which transposes may move).
 """
 
 from __future__ import annotations
@@ -21,13 +23,16 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from zfnet.converters import expose
 from zfnet.converters.graph import IR_VERSION, OPSET
+from zfnet.converters.index import GraphIndex, Node
 from zfnet.errors import FailedPrecondition, InvalidArgument
-from zfnet.server.rules import BACKWARD_RULES
+from zfnet.server.rules import batch_axes, lookup_node, supported
 
 METHODS = ("deconvnet", "backprop", "guided")
 SIGNAL, IMAGE_INDEX, RECONSTRUCTION = "signal", "image_index", "reconstruction"
 FORWARD_PREFIX = "fwd/"
+_WIDE_FLOATS = (TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16)
 
 
 @dataclass(frozen=True)
@@ -38,28 +43,59 @@ class Projection:
     layer: str
     method: str
     forward_tensors: list[str]  # names in the forward model, its image input included; fed as ``fwd/<name>``
+    per_image: bool = False  # run one row at a time on one image's forward values (see :func:`build`)
+
+
+def one_image(index: GraphIndex) -> GraphIndex | None:
+    """The index of the model specialised to one image (its batch dimension 1, shape arithmetic folded
+    again), so that every shape is static; None when the model takes a fixed batch of several images."""
+    if "one_image" not in index.memo:
+        dims = index.infos[index.image].type.tensor_type.shape.dim
+        if dims[0].HasField("dim_value") and dims[0].dim_value != 1:
+            index.memo["one_image"] = None
+        elif dims[0].HasField("dim_value"):
+            index.memo["one_image"] = index
+        else:
+            model = onnx.ModelProto()
+            model.CopyFrom(index.model)
+            batch = next(v for v in model.graph.input if v.name == index.image).type.tensor_type.shape.dim[0]
+            batch.Clear()
+            batch.dim_value = 1
+            del model.graph.value_info[:]
+            for output in model.graph.output:  # inferred again, from the one image
+                output.type.tensor_type.ClearField("shape")
+            index.memo["one_image"] = expose.expose_indexed(model)[1]
+    return index.memo["one_image"]
+
+
+def index_for(index: GraphIndex, layer: str) -> tuple[GraphIndex, bool]:
+    """The index to project ``layer`` with, and whether it runs one image at a time: the model's own
+    when every tensor on the way keeps the batch on an axis of its own, else the one-image one."""
+    axes = batch_axes(index)
+    if axes.get(layer) == 0 and all(axes.get(n) is not None for node in index.ancestors(layer) for n in node.output if n in index.live):
+        return index, False
+    one = one_image(index)
+    if one is None or layer not in one.live or (one.shape(layer) or [None])[0] != 1:
+        raise InvalidArgument(f"tensor {layer!r} does not keep the images of a batch on its first axis; choose another layer")
+    return one, True
 
 
 class Builder:
     """Accumulates the nodes of one projection graph; the API the backward rules are written in."""
 
-    def __init__(self, model: onnx.ModelProto, method: str) -> None:
+    def __init__(self, index: GraphIndex, method: str, per_image: bool = False) -> None:
         if method not in METHODS:
             raise InvalidArgument(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
         self.method = method
-        self.graph = model.graph
+        self.index = index
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[TensorProto] = []
-        self._constants = {i.name: i for i in self.graph.initializer}
-        for node in self.graph.node:
-            if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
-                self._constants[node.output[0]] = node.attribute[0].t
-        self._infos = {v.name: v for v in itertools.chain(self.graph.input, self.graph.output, self.graph.value_info)}
         self._gathered: dict[str, str] = {}
         self._copied: dict[str, str] = {}
         self._counter = itertools.count()
-        self.live = _live_tensors(self.graph)
-        self.node: onnx.NodeProto | None = None  # the forward node whose rule is running
+        self._batch = batch_axes(index)
+        self.per_image = per_image  # shapes are the forward pass's own (batch 1), one row per run
+        self.node: Node | None = None  # the forward node whose rule is running
 
     @property
     def forward_tensors(self) -> list[str]:
@@ -67,41 +103,71 @@ class Builder:
         return list(self._gathered)
 
     # -- what the rules read -------------------------------------------------------------------
+    def batch_axis(self, name: str) -> int | None:
+        """The batch axis of a forward tensor that depends on the image (None for constants, and for
+        every tensor when the projection runs one image at a time)."""
+        return self._batch.get(name) if name in self.index.live and not self.per_image else None
+
     def shape(self, name: str) -> list[int]:
-        """Static shape of a forward tensor, batch dimension as -1; an error if any other is unknown."""
-        if name in self._constants:
-            return list(self._constants[name].dims)
-        info = self._infos.get(name)
-        if info is None:
+        """Static shape of a forward tensor, its batch dimension as -1; an error if any other is unknown."""
+        dims = self.index.shape(name)
+        if dims is None and name not in self.index.live and self.index.constant(name) is not None:
+            dims = list(self.index.constant(name).shape)
+        if dims is None:
             raise FailedPrecondition(f"the shape of tensor {name!r} is unknown; was the model exposed?")
-        dims = info.type.tensor_type.shape.dim
-        shape = [d.dim_value if d.HasField("dim_value") else -1 for d in dims]
-        if any(d < 0 for d in shape[1:]):
-            raise InvalidArgument(f"tensor {name!r} has a dynamic shape {shape}; only the batch dimension may vary")
-        return [-1, *shape[1:]]
+        batch = self.batch_axis(name)
+        if name in self.index.live and batch is None and not self.per_image:
+            raise self.refuse(f"tensor {name!r} no longer has a batch axis (an op merged it with another); "
+                              "projections keep the images of a batch apart")
+        shape = [-1 if axis == batch else d for axis, d in enumerate(dims)]
+        if any(not isinstance(d, int) or (d <= 0 and axis != batch) for axis, d in enumerate(shape)):
+            raise InvalidArgument(f"tensor {name!r} has a dynamic shape {dims}; only the batch dimension may vary")
+        return shape
 
     def needs(self, name: str) -> bool:
         """Whether a forward tensor depends on the input, so a signal must reach it."""
-        return name in self.live
+        return bool(name) and name in self.index.live
 
     def constant_value(self, name: str) -> np.ndarray | None:
         """The value of a forward initializer or Constant output, else None."""
-        tensor = self._constants.get(name)
-        return None if tensor is None else numpy_helper.to_array(tensor)
+        return self.index.constant(name) if name else None
 
     def forward(self, name: str) -> str:
-        """A forward value in the projection graph: copied if constant, else gathered per signal row."""
-        if name in self._constants:
+        """A forward value in the projection graph, as float32 if it is a float: copied if constant,
+        else gathered per signal row (along its batch axis) through ``image_index``."""
+        if name not in self.index.live:
             if name not in self._copied:
-                copy = onnx.TensorProto()
-                copy.CopyFrom(self._constants[name])
-                copy.name = f"const/{name}"
-                self.initializers.append(copy)
-                self._copied[name] = copy.name
+                value = self.index.constant(name)
+                if value is None:
+                    raise self.refuse(f"the value of {name!r} is not known before the image is")
+                if value.dtype in (np.float16, np.float64):
+                    value = value.astype(np.float32)
+                self._copied[name] = self.const(value, value.dtype)
             return self._copied[name]
         if name not in self._gathered:
-            self._gathered[name] = self.op("Gather", [FORWARD_PREFIX + name, IMAGE_INDEX], axis=0)
+            axis = self.batch_axis(name)
+            if self.per_image:
+                value = FORWARD_PREFIX + name
+            elif axis is None:
+                raise self.refuse(f"tensor {name!r} has no batch axis; projections keep the images of a batch apart")
+            else:
+                value = self.op("Gather", [FORWARD_PREFIX + name, IMAGE_INDEX], axis=axis)
+            if self.index.elem_type(name) in _WIDE_FLOATS:
+                value = self.op("Cast", [value], to=TensorProto.FLOAT)
+            self._gathered[name] = value
         return self._gathered[name]
+
+    def refuse(self, message: str) -> InvalidArgument:
+        """An error naming the node whose rule is running; ``raise b.refuse(...)``."""
+        where = f"{self.node.label}: " if self.node is not None else ""
+        return InvalidArgument(where + message)
+
+    def check_batch(self, name: str, axes: list[int], what: str) -> None:
+        """Refuse when ``axes`` (of forward tensor ``name``) hold its batch axis: the op would mix images."""
+        batch = self.batch_axis(name)
+        rank = len(self.shape(name))
+        if batch is not None and batch in [a % rank for a in axes]:
+            raise self.refuse(f"{what} along the batch axis mixes the images of a batch; this is not supported")
 
     # -- what the rules write ------------------------------------------------------------------
     def const(self, value: np.ndarray | list | float, dtype=np.float32) -> str:
@@ -118,14 +184,31 @@ class Builder:
         return outputs[0]
 
     def reshape(self, signal: str, shape: list[int]) -> str:
-        """Reshape to a static shape whose batch dimension is -1."""
+        """Reshape to a static shape with one -1 (the rows)."""
         return self.op("Reshape", [signal, self.const(shape, np.int64)])
 
-    def zeros(self, like_batch_of: str, tail: list[int]) -> str:
-        """Zeros of shape (M, *tail), M taken from ``like_batch_of``."""
-        batch = self.op("Shape", [like_batch_of], start=0, end=1)
-        shape = self.op("Concat", [batch, self.const(tail, np.int64)], axis=0)
-        return self.op("ConstantOfShape", [shape], value=helper.make_tensor("zero", TensorProto.FLOAT, [1], [0.0]))
+    def zeros(self, name: str) -> str:
+        """Zeros shaped like forward tensor ``name``, with the M rows on its batch axis."""
+        return self._zeros(self.shape(name))
+
+    def zeros_rows(self, tail: list[int]) -> str:
+        """Zeros of shape (M, *tail)."""
+        return self._zeros([-1, *tail])
+
+    def _zeros(self, shape: list[int]) -> str:
+        if -1 not in shape:
+            return self.op("ConstantOfShape", [self.const(shape, np.int64)], value=helper.make_tensor("zero", TensorProto.FLOAT, [1], [0.0]))
+        batch = shape.index(-1)
+        rows = self.op("Shape", [IMAGE_INDEX])
+        parts = [self.const(shape[:batch], np.int64), rows, self.const(shape[batch + 1 :], np.int64)]
+        full = self.op("Concat", parts, axis=0)
+        return self.op("ConstantOfShape", [full], value=helper.make_tensor("zero", TensorProto.FLOAT, [1], [0.0]))
+
+    def batch_first(self, name: str) -> None:
+        """Refuse unless forward tensor ``name`` holds the images of the batch on its first axis
+        (convolution, pooling and normalisation read their input as (N, C, ...))."""
+        if self.needs(name) and not self.per_image and self.batch_axis(name) != 0:
+            raise self.refuse(f"its input {name!r} does not hold the batch on its first axis")
 
     def fit_spatial(self, signal: str, begin: list[int], length: list[int], have: list[int]) -> str:
         """Crop/zero-pad spatial axes 2.. of ``signal`` (sizes ``have``) to ``[begin, begin + length)``."""
@@ -141,81 +224,63 @@ class Builder:
         return signal
 
 
-def _live_tensors(graph: onnx.GraphProto) -> set[str]:
-    """Tensors that depend on the graph's (non-initializer) inputs."""
-    initializers = {i.name for i in graph.initializer}
-    live = {v.name for v in graph.input if v.name not in initializers}
-    for node in graph.node:
-        if any(name in live for name in node.input):
-            live.update(n for n in node.output if n)
-    return live
+def build(model: onnx.ModelProto | GraphIndex, layer: str, method: str) -> Projection:
+    """Build the projection graph from tensor ``layer`` of an exposed model to its image input.
 
-
-def _ancestors(graph: onnx.GraphProto, target: str) -> list[onnx.NodeProto]:
-    """Nodes that ``target`` depends on, in reverse topological order."""
-    producers = {out: node for node in graph.node for out in node.output}
-    needed, stack, seen = set(), [target], set()
-    while stack:
-        name = stack.pop()
-        node = producers.get(name)
-        if node is None or id(node) in seen:
-            continue
-        seen.add(id(node))
-        needed.add(id(node))
-        stack.extend(node.input)
-    return [node for node in reversed(graph.node) if id(node) in needed]
-
-
-def build(model: onnx.ModelProto, layer: str, method: str) -> Projection:
-    """Build the projection graph from tensor ``layer`` of an exposed model to its image input."""
-    graph = model.graph
-    initializers = {i.name for i in graph.initializer}
-    inputs = [v for v in graph.input if v.name not in initializers]
-    if len(inputs) != 1:
-        raise InvalidArgument(f"deconv needs a model with one image input; this one has {[v.name for v in inputs]}")
-    image = inputs[0].name
-    builder = Builder(model, method)
-    live = builder.live
-    if layer not in live:
+    The rows of a batch are projected together when every tensor on the way keeps the batch on an
+    axis of its own. Where the graph merges that axis away (an exporter's reshape to ``(C,)`` and back
+    in a model exported for one image, or its ``as_strided`` index arithmetic), the projection is
+    built for the model specialised to one image and runs one image's rows at a time (``per_image``).
+    """
+    index = model if isinstance(model, GraphIndex) else GraphIndex(model)
+    image = index.image
+    if image is None:
+        raise InvalidArgument(f"deconv needs a model with one image input; this one has {index.inputs}")
+    if layer not in index.live:
         raise InvalidArgument(f"tensor {layer!r} does not depend on the input {image!r}")
+    index, per_image = index_for(index, layer)
+    builder = Builder(index, method, per_image)
     signals: dict[str, str] = {layer: SIGNAL}
-    for node in _ancestors(graph, layer):
+    for node in index.ancestors(layer):
         outgoing = [signals.get(name) for name in node.output]
-        if all(s is None for s in outgoing):
+        if all(s is None for s in outgoing) or not any(builder.needs(name) for name in node.input):
             continue
-        rule = BACKWARD_RULES.get(node.op_type)
-        if rule is None or node.domain not in ("", "ai.onnx"):
+        rule = lookup_node(index, node)
+        if rule is None:
+            where = f"op {node.op_type!r}" + (f" of domain {node.domain!r}" if node.domain else "") + f" at opset {node.opset}"
             raise InvalidArgument(
-                f"no backward rule for op {node.op_type!r} (node {node.name or node.output[0]!r}, between layer {layer!r} "
-                f"and the input); rules exist for {', '.join(sorted(BACKWARD_RULES))}"
+                f"no backward rule for {where} (node {node.proto.name or node.output[0]!r}, between layer {layer!r} "
+                f"and the input); rules exist for {supported()}",
+                reason="UNSUPPORTED_OP", metadata={"op": node.op_type, "node": node.proto.name or node.output[0]},
             )
         builder.node = node
-        incoming = rule(builder, node, outgoing)
+        incoming = rule.backward(builder, node, outgoing)
         builder.node = None
         for name, signal in zip(node.input, incoming):
-            if signal is None or name not in live:
+            if signal is None or not builder.needs(name):
                 continue
             signals[name] = builder.op("Add", [signals[name], signal]) if name in signals else signal
     if image not in signals:
         raise InvalidArgument(f"no signal reaches the input from layer {layer!r}")
     builder.nodes.append(helper.make_node("Identity", [signals[image]], [RECONSTRUCTION], name=RECONSTRUCTION))
-    layer_shape = builder.shape(layer)
-    image_shape = builder.shape(image)
+    layer_shape, image_shape = builder.shape(layer), builder.shape(image)
+    rows = 1 if per_image else "M"
     forward_tensors = builder.forward_tensors
-    elem_types = {v.name: v.type.tensor_type.elem_type for v in itertools.chain(graph.input, graph.output, graph.value_info)}
     proj_inputs = [
-        helper.make_tensor_value_info(SIGNAL, TensorProto.FLOAT, ["M", *layer_shape[1:]]),
-        helper.make_tensor_value_info(IMAGE_INDEX, TensorProto.INT64, ["M"]),
+        helper.make_tensor_value_info(SIGNAL, TensorProto.FLOAT, [rows, *layer_shape[1:]]),
+        helper.make_tensor_value_info(IMAGE_INDEX, TensorProto.INT64, [rows]),
     ] + [
-        helper.make_tensor_value_info(FORWARD_PREFIX + name, elem_types.get(name, TensorProto.FLOAT), ["N", *builder.shape(name)[1:]])
+        helper.make_tensor_value_info(
+            FORWARD_PREFIX + name, index.elem_type(name) or TensorProto.FLOAT, ["N" if d == -1 else d for d in builder.shape(name)],
+        )
         for name in forward_tensors
     ]
     proj_graph = helper.make_graph(
         builder.nodes, f"projection_{method}_{layer}", proj_inputs,
-        [helper.make_tensor_value_info(RECONSTRUCTION, TensorProto.FLOAT, ["M", *image_shape[1:]])],
+        [helper.make_tensor_value_info(RECONSTRUCTION, TensorProto.FLOAT, [rows, *image_shape[1:]])],
         initializer=builder.initializers,
     )
     proj = helper.make_model(proj_graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="zfnet")
     proj.ir_version = IR_VERSION
     onnx.checker.check_model(proj)
-    return Projection(proj, layer, method, forward_tensors)
+    return Projection(proj, layer, method, forward_tensors, per_image)

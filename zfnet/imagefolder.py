@@ -63,7 +63,7 @@ def read_rgb(path: str | Path, size: tuple[int, int] | None = None) -> np.ndarra
             return np.asarray(img, dtype=np.uint8)
     except FileNotFoundError:
         raise NotFound(f"image {path} does not exist") from None
-    except OSError as err:
+    except (OSError, Image.DecompressionBombError) as err:
         raise InvalidArgument(f"cannot read image {path}: {err}") from None
 
 

@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import typer
 
-from zfnet.client import render
 from zfnet.client.api import Client
 from zfnet.client.cli.common import ServerOption
 
@@ -20,6 +19,8 @@ def command(
     server: str | None = ServerOption,
 ) -> None:
     """Save activations (N, ...) per layer in one .npz, and a grid of feature maps per image and layer."""
+    from zfnet.client import render  # matplotlib loads only when pictures are drawn
+
     with Client(server) as client:
         values = client.activations(model, image, layer)
     out.mkdir(parents=True, exist_ok=True)

@@ -5,14 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-import onnx
+from typing import TYPE_CHECKING
+
 import typer
 
 from zfnet.client.cli.common import parse_numbers
-from zfnet.converters import caffe
-from zfnet.converters.caffe import netdef
-from zfnet.converters.graph import PREPROCESSING_KEY, Preprocessing, get_metadata
 from zfnet.errors import InvalidArgument
+
+if TYPE_CHECKING:
+    import onnx
 
 
 def command(
@@ -27,6 +28,9 @@ def command(
     classes: Optional[str] = typer.Option(None, "--classes", help="Comma-separated class names in output order, recorded in the model."),
 ) -> None:
     """Convert a Caffe model to ONNX; the model then takes RGB images in 0..255."""
+    from zfnet.converters import caffe  # the converter (and onnx) load only for this command
+    from zfnet.converters.caffe import netdef
+
     model = caffe.convert(
         net,
         weights,
@@ -43,6 +47,8 @@ def command(
 
 def _describe(model: onnx.ModelProto) -> str:
     """Input shape and preprocessing, for the one line the command prints."""
+    from zfnet.converters.graph import PREPROCESSING_KEY, Preprocessing, get_metadata
+
     dims = [d.dim_param or str(d.dim_value) for d in model.graph.input[0].type.tensor_type.shape.dim]
     pre = Preprocessing.from_json(get_metadata(model, PREPROCESSING_KEY))
     mean = pre.mean_source or (",".join(f"{v:g}" for v in pre.mean) if pre.mean else "none")

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import onnx
 import typer
 
 from zfnet.client.cli.common import parse_numbers
-from zfnet.converters.graph import Preprocessing
 from zfnet.errors import InvalidArgument
 
 
@@ -23,7 +21,10 @@ def command(
     classes: str | None = typer.Option(None, "--classes", help="Class names in output order, comma-separated."),
 ) -> None:
     """Export to ONNX; intermediates are named after their modules and are all graph outputs."""
-    from zfnet.converters.pytorch import export  # torch loads only for the commands that need it
+    import onnx  # noqa: PLC0415  (onnx and torch load only for the commands that need them)
+
+    from zfnet.converters.graph import Preprocessing
+    from zfnet.converters.pytorch import export
 
     size = parse_numbers(input_size, "--input-size")
     if len(size) != 2:

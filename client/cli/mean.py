@@ -6,7 +6,6 @@ from pathlib import Path
 
 import typer
 
-from zfnet.converters.caffe.mean import compute_mean, write_binaryproto
 
 
 def command(
@@ -15,6 +14,8 @@ def command(
     channel_order: str = typer.Option("rgb", "--channel-order", help="Channel order to store, the one the net expects: rgb or bgr."),
 ) -> None:
     """Compute the mean image the way Caffe's compute_image_mean does."""
+    from zfnet.converters.caffe.mean import compute_mean, write_binaryproto  # the Caffe converter loads only here
+
     mean = compute_mean(data, channel_order=channel_order.lower())
     write_binaryproto(mean, output)
     per_channel = ", ".join(f"{v:.1f}" for v in mean.mean(axis=(1, 2)))

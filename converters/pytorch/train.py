@@ -33,6 +33,16 @@ class TrainConfig:
     label_smoothing: float = 0.1
     seed: int = 0
     threads: int = 0  # 0: torch's default
+    snapshots: tuple[int, ...] = ()  # epochs after which a snapshot is kept (the paper's Fig. 4 follows features over them)
+    snapshot_every: int = 0  # also keep one every N epochs (0: none)
+
+    def is_snapshot(self, epoch: int) -> bool:
+        return epoch in self.snapshots or (self.snapshot_every > 0 and epoch % self.snapshot_every == 0)
+
+
+def snapshot_path(folder: Path, epoch: int) -> Path:
+    """Where the snapshot after ``epoch`` goes: ``folder/epoch_<N>.pt`` (sorted by the number, not the string)."""
+    return folder / f"epoch_{epoch}.pt"
 
 
 def _progress(console: Console) -> Progress:
@@ -76,8 +86,14 @@ def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch
     return correct / len(images)
 
 
-def train(config: TrainConfig, train_dir: Path, test_dir: Path, checkpoint: Path, console: Console | None = None) -> float:
-    """Train, print test accuracy per epoch, save the ``state_dict`` to ``checkpoint``; returns the final test top-1."""
+def train(
+    config: TrainConfig, train_dir: Path, test_dir: Path, checkpoint: Path, console: Console | None = None,
+    snapshot_dir: Path | None = None, on_snapshot=None,
+) -> float:
+    """Train, print test accuracy per epoch, save the ``state_dict`` to ``checkpoint``; returns the final test top-1.
+
+    After each snapshot epoch of ``config`` the ``state_dict`` is also saved to ``snapshot_dir``
+    (:func:`snapshot_path`) and ``on_snapshot(model, path, epoch)`` is called (e.g. to export it)."""
     console = console or Console(stderr=True)
     torch.manual_seed(config.seed)
     np.random.seed(config.seed)
@@ -122,6 +138,14 @@ def train(config: TrainConfig, train_dir: Path, test_dir: Path, checkpoint: Path
                 f"epoch {epoch:2d}/{config.epochs}  loss {running / steps:.3f}  test top-1 {top1:.2%}  "
                 f"({time.monotonic() - started:.0f} s)"
             )
+            if snapshot_dir is not None and config.is_snapshot(epoch):
+                path = snapshot_path(snapshot_dir, epoch)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                torch.save(model.state_dict(), path)
+                if on_snapshot is not None:
+                    on_snapshot(model, path, epoch)
+                    model.train()
+                console.print(f"snapshot after epoch {epoch}: {path}")
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), checkpoint)
     console.print(f"saved {checkpoint}")

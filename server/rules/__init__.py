@@ -1,6 +1,6 @@
-"""Backward rules, one module per op family; importing this package registers them all."""
+"""The op registry, one module per op family; importing this package registers every entry."""
 
-from zfnet.server.rules.registry import BACKWARD_RULES, attribute, backward_rule
-from zfnet.server.rules import activation, arithmetic, conv, linear, norm, pool, shape  # noqa: E402,F401  (registers)
+from zfnet.server.rules.registry import RULES, OpRule, Role, batch_axes, lookup, lookup_node, op, supported
+from zfnet.server.rules import activation, arithmetic, conv, linear, norm, pool, reduce, resize, shape  # noqa: E402,F401  (registers)
 
-__all__ = ["BACKWARD_RULES", "attribute", "backward_rule"]
+__all__ = ["RULES", "OpRule", "Role", "batch_axes", "lookup", "lookup_node", "op", "supported"]

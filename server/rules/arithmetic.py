@@ -1,14 +1,21 @@
-"""Elementwise arithmetic: Add, Sub, Mul, Div, Pow, with broadcasting undone by summation."""
+"""Elementwise arithmetic: Add, Sub, Mul, Div, Pow, Sum, with broadcasting undone by summation.
+Both sides may depend on the image (residual sums, squeeze-and-excitation gates, SiLU's x * sigmoid(x))."""
 
 from __future__ import annotations
 
 import numpy as np
 import onnx
 
-from zfnet.server.rules.registry import backward_rule
+from zfnet.server.rules.registry import POINTWISE, Role, op
 
 
-def _unbroadcast(b, signal: str, node, index: int) -> str:
+def with_constants(index, node) -> Role:
+    """A bias or a scale (one operand depends on the image) extends a block; a sum or product of two
+    activations (a residual connection, a gate) ends it."""
+    return Role.BLOCK if sum(name in index.live for name in node.input) == 1 else Role.OTHER
+
+
+def unbroadcast(b, signal: str, node, index: int) -> str:
     """Sum ``signal`` (output-shaped) down to the shape of input ``index``."""
     out_shape, in_shape = b.shape(node.output[0]), b.shape(node.input[index])
     if in_shape == out_shape:
@@ -22,28 +29,34 @@ def _unbroadcast(b, signal: str, node, index: int) -> str:
 
 def _each(b, node, grads) -> list[str | None]:
     """Signals for the inputs that depend on the image; ``grads[i]()`` builds input i's."""
-    return [_unbroadcast(b, grad(), node, i) if b.needs(node.input[i]) else None for i, grad in enumerate(grads)]
+    return [unbroadcast(b, grad(), node, i) if b.needs(node.input[i]) else None for i, grad in enumerate(grads)]
 
 
-@backward_rule("Add")
+@op("Add", field=POINTWISE, role=with_constants)
 def add(b, node, signals):
     g = signals[0]
     return _each(b, node, [lambda: g, lambda: g])
 
 
-@backward_rule("Sub")
+@op("Sum", field=POINTWISE, role=with_constants)
+def sum_(b, node, signals):
+    g = signals[0]
+    return _each(b, node, [lambda: g] * len(node.input))
+
+
+@op("Sub", field=POINTWISE, role=with_constants)
 def sub(b, node, signals):
     g = signals[0]
     return _each(b, node, [lambda: g, lambda: b.op("Neg", [g])])
 
 
-@backward_rule("Mul")
+@op("Mul", field=POINTWISE, role=with_constants)
 def mul(b, node, signals):
     g, (x, y) = signals[0], node.input
     return _each(b, node, [lambda: b.op("Mul", [g, b.forward(y)]), lambda: b.op("Mul", [g, b.forward(x)])])
 
 
-@backward_rule("Div")
+@op("Div", field=POINTWISE, role=with_constants)
 def div(b, node, signals):
     g, divisor = signals[0], node.input[1]
     return _each(b, node, [
@@ -52,7 +65,7 @@ def div(b, node, signals):
     ])
 
 
-@backward_rule("Pow")
+@op("Pow", field=POINTWISE)
 def pow_(b, node, signals):
     """d(x^e)/dx = e x^(e-1); d(x^e)/de = x^e ln x (the exponent may be an integer constant)."""
     g, (base, exponent) = signals[0], node.input

@@ -2,60 +2,82 @@
 
 from __future__ import annotations
 
-import math
-
-from zfnet.errors import InvalidArgument
-from zfnet.server.rules.registry import attribute, backward_rule
+from zfnet.converters.geometry import Window, window
+from zfnet.server.rules.registry import Role, Span, op, union
 
 
-def explicit_pads(node, in_spatial: list[int], kernel: list[int], strides: list[int], dilations: list[int]) -> list[int]:
-    """The begin/end pads of a Conv or pooling node, resolving ``auto_pad``."""
-    auto_pad = attribute(node, "auto_pad", b"NOTSET")
-    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
-    rank = len(in_spatial)
-    if auto_pad in ("NOTSET", ""):
-        return list(attribute(node, "pads", [0] * 2 * rank))
-    if auto_pad == "VALID":
-        return [0] * 2 * rank
-    begin, end = [], []
-    for size, k, s, d in zip(in_spatial, kernel, strides, dilations):
-        total = max((math.ceil(size / s) - 1) * s + (k - 1) * d + 1 - size, 0)
-        small, large = total // 2, total - total // 2
-        begin.append(small if auto_pad == "SAME_UPPER" else large)
-        end.append(large if auto_pad == "SAME_UPPER" else small)
-    return begin + end
+def learned(index, node) -> Role:
+    """A layer of its own when its weights are constants (the layer's filters)."""
+    return Role.LEARNED if len(node.input) > 1 and node.input[1] in index.constants else Role.OTHER
 
 
-@backward_rule("Conv")
+def conv_window(index, node) -> Window:
+    """The window of a Conv node, its kernel taken from the filters' shape."""
+    in_shape, weight = index.shape(node.input[0]), index.shape(node.input[1])
+    kernel = node.attrs.get("kernel_shape") or weight[2:]
+    return window(node.attrs, in_shape[2:], kernel)
+
+
+def window_field(window_of):
+    """Receptive-field mapping of a sliding window: each spatial axis through the window's geometry,
+    every channel of the input (the filters and the group structure are not tracked)."""
+
+    def field(index, node, spans, i) -> Span:
+        rank = len(index.shape(node.input[i]) or [])
+        if i != 0:
+            return (None,) * rank
+        out, win = union(spans), window_of(index, node)
+        spatial = [None if s is None else win.input_span(a, *s) for a, s in enumerate(out[2:])]
+        return (out[0], None, *spatial)
+
+    return field
+
+
+@op("Conv", field=window_field(conv_window), role=learned)
 def conv(b, node, signals):
     x, weight = node.input[0], node.input[1]
     if b.constant_value(weight) is None:
-        raise InvalidArgument(f"Conv {node.name or node.output[0]!r}: only constant filters can be transposed")
-    kernel = list(b.shape(weight)[2:])
+        raise b.refuse("only constant filters can be transposed")
+    win = conv_window(b.index, node)
     in_spatial, out_spatial = b.shape(x)[2:], b.shape(node.output[0])[2:]
-    rank = len(kernel)
-    strides = list(attribute(node, "strides", [1] * rank))
-    dilations = list(attribute(node, "dilations", [1] * rank))
-    pads = explicit_pads(node, in_spatial, kernel, strides, dilations)
     full = b.op(
         "ConvTranspose", [signals[0], b.forward(weight)],
-        strides=strides, dilations=dilations, group=attribute(node, "group", 1), pads=[0] * 2 * rank,
+        strides=list(win.strides), dilations=list(win.dilations), group=node.attrs["group"], pads=[0] * 2 * win.rank,
     )
-    have = [(o - 1) * s + (k - 1) * d + 1 for o, s, k, d in zip(out_spatial, strides, kernel, dilations)]
-    return [b.fit_spatial(full, pads[:rank], in_spatial, have)] + [None] * (len(node.input) - 1)
+    return [b.fit_spatial(full, list(win.begin), in_spatial, win.covered(out_spatial))] + [None] * (len(node.input) - 1)
 
 
-@backward_rule("ConvTranspose")
+def _transposed_field(index, node, spans, i) -> Span:
+    """Output o of a transposed convolution reads the inputs i with o = i s - pad + k d, 0 <= k < K."""
+    rank = len(index.shape(node.input[i]) or [])
+    if i != 0:
+        return (None,) * rank
+    out, kernel = union(spans), index.shape(node.input[1])[2:]
+    r = len(kernel)
+    strides, dilations = node.attrs.get("strides") or [1] * r, node.attrs.get("dilations") or [1] * r
+    pads = node.attrs.get("pads") or [0] * 2 * r
+    spatial = []
+    for a, s in enumerate(out[2:]):
+        if s is None:
+            spatial.append(None)
+            continue
+        lo, hi = s
+        reach = (kernel[a] - 1) * dilations[a]
+        spatial.append((-(-(lo + pads[a] - reach) // strides[a]), (hi + pads[a]) // strides[a]))
+    return (out[0], None, *spatial)
+
+
+@op("ConvTranspose", field=_transposed_field, role=learned)
 def conv_transpose(b, node, signals):
     weight = node.input[1]
     if b.constant_value(weight) is None:
-        raise InvalidArgument(f"ConvTranspose {node.name or node.output[0]!r}: only constant filters are supported")
-    if attribute(node, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET") or attribute(node, "output_shape") is not None:
-        raise InvalidArgument(f"ConvTranspose {node.name or node.output[0]!r}: auto_pad and output_shape are not supported; use pads")
+        raise b.refuse("only constant filters are supported")
+    if node.attrs.get("auto_pad", "NOTSET") != "NOTSET" or node.attrs.get("output_shape"):
+        raise b.refuse("auto_pad and output_shape are not supported; use pads")
     rank = len(b.shape(weight)) - 2
     grad = b.op(
         "Conv", [signals[0], b.forward(weight)],
-        strides=list(attribute(node, "strides", [1] * rank)), dilations=list(attribute(node, "dilations", [1] * rank)),
-        group=attribute(node, "group", 1), pads=list(attribute(node, "pads", [0] * 2 * rank)),
+        strides=list(node.attrs.get("strides") or [1] * rank), dilations=list(node.attrs.get("dilations") or [1] * rank),
+        group=node.attrs["group"], pads=list(node.attrs.get("pads") or [0] * 2 * rank),
     )
     return [grad] + [None] * (len(node.input) - 1)

@@ -1,27 +1,148 @@
-"""Fully connected layers: the signal goes back through the transposed weights."""
+"""Fully connected layers and products of activations: the signal goes back through the transposed
+weights; where both factors depend on the image (attention's Q K^T and A V) through both."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from zfnet.errors import InvalidArgument
-from zfnet.server.rules.registry import attribute, backward_rule
+from zfnet.server.rules.arithmetic import unbroadcast
+from zfnet.server.rules.registry import POINTWISE, Role, Span, broadcast_span, op, union
 
 
-@backward_rule("Gemm")
+def _one_constant(index, node) -> Role:
+    """Activations times constant weights are a layer; a product of two activations is not."""
+    live = [name in index.live for name in node.input[:2]]
+    return Role.LEARNED if sum(live) == 1 else Role.OTHER
+
+
+def _gemm_field(index, node, spans, i) -> Span:
+    """Row r of Gemm's output reads row r of A (all of it); C broadcasts."""
+    if i == 2:
+        return POINTWISE(index, node, spans, i)
+    out = union(spans)
+    return (out[0], None) if i == 0 else (None, None)
+
+
+@op("Gemm", field=_gemm_field, role=_one_constant)
 def gemm(b, node, signals):
     weight = b.constant_value(node.input[1])
-    if weight is None or attribute(node, "transA", 0) or not b.needs(node.input[0]):
-        raise InvalidArgument(f"Gemm {node.output[0]!r}: only activations times constant weights (transA=0) are supported")
-    transposed = weight if attribute(node, "transB", 0) else weight.T  # (B')^T with B' = op(B)
-    back = b.const(attribute(node, "alpha", 1.0) * transposed)
-    return [b.op("MatMul", [signals[0], back])] + [None] * (len(node.input) - 1)
+    if weight is None or node.attrs["transA"] or not b.needs(node.input[0]):
+        raise b.refuse("only activations times constant weights (transA=0) are supported")
+    b.batch_first(node.input[0])
+    transposed = weight if node.attrs["transB"] else weight.T  # (B')^T with B' = op(B)
+    back = b.const(node.attrs["alpha"] * transposed.astype(np.float32))
+    grads: list[str | None] = [b.op("MatMul", [signals[0], back]), None]
+    if len(node.input) > 2 and node.input[2]:
+        grads.append(unbroadcast(b, b.op("Mul", [signals[0], b.const(node.attrs["beta"])]), node, 2) if b.needs(node.input[2]) else None)
+    return grads
 
 
-@backward_rule("MatMul")
+def _matmul_field(index, node, spans, i) -> Span:
+    """Y[..., n, m] = sum_k A[..., n, k] B[..., k, m]: A's rows and B's columns follow Y's; the
+    contracted axis is read whole; the leading axes broadcast."""
+    out = union(spans)
+    in_shape, out_shape = index.shape(node.input[i]) or [], index.shape(node.output[0]) or []
+    lead = list(broadcast_span(in_shape[:-2], out_shape[:-2], out[:-2]))
+    return tuple(lead + ([out[-2], None] if i == 0 else [None, out[-1]]))
+
+
+def _swap_last(b, name: str) -> str:
+    """A forward factor with its last two axes swapped."""
+    value = b.constant_value(name)
+    if value is not None:
+        return b.const(np.ascontiguousarray(np.swapaxes(value, -1, -2)).astype(np.float32))
+    rank = len(b.shape(name))
+    return b.op("Transpose", [b.forward(name)], perm=[*range(rank - 2), rank - 1, rank - 2])
+
+
+def _matmul_grad(b, node, product: str, i: int) -> str:
+    """Sum a factor's signal (computed at the broadcast leading shape) down to the factor's shape."""
+    out, shape = b.shape(node.output[0]), b.shape(node.input[i])
+    full = out[:-2] + shape[-2:]
+    if full == shape:
+        return product
+    padded = [1] * (len(full) - len(shape)) + shape
+    axes = [a for a, (f, s) in enumerate(zip(full, padded)) if s == 1 and f != 1]
+    if axes:
+        product = b.op("ReduceSum", [product, b.const(axes, np.int64)], keepdims=1)
+    return b.reshape(product, shape) if len(padded) != len(shape) else product
+
+
+def _matmul_batch(index, node, axes):
+    """Batched factors keep their batch axis, aligned from the right; a vector factor drops its axis."""
+    ranks = [len(index.shape(name) or []) for name in node.input]
+    out_rank = len(index.shape(node.output[0]) or [])
+    for i, axis in enumerate(axes):
+        if axis is not None:
+            if ranks[1 - i] == 1:  # numpy: a vector factor's axis is removed from the result
+                dropped = ranks[i] - 1 if i == 0 else ranks[i] - 2
+                return [None if axis == dropped else axis - (axis > dropped)]
+            return [axis + out_rank - ranks[i] if axis + out_rank - ranks[i] >= 0 else None]
+    return [None]
+
+
+@op("MatMul", field=_matmul_field, role=_one_constant, batch=_matmul_batch)
 def matmul(b, node, signals):
     a, w = node.input
-    weight = b.constant_value(w)
-    if weight is None or weight.ndim != 2 or not b.needs(a):
-        raise InvalidArgument(f"MatMul {node.output[0]!r}: only activations times a constant 2-D matrix are supported")
-    return [b.op("MatMul", [signals[0], b.const(np.ascontiguousarray(weight.T))]), None]
+    if any(len(b.index.shape(name) or []) < 2 for name in (a, w)):
+        raise b.refuse("vector (1-D) factors are not supported")
+    if b.needs(a):
+        b.check_batch(a, [-1], "MatMul contracting")
+    if b.needs(w):
+        b.check_batch(w, [-2], "MatMul contracting")
+    g = signals[0]
+    grads: list[str | None] = [None, None]
+    if b.needs(a):
+        grads[0] = _matmul_grad(b, node, b.op("MatMul", [g, _swap_last(b, w)]), 0)
+    if b.needs(w):
+        grads[1] = _matmul_grad(b, node, b.op("MatMul", [_swap_last(b, a), g]), 1)
+    return grads
+
+
+# -- Einsum --------------------------------------------------------------------------------------------
+def _terms(node) -> tuple[list[str], str]:
+    """The operand terms and the output term of an Einsum equation (implicit output made explicit)."""
+    equation = node.attrs["equation"].replace(" ", "")
+    left, _, right = equation.partition("->")
+    terms = left.split(",")
+    if "->" not in equation:
+        letters = "".join(terms)
+        right = "".join(sorted(c for c in set(letters) if letters.count(c) == 1))
+    return terms, right
+
+
+def _einsum_field(index, node, spans, i) -> Span:
+    terms, out_term = _terms(node)
+    out = union(spans)
+    return tuple(out[out_term.index(c)] if c in out_term and "." not in out_term else None for c in terms[i])
+
+
+def _einsum_batch(index, node, axes):
+    terms, out_term = _terms(node)
+    for term, axis in zip(terms, axes):
+        if axis is not None and axis < len(term) and term[axis] in out_term:
+            return [out_term.index(term[axis])]
+    return [None]
+
+
+@op("Einsum", field=_einsum_field, role=_one_constant, batch=_einsum_batch)
+def einsum(b, node, signals):
+    """The signal of operand i is the einsum of the output's signal with the other operands."""
+    terms, out_term = _terms(node)
+    if "." in node.attrs["equation"] or any(len(set(t)) != len(t) for t in [*terms, out_term]):
+        raise b.refuse(f"equation {node.attrs['equation']!r}: ellipses and repeated indices are not supported")
+    grads: list[str | None] = []
+    for i, (name, term) in enumerate(zip(node.input, terms)):
+        if not b.needs(name):
+            grads.append(None)
+            continue
+        batch = b.batch_axis(name)
+        if term[batch] not in out_term:
+            raise b.refuse(f"equation {node.attrs['equation']!r} sums over the batch axis; this mixes the images of a batch")
+        others = [(t, n) for j, (t, n) in enumerate(zip(terms, node.input)) if j != i]
+        reachable = set(out_term) | {c for t, _ in others for c in t}
+        if not set(term) <= reachable:
+            raise b.refuse(f"equation {node.attrs['equation']!r}: an index summed within one operand only is not supported")
+        equation = ",".join([out_term, *[t for t, _ in others]]) + "->" + term
+        grads.append(b.op("Einsum", [signals[0], *[b.forward(n) for _, n in others]], equation=equation))
+    return grads

@@ -144,6 +144,38 @@ def test_layers_prints_the_table_with_layer_numbers() -> None:
     assert "pool1.switches" not in result.stdout
 
 
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.export's own deprecation notices
+def test_layers_shows_the_names_a_model_was_saved_with(tmp_path: Path, sample_images) -> None:
+    """A model saved by ``torch.onnx.export(..., output_names=["logits"])``: its layers are named after
+    their modules, the saved names are listed beside them and ``--layer logits`` selects the output."""
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(4 * 30 * 30, 10)).eval()
+    path = tmp_path / "saved.onnx"
+    torch.onnx.export(net, (torch.rand(1, 3, 32, 32),), str(path), output_names=["logits"])
+    result = invoke("layers", "--model", path)
+    ok(result)
+    by_name = {row[1]: row for row in table_rows(result.stdout)}
+    assert by_name["3"][5] == "logits" and by_name["1"][2] == "Relu"
+    out = tmp_path / "out"
+    ok(invoke("deconv", "--model", path, "--layer", "logits", "--image", sample_images[0], "--top", "2", "--out", out))
+    assert len(list(out.glob("*_grid.png"))) == 1
+    result = invoke("deconv", "--model", path, "--layer", "logit", "--image", sample_images[0])
+    assert result.exit_code == 1 and "did you mean logits?" in result.stderr
+
+
+def test_commands_that_talk_to_a_server_load_no_model_code(server) -> None:
+    """``zfclient layers --server`` imports neither onnxruntime nor onnx nor the op registry."""
+    script = (
+        "import sys; from typer.testing import CliRunner; from zfnet.client.cli.main import app; "
+        f"r = CliRunner().invoke(app, ['layers', '--model', {str(MODEL)!r}, '--server', {server[0]!r}]); "
+        "assert r.exit_code == 0, r.output; "
+        "print(sorted(m for m in ('onnx', 'onnxruntime', 'zfnet.server.rules', 'matplotlib', 'torch') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
 def test_predict_prints_class_names(sample_images, server) -> None:
     images = sample_images[:3]
     result = invoke("predict", "--model", MODEL, *[x for p in images for x in ("--image", p)], "--top", "2")

@@ -105,21 +105,22 @@ def test_expose_pass_on_a_foreign_model() -> None:
     foreign = _foreign_model()
     exposed = expose.expose(foreign)
     outputs = {o.name: expose.tensor_shape(o) for o in exposed.graph.output}
-    assert outputs["features.conv.Conv"] == ["batch", 4, 8, 8]
-    assert outputs["features.relu.Relu"] == ["batch", 4, 8, 8]
-    assert outputs["features.pool.MaxPool"] == ["batch", 4, 4, 4]
-    assert "features.pool.MaxPool.switches" in outputs
+    assert outputs["features.conv"] == ["batch", 4, 8, 8]  # named after the module its node name's scopes give
+    assert outputs["features.relu"] == ["batch", 4, 8, 8]
+    assert outputs["features.pool"] == ["batch", 4, 4, 4]
+    assert "features.pool.switches" in outputs
     assert outputs["Flatten"] == ["batch", 64]
     assert "logits" in outputs  # a meaningful name is kept
     x = np.random.default_rng(1).normal(size=(2, 3, 8, 8)).astype(np.float32)
     before = _session(foreign).run(["logits"], {"input.1": x})[0]
-    after = _session(exposed).run(["logits", "features.relu.Relu"], {"input.1": x})
+    after = _session(exposed).run(["logits", "features.relu"], {"input.1": x})
     np.testing.assert_allclose(after[0], before, atol=1e-6)
     np.testing.assert_array_equal(after[1], np.maximum(after[1], 0))
     again = expose.expose(exposed)
     assert [o.name for o in again.graph.output] == [o.name for o in exposed.graph.output]
     numbered = {row.number: row.name for row in layer_table(exposed) if row.number}
-    assert numbered == {1: "features.pool.MaxPool", 2: "logits"}
+    assert numbered == {1: "features.pool", 2: "logits"}
+    assert {row.name: row.aliases for row in layer_table(exposed)}["features.relu"] == ("12",)  # the name it had
 
 
 def test_load_weights_errors(tmp_path) -> None:

@@ -42,3 +42,26 @@ def test_train_command_needs_both_splits(tmp_path: Path) -> None:
     (tmp_path / "train").mkdir()
     result = CliRunner().invoke(app, ["train", "--data", str(tmp_path), "--checkpoint", str(tmp_path / "x.pt")])
     assert result.exit_code == 1 and "test" in result.stderr and not (tmp_path / "x.pt").exists()
+
+
+def test_train_keeps_snapshots_and_exports_each(tmp_path: Path) -> None:
+    """Snapshots after the chosen epochs: each checkpoint equals a run stopped there, each ONNX export
+    gives that checkpoint's logits."""
+    import numpy as np
+    import onnxruntime as ort
+
+    data = _tree(tmp_path / "data", 2)
+    args = ["train", "--data", str(data), "--checkpoint", str(tmp_path / "final.pt"), "--epochs", "3", "--batch-size", "20"]
+    result = CliRunner().invoke(app, [*args, "--snapshots", "1", "--snapshot-every", "2", "--snapshot-dir", str(tmp_path / "snaps")])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "snaps").iterdir()) == ["epoch_1.onnx", "epoch_1.pt", "epoch_2.onnx", "epoch_2.pt"]
+    final = torch.load(tmp_path / "final.pt", weights_only=True)
+    second = torch.load(tmp_path / "snaps" / "epoch_2.pt", weights_only=True)
+    assert any(not torch.equal(final[k], second[k]) for k in final), "the epoch-2 snapshot must differ from the final weights"
+    module = export.load_weights(zoo.build("zfnet-cifar10"), tmp_path / "snaps" / "epoch_2.pt").eval()
+    x = torch.rand(4, 3, 32, 32) * 255
+    session = ort.InferenceSession(str(tmp_path / "snaps" / "epoch_2.onnx"), providers=["CPUExecutionProvider"])
+    logits = session.run([session.get_outputs()[0].name], {session.get_inputs()[0].name: x.numpy()})[0]
+    np.testing.assert_allclose(logits, module(x).detach().numpy(), rtol=1e-4, atol=1e-4)
+    bad = CliRunner().invoke(app, [*args, "--snapshots", "4"])
+    assert bad.exit_code == 1 and "--snapshots" in bad.stderr

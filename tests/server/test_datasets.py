@@ -115,3 +115,28 @@ def test_list_datasets_and_client_sources_over_grpc(data_dir: Path) -> None:
                 client.dataset("nope")
     finally:
         server.stop(grace=None)
+
+
+def test_both_sources_read_a_subset_of_indices_the_same(data_dir: Path) -> None:
+    """A job's second pass reads only some images: the same batches from disk or from the client's stream."""
+    store = DatasetStore(data_dir)
+    folder = store.folder("cifar/small")
+    wanted = [1, 5, 6, 7, 11]
+    named = list(store.source("cifar/small", batch_size=2).take(wanted, SHAPE))
+    runs = [(1, 2), (5, 8), (11, 12)]
+    parts = [(a, [ImageInput(encoded=folder.files[i].read_bytes()) for i in range(a, b)], [int(folder.labels[i]) for i in range(a, b)]) for a, b in runs]
+    streamed = list(streamed_source(len(folder), folder.classes, parts, batch_size=2).take(wanted, SHAPE))
+    kept, inputs = reference(folder, 0, len(folder))
+    expected = [i for i in wanted if i in kept]  # 6 is the corrupt cat/0002.jpg
+    for batches in (named, streamed):
+        assert [len(b.indices) + len(b.skipped) for b in batches] == [2, 2, 1]
+        assert np.concatenate([b.indices for b in batches]).tolist() == expected
+        np.testing.assert_array_equal(np.concatenate([b.inputs for b in batches]), inputs[[kept.index(i) for i in expected]])
+        assert [s.index for b in batches for s in b.skipped] == [6]
+    with pytest.raises(InvalidArgument, match="index 12 is outside"):
+        list(store.source("cifar/small").take([3, 12], SHAPE))
+    extra = [(5, [ImageInput(encoded=folder.files[5].read_bytes())] * 4, [])]
+    with pytest.raises(InvalidArgument, match="image 8 is not asked for"):
+        list(streamed_source(len(folder), folder.classes, [parts[0], *extra], batch_size=2).take(wanted, SHAPE))
+    with pytest.raises(InvalidArgument, match="up to index 5"):
+        list(streamed_source(len(folder), folder.classes, parts[:1], batch_size=2).take(wanted, SHAPE))

@@ -1,0 +1,129 @@
+"""``zfclient top``: the top-k images per feature map over a whole data set, their reconstructions,
+and a browsable report (Zeiler & Fergus 2013, Fig. 2)."""
+
+from __future__ import annotations
+
+import functools
+import time
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from zfnet.client.api import Client
+from zfnet.client.cli.common import ServerOption, job_progress, parse_ranges
+from zfnet.errors import InvalidArgument
+from zfnet.topk import TopK
+from zfnet.v1 import zfnet_pb2 as pb
+
+STATE, PARTIAL = "state.npz", "partial-state.npz"
+
+
+def command(
+    model: str = typer.Option(..., "--model", help="An .onnx file (uploaded if the server lacks it) or a model name on the server."),
+    layer: list[str] = typer.Option([], "--layer", help="Layer number N (the paper's numbering) or a tensor name; repeat for several (one pass serves all)."),
+    data: str = typer.Option(..., "--data", help="A local image folder (DIR/<class>/<image>, streamed to the server) or a data set name on the server."),
+    k: int | None = typer.Option(None, "--k", help="Images per channel [default: 9]."),
+    channels: str | None = typer.Option(None, "--channels", help="Channels to track in every layer, e.g. 0-15,20 [default: all]."),
+    method: str = typer.Option("deconvnet", "--method", help="Reconstruction: deconvnet (Zeiler & Fergus), guided or backprop."),
+    by: str | None = typer.Option(None, "--by", help="Rank images by the map's spatial max (the paper) or mean [default: max]."),
+    out: Path = typer.Option(Path("report"), "--out", help="Folder for the report (index.html), its pictures, manifest.json and state.npz."),
+    json_out: bool = typer.Option(False, "--json", help="Print manifest.json to stdout instead of a summary."),
+    raw: bool = typer.Option(False, "--raw", help="Also save the float reconstructions as .npy, one (k, C, H, W) file per channel."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Images per forward pass."),
+    start: int = typer.Option(0, "--start", help="First data-set index to read (a shard: --start/--stop)."),
+    stop: int = typer.Option(0, "--stop", help="One past the last index to read (0: the end)."),
+    scan_only: bool = typer.Option(False, "--scan-only", help="Only scan: write OUT/state.npz (a shard to --merge later), no reconstructions."),
+    merge: list[Path] = typer.Option([], "--merge", help="Merge the state.npz of these output folders (shards), read what none of them read, and report."),
+    resume: bool = typer.Option(False, "--resume", help=f"Continue an interrupted job from OUT/{PARTIAL}."),
+    checkpoint_every: int = typer.Option(1024, "--checkpoint-every", help=f"Images between checkpoints (OUT/{PARTIAL})."),
+    server: str | None = ServerOption,
+) -> None:
+    """Top-k images per channel over a data set, their input patches and reconstructions: a Fig. 2 sheet per layer,
+    a PNG per channel, a static HTML report (OUT/index.html), manifest.json and the scan's state."""
+    state = _prior_state(out, merge, resume)
+    if not layer and state is None:
+        raise InvalidArgument("--layer is required (repeat it for several layers)")
+    if k is not None and k <= 0:
+        raise InvalidArgument(f"--k must be positive, got {k}")
+    for finished in ("index.html", "manifest.json"):  # an earlier report here must not pass for this job's
+        (out / finished).unlink(missing_ok=True)
+    console = Console(stderr=True)
+    began = time.perf_counter()
+    with Client(server) as client:
+        dataset = client.dataset(data, start, stop, batch_size)
+        layers = list(layer) or list(state.layers)
+        picked = parse_ranges(channels, "--channels") or _channels_of(state)
+        k = k or (state.k if state is not None else 9)
+        by = by or (state.by if state is not None else "max")
+        (out / PARTIAL).parent.mkdir(parents=True, exist_ok=True)
+        with job_progress(console) as bar:
+            try:
+                state = client.top_scan(
+                    model, dataset, layers, k, by, picked, state, checkpoint_every,
+                    on_progress=functools.partial(_show, bar, {}), on_checkpoint=lambda s: s.save(out / PARTIAL),
+                    method=None if scan_only else method,
+                )
+            except KeyboardInterrupt:
+                if (out / PARTIAL).is_file():
+                    console.print(f"interrupted: the last checkpoint is {out / PARTIAL}; run the same command with --resume to continue")
+                raise
+        state.save(out / STATE)
+        (out / PARTIAL).unlink(missing_ok=True)
+        if scan_only:
+            print(f"scanned {state.images_read:,} images ({_ranges(state)}); state in {out / STATE}; merge shards with --merge")
+            return
+        with job_progress(console) as bar:
+            result = client.top_reconstruct(model, dataset, state, method, on_progress=functools.partial(_show, bar, {}))
+    from zfnet.client import report  # noqa: PLC0415  (matplotlib's fonts: only to draw)
+
+    index = report.write(result, out, report.Job(Path(model).name, data, time.perf_counter() - began), raw)
+    if json_out:
+        print((out / "manifest.json").read_text())
+        return
+    _summary(state, index, out)
+
+
+def _prior_state(out: Path, merge: list[Path], resume: bool) -> TopK | None:
+    """The state to continue from: shards merged, or the interrupted job's last checkpoint."""
+    if resume and merge:
+        raise InvalidArgument("--resume and --merge do not go together")
+    if resume:
+        return TopK.load(out / PARTIAL)
+    if merge:
+        states = [TopK.load(Path(folder) / STATE if Path(folder).is_dir() else Path(folder)) for folder in merge]
+        return functools.reduce(TopK.merge, states)
+    return None
+
+
+def _channels_of(state: TopK | None) -> list[int] | None:
+    """The --channels a state was made with: the list every layer shares, or None (all) where they differ."""
+    if state is None:
+        return None
+    lists = {tuple(int(c) for c in top.channels) for top in state.layers.values()}
+    return list(lists.pop()) if len(lists) == 1 else None
+
+
+def _show(bar, tasks: dict, progress: pb.JobProgress) -> None:
+    """Progress replies -> the bar: one task per stage, skipped images counted."""
+    stage = progress.stage
+    if stage not in tasks:
+        tasks[stage] = [bar.add_task(stage, total=progress.total), 0]
+    tasks[stage][1] += len(progress.skipped)
+    label = stage + (f" ({tasks[stage][1]} skipped)" if tasks[stage][1] else "")
+    bar.update(tasks[stage][0], completed=progress.done, total=progress.total, description=label)
+
+
+def _ranges(state: TopK) -> str:
+    return ", ".join(f"[{s}, {e})" for s, e in state.covered) or "nothing"
+
+
+def _summary(state: TopK, index: Path, out: Path) -> None:
+    layers = ", ".join(f"{name} ({len(top.channels)} channels)" for name, top in state.layers.items())
+    print(f"top-{state.k} by {state.by} over {state.images_read:,} images: {layers}")
+    if state.skipped_count:
+        shown = "; ".join(f"{s.path}: {s.reason}" for s in state.skipped[:5])
+        more = f" and {state.skipped_count - 5} more" if state.skipped_count > 5 else ""
+        print(f"skipped {state.skipped_count} unreadable image(s): {shown}{more} (all named in {out / 'manifest.json'})")
+    print(f"report: {index}")
+    print(f"manifest: {out / 'manifest.json'}")

@@ -1,0 +1,135 @@
+"""Occlusion sensitivity (Zeiler & Fergus 2013, Sec. 4.2, Fig. 7): a square slid over the image.
+
+For every position of the occluder, one batched pass gives the paper's maps: (b) the total
+activation of the layer's feature map that is strongest on the unoccluded image, (d) the
+probability of the true class, (e) the most probable class; (c) is the deconvnet projection of
+that feature map's strongest activation on the unoccluded image.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from zfnet.errors import InvalidArgument
+from zfnet.server import deconv, perturbation
+from zfnet.server.layers import resolve
+from zfnet.server.models import LoadedModel
+from zfnet.server.perturbation import FillValue, Steps, TrueClass
+
+
+@dataclass(frozen=True)
+class Grid:
+    """Occluder positions: top-left corners where the square fits in the image."""
+
+    size: int
+    stride: int
+    tops: np.ndarray  # (P,) int
+    lefts: np.ndarray  # (Q,) int
+
+    @property
+    def count(self) -> int:
+        return len(self.tops) * len(self.lefts)
+
+
+def grid(height: int, width: int, size: int | None, stride: int | None) -> Grid:
+    """The positions of a ``size`` square every ``stride`` pixels; defaults: a quarter of the shorter
+    side, and a quarter of the size."""
+    size = max(1, min(height, width) // 4) if size is None else size
+    stride = max(1, size // 4) if stride is None else stride
+    if size < 1:
+        raise InvalidArgument(f"occluder size must be at least 1 pixel, got {size}")
+    if size > min(height, width):
+        raise InvalidArgument(f"occluder size {size} is larger than the {height}x{width} input; at most {min(height, width)}")
+    if stride < 1:
+        raise InvalidArgument(f"occluder stride must be at least 1 pixel, got {stride}")
+    return Grid(size, stride, np.arange(0, height - size + 1, stride), np.arange(0, width - size + 1, stride))
+
+
+def occluded(image: np.ndarray, where: Grid, fill: np.ndarray, start: int, stop: int) -> np.ndarray:
+    """Copies start..stop-1 of ``image`` (C, H, W), position k = row-major over (tops, lefts)."""
+    copies = np.repeat(image[None], stop - start, axis=0)
+    for n, k in enumerate(range(start, stop)):
+        top, left = where.tops[k // len(where.lefts)], where.lefts[k % len(where.lefts)]
+        copies[n, :, top : top + where.size, left : left + where.size] = fill[:, None, None]
+    return copies
+
+
+@dataclass(frozen=True)
+class Sheet:
+    """One image's maps, (P, Q) over the grid."""
+
+    true_class: TrueClass
+    channel: int
+    channel_total: float
+    true_class_probability: float
+    top_class: int
+    layer_total: np.ndarray  # (b) float32
+    projection: deconv.Reconstruction | None  # (c)
+    projection_error: str
+    true_class_map: np.ndarray  # (d) float32
+    top_class_map: np.ndarray  # (e) int32
+    probabilities: np.ndarray | None  # (P, Q, classes) float32
+
+
+@dataclass(frozen=True)
+class Occlusion:
+    layer: str
+    grid: Grid
+    fill: FillValue
+    batch: int
+    sheets: list[Sheet]
+
+
+def run(
+    model: LoadedModel, batch: np.ndarray, layer: str | int | None = None, size: int | None = None, stride: int | None = None,
+    fill: str = "mean", true_classes: list[str] | None = None, max_batch: int = 0, all_classes: bool = False,
+) -> Steps[Occlusion]:
+    """Occlusion sheets of every image of ``batch`` (N, C, H, W); yields progress, returns :class:`Occlusion`."""
+    row = perturbation.last_conv(model) if layer is None else resolve(model.layers, layer)
+    where = grid(batch.shape[2], batch.shape[3], size, stride)
+    filler = perturbation.fill_value(model, fill)
+    copies = perturbation.copies_per_batch(model, max_batch)
+    tracker = perturbation.Tracker(len(batch) * where.count)
+    names = list(dict.fromkeys([row.name, model.output_name]))
+    base = perturbation.forward(model, batch, names, copies)
+    base_probs, applied = perturbation.base_probabilities(model, base)
+    truth = perturbation.true_classes(model, true_classes or [], base_probs)
+    projections, error = _projections(model, batch, row.name)
+    strength = base[row.name].reshape(len(batch), base[row.name].shape[1], -1).max(axis=2)
+    channels = [p.channel for p in projections] if projections else list(np.argmax(strength, axis=1))
+    shape = (len(where.tops), len(where.lefts))
+    sheets = []
+    for i, image in enumerate(batch):
+        channel = int(channels[i])
+
+        def reduce(outputs: dict[str, np.ndarray], channel: int = channel) -> dict[str, np.ndarray]:
+            activation = outputs[row.name][:, channel]
+            return {"total": activation.reshape(len(activation), -1).sum(axis=1), "probs": perturbation.output_probabilities(model, outputs, applied)}
+
+        kept = yield from perturbation.run(
+            model, image, {name: value[i : i + 1] for name, value in base.items()}, where.count,
+            lambda start, stop, image=image: occluded(image, where, filler.values, start, stop),
+            reduce, tracker, f"occlusion: image {i + 1} of {len(batch)}", copies,
+        )
+        probs = kept["probs"].reshape(*shape, -1)
+        sheets.append(Sheet(
+            true_class=truth[i], channel=channel,
+            channel_total=float(base[row.name][i, channel].sum()),
+            true_class_probability=float(base_probs[i, truth[i].index]), top_class=int(np.argmax(base_probs[i])),
+            layer_total=kept["total"].reshape(shape).astype(np.float32),
+            projection=projections[i] if projections else None, projection_error=error,
+            true_class_map=probs[..., truth[i].index].astype(np.float32), top_class_map=np.argmax(probs, axis=2).astype(np.int32),
+            probabilities=probs.astype(np.float32) if all_classes else None,
+        ))
+    return Occlusion(row.name, where, filler, copies, sheets)
+
+
+def _projections(model: LoadedModel, batch: np.ndarray, layer: str) -> tuple[list[deconv.Reconstruction], str]:
+    """Map (c): each image's strongest activation of ``layer`` projected by the deconvnet; or the
+    reason the model has no projection for this layer (maps b, d, e need only the forward pass)."""
+    try:
+        return deconv.reconstruct(model, batch, layer, None, 1, "max", "deconvnet"), ""
+    except InvalidArgument as err:
+        return [], str(err)

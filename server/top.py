@@ -1,0 +1,220 @@
+"""Top-k images per feature map over a data set, with their reconstructions (Zeiler & Fergus 2013, Fig. 2).
+
+Two passes. :func:`scan` reads a range of the data set in batches, one forward pass serving every
+layer asked for, and keeps a running :class:`~zfnet.topk.TopK` (k x channels per layer, mergeable,
+resumable), reporting progress and checkpoints as it goes. :func:`reconstruct` reads only the
+winners' images, checks each winner's activation again, and projects that single activation back to
+pixels through the model's projection graph (deconvnet, guided or backprop), in chunks of rows.
+
+Whether computing a reconstruction on the receptive-field window alone pays was measured (README,
+"Top-9"): the second pass is a small share of a job, so the full-size projection graph is used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from zfnet.errors import FailedPrecondition, InvalidArgument
+from zfnet.server import deconv, projection
+from zfnet.server.datasets import Skipped, Source, StreamedSource
+from zfnet.server.layers import ReceptiveFields, resolve
+from zfnet.server.models import LoadedModel
+from zfnet.topk import EMPTY, Skip, TopK
+
+CHECKPOINT_EVERY = 1024  # images between checkpoints, unless the job says otherwise
+SCAN, RECONSTRUCTIONS = "scan", "reconstructions"
+
+
+@dataclass(frozen=True)
+class Progress:
+    """``done`` of ``total`` images (scan) or reconstructions; images skipped since the last report."""
+
+    stage: str
+    done: int
+    total: int
+    skipped: list[Skipped]
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """The scan's state: a copy taken every so many images, and the final one (``final``)."""
+
+    state: TopK
+    final: bool
+
+
+@dataclass(frozen=True)
+class WinnerImage:
+    """An image that is in some channel's top-k, as the model saw it (C, H, W), RGB 0..255."""
+
+    index: int
+    path: str
+    label: int
+    pixels: np.ndarray
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One (layer, channel, rank) with the reconstruction of its activation."""
+
+    layer: str
+    channel: int
+    rank: int
+    index: int
+    value: float
+    activation: float
+    location: tuple[int, ...]
+    receptive_field: tuple[int, int, int, int]  # clipped to the image
+    patch: tuple[int, int, int, int]  # the whole field, may leave the image
+    reconstruction: np.ndarray  # (C, H, W) float32
+
+
+def plan(model: LoadedModel, layers: list[str | int], channels: list[int] | None) -> dict[str, tuple[np.ndarray, int]]:
+    """The tensors of ``layers`` (numbers or names, each once) -> (tracked channels, spatial rank)."""
+    if not layers:
+        raise InvalidArgument("no layers asked for")
+    out: dict[str, tuple[np.ndarray, int]] = {}
+    for ref in layers:
+        row = resolve(model.layers, ref)
+        if len(row.shape) < 2 or not isinstance(row.shape[1], int):
+            raise InvalidArgument(f"layer {row.name!r} has shape {row.shape}: it needs a channel (or unit) axis of fixed size")
+        count = row.shape[1]
+        chosen = np.arange(count) if not channels else np.asarray(channels, np.int64)
+        bad = [int(c) for c in chosen if not 0 <= c < count]
+        if bad:
+            raise InvalidArgument(f"channel(s) {bad} out of range: layer {row.name!r} has {count} channels (0..{count - 1})")
+        out.setdefault(row.name, (chosen, len(row.shape) - 2))
+    return out
+
+
+def start(model: LoadedModel, data: str, size: int, layers: list[str | int], channels: list[int] | None, k: int, by: str, state: TopK | None) -> TopK:
+    """A fresh state for the job, or ``state`` (to continue) after checking it belongs to the job."""
+    fresh = TopK.empty(model.sha256, data, size, k, by, plan(model, layers, channels))
+    if state is None:
+        return fresh
+    reason = fresh.compatible(state)
+    if reason:
+        raise InvalidArgument(f"the top-k state sent does not belong to this job: {reason}")
+    return state.copy()
+
+
+def scan(model: LoadedModel, source: Source, state: TopK, checkpoint_every: int = CHECKPOINT_EVERY) -> Iterator[Progress | Checkpoint]:
+    """Read ``source``'s range into ``state`` (in place): progress after every batch, a checkpoint every
+    ``checkpoint_every`` images, the final state last."""
+    clash = [r for r in state.covered if max(r[0], source.start) < min(r[1], source.stop)]
+    if clash:
+        raise InvalidArgument(f"the range [{source.start}, {source.stop}) overlaps indices [{clash[0][0]}, {clash[0][1]}) that the state has read already; send only the rest")
+    names = list(state.layers)
+    position, since = source.start, 0
+    yield Progress(SCAN, 0, source.count, [])
+    for batch in source.batches(model.input_shape):
+        if len(batch.indices):
+            state.observe(dict(zip(names, model.session.run(names, {model.input_name: batch.inputs}))), batch.indices)
+        state.cover(position, position + batch.read, [Skip(s.index, s.path, s.reason) for s in batch.skipped])
+        position += batch.read
+        since += batch.read
+        yield Progress(SCAN, position - source.start, source.count, batch.skipped)
+        if since >= checkpoint_every and position < source.stop:
+            since = 0
+            yield Checkpoint(state.copy(), final=False)
+    yield Checkpoint(state, final=True)
+
+
+def _check_fits(model: LoadedModel, source: Source, data: str, state: TopK) -> None:
+    """Refuse a state made with another model or data set, or whose layers, channels or locations do not fit."""
+    if state.model != model.sha256:
+        raise InvalidArgument(f"the top-k state is for model {state.model[:12]}, not {model.sha256[:12]} ({model.name})")
+    if (state.data, state.size) != (data, source.size):
+        raise InvalidArgument(f"the top-k state is for data set {state.data!r} of {state.size} images, not {data!r} of {source.size}")
+    for layer, top in state.layers.items():
+        (_, rank), = plan(model, [layer], [int(c) for c in top.channels]).values()
+        shape = [d for d in resolve(model.layers, layer).shape[2:]]
+        if top.locations.shape[2] != rank or np.any(top.locations < 0) or np.any(top.locations >= np.asarray(shape, np.int64)):
+            raise InvalidArgument(f"the top-k state's locations do not fit layer {layer!r} of shape {shape}")
+
+
+def reconstruct(model: LoadedModel, source: Source, data: str, state: TopK, method: str) -> Iterator[Progress | WinnerImage | Entry]:
+    """Read the winners of ``state`` from ``source`` and reconstruct every (layer, channel, rank):
+    each image once (before its entries), progress in reconstructions."""
+    _check_fits(model, source, data, state)
+    projections = {layer: model.projection(layer, method) for layer in state.layers}  # refuse early, before reading
+    needed = list(dict.fromkeys([*state.layers, *(n for p, _ in projections.values() for n in p.forward_tensors if n != model.input_name)]))
+    total = sum(int((top.indices != EMPTY).sum()) for top in state.layers.values())
+    done = 0
+    yield Progress(RECONSTRUCTIONS, 0, total, [])
+    for batch in source.take(state.winner_indices(), model.input_shape):
+        if batch.skipped:
+            s = batch.skipped[0]
+            raise FailedPrecondition(f"image {s.index} ({s.path}) was read by the scan but cannot be read now: {s.reason}")
+        forward = {model.input_name: batch.inputs, **dict(zip(needed, model.session.run(needed, {model.input_name: batch.inputs})))}
+        for i, index in enumerate(batch.indices):
+            yield WinnerImage(int(index), batch.paths[i], int(batch.labels[i]), batch.inputs[i])
+        for layer, top in state.layers.items():
+            rows, ranks = np.nonzero(np.isin(top.indices, batch.indices))
+            for part in range(0, len(rows), deconv.CHUNK_ROWS):
+                entries = list(_reconstruct_rows(model, layer, top, rows[part : part + deconv.CHUNK_ROWS], ranks[part : part + deconv.CHUNK_ROWS], batch.indices, forward, projections[layer]))
+                yield from entries
+                done += len(entries)
+        yield Progress(RECONSTRUCTIONS, done, total, [])
+
+
+def _reconstruct_rows(model, layer, top, rows, ranks, batch_indices, forward, proj) -> Iterator[Entry]:
+    """Entries for the (channel row, rank) pairs ``rows, ranks`` of one layer, whose images are in the batch."""
+    activation = forward[layer]
+    image = np.searchsorted(batch_indices, top.indices[rows, ranks])
+    channels = top.channels[rows]
+    locations = top.locations[rows, ranks]  # (M, S)
+    where = (image, channels, *locations.T)
+    current = activation[where]
+    recorded = top.activations[rows, ranks]
+    if not np.allclose(current, recorded, rtol=1e-3, atol=1e-5):
+        m = int(np.argmax(~np.isclose(current, recorded, rtol=1e-3, atol=1e-5)))
+        raise FailedPrecondition(
+            f"image {top.indices[rows[m], ranks[m]]}: layer {layer!r} channel {channels[m]} gives {current[m]:.6g} now and gave "
+            f"{recorded[m]:.6g} in the scan; is this the model and data set the state was made with?"
+        )
+    signal = np.zeros((len(rows), *activation.shape[1:]), np.float32)
+    signal[(np.arange(len(rows)), channels, *locations.T)] = current
+    pixels = deconv.project(proj[0], proj[1], forward, signal, image, forward[model.input_name].shape[1:])
+    for m in range(len(rows)):
+        location = tuple(int(p) for p in locations[m])
+        yield Entry(
+            layer, int(channels[m]), int(ranks[m]), int(top.indices[rows[m], ranks[m]]), float(top.values[rows[m], ranks[m]]), float(current[m]),
+            location, model.receptive_fields.box(layer, location), model.receptive_fields.box(layer, location, clip=False), pixels[m],
+        )
+
+
+STAGES = ("all", "scan", "reconstruct")
+
+
+def job(
+    model: LoadedModel, source: Source, *, data: str, layers: list[str | int], channels: list[int] | None, k: int, by: str,
+    method: str | None, stage: str, state: TopK | None, checkpoint_every: int = CHECKPOINT_EVERY,
+) -> Iterator[Progress | Checkpoint | WinnerImage | Entry]:
+    """A whole top-k job: scan (continuing ``state`` if given), then reconstruct the winners; or one of the two
+    (``stage``). Everything the job needs is checked before the first image is read: a scan given a
+    ``method`` (None: not given; deconvnet for the reconstructions) also builds the projection graphs
+    its reconstructions will need, so that a layer the method cannot project is refused before the scan."""
+    if stage not in STAGES:
+        raise InvalidArgument(f"unknown stage {stage!r}; choose one of {', '.join(STAGES)}")
+    if method is not None and method not in projection.METHODS:
+        raise InvalidArgument(f"unknown method {method!r}; choose one of {', '.join(projection.METHODS)}")
+    if stage == "all" and isinstance(source, StreamedSource):
+        raise InvalidArgument("a job over streamed images cannot re-read its winners: run stage scan, then stage reconstruct with the final state and the winners' images")
+    if stage == "reconstruct":
+        if state is None:
+            raise InvalidArgument("stage reconstruct needs the top-k state whose winners to reconstruct (TopJob.state)")
+        yield from reconstruct(model, source, data, state.check(), method or "deconvnet")
+        return
+    if checkpoint_every < 0:
+        raise InvalidArgument(f"checkpoint_every must be positive, got {checkpoint_every}")
+    running = start(model, data, source.size, layers, channels, k, by, state)
+    if stage == "all" or method is not None:
+        for layer in running.layers:
+            model.projection(layer, method or "deconvnet")
+    yield from scan(model, source, running, checkpoint_every or CHECKPOINT_EVERY)
+    if stage == "all":
+        yield from reconstruct(model, source, data, running, method or "deconvnet")

@@ -1,0 +1,194 @@
+"""``zfclient top``: the report agrees with the Python client, shards merged and a resumed job agree
+with one run, bad input ends in one line; the HTML report opens in a real headless Chromium."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from zfnet.client.api import SERVER_ENV, Client
+from zfnet.client.cli.main import app
+from zfnet.topk import TopK
+
+ROOT = Path(__file__).resolve().parents[2]
+MODEL = ROOT / "models" / "zfnet-cifar10.onnx"
+SAMPLES = ROOT / "samples" / "cifar10"
+JOB = ["--model", str(MODEL), "--layer", "1", "--layer", "6", "--channels", "0-2,5", "--k", "4"]
+
+
+class Interrupt(Exception):
+    pass
+
+
+@pytest.fixture(autouse=True)
+def _no_server(monkeypatch) -> None:
+    monkeypatch.delenv(SERVER_ENV, raising=False)
+
+
+def top(*args) -> object:
+    return CliRunner().invoke(app, ["top", *[str(a) for a in args]])
+
+
+def ok(result) -> None:
+    assert result.exit_code == 0, f"exit {result.exit_code}\nstdout: {result.stdout}\nstderr: {result.stderr}\n{result.exception!r}"
+
+
+def layers_of(manifest: dict) -> dict:
+    return {name: {ch: [(e["index"], e["value"], e["location"], e["patch"]) for e in info["top"]] for ch, info in layer["channels"].items()}
+            for name, layer in manifest["layers"].items()}
+
+
+class Links(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.links: list[str] = []
+
+    def handle_starttag(self, tag, attrs) -> None:
+        self.links += [v for k, v in attrs if k in ("src", "href") and v and not v.startswith("#")]
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("report")
+    ok(top(*JOB, "--data", SAMPLES, "--out", out, "--raw", "--batch-size", 48))
+    return out
+
+
+@pytest.mark.slow
+def test_the_report_holds_what_the_client_computes(report) -> None:
+    manifest = json.loads((report / "manifest.json").read_text())
+    with Client() as client:
+        result = client.top(MODEL, client.dataset(SAMPLES), [1, 6], k=4, channels=[0, 1, 2, 5])
+    assert list(manifest["layers"]) == ["pool1", "relu6"] and manifest["images_read"] == 200 and manifest["skipped_count"] == 0
+    for layer, per_channel in result.entries.items():
+        info = manifest["layers"][layer]
+        assert (report / info["page"]).is_file() and all((report / s).is_file() for s in info["sheets"])
+        for channel, entries in per_channel.items():
+            listed = info["channels"][str(channel)]
+            assert [(e["index"], e["value"], e["class"], e["path"]) for e in listed["top"]] == [
+                (e.index, e.value, result.images[e.index].label, result.images[e.index].path) for e in entries]
+            np.testing.assert_array_equal(np.load(report / listed["npy"]), np.stack([e.reconstruction for e in entries]))
+            block = Image.open(report / listed["png"])
+            assert block.width > block.height > 2 * 64  # two 2x2 grids side by side, a label above
+    assert TopK.load(report / "state.npz").covered == [(0, 200)]
+    for page in [report / "index.html", *report.glob("layer-*.html")]:
+        parser = Links()
+        parser.feed(page.read_text())
+        assert parser.links and all((report / link).is_file() for link in parser.links), page
+        assert not re.search(r"(https?:)?//", " ".join(parser.links))  # nothing from the network
+
+
+@pytest.mark.slow
+def test_json_shards_merge_and_resume_give_the_single_runs_report(tmp_path, report) -> None:
+    single = layers_of(json.loads((report / "manifest.json").read_text()))
+    shards = [tmp_path / "a", tmp_path / "b"]
+    ok(top(*JOB, "--data", SAMPLES, "--out", shards[0], "--stop", 90, "--scan-only"))
+    ok(top(*JOB, "--data", SAMPLES, "--out", shards[1], "--start", 90, "--scan-only"))
+    assert not (shards[0] / "index.html").exists() and (shards[0] / "state.npz").is_file()
+    merged = top("--model", MODEL, "--data", SAMPLES, "--merge", shards[1], "--merge", shards[0], "--out", tmp_path / "merged", "--json")
+    ok(merged)
+    assert layers_of(json.loads(merged.stdout)) == single
+
+    out = tmp_path / "resumed"
+    with Client() as client:
+        def interrupt(state: TopK) -> None:
+            state.save(out / "partial-state.npz")
+            raise Interrupt
+        with pytest.raises(Interrupt):
+            client.top_scan(MODEL, client.dataset(SAMPLES, batch_size=32), [1, 6], 4, "max", [0, 1, 2, 5], checkpoint_every=64, on_checkpoint=interrupt)
+    assert TopK.load(out / "partial-state.npz").covered == [(0, 64)]
+    ok(top("--model", MODEL, "--data", SAMPLES, "--out", out, "--resume"))
+    assert layers_of(json.loads((out / "manifest.json").read_text())) == single
+    assert not (out / "partial-state.npz").exists()
+
+
+def test_bad_input_ends_in_one_line_and_leaves_no_finished_report(tmp_path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "index.html").write_text("an earlier report")
+    cases = [
+        (["--model", MODEL, "--data", SAMPLES, "--out", out], "--layer is required"),
+        ([*JOB[:-1], "0", "--data", SAMPLES, "--out", out], "--k must be positive"),
+        (["--model", MODEL, "--layer", "1", "--channels", "a-b", "--data", SAMPLES, "--out", out], "must be numbers or ranges"),
+        (["--model", MODEL, "--layer", "1", "--channels", "30-40", "--data", SAMPLES, "--out", out], r"channel\(s\) \[32, .*out of range"),
+        (["--model", MODEL, "--layer", "1", "--data", "no-such-set", "--out", out], "neither a local image folder nor a data set"),
+        (["--model", MODEL, "--layer", "1", "--data", SAMPLES, "--out", out, "--resume"], "no top-k state at"),
+        (["--model", MODEL, "--layer", "1", "--method", "magic", "--data", SAMPLES, "--out", out], "unknown method 'magic'"),
+    ]
+    for args, message in cases:
+        result = top(*args)
+        assert result.exit_code == 1 and re.search(message, result.stderr), (args, result.stderr)
+        assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (out / "index.html").exists() and not (out / "manifest.json").exists()
+
+
+def chromium() -> tuple[str, str]:
+    """Debian's chromium and chromedriver (the Makefile's test target installs them), or skip with the reason."""
+    pytest.importorskip("selenium", reason="selenium is not installed")
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    if not browser or not driver:
+        pytest.skip("headless Chromium is not installed (apt-get install chromium chromium-driver; `make test` does it where it may)")
+    return browser, driver
+
+
+@pytest.mark.slow
+def test_the_report_opens_from_disk_in_headless_chromium(report, tmp_path) -> None:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    browser, driver_path = chromium()
+    options = Options()
+    options.binary_location = browser
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1400,1000"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    try:
+        pages = [report / "index.html", *sorted(report.glob("layer-*.html"))]
+        for page in pages:
+            driver.get(page.as_uri())
+            images = driver.execute_script(
+                "return Array.from(document.images).map(i => [i.getAttribute('src'), i.complete, i.naturalWidth]);")
+            assert images and all(complete and width > 0 for _, complete, width in images), [i for i in images if not i[2]]
+            errors = [entry for entry in driver.get_log("browser") if entry["level"] in ("SEVERE", "ERROR")]
+            assert not errors, errors
+            shot = tmp_path / f"{page.stem}.png"
+            assert driver.save_screenshot(str(shot))
+            pixels = np.asarray(Image.open(shot).convert("L"))
+            assert pixels.shape[1] >= 1000 and pixels.std() > 10  # something was drawn
+        driver.get(pages[0].as_uri())
+        driver.find_element("link text", "relu6").click()
+        assert driver.current_url.endswith("layer-relu6.html") and "channel 5" in driver.page_source
+    finally:
+        driver.quit()
+
+
+def test_resume_keeps_all_channels_of_layers_of_different_widths(tmp_path) -> None:
+    """A job over every channel of pool1 (32) and pool2 (64), interrupted, resumes into the single pass."""
+    out = tmp_path / "resumed"
+    with Client() as client:
+        dataset = client.dataset(SAMPLES, 0, 120, batch_size=40)
+        whole = client.top_scan(MODEL, dataset, [1, 2], k=2)
+
+        def interrupt(state: TopK) -> None:
+            state.save(out / "partial-state.npz")
+            raise Interrupt
+
+        with pytest.raises(Interrupt):
+            client.top_scan(MODEL, dataset, [1, 2], k=2, checkpoint_every=40, on_checkpoint=interrupt)
+    ok(top("--model", MODEL, "--data", SAMPLES, "--stop", 120, "--out", out, "--resume", "--scan-only"))
+    resumed = TopK.load(out / "state.npz")
+    assert resumed.covered == [(0, 120)] and [len(t.channels) for t in resumed.layers.values()] == [32, 64]
+    for name, top_ in whole.layers.items():
+        np.testing.assert_array_equal(resumed.layers[name].indices, top_.indices)
+        np.testing.assert_array_equal(resumed.layers[name].values, top_.values)
