@@ -17,6 +17,7 @@ from zfnet.server import features, service
 from zfnet.server.app import create_server
 from zfnet.server.features import Pooling
 from zfnet.server.models import load
+from zfnet.v1 import zfnet_pb2 as pb
 
 
 @pytest.fixture(scope="module")
@@ -163,3 +164,32 @@ def test_a_batch_over_the_reply_size_travels_in_several_replies(server, referenc
             client.features(reference_onnx, data, ["pixels"], stop=10)
     assert [len(b.indices) for b in whole] == [10] and [len(b.indices) for b in parts] == [3, 3, 3, 1]
     np.testing.assert_array_equal(np.concatenate([b.features[0] for b in parts]), whole[0].features[0])
+
+
+def test_a_features_job_runs_inside_the_memory_budget_and_names_what_is_wrong(reference_onnx: Path, sample_images: list[Path]) -> None:
+    data = sample_images[0].parents[1]
+    server, port, engine = create_server("127.0.0.1:0")
+    try:
+        with Client(f"127.0.0.1:{port}") as client:
+            assert len(list(client.features(reference_onnx, data, [5], "avg", stop=8, batch_size=4))) == 2
+            budget = engine.budget.status()
+            assert budget["running"] == 0 and budget["requests"] == 0, "each batch's reservation ends with the batch"
+            sha = client.ensure_model(reference_onnx)
+            per_batch = 64 * engine.store.get(sha).footprint.forward
+            engine.budget.limit = budget["resident"] + per_batch  # the model fits; a 64-image batch's forward pass cannot
+            with pytest.raises(ResourceExhausted, match="Features of 1 layer") as caught:
+                list(client.features(reference_onnx, data, [5], "avg", stop=8, batch_size=64))
+            assert caught.value.reason == "OVER_MEMORY_BUDGET"
+            assert len(list(client.features(reference_onnx, data, [5], "avg", stop=2, batch_size=1))) == 2, "a smaller batch still fits"
+            with pytest.raises(InvalidArgument) as caught:
+                client.features(reference_onnx, data, [5], "grid:0")
+            assert caught.value.field is None, "refused by the client before any call"
+            job = pb.FeaturesJob(model=pb.ModelRef(sha256=sha), layers=[pb.FeatureLayer(layer=pb.LayerRef(number=5), pooling=pb.Pooling(kind=9))])
+            with pytest.raises(InvalidArgument) as caught:
+                list(client._stream(client.stub.Features, iter([pb.FeaturesRequest(job=job)])))
+            assert (caught.value.reason, caught.value.field) == ("UNKNOWN_ENUM_VALUE", "job.layers[0].pooling.kind")
+            with pytest.raises(InvalidArgument) as caught:
+                list(client._stream(client.stub.Features, iter([pb.FeaturesRequest(batch=pb.ImageBatch())])))
+            assert (caught.value.reason, caught.value.field) == ("STREAM_OUT_OF_ORDER", "job")
+    finally:
+        server.stop(grace=None)
