@@ -188,6 +188,10 @@ def test_a_features_job_runs_inside_the_memory_budget_and_names_what_is_wrong(re
             with pytest.raises(InvalidArgument) as caught:
                 list(client._stream(client.stub.Features, iter([pb.FeaturesRequest(job=job)])))
             assert (caught.value.reason, caught.value.field) == ("UNKNOWN_ENUM_VALUE", "job.layers[0].pooling.kind")
+            job = pb.FeaturesJob(model=pb.ModelRef(sha256=sha), layers=[pb.FeatureLayer(layer=pb.LayerRef(number=5))], default_pooling=pb.Pooling(kind=pb.POOL_GRID))
+            with pytest.raises(InvalidArgument, match="grid size S in grid:S must be a whole number >= 1") as caught:
+                list(client._stream(client.stub.Features, iter([pb.FeaturesRequest(job=job)])))
+            assert caught.value.field == "job.default_pooling.grid"
             with pytest.raises(InvalidArgument) as caught:
                 list(client._stream(client.stub.Features, iter([pb.FeaturesRequest(batch=pb.ImageBatch())])))
             assert (caught.value.reason, caught.value.field) == ("STREAM_OUT_OF_ORDER", "job")
