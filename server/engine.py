@@ -139,17 +139,19 @@ class Engine:
         self, model: LoadedModel, layers: Sequence[features.FeatureLayer], source: Source, dtype: str = "float32",
     ) -> Iterator[tuple[Batch, list[np.ndarray]]]:
         """Each batch of ``source`` with its feature rows per layer, in data-set order; each batch is
-        read and computed inside its own reservation of the memory budget."""
+        read and computed inside its own reservation of the memory budget. An empty reservation held
+        for the whole job keeps the server from going idle (and handing memory back) between batches."""
         n, footprint = source.batch_size, model.footprint
         rows = n * sum(layer.size for layer in layers) * features.feature_dtype(dtype).itemsize
+        what = f"Features of {len(layers)} layer(s), {n} images per batch"
         estimate = Estimate(
-            f"Features of {len(layers)} layer(s), {n} images per batch",
-            {"input batch": n * footprint.input, "forward pass": FORWARD_FACTOR * n * footprint.forward, "feature rows": 2 * rows},
+            what, {"input batch": n * footprint.input, "forward pass": FORWARD_FACTOR * n * footprint.forward, "feature rows": 2 * rows},
         )
         batches = features.run(model, layers, source, dtype)
-        while True:
-            with self.admit(model, estimate, until_reply=False):
-                item = next(batches, None)
-            if item is None:
-                return
-            yield item
+        with self.admit(model, Estimate(what, {}), until_reply=False):
+            while True:
+                with self.admit(model, estimate, until_reply=False):
+                    item = next(batches, None)
+                if item is None:
+                    return
+                yield item
