@@ -197,3 +197,16 @@ def test_a_features_job_runs_inside_the_memory_budget_and_names_what_is_wrong(re
             assert (caught.value.reason, caught.value.field) == ("STREAM_OUT_OF_ORDER", "job")
     finally:
         server.stop(grace=None)
+
+
+def test_a_features_job_hands_memory_back_once_not_after_every_batch(reference_onnx: Path, sample_images: list[Path]) -> None:
+    server, port, engine = create_server("127.0.0.1:0")
+    handed_back = []
+    engine.budget._on_idle = lambda: handed_back.append(engine.budget.status()["running"])
+    try:
+        with Client(f"127.0.0.1:{port}") as client:
+            batches = list(client.features(reference_onnx, sample_images[0].parents[1], [1, 5], "avg", stop=192, batch_size=64))
+    finally:
+        server.stop(grace=None)
+    assert len(batches) == 3  # each batch's reservation is over the 32 MiB that makes an idle server hand memory back at once
+    assert handed_back in ([], [0]), "the budget goes idle at most once, when the job ends"
