@@ -6,6 +6,7 @@ import typer
 
 from zfnet.client.cli import activations, common, convert_caffe, convert_torch, deconv, evaluate, filters, layers, mean, predict, top, train
 from zfnet.client.cli import correspondence, evolution, invariance, occlusion
+from zfnet.client.cli import features, probe
 from zfnet.edge import edge
 from zfnet.server import app as server_app
 
@@ -33,6 +34,8 @@ app.command("correspondence")(edge(correspondence.command))
 app.command("top")(edge(top.command))
 app.command("filters")(edge(filters.command))
 app.command("evolution")(edge(evolution.command))
+app.command("features")(edge(features.command))
+app.command("probe")(edge(probe.command))
 
 
 def main() -> None:
