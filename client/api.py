@@ -24,6 +24,7 @@ import numpy as np
 
 from zfnet import errors, imagefolder, status, topk_proto
 from zfnet.client import replicas, results
+from zfnet.client.features import FeatureBatch, FeatureHeader, FeatureSpec, Skipped
 from zfnet.client.results import BORDERS, FILLS, TRANSFORMS
 from zfnet.tensors import CHANNEL_OPTIONS, MAX_MESSAGE_BYTES, from_proto, to_proto
 from zfnet.topk import BY, TopK
@@ -51,6 +52,9 @@ _CODES = {
     grpc.StatusCode.UNAUTHENTICATED: errors.Unauthenticated,
 }
 MODES = {"max": pb.MAX, "map": pb.MAP}
+FEATURE_DTYPES = {"float32": pb.FLOAT32, "float16": pb.FLOAT16}
+POOLS = {"none": pb.POOL_NONE, "avg": pb.POOL_AVG, "max": pb.POOL_MAX, "grid": pb.POOL_GRID}
+POOL_NAMES = {code: name for name, code in POOLS.items()}
 METHODS = {"deconvnet": pb.DECONVNET, "backprop": pb.BACKPROP, "guided": pb.GUIDED}
 ProgressCallback = Callable[[str, int, int], None]  # (stage, copies done, copies in all)
 
@@ -694,6 +698,73 @@ class Client:
         bias = from_proto(reply.bias).copy() if reply.bias.shape else None
         return Filters(reply.layer, reply.op, from_proto(reply.weights).copy(), bias, reply.channel_order)
 
+    def features(
+        self, model: str | Path, data: str | Path | Dataset, layers: Sequence[str | int], pool: str = "none",
+        layer_pool: dict[str, str] | None = None, dtype: str = "float32", start: int = 0, stop: int = 0, batch_size: int = 0,
+    ) -> FeatureStream:
+        """Features of ``layers`` (numbers, tensor names, or ``"pixels"`` for the model input) over a data
+        set (a local folder, a server data-set name, or a :class:`Dataset`), ``[start, stop)``. ``pool``
+        (``none | avg | max | grid:S``) applies to the network layers with spatial axes; ``layer_pool``
+        maps a layer (as given in ``layers``) to its own pooling. Iterate the stream for the batches."""
+        if dtype not in FEATURE_DTYPES:
+            raise errors.InvalidArgument(f"unknown feature dtype {dtype!r}; use {' or '.join(FEATURE_DTYPES)}")
+        layer_pool = {str(k): v for k, v in (layer_pool or {}).items()}
+        unknown = sorted(set(layer_pool) - {str(x) for x in layers})
+        if unknown:
+            raise errors.InvalidArgument(f"pooling given for layer(s) {', '.join(unknown)} that are not among the layers asked for")
+        dataset = data if isinstance(data, Dataset) else self.dataset(data, start, stop, batch_size)
+        job = pb.FeaturesJob(
+            model=self.model_ref(model), dtype=FEATURE_DTYPES[dtype], data=dataset.source, default_pooling=pooling_message(pool),
+            layers=[pb.FeatureLayer(layer=layer_ref(x), pooling=pooling_message(layer_pool.get(str(x)))) for x in layers],
+        )
+        replies = self._job(self.stub.Features, pb.FeaturesRequest(job=job), dataset, lambda batch: pb.FeaturesRequest(batch=batch))
+        return FeatureStream(replies)
+
+
+class FeatureStream:
+    """A running features job: ``header`` says what the rows hold; iterating yields
+    :class:`FeatureBatch` es in data-set order. ``close()`` cancels the job."""
+
+    def __init__(self, replies: Iterator[pb.FeaturesReply]) -> None:
+        self._replies = replies
+        first = next(replies, None)
+        if first is None or not first.HasField("header"):
+            raise errors.ZfnetError("the server did not start the features job (no FeaturesHeader)")
+        h = first.header
+        dtype = {pb.FLOAT32: "float32", pb.FLOAT16: "float16"}[h.dtype]
+        self.header = FeatureHeader(
+            h.model_sha256, [FeatureSpec(f.name, f.number or None, _pooling_text(f.pooling), tuple(f.layer_shape), tuple(f.shape)) for f in h.layers],
+            dtype, h.size, list(h.classes), h.start, h.stop, h.batch_size,
+        )
+
+    def __iter__(self) -> Iterator[FeatureBatch]:
+        for reply in self._replies:
+            rows, p = reply.rows, reply.progress
+            yield FeatureBatch(
+                np.asarray(rows.indices, np.int64), np.asarray(rows.labels, np.int64), list(rows.paths),
+                [from_proto(t, f"features of {spec.name}") for t, spec in zip(rows.features, self.header.layers)],
+                [Skipped(s.index, s.path, s.reason) for s in p.skipped], p.done, p.total,
+            )
+
+    def close(self) -> None:
+        close = getattr(self._replies, "close", None)
+        if close is not None:
+            close()
+
+
+def _pooling_text(message: pb.Pooling) -> str:
+    kind = POOL_NAMES.get(message.kind, "none")
+    return f"grid:{message.grid}" if kind == "grid" else kind
+
+
+def pooling_message(text: str | None) -> pb.Pooling:
+    """``none | avg | max | grid:S`` (None: unspecified) -> proto Pooling, checked."""
+    if text is None:
+        return pb.Pooling()
+    from zfnet.server.features import Pooling
+
+    value = Pooling.parse(text)
+    return pb.Pooling(kind=POOLS[value.kind], grid=value.grid)
 
 
 def _choice(table: dict[str, int], name: str, what: str) -> int:

@@ -105,6 +105,34 @@ def feature_map_tiles(activation: np.ndarray, title: str, path: Path, columns: i
     return save_figure(fig, path)
 
 
+def probe_plot(results: list, title: str, path: Path) -> Path:
+    """Probe accuracy against layer (mean +- std over folds), one line per features folder, the raw
+    pixels at x = 0 and as a dotted line across; ``results`` are :class:`zfnet.probe.ProbeResult` s."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.4), dpi=110)
+    ticks: dict[int, str] = {0: "pixels"}
+    for k, result in enumerate(results):
+        rows = [r for r in result.layers if r.name != "pixels"]
+        numbered = all(r.number for r in rows)
+        xs = [0] + [r.number if numbered else i + 1 for i, r in enumerate(rows)]
+        shown = [result.pixels] + rows
+        color = f"C{k}"
+        label = f"{result.model} on {result.data} ({result.probed_classes} classes)"
+        ax.errorbar(xs, [100 * r.mean for r in shown], yerr=[100 * r.std for r in shown], marker="o", capsize=3, color=color, label=label)
+        ax.axhline(100 * result.pixels.mean, color=color, linestyle=":", linewidth=1)
+        for x, r in zip(xs[1:], rows):
+            ticks.setdefault(x, f"{r.number}" if numbered else r.name)
+    ax.set_xticks(sorted(ticks), [ticks[x] for x in sorted(ticks)])
+    ax.set_xlabel("layer (dotted: the raw-pixel baseline of the same data)")
+    ax.set_ylabel("test accuracy, mean per class (%)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
 NORMALISE = ("sheet", "filter")
 
 

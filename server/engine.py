@@ -6,15 +6,15 @@ of the server's memory budget (``admit``); see :mod:`zfnet.server.admission`.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterator
+from collections.abc import Hashable, Iterator, Sequence
 from contextlib import AbstractContextManager
 
 import numpy as np
 
 from zfnet.errors import InvalidArgument, ResourceExhausted
-from zfnet.server import deconv, filters, runtime, top
+from zfnet.server import deconv, features, filters, runtime, top
 from zfnet.server.admission import Estimate, admitted, check_reply
-from zfnet.server.datasets import DatasetStore, Source
+from zfnet.server.datasets import Batch, DatasetStore, Source
 from zfnet.server.images import MAX_IMAGE_PIXELS, ImageInput, inspect, to_batch
 from zfnet.server.layers import Layer, resolve
 from zfnet.server.models import PROJECTION_BUILD_FACTOR, LoadedModel, ModelStore
@@ -129,3 +129,28 @@ class Engine:
     def filters(self, model: LoadedModel, layer: str | int) -> filters.Filters:
         """The filters of a convolutional or fully connected layer."""
         return filters.find(model, layer)
+
+    def feature_layers(
+        self, model: LoadedModel, layers: Sequence[tuple[str | int, features.Pooling | None]], default: features.Pooling = features.NONE,
+    ) -> list[features.FeatureLayer]:
+        """The layers of a features job with their pooling and row sizes."""
+        return features.plan(model, layers, default)
+
+    def features(
+        self, model: LoadedModel, layers: Sequence[features.FeatureLayer], source: Source, dtype: str = "float32",
+    ) -> Iterator[tuple[Batch, list[np.ndarray]]]:
+        """Each batch of ``source`` with its feature rows per layer, in data-set order; each batch is
+        read and computed inside its own reservation of the memory budget."""
+        n, footprint = source.batch_size, model.footprint
+        rows = n * sum(layer.size for layer in layers) * features.feature_dtype(dtype).itemsize
+        estimate = Estimate(
+            f"Features of {len(layers)} layer(s), {n} images per batch",
+            {"input batch": n * footprint.input, "forward pass": FORWARD_FACTOR * n * footprint.forward, "feature rows": 2 * rows},
+        )
+        batches = features.run(model, layers, source, dtype)
+        while True:
+            with self.admit(model, estimate, until_reply=False):
+                item = next(batches, None)
+            if item is None:
+                return
+            yield item

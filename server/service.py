@@ -15,12 +15,13 @@ from zfnet import topk_proto
 from zfnet.errors import InvalidArgument, NotFound, ResourceExhausted, ZfnetError
 from zfnet.server import admission, correspondence, datasets, invariance, occlusion, runtime, top
 from zfnet.server.engine import Engine
+from zfnet.server.features import NONE, FeatureLayer, Pooling
 from zfnet.server.images import ImageInput
 from zfnet.server.layers import resolve
 from zfnet.server.models import LoadedModel
 from zfnet.status import to_grpc_status
 from zfnet.server.perturbation import FillValue, Progress, TrueClass
-from zfnet.tensors import from_proto, to_proto
+from zfnet.tensors import MAX_MESSAGE_BYTES, from_proto, to_proto
 from zfnet.v1 import zfnet_pb2 as pb
 from zfnet.v1 import zfnet_pb2_grpc
 
@@ -74,6 +75,9 @@ def _mapped(name: str, context: grpc.ServicerContext) -> Iterator[None]:
         err = ResourceExhausted("out of memory; send fewer images or channels per request", reason="OUT_OF_MEMORY")
         context.abort_with_status(to_grpc_status(err))
     except Exception as err:
+        if not context.is_active():  # the client cancelled: reading its request stream raised
+            log.info("%s cancelled by the client", name)
+            return
         if runtime.is_allocation_failure(err):
             log.warning("%s: onnxruntime could not allocate memory: %s", name, str(err).splitlines()[0][-200:])
             failed = ResourceExhausted("onnxruntime could not allocate the memory this request needs; send fewer or smaller images", reason="OUT_OF_MEMORY")
@@ -168,6 +172,58 @@ def upload_chunks(first: pb.UploadModelRequest, rest: Iterator[pb.UploadModelReq
         if part.WhichOneof("part") != "chunk":
             raise InvalidArgument("UploadModel: send one UploadHeader, then only chunks", field="header", reason="STREAM_OUT_OF_ORDER")
         yield part.chunk
+
+
+POOL_KINDS = {pb.POOL_NONE: "none", pb.POOL_AVG: "avg", pb.POOL_MAX: "max", pb.POOL_GRID: "grid"}
+POOL_PROTO = {kind: code for code, kind in POOL_KINDS.items()}
+FEATURE_DTYPES = {pb.DATA_TYPE_UNSPECIFIED: "float32", pb.FLOAT32: "float32", pb.FLOAT16: "float16"}
+FEATURE_DTYPE_PROTO = {"float32": pb.FLOAT32, "float16": pb.FLOAT16}
+REPLY_BYTES = 32 << 20  # feature bytes per FeaturesReply; a batch over it travels in several replies
+
+
+def pooling(message: pb.Pooling, field: str) -> Pooling | None:
+    """Proto pooling (the request field ``field``) -> engine pooling; None when unspecified."""
+    if message.kind == pb.POOL_UNSPECIFIED:
+        return None
+    if message.kind not in POOL_KINDS:
+        raise InvalidArgument(
+            f"{field}.kind {message.kind} is not a PoolKind: use POOL_NONE, POOL_AVG, POOL_MAX or POOL_GRID", field=f"{field}.kind",
+            reason="UNKNOWN_ENUM_VALUE", metadata={"enum": pb.PoolKind.DESCRIPTOR.full_name, "value": message.kind},
+        )
+    kind = POOL_KINDS[message.kind]
+    with within("", f"{field}.grid"):
+        return Pooling.parse(f"grid:{message.grid}" if kind == "grid" else kind)
+
+
+def pooling_proto(value: Pooling) -> pb.Pooling:
+    return pb.Pooling(kind=POOL_PROTO[value.kind], grid=value.grid)
+
+
+def features_header(sha256: str, layers: list[FeatureLayer], dtype: str, source: datasets.Source) -> pb.FeaturesHeader:
+    return pb.FeaturesHeader(
+        model_sha256=sha256, dtype=FEATURE_DTYPE_PROTO[dtype], size=source.size, classes=source.classes,
+        start=source.start, stop=source.stop, batch_size=source.batch_size,
+        layers=[
+            pb.FeatureSpec(name=f.name, number=f.number or 0, pooling=pooling_proto(f.pooling), layer_shape=f.layer_shape, shape=f.shape)
+            for f in layers
+        ],
+    )
+
+
+def feature_replies(batch: datasets.Batch, rows: list[np.ndarray], done: int, total: int) -> Iterator[pb.FeaturesReply]:
+    """One batch's rows as replies of at most REPLY_BYTES of features (at least one row each); the
+    first carries the batch's skipped images."""
+    row_bytes = sum(r.shape[1] * r.itemsize for r in rows) or 1
+    step = max(1, REPLY_BYTES // row_bytes)
+    for begin in range(0, max(len(batch.indices), 1), step):
+        end = begin + step
+        yield pb.FeaturesReply(
+            rows=pb.FeatureRows(
+                indices=batch.indices[begin:end].tolist(), labels=batch.labels[begin:end].tolist(), paths=batch.paths[begin:end],
+                features=[to_proto(r[begin:end]) for r in rows],
+            ),
+            progress=progress("features", done, total, batch.skipped if begin == 0 else []),
+        )
 
 
 def model_info(model: LoadedModel, provider: str) -> pb.ModelInfo:
@@ -283,6 +339,32 @@ class ZfnetServicer(zfnet_pb2_grpc.ZfnetServicer):
         return pb.ListDatasetsResponse(datasets=[
             pb.DatasetInfo(name=name, size=len(store.folder(name)), classes=store.folder(name).classes) for name in store.names()
         ])
+
+    @_status
+    def Features(self, request_iterator: Iterator[pb.FeaturesRequest], context) -> Iterator[pb.FeaturesReply]:
+        first = next(request_iterator, None)
+        if first is None or first.WhichOneof("part") != "job":
+            raise InvalidArgument("Features: the first request must be the FeaturesJob", field="job", reason="STREAM_OUT_OF_ORDER")
+        job = first.job
+        with within("model", "job.model"):
+            model = self._model(job.model)
+        if job.dtype not in FEATURE_DTYPES:
+            raise InvalidArgument(f"FeaturesJob.dtype must be FLOAT32 or FLOAT16, got {pb.DataType.Name(job.dtype) if job.dtype in pb.DataType.values() else job.dtype}", field="job.dtype")
+        dtype = FEATURE_DTYPES[job.dtype]
+        asked = [(layer_ref(f.layer), pooling(f.pooling, f"job.layers[{i}].pooling")) for i, f in enumerate(job.layers)]
+        layers = self.engine.feature_layers(model, asked, pooling(job.default_pooling, "job.default_pooling") or NONE)
+        row_bytes = sum(f.size for f in layers) * np.dtype(dtype).itemsize
+        if row_bytes > MAX_MESSAGE_BYTES // 2:
+            raise ResourceExhausted(
+                f"one image's features are {row_bytes} bytes, over half the {MAX_MESSAGE_BYTES}-byte message limit; pool the large layers",
+                field="job.layers", reason="REPLY_TOO_LARGE", metadata={"limit": MAX_MESSAGE_BYTES // 2, "requested": row_bytes},
+            )
+        source = data_source(self.engine, job.data, request_iterator)
+        yield pb.FeaturesReply(header=features_header(model.sha256, layers, dtype, source))
+        done = 0
+        for batch, rows in self.engine.features(model, layers, source, dtype):
+            done += batch.read
+            yield from feature_replies(batch, rows, done, source.count)
 
     @_status
     def Occlusion(self, request: pb.OcclusionRequest, context) -> Iterator[pb.OcclusionReply]:

@@ -6,6 +6,7 @@ import typer
 
 from zfnet.client.cli import activations, common, convert_caffe, convert_torch, deconv, evaluate, filters, layers, mean, predict, top, train
 from zfnet.client.cli import correspondence, invariance, occlusion
+from zfnet.client.cli import features, probe
 from zfnet.edge import edge
 from zfnet.server import app as server_app
 
@@ -32,6 +33,8 @@ app.command("invariance")(edge(invariance.command))
 app.command("correspondence")(edge(correspondence.command))
 app.command("top")(edge(top.command))
 app.command("filters")(edge(filters.command))
+app.command("features")(edge(features.command))
+app.command("probe")(edge(probe.command))
 
 
 def main() -> None:

@@ -1,0 +1,64 @@
+"""``zfclient features``: features of chosen layers over a whole data set, written to disk."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from zfnet.client import features
+from zfnet.client.api import Client
+from zfnet.client.cli.common import ServerOption, job_progress
+from zfnet.errors import InvalidArgument
+
+
+def parse_pools(options: list[str]) -> tuple[str, dict[str, str]]:
+    """``["grid:2", "7=none"]`` -> default ``grid:2`` and ``{"7": "none"}``."""
+    default, per_layer = "none", {}
+    for option in options:
+        layer, sep, spec = option.rpartition("=")
+        if not sep:
+            default = option
+        elif not layer:
+            raise InvalidArgument(f"--pool {option!r}: give LAYER=SPEC or SPEC")
+        else:
+            per_layer[layer] = spec
+    return default, per_layer
+
+
+def command(
+    model: str = typer.Option(..., "--model", help="An .onnx file or a model name on the server."),
+    layer: list[str] = typer.Option(
+        ..., "--layer", help="Layer number, tensor name, or 'all' (every numbered layer); repeat for several. The raw pixels ('pixels') are always stored too.",
+    ),
+    data: str = typer.Option(..., "--data", help="A local image folder DIR/<class>/<image> (streamed to the server) or a data set name on the server."),
+    pool: list[str] = typer.Option(
+        ["none"], "--pool",
+        help="none | avg | max | grid:S (mean over an S x S grid) for every layer with spatial axes, or LAYER=SPEC for one layer; repeatable.",
+    ),
+    dtype: str = typer.Option("float32", "--dtype", help="float32 or float16 (computed in float32 either way)."),
+    fmt: str = typer.Option("npy", "--format", help="npy (one <layer>.npy per layer), npz (one file) or parquet (one file, a list column per layer)."),
+    out: Path = typer.Option(Path("out/features"), "--out", help="Folder for the feature files and index.json."),
+    start: int = typer.Option(0, "--start", help="First data-set index to read."),
+    stop: int = typer.Option(0, "--stop", help="One past the last index to read (0: the end)."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Images per forward pass."),
+    force: bool = typer.Option(False, "--force", help="Replace the files of a different job in --out (otherwise refused)."),
+    server: str | None = ServerOption,
+) -> None:
+    """Features of chosen layers for every image of a data set: one row per image, with labels and
+    index.json; an interrupted run continues where it stopped when run again."""
+    default, per_layer = parse_pools(pool)
+    with Client(server) as client, job_progress() as bar:
+        task = bar.add_task("features", total=None)
+        result = features.save(
+            client, model, data, layer, out, default, per_layer, dtype, fmt, start, stop, batch_size, force,
+            on_progress=lambda done, total: bar.update(task, completed=done, total=total),
+        )
+    index = features.read_index(result.folder)
+    if result.complete_before:
+        print(f"{result.folder} already holds these features ({result.rows} rows); nothing to do")
+        return
+    shapes = ", ".join(f"{x['name']} {x['size']}" + (f" ({x['pooling']})" if x["pooling"] != "none" else "") for x in index["layers"])
+    resumed = f"; continued from row {result.resumed_from}" if result.resumed_from else ""
+    skipped = f"; {result.skipped} unreadable image(s) kept as NaN rows, listed in index.json" if result.skipped else ""
+    print(f"wrote {result.rows} rows of {shapes} ({index['dtype']}, {index['format']}) to {result.folder}/{resumed}{skipped}")
