@@ -10,6 +10,7 @@ nothing else running and no other local user can reach that server. A remote ser
 from __future__ import annotations
 
 import collections
+import functools
 import hashlib
 import os
 import shutil
@@ -22,7 +23,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from zfnet import errors, imagefolder, status, topk_proto
+from zfnet import errors, evolution, imagefolder, status, topk_proto
 from zfnet.client import replicas, results
 from zfnet.client.features import FeatureBatch, FeatureHeader, FeatureSpec, Skipped
 from zfnet.client.results import BORDERS, FILLS, TRANSFORMS
@@ -118,6 +119,33 @@ class TopResult:
     classes: list[str]
     images: dict[int, TopImage]
     entries: dict[str, dict[int, list[TopEntry]]]  # layer -> channel -> ranked entries
+
+
+@dataclass(frozen=True)
+class EvolutionColumn:
+    """One snapshot of a feature-evolution job: its label ("epoch 3"), its model, and its top-1 result."""
+
+    label: str
+    model: str
+    result: TopResult
+
+
+@dataclass(frozen=True)
+class EvolutionResult:
+    """Feature evolution over training (Zeiler & Fergus 2013, Fig. 4): one top-1 result per snapshot, in training order."""
+
+    layers: list[str]  # tensor names
+    channels: dict[str, list[int]]  # layer -> the channels followed
+    method: str
+    columns: list[EvolutionColumn]
+
+    def entry(self, layer: str, channel: int, column: int) -> TopEntry | None:
+        """The strongest activation of ``channel`` in snapshot ``column`` (None: no image could be read)."""
+        ranked = self.columns[column].result.entries[layer][channel]
+        return ranked[0] if ranked else None
+
+
+EvolutionProgress = Callable[[int, pb.JobProgress], None]  # (snapshot position, progress)
 
 
 @dataclass(frozen=True)
@@ -660,27 +688,10 @@ class Client:
         if method not in METHODS:
             raise errors.InvalidArgument(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
         job = pb.TopJob(model=self.model_ref(model), data=dataset.source, stage=pb.TOP_RECONSTRUCT, method=METHODS[method], state=topk_proto.to_message(state))
-        images: dict[int, TopImage] = {}
-        entries = {layer: {int(c): [] for c in top.channels} for layer, top in state.layers.items()}
-        replies = self._job(self.stub.TopActivations, pb.TopRequest(job=job), dataset, lambda b: pb.TopRequest(batch=b), state.winner_indices())
-        for reply in replies:
-            kind = reply.WhichOneof("part")
-            if kind == "progress" and on_progress is not None:
-                on_progress(reply.progress)
-            elif kind == "image":
-                m = reply.image
-                label = dataset.classes[m.label] if 0 <= m.label < len(dataset.classes) else ""
-                images[m.index] = TopImage(m.index, m.path, label, from_proto(m.pixels).copy())
-            elif kind == "entry":
-                e = reply.entry
-                entries[e.layer][e.channel].append(TopEntry(
-                    e.layer, e.channel, e.rank, e.index, e.value, e.activation, tuple(e.location), _box(e.receptive_field), _box(e.patch),
-                    from_proto(e.reconstruction).copy(),
-                ))
-        for per_channel in entries.values():
-            for ranked in per_channel.values():
-                ranked.sort(key=lambda entry: entry.rank)
-        return TopResult(state, method, list(dataset.classes), images, entries)
+        collected = _TopCollector(dataset, method, state)
+        for reply in self._job(self.stub.TopActivations, pb.TopRequest(job=job), dataset, lambda b: pb.TopRequest(batch=b), state.winner_indices()):
+            collected.take(reply, on_progress)
+        return collected.result()
 
     def top(
         self, model: str | Path, dataset: Dataset, layers: Sequence[str | int], k: int = 9, by: str = "max",
@@ -691,6 +702,58 @@ class Client:
         Fergus 2013, Fig. 2): :meth:`top_scan`, then :meth:`top_reconstruct`."""
         state = self.top_scan(model, dataset, layers, k, by, channels, state, checkpoint_every, on_progress, on_checkpoint, method)
         return self.top_reconstruct(model, dataset, state, method, on_progress)
+
+    def evolution(
+        self, models: Sequence[str | Path], dataset: Dataset, layers: Sequence[str | int], channels: Sequence[int] | None = None,
+        method: str = "deconvnet", labels: Sequence[str] | None = None, on_progress: EvolutionProgress | None = None,
+    ) -> EvolutionResult:
+        """Feature evolution over training (Zeiler & Fergus 2013, Fig. 4): for each snapshot in turn (``models``
+        in training order; :func:`zfnet.evolution.in_training_order` sorts files), the strongest activation of
+        each channel over ``dataset`` and its reconstruction, i.e. :meth:`top` with k = 1 per snapshot. A named
+        data set runs as one Evolution call; a local folder, streamed, as one top-1 job per snapshot. Snapshots
+        whose chosen layers differ in name or shape are refused before any image is read (SNAPSHOTS_DIFFER)."""
+        if method not in METHODS:
+            raise errors.InvalidArgument(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+        if not models:
+            raise errors.InvalidArgument("no snapshots given")
+        labels = list(labels) if labels is not None else [evolution.label(m) for m in models]
+        if len(labels) != len(models):
+            raise errors.InvalidArgument(f"{len(labels)} labels for {len(models)} snapshots")
+        report = on_progress or (lambda position, progress: None)
+        if dataset.folder is None:
+            results = self._evolution_call(models, dataset, layers, channels, method, labels, report)
+        else:
+            results = self._evolution_streamed(models, dataset, layers, channels, method, labels, report)
+        first = results[0].state
+        columns = [EvolutionColumn(lab, str(m), r) for lab, m, r in zip(labels, models, results)]
+        return EvolutionResult(list(first.layers), {name: [int(c) for c in top.channels] for name, top in first.layers.items()}, method, columns)
+
+    def _evolution_call(self, models, dataset: Dataset, layers, channels, method: str, labels: list[str], report: EvolutionProgress) -> list[TopResult]:
+        """One Evolution call over a named data set: each snapshot's replies collected as its top-1 result."""
+        request = pb.EvolutionRequest(
+            models=[self.model_ref(m) for m in models], labels=labels, layers=[layer_ref(x) for x in layers],
+            channels=list(channels or []), method=METHODS[method], data=dataset.source,
+        )
+        collectors = [_TopCollector(dataset, method) for _ in models]
+        for reply in self._stream(self.stub.Evolution, request):
+            collectors[reply.snapshot].take(reply.reply, functools.partial(report, reply.snapshot))
+        return [c.result() for c in collectors]
+
+    def _evolution_streamed(self, models, dataset: Dataset, layers, channels, method: str, labels: list[str], report: EvolutionProgress) -> list[TopResult]:
+        """A local folder: the snapshots' chosen layers compared on one image (a forward pass each), then a
+        top-1 job per snapshot, streaming the folder each time."""
+        probe = dataset.folder.files[dataset.start]
+        signatures = []
+        for label, model in zip(labels, models):
+            found = [next(iter(self.activations(model, [probe], [layer]).items())) for layer in layers]  # one call per layer: a reply's map has no order
+            signatures.append((label, [(name, tuple(a.shape[1:])) for name, a in found]))
+        evolution.check_same(signatures)
+        out = []
+        for i, model in enumerate(models):
+            report(i, pb.JobProgress(stage="snapshots", done=i, total=len(models)))
+            out.append(self.top(model, dataset, layers, k=1, by="max", channels=channels, method=method, on_progress=functools.partial(report, i)))
+        report(len(models) - 1, pb.JobProgress(stage="snapshots", done=len(models), total=len(models)))
+        return out
 
     def filters(self, model: str | Path, layer: str | int) -> Filters:
         """The filters of a convolutional or fully connected layer (a number names its block)."""
@@ -765,6 +828,47 @@ def pooling_message(text: str | None) -> pb.Pooling:
 
     value = Pooling.parse(text)
     return pb.Pooling(kind=POOLS[value.kind], grid=value.grid)
+
+
+class _TopCollector:
+    """The replies of one top-k job (TopReply) gathered into a :class:`TopResult`; ``state``: the scan's
+    state when it is known already (a reconstruct-only job), else the final state the replies carry."""
+
+    def __init__(self, dataset: Dataset, method: str, state: TopK | None = None) -> None:
+        self.dataset, self.method, self.state = dataset, method, state
+        self.images: dict[int, TopImage] = {}
+        self.entries: dict[str, dict[int, list[TopEntry]]] = {}
+        if state is not None:
+            self._expect(state)
+
+    def _expect(self, state: TopK) -> None:
+        self.entries = {layer: {int(c): [] for c in top.channels} for layer, top in state.layers.items()}
+
+    def take(self, reply: pb.TopReply, on_progress: OnProgress | None = None) -> None:
+        kind = reply.WhichOneof("part")
+        if kind == "progress" and on_progress is not None:
+            on_progress(reply.progress)
+        elif kind == "state":
+            self.state = topk_proto.from_message(reply.state)
+            self._expect(self.state)
+        elif kind == "image":
+            m = reply.image
+            classes = self.dataset.classes
+            self.images[m.index] = TopImage(m.index, m.path, classes[m.label] if 0 <= m.label < len(classes) else "", from_proto(m.pixels).copy())
+        elif kind == "entry":
+            e = reply.entry
+            self.entries[e.layer][e.channel].append(TopEntry(
+                e.layer, e.channel, e.rank, e.index, e.value, e.activation, tuple(e.location), _box(e.receptive_field), _box(e.patch),
+                from_proto(e.reconstruction).copy(),
+            ))
+
+    def result(self) -> TopResult:
+        if self.state is None:
+            raise errors.ZfnetError("the server ended the top-k job without its final state")
+        for per_channel in self.entries.values():
+            for ranked in per_channel.values():
+                ranked.sort(key=lambda entry: entry.rank)
+        return TopResult(self.state, self.method, list(self.dataset.classes), self.images, self.entries)
 
 
 def _choice(table: dict[str, int], name: str, what: str) -> int:

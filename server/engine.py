@@ -12,7 +12,7 @@ from contextlib import AbstractContextManager
 import numpy as np
 
 from zfnet.errors import InvalidArgument, ResourceExhausted
-from zfnet.server import deconv, features, filters, runtime, top
+from zfnet.server import deconv, evolution, features, filters, runtime, top
 from zfnet.server.admission import Estimate, admitted, check_reply
 from zfnet.server.datasets import Batch, DatasetStore, Source
 from zfnet.server.images import MAX_IMAGE_PIXELS, ImageInput, inspect, to_batch
@@ -125,6 +125,11 @@ class Engine:
     def top(self, model: LoadedModel, source: Source, **job) -> Iterator:
         """A top-k job over a data set (see :func:`zfnet.server.top.job`): progress, checkpoints, results."""
         return top.job(model, source, **job)
+
+    def evolution(self, snapshots: list[evolution.Snapshot], dataset: str, start: int, stop: int, batch_size: int, **job) -> Iterator:
+        """Feature evolution over training snapshots on a named data set (see :func:`zfnet.server.evolution.job`)."""
+        self.datasets.source(dataset, start, stop, batch_size)  # an unknown name or a bad range is refused before any model loads
+        return evolution.job(snapshots, lambda: self.datasets.source(dataset, start, stop, batch_size), **job)
 
     def filters(self, model: LoadedModel, layer: str | int) -> filters.Filters:
         """The filters of a convolutional or fully connected layer."""

@@ -13,7 +13,7 @@ import numpy as np
 
 from zfnet import topk_proto
 from zfnet.errors import InvalidArgument, NotFound, ResourceExhausted, ZfnetError
-from zfnet.server import admission, correspondence, datasets, invariance, occlusion, runtime, top
+from zfnet.server import admission, correspondence, datasets, evolution, invariance, occlusion, runtime, top
 from zfnet.server.engine import Engine
 from zfnet.server.features import NONE, FeatureLayer, Pooling
 from zfnet.server.images import ImageInput
@@ -426,6 +426,32 @@ class ZfnetServicer(zfnet_pb2_grpc.ZfnetServicer):
         )
         for event in events:
             yield top_reply(event)
+
+    @_status
+    def Evolution(self, request: pb.EvolutionRequest, context) -> Iterator[pb.EvolutionReply]:
+        if not request.models:
+            raise InvalidArgument("Evolution: no snapshots given (EvolutionRequest.models)", field="models", reason="FIELD_REQUIRED")
+        if request.labels and len(request.labels) != len(request.models):
+            raise InvalidArgument(f"{len(request.labels)} labels for {len(request.models)} snapshots; give one per snapshot or none", field="labels")
+        if request.data.WhichOneof("source") != "dataset":
+            raise InvalidArgument(
+                "Evolution reads a named data set on the server (DataSource.dataset); for images only the client has, "
+                "run TopActivations with k=1 on each snapshot", field="data.dataset", reason="FIELD_REQUIRED",
+            )
+        method = enum_choice(METHODS, request.method, "method", pb.DeconvMethod)
+        for i, ref in enumerate(request.models):
+            _require_model(ref, f"models[{i}]")
+        snapshots = [
+            evolution.Snapshot(request.labels[i] if request.labels else (ref.name or ref.sha256[:12]), functools.partial(self._model, ref, f"models[{i}]"))
+            for i, ref in enumerate(request.models)
+        ]
+        data = request.data
+        events = self.engine.evolution(
+            snapshots, data.dataset, data.start, data.stop, data.batch_size, data=topk_proto.data_name(data),
+            layers=[layer_ref(r) for r in request.layers], channels=list(request.channels) or None, method=method,
+        )
+        for position, event in events:
+            yield pb.EvolutionReply(snapshot=position, reply=top_reply(event))
 
     @_status
     def GetFilters(self, request: pb.FiltersRequest, context) -> pb.FiltersResponse:

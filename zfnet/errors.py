@@ -47,6 +47,7 @@ REASONS: dict[str, str] = {
     "IMAGE_TOO_LARGE": "an image has more pixels than the server decodes, or is a decompression bomb (metadata: limit)",
     "EXTERNAL_DATA": "the model keeps tensors in external files, which the server never reads for an upload: inline them",
     "UNAUTHENTICATED": "no bearer token, or one this server does not accept (UNAUTHENTICATED)",
+    "SNAPSHOTS_DIFFER": "Evolution: a snapshot's chosen layer differs from the first snapshot's in name or shape (metadata: snapshot, reference)",
 }
 
 

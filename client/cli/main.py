@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from zfnet.client.cli import activations, common, convert_caffe, convert_torch, deconv, evaluate, filters, layers, mean, predict, top, train
-from zfnet.client.cli import correspondence, invariance, occlusion
+from zfnet.client.cli import correspondence, evolution, invariance, occlusion
 from zfnet.client.cli import features, probe
 from zfnet.edge import edge
 from zfnet.server import app as server_app
@@ -35,6 +35,7 @@ app.command("top")(edge(top.command))
 app.command("filters")(edge(filters.command))
 app.command("features")(edge(features.command))
 app.command("probe")(edge(probe.command))
+app.command("evolution")(edge(evolution.command))
 
 
 def main() -> None:
