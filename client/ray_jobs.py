@@ -21,7 +21,7 @@ import logging
 import pickle
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -268,3 +268,123 @@ def shutdown() -> None:
     ray = sys.modules.get("ray")
     if ray is not None and ray.is_initialized():
         ray.shutdown()
+
+
+# -- features ------------------------------------------------------------------------------------------
+class FeaturesWorker(EngineWorker):
+    """Computes the feature rows of its rows' images (:func:`zfnet.server.features.run` through the
+    engine); returns them as :class:`zfnet.client.features.FeatureBatch` es, pickled."""
+
+    def __init__(self, model: str, sha256: str, folder: str, shown: str, size: int, batch_size: int,
+                 asked: list[tuple[str, str | None]], default: str, dtype: str) -> None:
+        super().__init__(model, sha256, folder, shown, size, batch_size)
+        self.layers, self.dtype = plan_features(self.engine, self.model, asked, default), dtype
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from zfnet.client.features import FeatureBatch, Skipped  # noqa: PLC0415
+
+        parts = [
+            FeatureBatch(part.indices, part.labels, list(part.paths), rows, [Skipped(s.index, s.path, s.reason) for s in part.skipped])
+            for start, stop in self.runs(batch["index"])
+            for part, rows in self.engine.features(self.model, self.layers, self.source(start, stop), self.dtype)
+        ]
+        return {"parts": np.array([pickle.dumps(parts)], dtype=object), "images": np.array([len(batch["index"])])}
+
+
+def plan_features(engine, model, asked: list[tuple[str, str | None]], default: str) -> list:
+    """The engine's plan of a features job: ``asked`` = (layer as given, its own pooling or None)."""
+    from zfnet.server import features as server_features  # noqa: PLC0415
+
+    layers = [(int(x) if str(x).isascii() and str(x).isdigit() else str(x), server_features.Pooling.parse(p) if p else None) for x, p in asked]
+    return engine.feature_layers(model, layers, server_features.Pooling.parse(default))
+
+
+class RayFeatures:
+    """What :func:`zfnet.client.features.save` asks of a client, answered on Ray: ``save(RayFeatures(cluster), ...)``
+    writes the same files as ``save(Client(), ...)``, the rows computed by a pool of actors and written
+    in place as their blocks arrive (the writer keeps the finished prefix for a resumed run)."""
+
+    def __init__(self, cluster: Cluster | None = None) -> None:
+        self.cluster = cluster or Cluster()
+        self._models: dict[Path, tuple[str, object, object]] = {}  # path -> (sha256, engine, loaded model) on the driver
+
+    def _model(self, model: str | Path):
+        path = Path(model).resolve()
+        if not path.is_file():
+            raise InvalidArgument(f"--ray runs a local .onnx model; {model} is not a file")
+        if path not in self._models:
+            from zfnet.server.engine import Engine  # noqa: PLC0415
+            from zfnet.server.models import ModelStore  # noqa: PLC0415
+
+            data = model_bytes(path)
+            engine = Engine(ModelStore(None, len(data) + 1))
+            self._models[path] = (hashlib.sha256(data).hexdigest(), engine, engine.store.add(data, path.stem))
+        return self._models[path]
+
+    def close(self) -> None:
+        """Stop the Ray this process joined or started."""
+        shutdown()
+
+    def dataset(self, data: str | Path, start: int = 0, stop: int = 0, batch_size: int = 0):
+        from zfnet.client.api import Dataset  # noqa: PLC0415
+        from zfnet.v1 import zfnet_pb2 as pb  # noqa: PLC0415
+
+        path = Path(data)
+        if not path.is_dir():
+            raise InvalidArgument(f"--ray reads a local image folder (DIR/<class>/<image>); {data} is not one")
+        folder = imagefolder.scan(path)
+        source = pb.DataSource(streamed=pb.StreamedImages(size=len(folder), classes=folder.classes), start=start, stop=stop, batch_size=batch_size)
+        dataset = Dataset(source, len(folder), list(folder.classes), folder)
+        if not 0 <= start <= dataset.stop <= dataset.size:
+            raise InvalidArgument(f"range [{start}, {stop}) is outside the data set's {dataset.size} images")
+        return dataset
+
+    def model_ref(self, model: str | Path):
+        from zfnet.v1 import zfnet_pb2 as pb  # noqa: PLC0415
+
+        return pb.ModelRef(sha256=self._model(model)[0])
+
+    def model_info(self, model: str | Path):
+        from zfnet.v1 import zfnet_pb2 as pb  # noqa: PLC0415
+
+        sha, _, loaded = self._model(model)
+        return pb.ModelInfo(sha256=sha, layers=[pb.Layer(name=r.name, number=r.number or 0) for r in loaded.layers])
+
+    def features(self, model: str | Path, dataset, layers: Sequence[str | int], pool: str = "none",
+                 layer_pool: dict[str, str] | None = None, dtype: str = "float32") -> RayFeatureStream:
+        from zfnet.client.features import FeatureHeader, FeatureSpec  # noqa: PLC0415
+
+        sha, engine, loaded = self._model(model)
+        layer_pool = {str(k): v for k, v in (layer_pool or {}).items()}
+        asked = [(str(x), layer_pool.get(str(x))) for x in layers]
+        planned = plan_features(engine, loaded, asked, pool)
+        batch_size = dataset.source.batch_size or 64
+        header = FeatureHeader(
+            sha, [FeatureSpec(f.name, f.number, str(f.pooling), tuple(f.layer_shape), tuple(f.shape)) for f in planned],
+            dtype, dataset.size, list(dataset.classes), dataset.start, dataset.stop, batch_size,
+        )
+        root = Path(dataset.folder.root)
+        arguments = {
+            "model": str(Path(model).resolve()), "sha256": sha, "folder": str(root.resolve()), "shown": str(root), "size": dataset.size,
+            "batch_size": batch_size, "asked": asked, "default": pool, "dtype": dtype,
+        }
+        return RayFeatureStream(self.cluster, header, list(range(dataset.start, dataset.stop)), arguments)
+
+
+class RayFeatureStream:
+    """A features job on Ray, as :class:`zfnet.client.api.FeatureStream` presents one: ``header``, then
+    the batches (in the order blocks finish; each knows its data-set indices)."""
+
+    def __init__(self, cluster: Cluster, header, rows: list[int], arguments: dict) -> None:
+        self.cluster, self.header, self.rows, self.arguments = cluster, header, rows, arguments
+
+    def __iter__(self) -> Iterator:
+        ray = connect(self.cluster)
+        done = 0
+        for out in run(ray, self.rows, FeaturesWorker, self.arguments, self.cluster, self.header.batch_size * BLOCKS_PER_TASK, "features", None):
+            for part in pickle.loads(out["parts"]):
+                done += len(part.indices) + len(part.skipped)
+                yield replace(part, done=done, total=len(self.rows))
+
+    def close(self) -> None:
+        """Nothing to cancel: the pool ends with the iteration."""

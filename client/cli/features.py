@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import typer
@@ -44,11 +45,25 @@ def command(
     batch_size: int = typer.Option(64, "--batch-size", help="Images per forward pass."),
     force: bool = typer.Option(False, "--force", help="Replace the files of a different job in --out (otherwise refused)."),
     server: str | None = ServerOption,
+    ray: bool = typer.Option(
+        False, "--ray", help="Compute the rows on Ray actors (needs the ray extra of zfnet): a local Ray, or --ray-address. --data and --model must be local.",
+    ),
+    ray_address: str | None = typer.Option(None, "--ray-address", help="With --ray: join this Ray cluster (auto, ray://host:10001) instead of starting a local one."),
+    ray_workers: int = typer.Option(2, "--ray-workers", help="With --ray: actors in the pool, each holding one engine."),
+    ray_gpus: float = typer.Option(0.0, "--ray-gpus", help="With --ray: GPUs per actor (1: one GPU each)."),
 ) -> None:
     """Features of chosen layers for every image of a data set: one row per image, with labels and
     index.json; an interrupted run continues where it stopped when run again."""
     default, per_layer = parse_pools(pool)
-    with Client(server) as client, job_progress() as bar:
+    if ray or ray_address:
+        if server:
+            raise InvalidArgument("--ray runs the job on Ray actors, not on --server; give one of them")
+        from zfnet.client import ray_jobs  # noqa: PLC0415  (Ray only with --ray)
+
+        runner = contextlib.closing(ray_jobs.RayFeatures(ray_jobs.Cluster(ray_address, ray_workers, ray_gpus)))
+    else:
+        runner = Client(server)
+    with runner as client, job_progress() as bar:
         task = bar.add_task("features", total=None)
         result = features.save(
             client, model, data, layer, out, default, per_layer, dtype, fmt, start, stop, batch_size, force,

@@ -127,3 +127,21 @@ def test_bad_ray_input_ends_in_one_line(tmp_path: Path) -> None:
     ]:
         result = runner.invoke(app, ["top", "--model", str(MODEL), "--layer", "2", "--out", str(tmp_path), *args])
         assert result.exit_code != 0 and message in result.output and "Traceback" not in result.output, result.output
+
+
+def test_features_on_ray_write_the_single_process_files(subset: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+    outs = {}
+    for name, extra in (("single", []), ("ray", ["--ray", "--ray-workers", "2"])):
+        outs[name] = tmp_path / name
+        args = ["features", "--model", str(MODEL), "--data", os.path.relpath(subset), "--out", str(outs[name]),
+                "--layer", "all", "--pool", "grid:2", "--pool", "1=max", *extra]
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.output
+    index = json.loads((outs["single"] / "index.json").read_text())
+    assert index["complete"] and index["rows"] == len(list(subset.glob("*/*.jpg")))
+    assert json.loads((outs["ray"] / "index.json").read_text()) == index  # job, layers, paths, checksums of every file
+    files = sorted(p.name for p in outs["single"].iterdir())
+    assert files == sorted(p.name for p in outs["ray"].iterdir()) and "labels.npy" in files
+    for name in files:
+        assert (outs["ray"] / name).read_bytes() == (outs["single"] / name).read_bytes(), name
