@@ -36,9 +36,7 @@ def _ray_env() -> None:
 @pytest.fixture(scope="module")
 def subset(tmp_path_factory) -> Path:
     """The first PER_CLASS images of every class of the CIFAR-10 test set (../shared), else the bundled samples."""
-    from conftest import shared_path
-
-    test = shared_path("data", "cifar10", "test")
+    test = ROOT.parent / "shared" / "data" / "cifar10" / "test"
     if not test.is_dir():
         return ROOT / "samples" / "cifar10"
     root = tmp_path_factory.mktemp("cifar10-test")
