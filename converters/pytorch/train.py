@@ -86,6 +86,14 @@ def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch
     return correct / len(images)
 
 
+def one_cycle(optimizer: torch.optim.Optimizer, lr: float, steps: int) -> torch.optim.lr_scheduler.OneCycleLR:
+    """The one-cycle schedule (a quarter warm-up, then annealing), valid for any number of steps: with
+    very few, torch's phase boundaries coincide and it divides by zero, so the cycle is stretched to
+    at least 4 steps with a warm-up of at least 2 (a run that stops early just ends mid-cycle)."""
+    total = max(steps, 4)
+    return torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=total, pct_start=max(0.25, 2 / total))
+
+
 def train(
     config: TrainConfig, train_dir: Path, test_dir: Path, checkpoint: Path, console: Console | None = None,
     snapshot_dir: Path | None = None, on_snapshot=None,
@@ -112,7 +120,7 @@ def train(
         [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=config.lr, momentum=0.9, nesterov=True,
     )
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, config.lr, total_steps=config.epochs * steps, pct_start=0.25)
+    schedule = one_cycle(optimizer, config.lr, config.epochs * steps)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     top1 = 0.0
     started = time.monotonic()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import pytest
 import torch
 from typer.testing import CliRunner
 
@@ -65,3 +66,20 @@ def test_train_keeps_snapshots_and_exports_each(tmp_path: Path) -> None:
     np.testing.assert_allclose(logits, module(x).detach().numpy(), rtol=1e-4, atol=1e-4)
     bad = CliRunner().invoke(app, [*args, "--snapshots", "4"])
     assert bad.exit_code == 1 and "--snapshots" in bad.stderr
+
+
+@pytest.mark.parametrize("steps", range(1, 13))
+def test_the_one_cycle_schedule_runs_for_any_number_of_steps(steps: int) -> None:
+    """torch's OneCycleLR divides by zero when warm-up and annealing boundaries meet (20 images, batch
+    10, 2 epochs); every short run steps through its schedule and never exceeds the peak rate."""
+    from zfnet.converters.pytorch.train import one_cycle
+
+    weight = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([weight], lr=0.1, momentum=0.9)
+    schedule = one_cycle(optimizer, 0.1, steps)
+    rates = []
+    for _ in range(steps):
+        optimizer.step()
+        schedule.step()
+        rates.append(optimizer.param_groups[0]["lr"])
+    assert all(0 < r <= 0.1 + 1e-12 for r in rates)
