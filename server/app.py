@@ -19,7 +19,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from zfnet.edge import edge
 from zfnet.errors import InvalidArgument
 from zfnet.server import reflection
-from zfnet.server.admission import DEFAULT_FRACTION, MAX_INPUT_PIXELS, MemoryBudget, fmt_bytes, limit_malloc_arenas, machine_memory, parse_bytes
+from zfnet.server.admission import (
+    DEFAULT_FRACTION, MAX_INPUT_PIXELS, MemoryBudget, fmt_bytes, keep_freed_memory_until_idle, limit_malloc_arenas, machine_memory, parse_bytes,
+)
 from zfnet.server.metrics import Metrics
 from zfnet.server.security import Tls, TokenAuth, check_exposure, read_tokens, server_credentials
 from zfnet.tensors import CHANNEL_OPTIONS
@@ -81,6 +83,7 @@ def start(
     from zfnet.server.models import ModelStore
     from zfnet.server.service import ZfnetServicer
 
+    keep_freed_memory_until_idle()  # onnxruntime's CPU arena is off: glibc's heap reuses freed tensors instead
     budget = MemoryBudget.for_process(max_memory)
     engine = Engine(ModelStore(model_dir, max_model_mb << 20, budget, max_input_pixels), DatasetStore(data_dir))
     provider = runtime.providers()[0]
