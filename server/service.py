@@ -7,6 +7,7 @@ import inspect
 import logging
 from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import grpc
 import numpy as np
@@ -333,6 +334,14 @@ class ZfnetServicer(zfnet_pb2_grpc.ZfnetServicer):
         return pb.DeconvResponse(layer=layer.name, mode=request.mode or pb.MAX, method=request.method or pb.DECONVNET, images=per_image)
 
 
+    def _job(self, requests: Iterator, rpc: str, job_type: str) -> tuple[Any, LoadedModel]:
+        """The job of a data-set stream (its first request, ``part`` "job") and the model it names."""
+        first = next(requests, None)
+        if first is None or first.WhichOneof("part") != "job":
+            raise InvalidArgument(f"{rpc}: the first request must be the {job_type}", field="job", reason="STREAM_OUT_OF_ORDER")
+        with within("model", "job.model"):
+            return first.job, self._model(first.job.model)
+
     @_status
     def ListDatasets(self, request, context) -> pb.ListDatasetsResponse:
         store = self.engine.datasets
@@ -342,12 +351,7 @@ class ZfnetServicer(zfnet_pb2_grpc.ZfnetServicer):
 
     @_status
     def Features(self, request_iterator: Iterator[pb.FeaturesRequest], context) -> Iterator[pb.FeaturesReply]:
-        first = next(request_iterator, None)
-        if first is None or first.WhichOneof("part") != "job":
-            raise InvalidArgument("Features: the first request must be the FeaturesJob", field="job", reason="STREAM_OUT_OF_ORDER")
-        job = first.job
-        with within("model", "job.model"):
-            model = self._model(job.model)
+        job, model = self._job(request_iterator, "Features", "FeaturesJob")
         if job.dtype not in FEATURE_DTYPES:
             raise InvalidArgument(f"FeaturesJob.dtype must be FLOAT32 or FLOAT16, got {pb.DataType.Name(job.dtype) if job.dtype in pb.DataType.values() else job.dtype}", field="job.dtype")
         dtype = FEATURE_DTYPES[job.dtype]
@@ -406,12 +410,7 @@ class ZfnetServicer(zfnet_pb2_grpc.ZfnetServicer):
 
     @_status
     def TopActivations(self, request_iterator: Iterator[pb.TopRequest], context) -> Iterator[pb.TopReply]:
-        first = next(request_iterator, None)
-        if first is None or first.WhichOneof("part") != "job":
-            raise InvalidArgument("TopActivations: the first request must be the TopJob", field="job", reason="STREAM_OUT_OF_ORDER")
-        job = first.job
-        with within("model", "job.model"):
-            model = self._model(job.model)
+        job, model = self._job(request_iterator, "TopActivations", "TopJob")
         method = enum_choice(METHODS, job.method, "job.method", pb.DeconvMethod)
         stage = enum_choice(TOP_STAGES, job.stage, "job.stage", pb.TopStage)
         by = enum_choice(topk_proto.BY_NAME, job.by, "job.by", pb.TopBy)
