@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -15,40 +13,12 @@ import onnxruntime as ort
 import pytest
 from PIL import Image
 
-from zfnet.client.api import Client
 from zfnet.converters.graph import PREPROCESSING_KEY, get_metadata
-from zfnet.tensors import CHANNEL_OPTIONS
 from zfnet.v1 import zfnet_pb2 as pb
-from zfnet.v1 import zfnet_pb2_grpc
 
-TIMEOUT = 120
-CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+from test_service import CIFAR10, Conn, conn, encoded, still_serves  # noqa: F401  (shared with the service tests; conn is a fixture)
 
-
-@dataclass
-class Conn:
-    """A raw stub and a Python client on the ``server`` fixture, the bundled model uploaded."""
-
-    stub: zfnet_pb2_grpc.ZfnetStub
-    client: Client
-    sha: str
-    path: Path
-
-    @property
-    def ref(self) -> pb.ModelRef:
-        return pb.ModelRef(sha256=self.sha)
-
-
-@pytest.fixture()
-def conn(server, reference_onnx: Path) -> Iterator[Conn]:
-    target, _ = server
-    channel = grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
-    client = Client(target)
-    try:
-        yield Conn(zfnet_pb2_grpc.ZfnetStub(channel), client, client.ensure_model(reference_onnx), reference_onnx)
-    finally:
-        client.close()
-        channel.close()
+TIMEOUT = 120  # a perturbation stream runs many forward passes
 
 
 def nchw(paths: list[Path]) -> np.ndarray:
@@ -58,10 +28,6 @@ def nchw(paths: list[Path]) -> np.ndarray:
         with Image.open(path) as img:
             out.append(np.asarray(img.convert("RGB"), np.float32).transpose(2, 0, 1))
     return np.stack(out)
-
-
-def encoded(paths: list[Path]) -> list[pb.Image]:
-    return [pb.Image(encoded=p.read_bytes(), label=p.name) for p in paths]
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -111,9 +77,3 @@ def expect_stream_error(call, request, code: grpc.StatusCode, *words: str) -> st
     for word in words:
         assert word.lower() in details.lower(), f"{word!r} not in {details!r}"
     return details
-
-
-def still_serves(c: Conn, image: Path) -> None:
-    """The server answers a good request after a bad one."""
-    reply = c.stub.Predict(pb.PredictRequest(model=c.ref, images=encoded([image])), timeout=TIMEOUT)
-    assert len(reply.predictions) == 1
