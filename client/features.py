@@ -152,7 +152,7 @@ class RowFile:
         self._file = open(path, "r+b")
 
     def write(self, row: int, values: np.ndarray) -> None:
-        os.pwrite(self._file.fileno(), np.ascontiguousarray(values, self.dtype).tobytes(), self.offset + row * self.row_bytes)
+        os.pwrite(self._file.fileno(), memoryview(np.ascontiguousarray(values, self.dtype)).cast("B"), self.offset + row * self.row_bytes)
 
     def sync(self) -> None:
         os.fsync(self._file.fileno())

@@ -155,36 +155,52 @@ class StreamedSource(Source):
 
     def take(self, indices: Sequence[int], input_shape: list[int]) -> Iterator[Batch]:
         """The images at ``indices`` (ascending), as the client streams them: each ImageBatch holds the
-        next wanted images, at consecutive data-set indices."""
+        next wanted images, at consecutive data-set indices. Decoded in a thread pool, one batch ahead
+        of the consumer."""
+        with ThreadPoolExecutor(DECODE_WORKERS) as pool:
+            def submit(items: list[tuple[int, ImageInput, int]]):
+                return items, pool.map(lambda item: _decode(item[1], input_shape), items)
+
+            def assemble(items, decoded) -> Batch:
+                return _assemble([i for i, _, _ in items], [lab for _, _, lab in items], [img.label for _, img, _ in items], list(decoded), len(items))
+
+            ahead = None
+            for items in self._chunks(indices):
+                if ahead is not None:
+                    previous, ahead = ahead, submit(items)
+                    yield assemble(*previous)
+                else:
+                    ahead = submit(items)
+            if ahead is not None:
+                yield assemble(*ahead)
+
+    def _chunks(self, indices: Sequence[int]) -> Iterator[list[tuple[int, ImageInput, int]]]:
+        """The streamed images in batches of ``batch_size`` (data-set index, image, label), checked
+        against the images asked for as they arrive."""
         position = 0  # how many of ``indices`` have arrived
         end = int(indices[-1]) + 1 if len(indices) else self.start
         pending: list[tuple[int, ImageInput, int]] = []
-        with ThreadPoolExecutor(DECODE_WORKERS) as pool:
-            def flush(items):
-                decoded = list(pool.map(lambda item: _decode(item[1], input_shape), items))
-                return _assemble([i for i, _, _ in items], [lab for _, _, lab in items], [img.label for _, img, _ in items], decoded, len(items))
-
-            for begin, images, labels in self.parts:
-                expected = int(indices[position]) if position < len(indices) else end
-                if begin != expected:
-                    raise InvalidArgument(f"ImageBatch.start is {begin}; the next image expected is {expected} (batches must be consecutive)", reason="STREAM_OUT_OF_ORDER")
-                if labels and len(labels) != len(images):
-                    raise InvalidArgument(f"ImageBatch at {begin}: {len(labels)} labels for {len(images)} images")
-                last = position + len(images) - 1
-                if last >= len(indices):
-                    raise InvalidArgument(f"ImageBatch at {begin}: {len(images)} images run past the last image asked for ({end - 1})")
-                if images and int(indices[last]) != begin + len(images) - 1:
-                    raise InvalidArgument(f"ImageBatch at {begin}: {len(images)} images, but image {begin + len(images) - 1} is not asked for (send only the images asked for)")
-                labels = list(labels) or [-1] * len(images)
-                if any(not -1 <= lab < len(self.classes) for lab in labels):
-                    raise InvalidArgument(f"ImageBatch at {begin}: labels must be -1 or 0..{len(self.classes) - 1} (StreamedImages.classes)", reason="VALUE_OUT_OF_RANGE")
-                pending.extend((begin + i, image, lab) for i, (image, lab) in enumerate(zip(images, labels)))
-                position += len(images)
-                while len(pending) >= self.batch_size:
-                    yield flush(pending[: self.batch_size])
-                    pending = pending[self.batch_size :]
-            if pending:
-                yield flush(pending)
+        for begin, images, labels in self.parts:
+            expected = int(indices[position]) if position < len(indices) else end
+            if begin != expected:
+                raise InvalidArgument(f"ImageBatch.start is {begin}; the next image expected is {expected} (batches must be consecutive)", reason="STREAM_OUT_OF_ORDER")
+            if labels and len(labels) != len(images):
+                raise InvalidArgument(f"ImageBatch at {begin}: {len(labels)} labels for {len(images)} images")
+            last = position + len(images) - 1
+            if last >= len(indices):
+                raise InvalidArgument(f"ImageBatch at {begin}: {len(images)} images run past the last image asked for ({end - 1})")
+            if images and int(indices[last]) != begin + len(images) - 1:
+                raise InvalidArgument(f"ImageBatch at {begin}: {len(images)} images, but image {begin + len(images) - 1} is not asked for (send only the images asked for)")
+            labels = list(labels) or [-1] * len(images)
+            if any(not -1 <= lab < len(self.classes) for lab in labels):
+                raise InvalidArgument(f"ImageBatch at {begin}: labels must be -1 or 0..{len(self.classes) - 1} (StreamedImages.classes)", reason="VALUE_OUT_OF_RANGE")
+            pending.extend((begin + i, image, lab) for i, (image, lab) in enumerate(zip(images, labels)))
+            position += len(images)
+            while len(pending) >= self.batch_size:
+                yield pending[: self.batch_size]
+                pending = pending[self.batch_size :]
+        if pending:
+            yield pending
         if position != len(indices):
             raise InvalidArgument(f"the client streamed images up to index {indices[position]}; the images asked for end at {end}")
 

@@ -14,6 +14,7 @@ Free of gRPC: the servicer streams :func:`run`'s output, and any other driver (a
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -25,13 +26,40 @@ from zfnet.errors import InvalidArgument
 from zfnet.server.datasets import Batch, Source
 
 if TYPE_CHECKING:  # the client parses pooling specs here without loading onnx
+    import onnx
+
     from zfnet.server.models import LoadedModel
 
 PIXELS = "pixels"
 DTYPES = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2")}
 
-# -- pooling: one small pure rule per kind, on (n, C, *spatial) float32 arrays -------------------
-PoolRule = Callable[[np.ndarray, int], np.ndarray]
+# -- pooling: one small pure rule per kind, each adding the ONNX nodes that pool one layer ------
+# A rule takes the graph being built, the layer's tensor (n, C, *spatial) in float32, its per-image
+# shape and the grid size S, and returns the pooled tensor's name. The pooled rows come out of
+# onnxruntime in the model's own run of the batch (on the GPU where the model runs there).
+
+
+class HeadGraph:
+    """The nodes and constants of a feature head under construction; names are unique per layer."""
+
+    def __init__(self) -> None:
+        self.nodes: list[onnx.NodeProto] = []
+        self.constants: list[onnx.TensorProto] = []
+
+    def node(self, op: str, inputs: list[str], output: str, **attributes) -> str:
+        from onnx import helper  # noqa: PLC0415
+
+        self.nodes.append(helper.make_node(op, inputs, [output], **attributes))
+        return output
+
+    def constant(self, name: str, value: np.ndarray) -> str:
+        from onnx import numpy_helper  # noqa: PLC0415
+
+        self.constants.append(numpy_helper.from_array(value, name))
+        return name
+
+
+PoolRule = Callable[[HeadGraph, str, tuple[int, ...], int], str]
 POOLS: dict[str, PoolRule] = {}
 
 
@@ -46,18 +74,18 @@ def pool_rule(kind: str) -> Callable[[PoolRule], PoolRule]:
 
 
 @pool_rule("none")
-def _none(x: np.ndarray, grid: int) -> np.ndarray:
+def _none(graph: HeadGraph, x: str, shape: tuple[int, ...], grid: int) -> str:
     return x
 
 
 @pool_rule("avg")
-def _avg(x: np.ndarray, grid: int) -> np.ndarray:
-    return x.mean(axis=tuple(range(2, x.ndim)), dtype=np.float32)
+def _avg(graph: HeadGraph, x: str, shape: tuple[int, ...], grid: int) -> str:
+    return graph.node("GlobalAveragePool", [x], f"{x}/avg")
 
 
 @pool_rule("max")
-def _max(x: np.ndarray, grid: int) -> np.ndarray:
-    return x.max(axis=tuple(range(2, x.ndim)))
+def _max(graph: HeadGraph, x: str, shape: tuple[int, ...], grid: int) -> str:
+    return graph.node("GlobalMaxPool", [x], f"{x}/max")
 
 
 def _bins(length: int, grid: int) -> np.ndarray:
@@ -70,13 +98,15 @@ def _bins(length: int, grid: int) -> np.ndarray:
 
 
 @pool_rule("grid")
-def _grid(x: np.ndarray, grid: int) -> np.ndarray:
+def _grid(graph: HeadGraph, x: str, shape: tuple[int, ...], grid: int) -> str:
     """Average over an S x S (x S ...) grid of adaptive-average-pool bins. The bins are products of
-    intervals, so the average is one matrix product per spatial axis."""
-    for axis in range(x.ndim - 1, 1, -1):
-        if x.shape[axis] == grid:
-            continue  # one bin per position: the identity
-        x = np.moveaxis(np.moveaxis(x, axis, -1) @ _bins(x.shape[axis], grid), -1, axis)
+    intervals, so the average is one matrix product per spatial axis: the last axis is reduced, then
+    turned to the front of the spatial axes, once per axis, which leaves them in their order."""
+    rank = len(shape) + 1  # with the batch axis
+    turn = [0, 1, rank - 1, *range(2, rank - 1)]
+    for k, length in enumerate(reversed(shape[1:])):
+        x = graph.node("MatMul", [x, graph.constant(f"{x}/bins{k}", _bins(length, grid))], f"{x}/grid{k}")
+        x = graph.node("Transpose", [x], f"{x}/turn", perm=turn) if rank > 3 else x
     return x
 
 
@@ -116,10 +146,6 @@ class Pooling:
             return (shape[0],) + (self.grid,) * (len(shape) - 1)
         return shape[:1]
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        """(n, C, *spatial) -> (n, D) float32."""
-        return POOLS[self.kind](x.astype(np.float32, copy=False), self.grid).reshape(len(x), -1)
-
 
 NONE = Pooling()
 
@@ -133,6 +159,7 @@ class FeatureLayer:
     pooling: Pooling
     layer_shape: tuple[int, ...]  # per image, before pooling
     shape: tuple[int, ...]  # per image, after pooling
+    layer_dtype: str = "float32"  # of the tensor, as the forward pass gives it
 
     @property
     def size(self) -> int:
@@ -161,24 +188,72 @@ def plan(
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
         raise InvalidArgument(f"layer(s) {', '.join(twice)} asked for more than once")
-    shapes = _shapes(model, [n for n in names if n != PIXELS])
-    shapes[PIXELS] = tuple(model.input_shape[1:])
+    tensors = _tensors(model, [n for n in names if n != PIXELS])
+    tensors[PIXELS] = (tuple(model.input_shape[1:]), "float32")
     out = []
     for name, number, pooling in resolved:
-        shape = shapes[name]
+        shape, element = tensors[name]
         if pooling is None:
             pooling = default if name != PIXELS and len(shape) >= 2 else NONE
-        out.append(FeatureLayer(name, number, pooling, shape, pooling.shape(name, shape)))
+        out.append(FeatureLayer(name, number, pooling, shape, pooling.shape(name, shape), element))
     return out
 
 
-def _shapes(model: LoadedModel, names: list[str]) -> dict[str, tuple[int, ...]]:
-    """Per-image shapes of tensors, from one forward pass on a blank image (dynamic axes included)."""
+def _tensors(model: LoadedModel, names: list[str]) -> dict[str, tuple[tuple[int, ...], str]]:
+    """Per-image shapes and element types of tensors, from one forward pass on a blank image (dynamic
+    axes included)."""
     if not names:
         return {}
     blank = np.zeros([1, *model.input_shape[1:]], np.float32)
     values = model.session.run(names, {model.input_name: blank})
-    return {name: tuple(int(d) for d in value.shape[1:]) for name, value in zip(names, values)}
+    return {name: (tuple(int(d) for d in value.shape[1:]), value.dtype.name) for name, value in zip(names, values)}
+
+
+class Head:
+    """The graph that turns one forward pass's tensors into feature rows: each layer cast to float32,
+    pooled by its rule, flattened to (n, D) and cast to the stored type. onnxruntime runs it right
+    after the model, on the same device, so only the pooled rows reach the host."""
+
+    def __init__(self, layers: Sequence[FeatureLayer], dtype: str) -> None:
+        from onnx import TensorProto, helper  # noqa: PLC0415  (the client parses pooling specs here without onnx)
+
+        from zfnet.converters.graph import IR_VERSION, OPSET  # noqa: PLC0415
+        from zfnet.server import runtime  # noqa: PLC0415
+
+        stored = helper.np_dtype_to_tensor_dtype(feature_dtype(dtype))
+        graph, inputs, outputs = HeadGraph(), [], []
+        for k, layer in enumerate(layers):
+            element = helper.np_dtype_to_tensor_dtype(np.dtype(layer.layer_dtype))
+            x = f"layer{k}"
+            inputs.append(helper.make_tensor_value_info(x, element, ["n", *layer.layer_shape]))
+            if element != TensorProto.FLOAT:
+                x = graph.node("Cast", [x], f"{x}/float", to=TensorProto.FLOAT)
+            x = POOLS[layer.pooling.kind](graph, x, layer.layer_shape, layer.pooling.grid)
+            x = graph.node("Flatten", [x], f"{x}/rows", axis=1)
+            graph.node("Cast", [x], f"rows{k}", to=stored)
+            outputs.append(helper.make_tensor_value_info(f"rows{k}", stored, ["n", layer.size]))
+        model = helper.make_model(
+            helper.make_graph(graph.nodes, "feature_head", inputs, outputs, graph.constants),
+            opset_imports=[helper.make_opsetid("", OPSET)],
+        )
+        model.ir_version = IR_VERSION
+        self.names = [layer.name for layer in layers]
+        self.session = runtime.session(model.SerializeToString(), threads=1)
+
+    def __call__(self, values: dict) -> list[np.ndarray]:
+        """Rows (n, D) per layer from the forward pass's ``values`` by tensor name (numpy arrays, or
+        device tensors left by :func:`zfnet.server.runtime.run`)."""
+        from zfnet.server import runtime  # noqa: PLC0415
+
+        feeds = {f"layer{k}": values[name] for k, name in enumerate(self.names)}
+        rows = runtime.run(self.session, [f"rows{k}" for k in range(len(self.names))], feeds)
+        return [rows[f"rows{k}"] for k in range(len(self.names))]
+
+
+@functools.lru_cache(maxsize=16)
+def head(layers: tuple[FeatureLayer, ...], dtype: str) -> Head:
+    """The head of a job's layers, built once: a job and the blocks of a Ray job share it."""
+    return Head(layers, dtype)
 
 
 def feature_dtype(dtype: str) -> np.dtype:
@@ -189,13 +264,15 @@ def feature_dtype(dtype: str) -> np.dtype:
 
 
 def extract(model: LoadedModel, layers: Sequence[FeatureLayer], inputs: np.ndarray, dtype: str = "float32") -> list[np.ndarray]:
-    """Rows (n, D) of each layer for a batch of model inputs (n, C, H, W), from one forward pass;
-    computed in float32, stored as ``dtype``."""
-    stored = feature_dtype(dtype)
+    """Rows (n, D) of each layer for a batch of model inputs (n, C, H, W), from one forward pass and
+    the layers' head; computed in float32, stored as ``dtype``. The forward values stay on the
+    device when there is one."""
+    from zfnet.server import runtime  # noqa: PLC0415
+
     names = [layer.name for layer in layers if layer.name != PIXELS]
-    values = dict(zip(names, model.session.run(names, {model.input_name: inputs}))) if names else {}
+    values = runtime.run(model.session, names, {model.input_name: inputs}, host=()) if names else {}
     values[PIXELS] = inputs
-    return [layer.pooling(values[layer.name]).astype(stored) for layer in layers]
+    return head(tuple(layers), dtype)(values)
 
 
 def run(model: LoadedModel, layers: Sequence[FeatureLayer], source: Source, dtype: str = "float32") -> Iterator[tuple[Batch, list[np.ndarray]]]:

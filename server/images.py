@@ -125,8 +125,6 @@ def inspect(image: ImageInput, index: int, max_pixels: int = MAX_IMAGE_PIXELS) -
 
 
 def _resize(rgb: np.ndarray, height: int, width: int) -> np.ndarray:
-    if rgb.shape[:2] == (height, width):
-        return rgb.astype(np.float32)
     if rgb.dtype == np.uint8:
         return np.asarray(Image.fromarray(rgb).resize((width, height), Image.BILINEAR), dtype=np.float32)
     channels = [np.asarray(Image.fromarray(rgb[..., c].astype(np.float32), mode="F").resize((width, height), Image.BILINEAR)) for c in range(3)]
@@ -139,7 +137,7 @@ def decode(image: ImageInput, index: int, max_pixels: int = MAX_IMAGE_PIXELS) ->
     if image.encoded is not None:
         try:
             with _open(image, what, max_pixels, f"images[{index}].encoded") as img:
-                return np.asarray(img.convert("RGB"))
+                return np.asarray(img if img.mode == "RGB" else img.convert("RGB"))
         except Image.DecompressionBombError as err:
             raise _bomb(what, err, max_pixels, f"images[{index}].encoded") from None
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
@@ -165,5 +163,6 @@ def to_batch(images: list[ImageInput], input_shape: list[int], max_pixels: int =
             continue
         if channels != 3:
             raise InvalidArgument(f"this model takes {channels} input channels; send model_input tensors, not RGB images", field=f"images[{i}]")
-        batch[i] = _resize(decode(image, i, max_pixels), height, width).transpose(2, 0, 1)
+        rgb = decode(image, i, max_pixels)
+        batch[i] = (rgb if rgb.shape[:2] == (height, width) else _resize(rgb, height, width)).transpose(2, 0, 1)
     return batch

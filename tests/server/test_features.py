@@ -38,13 +38,39 @@ def torch_pool(x: np.ndarray, spec: str) -> np.ndarray:
     return t.reshape(len(x), -1).numpy()
 
 
+def pooled(x: np.ndarray, spec: str, dtype: str = "float32") -> np.ndarray:
+    """``x`` through a feature head of one layer pooled by ``spec``."""
+    pooling = Pooling.parse(spec)
+    layer = features.FeatureLayer("x", None, pooling, x.shape[1:], pooling.shape("x", x.shape[1:]), x.dtype.name)
+    return features.Head([layer], dtype)({"x": x})[0]
+
+
 @pytest.mark.parametrize("size", [(8, 8), (7, 5), (16, 16), (3, 11)])
 @pytest.mark.parametrize("spec", ["none", "avg", "max", "grid:1", "grid:2", "grid:3"])
 def test_pooling_equals_torch_adaptive_pooling(size: tuple[int, int], spec: str) -> None:
     x = np.random.default_rng(sum(size)).normal(size=(4, 5, *size)).astype(np.float32)
-    got = Pooling.parse(spec)(x)
+    got = pooled(x, spec)
     np.testing.assert_allclose(got, torch_pool(x, spec), rtol=1e-5, atol=1e-6)
-    assert got.shape[1] == np.prod(Pooling.parse(spec).shape("x", x.shape[1:]))
+    assert got.dtype == np.float32 and got.shape[1] == np.prod(Pooling.parse(spec).shape("x", x.shape[1:]))
+
+
+@pytest.mark.parametrize("spec", ["avg", "max", "grid:2", "grid:3"])
+def test_pooling_of_one_and_three_spatial_axes_equals_torch(spec: str) -> None:
+    """The grid rule reduces one axis at a time: 1-D and 3-D maps, against torch's adaptive pooling."""
+    rng = np.random.default_rng(3)
+    for x, adaptive in ((rng.normal(size=(3, 4, 7)), "1d"), (rng.normal(size=(2, 3, 5, 6, 4)), "3d")):
+        x = x.astype(np.float32)
+        pooling = Pooling.parse(spec)
+        kind = "max" if pooling.kind == "max" else "avg"
+        want = getattr(torch.nn.functional, f"adaptive_{kind}_pool{adaptive}")(torch.from_numpy(x), pooling.grid or 1)
+        np.testing.assert_allclose(pooled(x, spec), want.reshape(len(x), -1).numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_head_casts_other_tensor_types_to_float32_and_stores_float16() -> None:
+    x = np.random.default_rng(4).integers(0, 1000, size=(3, 2, 6, 6)).astype(np.int64)
+    got = pooled(x, "grid:2", "float16")
+    assert got.dtype == np.float16
+    np.testing.assert_allclose(got.astype(np.float32), torch_pool(x.astype(np.float32), "grid:2"), rtol=1e-3)
 
 
 def test_pooling_is_refused_where_it_has_no_meaning() -> None:
