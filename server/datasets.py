@@ -18,7 +18,7 @@ import numpy as np
 
 from zfnet import imagefolder
 from zfnet.errors import InvalidArgument, NotFound, ZfnetError
-from zfnet.server.images import ImageInput, to_batch
+from zfnet.server.images import MAX_IMAGE_PIXELS, ImageInput, pixels, stack
 
 log = logging.getLogger("zfnet.server")
 
@@ -58,6 +58,7 @@ class Source:
     start: int
     stop: int
     batch_size: int
+    max_pixels: int = MAX_IMAGE_PIXELS  # the server's bound on one image, checked before it is decoded
 
     @property
     def count(self) -> int:
@@ -82,10 +83,10 @@ def _range(size: int, start: int, stop: int, batch_size: int) -> tuple[int, int,
     return start, stop, batch_size
 
 
-def _decode(image: ImageInput, input_shape: list[int]) -> np.ndarray | str:
-    """One image as (C, H, W) model input, or the reason it cannot be read."""
+def _decode(image: ImageInput, input_shape: list[int], max_pixels: int) -> np.ndarray | str:
+    """One image's :func:`~zfnet.server.images.pixels`, or the reason it cannot be read."""
     try:
-        return to_batch([image], input_shape)[0]
+        return pixels(image, 0, input_shape, max_pixels)
     except ZfnetError as err:
         return str(err)
 
@@ -95,10 +96,9 @@ def _assemble(indices: list[int], labels: list[int], paths: list[str], decoded: 
     skipped = [Skipped(indices[i], paths[i], d) for i, d in enumerate(decoded) if isinstance(d, str)]
     for s in skipped:
         log.warning("skipped image %d (%r): %s", s.index, s.path, s.reason)
-    shape = decoded[keep[0]].shape if keep else (0,)
     return Batch(
         np.asarray([indices[i] for i in keep], np.int64), np.asarray([labels[i] for i in keep], np.int64),
-        [paths[i] for i in keep], np.stack([decoded[i] for i in keep]) if keep else np.zeros((0, *shape[1:]), np.float32),
+        [paths[i] for i in keep], stack([decoded[i] for i in keep]) if keep else np.zeros((0,), np.float32),
         skipped, read,
     )
 
@@ -115,7 +115,7 @@ class FolderSource(Source):
             data = path.read_bytes()
         except OSError as err:
             return f"cannot read the file: {err.strerror or err}"
-        return _decode(ImageInput(encoded=data, label=self.path(index)), input_shape)
+        return _decode(ImageInput(encoded=data, label=self.path(index)), input_shape, self.max_pixels)
 
     def path(self, index: int) -> str:
         """The image's path relative to the data set (never the server's own paths)."""
@@ -159,7 +159,7 @@ class StreamedSource(Source):
         of the consumer."""
         with ThreadPoolExecutor(DECODE_WORKERS) as pool:
             def submit(items: list[tuple[int, ImageInput, int]]):
-                return items, pool.map(lambda item: _decode(item[1], input_shape), items)
+                return items, pool.map(lambda item: _decode(item[1], input_shape, self.max_pixels), items)
 
             def assemble(items, decoded) -> Batch:
                 return _assemble([i for i, _, _ in items], [lab for _, _, lab in items], [img.label for _, img, _ in items], list(decoded), len(items))
@@ -241,21 +241,21 @@ class DatasetStore:
             self._scanned[name] = imagefolder.scan(self._folders[name])
         return self._scanned[name]
 
-    def source(self, name: str, start: int = 0, stop: int = 0, batch_size: int = 0) -> FolderSource:
+    def source(self, name: str, start: int = 0, stop: int = 0, batch_size: int = 0, max_pixels: int = MAX_IMAGE_PIXELS) -> FolderSource:
         folder = self.folder(name)
         start, stop, batch_size = _range(len(folder), start, stop, batch_size)
-        return FolderSource(len(folder), list(folder.classes), start, stop, batch_size, folder=folder)
+        return FolderSource(len(folder), list(folder.classes), start, stop, batch_size, max_pixels, folder=folder)
 
 
 def streamed_source(
     size: int, classes: list[str], parts: Iterable[tuple[int, list[ImageInput], list[int]]],
-    start: int = 0, stop: int = 0, batch_size: int = 0,
+    start: int = 0, stop: int = 0, batch_size: int = 0, max_pixels: int = MAX_IMAGE_PIXELS,
 ) -> StreamedSource:
     """A source over images the client streams."""
     if size <= 0:
         raise InvalidArgument("StreamedImages.size must be the number of images in the data set (> 0)", reason="VALUE_OUT_OF_RANGE")
     start, stop, batch_size = _range(size, start, stop, batch_size)
-    return StreamedSource(size, list(classes), start, stop, batch_size, parts=parts)
+    return StreamedSource(size, list(classes), start, stop, batch_size, max_pixels, parts=parts)
 
 
 def _has_images(folder: Path) -> bool:

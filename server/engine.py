@@ -129,7 +129,7 @@ class Engine:
     def evolution(self, snapshots: list[evolution.Snapshot], dataset: str, start: int, stop: int, batch_size: int, **job) -> Iterator:
         """Feature evolution over training snapshots on a named data set (see :func:`zfnet.server.evolution.job`)."""
         self.datasets.source(dataset, start, stop, batch_size)  # an unknown name or a bad range is refused before any model loads
-        return evolution.job(snapshots, lambda: self.datasets.source(dataset, start, stop, batch_size), **job)
+        return evolution.job(snapshots, lambda: self.datasets.source(dataset, start, stop, batch_size, self.max_image_pixels), **job)
 
     def filters(self, model: LoadedModel, layer: str | int) -> filters.Filters:
         """The filters of a convolutional or fully connected layer."""

@@ -140,3 +140,18 @@ def test_both_sources_read_a_subset_of_indices_the_same(data_dir: Path) -> None:
         list(streamed_source(len(folder), folder.classes, [parts[0], *extra], batch_size=2).take(wanted, SHAPE))
     with pytest.raises(InvalidArgument, match="up to index 5"):
         list(streamed_source(len(folder), folder.classes, parts[:1], batch_size=2).take(wanted, SHAPE))
+
+
+def test_data_set_images_are_held_to_the_servers_pixel_bound(data_dir: Path) -> None:
+    """The bound an operator sets on request images holds in data-set jobs too, named or streamed:
+    an image over it is skipped with the reason, its header read but no pixel decoded."""
+    store = DatasetStore(data_dir)
+    folder = store.folder("cifar/small")
+    parts = [(i, [ImageInput(encoded=folder.files[i].read_bytes())], []) for i in range(4)]
+    for source in (store.source("cifar/small", 0, 4, 2, max_pixels=1000), streamed_source(len(folder), folder.classes, parts, 0, 4, 2, max_pixels=1000)):
+        batches = list(source.batches(SHAPE))
+        assert sum(len(b.indices) for b in batches) == 0
+        reasons = [s.reason for b in batches for s in b.skipped]
+        assert len(reasons) == 4 and all("32x32 = 1,024 pixels; this server decodes at most 1,000" in r for r in reasons), reasons
+    kept = list(store.source("cifar/small", 0, 4, 2, max_pixels=1024).batches(SHAPE))
+    assert sum(len(b.indices) for b in kept) == 4
