@@ -8,11 +8,14 @@ that is how a job is split across processes or machines, and how an interrupted 
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -21,10 +24,12 @@ from zfnet.errors import InvalidArgument, NotFound, ZfnetError
 from zfnet.server.images import MAX_IMAGE_PIXELS, ImageInput, pixels, stack
 
 log = logging.getLogger("zfnet.server")
+T = TypeVar("T")
 
 DEFAULT_BATCH = 64
 MAX_BATCH = 1024
 DECODE_WORKERS = 4
+PIECE_BYTES = 256 << 10  # encoded bytes per decoding task (see _pieces)
 MAX_DEPTH = 3  # how deep under --data-dir a data set may sit (``group/name/<class>/<image>``)
 
 
@@ -83,6 +88,11 @@ def _range(size: int, start: int, stop: int, batch_size: int) -> tuple[int, int,
     return start, stop, batch_size
 
 
+def _encoded_size(image: ImageInput) -> int:
+    """Bytes of an image as sent; decoded arrays count as large."""
+    return len(image.encoded) if image.encoded is not None else PIECE_BYTES
+
+
 def _decode(image: ImageInput, input_shape: list[int], max_pixels: int) -> np.ndarray | str:
     """One image's :func:`~zfnet.server.images.pixels`, or the reason it cannot be read."""
     try:
@@ -103,6 +113,35 @@ def _assemble(indices: list[int], labels: list[int], paths: list[str], decoded: 
     )
 
 
+Decode = Callable[[], "np.ndarray | str"]  # one image's decoding: its pixels, or why it cannot be read
+
+
+def _pieces(sizes: Sequence[int]) -> list[slice]:
+    """A batch cut into 1..DECODE_WORKERS consecutive pieces, one decoding task each: one task per
+    ``PIECE_BYTES`` of encoded images. Small images decode fastest on one thread (Pillow parses a
+    header in Python, under the GIL, and more threads only fight over it); large ones, whose pixels
+    libjpeg decodes without the GIL, on several."""
+    count = max(1, min(DECODE_WORKERS, len(sizes), sum(sizes) // PIECE_BYTES))
+    bounds = [round(k * len(sizes) / count) for k in range(count + 1)]
+    return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def _decoded_ahead(chunks: Iterable[tuple[T, list[Decode], list[int]]]) -> Iterator[tuple[T, list[np.ndarray | str]]]:
+    """Each chunk (its key, one decoding per image, the images' encoded sizes) with its decoded
+    images, in order; the next chunk decodes on a thread pool while the consumer works on this one."""
+    with ThreadPoolExecutor(DECODE_WORKERS) as pool:
+        def submit(key: T, decodes: list[Decode], sizes: list[int]) -> tuple[T, list[Future]]:
+            return key, [pool.submit(lambda part=decodes[piece]: [decode() for decode in part]) for piece in _pieces(sizes)]
+
+        ahead = None
+        for chunk in chunks:
+            previous, ahead = ahead, submit(*chunk)
+            if previous is not None:
+                yield previous[0], [image for future in previous[1] for image in future.result()]
+        if ahead is not None:
+            yield ahead[0], [image for future in ahead[1] for image in future.result()]
+
+
 @dataclass(frozen=True)
 class FolderSource(Source):
     """A one-folder-per-class tree on the server's disk, read file by file."""
@@ -117,6 +156,12 @@ class FolderSource(Source):
             return f"cannot read the file: {err.strerror or err}"
         return _decode(ImageInput(encoded=data, label=self.path(index)), input_shape, self.max_pixels)
 
+    def _size(self, index: int) -> int:
+        try:
+            return os.stat(self.folder.files[index]).st_size
+        except OSError:
+            return 0  # reading it will say why
+
     def path(self, index: int) -> str:
         """The image's path relative to the data set (never the server's own paths)."""
         return self.folder.files[index].relative_to(self.folder.root).as_posix()
@@ -129,19 +174,11 @@ class FolderSource(Source):
         bad = [int(i) for i in ([indices[0], indices[-1]] if len(indices) else []) if not 0 <= i < self.size]
         if bad:
             raise InvalidArgument(f"image index {bad[0]} is outside the data set's {self.size} images")
-        chunks = [indices[b : b + self.batch_size] for b in range(0, len(indices), self.batch_size)]
-        with ThreadPoolExecutor(DECODE_WORKERS) as pool:
-            def submit(chunk: Sequence[int]):
-                return chunk, pool.map(lambda i: self._read(i, input_shape), chunk)
-
-            pending = submit(chunks[0]) if chunks else None
-            for k in range(len(chunks)):
-                chunk, decoded = pending
-                decoded = list(decoded)
-                pending = submit(chunks[k + 1]) if k + 1 < len(chunks) else None
-                chunk = [int(i) for i in chunk]
-                labels = [int(self.folder.labels[i]) for i in chunk]
-                yield _assemble(chunk, labels, [self.path(i) for i in chunk], decoded, len(chunk))
+        chunks = ([int(i) for i in indices[b : b + self.batch_size]] for b in range(0, len(indices), self.batch_size))
+        jobs = ((chunk, [functools.partial(self._read, i, input_shape) for i in chunk], [self._size(i) for i in chunk]) for chunk in chunks)
+        for chunk, decoded in _decoded_ahead(jobs):
+            labels = [int(self.folder.labels[i]) for i in chunk]
+            yield _assemble(chunk, labels, [self.path(i) for i in chunk], decoded, len(chunk))
 
 
 @dataclass(frozen=True)
@@ -157,22 +194,12 @@ class StreamedSource(Source):
         """The images at ``indices`` (ascending), as the client streams them: each ImageBatch holds the
         next wanted images, at consecutive data-set indices. Decoded in a thread pool, one batch ahead
         of the consumer."""
-        with ThreadPoolExecutor(DECODE_WORKERS) as pool:
-            def submit(items: list[tuple[int, ImageInput, int]]):
-                return items, pool.map(lambda item: _decode(item[1], input_shape, self.max_pixels), items)
-
-            def assemble(items, decoded) -> Batch:
-                return _assemble([i for i, _, _ in items], [lab for _, _, lab in items], [img.label for _, img, _ in items], list(decoded), len(items))
-
-            ahead = None
-            for items in self._chunks(indices):
-                if ahead is not None:
-                    previous, ahead = ahead, submit(items)
-                    yield assemble(*previous)
-                else:
-                    ahead = submit(items)
-            if ahead is not None:
-                yield assemble(*ahead)
+        jobs = (
+            (items, [functools.partial(_decode, image, input_shape, self.max_pixels) for _, image, _ in items], [_encoded_size(image) for _, image, _ in items])
+            for items in self._chunks(indices)
+        )
+        for items, decoded in _decoded_ahead(jobs):
+            yield _assemble([i for i, _, _ in items], [lab for _, _, lab in items], [img.label for _, img, _ in items], decoded, len(items))
 
     def _chunks(self, indices: Sequence[int]) -> Iterator[list[tuple[int, ImageInput, int]]]:
         """The streamed images in batches of ``batch_size`` (data-set index, image, label), checked

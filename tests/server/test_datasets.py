@@ -155,3 +155,15 @@ def test_data_set_images_are_held_to_the_servers_pixel_bound(data_dir: Path) -> 
         assert len(reasons) == 4 and all("32x32 = 1,024 pixels; this server decodes at most 1,000" in r for r in reasons), reasons
     kept = list(store.source("cifar/small", 0, 4, 2, max_pixels=1024).batches(SHAPE))
     assert sum(len(b.indices) for b in kept) == 4
+
+
+def test_a_batch_decodes_in_pieces_by_its_encoded_size() -> None:
+    """Small images decode on one thread, large ones on up to DECODE_WORKERS, every image exactly once, in order."""
+    from zfnet.server.datasets import DECODE_WORKERS, PIECE_BYTES, _pieces
+
+    assert _pieces([1500] * 64) == [slice(0, 64)]
+    for sizes in ([PIECE_BYTES] * 64, [3 * PIECE_BYTES // 2] * 2, [PIECE_BYTES // 2] * 5, [10 * PIECE_BYTES] * 3):
+        pieces = _pieces(sizes)
+        assert len(pieces) == min(DECODE_WORKERS, len(sizes), sum(sizes) // PIECE_BYTES)
+        assert [i for piece in pieces for i in range(len(sizes))[piece]] == list(range(len(sizes)))
+    assert _pieces([]) == [slice(0, 0)]
