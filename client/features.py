@@ -29,6 +29,7 @@ import os
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -276,6 +277,8 @@ class FeatureWriter:
         self._batch_size = self.job["batch_size"]
         self._ahead: dict[int, str] = {}  # rows filled beyond the finished prefix -> path
         self._last_commit = 0.0
+        self._recorder = ThreadPoolExecutor(1, thread_name_prefix="zfnet-features-index")
+        self._recording: Future | None = None
 
     @property
     def complete(self) -> bool:
@@ -341,30 +344,51 @@ class FeatureWriter:
             self.index["skipped"].append({"row": row, "index": s.index, "path": s.path, "reason": s.reason})
         while self._paths.count in self._ahead:
             self._paths.append(self._ahead.pop(self._paths.count))
-        if time.monotonic() - self._last_commit > COMMIT_SECONDS:
-            self._commit()
+        if time.monotonic() - self._last_commit > COMMIT_SECONDS and (self._recording is None or self._recording.done()):
+            self._wait()
+            self._recording = self._recorder.submit(self._record, self._snapshot())
+            self._last_commit = time.monotonic()
 
-    def _commit(self) -> None:
-        """Record the finished rows in index.json: whole batches only, so that a resumed job reads
-        every image in the same batch as an uninterrupted one."""
+    def _snapshot(self) -> dict:
+        """index.json as it will record the finished rows: whole batches only, so that a resumed job
+        reads every image in the same batch as an uninterrupted one."""
         filled = self._paths.count
         batch = self._batch_size
         done = filled if filled == self.rows else filled // batch * batch
+        self.index["done"] = done
+        return {**self.index, "skipped": [s for s in self.index["skipped"] if s["row"] < done]}
+
+    def _record(self, index: dict) -> None:
+        """Make the rows durable (fsync), then say in index.json that they are finished. Runs on the
+        writer's own thread while the job goes on: syncing 10 files took 5% of a job's time."""
         for file in [*self._files, self._labels, self._paths]:
             file.sync()
-        self.index["done"] = done
-        _write_json(self.out / INDEX, {**self.index, "skipped": [s for s in self.index["skipped"] if s["row"] < done]})
-        self.done = done
+        _write_json(self.out / INDEX, index)
+        self.done = index["done"]
+
+    def _wait(self) -> None:
+        """Wait for the recording in flight, and raise what it raised."""
+        recording, self._recording = self._recording, None
+        if recording is not None:
+            recording.result()
+
+    def _commit(self) -> None:
+        """Record the finished rows now."""
+        self._wait()
+        self._record(self._snapshot())
         self._last_commit = time.monotonic()
 
     def close(self) -> None:
         """Record what is finished and close the files (also after an interruption)."""
         if self._labels is None:
             return
-        self._commit()
-        for file in [*self._files, self._labels, self._paths]:
-            file.close()
-        self._files, self._labels, self._paths = [], None, None
+        try:
+            self._commit()
+        finally:
+            self._recorder.shutdown(wait=True)
+            for file in [*self._files, self._labels, self._paths]:
+                file.close()
+            self._files, self._labels, self._paths = [], None, None
 
     def finish(self) -> None:
         """After the last batch: check every row is there, pack npz/parquet, record checksums."""

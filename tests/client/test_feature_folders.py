@@ -122,6 +122,31 @@ def test_an_interrupted_job_resumes_to_byte_identical_files(client: Client, refe
     assert "paths.jsonl" not in digest(crashed) and len(json.loads((crashed / "index.json").read_text())["paths"]) == 72
 
 
+def test_index_records_only_durable_whole_batches_while_the_job_runs(
+    client: Client, reference_onnx: Path, sample_images: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """index.json is recorded on the writer's own thread as batches arrive (every batch here): what it
+    says is finished is whole batches whose rows already hold their final values, and the files end
+    byte-identical to a job that records every two seconds."""
+    data = sample_images[0].parents[1]
+    args = dict(pool="avg", dtype="float32", stop=96, batch_size=8)
+    features.save(client, reference_onnx, data, ["3"], tmp_path / "whole", **args)
+    final = np.load(tmp_path / "whole" / "relu3.npy")
+    monkeypatch.setattr(features, "COMMIT_SECONDS", 0.0)
+    seen: list[int] = []
+
+    def check(done: int, total: int) -> None:
+        index = json.loads((tmp_path / "often" / "index.json").read_text())
+        seen.append(index["done"])
+        assert index["done"] % 8 == 0 and index["done"] <= done
+        rows = np.load(tmp_path / "often" / "relu3.npy", mmap_mode="r")[: index["done"]]
+        np.testing.assert_array_equal(rows, final[: index["done"]])
+
+    features.save(client, reference_onnx, data, ["3"], tmp_path / "often", **args, on_progress=check)
+    assert seen == sorted(seen) and len(set(seen)) > 2, seen  # recorded while the job ran, never backwards
+    assert digest(tmp_path / "often") == digest(tmp_path / "whole")
+
+
 def other_model(reference_onnx: Path, path: Path) -> Path:
     """The bundled model with its first convolution's filters doubled: another model, same layers."""
     model = onnx.load(reference_onnx)
