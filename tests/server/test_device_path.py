@@ -77,3 +77,28 @@ def test_cuda_options_do_not_stall_and_follow_the_budget() -> None:
     finally:
         runtime.limit_gpu_memory(0)
     assert "gpu_mem_limit" not in runtime.cuda_options()
+
+
+def test_features_on_the_device_path_pool_on_the_device_and_equal_plain_runs(reference_onnx, sample_images, monkeypatch) -> None:
+    """The forward values stay on the device and the feature head pools them there: only rows come back."""
+    from zfnet.server import features
+
+    root = sample_images[0].parents[2]
+    engine = Engine(ModelStore(), DatasetStore(root))
+    model = engine.store.add(reference_onnx.read_bytes(), "m")
+    layers = engine.feature_layers(model, [(1, features.Pooling.parse("grid:3")), (5, None), ("relu7", None), ("pixels", None)], features.Pooling.parse("max"))
+
+    def job() -> list[np.ndarray]:
+        parts = list(engine.features(model, layers, engine.datasets.source("cifar10", 0, 40, 16), "float16"))
+        return [np.concatenate([rows[k] for _, rows in parts]) for k in range(len(layers))]
+
+    plain = job()
+    fed: list[type] = []
+    run = runtime.run
+    monkeypatch.setattr(runtime, "run", lambda session, names, feeds, host=None: (fed.extend(type(v) for v in feeds.values()), run(session, names, feeds, host))[1])
+    monkeypatch.setattr(runtime, "device", lambda: "cpu")
+    bound = job()
+    assert fed.count(ort.OrtValue) == 3 * 3, "the head was not fed the forward pass's device tensors"  # 3 batches x 3 network layers
+    for a, b in zip(plain, bound):
+        assert a.dtype == b.dtype == np.float16 and a.shape == b.shape and a.shape[0] == 40
+        np.testing.assert_array_equal(a, b)
