@@ -21,7 +21,7 @@ import numpy as np
 
 from zfnet import imagefolder
 from zfnet.errors import InvalidArgument, NotFound, ZfnetError
-from zfnet.server.images import MAX_IMAGE_PIXELS, ImageInput, pixels, stack
+from zfnet.server.images import MAX_IMAGE_PIXELS, DecodeGate, ImageInput, pixels, stack
 
 log = logging.getLogger("zfnet.server")
 T = TypeVar("T")
@@ -64,6 +64,7 @@ class Source:
     stop: int
     batch_size: int
     max_pixels: int = MAX_IMAGE_PIXELS  # the server's bound on one image, checked before it is decoded
+    gate: DecodeGate | None = None  # the server's bound on bytes being decoded at once, across its jobs
 
     @property
     def count(self) -> int:
@@ -93,10 +94,10 @@ def _encoded_size(image: ImageInput) -> int:
     return len(image.encoded) if image.encoded is not None else PIECE_BYTES
 
 
-def _decode(image: ImageInput, input_shape: list[int], max_pixels: int) -> np.ndarray | str:
+def _decode(image: ImageInput, input_shape: list[int], max_pixels: int, gate: DecodeGate | None) -> np.ndarray | str:
     """One image's :func:`~zfnet.server.images.pixels`, or the reason it cannot be read."""
     try:
-        return pixels(image, 0, input_shape, max_pixels)
+        return pixels(image, 0, input_shape, max_pixels, gate)
     except ZfnetError as err:
         return str(err)
 
@@ -154,7 +155,7 @@ class FolderSource(Source):
             data = path.read_bytes()
         except OSError as err:
             return f"cannot read the file: {err.strerror or err}"
-        return _decode(ImageInput(encoded=data, label=self.path(index)), input_shape, self.max_pixels)
+        return _decode(ImageInput(encoded=data, label=self.path(index)), input_shape, self.max_pixels, self.gate)
 
     def _size(self, index: int) -> int:
         try:
@@ -195,7 +196,7 @@ class StreamedSource(Source):
         next wanted images, at consecutive data-set indices. Decoded in a thread pool, one batch ahead
         of the consumer."""
         jobs = (
-            (items, [functools.partial(_decode, image, input_shape, self.max_pixels) for _, image, _ in items], [_encoded_size(image) for _, image, _ in items])
+            (items, [functools.partial(_decode, image, input_shape, self.max_pixels, self.gate) for _, image, _ in items], [_encoded_size(image) for _, image, _ in items])
             for items in self._chunks(indices)
         )
         for items, decoded in _decoded_ahead(jobs):
@@ -268,21 +269,23 @@ class DatasetStore:
             self._scanned[name] = imagefolder.scan(self._folders[name])
         return self._scanned[name]
 
-    def source(self, name: str, start: int = 0, stop: int = 0, batch_size: int = 0, max_pixels: int = MAX_IMAGE_PIXELS) -> FolderSource:
+    def source(
+        self, name: str, start: int = 0, stop: int = 0, batch_size: int = 0, max_pixels: int = MAX_IMAGE_PIXELS, gate: DecodeGate | None = None,
+    ) -> FolderSource:
         folder = self.folder(name)
         start, stop, batch_size = _range(len(folder), start, stop, batch_size)
-        return FolderSource(len(folder), list(folder.classes), start, stop, batch_size, max_pixels, folder=folder)
+        return FolderSource(len(folder), list(folder.classes), start, stop, batch_size, max_pixels, gate, folder=folder)
 
 
 def streamed_source(
     size: int, classes: list[str], parts: Iterable[tuple[int, list[ImageInput], list[int]]],
-    start: int = 0, stop: int = 0, batch_size: int = 0, max_pixels: int = MAX_IMAGE_PIXELS,
+    start: int = 0, stop: int = 0, batch_size: int = 0, max_pixels: int = MAX_IMAGE_PIXELS, gate: DecodeGate | None = None,
 ) -> StreamedSource:
     """A source over images the client streams."""
     if size <= 0:
         raise InvalidArgument("StreamedImages.size must be the number of images in the data set (> 0)", reason="VALUE_OUT_OF_RANGE")
     start, stop, batch_size = _range(size, start, stop, batch_size)
-    return StreamedSource(size, list(classes), start, stop, batch_size, max_pixels, parts=parts)
+    return StreamedSource(size, list(classes), start, stop, batch_size, max_pixels, gate, parts=parts)
 
 
 def _has_images(folder: Path) -> bool:

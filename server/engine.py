@@ -15,11 +15,12 @@ from zfnet.errors import InvalidArgument, ResourceExhausted
 from zfnet.server import deconv, evolution, features, filters, runtime, top
 from zfnet.server.admission import Estimate, admitted, check_reply
 from zfnet.server.datasets import Batch, DatasetStore, Source
-from zfnet.server.images import MAX_IMAGE_PIXELS, ImageInput, inspect, to_batch
+from zfnet.server.images import MAX_IMAGE_PIXELS, DecodeGate, ImageInput, inspect, to_batch
 from zfnet.server.layers import Layer, resolve
 from zfnet.server.models import PROJECTION_BUILD_FACTOR, LoadedModel, ModelStore
 
 MAX_IMAGES = 1024  # per request
+DATASET_DECODE_BYTES = 256 << 20  # images being decoded at once across data-set jobs (one larger image decodes alone)
 FORWARD_FACTOR = 2  # a forward pass allocates up to about this many times its exposed outputs (measured: 1.4-1.6)
 
 
@@ -44,6 +45,7 @@ class Engine:
         self.datasets = datasets or DatasetStore()
         self.budget = store.budget
         self.max_image_pixels = max_image_pixels
+        self.decode_gate = DecodeGate(DATASET_DECODE_BYTES)  # data-set jobs decode on several threads; requests one image at a time
         runtime.limit_gpu_memory(self.budget.limit)  # sessions on CUDA: device arenas capped at the budget
 
     def batch(self, model: LoadedModel, images: list[ImageInput]) -> np.ndarray:
@@ -129,7 +131,7 @@ class Engine:
     def evolution(self, snapshots: list[evolution.Snapshot], dataset: str, start: int, stop: int, batch_size: int, **job) -> Iterator:
         """Feature evolution over training snapshots on a named data set (see :func:`zfnet.server.evolution.job`)."""
         self.datasets.source(dataset, start, stop, batch_size)  # an unknown name or a bad range is refused before any model loads
-        return evolution.job(snapshots, lambda: self.datasets.source(dataset, start, stop, batch_size, self.max_image_pixels), **job)
+        return evolution.job(snapshots, lambda: self.datasets.source(dataset, start, stop, batch_size, self.max_image_pixels, self.decode_gate), **job)
 
     def filters(self, model: LoadedModel, layer: str | int) -> filters.Filters:
         """The filters of a convolutional or fully connected layer."""

@@ -7,9 +7,12 @@ decoding it will cost so that the request can be admitted against the memory bud
 
 from __future__ import annotations
 
+import contextlib
 import io
 import re
+import threading
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -132,24 +135,60 @@ def _resize(rgb: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.stack(channels, axis=-1)
 
 
-def decode(image: ImageInput, index: int, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
-    """One image as (H, W, 3) RGB (uint8 or float32), its header checked before decoding."""
+class DecodeGate:
+    """Bounds the bytes of images being decoded at once across threads (data-set jobs decode on
+    several, and several jobs may run): a decode waits, in arrival order, until its cost fits under
+    ``limit``; an image that costs more waits to decode alone. Nothing is refused, so what a job
+    computes never depends on timing."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.used = limit, 0
+        self._changed = threading.Condition()
+        self._next = self._serving = 0  # tickets: decodes enter in the order they arrived
+
+    @contextlib.contextmanager
+    def held(self, nbytes: int) -> Iterator[None]:
+        with self._changed:
+            ticket, self._next = self._next, self._next + 1
+            self._changed.wait_for(lambda: self._serving == ticket and (self.used == 0 or self.used + nbytes <= self.limit))
+            self._serving += 1
+            self.used += nbytes
+            self._changed.notify_all()
+        try:
+            yield
+        finally:
+            with self._changed:
+                self.used -= nbytes
+                self._changed.notify_all()
+
+
+@contextlib.contextmanager
+def decoded(image: ImageInput, index: int, max_pixels: int = MAX_IMAGE_PIXELS, gate: DecodeGate | None = None) -> Iterator[np.ndarray]:
+    """One image as (H, W, 3) RGB (uint8 or float32), its header checked before decoding; with a
+    ``gate``, the decoding's cost (as :func:`inspect` counts it) is held there while the block runs,
+    the caller's resize included."""
     what = _what(image, index)
     if image.encoded is not None:
-        try:
-            with _open(image, what, max_pixels, f"images[{index}].encoded") as img:
-                return np.asarray(img if img.mode == "RGB" else img.convert("RGB"))
-        except Image.DecompressionBombError as err:
-            raise _bomb(what, err, max_pixels, f"images[{index}].encoded") from None
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
-            raise InvalidArgument(f"{what}: cannot decode the image bytes ({_pillow_message(err)})", field=f"images[{index}].encoded", reason="BAD_IMAGE") from None
+        field = f"images[{index}].encoded"
+        with _open(image, what, max_pixels, field) as img:
+            width, height = img.size
+            with gate.held(height * width * (MODE_BYTES[img.mode] + RGB_WORK_BYTES)) if gate else contextlib.nullcontext():
+                try:
+                    rgb = np.asarray(img if img.mode == "RGB" else img.convert("RGB"))
+                except Image.DecompressionBombError as err:
+                    raise _bomb(what, err, max_pixels, field) from None
+                except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
+                    raise InvalidArgument(f"{what}: cannot decode the image bytes ({_pillow_message(err)})", field=field, reason="BAD_IMAGE") from None
+                yield rgb
+        return
     if image.rgb is not None:
         _check_rgb(image.rgb, what, max_pixels, f"images[{index}].rgb")
-        return image.rgb
+        yield image.rgb
+        return
     raise InvalidArgument(f"{what}: no image data", field=f"images[{index}]", reason="FIELD_REQUIRED")
 
 
-def pixels(image: ImageInput, index: int, input_shape: list[int], max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+def pixels(image: ImageInput, index: int, input_shape: list[int], max_pixels: int = MAX_IMAGE_PIXELS, gate: DecodeGate | None = None) -> np.ndarray:
     """One image at the model's input size, channels last: (H, W, 3) RGB as decoded (uint8 or
     float32), or a model_input tensor's (C, H, W) values as (H, W, C). :func:`stack` makes the batch."""
     channels, height, width = input_shape[1:]
@@ -160,8 +199,8 @@ def pixels(image: ImageInput, index: int, input_shape: list[int], max_pixels: in
         return image.model_input.transpose(1, 2, 0)
     if channels != 3:
         raise InvalidArgument(f"this model takes {channels} input channels; send model_input tensors, not RGB images", field=f"images[{index}]")
-    rgb = decode(image, index, max_pixels)
-    return rgb if rgb.shape[:2] == (height, width) else _resize(rgb, height, width)
+    with decoded(image, index, max_pixels, gate) as rgb:
+        return rgb if rgb.shape[:2] == (height, width) else _resize(rgb, height, width)
 
 
 def stack(images: list[np.ndarray]) -> np.ndarray:

@@ -135,14 +135,15 @@ def data_source(engine: Engine, source: pb.DataSource, rest: Iterator) -> datase
     the request stream (``rest`` yields them; each request's ``batch`` field)."""
     kind = source.WhichOneof("source")
     if kind == "dataset":
-        return engine.datasets.source(source.dataset, source.start, source.stop, source.batch_size, engine.max_image_pixels)
+        return engine.datasets.source(source.dataset, source.start, source.stop, source.batch_size, engine.max_image_pixels, engine.decode_gate)
     if kind == "streamed":
         parts = (
             (r.batch.start, images_from(r.batch.images), list(r.batch.labels))
             for r in rest if r.WhichOneof("part") == "batch"
         )
         return datasets.streamed_source(
-            source.streamed.size, list(source.streamed.classes), parts, source.start, source.stop, source.batch_size, engine.max_image_pixels,
+            source.streamed.size, list(source.streamed.classes), parts, source.start, source.stop, source.batch_size,
+            engine.max_image_pixels, engine.decode_gate,
         )
     raise InvalidArgument("no data given: set DataSource.dataset (a name from ListDatasets) or DataSource.streamed", reason="FIELD_REQUIRED")
 

@@ -167,3 +167,61 @@ def test_a_batch_decodes_in_pieces_by_its_encoded_size() -> None:
         assert len(pieces) == min(DECODE_WORKERS, len(sizes), sum(sizes) // PIECE_BYTES)
         assert [i for piece in pieces for i in range(len(sizes))[piece]] == list(range(len(sizes)))
     assert _pieces([]) == [slice(0, 0)]
+
+
+def test_decode_gate_bounds_bytes_decoded_at_once_and_an_oversized_image_decodes_alone() -> None:
+    import threading
+    import time
+
+    from zfnet.server.images import DecodeGate
+
+    gate = DecodeGate(100)
+    peak, entered, lock = [0], [], threading.Lock()
+
+    def decode(k: int, nbytes: int) -> None:
+        with gate.held(nbytes):
+            with lock:
+                entered.append(k)
+                peak[0] = max(peak[0], gate.used)
+                assert gate.used <= 100 or gate.used == nbytes, (gate.used, nbytes)  # over the limit: alone
+            time.sleep(0.002)
+
+    sizes = [30, 60, 250, 40, 40, 40, 10, 90, 120, 5] * 3
+    threads = []
+    for k, n in enumerate(sizes):  # started one after another, so tickets follow k
+        threads.append(threading.Thread(target=decode, args=(k, n)))
+        threads[-1].start()
+        time.sleep(0.0005)
+    for t in threads:
+        t.join()
+    assert sorted(entered) == list(range(len(sizes))) and gate.used == 0
+    assert peak[0] <= 250
+
+
+def test_data_set_decoding_waits_at_the_gate_and_gives_the_same_batches(tmp_path: Path) -> None:
+    """Large images of a data-set job decode on several threads, at most the gate's bytes at once;
+    the batches are the same as without the gate."""
+    from PIL import Image
+
+    from zfnet.server.images import DecodeGate
+
+    rng = np.random.default_rng(0)
+    for k in range(8):
+        (tmp_path / "big" / "noise").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (600, 600, 3), dtype=np.uint8)).save(tmp_path / "big" / "noise" / f"{k}.jpg", quality=95)
+    store = DatasetStore(tmp_path)
+    cost = 600 * 600 * 15  # as images.inspect counts an RGB JPEG's decoding
+    gate = DecodeGate(cost + cost // 2)  # room for one at a time
+    held = gate.held
+    most = [0]
+
+    def counted(nbytes: int):
+        most[0] = max(most[0], gate.used + nbytes)
+        return held(nbytes)
+
+    gate.held = counted
+    gated = list(store.source("big", 0, 8, 8, gate=gate).batches(SHAPE))
+    free = list(store.source("big", 0, 8, 8).batches(SHAPE))
+    assert most[0] > gate.limit, "the decoding tasks never overlapped: nothing was gated"
+    assert gate.used == 0
+    np.testing.assert_array_equal(gated[0].inputs, free[0].inputs)
