@@ -134,13 +134,16 @@ def _decoded_ahead(chunks: Iterable[tuple[T, list[Decode], list[int]]]) -> Itera
         def submit(key: T, decodes: list[Decode], sizes: list[int]) -> tuple[T, list[Future]]:
             return key, [pool.submit(lambda part=decodes[piece]: [decode() for decode in part]) for piece in _pieces(sizes)]
 
+        def collect(key: T, futures: list[Future]) -> tuple[T, list[np.ndarray | str]]:
+            return key, [image for future in futures for image in future.result()]
+
         ahead = None
         for chunk in chunks:
             previous, ahead = ahead, submit(*chunk)
             if previous is not None:
-                yield previous[0], [image for future in previous[1] for image in future.result()]
+                yield collect(*previous)
         if ahead is not None:
-            yield ahead[0], [image for future in ahead[1] for image in future.result()]
+            yield collect(*ahead)
 
 
 @dataclass(frozen=True)

@@ -86,6 +86,12 @@ def _open(image: ImageInput, what: str, max_pixels: int, field: str) -> Image.Im
     return img
 
 
+def _decode_bytes(img: Image.Image) -> int:
+    """Bytes an opened image takes at the peak of decoding it to RGB and resizing it."""
+    width, height = img.size
+    return height * width * (MODE_BYTES[img.mode] + RGB_WORK_BYTES)
+
+
 def _bomb(what: str, err: Exception, max_pixels: int, field: str) -> ResourceExhausted:
     return ResourceExhausted(
         f"{what}: {str(err).rstrip('.')}; this server decodes at most {max_pixels:,} pixels per image",
@@ -114,7 +120,7 @@ def inspect(image: ImageInput, index: int, max_pixels: int = MAX_IMAGE_PIXELS) -
     if image.encoded is not None:
         with _open(image, what, max_pixels, f"images[{index}].encoded") as img:
             width, height = img.size
-            return Header(height, width, height * width * (MODE_BYTES[img.mode] + RGB_WORK_BYTES))
+            return Header(height, width, _decode_bytes(img))
     if image.rgb is not None:
         _check_rgb(image.rgb, what, max_pixels, f"images[{index}].rgb")
         height, width = image.rgb.shape[:2]
@@ -171,8 +177,7 @@ def decoded(image: ImageInput, index: int, max_pixels: int = MAX_IMAGE_PIXELS, g
     if image.encoded is not None:
         field = f"images[{index}].encoded"
         with _open(image, what, max_pixels, field) as img:
-            width, height = img.size
-            with gate.held(height * width * (MODE_BYTES[img.mode] + RGB_WORK_BYTES)) if gate else contextlib.nullcontext():
+            with gate.held(_decode_bytes(img)) if gate else contextlib.nullcontext():
                 try:
                     rgb = np.asarray(img if img.mode == "RGB" else img.convert("RGB"))
                 except Image.DecompressionBombError as err:
