@@ -5,8 +5,6 @@ VENV := .venv
 PY := $(VENV)/bin/python
 BOOTSTRAP := $(VENV)/.bootstrap
 STAMP := $(VENV)/.installed
-STUBS := zfnet/v1/zfnet_pb2.py
-CAFFE_STUBS := converters/caffe/caffe_pb2.py
 MODEL := models/zfnet-cifar10.onnx
 SAMPLES := samples/cifar10
 DEMO_IMAGES := $(sort $(wildcard $(SAMPLES)/*/0000.jpg))
@@ -16,24 +14,17 @@ NODE_EXAMPLE := examples/node
 
 install: $(STAMP)
 
-# torch first, pinned: a looser requirement pulls a CUDA build of several GB. grpcio-tools next,
-# to generate the stubs that the package install needs.
+# torch first, pinned: a looser requirement pulls a CUDA build of several GB.
 $(BOOTSTRAP):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==2.13.0 'grpcio-tools>=1.85,<1.86'
+	$(PY) -m pip install -q torch==2.13.0
 	touch $@
 
-$(STUBS): proto/zfnet/v1/zfnet.proto $(BOOTSTRAP)
-	$(PY) -m grpc_tools.protoc -Iproto --python_out=. --pyi_out=. --grpc_python_out=. proto/zfnet/v1/zfnet.proto
-	touch zfnet/v1/__init__.py
-
-# generated, never committed (tests/test_stubs.py checks both against their .proto)
-$(CAFFE_STUBS): converters/caffe/caffe.proto $(BOOTSTRAP)
-	$(PY) -m grpc_tools.protoc -Iconverters/caffe --python_out=converters/caffe converters/caffe/caffe.proto
-
-$(STAMP): pyproject.toml $(STUBS) $(CAFFE_STUBS)
-	$(PY) -m pip install -q -e '.[test,dev]'
+# The editable install generates the gRPC stubs and the Caffe message classes from their .proto
+# files (hatch_build.py); they are never committed. A changed .proto reinstalls.
+$(STAMP): $(BOOTSTRAP) pyproject.toml hatch_build.py proto/zfnet/v1/zfnet.proto converters/zfnet/converters/caffe/caffe.proto
+	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
 demo: install
@@ -93,4 +84,5 @@ train: install
 	$(VENV)/bin/zfclient convert torch zfnet-cifar10 --weights models/zfnet-cifar10.pt -o $(MODEL)
 
 clean:
-	rm -rf $(VENV) out zfnet/v1 $(CAFFE_STUBS) $(NODE_EXAMPLE)/node_modules
+	rm -rf $(VENV) out dist $(NODE_EXAMPLE)/node_modules
+	find core converters -name '*_pb2*.py*' -delete

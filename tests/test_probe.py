@@ -14,7 +14,7 @@ from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 from typer.testing import CliRunner
 
-from zfnet import probe
+from zfnet.client import probe
 from zfnet.client import features
 from zfnet.client.cli.main import app
 from zfnet.errors import InvalidArgument, NotFound

@@ -107,7 +107,7 @@ def feature_map_tiles(activation: np.ndarray, title: str, path: Path, columns: i
 
 def probe_plot(results: list, title: str, path: Path) -> Path:
     """Probe accuracy against layer (mean +- std over folds), one line per features folder, the raw
-    pixels at x = 0 and as a dotted line across; ``results`` are :class:`zfnet.probe.ProbeResult` s."""
+    pixels at x = 0 and as a dotted line across; ``results`` are :class:`zfnet.client.probe.ProbeResult` s."""
     fig, ax = plt.subplots(figsize=(7.5, 4.4), dpi=110)
     ticks: dict[int, str] = {0: "pixels"}
     for k, result in enumerate(results):

@@ -1,6 +1,6 @@
 """Errors on the wire: a :class:`~zfnet.errors.ZfnetError` <-> a ``google.rpc.Status`` with details.
 
-The server (``server/service.py``) ends a failed call with :func:`to_grpc_status`; the status
+The server (``server/zfnet/server/service.py``) ends a failed call with :func:`to_grpc_status`; the status
 carries, in this order:
 
 - ``google.rpc.ErrorInfo``: ``reason`` (a stable code from :data:`zfnet.errors.REASONS`), ``domain``

@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from zfnet import probe
+from zfnet.client import probe
 from zfnet.client import features as feature_files
 from zfnet.client.cli.common import job_progress
 

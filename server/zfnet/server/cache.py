@@ -17,7 +17,7 @@ from pathlib import Path
 import onnx
 from google.protobuf.message import DecodeError
 
-import zfnet
+from zfnet.version import __version__
 from zfnet.converters import expose, geometry, graph, index
 from zfnet.converters.graph import get_metadata, set_metadata
 from zfnet.converters.index import GraphIndex
@@ -41,7 +41,7 @@ def root() -> Path:
 def fingerprint() -> str:
     """A short hash of zfnet's version, onnx's version and the source of the expose pass, the graph
     index, the projection builder and every op rule."""
-    digest = hashlib.sha256(f"{zfnet.__version__} onnx {onnx.__version__}".encode())
+    digest = hashlib.sha256(f"{__version__} onnx {onnx.__version__}".encode())
     files = [Path(module.__file__) for module in _SOURCES] + sorted(Path(rules.__file__).parent.glob("*.py"))
     for path in files:
         digest.update(path.read_bytes())

@@ -1,4 +1,4 @@
-"""Feature folders: what ``zfclient features`` writes and ``zfnet.probe`` reads.
+"""Feature folders: what ``zfclient features`` writes and ``zfnet.client.probe`` reads.
 
 A folder holds ``index.json`` and, in the default ``npy`` format, one ``<layer>.npy`` per layer
 (rows x D in the job's float type) and ``labels.npy`` (int64, -1 where unknown). ``index.json``
@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from zfnet import __version__
+from zfnet.version import __version__
 from zfnet.errors import FailedPrecondition, InvalidArgument, NotFound
 
 INDEX = "index.json"
