@@ -13,12 +13,11 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from typer.testing import CliRunner
+from cli_testing import invoke, ok
 
 from zfnet.client import api
-from zfnet.client.api import SERVER_ENV, TOKEN_ENV, Client, Connection
+from zfnet.client.api import TOKEN_ENV, Client, Connection
 from zfnet.client.cli.deconv import output_names
-from zfnet.client.cli.main import app
 from zfnet.errors import NotFound, ResourceExhausted
 from zfnet.server import deconv as deconv_module
 from zfnet.server.app import create_server
@@ -30,22 +29,6 @@ from zfnet.v1 import zfnet_pb2_grpc
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = ROOT / "models" / "zfnet-cifar10.onnx"
 TIMEOUT = 60
-
-
-@pytest.fixture(autouse=True)
-def _clean(monkeypatch) -> None:
-    monkeypatch.chdir(ROOT)
-    for name in (SERVER_ENV, TOKEN_ENV, api.TLS_CA_ENV, api.TLS_ENV):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(api, "cli_connection", None)
-
-
-def invoke(*args) -> object:
-    return CliRunner().invoke(app, [str(a) for a in args])
-
-
-def ok(result) -> None:
-    assert result.exit_code == 0, f"exit {result.exit_code}\nstdout: {result.stdout}\nstderr: {result.stderr}\n{result.exception!r}"
 
 
 def one_line_error(result, *words: str) -> None:
@@ -91,6 +74,7 @@ def test_client_uploads_again_after_a_server_restart(sample_images, monkeypatch)
         client.close()
 
 
+@pytest.mark.fresh_server  # deletes the model and counts uploads
 def test_client_uploads_again_after_delete_and_only_then(server, sample_images, monkeypatch) -> None:
     target, engine = server
     uploads = count_uploads(engine, monkeypatch)

@@ -9,30 +9,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_testing import invoke, ok
 from PIL import Image
-from typer.testing import CliRunner
 
-from zfnet.client.api import SERVER_ENV, Client
-from zfnet.client.cli.main import app
+from zfnet.client.api import Client
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = "models/zfnet-cifar10.onnx"
 DOGS = "samples/cifar10/dog"
 PARTS = "samples/parts/dogs.json"
-
-
-@pytest.fixture(autouse=True)
-def _in_repo(monkeypatch) -> None:
-    monkeypatch.chdir(ROOT)
-    monkeypatch.delenv(SERVER_ENV, raising=False)
-
-
-def invoke(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
-
-
-def ok(result) -> None:
-    assert result.exit_code == 0, f"exit {result.exit_code}\nstdout: {result.stdout}\nstderr: {result.stderr}\n{result.exception!r}"
 
 
 def fails_with_one_line(result, *words: str) -> None:

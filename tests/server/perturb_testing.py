@@ -16,7 +16,7 @@ from PIL import Image
 from zfnet.converters.graph import PREPROCESSING_KEY, get_metadata
 from zfnet.v1 import zfnet_pb2 as pb
 
-from test_service import CIFAR10, Conn, conn, encoded, still_serves  # noqa: F401  (shared with the service tests; conn is a fixture)
+from service_testing import CIFAR10, Conn, encoded, still_serves  # noqa: F401  (shared with the service tests)
 
 TIMEOUT = 120  # a perturbation stream runs many forward passes
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from perturb_testing import Bare, Conn, conn, encoded, expect_stream_error, nchw, still_serves, stream  # noqa: F401
+from perturb_testing import Bare, Conn, encoded, expect_stream_error, nchw, still_serves, stream
 
 from zfnet.tensors import from_proto
 from zfnet.v1 import zfnet_pb2 as pb

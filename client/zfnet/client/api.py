@@ -23,7 +23,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from zfnet import errors, evolution, imagefolder, status, topk_proto
+from zfnet import errors, evolution, extras, imagefolder, status, topk_proto
 from zfnet.client import replicas, results
 from zfnet.client.features import FeatureBatch, FeatureHeader, FeatureSpec, Skipped
 from zfnet.client.results import BORDERS, FILLS, TRANSFORMS
@@ -357,7 +357,10 @@ class Client:
 
     def _start_in_process(self) -> str:
         """Serve in this process on a Unix socket in a fresh 0700 directory; the target."""
-        from zfnet.server.app import create_server
+        try:
+            from zfnet.server.app import create_server
+        except ImportError as err:  # a client-only install: say which extra, or pass a server
+            raise (extras.missing(err, "an in-process server (no --server)") or err) from None
 
         base = None if len(tempfile.gettempdir()) < 60 else "/tmp"  # a socket path is limited to about 107 bytes
         self._private_dir = tempfile.mkdtemp(prefix="zfnet-", dir=base)  # mode 0700: only this user can reach the socket
