@@ -75,7 +75,7 @@ def check_prediction(stdout: str) -> None:
     session = ort.InferenceSession(str(ROOT / MODEL), providers=["CPUExecutionProvider"])
     with Image.open(ROOT / IMAGE) as img:
         batch = np.asarray(img.convert("RGB"), np.float32).transpose(2, 0, 1)[None]
-    logits = session.run([session.get_outputs()[0].name], {session.get_inputs()[0].name: batch})[0][0].astype(np.float64)
+    logits = np.asarray(session.run([session.get_outputs()[0].name], {session.get_inputs()[0].name: batch})[0])[0].astype(np.float64)
     probs = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
     top = np.argsort(-probs)[:5]
     rows = table_rows(stdout)
@@ -194,7 +194,7 @@ def test_every_extra_named_in_a_message_installs_that_module() -> None:
     def distributions(extra: str) -> set[str]:
         names = set()
         for requirement in optional[extra]:
-            name = normalized(re.match(r"[A-Za-z0-9_.-]+", requirement).group(0))
+            name = normalized(re.split(r"[^A-Za-z0-9_.-]", requirement, maxsplit=1)[0])
             included = re.match(r"zfnet\[(.+)\]", requirement)
             names |= set().union(*(distributions(e) for e in included.group(1).split(","))) if included else {name}
         return names
