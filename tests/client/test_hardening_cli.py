@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import re
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -116,7 +117,7 @@ def files_under(folder: Path) -> list[Path]:
 
 
 def reported_count(stdout: str) -> int:
-    return int(re.search(r"wrote (\d+) files", stdout).group(1))
+    return int(re.findall(r"wrote (\d+) files", stdout)[0])
 
 
 def test_output_names_are_distinct(tmp_path: Path, sample_images) -> None:
@@ -178,7 +179,7 @@ def test_layer_ref_takes_only_ascii_digits_as_numbers() -> None:
 
 
 @pytest.fixture()
-def secured(pki) -> str:
+def secured(pki) -> Iterator[str]:
     srv, port, _ = create_server("127.0.0.1:0", tls=Tls(pki.server_cert, pki.server_key), tokens=("cli-token-123",))
     yield f"127.0.0.1:{port}"
     srv.stop(grace=None)

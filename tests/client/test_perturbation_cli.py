@@ -51,6 +51,7 @@ def test_occlusion_writes_sheets_and_maps(tmp_path: Path, server) -> None:
         saved = np.load(tmp_path / "o" / f"{path.stem}_occlusion.npz")
         for key in ("layer_total", "true_class_map", "top_class_map"):
             np.testing.assert_array_equal(saved[key], getattr(maps, key))
+        assert maps.projection is not None
         np.testing.assert_array_equal(saved["projection"], maps.projection.pixels)
         assert saved["layer"] == "relu4" and int(saved["channel"]) == maps.channel and int(saved["true_class"]) == maps.true_class.index
         np.testing.assert_array_equal(saved["fill"], [127.5] * 3)
@@ -129,7 +130,7 @@ def test_correspondence_boxes_follow_the_image_size(tmp_path: Path) -> None:
     doubled = {}
     for name in list(annotation["images"])[:3]:
         with Image.open(ROOT / DOGS / name) as img:
-            img.resize((64, 64), Image.NEAREST).save(folder / name.replace(".jpg", ".png"))
+            img.resize((64, 64), Image.Resampling.NEAREST).save(folder / name.replace(".jpg", ".png"))
         doubled[name.replace(".jpg", ".png")] = {part: [2 * v for v in box] for part, box in annotation["images"][name].items()}
     parts = tmp_path / "parts.json"
     parts.write_text(json.dumps({"parts": annotation["parts"], "images": doubled}))

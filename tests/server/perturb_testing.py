@@ -43,10 +43,10 @@ class Bare:
         self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         self.input = self.session.get_inputs()[0].name
         self.output = self.session.get_outputs()[0].name
-        self.mean = np.asarray(json.loads(get_metadata(onnx.load(path), PREPROCESSING_KEY))["mean"], np.float32)
+        self.mean = np.asarray(json.loads(get_metadata(onnx.load(path), PREPROCESSING_KEY) or "{}")["mean"], np.float32)
 
     def run(self, names: list[str], images: np.ndarray) -> list[np.ndarray]:
-        return self.session.run(names, {self.input: images.astype(np.float32)})
+        return [np.asarray(out) for out in self.session.run(names, {self.input: images.astype(np.float32)})]
 
     def one_at_a_time(self, names: list[str], images: list[np.ndarray]) -> list[np.ndarray]:
         """Each image through its own forward pass; the outputs stacked."""
