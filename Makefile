@@ -75,8 +75,10 @@ TYPECHECKED := bench \
 	tests/server/service_testing.py \
 	tests/server/test_admission.py \
 	tests/server/test_cache.py \
+	tests/server/test_correspondence.py \
 	tests/server/test_datasets.py \
 	tests/server/test_device_path.py \
+	tests/server/test_occlusion.py \
 	tests/snapshot_testing.py \
 	tests/test_packaging.py \
 	tests/test_protos.py

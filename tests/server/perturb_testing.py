@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -54,8 +55,8 @@ class Bare:
         return [np.concatenate([row[k] for row in rows]) for k in range(len(names))]
 
 
-def stream(call, request) -> tuple[list[pb.JobProgress], object]:
-    """All progress messages of a streaming call, and its result."""
+def stream(call, request) -> tuple[list[pb.JobProgress], Any]:
+    """All progress messages of a streaming call, and its result (the analysis' own result message)."""
     progress, result = [], None
     for reply in call(request, timeout=TIMEOUT):
         kind = reply.WhichOneof("reply")

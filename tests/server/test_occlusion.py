@@ -116,7 +116,7 @@ def test_progress_reaches_the_python_client(conn: Conn, sample_images) -> None:
 def test_batch_size_follows_the_memory_estimate(reference_onnx: Path, sample_images) -> None:
     model = load(reference_onnx.read_bytes(), "m")
     per_copy = perturbation.bytes_per_copy(model)
-    floats = 3 * 32 * 32 + sum(int(np.prod(row.shape[1:])) for row in model.layers)
+    floats = 3 * 32 * 32 + sum(int(np.prod([int(d) for d in row.shape[1:]])) for row in model.layers)
     assert per_copy == 4 * floats
     assert perturbation.copies_per_batch(model, budget=10 * per_copy + 1) == 10
     assert perturbation.copies_per_batch(model, max_batch=3, budget=10 * per_copy) == 3
