@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -11,17 +10,9 @@ from zfnet.converters.index import GraphIndex
 from zfnet.errors import InvalidArgument
 from zfnet.server.layers import resolve
 from zfnet.server.models import LoadedModel
+from zfnet.wire.filters import Filters
 
 LEARNED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
-
-
-@dataclass(frozen=True)
-class Filters:
-    layer: str  # the tensor the learned op produces
-    op: str
-    weights: np.ndarray  # Conv (out, in/group, kh, kw), ConvTranspose as stored (in, out/group, kh, kw); fully connected (out, in)
-    bias: np.ndarray | None  # (out,)
-    channel_order: str  # of the image input, from the model's preprocessing ("rgb" when unknown)
 
 
 def find(model: LoadedModel, layer: str | int) -> Filters:
