@@ -1,5 +1,6 @@
 """Ops that move values without computing: the signal is moved back the same way (reshapes,
-transposes and channel shuffles, concatenation and splitting, slicing, padding, gathering)."""
+transposes and channel shuffles, concatenation and splitting, slicing, padding, gathering); and ops
+that read only their input's shape (``Shape``, ``Size``), which take no signal."""
 
 from __future__ import annotations
 
