@@ -220,8 +220,10 @@ class GraphIndex:
             array = numpy_helper.to_array(self.constants[name])
         else:
             i = self.producers.get(name)
-            node = self.nodes[i] if i is not None else None
-            if node is None or domain_of(node) or node.op_type in ("If", "Loop", "Scan"):
+            if i is None:
+                return None
+            node = self.nodes[i]
+            if domain_of(node) or node.op_type in ("If", "Loop", "Scan"):
                 return None
             from_shape = self._from_shape(node)
             values = [self._from_static_shape(i, from_shape)] if from_shape is not None else None

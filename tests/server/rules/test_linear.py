@@ -9,7 +9,7 @@ import torch
 
 from rule_testing import Case, T, check, i64, make_model, node, weights
 from zfnet.converters.index import GraphIndex
-from zfnet.server.rules import Role, lookup_node, weights_of
+from zfnet.server.rules import Role, Weights, lookup_node, weights_of
 
 
 @pytest.mark.parametrize("trans_b", [0, 1])
@@ -106,6 +106,12 @@ FILTER_CASES = {
 }
 
 
+def _laid_out(index: GraphIndex, found: Weights | None) -> np.ndarray:
+    stored = index.constant(found.tensor) if found is not None else None
+    assert found is not None and stored is not None
+    return found.layout(stored)
+
+
 @pytest.mark.parametrize("name", FILTER_CASES)
 def test_filters_are_laid_out_out_by_in(name):
     """The entry's ``weights`` make the node a learned layer, and its filters, laid out (out, in), give
@@ -114,11 +120,11 @@ def test_filters_are_laid_out_out_by_in(name):
     model = make_model(nodes, shape, inits)
     index = GraphIndex(model)
     layer = index.node(0)
-    found = weights_of(index, layer)
-    assert lookup_node(index, layer).role_of(index, layer) is Role.LEARNED
-    filters = found.layout(index.constant(found.tensor))
+    entry, found = lookup_node(index, layer), weights_of(index, layer)
+    assert entry is not None and entry.role_of(index, layer) is Role.LEARNED
+    filters = _laid_out(index, found)
     x = weights(29, 3, *shape)
-    expected = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    expected = np.asarray(ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0])
     np.testing.assert_allclose(ref(x, filters), expected, rtol=1e-5, atol=1e-5)
 
 
@@ -128,9 +134,8 @@ def test_filters_are_laid_out_out_by_in(name):
 ])
 def test_weights_that_are_not_a_filter_bank_are_refused(nodes, inits, refusal):
     index = GraphIndex(make_model(nodes, (3, 5), inits))
-    found = weights_of(index, index.node(0))
     with pytest.raises(ValueError, match=refusal):
-        found.layout(index.constant(found.tensor))
+        _laid_out(index, weights_of(index, index.node(0)))
 
 
 def test_a_product_of_two_activations_has_no_filters():

@@ -11,12 +11,12 @@ import onnx
 import pytest
 
 from rule_testing import make_model, node
+from zfnet.client.api import Client
 from zfnet.converters import expose
 from zfnet.converters.index import GraphIndex
 from zfnet.errors import InvalidArgument
 from zfnet.server import rules
 from zfnet.server.layers import ReceptiveFields
-from zfnet.server.models import load
 from zfnet.server.rules import registry
 
 
@@ -83,13 +83,21 @@ def test_an_op_newer_than_the_model_opset_is_refused():
         rules.lookup("", "Gelu", 18)
 
 
-def test_a_model_whose_op_resolves_to_an_uncovered_schema_version_is_refused_on_load(monkeypatch):
-    """Not silently mis-handled: the model is refused as it is loaded (its layer table needs every op's role)."""
-    model = make_model([node("Conv", ["x", "w"], "c"), node("Relu", ["c"])], (3, 5, 5), {"w": np.ones((2, 3, 3, 3), np.float32)})
-    assert load(model.SerializeToString(), "conv-relu").layers[-1].number == 1
-    monkeypatch.setattr(registry, "RULES", _without_version("Relu", 14))
-    with pytest.raises(InvalidArgument, match="model opset 18 resolves to ONNX schema version 14"):
-        load(model.SerializeToString(), "conv-relu")
+def test_a_model_whose_op_resolves_to_an_uncovered_schema_version_is_refused(monkeypatch, tmp_path):
+    """Not silently mis-handled: the server refuses the model as it loads it (its layer table needs every
+    op's role), names the op, and goes on serving."""
+    paths = []
+    for k in range(2):
+        model = make_model([node("Conv", ["x", "w"], "c"), node("Relu", ["c"])], (3, 5, 5), {"w": np.full((2, 3, 3, 3), k, np.float32)})
+        paths.append(tmp_path / f"conv-relu-{k}.onnx")
+        paths[-1].write_bytes(model.SerializeToString())
+    with Client() as client:
+        monkeypatch.setattr(registry, "RULES", _without_version("Relu", 14))
+        with pytest.raises(InvalidArgument, match="op Relu of domain ai.onnx at model opset 18 resolves to ONNX schema version 14") as refused:
+            client.model_info(paths[0])
+        assert refused.value.reason == "UNSUPPORTED_OP"
+        monkeypatch.undo()
+        assert [layer.number for layer in client.model_info(paths[1]).layers if layer.number] == [1]
 
 
 def test_overlapping_entries_are_refused(monkeypatch):

@@ -25,8 +25,9 @@ An entry carries
   pooling before opset 22), the attributes of a stand-in node it sizes right.
 
 Attributes reach the rules bound with the defaults of the op's schema at the model's opset
-(:class:`zfnet.converters.index.Node`). The registry imports nothing of ``zfnet.converters``: the
-graph index and the expose pass read their op facts from it, the server reads both.
+(:class:`zfnet.converters.index.Node`). The rules package imports nothing of ``zfnet.converters`` at
+run time (``GraphIndex`` and ``Node`` are type hints here): the graph index and the expose pass read
+their op facts from it, and the rest of the server reads both, so there is no import cycle.
 """
 
 from __future__ import annotations
