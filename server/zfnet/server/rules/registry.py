@@ -178,10 +178,10 @@ def lookup(domain: str, op_type: str, opset: int) -> OpRule | None:
     if found is None:
         covered = ", ".join(str(v) for v in sorted(v for e in entries for v in e.versions))
         what = f"op {op_type} of domain {domain or 'ai.onnx'} at model opset {opset}"
-        resolved = f"resolves to ONNX schema version {version}" if version is not None else "has no ONNX schema"
+        problem = ("has no ONNX schema (zfnet's rules cover" if version is None else
+                   f"resolves to ONNX schema version {version}, which no zfnet rule covers (they cover")
         raise InvalidArgument(
-            f"{what} {resolved}, which zfnet's rules do not cover (they cover schema versions {covered} of {op_type}); "
-            "re-export the model at an opset they cover",
+            f"{what} {problem} schema versions {covered} of {op_type}); re-export the model at an opset they cover",
             reason="UNSUPPORTED_OP",
             metadata={"op": op_type, "domain": domain or "ai.onnx", "opset": opset, "schema_version": version or 0, "covered": covered},
         )
