@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from zfnet.client.api import SERVER_ENV, Client
+from zfnet.client.api import Client
+from zfnet.client.transport import SERVER_ENV
 from zfnet.client.cli.main import app
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -4,7 +4,6 @@ learned, where their filters are and how they are laid out is their op registry 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -13,15 +12,7 @@ from zfnet.errors import InvalidArgument
 from zfnet.server.layers import resolve
 from zfnet.server.models import LoadedModel
 from zfnet.server.rules import weights_of
-
-
-@dataclass(frozen=True)
-class Filters:
-    layer: str  # the tensor the learned op produces
-    op: str
-    weights: np.ndarray  # Conv (out, in/group, kh, kw), ConvTranspose as stored (in, out/group, kh, kw); fully connected (out, in)
-    bias: np.ndarray | None  # (out,)
-    channel_order: str  # of the image input, from the model's preprocessing ("rgb" when unknown)
+from zfnet.wire.filters import Filters
 
 
 def find(model: LoadedModel, layer: str | int) -> Filters:
