@@ -159,7 +159,7 @@ def test_the_client_alone_predicts_through_a_server(client_only: Path, server) -
 @pytest.mark.slow
 def test_the_client_alone_names_the_extra_a_command_needs(client_only: Path, tmp_path: Path) -> None:
     zfclient = client_only / "zfclient"
-    one_line_error(run(zfclient, "predict", "--model", MODEL, "--image", IMAGE, check=False), "in-process server", "pip install 'zfnet[server]'")
+    one_line_error(run(zfclient, "predict", "--model", MODEL, "--image", IMAGE, check=False), "in-process", "pip install 'zfnet[server]'")
     one_line_error(run(zfclient, "serve", "--port", "0", check=False), "pip install 'zfnet[server]'")
     one_line_error(run(zfclient, "convert", "torch", "zfnet-cifar10", "--weights", "models/zfnet-cifar10.pt", "-o", tmp_path / "x.onnx", check=False),
                    "pip install 'zfnet[convert]'")

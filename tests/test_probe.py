@@ -14,8 +14,9 @@ from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 from typer.testing import CliRunner
 
-from zfnet.client import probe
-from zfnet.client import features
+from zfnet.client import features, probe
+from zfnet.wire.common import Skipped
+from zfnet.wire.features import FeatureBatch, FeatureHeader, FeatureSpec
 from zfnet.client.cli.main import app
 from zfnet.errors import InvalidArgument, NotFound
 
@@ -37,20 +38,20 @@ def write_synthetic(out: Path, seed: int = 0) -> features.FeatureSet:
         "pixels": (0.4 * centres[labels][:, :6].repeat(2, axis=1) + rng.normal(size=(n, 12))).astype(np.float32),
     }
     specs = [
-        features.FeatureSpec("signal", 3, "avg", (12, 4, 4), (12,)),
-        features.FeatureSpec("noise", 5, "none", (40,), (40,)),
-        features.FeatureSpec("pixels", None, "none", (3, 2, 2), (3, 2, 2)),
+        FeatureSpec("signal", 3, "avg", (12, 4, 4), (12,)),
+        FeatureSpec("noise", 5, "none", (40,), (40,)),
+        FeatureSpec("pixels", None, "none", (3, 2, 2), (3, 2, 2)),
     ]
     job = {
         "model_sha256": "0" * 64, "model_name": "synthetic.onnx", "data": {"name": "synthetic", "size": n, "streamed": False},
         "classes": CLASSES, "start": 0, "stop": n, "dtype": "float32", "batch_size": 16, "format": "npy", "asked": {},
     }
     writer = features.FeatureWriter(out, job)
-    writer.begin(features.FeatureHeader(job["model_sha256"], specs, "float32", n, CLASSES, 0, n, 16))
+    writer.begin(FeatureHeader(job["model_sha256"], specs, "float32", n, CLASSES, 0, n, 16))
     for begin in range(0, n, 16):
         rows = [r for r in range(begin, min(begin + 16, n)) if r != SKIPPED_ROW]
-        skipped = [features.Skipped(SKIPPED_ROW, f"img/{SKIPPED_ROW}.jpg", "cannot decode")] if begin <= SKIPPED_ROW < begin + 16 else []
-        writer.write(features.FeatureBatch(
+        skipped = [Skipped(SKIPPED_ROW, f"img/{SKIPPED_ROW}.jpg", "cannot decode")] if begin <= SKIPPED_ROW < begin + 16 else []
+        writer.write(FeatureBatch(
             np.asarray(rows), labels[rows], [f"img/{r}.jpg" for r in rows], [arrays[s.name][rows] for s in specs], skipped,
         ))
     writer.finish()

@@ -68,7 +68,7 @@ def test_error_reasons_agree_in_code_contract_and_guide() -> None:
 def test_every_reason_raised_is_documented() -> None:
     """Reasons are plain strings at the raise sites: each one used must be in the catalogue."""
     used = set()
-    for path in [*ROOT.glob("server/**/*.py"), *ROOT.glob("zfnet/*.py"), *ROOT.glob("client/**/*.py")]:
+    for path in [*ROOT.glob("server/**/*.py"), *ROOT.glob("core/**/*.py"), *ROOT.glob("client/**/*.py")]:
         used |= set(re.findall(r"""reason=["']([A-Z_]+)["']""", path.read_text()))
     assert used, "no reasons found: the pattern is stale"
     assert used <= set(REASONS), used - set(REASONS)

@@ -9,9 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from zfnet import topk_proto
 from zfnet.errors import InvalidArgument, NotFound
-from zfnet.topk import EMPTY, MAX_SKIPPED_NAMED, Skip, TopK
+from zfnet.topk import EMPTY, MAX_SKIPPED_NAMED, TopK
+from zfnet.wire.common import Skipped
+from zfnet.wire.top import state_of, state_proto
 
 CHANNELS = np.array([0, 2, 3])
 
@@ -128,12 +129,12 @@ def test_reading_an_image_twice_or_merging_overlaps_is_refused() -> None:
 
 def test_remaining_ranges_and_skipped_images_survive_merges() -> None:
     state = empty(100, 3, "max")
-    state.cover(10, 20, [Skip(12, "a/12.jpg", "cannot decode")])
+    state.cover(10, 20, [Skipped(12, "a/12.jpg", "cannot decode")])
     state.cover(40, 50)
     assert state.remaining() == [(0, 10), (20, 40), (50, 100)]
     assert state.remaining(15, 45) == [(20, 40)]
     other = empty(100, 3, "max")
-    many = [Skip(i, f"b/{i}.jpg", "cannot read") for i in range(60, 60 + MAX_SKIPPED_NAMED + 5)]
+    many = [Skipped(i, f"b/{i}.jpg", "cannot read") for i in range(60, 60 + MAX_SKIPPED_NAMED + 5)]
     other.cover(60, 100, many)
     merged = other.merge(state)
     assert merged.skipped_count == MAX_SKIPPED_NAMED + 6
@@ -145,8 +146,8 @@ def test_save_load_and_the_wire_form_round_trip(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     acts = {"conv": rng.normal(size=(30, 4, 2, 3)).astype(np.float32), "fc": rng.normal(size=(30, 4)).astype(np.float32)}
     state = scan(acts, 5, 30, [9, 17], 4, "mean")
-    state.cover(0, 2, [Skip(1, "x.jpg", "cannot decode")])
-    for copy in (TopK.load(state.save(tmp_path / "s.npz")), topk_proto.from_message(topk_proto.to_message(state))):
+    state.cover(0, 2, [Skipped(1, "x.jpg", "cannot decode")])
+    for copy in (TopK.load(state.save(tmp_path / "s.npz")), state_of(state_proto(state))):
         assert as_lists(copy) == as_lists(state)
         assert (copy.model, copy.data, copy.size, copy.k, copy.by, copy.covered, copy.skipped, copy.skipped_count) == (
             state.model, state.data, state.size, state.k, state.by, state.covered, state.skipped, state.skipped_count)
@@ -156,8 +157,8 @@ def test_save_load_and_the_wire_form_round_trip(tmp_path: Path) -> None:
         TopK.load(tmp_path / "bad.npz")
     with pytest.raises(NotFound, match="no top-k state"):
         TopK.load(tmp_path / "missing.npz")
-    message = topk_proto.to_message(state)
+    message = state_proto(state)
     message.layers[0].indices.shape[:] = [3, 3]
     message.layers[0].indices.data = message.layers[0].indices.data[: 3 * 3 * 8]
     with pytest.raises(InvalidArgument, match="do not fit 3 channels x k=4"):
-        topk_proto.from_message(message)
+        state_of(message)

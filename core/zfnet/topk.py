@@ -31,20 +31,12 @@ from pathlib import Path
 import numpy as np
 
 from zfnet.errors import InvalidArgument, NotFound
+from zfnet.wire.common import Skipped
 
 BY = ("max", "mean")
 MAX_SKIPPED_NAMED = 1000  # skipped images named in a state (the lowest indices); all are counted
 EMPTY = -1  # data-set index of an empty slot (fewer than k images seen)
 FORMAT = 1  # version of the .npz layout
-
-
-@dataclass(frozen=True)
-class Skip:
-    """An image left out: its data-set index, path and why."""
-
-    index: int
-    path: str
-    reason: str
 
 
 @dataclass
@@ -132,7 +124,7 @@ class TopK:
     by: str  # "max" or "mean"
     layers: dict[str, LayerTop]
     covered: list[tuple[int, int]] = field(default_factory=list)  # data-set index ranges read, sorted, disjoint
-    skipped: list[Skip] = field(default_factory=list)  # the first MAX_SKIPPED_NAMED by index
+    skipped: list[Skipped] = field(default_factory=list)  # the first MAX_SKIPPED_NAMED by index
     skipped_count: int = 0
 
     @classmethod
@@ -175,7 +167,7 @@ class TopK:
             value, peak, location = reduce(activations[name], top.channels, self.by)
             top.add(value.T, peak.T, np.broadcast_to(indices, value.T.shape), location.transpose(1, 0, 2))
 
-    def cover(self, start: int, stop: int, skipped: list[Skip] = ()) -> None:
+    def cover(self, start: int, stop: int, skipped: list[Skipped] = ()) -> None:
         """Record that indices ``[start, stop)`` were read (the images of ``skipped`` could not be)."""
         if not 0 <= start <= stop <= self.size:
             raise InvalidArgument(f"range [{start}, {stop}) is outside the data set's {self.size} images")
@@ -185,7 +177,7 @@ class TopK:
         self.covered = _coalesce([*self.covered, (start, stop)])
         self._skip(list(skipped), len(skipped))
 
-    def _skip(self, more: list[Skip], count: int) -> None:
+    def _skip(self, more: list[Skipped], count: int) -> None:
         self.skipped = sorted([*self.skipped, *more], key=lambda s: s.index)[:MAX_SKIPPED_NAMED]
         self.skipped_count += count
 
@@ -283,5 +275,5 @@ class TopK:
             raise InvalidArgument(f"{path} is not a zfnet top-k state ({err})") from None
         return cls(
             meta["model"], meta["data"], meta["size"], meta["k"], meta["by"], layers, [tuple(r) for r in meta["covered"]],
-            [Skip(*s) for s in meta["skipped"]], meta["skipped_count"],
+            [Skipped(*s) for s in meta["skipped"]], meta["skipped_count"],
         ).check()

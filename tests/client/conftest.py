@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from zfnet.client import api
+from zfnet.client import transport
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -17,6 +17,6 @@ def as_a_user_in_the_checkout(monkeypatch: pytest.MonkeyPatch) -> None:
     """Relative model paths resolve from the repository's root; ``ZFNET_SERVER`` and the other
     connection variables are unset, and no connection is left over from another test's options."""
     monkeypatch.chdir(ROOT)
-    for name in (api.SERVER_ENV, api.TOKEN_ENV, api.TLS_ENV, api.TLS_CA_ENV, api.TLS_CERT_ENV, api.TLS_KEY_ENV):
+    for name in (transport.SERVER_ENV, transport.TOKEN_ENV, transport.TLS_ENV, transport.TLS_CA_ENV, transport.TLS_CERT_ENV, transport.TLS_KEY_ENV):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(api, "cli_connection", None)
+    monkeypatch.setattr(transport, "cli_connection", None)

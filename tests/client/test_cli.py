@@ -20,7 +20,8 @@ import torch
 from cli_testing import invoke, ok
 from PIL import Image
 
-from zfnet.client.api import SERVER_ENV, Client
+from zfnet.client.api import Client
+from zfnet.client.transport import SERVER_ENV
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = "models/zfnet-cifar10.onnx"

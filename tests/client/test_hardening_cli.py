@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 from cli_testing import invoke, ok
 
-from zfnet.client import api
-from zfnet.client.api import TOKEN_ENV, Client, Connection
+from zfnet.client import transport
+from zfnet.client.api import Client
+from zfnet.client.transport import TOKEN_ENV, Connection
 from zfnet.client.cli.deconv import output_names
 from zfnet.errors import NotFound, ResourceExhausted
 from zfnet.server import deconv as deconv_module
@@ -26,6 +27,7 @@ from zfnet.server.security import Tls
 from zfnet.tensors import CHANNEL_OPTIONS
 from zfnet.v1 import zfnet_pb2 as pb
 from zfnet.v1 import zfnet_pb2_grpc
+from zfnet.wire.common import layer_proto
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = ROOT / "models" / "zfnet-cifar10.onnx"
@@ -170,9 +172,9 @@ def test_non_ascii_digit_channels_are_one_line_errors(tmp_path: Path, sample_ima
 
 
 def test_layer_ref_takes_only_ascii_digits_as_numbers() -> None:
-    assert api.layer_ref("3") == pb.LayerRef(number=3)
-    assert api.layer_ref(3) == pb.LayerRef(number=3)
-    assert api.layer_ref("٣") == pb.LayerRef(name="٣")
+    assert layer_proto("3") == pb.LayerRef(number=3)
+    assert layer_proto(3) == pb.LayerRef(number=3)
+    assert layer_proto("٣") == pb.LayerRef(name="٣")
 
 
 # ---- TLS and tokens from the command line -------------------------------------------------------
@@ -191,7 +193,7 @@ def test_cli_token_and_tls_options(secured: str, pki, monkeypatch) -> None:
     one_line_error(invoke("--tls-ca", pki.ca, "layers", "--model", MODEL, "--server", secured), "ZFNET_TOKEN")
     one_line_error(invoke("--token", "cli-token-123", "layers", "--model", MODEL, "--server", secured), "cannot reach")
     monkeypatch.setenv(TOKEN_ENV, "cli-token-123")
-    monkeypatch.setenv(api.TLS_CA_ENV, str(pki.ca))
+    monkeypatch.setenv(transport.TLS_CA_ENV, str(pki.ca))
     result = invoke("layers", "--model", MODEL, "--server", secured)
     ok(result)
     assert "conv1" in result.stdout

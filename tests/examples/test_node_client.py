@@ -22,7 +22,6 @@ from PIL import Image
 
 from zfnet.client import render
 from zfnet.client.api import Client
-from zfnet.tensors import from_proto
 from zfnet.v1 import zfnet_pb2 as pb
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -102,7 +101,7 @@ def test_node_client_agrees_with_python_client(zfserver: str, sample_images, ref
         result = client.deconv(reference_onnx, images, LAYER, top_k=TOP_K)
 
     # Predict: same classes, same probabilities
-    probabilities = from_proto(predicted.probabilities)
+    probabilities = predicted.probabilities  # Client.predict returns zfnet.wire.predict.PredictResult
     assert got["probabilities"]["shape"] == list(probabilities.shape) == [IMAGES, 10]
     np.testing.assert_allclose(np.asarray(got["probabilities"]["data"]).reshape(probabilities.shape), probabilities, rtol=0, atol=1e-6)
     python_top = [[(s.index, s.label) for s in p.top] for p in predicted.predictions]

@@ -81,12 +81,12 @@ def test_cuda_options_do_not_stall_and_follow_the_budget() -> None:
 
 def test_features_on_the_device_path_pool_on_the_device_and_equal_plain_runs(reference_onnx, sample_images, monkeypatch) -> None:
     """The forward values stay on the device and the feature head pools them there: only rows come back."""
-    from zfnet.server import features
+    from zfnet.wire.features import Pooling
 
     root = sample_images[0].parents[2]
     engine = Engine(ModelStore(), DatasetStore(root))
     model = engine.store.add(reference_onnx.read_bytes(), "m")
-    layers = engine.feature_layers(model, [(1, features.Pooling.parse("grid:3")), (5, None), ("relu7", None), ("pixels", None)], features.Pooling.parse("max"))
+    layers = engine.feature_layers(model, [(1, Pooling.parse("grid:3")), (5, None), ("relu7", None), ("pixels", None)], Pooling.parse("max"))
 
     def job() -> list[np.ndarray]:
         parts = list(engine.features(model, layers, engine.datasets.source("cifar10", 0, 40, 16), "float16"))

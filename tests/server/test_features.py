@@ -13,11 +13,12 @@ import torch
 from zfnet import imagefolder
 from zfnet.client.api import Client
 from zfnet.errors import InvalidArgument, NotFound, ResourceExhausted
-from zfnet.server import features, service
+from zfnet.server import features
 from zfnet.server.app import create_server
-from zfnet.server.features import Pooling
 from zfnet.server.models import load
 from zfnet.v1 import zfnet_pb2 as pb
+from zfnet.wire import features as wire_features
+from zfnet.wire.features import FeatureSpec, Pooling
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +42,7 @@ def torch_pool(x: np.ndarray, spec: str) -> np.ndarray:
 def pooled(x: np.ndarray, spec: str, dtype: str = "float32") -> np.ndarray:
     """``x`` through a feature head of one layer pooled by ``spec``."""
     pooling = Pooling.parse(spec)
-    layer = features.FeatureLayer("x", None, pooling, x.shape[1:], pooling.shape("x", x.shape[1:]), x.dtype.name)
+    layer = FeatureSpec("x", None, str(pooling), x.shape[1:], pooling.shape("x", x.shape[1:]), x.dtype.name)
     return features.Head([layer], dtype)({"x": x})[0]
 
 
@@ -183,9 +184,9 @@ def test_a_batch_over_the_reply_size_travels_in_several_replies(server, referenc
     data = sample_images[0].parents[1]
     with Client(target) as client:
         whole = list(client.features(reference_onnx, data, ["pixels"], stop=10, batch_size=10))
-        monkeypatch.setattr(service, "REPLY_BYTES", 3 * 3 * 32 * 32 * 4)  # three rows per reply
+        monkeypatch.setattr(wire_features, "REPLY_BYTES", 3 * 3 * 32 * 32 * 4)  # three rows per reply
         parts = list(client.features(reference_onnx, data, ["pixels"], stop=10, batch_size=10))
-        monkeypatch.setattr(service, "MAX_MESSAGE_BYTES", 4096)
+        monkeypatch.setattr(wire_features, "MAX_MESSAGE_BYTES", 4096)
         with pytest.raises(ResourceExhausted, match="pool the large layers"):
             client.features(reference_onnx, data, ["pixels"], stop=10)
     assert [len(b.indices) for b in whole] == [10] and [len(b.indices) for b in parts] == [3, 3, 3, 1]

@@ -128,8 +128,8 @@ def test_batch_size_follows_the_memory_estimate(reference_onnx: Path, sample_ima
 def test_results_do_not_depend_on_the_batch_size(reference_onnx: Path, sample_images) -> None:
     model = load(reference_onnx.read_bytes(), "m")
     batch = nchw(sample_images[5:6])
-    one = perturbation.complete(occlusion.run(model, batch, size=6, stride=5, max_batch=1)).sheets[0]
-    many = perturbation.complete(occlusion.run(model, batch, size=6, stride=5)).sheets[0]
+    one = perturbation.complete(occlusion.run(model, batch, size=6, stride=5, max_batch=1)).images[0]
+    many = perturbation.complete(occlusion.run(model, batch, size=6, stride=5)).images[0]
     np.testing.assert_allclose(one.layer_total, many.layer_total, rtol=1e-5)
     np.testing.assert_allclose(one.true_class_map, many.true_class_map, atol=1e-6)
 

@@ -12,12 +12,13 @@ import grpc
 import numpy as np
 import pytest
 
-from zfnet import imagefolder, topk_proto
+from zfnet import imagefolder
 from zfnet.client.api import Client
 from zfnet.errors import InvalidArgument, NotFound
 from zfnet.server.app import create_server
 from zfnet.topk import EMPTY, TopK
 from zfnet.v1 import zfnet_pb2 as pb
+from zfnet.wire.top import state_of, state_proto
 
 MODEL = Path(__file__).resolve().parents[2] / "models" / "zfnet-cifar10.onnx"
 CORRUPT = "cat/0009b.jpg"  # sorts between cat/0009.jpg and cat/0010.jpg: in the middle of the data set
@@ -174,7 +175,7 @@ def test_one_call_scans_then_reconstructs_a_named_data_set(client) -> None:
     scan_done = [r.progress for r in replies if r.WhichOneof("part") == "progress" and r.progress.stage == "scan"][-1]
     assert (scan_done.done, scan_done.total) == (100, 100)
     two_calls = client.top(MODEL, client.dataset("cifar", 20, 120), [3], k=3, channels=[1, 2])
-    assert state_lists(topk_proto.from_message(next(r.state for r in replies if r.WhichOneof("part") == "state"))) == state_lists(two_calls.state)
+    assert state_lists(state_of(next(r.state for r in replies if r.WhichOneof("part") == "state"))) == state_lists(two_calls.state)
     entries = {(r.entry.channel, r.entry.rank): r.entry for r in replies if r.WhichOneof("part") == "entry"}
     assert len(entries) == 6
     for channel, ranked in two_calls.entries["relu3"].items():
@@ -212,17 +213,17 @@ def test_bad_jobs_get_clear_errors_and_the_server_keeps_serving(client, data_dir
         assert err.code() == code and re.search(message, err.details()), (fields, err.code(), err.details())
 
     state = client.top_scan(MODEL, client.dataset("cifar", 0, 30), [1], k=2)
-    err = call(state=topk_proto.to_message(state), k=2, data=pb.DataSource(dataset="cifar", start=20, stop=40))
+    err = call(state=state_proto(state), k=2, data=pb.DataSource(dataset="cifar", start=20, stop=40))
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "overlaps indices [0, 30)" in err.details()
-    err = call(state=topk_proto.to_message(state), k=3)
+    err = call(state=state_proto(state), k=3)
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "differ in k (3 and 2)" in err.details()
     other = TopK.empty("0" * 64, state.data, state.size, 2, "max", {"pool1": (np.arange(32), 2)})
-    err = call(state=topk_proto.to_message(other), stage=pb.TOP_RECONSTRUCT)
+    err = call(state=state_proto(other), stage=pb.TOP_RECONSTRUCT)
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "is for model 000000000000" in err.details()
-    err = call(state=topk_proto.to_message(state), stage=pb.TOP_RECONSTRUCT, data=pb.DataSource(streamed=pb.StreamedImages(size=201)))
+    err = call(state=state_proto(state), stage=pb.TOP_RECONSTRUCT, data=pb.DataSource(streamed=pb.StreamedImages(size=201)))
     assert "is for data set 'dataset:cifar' of 201 images, not 'streamed' of 201" in err.details()
     beyond = TopK.empty(state.model, state.data, state.size, 2, "max", {"pool1": (np.asarray([40]), 2)})
-    err = call(state=topk_proto.to_message(beyond), stage=pb.TOP_RECONSTRUCT)
+    err = call(state=state_proto(beyond), stage=pb.TOP_RECONSTRUCT)
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "channel(s) [40] out of range" in err.details()
 
     with pytest.raises(InvalidArgument, match="k must be positive"):
@@ -239,7 +240,7 @@ def test_a_streamed_reconstruction_must_get_exactly_the_winners(client, data_dir
     dataset = client.dataset(data_dir / "cifar")
     state = client.top_scan(MODEL, dataset, [1], k=1, channels=[0])
     winner = int(state.layers["pool1"].indices[0, 0])
-    job = pb.TopJob(model=client.model_ref(MODEL), data=dataset.source, stage=pb.TOP_RECONSTRUCT, state=topk_proto.to_message(state))
+    job = pb.TopJob(model=client.model_ref(MODEL), data=dataset.source.to_proto(), stage=pb.TOP_RECONSTRUCT, state=state_proto(state))
     wrong = pb.ImageBatch(start=winner + 1, images=[pb.Image(encoded=dataset.folder.files[winner + 1].read_bytes())])
     with pytest.raises(grpc.RpcError) as caught:
         list(client.stub.TopActivations(iter([pb.TopRequest(job=job), pb.TopRequest(batch=wrong)])))

@@ -16,7 +16,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from zfnet.client.api import Client, Connection
+from zfnet.client.api import Client
+from zfnet.client.transport import Connection
 from zfnet.errors import InvalidArgument, Unauthenticated, Unavailable
 from zfnet.server.app import create_server
 from zfnet.server.security import Tls, check_exposure, is_local

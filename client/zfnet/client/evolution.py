@@ -24,8 +24,8 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from zfnet import evolution  # noqa: E402
-from zfnet.client.api import EvolutionResult  # noqa: E402
 from zfnet.client.report import EMPTY, reconstruction, tile_size  # noqa: E402
+from zfnet.wire.evolution import EvolutionResult  # noqa: E402
 
 GAP = 2  # pixels between tiles of the sheet
 DPI = 100

@@ -16,8 +16,8 @@ batch as in an uninterrupted run and the files come out byte-identical. ``npz`` 
 are packed from the same files at the end. A finished folder is never overwritten by a job with
 other settings unless the caller forces it.
 
-Free of gRPC: :class:`FeatureWriter` takes a :class:`FeatureHeader` and :class:`FeatureBatch` es from
-any source (the client's stream, a Ray actor).
+Free of gRPC: :class:`FeatureWriter` takes a :class:`~zfnet.wire.features.FeatureHeader` and
+:class:`~zfnet.wire.features.FeatureBatch` es from any source (the client's stream, Ray actors).
 """
 
 from __future__ import annotations
@@ -30,13 +30,14 @@ import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from zfnet.version import __version__
 from zfnet.errors import FailedPrecondition, InvalidArgument, NotFound
+from zfnet.version import __version__
+from zfnet.wire.features import PIXELS, FeatureBatch, FeatureHeader
 
 INDEX = "index.json"
 LABELS = "labels"
@@ -44,62 +45,10 @@ PATHS = "paths.jsonl"  # while a job runs: the finished rows' paths, one JSON st
 NPZ = "features.npz"
 PARQUET = "features.parquet"
 FORMATS = ("npy", "npz", "parquet")
-PIXELS = "pixels"
 COMMIT_SECONDS = 2.0  # how often index.json records the finished rows while a job runs
 PARQUET_ROWS = 4096  # rows per parquet row group
 # what must match for a run to continue (or to count as done) in an existing folder
 JOB_KEYS = ("model_sha256", "data", "classes", "start", "stop", "asked", "dtype", "format", "batch_size", "zfnet_version")
-
-
-@dataclass(frozen=True)
-class FeatureSpec:
-    """What one layer's rows hold."""
-
-    name: str  # tensor name, or ``pixels``
-    number: int | None  # the paper's layer number, if any
-    pooling: str  # none | avg | max | grid:S
-    layer_shape: tuple[int, ...]  # per image, before pooling
-    shape: tuple[int, ...]  # per image, after pooling; a row holds prod(shape) values
-
-    @property
-    def size(self) -> int:
-        return math.prod(self.shape)
-
-
-@dataclass(frozen=True)
-class FeatureHeader:
-    """What a features job returns: its layers, float type and the data-set range it reads."""
-
-    model_sha256: str
-    layers: list[FeatureSpec]
-    dtype: str  # float32 | float16
-    size: int  # images in the whole data set
-    classes: list[str]
-    start: int
-    stop: int
-    batch_size: int
-
-
-@dataclass(frozen=True)
-class Skipped:
-    """An image that could not be read: its data-set index, path and why."""
-
-    index: int
-    path: str
-    reason: str
-
-
-@dataclass(frozen=True)
-class FeatureBatch:
-    """Rows of consecutive images; skipped images have no row here and are listed in ``skipped``."""
-
-    indices: np.ndarray  # (n,) int64 data-set indices
-    labels: np.ndarray  # (n,) int64, -1 where unknown
-    paths: list[str]
-    features: list[np.ndarray]  # per header layer: (n, D)
-    skipped: list[Skipped] = field(default_factory=list)
-    done: int = 0  # images of the range read so far
-    total: int = 0
 
 
 def file_stems(names: Sequence[str]) -> list[str]:

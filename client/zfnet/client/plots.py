@@ -14,7 +14,10 @@ from matplotlib import colors  # noqa: E402
 from matplotlib.patches import Patch, Rectangle  # noqa: E402
 
 from zfnet.client.render import for_display, save_figure  # noqa: E402
-from zfnet.client.results import CorrespondenceResult, InvarianceResult, OcclusionMaps, OcclusionResult, class_name  # noqa: E402
+from zfnet.wire.common import class_name  # noqa: E402
+from zfnet.wire.correspondence import CorrespondenceResult  # noqa: E402
+from zfnet.wire.invariance import InvarianceResult  # noqa: E402
+from zfnet.wire.occlusion import OcclusionMaps, OcclusionResult  # noqa: E402
 
 # ---- occlusion -------------------------------------------------------------------------------
 

@@ -23,8 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from zfnet.client.features import PIXELS, FeatureSet, load
+from zfnet.client.features import FeatureSet, load
 from zfnet.errors import InvalidArgument, NotFound
+from zfnet.wire.features import PIXELS
 
 CS = (1e-3, 1e-2, 1e-1, 1.0)  # the C values the inner cross-validation chooses from
 MAX_ITER = 100  # L-BFGS iterations per C: bounded, so that 200 classes x 30 images stays tractable on a CPU

@@ -1,21 +1,24 @@
-"""Data-set jobs on Ray: the top-k pass over a local image folder, spread over a pool of actors.
+"""Data-set jobs on Ray: top-k and features over a local image folder, spread over a pool of actors.
 
 The folder's file list becomes a Ray Data dataset (one row per image: its data-set index);
-``map_batches`` sends blocks of rows to a pool of actors, each holding one zfnet engine in-process
-(:class:`zfnet.server.engine.Engine`, no gRPC; CPU, or one GPU each). A scan actor returns the
-partial :class:`~zfnet.topk.TopK` of its rows; the driver merges them with :meth:`TopK.merge`, the
-same associative merge that joins shards, so the result equals the single-process job's exactly.
-The winners' reconstructions run on actors too. A worker that dies is restarted by Ray and its
-block runs again; a block's partial state covers only its own rows, so nothing counts twice.
+``map_batches`` sends blocks of rows to a pool of actors (CPU, or one GPU each). Each actor holds a
+:class:`~zfnet.client.api.Client` with its own in-process server, and runs its rows as the
+single-process client runs a job: it streams the images over the same gRPC calls, so the engine is
+reached one way only. A scan actor returns the partial :class:`~zfnet.topk.TopK` of its rows; the
+driver merges them with :meth:`TopK.merge`, the same associative merge that joins shards, so the
+result equals the single-process job's exactly. The winners' reconstructions run on actors too. A
+worker that dies is restarted by Ray and its block runs again; a block's partial state covers only
+its own rows, so nothing counts twice.
 
 Ray is an optional extra (``pip install zfnet[ray]``), imported only here. Another data-set job
-(streamed features, for one) plugs in as one more :class:`EngineWorker` subclass whose output rows
+(streamed features, for one) plugs in as one more :class:`ClientWorker` subclass whose output rows
 carry their data-set indices, which the driver writes in place as blocks arrive (:func:`run` yields
 them in any order).
 """
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import logging
 import pickle
@@ -27,11 +30,15 @@ from pathlib import Path
 import numpy as np
 
 from zfnet import imagefolder
-from zfnet.client.api import TopEntry, TopImage, TopResult, model_bytes
+from zfnet.client.api import Client
+from zfnet.client.facades.datasets import Dataset, local_dataset, runs
+from zfnet.client.models import model_bytes
 from zfnet.errors import FailedPrecondition, InvalidArgument
 from zfnet.topk import EMPTY, TopK
+from zfnet.wire.features import FeatureHeader
+from zfnet.wire.models import ModelInfo
+from zfnet.wire.top import Collector, TopResult
 
-STREAMED = "streamed"  # how a state names a local folder's data set, as the single-process job does (topk_proto.data_name)
 BLOCKS_PER_TASK = 4  # forward batches per Ray task: fewer, larger tasks; a retried task redoes at most this many
 OnProgress = Callable[[str, int, int], None]  # (stage, done, total)
 
@@ -72,88 +79,55 @@ def connect(cluster: Cluster):
     return ray
 
 
-def file_list_source(folder: imagefolder.ImageFolder, shown: str, start: int, stop: int, batch_size: int):
-    """A folder's images as the engine reads them, each named as the client names the images it
-    streams (the path under the folder as the user gave it), so results match the single-process
-    job's field for field."""
-    from zfnet.server.datasets import FolderSource  # noqa: PLC0415
-
-    class FileListSource(FolderSource):
-        def path(self, index: int) -> str:
-            return str(Path(shown) / self.folder.files[index].relative_to(self.folder.root))
-
-    return FileListSource(len(folder), list(folder.classes), start, stop, batch_size, folder=folder)
-
-
-class EngineWorker:
-    """A Ray actor's state: one engine holding the model, and the data set's file list. The actor
-    reads both from the paths the driver read (a shared file system), so that its constructor's
-    arguments stay small (a restarted actor needs nothing from the object store), and checks they
-    are what the driver saw."""
+class ClientWorker:
+    """A Ray actor's state: a client with its own in-process server, the model, and the data set's file
+    list. The actor reads both from the paths the driver read (a shared file system), so that its
+    constructor's arguments stay small (a restarted actor needs nothing from the object store), and
+    checks they are what the driver saw. Images are named as the driver names them (``shown``: the
+    folder as the user gave it), so results match the single-process job's field for field."""
 
     def __init__(self, model: str, sha256: str, folder: str, shown: str, size: int, batch_size: int) -> None:
-        from zfnet.server.admission import MemoryBudget  # noqa: PLC0415  (onnxruntime loads in the actor only)
-        from zfnet.server.engine import Engine  # noqa: PLC0415
-        from zfnet.server.models import ModelStore  # noqa: PLC0415
-
-        data = model_bytes(Path(model))
-        if hashlib.sha256(data).hexdigest() != sha256:
+        self.client = Client()
+        atexit.register(self.client.close)
+        self.model = Path(model)
+        if self.client.ensure_model(self.model) != sha256:
             raise FailedPrecondition(f"model {model} changed while the Ray job ran (or differs on this node)")
-        self.folder = imagefolder.scan(folder)
-        if len(self.folder) != size:
-            raise FailedPrecondition(f"{folder} holds {len(self.folder)} images on this node; the job started with {size}")
-        self.engine = Engine(ModelStore(None, len(data) + 1, MemoryBudget.for_process()))
-        self.model = self.engine.store.add(data, Path(model).stem)
-        self.batch_size, self.shown = batch_size, shown
-
-    def source(self, start: int, stop: int):
-        return file_list_source(self.folder, self.shown, start, stop, self.batch_size)
+        self.dataset = local_dataset(Path(folder), batch_size=batch_size, shown=shown)
+        if self.dataset.size != size:
+            raise FailedPrecondition(f"{folder} holds {self.dataset.size} images on this node; the job started with {size}")
+        self.batch_size = batch_size
 
     def runs(self, indices: np.ndarray) -> Iterator[tuple[int, int]]:
         """Ascending ``indices`` as consecutive runs, cut at multiples of the batch size, so that every
         forward pass holds the images the single-process job's pass at that position holds."""
-        begin = None
-        for i in (int(x) for x in np.sort(indices)):
-            if begin is not None and i == end and i % self.batch_size:
-                end += 1
-                continue
-            if begin is not None:
-                yield begin, end
-            begin, end = i, i + 1
-        if begin is not None:
-            yield begin, end
+        return runs(np.sort(indices), lambda begin, i: i % self.batch_size == 0)
 
 
-class ScanWorker(EngineWorker):
+class ScanWorker(ClientWorker):
     """Scans its rows' images; returns one partial top-k state per block."""
 
     def __init__(self, model: str, sha256: str, folder: str, shown: str, size: int, batch_size: int, job: dict) -> None:
         super().__init__(model, sha256, folder, shown, size, batch_size)
-        self.job = job
+        self.job = job  # top_scan's layers, k, by, channels
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         state = None
         for start, stop in self.runs(batch["index"]):
-            parts = self.engine.top(self.model, self.source(start, stop), stage="scan", state=None, method=None, **self.job)
-            final = [p for p in parts if getattr(p, "final", False)][-1].state
-            state = final if state is None else state.merge(final)
+            part = self.client.top_scan(self.model, self.dataset.part(start, stop), **self.job)
+            state = part if state is None else state.merge(part)
         return {"state": np.array([pickle.dumps(state)], dtype=object), "images": np.array([len(batch["index"])])}
 
 
-class ReconstructWorker(EngineWorker):
-    """Reconstructs the winners among its rows' images: their images and entries, pickled."""
+class ReconstructWorker(ClientWorker):
+    """Reconstructs the winners among its rows' images: a partial :class:`TopResult`, pickled."""
 
     def __init__(self, model: str, sha256: str, folder: str, shown: str, size: int, batch_size: int, state: TopK, method: str) -> None:
         super().__init__(model, sha256, folder, shown, size, batch_size)
         self.state, self.method = state, method
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        mine = only_winners(self.state, batch["index"])
-        source = self.source(0, len(self.folder))
-        parts = list(self.engine.top(self.model, source, data=self.state.data, layers=[], channels=None, k=self.state.k, by=self.state.by,
-                                     method=self.method, stage="reconstruct", state=mine))
-        kept = [p for p in parts if type(p).__name__ in ("WinnerImage", "Entry")]
-        return {"parts": np.array([pickle.dumps(kept)], dtype=object), "images": np.array([len(batch["index"])])}
+        part = self.client.top_reconstruct(self.model, self.dataset, only_winners(self.state, batch["index"]), self.method)
+        return {"parts": np.array([pickle.dumps(part)], dtype=object), "images": np.array([len(batch["index"])])}
 
 
 def only_winners(state: TopK, indices: np.ndarray) -> TopK:
@@ -220,7 +194,7 @@ def top(
     shared = {
         "model": str(path.resolve()), "sha256": sha, "folder": str(folder_path.resolve()), "shown": str(data), "size": len(folder), "batch_size": batch_size,
     }
-    job = {"data": STREAMED, "layers": list(layers), "channels": list(channels) if channels else None, "k": k, "by": by}
+    job = {"layers": list(layers), "channels": list(channels) if channels else None, "k": k, "by": by}
     todo = [i for s, e in (state.remaining(start, stop) if state is not None else [(start, stop or len(folder))]) for i in range(s, e)]
     merged, since = state, 0
     for out in run(ray, todo, scan_worker, {**shared, "job": job}, cluster, batch_size * BLOCKS_PER_TASK, "scan", on_progress):
@@ -240,27 +214,18 @@ def top(
 def reconstruct(ray, state: TopK, folder: imagefolder.ImageFolder, shared: dict, method: str, cluster: Cluster, batch_size: int,
                 on_progress: OnProgress | None) -> TopResult:
     """The winners of ``state`` reconstructed on the actors, gathered as :meth:`Client.top_reconstruct` gathers them."""
-    images: dict[int, TopImage] = {}
-    entries = {layer: {int(c): [] for c in top.channels} for layer, top in state.layers.items()}
+    collected = Collector(list(folder.classes), method, state)
     winners = state.winner_indices()
     for out in run(ray, winners, ReconstructWorker, {**shared, "state": state, "method": method}, cluster, batch_size,
                    "reconstructions", on_progress):
-        for part in pickle.loads(out["parts"]):
-            if type(part).__name__ == "WinnerImage":
-                label = folder.classes[part.label] if 0 <= part.label < len(folder.classes) else ""
-                images[part.index] = TopImage(part.index, part.path, label, part.pixels)
-            else:
-                entries[part.layer][part.channel].append(TopEntry(
-                    part.layer, part.channel, part.rank, part.index, part.value, part.activation, part.location,
-                    part.receptive_field, part.patch, part.reconstruction,
-                ))
-    missing = len(winners) - len(images)
+        part: TopResult = pickle.loads(out["parts"])
+        for event in [*part.images.values(), *(e for per_channel in part.entries.values() for ranked in per_channel.values() for e in ranked)]:
+            collected.take(event)
+    result = collected.result()
+    missing = len(winners) - len(result.images)
     if missing:
         raise FailedPrecondition(f"{missing} winner image(s) came back from no Ray worker")
-    for per_channel in entries.values():
-        for ranked in per_channel.values():
-            ranked.sort(key=lambda entry: entry.rank)
-    return TopResult(state, method, list(folder.classes), images, entries)
+    return result
 
 
 def shutdown() -> None:
@@ -271,111 +236,78 @@ def shutdown() -> None:
 
 
 # -- features ------------------------------------------------------------------------------------------
-class FeaturesWorker(EngineWorker):
-    """Computes the feature rows of its rows' images (:func:`zfnet.server.features.run` through the
-    engine); returns them as :class:`zfnet.client.features.FeatureBatch` es, pickled."""
+class FeaturesWorker(ClientWorker):
+    """Computes the feature rows of its rows' images (a features job of its client per run); returns
+    them as :class:`zfnet.wire.features.FeatureBatch` es, pickled."""
 
     def __init__(self, model: str, sha256: str, folder: str, shown: str, size: int, batch_size: int,
-                 asked: list[tuple[str, str | None]], default: str, dtype: str) -> None:
+                 layers: list[str], pool: str, layer_pool: dict[str, str], dtype: str) -> None:
         super().__init__(model, sha256, folder, shown, size, batch_size)
-        self.layers, self.dtype = plan_features(self.engine, self.model, asked, default), dtype
+        self.layers, self.pool, self.layer_pool, self.dtype = layers, pool, layer_pool, dtype
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from zfnet.client.features import FeatureBatch, Skipped  # noqa: PLC0415
-
         parts = [
-            FeatureBatch(part.indices, part.labels, list(part.paths), rows, [Skipped(s.index, s.path, s.reason) for s in part.skipped])
-            for start, stop in self.runs(batch["index"])
-            for part, rows in self.engine.features(self.model, self.layers, self.source(start, stop), self.dtype)
+            part for start, stop in self.runs(batch["index"])
+            for part in self.client.features(self.model, self.dataset.part(start, stop), self.layers, self.pool, self.layer_pool, self.dtype)
         ]
         return {"parts": np.array([pickle.dumps(parts)], dtype=object), "images": np.array([len(batch["index"])])}
-
-
-def plan_features(engine, model, asked: list[tuple[str, str | None]], default: str) -> list:
-    """The engine's plan of a features job: ``asked`` = (layer as given, its own pooling or None)."""
-    from zfnet.server import features as server_features  # noqa: PLC0415
-
-    layers = [(int(x) if str(x).isascii() and str(x).isdigit() else str(x), server_features.Pooling.parse(p) if p else None) for x, p in asked]
-    return engine.feature_layers(model, layers, server_features.Pooling.parse(default))
 
 
 class RayFeatures:
     """What :func:`zfnet.client.features.save` asks of a client, answered on Ray: ``save(RayFeatures(cluster), ...)``
     writes the same files as ``save(Client(), ...)``, the rows computed by a pool of actors and written
-    in place as their blocks arrive (the writer keeps the finished prefix for a resumed run)."""
+    in place as their blocks arrive (the writer keeps the finished prefix for a resumed run). The
+    driver's own client (an in-process server) uploads the model and plans the layers."""
 
     def __init__(self, cluster: Cluster | None = None) -> None:
         self.cluster = cluster or Cluster()
-        self._models: dict[Path, tuple[str, object, object]] = {}  # path -> (sha256, engine, loaded model) on the driver
-
-    def _model(self, model: str | Path):
-        path = Path(model).resolve()
-        if not path.is_file():
-            raise InvalidArgument(f"--ray runs a local .onnx model; {model} is not a file")
-        if path not in self._models:
-            from zfnet.server.engine import Engine  # noqa: PLC0415
-            from zfnet.server.models import ModelStore  # noqa: PLC0415
-
-            data = model_bytes(path)
-            engine = Engine(ModelStore(None, len(data) + 1))
-            self._models[path] = (hashlib.sha256(data).hexdigest(), engine, engine.store.add(data, path.stem))
-        return self._models[path]
+        self.client = Client()
 
     def close(self) -> None:
-        """Stop the Ray this process joined or started."""
+        """Stop the driver's client and the Ray this process joined or started."""
+        self.client.close()
         shutdown()
 
-    def dataset(self, data: str | Path, start: int = 0, stop: int = 0, batch_size: int = 0):
-        from zfnet.client.api import Dataset  # noqa: PLC0415
-        from zfnet.v1 import zfnet_pb2 as pb  # noqa: PLC0415
+    def _local(self, model: str | Path) -> Path:
+        path = Path(model)
+        if not path.is_file():
+            raise InvalidArgument(f"--ray runs a local .onnx model; {model} is not a file")
+        return path
 
-        path = Path(data)
-        if not path.is_dir():
+    def dataset(self, data: str | Path, start: int = 0, stop: int = 0, batch_size: int = 0) -> Dataset:
+        if not Path(data).is_dir():
             raise InvalidArgument(f"--ray reads a local image folder (DIR/<class>/<image>); {data} is not one")
-        folder = imagefolder.scan(path)
-        source = pb.DataSource(streamed=pb.StreamedImages(size=len(folder), classes=folder.classes), start=start, stop=stop, batch_size=batch_size)
-        dataset = Dataset(source, len(folder), list(folder.classes), folder)
-        if not 0 <= start <= dataset.stop <= dataset.size:
-            raise InvalidArgument(f"range [{start}, {stop}) is outside the data set's {dataset.size} images")
-        return dataset
+        return local_dataset(Path(data), start, stop, batch_size)
 
     def model_ref(self, model: str | Path):
-        from zfnet.v1 import zfnet_pb2 as pb  # noqa: PLC0415
+        return self.client.model_ref(self._local(model))
 
-        return pb.ModelRef(sha256=self._model(model)[0])
+    def model_info(self, model: str | Path) -> ModelInfo:
+        return self.client.model_info(self._local(model))
 
-    def model_info(self, model: str | Path):
-        from zfnet.v1 import zfnet_pb2 as pb  # noqa: PLC0415
-
-        sha, _, loaded = self._model(model)
-        return pb.ModelInfo(sha256=sha, layers=[pb.Layer(name=r.name, number=r.number or 0) for r in loaded.layers])
-
-    def features(self, model: str | Path, dataset, layers: Sequence[str | int], pool: str = "none",
+    def features(self, model: str | Path, dataset: Dataset, layers: Sequence[str | int], pool: str = "none",
                  layer_pool: dict[str, str] | None = None, dtype: str = "float32") -> RayFeatureStream:
-        from zfnet.client.features import FeatureHeader, FeatureSpec  # noqa: PLC0415
-
-        sha, engine, loaded = self._model(model)
+        layers = [str(x) for x in layers]
         layer_pool = {str(k): v for k, v in (layer_pool or {}).items()}
-        asked = [(str(x), layer_pool.get(str(x))) for x in layers]
-        planned = plan_features(engine, loaded, asked, pool)
+        planned = self.client.features(self._local(model), dataset.part(0, 1), layers, pool, layer_pool, dtype)  # the layers as the server plans them
+        planned.close()
         batch_size = dataset.source.batch_size or 64
         header = FeatureHeader(
-            sha, [FeatureSpec(f.name, f.number, str(f.pooling), tuple(f.layer_shape), tuple(f.shape)) for f in planned],
-            dtype, dataset.size, list(dataset.classes), dataset.start, dataset.stop, batch_size,
+            self.model_ref(model).sha256, planned.header.layers, dtype, dataset.size, list(dataset.classes), dataset.start, dataset.stop, batch_size,
         )
         root = Path(dataset.folder.root)
         arguments = {
-            "model": str(Path(model).resolve()), "sha256": sha, "folder": str(root.resolve()), "shown": str(root), "size": dataset.size,
-            "batch_size": batch_size, "asked": asked, "default": pool, "dtype": dtype,
+            "model": str(Path(model).resolve()), "sha256": header.model_sha256, "folder": str(root.resolve()), "shown": str(root),
+            "size": dataset.size, "batch_size": batch_size, "layers": layers, "pool": pool, "layer_pool": layer_pool, "dtype": dtype,
         }
         return RayFeatureStream(self.cluster, header, list(range(dataset.start, dataset.stop)), arguments)
 
 
 class RayFeatureStream:
-    """A features job on Ray, as :class:`zfnet.client.api.FeatureStream` presents one: ``header``, then
-    the batches (in the order blocks finish; each knows its data-set indices)."""
+    """A features job on Ray, as :class:`zfnet.client.facades.features.FeatureStream` presents one: ``header``,
+    then the batches (in the order blocks finish; each knows its data-set indices)."""
 
-    def __init__(self, cluster: Cluster, header, rows: list[int], arguments: dict) -> None:
+    def __init__(self, cluster: Cluster, header: FeatureHeader, rows: list[int], arguments: dict) -> None:
         self.cluster, self.header, self.rows, self.arguments = cluster, header, rows, arguments
 
     def __iter__(self) -> Iterator:

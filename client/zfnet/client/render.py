@@ -11,8 +11,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from zfnet.client.api import DeconvResult, Reconstruction  # noqa: E402
 from zfnet.errors import InvalidArgument  # noqa: E402
+from zfnet.wire.deconv import DeconvResult, Reconstruction  # noqa: E402
 
 
 def save_figure(fig: plt.Figure, path: Path) -> Path:

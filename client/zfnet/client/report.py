@@ -25,8 +25,8 @@ import numpy as np
 from matplotlib import font_manager
 from PIL import Image, ImageDraw, ImageFont
 
-from zfnet.client.api import TopEntry, TopImage, TopResult
 from zfnet.client.render import for_display
+from zfnet.wire.top import Entry, TopImage, TopResult
 
 GREY = 128  # outside the image, a patch is grey (the paper's border patches)
 TILE = 64  # a patch is enlarged (nearest neighbour) to about this many pixels
@@ -74,12 +74,12 @@ def padded_crop(rgb: np.ndarray, box: tuple[int, int, int, int], fill: int = GRE
     return out
 
 
-def patch(entry: TopEntry, image: TopImage) -> np.ndarray:
+def patch(entry: Entry, image: TopImage) -> np.ndarray:
     """The input patch under the entry's whole receptive field."""
     return padded_crop(to_rgb(image.pixels), entry.patch)
 
 
-def reconstruction(entry: TopEntry) -> np.ndarray:
+def reconstruction(entry: Entry) -> np.ndarray:
     """The reconstruction over the same patch, zero at mid-grey."""
     return padded_crop(for_display(entry.reconstruction), entry.patch)
 
@@ -98,7 +98,7 @@ def _grid(tiles: list[np.ndarray | None], k: int, size: tuple[int, int]) -> Imag
     return canvas
 
 
-def tile_size(entries: list[TopEntry]) -> tuple[int, int]:
+def tile_size(entries: list[Entry]) -> tuple[int, int]:
     """Display size of one tile: the patch enlarged by a whole factor to about TILE pixels."""
     if not entries:
         return (TILE, TILE)
@@ -108,7 +108,7 @@ def tile_size(entries: list[TopEntry]) -> tuple[int, int]:
     return (width * scale, height * scale)
 
 
-def channel_block(entries: list[TopEntry], images: dict[int, TopImage], k: int, size: tuple[int, int]) -> Image.Image:
+def channel_block(entries: list[Entry], images: dict[int, TopImage], k: int, size: tuple[int, int]) -> Image.Image:
     """The paper's Fig. 2 block for one channel: reconstructions (left) beside their input patches (right)."""
     recons = _grid([reconstruction(e) for e in entries], k, size)
     patches = _grid([patch(e, images[e.index]) for e in entries], k, size)
@@ -152,7 +152,7 @@ def sheets(blocks: list[tuple[int, Image.Image]], title: str, per_sheet: int = C
     return out
 
 
-def manifest_entry(entry: TopEntry, image: TopImage) -> dict:
+def manifest_entry(entry: Entry, image: TopImage) -> dict:
     return {
         "rank": entry.rank + 1, "index": entry.index, "path": image.path, "class": image.label, "value": entry.value,
         "activation": entry.activation, "location": list(entry.location),

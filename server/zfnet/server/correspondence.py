@@ -11,16 +11,15 @@ activation) count as no change, so they do not add noise signs.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from zfnet.errors import InvalidArgument
 from zfnet.server import perturbation
 from zfnet.server.models import LoadedModel
-from zfnet.server.perturbation import FillValue, Steps
+from zfnet.server.perturbation import Steps
+from zfnet.wire.common import Box
+from zfnet.wire.correspondence import CorrespondenceResult, CorrespondenceScore
 
-Box = tuple[int, int, int, int]  # top, left, bottom, right (exclusive), input pixels
 RELATIVE_TOLERANCE = 1e-5
 MAX_TRIALS = 1000
 DEFAULT_TRIALS = 10
@@ -35,34 +34,6 @@ def sign_changes(original: np.ndarray, masked: np.ndarray, scale: float) -> np.n
 def hamming(signs: np.ndarray) -> np.ndarray:
     """(K, K) counts of positions where epsilon_i and epsilon_j differ."""
     return np.stack([(signs[i] != signs).sum(axis=1) for i in range(len(signs))]).astype(np.int64)
-
-
-@dataclass(frozen=True)
-class Score:
-    """The measure for one (part, layer), or for the random control sized like that part."""
-
-    part: str
-    random: bool
-    layer: str
-    delta: float  # sum over ordered pairs i != j of H(i, j); random: mean over trials
-    mean: float  # mean over pairs i < j of H(i, j) / features (random: all trials' pairs)
-    std: float
-    pairs: int
-    features: int
-    pair_distances: np.ndarray  # (K, K) float32, H / features; random: mean over trials
-    trial_deltas: list[float]
-    trial_boxes: np.ndarray | None  # random: (trials, K, 4) the masks of each trial
-
-
-@dataclass(frozen=True)
-class Correspondence:
-    layers: list[str]
-    parts: list[str]
-    fill: FillValue
-    random_trials: int
-    seed: int
-    scores: list[Score]
-    batch: int
 
 
 def check_boxes(parts: list[str], boxes: list[list[Box]], height: int, width: int, labels: list[str] | None = None) -> None:
@@ -107,7 +78,7 @@ def random_boxes(boxes: np.ndarray, trials: int, height: int, width: int, seed: 
 def run(
     model: LoadedModel, batch: np.ndarray, parts: list[str], boxes: list[list[Box]], random_trials: int | None = None,
     seed: int = 0, layers: list[str | int] | None = None, fill: str = "mean", max_batch: int = 0, labels: list[str] | None = None,
-) -> Steps[Correspondence]:
+) -> Steps[CorrespondenceResult]:
     """The measure per part and layer for the K images of ``batch`` (K, C, H, W), and the random
     control; ``boxes[i][p]`` is part p in image i."""
     count, _, height, width = batch.shape
@@ -121,6 +92,7 @@ def run(
         raise InvalidArgument(f"random_trials must be between 0 and {MAX_TRIALS}, got {trials}")
     rows = perturbation.layers_or(model, list(layers or []), [perturbation.last_conv, perturbation.last_hidden])
     filler = perturbation.fill_value(model, fill)
+    fill_values = np.asarray(filler.values, np.float32)
     copies = perturbation.copies_per_batch(model, max_batch)
     box_array = np.asarray(boxes, np.int64).reshape(count, len(parts), 4)
     control = random_boxes(box_array, trials, height, width, seed)
@@ -139,7 +111,7 @@ def run(
 
         kept = yield from perturbation.run(
             model, image, {name: value[i : i + 1] for name, value in base.items()}, len(sets),
-            lambda start, stop, image=image, i=i: np.stack([masked(image, tuple(sets[s][i]), filler.values) for s in range(start, stop)]),
+            lambda start, stop, image=image, i=i: np.stack([masked(image, tuple(sets[s][i]), fill_values) for s in range(start, stop)]),
             reduce, tracker, f"correspondence: image {i + 1} of {count}", copies,
         )
         for name in names:
@@ -154,16 +126,17 @@ def run(
             if trials:
                 first = len(parts) + p * trials
                 scores.append(_score(part, control[p], row.name, distances[first : first + trials], per_set.shape[2]))
-    return Correspondence(names, list(parts), filler, trials, seed, scores, copies)
+    return CorrespondenceResult(names, list(parts), filler, list(labels or [""] * count), scores, trials, seed, copies)
 
 
-def _score(part: str, trial_boxes: np.ndarray | None, layer: str, distances: list[np.ndarray], features: int) -> Score:
+def _score(part: str, trial_boxes: np.ndarray | None, layer: str, distances: list[np.ndarray], features: int) -> CorrespondenceScore:
     """Delta, and the mean and standard deviation of the normalised distance over pairs i < j."""
     upper = np.triu_indices(len(distances[0]), k=1)
     pairs = np.concatenate([d[upper] for d in distances]) / features
     deltas = [float(d.sum()) for d in distances]
     random = trial_boxes is not None
-    return Score(
+    boxes = [[tuple(box) for box in trial] for trial in trial_boxes.tolist()] if trial_boxes is not None else []
+    return CorrespondenceScore(
         part, random, layer, float(np.mean(deltas)), float(pairs.mean()), float(pairs.std()), len(pairs), features,
-        (np.mean(distances, axis=0) / features).astype(np.float32), deltas if random else [], trial_boxes,
+        (np.mean(distances, axis=0) / features).astype(np.float32), deltas if random else [], boxes,
     )

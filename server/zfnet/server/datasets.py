@@ -22,6 +22,7 @@ import numpy as np
 from zfnet import imagefolder
 from zfnet.errors import InvalidArgument, NotFound, ZfnetError
 from zfnet.server.images import MAX_IMAGE_PIXELS, DecodeGate, ImageInput, pixels, stack
+from zfnet.wire.common import Skipped
 
 log = logging.getLogger("zfnet.server")
 T = TypeVar("T")
@@ -31,15 +32,6 @@ MAX_BATCH = 1024
 DECODE_WORKERS = 4
 PIECE_BYTES = 256 << 10  # encoded bytes per decoding task (see _pieces)
 MAX_DEPTH = 3  # how deep under --data-dir a data set may sit (``group/name/<class>/<image>``)
-
-
-@dataclass(frozen=True)
-class Skipped:
-    """An image left out of a job's results: its data-set index, path and why."""
-
-    index: int
-    path: str
-    reason: str
 
 
 @dataclass(frozen=True)
@@ -189,7 +181,7 @@ class FolderSource(Source):
 class StreamedSource(Source):
     """Images the client streams: (start index, images, labels) parts, consecutive from ``start``."""
 
-    parts: Iterable[tuple[int, list[ImageInput], list[int]]] = ()
+    parts: Iterable[tuple[int, list[ImageInput], Sequence[int]]] = ()
 
     def batches(self, input_shape: list[int]) -> Iterator[Batch]:
         return self.take(range(self.start, self.stop), input_shape)
@@ -281,7 +273,7 @@ class DatasetStore:
 
 
 def streamed_source(
-    size: int, classes: list[str], parts: Iterable[tuple[int, list[ImageInput], list[int]]],
+    size: int, classes: list[str], parts: Iterable[tuple[int, list[ImageInput], Sequence[int]]],
     start: int = 0, stop: int = 0, batch_size: int = 0, max_pixels: int = MAX_IMAGE_PIXELS, gate: DecodeGate | None = None,
 ) -> StreamedSource:
     """A source over images the client streams."""

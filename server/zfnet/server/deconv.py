@@ -13,8 +13,10 @@ import numpy as np
 from zfnet.errors import InvalidArgument, ResourceExhausted
 from zfnet.server import projection, runtime
 from zfnet.server.models import LoadedModel
+from zfnet.wire import deconv as wire
+from zfnet.wire.deconv import Reconstruction
 
-MODES = ("max", "map")
+MODES = wire.MODES.names  # the names of DeconvMode
 MAX_ROWS = 4096  # (image, channel) reconstructions per request
 CHUNK_ROWS = 256  # rows per projection run
 
@@ -28,18 +30,6 @@ class Selection:
     value: np.ndarray  # (M,) float32: the activation (max) or the channel's maximum (map)
     location: list[tuple[int, ...]]  # spatial position of that value
     signal: np.ndarray  # (M, *layer shape) float32
-
-
-@dataclass(frozen=True)
-class Reconstruction:
-    """One reconstruction with what it came from."""
-
-    image: int
-    channel: int
-    activation: float
-    location: tuple[int, ...]
-    receptive_field: tuple[int, int, int, int]
-    pixels: np.ndarray  # (C, H, W) float32
 
 
 def choose_channels(activation: np.ndarray, channels: list[int] | None, top_k: int) -> list[list[int]]:

@@ -6,35 +6,32 @@ of the server's memory budget (``admit``); see :mod:`zfnet.server.admission`.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterator, Sequence
+from collections.abc import Hashable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
+from dataclasses import replace
 
 import numpy as np
 
 from zfnet.errors import InvalidArgument, ResourceExhausted
-from zfnet.server import deconv, evolution, features, filters, runtime, top
+from zfnet.server import correspondence, datasets, deconv, evolution, features, filters, invariance, occlusion, runtime, top
 from zfnet.server.admission import Estimate, admitted, check_reply
 from zfnet.server.datasets import Batch, DatasetStore, Source
 from zfnet.server.images import MAX_IMAGE_PIXELS, DecodeGate, ImageInput, inspect, to_batch
 from zfnet.server.layers import Layer, resolve
 from zfnet.server.models import PROJECTION_BUILD_FACTOR, LoadedModel, ModelStore
+from zfnet.server.outputs import probabilities
+from zfnet.server.perturbation import Steps
+from zfnet.wire.common import DataSource, ImageBatch, within
+from zfnet.wire.correspondence import CorrespondenceRequest, CorrespondenceResult
+from zfnet.wire.features import NONE, FeatureSpec, Pooling
+from zfnet.wire.filters import Filters
+from zfnet.wire.invariance import InvarianceRequest, InvarianceResult
+from zfnet.wire.occlusion import OcclusionRequest, OcclusionResult
+from zfnet.wire.predict import TOP_K, PredictResult
 
 MAX_IMAGES = 1024  # per request
 DATASET_DECODE_BYTES = 256 << 20  # images being decoded at once across data-set jobs (one larger image decodes alone)
 FORWARD_FACTOR = 2  # a forward pass allocates up to about this many times its exposed outputs (measured: 1.4-1.6)
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax, stable."""
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=1, keepdims=True)
-
-
-def probabilities(out: np.ndarray) -> tuple[np.ndarray, bool]:
-    """A model's (N, K) output as class probabilities; True when softmax was applied (the output did not sum to 1)."""
-    is_probability = bool(np.all(out >= 0) and np.allclose(out.sum(axis=1), 1.0, atol=1e-3))
-    return (out, False) if is_probability else (softmax(out), True)
 
 
 class Engine:
@@ -78,17 +75,21 @@ class Engine:
         return admitted(reservation) if until_reply else reservation
 
     # -- analyses -------------------------------------------------------------------------
-    def predict(self, model: LoadedModel, images: list[ImageInput]) -> tuple[np.ndarray, bool]:
-        """Class probabilities (N, K); True when softmax was applied to the model's output."""
+    def predict(self, model: LoadedModel, images: list[ImageInput], top_k: int = TOP_K) -> PredictResult:
+        """Class probabilities (N, K) and the ``top_k`` classes of each image."""
         with self.admit(model, self.estimate(model, images, f"Predict on {len(images)} image(s)")):
             out = model.session.run([model.output_name], {model.input_name: self.batch(model, images)})[0]
-        return probabilities(out.reshape(out.shape[0], -1).astype(np.float32))
+        return PredictResult.of(*probabilities(out.reshape(out.shape[0], -1).astype(np.float32)), model.classes, top_k)
 
     def activations(self, model: LoadedModel, images: list[ImageInput], layers: list[str | int]) -> dict[str, np.ndarray]:
-        """The chosen layers' activations, by tensor name."""
+        """The chosen layers' activations, by tensor name (an unknown layer's error names its ``layers[i]``)."""
         if not layers:
             raise InvalidArgument("no layers asked for", field="layers", reason="FIELD_REQUIRED")
-        names = list(dict.fromkeys(resolve(model.layers, layer).name for layer in layers))
+        names = []
+        for i, layer in enumerate(layers):
+            with within("layer", f"layers[{i}]"):
+                names.append(resolve(model.layers, layer).name)
+        names = list(dict.fromkeys(names))
         footprint = model.footprint
         what = f"GetActivations of {len(names)} layer(s) on {len(images)} image(s)"
         reply = len(images) * sum(footprint.tensors.get(name, 0) for name in names)
@@ -122,29 +123,61 @@ class Engine:
             projection_build=0 if model.has_projection(row.name, method) else PROJECTION_BUILD_FACTOR * model.size,
         )
         with self.admit(model, estimate, model.projection_key(row.name, method)):
-            return row, deconv.reconstruct(model, self.batch(model, images), row.name, channels, top_k, mode, method)
+            found = deconv.reconstruct(model, self.batch(model, images), row.name, channels, top_k, mode, method)
+        return row, [replace(r, label=images[r.image].label) for r in found]
+
+    def occlusion(self, model: LoadedModel, request: OcclusionRequest) -> Steps[OcclusionResult]:
+        """Occlusion sensitivity of the request's images (see :func:`zfnet.server.occlusion.run`)."""
+        return occlusion.run(
+            model, self.batch(model, request.images), request.layer, request.size, request.stride, request.fill, request.true_classes,
+            request.max_batch, request.all_classes, [image.label for image in request.images],
+        )
+
+    def invariance(self, model: LoadedModel, request: InvarianceRequest) -> Steps[InvarianceResult]:
+        """Invariance of the request's images (see :func:`zfnet.server.invariance.run`)."""
+        return invariance.run(
+            model, self.batch(model, request.images), request.sweeps, request.layers, request.border, request.fill, request.true_classes,
+            request.max_batch, [image.label for image in request.images],
+        )
+
+    def correspondence(self, model: LoadedModel, request: CorrespondenceRequest) -> Steps[CorrespondenceResult]:
+        """Correspondence across the request's images (see :func:`zfnet.server.correspondence.run`)."""
+        return correspondence.run(
+            model, self.batch(model, request.images), request.parts, request.boxes, request.random_trials, request.seed,
+            request.layers, request.fill, request.max_batch, [image.label for image in request.images],
+        )
+
+    def source(self, data: DataSource, parts: Iterable[ImageBatch] = ()) -> Source:
+        """The images a data-set job reads: a named data set, or the ImageBatch ``parts`` the client streams."""
+        if data.dataset:
+            return self.datasets.source(data.dataset, data.start, data.stop, data.batch_size, self.max_image_pixels, self.decode_gate)
+        if data.streamed is not None:
+            return datasets.streamed_source(
+                data.streamed.size, list(data.streamed.classes), parts, data.start, data.stop, data.batch_size, self.max_image_pixels, self.decode_gate,
+            )
+        raise InvalidArgument("no data given: set DataSource.dataset (a name from ListDatasets) or DataSource.streamed", reason="FIELD_REQUIRED")
 
     def top(self, model: LoadedModel, source: Source, **job) -> Iterator:
         """A top-k job over a data set (see :func:`zfnet.server.top.job`): progress, checkpoints, results."""
         return top.job(model, source, **job)
 
-    def evolution(self, snapshots: list[evolution.Snapshot], dataset: str, start: int, stop: int, batch_size: int, **job) -> Iterator:
+    def evolution(self, snapshots: list[evolution.Snapshot], data: DataSource, **job) -> Iterator:
         """Feature evolution over training snapshots on a named data set (see :func:`zfnet.server.evolution.job`)."""
-        self.datasets.source(dataset, start, stop, batch_size)  # an unknown name or a bad range is refused before any model loads
-        return evolution.job(snapshots, lambda: self.datasets.source(dataset, start, stop, batch_size, self.max_image_pixels, self.decode_gate), **job)
+        self.source(data)  # an unknown name or a bad range is refused before any model loads
+        return evolution.job(snapshots, lambda: self.source(data), data=data.name, **job)
 
-    def filters(self, model: LoadedModel, layer: str | int) -> filters.Filters:
+    def filters(self, model: LoadedModel, layer: str | int) -> Filters:
         """The filters of a convolutional or fully connected layer."""
         return filters.find(model, layer)
 
     def feature_layers(
-        self, model: LoadedModel, layers: Sequence[tuple[str | int, features.Pooling | None]], default: features.Pooling = features.NONE,
-    ) -> list[features.FeatureLayer]:
+        self, model: LoadedModel, layers: Sequence[tuple[str | int, Pooling | None]], default: Pooling = NONE,
+    ) -> list[FeatureSpec]:
         """The layers of a features job with their pooling and row sizes."""
         return features.plan(model, layers, default)
 
     def features(
-        self, model: LoadedModel, layers: Sequence[features.FeatureLayer], source: Source, dtype: str = "float32",
+        self, model: LoadedModel, layers: Sequence[FeatureSpec], source: Source, dtype: str = "float32",
     ) -> Iterator[tuple[Batch, list[np.ndarray]]]:
         """Each batch of ``source`` with its feature rows per layer, in data-set order; each batch is
         read and computed inside its own reservation of the memory budget. An empty reservation held

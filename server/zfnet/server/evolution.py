@@ -19,6 +19,8 @@ from zfnet.server import top
 from zfnet.server.datasets import Source
 from zfnet.server.layers import resolve
 from zfnet.server.models import LoadedModel
+from zfnet.wire.common import Progress
+from zfnet.wire.top import Checkpoint, Event
 
 SNAPSHOTS = "snapshots"  # the stage of the progress across snapshots
 
@@ -49,7 +51,7 @@ def signature(model: LoadedModel, layers: Sequence[str | int], label: str, first
 def job(
     snapshots: Sequence[Snapshot], source: Callable[[], Source], *, data: str, layers: list[str | int],
     channels: list[int] | None, method: str,
-) -> Iterator[tuple[int, top.Progress | top.Checkpoint | top.WinnerImage | top.Entry]]:
+) -> Iterator[tuple[int, Event]]:
     """(snapshot position, event) for every snapshot in turn: progress across snapshots, then that
     snapshot's top-1 job (``source()`` gives a fresh reading of the data set each time); the final
     state of each scan, no intermediate checkpoints."""
@@ -60,10 +62,10 @@ def job(
     evolution.check_same([(s.label, signature(s.load(), layers, s.label, i == 0)) for i, s in enumerate(snapshots)])
     total = len(snapshots)
     for i, snapshot in enumerate(snapshots):
-        yield i, top.Progress(SNAPSHOTS, i, total, [])
+        yield i, Progress(SNAPSHOTS, i, total, [])
         model = snapshot.load()
         for event in top.job(model, source(), data=data, layers=layers, channels=channels, k=1, by="max", method=method, stage="all", state=None):
-            if not (isinstance(event, top.Checkpoint) and not event.final):
+            if not (isinstance(event, Checkpoint) and not event.final):
                 yield i, event
         del model
-    yield total - 1, top.Progress(SNAPSHOTS, total, total, [])
+    yield total - 1, Progress(SNAPSHOTS, total, total, [])

@@ -8,29 +8,27 @@ adaptive-average-pool bins, as probing protocols do) and flattened to one row of
 image. ``pixels`` is the model input itself (RGB 0..255 at the model's input size, before the
 graph's own preprocessing): the raw-pixel baseline a probe compares against.
 
-Free of gRPC: the servicer streams :func:`run`'s output, and any other driver (a Ray actor) can call
-:func:`plan` and :func:`run` directly.
+Free of gRPC: the servicer streams :func:`run`'s output through the engine. What a job asks and
+returns (its layers, :class:`~zfnet.wire.features.Pooling`, rows) is :mod:`zfnet.wire.features`.
 """
 
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
 
+from zfnet.converters.graph import IR_VERSION, OPSET
 from zfnet.errors import InvalidArgument
+from zfnet.server import runtime
 from zfnet.server.datasets import Batch, Source
+from zfnet.server.layers import resolve
+from zfnet.server.models import LoadedModel
+from zfnet.wire.features import NONE, PIXELS, FeatureSpec, Pooling
 
-if TYPE_CHECKING:  # the client parses pooling specs here without loading onnx
-    import onnx
-
-    from zfnet.server.models import LoadedModel
-
-PIXELS = "pixels"
 DTYPES = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2")}
 
 # -- pooling: one small pure rule per kind, each adding the ONNX nodes that pool one layer ------
@@ -47,14 +45,10 @@ class HeadGraph:
         self.constants: list[onnx.TensorProto] = []
 
     def node(self, op: str, inputs: list[str], output: str, **attributes) -> str:
-        from onnx import helper  # noqa: PLC0415
-
         self.nodes.append(helper.make_node(op, inputs, [output], **attributes))
         return output
 
     def constant(self, name: str, value: np.ndarray) -> str:
-        from onnx import numpy_helper  # noqa: PLC0415
-
         self.constants.append(numpy_helper.from_array(value, name))
         return name
 
@@ -110,71 +104,12 @@ def _grid(graph: HeadGraph, x: str, shape: tuple[int, ...], grid: int) -> str:
     return x
 
 
-@dataclass(frozen=True)
-class Pooling:
-    """How a layer's spatial axes are reduced: ``none``, ``avg``, ``max`` or ``grid:S``."""
-
-    kind: str = "none"
-    grid: int = 0
-
-    @classmethod
-    def parse(cls, text: str) -> Pooling:
-        kind, _, size = text.strip().lower().partition(":")
-        if kind not in POOLS or (kind == "grid") != bool(size):
-            raise InvalidArgument(f"unknown pooling {text!r}; use none, avg, max or grid:S (S x S average grid, e.g. grid:2)")
-        if kind != "grid":
-            return cls(kind)
-        if not size.isdigit() or int(size) < 1:
-            raise InvalidArgument(f"pooling {text!r}: the grid size S in grid:S must be a whole number >= 1")
-        return cls("grid", int(size))
-
-    def __str__(self) -> str:
-        return f"grid:{self.grid}" if self.kind == "grid" else self.kind
-
-    def shape(self, layer: str, shape: tuple[int, ...]) -> tuple[int, ...]:
-        """Per-image shape after pooling a layer of per-image ``shape`` (C, *spatial); refuses pooling
-        a layer without spatial axes, or a grid finer than the layer's map."""
-        if self.kind == "none":
-            return shape
-        if len(shape) < 2:
-            raise InvalidArgument(
-                f"layer {layer} has no spatial axes (shape {list(shape)}): it cannot be pooled with {self}; use none"
-            )
-        if self.kind == "grid":
-            if self.grid > min(shape[1:]):
-                raise InvalidArgument(f"pooling {self} on layer {layer}: the grid is finer than its {'x'.join(map(str, shape[1:]))} map")
-            return (shape[0],) + (self.grid,) * (len(shape) - 1)
-        return shape[:1]
-
-
-NONE = Pooling()
-
-
-@dataclass(frozen=True)
-class FeatureLayer:
-    """One layer of a features job: which tensor, how it is pooled, what its rows hold."""
-
-    name: str  # tensor name, or ``pixels``
-    number: int | None  # the paper's layer number, when the tensor has one
-    pooling: Pooling
-    layer_shape: tuple[int, ...]  # per image, before pooling
-    shape: tuple[int, ...]  # per image, after pooling
-    layer_dtype: str = "float32"  # of the tensor, as the forward pass gives it
-
-    @property
-    def size(self) -> int:
-        """D: values per row."""
-        return math.prod(self.shape)
-
-
 def plan(
     model: LoadedModel, layers: Sequence[tuple[str | int, Pooling | None]], default: Pooling = NONE,
-) -> list[FeatureLayer]:
+) -> list[FeatureSpec]:
     """Resolve the asked layers (numbers, tensor names or ``pixels``) with their pooling. A layer's own
     pooling wins; else ``default`` applies to network layers with spatial axes, and ``none`` to the
     others and to ``pixels``."""
-    from zfnet.server.layers import resolve  # noqa: PLC0415  (onnx: only where a model is served)
-
     if not layers:
         raise InvalidArgument("no layers asked for", field="job.layers", reason="FIELD_REQUIRED")
     resolved: list[tuple[str, int | None, Pooling | None]] = []
@@ -195,7 +130,7 @@ def plan(
         shape, element = tensors[name]
         if pooling is None:
             pooling = default if name != PIXELS and len(shape) >= 2 else NONE
-        out.append(FeatureLayer(name, number, pooling, shape, pooling.shape(name, shape), element))
+        out.append(FeatureSpec(name, number, str(pooling), shape, pooling.shape(name, shape), element))
     return out
 
 
@@ -214,12 +149,7 @@ class Head:
     pooled by its rule, flattened to (n, D) and cast to the stored type. onnxruntime runs it right
     after the model, on the same device, so only the pooled rows reach the host."""
 
-    def __init__(self, layers: Sequence[FeatureLayer], dtype: str) -> None:
-        from onnx import TensorProto, helper  # noqa: PLC0415  (the client parses pooling specs here without onnx)
-
-        from zfnet.converters.graph import IR_VERSION, OPSET  # noqa: PLC0415
-        from zfnet.server import runtime  # noqa: PLC0415
-
+    def __init__(self, layers: Sequence[FeatureSpec], dtype: str) -> None:
         stored = helper.np_dtype_to_tensor_dtype(feature_dtype(dtype))
         graph, inputs, outputs = HeadGraph(), [], []
         for k, layer in enumerate(layers):
@@ -228,7 +158,8 @@ class Head:
             inputs.append(helper.make_tensor_value_info(x, element, ["n", *layer.layer_shape]))
             if element != TensorProto.FLOAT:
                 x = graph.node("Cast", [x], f"{x}/float", to=TensorProto.FLOAT)
-            x = POOLS[layer.pooling.kind](graph, x, layer.layer_shape, layer.pooling.grid)
+            pooling = Pooling.parse(layer.pooling)
+            x = POOLS[pooling.kind](graph, x, layer.layer_shape, pooling.grid)
             x = graph.node("Flatten", [x], f"{x}/rows", axis=1)
             graph.node("Cast", [x], f"rows{k}", to=stored)
             outputs.append(helper.make_tensor_value_info(f"rows{k}", stored, ["n", layer.size]))
@@ -243,15 +174,13 @@ class Head:
     def __call__(self, values: dict) -> list[np.ndarray]:
         """Rows (n, D) per layer from the forward pass's ``values`` by tensor name (numpy arrays, or
         device tensors left by :func:`zfnet.server.runtime.run`)."""
-        from zfnet.server import runtime  # noqa: PLC0415
-
         feeds = {f"layer{k}": values[name] for k, name in enumerate(self.names)}
         rows = runtime.run(self.session, [f"rows{k}" for k in range(len(self.names))], feeds)
         return [rows[f"rows{k}"] for k in range(len(self.names))]
 
 
 @functools.lru_cache(maxsize=16)
-def head(layers: tuple[FeatureLayer, ...], dtype: str) -> Head:
+def head(layers: tuple[FeatureSpec, ...], dtype: str) -> Head:
     """The head of a job's layers, built once: a job and the blocks of a Ray job share it."""
     return Head(layers, dtype)
 
@@ -263,19 +192,17 @@ def feature_dtype(dtype: str) -> np.dtype:
     return DTYPES[dtype]
 
 
-def extract(model: LoadedModel, layers: Sequence[FeatureLayer], inputs: np.ndarray, dtype: str = "float32") -> list[np.ndarray]:
+def extract(model: LoadedModel, layers: Sequence[FeatureSpec], inputs: np.ndarray, dtype: str = "float32") -> list[np.ndarray]:
     """Rows (n, D) of each layer for a batch of model inputs (n, C, H, W), from one forward pass and
     the layers' head; computed in float32, stored as ``dtype``. The forward values stay on the
     device when there is one."""
-    from zfnet.server import runtime  # noqa: PLC0415
-
     names = [layer.name for layer in layers if layer.name != PIXELS]
     values = runtime.run(model.session, names, {model.input_name: inputs}, host=()) if names else {}
     values[PIXELS] = inputs
     return head(tuple(layers), dtype)(values)
 
 
-def run(model: LoadedModel, layers: Sequence[FeatureLayer], source: Source, dtype: str = "float32") -> Iterator[tuple[Batch, list[np.ndarray]]]:
+def run(model: LoadedModel, layers: Sequence[FeatureSpec], source: Source, dtype: str = "float32") -> Iterator[tuple[Batch, list[np.ndarray]]]:
     """Every batch of ``source`` in data-set order with its rows per layer; a batch whose images
     were all skipped comes with empty arrays."""
     stored = feature_dtype(dtype)

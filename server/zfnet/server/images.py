@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from zfnet.errors import InvalidArgument, ResourceExhausted
+from zfnet.wire.common import ImageInput
 
 MAX_IMAGE_PIXELS = 64 << 20  # default bound on one request image (about 8200 x 8200)
 # bytes per pixel as Pillow holds a decoded image; modes not listed cannot become RGB here
@@ -29,16 +30,6 @@ MODE_BYTES = {
 RGB_WORK_BYTES = 4 + 3 + 4  # per pixel on top of the decoded image: RGB copy, array, resize source
 # Pillow warns from 89 Mi pixels on; images are checked against max_pixels here, so its warning is noise.
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
-
-
-@dataclass(frozen=True)
-class ImageInput:
-    """One image as it arrived: exactly one of ``encoded``, ``rgb`` (H, W, 3), ``model_input`` (C, H, W)."""
-
-    encoded: bytes | None = None
-    rgb: np.ndarray | None = None
-    model_input: np.ndarray | None = None
-    label: str = ""
 
 
 @dataclass(frozen=True)

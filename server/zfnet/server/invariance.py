@@ -17,7 +17,8 @@ from scipy import ndimage
 from zfnet.errors import InvalidArgument
 from zfnet.server import perturbation
 from zfnet.server.models import LoadedModel
-from zfnet.server.perturbation import FillValue, Steps, TrueClass
+from zfnet.server.perturbation import Steps
+from zfnet.wire.invariance import InvarianceResult, Sweep
 
 BORDERS = {"reflect": "reflect", "constant": "grid-constant"}  # ours -> scipy.ndimage mode
 Coordinates = tuple[np.ndarray, np.ndarray]
@@ -92,35 +93,13 @@ def _rule(name: str) -> Transform:
     return TRANSFORMS[name]
 
 
-@dataclass(frozen=True)
-class Sweep:
-    """One transformation's curves."""
-
-    transform: str
-    unit: str
-    values: np.ndarray  # (V,)
-    distances: np.ndarray  # (N, L, V) float32: Euclidean distance of each layer's features to the original's
-    true_class_probability: np.ndarray  # (N, V) float32
-
-
-@dataclass(frozen=True)
-class Invariance:
-    layers: list[str]
-    border: str
-    fill: FillValue
-    true_classes: list[TrueClass]
-    feature_norms: np.ndarray  # (N, L) float32
-    sweeps: list[Sweep]
-    batch: int
-
-
 def run(
     model: LoadedModel, batch: np.ndarray, sweeps: list[tuple[str, list[float]]] | None = None,
     layers: list[str | int] | None = None, border: str = "reflect", fill: str = "mean",
-    true_classes: list[str] | None = None, max_batch: int = 0,
-) -> Steps[Invariance]:
+    true_classes: list[str] | None = None, max_batch: int = 0, labels: list[str] | None = None,
+) -> Steps[InvarianceResult]:
     """Distances and true-class probabilities of every image of ``batch`` (N, C, H, W) under each
-    sweep, ``(transform, values)`` (empty values: the defaults; no sweeps: all three)."""
+    sweep, ``(transform, values)`` (empty values: the defaults; no sweeps: all three); ``labels`` name the images."""
     height, width = batch.shape[2:]
     plan = [(_rule(name), np.asarray(values, np.float64) if len(values) else _rule(name).defaults(height, width))
             for name, values in (sweeps or [(name, []) for name in TRANSFORMS])]
@@ -132,6 +111,7 @@ def run(
             raise InvalidArgument(f"{rule.name} values {bad} are not allowed ({rule.unit})")
     rows = perturbation.layers_or(model, list(layers or []), [perturbation.first_conv, perturbation.last_hidden])
     filler = perturbation.fill_value(model, fill)
+    fill_values = np.asarray(filler.values, np.float32)
     copies = perturbation.copies_per_batch(model, max_batch)
     tasks = [(rule.name, float(v)) for rule, values in plan for v in values]
     tracker = perturbation.Tracker(len(batch) * len(tasks))
@@ -149,7 +129,7 @@ def run(
 
         kept = yield from perturbation.run(
             model, image, {name: value[i : i + 1] for name, value in base.items()}, len(tasks),
-            lambda start, stop, image=image: np.stack([transform(image, *tasks[k], border, filler.values) for k in range(start, stop)]),
+            lambda start, stop, image=image: np.stack([transform(image, *tasks[k], border, fill_values) for k in range(start, stop)]),
             reduce, tracker, f"invariance: image {i + 1} of {len(batch)}", copies,
         )
         distance[i], probability[i] = kept["distance"].T, kept["probability"]
@@ -159,4 +139,6 @@ def run(
         out.append(Sweep(rule.name, rule.unit, values.astype(np.float32), distance[:, :, part], probability[:, part]))
         start += len(values)
     norms = np.array([[np.linalg.norm(base[r.name][i].astype(np.float64)) for r in rows] for i in range(len(batch))], np.float32)
-    return Invariance([r.name for r in rows], border, filler, truth, norms, out, copies)
+    return InvarianceResult(
+        [r.name for r in rows], border, filler, list(labels or [""] * len(batch)), truth, norms, out, list(model.classes), copies,
+    )

@@ -8,7 +8,7 @@ that feature map's strongest activation on the unoccluded image.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -16,7 +16,9 @@ from zfnet.errors import InvalidArgument
 from zfnet.server import deconv, perturbation
 from zfnet.server.layers import resolve
 from zfnet.server.models import LoadedModel
-from zfnet.server.perturbation import FillValue, Steps, TrueClass
+from zfnet.server.perturbation import Steps
+from zfnet.wire.deconv import Reconstruction
+from zfnet.wire.occlusion import OcclusionMaps, OcclusionResult
 
 
 @dataclass(frozen=True)
@@ -56,40 +58,15 @@ def occluded(image: np.ndarray, where: Grid, fill: np.ndarray, start: int, stop:
     return copies
 
 
-@dataclass(frozen=True)
-class Sheet:
-    """One image's maps, (P, Q) over the grid."""
-
-    true_class: TrueClass
-    channel: int
-    channel_total: float
-    true_class_probability: float
-    top_class: int
-    layer_total: np.ndarray  # (b) float32
-    projection: deconv.Reconstruction | None  # (c)
-    projection_error: str
-    true_class_map: np.ndarray  # (d) float32
-    top_class_map: np.ndarray  # (e) int32
-    probabilities: np.ndarray | None  # (P, Q, classes) float32
-
-
-@dataclass(frozen=True)
-class Occlusion:
-    layer: str
-    grid: Grid
-    fill: FillValue
-    batch: int
-    sheets: list[Sheet]
-
-
 def run(
     model: LoadedModel, batch: np.ndarray, layer: str | int | None = None, size: int | None = None, stride: int | None = None,
-    fill: str = "mean", true_classes: list[str] | None = None, max_batch: int = 0, all_classes: bool = False,
-) -> Steps[Occlusion]:
-    """Occlusion sheets of every image of ``batch`` (N, C, H, W); yields progress, returns :class:`Occlusion`."""
+    fill: str = "mean", true_classes: list[str] | None = None, max_batch: int = 0, all_classes: bool = False, labels: list[str] | None = None,
+) -> Steps[OcclusionResult]:
+    """The maps of every image of ``batch`` (N, C, H, W), labelled by ``labels``; yields progress."""
     row = perturbation.last_conv(model) if layer is None else resolve(model.layers, layer)
     where = grid(batch.shape[2], batch.shape[3], size, stride)
     filler = perturbation.fill_value(model, fill)
+    fill_values = np.asarray(filler.values, np.float32)
     copies = perturbation.copies_per_batch(model, max_batch)
     tracker = perturbation.Tracker(len(batch) * where.count)
     names = list(dict.fromkeys([row.name, model.output_name]))
@@ -100,7 +77,7 @@ def run(
     strength = base[row.name].reshape(len(batch), base[row.name].shape[1], -1).max(axis=2)
     channels = [p.channel for p in projections] if projections else list(np.argmax(strength, axis=1))
     shape = (len(where.tops), len(where.lefts))
-    sheets = []
+    maps = []
     for i, image in enumerate(batch):
         channel = int(channels[i])
 
@@ -110,23 +87,24 @@ def run(
 
         kept = yield from perturbation.run(
             model, image, {name: value[i : i + 1] for name, value in base.items()}, where.count,
-            lambda start, stop, image=image: occluded(image, where, filler.values, start, stop),
+            lambda start, stop, image=image: occluded(image, where, fill_values, start, stop),
             reduce, tracker, f"occlusion: image {i + 1} of {len(batch)}", copies,
         )
         probs = kept["probs"].reshape(*shape, -1)
-        sheets.append(Sheet(
-            true_class=truth[i], channel=channel,
+        label = labels[i] if labels else ""
+        maps.append(OcclusionMaps(
+            label=label, true_class=truth[i], channel=channel,
             channel_total=float(base[row.name][i, channel].sum()),
             true_class_probability=float(base_probs[i, truth[i].index]), top_class=int(np.argmax(base_probs[i])),
             layer_total=kept["total"].reshape(shape).astype(np.float32),
-            projection=projections[i] if projections else None, projection_error=error,
+            projection=replace(projections[i], label=label) if projections else None, projection_error=error,
             true_class_map=probs[..., truth[i].index].astype(np.float32), top_class_map=np.argmax(probs, axis=2).astype(np.int32),
             probabilities=probs.astype(np.float32) if all_classes else None,
         ))
-    return Occlusion(row.name, where, filler, copies, sheets)
+    return OcclusionResult(row.name, where.size, where.stride, filler, where.tops, where.lefts, list(model.classes), maps, copies)
 
 
-def _projections(model: LoadedModel, batch: np.ndarray, layer: str) -> tuple[list[deconv.Reconstruction], str]:
+def _projections(model: LoadedModel, batch: np.ndarray, layer: str) -> tuple[list[Reconstruction], str]:
     """Map (c): each image's strongest activation of ``layer`` projected by the deconvnet; or the
     reason the model has no projection for this layer (maps b, d, e need only the forward pass)."""
     try:

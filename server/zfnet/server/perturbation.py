@@ -7,8 +7,9 @@ batch bounded by a memory estimate, and reduced to what the analysis keeps as so
 back. The unperturbed forward is computed once and reused: a copy equal to the unperturbed image
 takes its outputs exactly.
 
-Analyses are generators: they yield :class:`Progress` after every batch and return their result,
-so the gRPC layer streams progress and the in-process caller runs them with :func:`complete`.
+Analyses are generators: they yield :class:`~zfnet.wire.common.Progress` after every batch and
+return their result (a type of :mod:`zfnet.wire`), so the gRPC layer streams progress and the
+in-process caller runs them with :func:`complete`.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import json
 import math
 from collections import defaultdict
 from collections.abc import Callable, Generator
-from dataclasses import dataclass
 from typing import TypeVar
 
 import numpy as np
@@ -25,25 +25,16 @@ from onnx import numpy_helper
 
 from zfnet.converters.graph import MEAN_INITIALIZER
 from zfnet.errors import InvalidArgument, ResourceExhausted
-from zfnet.server.engine import probabilities, softmax
+from zfnet.server.outputs import probabilities, softmax
 from zfnet.server.layers import Layer, resolve
 from zfnet.server.models import LoadedModel
+from zfnet.wire.common import FILLS, FillValue, Progress, TrueClass
 
 T = TypeVar("T")
 MEMORY_BUDGET = 512 << 20  # bytes of activations one forward pass of copies may take
 MAX_COPIES = 1024  # per forward pass, whatever the estimate
 MAX_COPIES_PER_REQUEST = 1 << 20
 GREY = 127.5
-FILLS = ("mean", "grey", "zero")
-
-
-@dataclass(frozen=True)
-class Progress:
-    """Copies forwarded so far over the whole request."""
-
-    stage: str
-    done: int
-    total: int
 
 
 Steps = Generator[Progress, None, T]
@@ -143,37 +134,33 @@ def _forward_reusing(model: LoadedModel, copies: np.ndarray, base: np.ndarray, b
 # ---- what the analyses share ----------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class FillValue:
-    """Per-channel values (model input space) that fill occluders, masks or borders."""
-
-    fill: str
-    values: np.ndarray  # (C,) float32
-    note: str
-
-
 def fill_value(model: LoadedModel, fill: str) -> FillValue:
     """``mean``: the model's preprocessing mean per input channel (a per-pixel mean: its per-channel
     average; mid-grey when the model records none); ``grey``: 127.5; ``zero``: 0."""
-    channels = model.input_shape[1]
+    values, note = _fill(model, fill)
+    return FillValue(fill, tuple(np.broadcast_to(np.asarray(values, np.float32), (model.input_shape[1],)).tolist()), note)
+
+
+def _fill(model: LoadedModel, fill: str) -> tuple[np.ndarray | float, str]:
+    """A fill's values (one per input channel, or one for all) and where they come from."""
     if fill == "grey":
-        return FillValue(fill, np.full(channels, GREY, np.float32), "mid-grey 127.5")
+        return GREY, "mid-grey 127.5"
     if fill == "zero":
-        return FillValue(fill, np.zeros(channels, np.float32), "zero (black)")
+        return 0.0, "zero (black)"
     if fill != "mean":
-        raise InvalidArgument(f"unknown fill {fill!r}; choose one of {', '.join(FILLS)}")
+        raise InvalidArgument(f"unknown fill {fill!r}; choose one of {', '.join(FILLS.names)}")
     recorded = json.loads(model.preprocessing_json or "{}")
     mean, note = recorded.get("mean"), "the model's preprocessing mean per channel"
     if not mean:
         pixel_mean = next((numpy_helper.to_array(i) for i in model.model.graph.initializer if i.name == MEAN_INITIALIZER), None)
         if pixel_mean is None or pixel_mean.ndim < 3:
-            return FillValue(fill, np.full(channels, GREY, np.float32), "mid-grey 127.5: the model records no preprocessing mean")
+            return GREY, "mid-grey 127.5: the model records no preprocessing mean"
         mean = pixel_mean.reshape(pixel_mean.shape[-3], -1).mean(axis=1)
         note = f"per-channel average of the model's per-pixel mean ({recorded.get('mean_source') or MEAN_INITIALIZER})"
-    values = np.broadcast_to(np.asarray(mean, np.float32).ravel(), (channels,)).copy()
+    values = np.broadcast_to(np.asarray(mean, np.float32).ravel(), (model.input_shape[1],))
     if recorded.get("channel_order") == "bgr":
-        values = values[::-1].copy()  # recorded in the network's order; the input is RGB
-    return FillValue(fill, values, note)
+        values = values[::-1]  # recorded in the network's order; the input is RGB
+    return values, note
 
 
 def numbered(model: LoadedModel) -> list[Layer]:
@@ -206,13 +193,6 @@ def layers_or(model: LoadedModel, layers: list[str | int], default: list[Callabl
     """The chosen layers, or the defaults; each once, in the order given."""
     rows = [resolve(model.layers, layer) for layer in layers] if layers else [pick(model) for pick in default]
     return list({row.name: row for row in rows}.values())
-
-
-@dataclass(frozen=True)
-class TrueClass:
-    index: int
-    label: str
-    from_top1: bool
 
 
 def true_classes(model: LoadedModel, given: list[str], base: np.ndarray) -> list[TrueClass]:

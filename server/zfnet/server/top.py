@@ -13,63 +13,20 @@ Whether computing a reconstruction on the receptive-field window alone pays was 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
-
 import numpy as np
 
 from zfnet.errors import FailedPrecondition, InvalidArgument
 from zfnet.server import deconv, projection, runtime
-from zfnet.server.datasets import Skipped, Source, StreamedSource
-from zfnet.server.layers import ReceptiveFields, resolve
+from zfnet.server.datasets import Source, StreamedSource
+from zfnet.server.layers import resolve
 from zfnet.server.models import LoadedModel
-from zfnet.topk import EMPTY, Skip, TopK
+from zfnet.topk import EMPTY, TopK
+from zfnet.wire import top as wire
+from zfnet.wire.common import Progress
+from zfnet.wire.top import Checkpoint, Event, Entry, TopImage
 
 CHECKPOINT_EVERY = 1024  # images between checkpoints, unless the job says otherwise
 SCAN, RECONSTRUCTIONS = "scan", "reconstructions"
-
-
-@dataclass(frozen=True)
-class Progress:
-    """``done`` of ``total`` images (scan) or reconstructions; images skipped since the last report."""
-
-    stage: str
-    done: int
-    total: int
-    skipped: list[Skipped]
-
-
-@dataclass(frozen=True)
-class Checkpoint:
-    """The scan's state: a copy taken every so many images, and the final one (``final``)."""
-
-    state: TopK
-    final: bool
-
-
-@dataclass(frozen=True)
-class WinnerImage:
-    """An image that is in some channel's top-k, as the model saw it (C, H, W), RGB 0..255."""
-
-    index: int
-    path: str
-    label: int
-    pixels: np.ndarray
-
-
-@dataclass(frozen=True)
-class Entry:
-    """One (layer, channel, rank) with the reconstruction of its activation."""
-
-    layer: str
-    channel: int
-    rank: int
-    index: int
-    value: float
-    activation: float
-    location: tuple[int, ...]
-    receptive_field: tuple[int, int, int, int]  # clipped to the image
-    patch: tuple[int, int, int, int]  # the whole field, may leave the image
-    reconstruction: np.ndarray  # (C, H, W) float32
 
 
 def plan(model: LoadedModel, layers: list[str | int], channels: list[int] | None) -> dict[str, tuple[np.ndarray, int]]:
@@ -101,7 +58,7 @@ def start(model: LoadedModel, data: str, size: int, layers: list[str | int], cha
     return state.copy()
 
 
-def scan(model: LoadedModel, source: Source, state: TopK, checkpoint_every: int = CHECKPOINT_EVERY) -> Iterator[Progress | Checkpoint]:
+def scan(model: LoadedModel, source: Source, state: TopK, checkpoint_every: int = CHECKPOINT_EVERY) -> Iterator[Event]:
     """Read ``source``'s range into ``state`` (in place): progress after every batch, a checkpoint every
     ``checkpoint_every`` images, the final state last."""
     clash = [r for r in state.covered if max(r[0], source.start) < min(r[1], source.stop)]
@@ -113,7 +70,7 @@ def scan(model: LoadedModel, source: Source, state: TopK, checkpoint_every: int 
     for batch in source.batches(model.input_shape):
         if len(batch.indices):
             state.observe(dict(zip(names, model.session.run(names, {model.input_name: batch.inputs}))), batch.indices)
-        state.cover(position, position + batch.read, [Skip(s.index, s.path, s.reason) for s in batch.skipped])
+        state.cover(position, position + batch.read, batch.skipped)
         position += batch.read
         since += batch.read
         yield Progress(SCAN, position - source.start, source.count, batch.skipped)
@@ -136,7 +93,7 @@ def _check_fits(model: LoadedModel, source: Source, data: str, state: TopK) -> N
             raise InvalidArgument(f"the top-k state's locations do not fit layer {layer!r} of shape {shape}")
 
 
-def reconstruct(model: LoadedModel, source: Source, data: str, state: TopK, method: str) -> Iterator[Progress | WinnerImage | Entry]:
+def reconstruct(model: LoadedModel, source: Source, data: str, state: TopK, method: str) -> Iterator[Event]:
     """Read the winners of ``state`` from ``source`` and reconstruct every (layer, channel, rank):
     each image once (before its entries), progress in reconstructions."""
     _check_fits(model, source, data, state)
@@ -151,7 +108,7 @@ def reconstruct(model: LoadedModel, source: Source, data: str, state: TopK, meth
             raise FailedPrecondition(f"image {s.index} ({s.path}) was read by the scan but cannot be read now: {s.reason}")
         forward = {model.input_name: batch.inputs, **runtime.run(model.session, needed, {model.input_name: batch.inputs}, host=list(state.layers))}
         for i, index in enumerate(batch.indices):
-            yield WinnerImage(int(index), batch.paths[i], int(batch.labels[i]), batch.inputs[i])
+            yield TopImage.of(int(index), batch.paths[i], int(batch.labels[i]), source.classes, batch.inputs[i])
         for layer, top in state.layers.items():
             rows, ranks = np.nonzero(np.isin(top.indices, batch.indices))
             for part in range(0, len(rows), deconv.CHUNK_ROWS):
@@ -187,13 +144,13 @@ def _reconstruct_rows(model, layer, top, rows, ranks, batch_indices, forward, pr
         )
 
 
-STAGES = ("all", "scan", "reconstruct")
+STAGES = wire.STAGES.names  # the names of TopStage
 
 
 def job(
     model: LoadedModel, source: Source, *, data: str, layers: list[str | int], channels: list[int] | None, k: int, by: str,
     method: str | None, stage: str, state: TopK | None, checkpoint_every: int = CHECKPOINT_EVERY,
-) -> Iterator[Progress | Checkpoint | WinnerImage | Entry]:
+) -> Iterator[Event]:
     """A whole top-k job: scan (continuing ``state`` if given), then reconstruct the winners; or one of the two
     (``stage``). Everything the job needs is checked before the first image is read: a scan given a
     ``method`` (None: not given; deconvnet for the reconstructions) also builds the projection graphs

@@ -18,7 +18,8 @@ from torch import nn
 
 import family_models
 from zfnet import imagefolder
-from zfnet.client.api import Client, Reconstruction
+from zfnet.client.api import Client
+from zfnet.wire.deconv import Reconstruction
 
 TOLERANCE = 1e-4  # relative L2, float32 end to end
 CAPTUM = {"deconvnet": NeuronDeconvolution, "guided": NeuronGuidedBackprop, "backprop": NeuronGradient}

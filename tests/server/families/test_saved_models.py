@@ -17,7 +17,7 @@ from onnx.external_data_helper import set_external_data
 import family_models
 from test_families import INNER, Client, check_family, export, images
 from zfnet import errors
-from zfnet.client.api import model_bytes
+from zfnet.client.models import model_bytes
 from zfnet.converters.graph import IR_VERSION
 
 # (family, opset): the forms that change with the opset -- Clip's bounds as attributes (before 11) or

@@ -10,9 +10,10 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from zfnet.client import api
-from zfnet.client.api import SERVER_ENV, TLS_CA_ENV, TLS_CERT_ENV, TLS_ENV, TLS_KEY_ENV, TOKEN_ENV, Connection
+from zfnet.client import transport
+from zfnet.client.transport import SERVER_ENV, TLS_CA_ENV, TLS_CERT_ENV, TLS_ENV, TLS_KEY_ENV, TOKEN_ENV, Connection
 from zfnet.errors import InvalidArgument
+from zfnet.wire.common import LayerKey, layer_key
 
 ServerOption = typer.Option(
     None, "--server", envvar=SERVER_ENV,
@@ -44,9 +45,9 @@ def unique_stems(paths: list[Path]) -> list[str]:
     return [f"{p.parent.name}_{p.stem}" if stems.count(p.stem) > 1 else p.stem for p in paths]
 
 
-def parse_layers(text: str | None) -> list[str | int]:
+def parse_layers(text: str | None) -> list[LayerKey]:
     """``"1,7"`` -> ``[1, 7]``; tensor names stay names."""
-    return [int(part) if part.strip().isdigit() else part.strip() for part in (text or "").split(",") if part.strip()]
+    return [layer_key(part.strip()) for part in (text or "").split(",") if part.strip()]
 
 
 def true_classes(labels: list[str], images: list[Path], classes: list[str]) -> tuple[list[str], list[str]]:
@@ -79,7 +80,7 @@ def connection_options(
     tls_key: Path | None = typer.Option(None, "--tls-key", envvar=TLS_KEY_ENV, help="PEM private key of --tls-cert."),
 ) -> None:
     """How every command reaches a --server: TLS and a bearer token (given before the command)."""
-    api.cli_connection = Connection(token or None, tls, tls_ca, tls_cert, tls_key)
+    transport.cli_connection = Connection(token or None, tls, tls_ca, tls_cert, tls_key)
 
 
 def parse_ranges(text: str | None, what: str) -> list[int]:

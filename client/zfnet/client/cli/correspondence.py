@@ -16,10 +16,9 @@ from rich.table import Table
 from zfnet import imagefolder
 from zfnet.client.api import Client
 from zfnet.client.cli.common import ServerOption, parse_layers, progress_bar
-from zfnet.client.results import CorrespondenceResult
 from zfnet.errors import InvalidArgument, NotFound
-
-Box = tuple[int, int, int, int]
+from zfnet.wire.common import Box
+from zfnet.wire.correspondence import CorrespondenceResult
 
 
 @dataclass(frozen=True)

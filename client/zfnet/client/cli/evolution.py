@@ -13,7 +13,7 @@ from zfnet import evolution
 from zfnet.client.api import Client
 from zfnet.client.cli.common import ServerOption, job_progress, parse_ranges
 from zfnet.errors import InvalidArgument, NotFound
-from zfnet.v1 import zfnet_pb2 as pb
+from zfnet.wire.common import Progress
 
 DEFAULT_CHANNELS = "0-15"
 
@@ -77,7 +77,7 @@ class _Bars:
         self.stages: dict[str, int] = {}
         self.current = -1
 
-    def __call__(self, position: int, progress: pb.JobProgress) -> None:
+    def __call__(self, position: int, progress: Progress) -> None:
         if progress.stage == "snapshots":
             self.bar.update(self.snapshots, completed=progress.done, description=f"snapshots ({self.labels[min(position, len(self.labels) - 1)]})")
             return

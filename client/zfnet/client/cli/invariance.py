@@ -13,10 +13,10 @@ from rich.console import Console
 from rich.table import Table
 
 from zfnet.client.api import Client
-from zfnet.client.results import TRANSFORMS, class_name
 from zfnet.client.cli.common import ServerOption, parse_layers, progress_bar, true_classes, unique_stems
-from zfnet.client.results import InvarianceResult
 from zfnet.errors import InvalidArgument
+from zfnet.wire.common import class_name
+from zfnet.wire.invariance import TRANSFORMS, InvarianceResult
 
 
 def parse_values(text: str | None, what: str) -> list[float]:
@@ -36,10 +36,10 @@ def parse_values(text: str | None, what: str) -> list[float]:
 
 def parse_transforms(text: str) -> list[str]:
     """``all`` or comma-separated transform names."""
-    names = list(TRANSFORMS) if text.strip() == "all" else [part.strip() for part in text.split(",") if part.strip()]
-    unknown = [name for name in names if name not in TRANSFORMS]
+    names = list(TRANSFORMS.names) if text.strip() == "all" else [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [name for name in names if name not in TRANSFORMS.names]
     if unknown or not names:
-        raise InvalidArgument(f"unknown transform {', '.join(map(repr, unknown)) or repr(text)}; choose {', '.join(TRANSFORMS)} or all")
+        raise InvalidArgument(f"unknown transform {', '.join(map(repr, unknown)) or repr(text)}; choose {', '.join(TRANSFORMS.names)} or all")
     return names
 
 

@@ -12,7 +12,8 @@ from rich.table import Table
 from zfnet import imagefolder
 from zfnet.client.api import Client
 from zfnet.client.cli.common import ServerOption, parse_layers, progress_bar, true_classes, unique_stems
-from zfnet.client.results import OcclusionMaps, OcclusionResult, class_name
+from zfnet.wire.common import class_name
+from zfnet.wire.occlusion import OcclusionMaps, OcclusionResult
 
 
 def command(

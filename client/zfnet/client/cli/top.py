@@ -14,7 +14,7 @@ from zfnet.client.api import Client
 from zfnet.client.cli.common import ServerOption, job_progress, parse_ranges
 from zfnet.errors import InvalidArgument
 from zfnet.topk import TopK
-from zfnet.v1 import zfnet_pb2 as pb
+from zfnet.wire.common import Progress
 
 STATE, PARTIAL = "state.npz", "partial-state.npz"
 
@@ -144,7 +144,7 @@ def _channels_of(state: TopK | None) -> list[int] | None:
     return list(lists.pop()) if len(lists) == 1 else None
 
 
-def _show(bar, tasks: dict, progress: pb.JobProgress) -> None:
+def _show(bar, tasks: dict, progress: Progress) -> None:
     """Progress replies -> the bar: one task per stage, skipped images counted."""
     stage = progress.stage
     if stage not in tasks:
@@ -156,7 +156,7 @@ def _show(bar, tasks: dict, progress: pb.JobProgress) -> None:
 
 def _show_stage(bar, tasks: dict, stage: str, done: int, total: int) -> None:
     """A Ray job's (stage, done, total) -> the bar, as :func:`_show` shows a server's progress."""
-    _show(bar, tasks, pb.JobProgress(stage=stage, done=done, total=total))
+    _show(bar, tasks, Progress(stage, done, total))
 
 
 def _ranges(state: TopK) -> str:

@@ -1,0 +1,114 @@
+"""What the server holds: its models (upload, info, listing, deletion) and its named data sets."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from zfnet.errors import InvalidArgument
+from zfnet.v1 import zfnet_pb2 as pb
+
+CHUNK_BYTES = 1 << 20  # bytes per UploadModel chunk
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """One row of a model's layer table: an activation the server can read and project."""
+
+    index: int  # position in the table (graph order)
+    name: str  # tensor name
+    op: str  # the ONNX op that produces it
+    shape: tuple[int, ...]  # -1 for the batch (or any dynamic) dimension
+    number: int  # > 0: the paper's layer number (LayerRef.number); 0: none
+    aliases: tuple[str, ...]  # the tensor's names in the model as uploaded
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Inputs, preprocessing, classes and the layer table of one model."""
+
+    sha256: str
+    name: str
+    input_name: str
+    input_shape: tuple[int, ...]  # (-1, C, H, W): the size images are resized to
+    preprocessing_json: str  # what the graph does at its input, a JSON object
+    classes: list[str]  # output order; empty when unknown
+    layers: list[LayerInfo]
+    output_name: str  # the tensor Predict reads
+    provider: str  # onnxruntime execution provider in use
+
+    def to_proto(self) -> pb.ModelInfo:
+        return pb.ModelInfo(
+            sha256=self.sha256, name=self.name, input_name=self.input_name, input_shape=self.input_shape,
+            preprocessing_json=self.preprocessing_json, classes=self.classes, output_name=self.output_name, provider=self.provider,
+            layers=[pb.Layer(index=r.index, name=r.name, op=r.op, shape=r.shape, number=r.number, aliases=r.aliases) for r in self.layers],
+        )
+
+    @classmethod
+    def from_proto(cls, message: pb.ModelInfo) -> ModelInfo:
+        return cls(
+            message.sha256, message.name, message.input_name, tuple(message.input_shape), message.preprocessing_json, list(message.classes),
+            [LayerInfo(r.index, r.name, r.op, tuple(r.shape), r.number, tuple(r.aliases)) for r in message.layers],
+            message.output_name, message.provider,
+        )
+
+
+@dataclass(frozen=True)
+class ModelDeleted:
+    sha256: str
+    removed: bool  # True: an upload, forgotten; False: a --model-dir model, only unloaded
+
+    def to_proto(self) -> pb.DeleteModelResponse:
+        return pb.DeleteModelResponse(sha256=self.sha256, removed=self.removed)
+
+    @classmethod
+    def from_proto(cls, message: pb.DeleteModelResponse) -> ModelDeleted:
+        return cls(message.sha256, message.removed)
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """A named data set of the server's --data-dir."""
+
+    name: str  # what DataSource.dataset takes
+    size: int  # images
+    classes: list[str]  # folder names, in label order
+
+    def to_proto(self) -> pb.DatasetInfo:
+        return pb.DatasetInfo(name=self.name, size=self.size, classes=self.classes)
+
+    @classmethod
+    def from_proto(cls, message: pb.DatasetInfo) -> DatasetInfo:
+        return cls(message.name, message.size, list(message.classes))
+
+
+@dataclass(frozen=True)
+class UploadHeader:
+    sha256: str  # hex SHA-256 of the whole file; "" : not checked
+    size: int  # bytes of the whole file; 0: unknown
+    name: str  # display name for ListModels
+
+
+def upload_requests(data: bytes, header: UploadHeader) -> Iterator[pb.UploadModelRequest]:
+    """An UploadModel stream: the header, then the bytes in chunks."""
+    yield pb.UploadModelRequest(header=pb.UploadHeader(sha256=header.sha256, size=header.size, name=header.name))
+    for start in range(0, len(data), CHUNK_BYTES):
+        yield pb.UploadModelRequest(chunk=data[start : start + CHUNK_BYTES])
+
+
+def upload_of(requests: Iterator[pb.UploadModelRequest]) -> tuple[UploadHeader, Iterator[bytes]]:
+    """The header of an UploadModel stream and its chunks' bytes, refused when out of order."""
+    first = next(requests, None)
+    if first is None:
+        raise InvalidArgument("UploadModel: empty stream; send an UploadHeader and the model's bytes", field="header", reason="FIELD_REQUIRED")
+    if first.WhichOneof("part") != "header":
+        raise InvalidArgument("UploadModel: send the UploadHeader before any chunk", field="chunk", reason="STREAM_OUT_OF_ORDER")
+
+    def chunks() -> Iterator[bytes]:
+        for part in requests:
+            if part.WhichOneof("part") != "chunk":
+                raise InvalidArgument("UploadModel: send one UploadHeader, then only chunks", field="header", reason="STREAM_OUT_OF_ORDER")
+            yield part.chunk
+
+    header = first.header
+    return UploadHeader(header.sha256, header.size, header.name), chunks()
