@@ -80,8 +80,10 @@ TYPECHECKED := bench \
 	tests/server/test_device_path.py \
 	tests/server/test_occlusion.py \
 	tests/snapshot_testing.py \
+	tests/test_layering.py \
 	tests/test_packaging.py \
-	tests/test_protos.py
+	tests/test_protos.py \
+	tests/test_wire.py
 
 typecheck: install
 	$(VENV)/bin/pyright $(TYPECHECKED)

@@ -61,7 +61,7 @@ def single(folder: Path, layer: int, batch: int):
 
 def on_ray(folder: Path, layer: int, batch: int, workers: int):
     from zfnet.client import ray_jobs
-    from zfnet.client.api import TopResult
+    from zfnet.wire.top import TopResult
 
     began = time.perf_counter()
     marks: dict[str, float] = {}
