@@ -89,3 +89,26 @@ class StochasticDepth(nn.Module):
         mask = x.new_empty([x.shape[0]] + [1] * (x.ndim - 1)).bernoulli_(keep)
         return x * mask / keep if keep > 0.0 else x * mask
 
+
+
+def init_he(model: nn.Module, linear_std: float | None = 0.01) -> None:
+    """torchvision's usual initialisation: He-normal (fan-out) convolutions, N(0, ``linear_std``) linear layers
+    (left as built when None), zero biases."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.Linear) and linear_std is not None:
+            nn.init.normal_(m.weight, 0.0, linear_std)
+        else:
+            continue
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+
+def init_truncated(model: nn.Module, convolutions: bool = False, std: float = 0.02) -> None:
+    """The transformers' initialisation: linear (and optionally convolution) weights from a normal truncated at +-2, zero biases."""
+    for m in model.modules():
+        if isinstance(m, nn.Linear) or (convolutions and isinstance(m, nn.Conv2d)):
+            nn.init.trunc_normal_(m.weight, std=std)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zfnet.converters.pytorch.imagenet._layers import Permute, StochasticDepth
+from zfnet.converters.pytorch.imagenet._layers import Permute, StochasticDepth, init_truncated
 
 
 class LayerNorm2d(nn.LayerNorm):
@@ -56,10 +56,7 @@ class ConvNeXt(nn.Module):
         self.features = nn.Sequential(*layers)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Sequential(LayerNorm2d(dims[-1], eps=1e-6), nn.Flatten(1), nn.Linear(dims[-1], num_classes))
-        for m in self.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                nn.init.zeros_(m.bias)
+        init_truncated(self, convolutions=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.avgpool(self.features(x)))

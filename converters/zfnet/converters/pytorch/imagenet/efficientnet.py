@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import torch
 from torch import nn
 
-from zfnet.converters.pytorch.imagenet._layers import SqueezeExcitation, StochasticDepth, conv_norm_act
+from zfnet.converters.pytorch.imagenet._layers import SqueezeExcitation, StochasticDepth, conv_norm_act, init_he
 
 
 class Stage(NamedTuple):
@@ -68,16 +67,12 @@ class EfficientNet(nn.Module):
         layers.append(conv_norm_act(stages[-1].cout, last_conv, 1, act=nn.SiLU))
         self.features = nn.Sequential(*layers)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(last_conv, num_classes))
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                bound = 1.0 / math.sqrt(m.out_features)
-                nn.init.uniform_(m.weight, -bound, bound)
-                nn.init.zeros_(m.bias)
+        linear = nn.Linear(last_conv, num_classes)
+        self.classifier = nn.Sequential(nn.Dropout(dropout), linear)
+        init_he(self, linear_std=None)
+        bound = num_classes**-0.5
+        nn.init.uniform_(linear.weight, -bound, bound)
+        nn.init.zeros_(linear.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))

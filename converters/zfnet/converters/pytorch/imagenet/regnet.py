@@ -6,13 +6,12 @@ The stage widths and depths are those torchvision derives from the design space 
 
 from __future__ import annotations
 
-import math
 from collections import OrderedDict
 
 import torch
 from torch import nn
 
-from zfnet.converters.pytorch.imagenet._layers import SqueezeExcitation, conv_norm_act
+from zfnet.converters.pytorch.imagenet._layers import SqueezeExcitation, conv_norm_act, init_he
 
 
 class BottleneckTransform(nn.Sequential):
@@ -47,22 +46,18 @@ class RegNet(nn.Module):
     def __init__(self, depths: list[int], widths: list[int], group_width: int, se_ratio: float, stem_width: int = 32, num_classes: int = 1000) -> None:
         super().__init__()
         self.stem = conv_norm_act(3, stem_width, 3, 2)
-        stages = []
+        stages: OrderedDict[str, nn.Module] = OrderedDict()
         cin = stem_width
         for s, (depth, width) in enumerate(zip(depths, widths), start=1):
-            blocks = OrderedDict((f"block{s}-{i}", ResBottleneckBlock(cin if i == 0 else width, width, 2 if i == 0 else 1, group_width, se_ratio)) for i in range(depth))
-            stages.append((f"block{s}", nn.Sequential(blocks)))
+            blocks: OrderedDict[str, nn.Module] = OrderedDict()
+            for i in range(depth):
+                blocks[f"block{s}-{i}"] = ResBottleneckBlock(cin if i == 0 else width, width, 2 if i == 0 else 1, group_width, se_ratio)
+            stages[f"block{s}"] = nn.Sequential(blocks)
             cin = width
-        self.trunk_output = nn.Sequential(OrderedDict(stages))
+        self.trunk_output = nn.Sequential(stages)
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.fc = nn.Linear(cin, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
-                nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0.0, 0.01)
-                nn.init.zeros_(m.bias)
+        init_he(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.avgpool(self.trunk_output(self.stem(x))).flatten(1))

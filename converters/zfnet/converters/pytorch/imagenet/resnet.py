@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from zfnet.converters.pytorch.imagenet._layers import init_he
+
 
 def _conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(cin, cout, 3, stride, padding=1, bias=False)
@@ -58,6 +60,13 @@ class Bottleneck(nn.Module):
         return self.relu(out + identity)
 
 
+def _stage(block: type[BasicBlock | Bottleneck], cin: int, planes: int, depth: int, stride: int) -> nn.Sequential:
+    """``depth`` blocks; the first changes resolution and width, with a 1x1 projection on its shortcut."""
+    cout = planes * block.expansion
+    downsample = nn.Sequential(_conv1x1(cin, cout, stride), nn.BatchNorm2d(cout)) if stride != 1 or cin != cout else None
+    return nn.Sequential(block(cin, planes, stride, downsample), *(block(cout, planes) for _ in range(depth - 1)))
+
+
 class ResNet(nn.Module):
     """Stem (7x7/2 convolution, 3x3/2 max pool), four stages ``layer1..layer4``, global average pool, ``fc``."""
 
@@ -67,19 +76,13 @@ class ResNet(nn.Module):
         self.bn1 = nn.BatchNorm2d(64)
         self.relu = nn.ReLU()
         self.maxpool = nn.MaxPool2d(3, 2, padding=1)
-        cin = 64
-        for index, (planes, depth) in enumerate(zip((64, 128, 256, 512), depths)):
-            stride = 1 if index == 0 else 2
-            cout = planes * block.expansion
-            downsample = nn.Sequential(_conv1x1(cin, cout, stride), nn.BatchNorm2d(cout)) if stride != 1 or cin != cout else None
-            blocks = [block(cin, planes, stride, downsample)] + [block(cout, planes) for _ in range(depth - 1)]
-            self.add_module(f"layer{index + 1}", nn.Sequential(*blocks))
-            cin = cout
+        self.layer1 = _stage(block, 64, 64, depths[0], stride=1)
+        self.layer2 = _stage(block, 64 * block.expansion, 128, depths[1], stride=2)
+        self.layer3 = _stage(block, 128 * block.expansion, 256, depths[2], stride=2)
+        self.layer4 = _stage(block, 256 * block.expansion, 512, depths[3], stride=2)
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.fc = nn.Linear(512 * block.expansion, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        init_he(self, linear_std=None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zfnet.converters.pytorch.imagenet._layers import Permute, StochasticDepth
+from zfnet.converters.pytorch.imagenet._layers import Permute, StochasticDepth, init_truncated
 
 
 class PatchMerging(nn.Module):
@@ -50,6 +50,8 @@ def _shift_mask(height: int, width: int, window: int, shift: tuple[int, int]) ->
 
 class ShiftedWindowAttention(nn.Module):
     """Multi-head self-attention within (shifted) windows, with a learned relative position bias."""
+
+    relative_position_index: torch.Tensor
 
     def __init__(self, dim: int, window: int, shift: int, num_heads: int) -> None:
         super().__init__()
@@ -92,10 +94,6 @@ class MLP(nn.Sequential):
 
     def __init__(self, dim: int, hidden: int) -> None:
         super().__init__(nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(0.0), nn.Linear(hidden, dim), nn.Dropout(0.0))
-        for m in self:
-            if isinstance(m, nn.Linear):
-                nn.init.xavier_uniform_(m.weight)
-                nn.init.normal_(m.bias, std=1e-6)
 
 
 class SwinTransformerBlock(nn.Module):
@@ -137,11 +135,7 @@ class SwinTransformer(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.flatten = nn.Flatten(1)
         self.head = nn.Linear(features, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
+        init_truncated(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.flatten(self.avgpool(self.permute(self.norm(self.features(x))))))

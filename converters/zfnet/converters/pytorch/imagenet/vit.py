@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from zfnet.converters.pytorch.imagenet._layers import init_truncated
+
 
 class PatchEmbed(nn.Module):
     """``proj``: a PxP/P convolution, flattened to (N, patches, features)."""
@@ -87,10 +89,7 @@ class VisionTransformer(nn.Module):
         self.head = nn.Linear(dim, num_classes)
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.normal_(self.cls_token, std=1e-6)
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                nn.init.zeros_(m.bias)
+        init_truncated(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.patch_embed(x)
