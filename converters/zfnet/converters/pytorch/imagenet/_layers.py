@@ -1,8 +1,9 @@
 """Building blocks shared by the torchvision replicas (``torchvision.ops.misc`` and ``stochastic_depth``).
 
-Upstream writes several of these as in-place operations (``nn.ReLU(inplace=True)``, ``out += identity``);
-here they are out of place, which computes the same numbers and lets backward hooks (Captum, the
-deconvnet's reference) see every module's output.
+Upstream computes activations and residual sums in place (``nn.ReLU(inplace=True)``, ``out += identity``);
+every replica computes them out of place. The numbers are the same, but a forward hook on a module sees
+that module's output (upstream's hook on VGG's ``features.28`` convolution sees the ReLU of ``features.29``
+written over it), and full backward hooks (Captum) work.
 """
 
 from __future__ import annotations
@@ -16,10 +17,9 @@ NormLayer = Callable[[int], nn.Module]
 Activation = Callable[[], nn.Module]
 
 
-def make_divisible(value: float, divisor: int, min_value: int | None = None) -> int:
+def make_divisible(value: float, divisor: int) -> int:
     """Round a channel count to a multiple of ``divisor``, never more than 10% below ``value`` (torchvision's ``_make_divisible``)."""
-    min_value = divisor if min_value is None else min_value
-    rounded = max(min_value, int(value + divisor / 2) // divisor * divisor)
+    rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
     return rounded + divisor if rounded < 0.9 * value else rounded
 
 
@@ -29,20 +29,11 @@ def conv_norm_act(
     kernel: int = 3,
     stride: int = 1,
     groups: int = 1,
-    norm: NormLayer | None = nn.BatchNorm2d,
+    norm: NormLayer = nn.BatchNorm2d,
     act: Activation | None = nn.ReLU,
-    padding: int | None = None,
-    bias: bool | None = None,
 ) -> nn.Sequential:
-    """Convolution (``0``), normalisation (``1``) and activation (``2``), as ``Conv2dNormActivation``.
-
-    Padding defaults to "same" for odd kernels; the convolution has a bias only without a normalisation.
-    """
-    layers: list[nn.Module] = [
-        nn.Conv2d(cin, cout, kernel, stride, (kernel - 1) // 2 if padding is None else padding, groups=groups, bias=norm is None if bias is None else bias)
-    ]
-    if norm is not None:
-        layers.append(norm(cout))
+    """Convolution without bias (``0``, "same" padding), normalisation (``1``), activation (``2``), as ``Conv2dNormActivation``."""
+    layers: list[nn.Module] = [nn.Conv2d(cin, cout, kernel, stride, (kernel - 1) // 2, groups=groups, bias=False), norm(cout)]
     if act is not None:
         layers.append(act())
     return nn.Sequential(*layers)
