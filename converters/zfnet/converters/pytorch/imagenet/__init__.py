@@ -63,7 +63,7 @@ class Architecture:
     preprocessing: Preprocessing
 
     def __call__(self, **kwargs: object) -> nn.Module:
-        """Build the network with random weights (``num_classes=1000`` and the other upstream keywords)."""
+        """Build the network with random weights; keywords as upstream's factory (``num_classes=1000``, ...)."""
         return self.factory(**kwargs)
 
 

@@ -62,6 +62,6 @@ class ConvNeXt(nn.Module):
         return self.classifier(self.avgpool(self.features(x)))
 
 
-def convnext_tiny(num_classes: int = 1000, stochastic_depth_prob: float = 0.1, layer_scale: float = 1e-6) -> ConvNeXt:
+def convnext_tiny(*, num_classes: int = 1000, stochastic_depth_prob: float = 0.1, layer_scale: float = 1e-6) -> ConvNeXt:
     """ConvNeXt-T: widths 96, 192, 384, 768 with 3, 3, 9, 3 blocks."""
     return ConvNeXt([96, 192, 384, 768], [3, 3, 9, 3], stochastic_depth_prob, layer_scale, num_classes)

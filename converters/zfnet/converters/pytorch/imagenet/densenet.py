@@ -92,6 +92,6 @@ class DenseNet(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
-def densenet121(num_classes: int = 1000) -> DenseNet:
+def densenet121(*, num_classes: int = 1000) -> DenseNet:
     """DenseNet-121: growth rate 32, blocks of 6, 12, 24 and 16 layers, 64 stem channels."""
     return DenseNet(32, (6, 12, 24, 16), 64, num_classes=num_classes)

@@ -78,6 +78,6 @@ class EfficientNet(nn.Module):
         return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
 
 
-def efficientnet_b0(num_classes: int = 1000, dropout: float = 0.2, stochastic_depth_prob: float = 0.2) -> EfficientNet:
+def efficientnet_b0(*, num_classes: int = 1000, dropout: float = 0.2, stochastic_depth_prob: float = 0.2) -> EfficientNet:
     """EfficientNet-B0: width and depth multipliers 1.0."""
     return EfficientNet(EFFICIENTNET_B0, dropout, stochastic_depth_prob, num_classes)

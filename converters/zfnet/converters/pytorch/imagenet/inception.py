@@ -204,6 +204,6 @@ class Inception3(nn.Module):
         return InceptionOutputs(logits, aux) if self.training and self.aux_logits else logits
 
 
-def inception_v3(num_classes: int = 1000, aux_logits: bool = True, transform_input: bool = False, dropout: float = 0.5) -> Inception3:
+def inception_v3(*, num_classes: int = 1000, aux_logits: bool = True, transform_input: bool = False, dropout: float = 0.5) -> Inception3:
     """Inception-v3 for 299x299 input. torchvision's pretrained weights were trained with ``transform_input=True``."""
     return Inception3(num_classes, aux_logits, transform_input, dropout)

@@ -74,6 +74,6 @@ class MobileNetV3(nn.Module):
         return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
 
 
-def mobilenet_v3_large(num_classes: int = 1000, dropout: float = 0.2) -> MobileNetV3:
+def mobilenet_v3_large(*, num_classes: int = 1000, dropout: float = 0.2) -> MobileNetV3:
     """MobileNetV3-Large at width 1.0 (960 -> 1280 -> classes)."""
     return MobileNetV3(MOBILENET_V3_LARGE, 1280, num_classes, dropout)

@@ -63,6 +63,6 @@ class RegNet(nn.Module):
         return self.fc(self.avgpool(self.trunk_output(self.stem(x))).flatten(1))
 
 
-def regnet_y_400mf(num_classes: int = 1000) -> RegNet:
+def regnet_y_400mf(*, num_classes: int = 1000) -> RegNet:
     """RegNetY-400MF: stages of 1, 3, 6, 6 blocks, 48, 104, 208, 440 channels, group width 8."""
     return RegNet([1, 3, 6, 6], [48, 104, 208, 440], group_width=8, se_ratio=0.25, num_classes=num_classes)

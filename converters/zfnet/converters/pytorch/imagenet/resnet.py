@@ -90,11 +90,11 @@ class ResNet(nn.Module):
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
-def resnet18(num_classes: int = 1000) -> ResNet:
+def resnet18(*, num_classes: int = 1000) -> ResNet:
     """ResNet-18: basic blocks, 2-2-2-2."""
     return ResNet(BasicBlock, [2, 2, 2, 2], num_classes)
 
 
-def resnet50(num_classes: int = 1000) -> ResNet:
+def resnet50(*, num_classes: int = 1000) -> ResNet:
     """ResNet-50: bottleneck blocks, 3-4-6-3."""
     return ResNet(Bottleneck, [3, 4, 6, 3], num_classes)

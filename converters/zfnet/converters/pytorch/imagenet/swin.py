@@ -141,6 +141,6 @@ class SwinTransformer(nn.Module):
         return self.head(self.flatten(self.avgpool(self.permute(self.norm(self.features(x))))))
 
 
-def swin_t(num_classes: int = 1000, stochastic_depth_prob: float = 0.2) -> SwinTransformer:
+def swin_t(*, num_classes: int = 1000, stochastic_depth_prob: float = 0.2) -> SwinTransformer:
     """Swin-T: patch 4, embedding 96, depths 2-2-6-2, heads 3-6-12-24, window 7."""
     return SwinTransformer(4, 96, [2, 2, 6, 2], [3, 6, 12, 24], 7, stochastic_depth_prob, num_classes)

@@ -37,6 +37,6 @@ class VGG(nn.Module):
         return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
 
 
-def vgg16(num_classes: int = 1000, dropout: float = 0.5) -> VGG:
+def vgg16(*, num_classes: int = 1000, dropout: float = 0.5) -> VGG:
     """VGG-16 without batch normalisation: 13 convolutions, 3 fully connected layers."""
     return VGG(VGG16_LAYERS, num_classes, dropout)

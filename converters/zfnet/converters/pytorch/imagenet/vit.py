@@ -98,6 +98,6 @@ class VisionTransformer(nn.Module):
         return self.head(self.head_drop(x[:, 0]))
 
 
-def vit_small_patch16_224(num_classes: int = 1000, img_size: int = 224) -> VisionTransformer:
+def vit_small_patch16_224(*, num_classes: int = 1000, img_size: int = 224) -> VisionTransformer:
     """ViT-S/16: width 384, 12 blocks of 6 heads; ``img_size`` sets the number of positions (224: 196 patches + class token)."""
     return VisionTransformer(img_size, 16, 384, 12, 6, num_classes)
