@@ -4,13 +4,14 @@ projection graphs) is read back by later loads instead of being prepared again, 
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from zfnet.converters import expose
-from zfnet.server import cache, projection
+from zfnet.converters import expose, graph, index
+from zfnet.server import cache, engine, models, projection, rules
 from zfnet.server.engine import Engine
 from zfnet.server.images import ImageInput
 from zfnet.server.models import ModelStore, load
@@ -64,3 +65,12 @@ def test_a_damaged_entry_is_prepared_again(fresh_cache: Path, reference_onnx: Pa
     model = load(reference_onnx.read_bytes(), "reference")
     (fresh_cache / cache.fingerprint() / model.sha256 / "exposed.onnx").write_bytes(b"not a model")
     assert load(reference_onnx.read_bytes(), "reference").layers == model.layers
+
+
+def test_the_cache_key_covers_the_code_that_prepares_models_and_nothing_else() -> None:
+    """Derived from the imports of the expose pass and the projection builder: the graph index, every
+    module of the op registry (the rules and the window geometry), not the engine that uses them."""
+    files = set(cache.sources())
+    assert set(Path(inspect.getfile(rules)).parent.glob("*.py")) <= files
+    assert {Path(inspect.getfile(m)) for m in (expose, graph, index, projection)} <= files
+    assert not {Path(inspect.getfile(m)) for m in (engine, models, cache)} & files

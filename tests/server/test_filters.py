@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -64,6 +65,36 @@ def test_filters_of_the_bundled_model_are_its_pytorch_weights(reference_module, 
     assert (fc.layer, fc.op) == ("fc6", "Gemm")
     np.testing.assert_array_equal(fc.weights, reference_module.fc6.weight.detach().numpy())
     np.testing.assert_array_equal(fc.bias, reference_module.fc6.bias.detach().numpy())
+
+
+def test_filters_of_an_einsum_layer_are_its_own(tmp_path, sample_images) -> None:
+    """Conv -> Relu -> Reshape -> Einsum(constant W): the layer table numbers the Einsum as layer 2, and
+    its filters are W laid out (out, in), not conv1's: the layer's output is its input times their transpose."""
+    rng = np.random.default_rng(2)
+    conv_w, fc_w = rng.normal(size=(2, 3, 3, 3)).astype(np.float32), rng.normal(size=(32, 5)).astype(np.float32)
+    nodes = [
+        helper.make_node("Conv", ["x", "conv_w"], ["conv1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["conv1"], ["relu1"], name="relu1"),
+        helper.make_node("Reshape", ["relu1", "shape"], ["flat"], name="flat"),
+        helper.make_node("Einsum", ["flat", "fc_w"], ["fc"], name="fc", equation="nk,kj->nj"),
+    ]
+    inits = [numpy_helper.from_array(conv_w, "conv_w"), numpy_helper.from_array(fc_w, "fc_w"), numpy_helper.from_array(np.array([-1, 32], np.int64), "shape")]
+    graph = helper.make_graph(nodes, "conv-einsum", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 4, 4])],
+                              [helper.make_tensor_value_info("fc", TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 10
+    path = tmp_path / "conv-einsum.onnx"
+    path.write_bytes(model.SerializeToString())
+    with Client() as client:
+        numbered = {layer.number: layer.name for layer in client.model_info(path).layers if layer.number}
+        conv, fc = client.filters(path, 1), client.filters(path, 2)
+        acts = client.activations(path, sample_images[:3], ["flat", "fc"])
+    assert numbered == {1: "relu1", 2: "fc"}
+    assert (conv.layer, conv.op, conv.bias) == ("conv1", "Conv", None)
+    np.testing.assert_array_equal(conv.weights, conv_w)
+    assert (fc.layer, fc.op, fc.weights.shape, fc.bias) == ("fc", "Einsum", (5, 32), None)
+    np.testing.assert_array_equal(fc.weights, fc_w.T)
+    np.testing.assert_allclose(acts["fc"], acts["flat"] @ fc.weights.T, rtol=1e-5, atol=1e-4)
 
 
 def test_tiles_match_a_tile_by_tile_reference() -> None:

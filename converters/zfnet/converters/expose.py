@@ -5,10 +5,10 @@
    name when the tensor's own name says nothing (``123``, ``/conv1/Conv_output_0``).
    The names they had are kept as aliases (metadata ``zfnet.aliases``), so the graph's own output
    name (``logits``) still selects its layer.
-2. Every MaxPool (opset 8 and later) gets its ``Indices`` output, ``<layer>.switches``: the max-pool
-   switches that a deconvnet unpools through.
-3. A float16 or float64 image input becomes a float32 one followed by a Cast, so every model takes
-   float32 RGB images in 0..255 (the model itself still runs in its own precision).
+2. Every node whose op registry entry names a switches output (``MaxPool`` from opset 8: its
+   ``Indices``) gets it, ``<layer>.switches``: the max-pool switches that a deconvnet unpools through.
+3. A float16, bfloat16 or float64 image input becomes a float32 one followed by a Cast, so every
+   model takes float32 RGB images in 0..255 (the model itself still runs in its own precision).
 4. Every tensor that depends on the image values (activations, switches, the masks a Where reads)
    becomes a graph output with its type and shape; the layer table lists the float ones.
 
@@ -26,10 +26,10 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from zfnet.converters.geometry import window
 from zfnet.converters.graph import get_metadata, set_metadata, set_versions
-from zfnet.converters.index import GraphIndex
+from zfnet.converters.index import GraphIndex, entry_of, opsets_of
 from zfnet.errors import InvalidArgument
+from zfnet.server.rules import FLOAT_TYPES
 
 SCOPES_KEY = "pkg.torch.onnx.name_scopes"
 EXPOSED_KEY = "zfnet.exposed"
@@ -95,10 +95,15 @@ def _rename(model: onnx.ModelProto, renames: dict[str, str]) -> None:
 
 
 def _add_switches(model: onnx.ModelProto) -> None:
-    index = GraphIndex(model)
+    opsets = opsets_of(model)
     for node in model.graph.node:
-        if node.op_type == "MaxPool" and len(node.output) == 1 and index.opset(node) >= 8:
-            node.output.append(node.output[0] + SWITCHES_SUFFIX)
+        entry = entry_of(node, opsets)
+        position = entry.switches if entry is not None else None
+        if position is None or (len(node.output) > position and node.output[position]):
+            continue
+        outputs = [*node.output, *[""] * (position + 1 - len(node.output))]
+        outputs[position] = node.output[0] + SWITCHES_SUFFIX
+        node.output[:] = outputs
 
 
 def _float32_input(model: onnx.ModelProto) -> None:
@@ -108,7 +113,7 @@ def _float32_input(model: onnx.ModelProto) -> None:
     for name in index.inputs:
         value = next(v for v in graph.input if v.name == name)
         elem = value.type.tensor_type.elem_type
-        if elem not in (TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16):
+        if elem not in FLOAT_TYPES or elem == TensorProto.FLOAT:
             continue
         cast = f"{name}.{TensorProto.DataType.Name(elem).lower()}"
         for node in graph.node:
@@ -142,52 +147,33 @@ def _fold_static(model: onnx.ModelProto, inferred: GraphIndex) -> bool:
             graph.node.remove(node)
 
 
-def _onnxruntime_pool_size(node: onnx.NodeProto, in_spatial: list) -> tuple[list[int], bool] | None:
-    """For a ceil-mode pool with explicit pads: onnxruntime's output size, and whether it is below
-    ONNX's (the last window would start in the end padding; onnxruntime, like PyTorch, drops it);
-    None if the node is not such a pool or a size is unknown."""
-    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-    if attrs.get("ceil_mode", 0) != 1 or attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
-        return None
-    if len(in_spatial) != len(attrs["kernel_shape"]) or not all(isinstance(d, int) and d > 0 for d in in_spatial):
-        return None
-    win = window(attrs, in_spatial)
-    sizes = win.output_size(in_spatial)
-    return sizes, sizes != win.output_size(in_spatial, keep_padding_window=True)
-
-
 def _infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
-    """ONNX shape inference with onnxruntime's ceil-mode pooling sizes.
+    """ONNX shape inference, with the sizes onnxruntime computes where they differ.
 
-    Before opset 22, ONNX infers a ceil-mode MaxPool/AveragePool output one larger than onnxruntime
-    computes when the last window would start in the end padding (2x2/2 with pad 1 on 7 pixels: 5
-    against 4). So inference runs on a copy where each ceil-mode pool is replaced, for its shape only,
-    by a floor-mode pool of onnxruntime's size (same begin pads and strides, no end pads, the kernel
-    that fits), upstream first, inferring again after each size that changes.
+    Where ONNX infers another output size than onnxruntime runs (an entry's ``stand_in``: ceil-mode
+    pooling before opset 22), inference runs on a copy in which each such node is replaced, for its
+    shape only, by a stand-in of onnxruntime's size, upstream first, inferring again after each size
+    that changes.
     """
     surrogate = onnx.ModelProto.FromString(model.SerializeToString())
+    opsets = opsets_of(model)
     done: set[int] = set()
     while True:
         inferred = onnx.shape_inference.infer_shapes(surrogate, strict_mode=True, data_prop=True)
         infos = list(inferred.graph.value_info) + list(inferred.graph.output) + list(inferred.graph.input)
         shapes = {v.name: tensor_shape(v) for v in infos}
         for i, node in enumerate(surrogate.graph.node):
-            if node.op_type not in ("MaxPool", "AveragePool") or i in done:
-                continue
+            entry = entry_of(node, opsets) if i not in done else None
             done.add(i)
-            in_spatial = shapes.get(node.input[0], [])[2:]
-            size = _onnxruntime_pool_size(node, in_spatial)
-            if size is None:
+            if entry is None or entry.stand_in is None:
                 continue
-            attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-            rank = len(in_spatial)
-            begins, strides = list(attrs.get("pads", [0] * 2 * rank))[:rank], attrs.get("strides", [1] * rank)
-            kernel = [n + b - (o - 1) * s for n, b, o, s in zip(in_spatial, begins, size[0], strides)]
+            found = entry.stand_in({a.name: helper.get_attribute_value(a) for a in node.attribute}, shapes.get(node.input[0], []))
+            if found is None:
+                continue
+            attributes, changed = found
             del node.attribute[:]
-            node.attribute.extend(
-                helper.make_attribute(k, v) for k, v in {"kernel_shape": kernel, "strides": strides, "pads": begins + [0] * rank}.items()
-            )
-            if size[1]:
+            node.attribute.extend(helper.make_attribute(k, v) for k, v in attributes.items())
+            if changed:
                 break  # downstream shapes are stale
         else:
             return inferred

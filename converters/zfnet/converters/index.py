@@ -1,7 +1,9 @@
 """One index of an ONNX graph, built once per model and shared by the expose pass, the layer table,
 the receptive fields and the projection builder: producers, consumers, constants, static shapes and
 element types, which tensors depend on the image, and each node's attributes bound with the
-defaults of its ONNX schema at the model's opset."""
+defaults of its ONNX schema at the model's opset. What it knows about ops (which outputs are computed
+from shapes alone, which element types are floats) comes from the op registry
+(:mod:`zfnet.server.rules`), which imports nothing of the converters."""
 
 from __future__ import annotations
 
@@ -13,15 +15,25 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-# outputs computed from the *shape* of their input only: they carry no signal from the image values
-SHAPE_ONLY_OPS = frozenset({"Shape", "Size"})
+from zfnet.server.rules import FLOAT_TYPES, OpRule, lookup
+from zfnet.server.rules.registry import FromShape
+
 DEFAULT_DOMAINS = ("", "ai.onnx")
-_FLOATS = frozenset({onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16})
 
 
 def domain_of(node: onnx.NodeProto) -> str:
     """The node's domain, with ``ai.onnx`` spelled ``""``."""
     return "" if node.domain in DEFAULT_DOMAINS else node.domain
+
+
+def opsets_of(model: onnx.ModelProto) -> dict[str, int]:
+    """The model's opset of each domain (``ai.onnx`` spelled ``""``)."""
+    return {("" if o.domain in DEFAULT_DOMAINS else o.domain): o.version for o in model.opset_import}
+
+
+def entry_of(node: onnx.NodeProto, opsets: dict[str, int]) -> OpRule | None:
+    """The op registry's entry for a node of a model with ``opsets`` (see :func:`zfnet.server.rules.lookup`)."""
+    return lookup(domain_of(node), node.op_type, opsets.get(domain_of(node), 1))
 
 
 @dataclass(frozen=True)
@@ -118,7 +130,7 @@ class GraphIndex:
     def __post_init__(self) -> None:
         graph = self.model.graph
         self.nodes = list(graph.node)
-        self.opsets = {("" if o.domain in DEFAULT_DOMAINS else o.domain): o.version for o in self.model.opset_import}
+        self.opsets = opsets_of(self.model)
         self.producers, self.consumers = {}, defaultdict(list)
         self.constants = {i.name: i for i in graph.initializer}
         for i, node in enumerate(self.nodes):
@@ -137,7 +149,7 @@ class GraphIndex:
         self.outputs = [v.name for v in graph.output]
         self.live = set(self.inputs)
         for node in self.nodes:
-            if node.op_type not in SHAPE_ONLY_OPS and any(name in self.live for name in node.input):
+            if any(name in self.live for name in node.input) and self._from_shape(node) is None:
                 self.live.update(n for n in node.output if n)
         self._attrs: dict[int, dict[str, Any]] = {}
         self._arrays: dict[str, np.ndarray] = {}
@@ -145,6 +157,11 @@ class GraphIndex:
     # -- nodes -------------------------------------------------------------------------------------
     def opset(self, node: onnx.NodeProto) -> int:
         return self.opsets.get(domain_of(node), 1)
+
+    def _from_shape(self, node: onnx.NodeProto) -> FromShape | None:
+        """How the node's output follows from its input's shape alone (``Shape``, ``Size``), else None."""
+        entry = entry_of(node, self.opsets)
+        return entry.from_shape if entry is not None else None
 
     def node(self, i: int) -> Node:
         """Node ``i`` with bound attributes."""
@@ -186,7 +203,7 @@ class GraphIndex:
         return info.type.tensor_type.elem_type if info is not None else 0
 
     def is_float(self, name: str) -> bool:
-        return self.elem_type(name) in _FLOATS
+        return self.elem_type(name) in FLOAT_TYPES
 
     def constant(self, name: str) -> np.ndarray | None:
         """The numpy value of a tensor that does not depend on the image: an initializer, a Constant,
@@ -203,11 +220,14 @@ class GraphIndex:
             array = numpy_helper.to_array(self.constants[name])
         else:
             i = self.producers.get(name)
-            node = self.nodes[i] if i is not None else None
-            if node is None or domain_of(node) or node.op_type in ("If", "Loop", "Scan"):
+            if i is None:
                 return None
-            values = [self._shape_of(node) if node.op_type in SHAPE_ONLY_OPS else None]
-            if values[0] is None:
+            node = self.nodes[i]
+            if domain_of(node) or node.op_type in ("If", "Loop", "Scan"):
+                return None
+            from_shape = self._from_shape(node)
+            values = [self._from_static_shape(i, from_shape)] if from_shape is not None else None
+            if values is None or values[0] is None:
                 values = self._evaluate(node)
             if values is None:
                 return None
@@ -221,16 +241,12 @@ class GraphIndex:
         array.setflags(write=False)
         return array
 
-    def _shape_of(self, node: onnx.NodeProto) -> np.ndarray | None:
-        """Shape/Size of a tensor whose dimensions are all static."""
-        dims = self.shape(node.input[0])
+    def _from_static_shape(self, i: int, from_shape: FromShape) -> np.ndarray | None:
+        """The output of node ``i`` (``Shape``, ``Size``) when its input's dimensions are all static."""
+        dims = self.shape(self.nodes[i].input[0])
         if dims is None or not all(isinstance(d, int) and d > 0 for d in dims):
             return None
-        if node.op_type == "Size":
-            return np.asarray(int(np.prod(dims)), np.int64)
-        attrs = self.node(self.producers[node.output[0]]).attrs
-        start, end = attrs.get("start", 0), attrs.get("end")
-        return np.asarray(dims[start:end] if end is not None else dims[start:], np.int64)
+        return from_shape(dims, self.node(i).attrs)
 
     def _evaluate(self, node: onnx.NodeProto) -> list[np.ndarray] | None:
         """Run one node on static inputs with onnx's reference evaluator."""

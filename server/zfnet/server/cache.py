@@ -6,8 +6,10 @@ entries. The cache is a convenience: when it cannot be read or written, the work
 
 from __future__ import annotations
 
+import ast
 import functools
 import hashlib
+import importlib.util
 import json
 import logging
 import os
@@ -18,17 +20,48 @@ import onnx
 from google.protobuf.message import DecodeError
 
 from zfnet.version import __version__
-from zfnet.converters import expose, geometry, graph, index
+from zfnet.converters import expose
 from zfnet.converters.graph import get_metadata, set_metadata
 from zfnet.converters.index import GraphIndex
 from zfnet.server import projection as projection_graph
-from zfnet.server import rules
 
 log = logging.getLogger("zfnet.server")
 
 PROJECTION_KEY = "zfnet.projection"
-# the code whose output is cached (with every module of the rules package): a change starts a new cache
-_SOURCES = (expose, index, geometry, graph, projection_graph)
+# the code whose output is cached: these modules and every zfnet module they import (the graph index,
+# the op registry and its rules ...); a change to any of them starts a new cache
+_PRODUCERS = (expose.__name__, projection_graph.__name__)
+
+
+def _imported(path: Path) -> list[str]:
+    """The absolute module names a source file imports (``from m import x`` may name a module m.x)."""
+    names = []
+    for node in ast.walk(ast.parse(path.read_bytes())):
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names += [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
+    return names
+
+
+@functools.cache
+def sources() -> tuple[Path, ...]:
+    """The files of the cached code: :data:`_PRODUCERS` and every zfnet module they import, transitively."""
+    found: dict[str, Path] = {}
+    pending = list(_PRODUCERS)
+    while pending:
+        name = pending.pop()
+        if name in found:
+            continue
+        try:
+            spec = importlib.util.find_spec(name)
+        except (ImportError, ValueError):  # ``from module import function``: no module of that name
+            spec = None
+        if spec is None or not spec.has_location or spec.origin is None:
+            continue
+        found[name] = Path(spec.origin)
+        pending += [n for n in _imported(found[name]) if n.startswith("zfnet.")]
+    return tuple(sorted(found.values()))
 
 
 def root() -> Path:
@@ -39,11 +72,9 @@ def root() -> Path:
 
 @functools.cache
 def fingerprint() -> str:
-    """A short hash of zfnet's version, onnx's version and the source of the expose pass, the graph
-    index, the projection builder and every op rule."""
+    """A short hash of zfnet's version, onnx's version and the :func:`sources` of the cached code."""
     digest = hashlib.sha256(f"{__version__} onnx {onnx.__version__}".encode())
-    files = [Path(module.__file__) for module in _SOURCES] + sorted(Path(rules.__file__).parent.glob("*.py"))
-    for path in files:
+    for path in sources():
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
 

@@ -1,4 +1,5 @@
-"""A learned layer's filters (weights) as arrays: what ``zfclient filters`` tiles."""
+"""A learned layer's filters (weights) as arrays: what ``zfclient filters`` tiles. Which layers are
+learned, where their filters are and how they are laid out is their op registry entry's ``weights``."""
 
 from __future__ import annotations
 
@@ -11,8 +12,7 @@ from zfnet.converters.index import GraphIndex
 from zfnet.errors import InvalidArgument
 from zfnet.server.layers import resolve
 from zfnet.server.models import LoadedModel
-
-LEARNED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+from zfnet.server.rules import weights_of
 
 
 @dataclass(frozen=True)
@@ -25,8 +25,8 @@ class Filters:
 
 
 def find(model: LoadedModel, layer: str | int) -> Filters:
-    """The filters of ``layer``: the learned op that produces it, or the nearest one before it along its
-    block (``--layer 1`` names pool1, whose filters are conv1's)."""
+    """The filters of ``layer``: the learned layer that produces it, or the nearest one before it along
+    its block (``--layer 1`` names pool1, whose filters are conv1's)."""
     row = resolve(model.layers, layer)
     index = model.index or GraphIndex(model.model)
     name = row.name
@@ -35,15 +35,20 @@ def find(model: LoadedModel, layer: str | int) -> Filters:
         if i is None:
             raise InvalidArgument(f"layer {row.name!r} has no convolutional or fully connected layer before it")
         node = index.node(i)
-        if node.op_type in LEARNED_OPS and len(node.input) > 1 and index.constant(node.input[1]) is not None:
+        found = weights_of(index, node)
+        if found is not None:
             break
         inputs = [n for n in node.input if n and index.constant(n) is None]
         if len(inputs) != 1:
             raise InvalidArgument(f"layer {row.name!r}: {node.label} joins {len(inputs)} inputs; name the convolution itself")
         name = inputs[0]
-    weights = index.constant(node.input[1]).astype(np.float32)
-    if node.op_type == "MatMul" or (node.op_type == "Gemm" and not node.attrs.get("transB", 0)):
-        weights = weights.T
-    bias = index.constant(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+    stored = index.constant(found.tensor)
+    if stored is None:
+        raise InvalidArgument(f"layer {row.name!r}: the weights of {node.label} are not known before the image is")
+    try:
+        weights = found.layout(stored.astype(np.float32))
+    except ValueError as err:
+        raise InvalidArgument(f"layer {row.name!r}: the weights of {node.label} are not filters: {err}") from None
+    bias = index.constant(found.bias) if found.bias else None
     order = json.loads(model.preprocessing_json or "{}").get("channel_order") or "rgb"
     return Filters(node.output[0], node.op_type, np.ascontiguousarray(weights), None if bias is None else bias.astype(np.float32).reshape(-1), order)

@@ -14,10 +14,10 @@ import onnx
 from zfnet.converters.expose import ALIASES_KEY, SWITCHES_SUFFIX
 from zfnet.converters.graph import get_metadata
 from zfnet.converters.index import GraphIndex
-from zfnet.errors import InvalidArgument, NotFound
+from zfnet.errors import NotFound
 from zfnet.server import projection
 from zfnet.server.rules import Role, batch_axes, lookup_node
-from zfnet.server.rules.registry import Span, union
+from zfnet.server.rules.registry import REFUSE, Span, union
 
 
 @dataclass(frozen=True)
@@ -147,12 +147,11 @@ class ReceptiveFields:
             if all(s is None for s in outgoing):
                 continue
             rule = lookup_node(index, node)
-            if rule is None:
-                raise InvalidArgument(f"{node.label}: no receptive-field mapping is known for {node.op_type}")
+            field = rule.field if rule is not None else REFUSE
             for i, name in enumerate(node.input):
                 if not name or name not in index.live:
                     continue
-                span = rule.field(index, node, outgoing, i)
+                span = field(index, node, outgoing, i)
                 span = _clip(span, index.shape(name) or []) if clip else span
                 if span is not None:
                     spans[name] = union([spans.get(name), span])

@@ -27,12 +27,11 @@ from zfnet.converters import expose
 from zfnet.converters.graph import IR_VERSION, OPSET
 from zfnet.converters.index import GraphIndex, Node
 from zfnet.errors import FailedPrecondition, InvalidArgument
-from zfnet.server.rules import batch_axes, lookup_node, supported
+from zfnet.server.rules import FLOAT_TYPES, batch_axes, lookup_node, supported
 
 METHODS = ("deconvnet", "backprop", "guided")
 SIGNAL, IMAGE_INDEX, RECONSTRUCTION = "signal", "image_index", "reconstruction"
 FORWARD_PREFIX = "fwd/"
-_WIDE_FLOATS = (TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16)
 
 
 @dataclass(frozen=True)
@@ -152,7 +151,7 @@ class Builder:
                 raise self.refuse(f"tensor {name!r} has no batch axis; projections keep the images of a batch apart")
             else:
                 value = self.op("Gather", [FORWARD_PREFIX + name, IMAGE_INDEX], axis=axis)
-            if self.index.elem_type(name) in _WIDE_FLOATS:
+            if self.index.elem_type(name) in FLOAT_TYPES - {TensorProto.FLOAT}:
                 value = self.op("Cast", [value], to=TensorProto.FLOAT)
             self._gathered[name] = value
         return self._gathered[name]

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 import torch
 
 from rule_testing import Case, T, check, i64, make_model, node, weights
+from zfnet.converters.index import GraphIndex
+from zfnet.server.rules import Role, Weights, lookup_node, weights_of
 
 
 @pytest.mark.parametrize("trans_b", [0, 1])
@@ -85,3 +88,57 @@ def test_einsum_with_constant(equation):
 def test_einsum_of_two_activations():
     nodes = [node("Relu", ["x"], "r"), node("Einsum", ["x", "r"], equation="nij,nkj->nik")]
     check(Case(make_model(nodes, (3, 4), {}), (3, 4), lambda x, relu: torch.einsum("nij,nkj->nik", x, relu(x))), "einsum-two")
+
+
+# -- filters: a learned layer's weights laid out (out, in) --------------------------------------------
+# name: (nodes, input shape, initializers, the layer's output from x and its (out, in) filters, as textbooks write it)
+FILTER_CASES = {
+    "MatMul x W": ([node("MatMul", ["x", "w"])], (5,), {"w": weights(20, 5, 4)}, lambda x, f: x @ f.T),
+    "MatMul W x": ([node("MatMul", ["w", "x"])], (3, 5), {"w": weights(21, 2, 3)}, lambda x, f: f @ x),
+    "Gemm": ([node("Gemm", ["x", "w", "c"])], (6,), {"w": weights(22, 6, 4), "c": weights(23, 4)}, lambda x, f: x @ f.T + weights(23, 4)),
+    "Gemm transB": ([node("Gemm", ["x", "w"], transB=1)], (6,), {"w": weights(24, 4, 6)}, lambda x, f: x @ f.T),
+    "Gemm constant A transA": ([node("Gemm", ["w", "x"], transA=1)], (5,), {"w": weights(25, 3, 2)}, lambda x, f: f @ x),
+    "Einsum nchw,oc": ([node("Einsum", ["x", "w"], equation="nchw,oc->nohw")], (3, 2, 2), {"w": weights(26, 4, 3)},
+                       lambda x, f: np.einsum("nchw,oc->nohw", x, f)),
+    "Einsum kj,nk (weights first)": ([node("Einsum", ["w", "x"], equation="kj,nk->nj")], (5,), {"w": weights(27, 5, 3)}, lambda x, f: x @ f.T),
+    "Einsum nk,kij (two output indices)": ([node("Einsum", ["x", "w"], equation="nk,kij->nij")], (4,), {"w": weights(28, 4, 2, 3)},
+                                           lambda x, f: (x @ f.T).reshape(-1, 2, 3)),
+}
+
+
+def _laid_out(index: GraphIndex, found: Weights | None) -> np.ndarray:
+    stored = index.constant(found.tensor) if found is not None else None
+    assert found is not None and stored is not None
+    return found.layout(stored)
+
+
+@pytest.mark.parametrize("name", FILTER_CASES)
+def test_filters_are_laid_out_out_by_in(name):
+    """The entry's ``weights`` make the node a learned layer, and its filters, laid out (out, in), give
+    the layer's output by the textbook formula (compared with onnxruntime's)."""
+    nodes, shape, inits, ref = FILTER_CASES[name]
+    model = make_model(nodes, shape, inits)
+    index = GraphIndex(model)
+    layer = index.node(0)
+    entry, found = lookup_node(index, layer), weights_of(index, layer)
+    assert entry is not None and entry.role_of(index, layer) is Role.LEARNED
+    filters = _laid_out(index, found)
+    x = weights(29, 3, *shape)
+    expected = np.asarray(ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0])
+    np.testing.assert_allclose(ref(x, filters), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("nodes, inits, refusal", [
+    ([node("MatMul", ["x", "w"])], {"w": weights(30, 2, 5, 4)}, "not one matrix"),
+    ([node("Einsum", ["x", "w"], equation="nhk,hjk->nhj")], {"w": weights(31, 3, 4, 5)}, "kept in the output or contracted"),
+])
+def test_weights_that_are_not_a_filter_bank_are_refused(nodes, inits, refusal):
+    index = GraphIndex(make_model(nodes, (3, 5), inits))
+    with pytest.raises(ValueError, match=refusal):
+        _laid_out(index, weights_of(index, index.node(0)))
+
+
+def test_a_product_of_two_activations_has_no_filters():
+    index = GraphIndex(make_model(ATTENTION, (5, 6), ATTENTION_INITS))
+    products = [index.node(i) for i, n in enumerate(index.nodes) if n.op_type == "MatMul"]
+    assert len(products) == 2 and all(weights_of(index, p) is None for p in products)

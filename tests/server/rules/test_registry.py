@@ -1,13 +1,17 @@
-"""The op registry: entries keyed by (domain, op type, opset range), attributes bound with their
-schema's defaults, and a receptive-field mapping every entry must declare."""
+"""The op registry: entries keyed by (domain, op type, ONNX schema versions), reviewed up to each op's
+newest schema version, attributes bound with their schema's defaults, and a receptive-field mapping
+every entry must declare."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 import onnx
 import pytest
 
 from rule_testing import make_model, node
+from zfnet.client.api import Client
 from zfnet.converters import expose
 from zfnet.converters.index import GraphIndex
 from zfnet.errors import InvalidArgument
@@ -16,19 +20,39 @@ from zfnet.server.layers import ReceptiveFields
 from zfnet.server.rules import registry
 
 
-def test_every_entry_names_an_onnx_op_of_its_opsets():
+def _since_versions(op_type: str, domain: str) -> set[int]:
+    """Every schema version the installed onnx defines for an op (the since_version of each definition)."""
+    found = set()
+    for opset in range(1, onnx.defs.onnx_opset_version() + 1):
+        try:
+            found.add(onnx.defs.get_schema(op_type, opset, domain).since_version)
+        except onnx.defs.SchemaError:
+            pass
+    return found
+
+
+def test_every_entry_names_schema_versions_of_an_onnx_op():
     for (domain, op_type), entries in rules.RULES.items():
+        assert onnx.defs.has(op_type, domain), op_type
+        known = _since_versions(op_type, domain)
         for entry in entries:
-            assert onnx.defs.has(op_type, domain), op_type
-            schema = onnx.defs.get_schema(op_type, entry.last or onnx.defs.onnx_opset_version(), domain)
-            assert entry.last is None or schema.since_version <= entry.last, f"{op_type} {entry.first}..{entry.last}"
+            assert set(entry.versions) <= known, f"{op_type} {entry.versions}: onnx {onnx.__version__} defines {sorted(known)}"
 
 
-@pytest.mark.parametrize("op_type, before, after", [("Clip", 10, 11), ("ReduceSum", 12, 13), ("ReduceMean", 17, 18), ("ReduceMax", 17, 18)])
+def test_every_op_is_reviewed_up_to_its_newest_schema_version():
+    """An onnx upgrade that redefines an op fails here: review the op's rules against the new
+    definition, then add its since_version to the entry."""
+    for (domain, op_type), entries in rules.RULES.items():
+        newest = onnx.defs.get_schema(op_type, onnx.defs.onnx_opset_version(), domain).since_version
+        covered = max(v for entry in entries for v in entry.versions)
+        assert covered == newest, f"{op_type}: onnx {onnx.__version__} defines schema version {newest}; the rules cover up to {covered}"
+
+
+@pytest.mark.parametrize("op_type, before, after", [("Clip", 10, 11), ("ReduceSum", 12, 13), ("ReduceMean", 17, 18), ("ReduceMax", 17, 18), ("MaxPool", 7, 8)])
 def test_opset_ranges_pick_the_form(op_type, before, after):
     old, new = rules.lookup("", op_type, before), rules.lookup("", op_type, after)
     assert old is not None and new is not None and old is not new
-    assert (old.first, old.last) == (1, before) and new.first == after
+    assert max(old.versions) <= before < after == min(new.versions)
 
 
 def test_an_unknown_op_or_domain_has_no_entry():
@@ -36,17 +60,62 @@ def test_an_unknown_op_or_domain_has_no_entry():
     assert rules.lookup("com.microsoft", "Relu", 1) is None
 
 
+def _without_version(op_type: str, version: int) -> dict:
+    """The registry with ``version`` of ``op_type`` taken out of its entry: as if onnx had just defined it."""
+    table = dict(rules.RULES)
+    table[("", op_type)] = [dataclasses.replace(e, versions=tuple(v for v in e.versions if v != version)) for e in rules.RULES[("", op_type)]]
+    return table
+
+
+def test_a_schema_version_no_entry_covers_is_refused(monkeypatch):
+    monkeypatch.setattr(registry, "RULES", _without_version("Relu", 14))
+    assert rules.lookup("", "Relu", 13) is not None  # still covered
+    with pytest.raises(InvalidArgument) as refused:
+        rules.lookup("", "Relu", 18)
+    message = str(refused.value)
+    for part in ("op Relu", "domain ai.onnx", "model opset 18", "schema version 14", "schema versions 1, 6, 13 of Relu"):
+        assert part in message, message
+    assert refused.value.reason == "UNSUPPORTED_OP" and refused.value.metadata["schema_version"] == "14"
+
+
+def test_an_op_newer_than_the_model_opset_is_refused():
+    with pytest.raises(InvalidArgument, match="op Gelu of domain ai.onnx at model opset 18 has no ONNX schema"):
+        rules.lookup("", "Gelu", 18)
+
+
+def test_a_model_whose_op_resolves_to_an_uncovered_schema_version_is_refused(monkeypatch, tmp_path):
+    """Not silently mis-handled: the server refuses the model as it loads it (its layer table needs every
+    op's role), names the op, and goes on serving."""
+    paths = []
+    for k in range(2):
+        model = make_model([node("Conv", ["x", "w"], "c"), node("Relu", ["c"])], (3, 5, 5), {"w": np.full((2, 3, 3, 3), k, np.float32)})
+        paths.append(tmp_path / f"conv-relu-{k}.onnx")
+        paths[-1].write_bytes(model.SerializeToString())
+    with Client() as client:
+        monkeypatch.setattr(registry, "RULES", _without_version("Relu", 14))
+        with pytest.raises(InvalidArgument, match="op Relu of domain ai.onnx at model opset 18 resolves to ONNX schema version 14") as refused:
+            client.model_info(paths[0])
+        assert refused.value.reason == "UNSUPPORTED_OP"
+        monkeypatch.undo()
+        assert [layer.number for layer in client.model_info(paths[1]).layers if layer.number] == [1]
+
+
 def test_overlapping_entries_are_refused(monkeypatch):
     monkeypatch.setattr(registry, "RULES", {})
-    registry.op("Thing", field=registry.POINTWISE, opsets=(1, 12))(lambda b, n, s: s)
-    registry.op("Thing", field=registry.POINTWISE, opsets=(13, None))(lambda b, n, s: s)
+    registry.op({"Thing": (1, 6)}, field=registry.POINTWISE)(lambda b, n, s: s)
+    registry.op({"Thing": (13,)}, field=registry.POINTWISE)(lambda b, n, s: s)
     with pytest.raises(ValueError, match="overlap"):
-        registry.op("Thing", field=registry.POINTWISE, opsets=(11, 14))(lambda b, n, s: s)
+        registry.op({"Thing": (11, 13)}, field=registry.POINTWISE)(lambda b, n, s: s)
+
+
+def test_a_learned_layer_is_declared_by_its_weights():
+    with pytest.raises(ValueError, match="weights="):
+        registry.op({"Thing": (1,)}, field=registry.POINTWISE, role=registry.Role.LEARNED)
 
 
 def test_an_entry_must_declare_its_receptive_field():
     with pytest.raises(TypeError, match="field"):
-        registry.op("Thing")
+        registry.op({"Thing": (1,)})
 
 
 @pytest.mark.parametrize("opset, axis", [(11, 1), (13, -1)])

@@ -32,31 +32,31 @@ def _each(b, node, grads) -> list[str | None]:
     return [unbroadcast(b, grad(), node, i) if b.needs(node.input[i]) else None for i, grad in enumerate(grads)]
 
 
-@op("Add", field=POINTWISE, role=with_constants)
+@op({"Add": (1, 6, 7, 13, 14)}, field=POINTWISE, role=with_constants)
 def add(b, node, signals):
     g = signals[0]
     return _each(b, node, [lambda: g, lambda: g])
 
 
-@op("Sum", field=POINTWISE, role=with_constants)
+@op({"Sum": (1, 6, 8, 13)}, field=POINTWISE, role=with_constants)
 def sum_(b, node, signals):
     g = signals[0]
     return _each(b, node, [lambda: g] * len(node.input))
 
 
-@op("Sub", field=POINTWISE, role=with_constants)
+@op({"Sub": (1, 6, 7, 13, 14)}, field=POINTWISE, role=with_constants)
 def sub(b, node, signals):
     g = signals[0]
     return _each(b, node, [lambda: g, lambda: b.op("Neg", [g])])
 
 
-@op("Mul", field=POINTWISE, role=with_constants)
+@op({"Mul": (1, 6, 7, 13, 14)}, field=POINTWISE, role=with_constants)
 def mul(b, node, signals):
     g, (x, y) = signals[0], node.input
     return _each(b, node, [lambda: b.op("Mul", [g, b.forward(y)]), lambda: b.op("Mul", [g, b.forward(x)])])
 
 
-@op("Div", field=POINTWISE, role=with_constants)
+@op({"Div": (1, 6, 7, 13, 14)}, field=POINTWISE, role=with_constants)
 def div(b, node, signals):
     g, divisor = signals[0], node.input[1]
     return _each(b, node, [
@@ -65,7 +65,7 @@ def div(b, node, signals):
     ])
 
 
-@op("Pow", field=POINTWISE)
+@op({"Pow": (1, 7, 12, 13, 15)}, field=POINTWISE)
 def pow_(b, node, signals):
     """d(x^e)/dx = e x^(e-1); d(x^e)/de = x^e ln x (the exponent may be an integer constant)."""
     g, (base, exponent) = signals[0], node.input

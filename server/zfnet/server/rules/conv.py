@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from zfnet.converters.geometry import Window, window
-from zfnet.server.rules.registry import Role, Span, op, union
+from zfnet.server.rules.geometry import Window, window
+from zfnet.server.rules.registry import Span, Weights, op, optional_input, union
 
 
-def learned(index, node) -> Role:
-    """A layer of its own when its weights are constants (the layer's filters)."""
-    return Role.LEARNED if len(node.input) > 1 and node.input[1] in index.constants else Role.OTHER
+def filters(index, node) -> Weights | None:
+    """A layer of its own when its filters (input 1) are constants: (out, in/group, *kernel) for Conv,
+    kept as stored, (in, out/group, *kernel), for ConvTranspose; the bias is input 2."""
+    if len(node.input) > 1 and node.input[1] in index.constants:
+        return Weights(node.input[1], bias=optional_input(node, 2))
+    return None
 
 
 def conv_window(index, node) -> Window:
@@ -33,7 +36,7 @@ def window_field(window_of):
     return field
 
 
-@op("Conv", field=window_field(conv_window), role=learned)
+@op({"Conv": (1, 11, 22)}, field=window_field(conv_window), weights=filters)
 def conv(b, node, signals):
     x, weight = node.input[0], node.input[1]
     if b.constant_value(weight) is None:
@@ -67,7 +70,7 @@ def _transposed_field(index, node, spans, i) -> Span:
     return (out[0], None, *spatial)
 
 
-@op("ConvTranspose", field=_transposed_field, role=learned)
+@op({"ConvTranspose": (1, 11, 22)}, field=_transposed_field, weights=filters)
 def conv_transpose(b, node, signals):
     weight = node.input[1]
     if b.constant_value(weight) is None:

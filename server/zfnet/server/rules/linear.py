@@ -6,13 +6,41 @@ from __future__ import annotations
 import numpy as np
 
 from zfnet.server.rules.arithmetic import unbroadcast
-from zfnet.server.rules.registry import POINTWISE, Role, Span, broadcast_span, op, union
+from zfnet.server.rules.registry import POINTWISE, Span, Weights, broadcast_span, op, optional_input, union
 
 
-def _one_constant(index, node) -> Role:
-    """Activations times constant weights are a layer; a product of two activations is not."""
+def _constant_factor(index, node) -> int | None:
+    """Which of the two factors holds the weights: activations times constant weights are a layer; a
+    product of two activations (attention) is not."""
     live = [name in index.live for name in node.input[:2]]
-    return Role.LEARNED if sum(live) == 1 else Role.OTHER
+    return live.index(False) if sum(live) == 1 else None
+
+
+def _rows_out(weights: np.ndarray) -> np.ndarray:
+    """A weight matrix stored (out, in): the left factor, or a right one used transposed."""
+    if weights.ndim != 2:
+        raise ValueError(f"weights of shape {list(weights.shape)} are not one matrix")
+    return weights
+
+
+def _columns_out(weights: np.ndarray) -> np.ndarray:
+    """A weight matrix stored (in, out): the right factor, or a left one used transposed."""
+    return _rows_out(weights).T
+
+
+def _matmul_weights(index, node) -> Weights | None:
+    """x W (W is (in, out)) or W x (W is (out, in))."""
+    factor = _constant_factor(index, node)
+    return None if factor is None else Weights(node.input[factor], _columns_out if factor == 1 else _rows_out)
+
+
+def _gemm_weights(index, node) -> Weights | None:
+    """Y = op(A) op(B) + C: a constant B holds (in, out) as op(B), a constant A (out, in) as op(A)."""
+    factor = _constant_factor(index, node)
+    if factor is None:
+        return None
+    rows_out = bool(node.attrs["transB"]) if factor == 1 else not node.attrs["transA"]
+    return Weights(node.input[factor], _rows_out if rows_out else _columns_out, optional_input(node, 2))
 
 
 def _gemm_field(index, node, spans, i) -> Span:
@@ -23,7 +51,7 @@ def _gemm_field(index, node, spans, i) -> Span:
     return (out[0], None) if i == 0 else (None, None)
 
 
-@op("Gemm", field=_gemm_field, role=_one_constant)
+@op({"Gemm": (1, 6, 7, 9, 11, 13)}, field=_gemm_field, weights=_gemm_weights)
 def gemm(b, node, signals):
     weight = b.constant_value(node.input[1])
     if weight is None or node.attrs["transA"] or not b.needs(node.input[0]):
@@ -81,7 +109,7 @@ def _matmul_batch(index, node, axes):
     return [None]
 
 
-@op("MatMul", field=_matmul_field, role=_one_constant, batch=_matmul_batch)
+@op({"MatMul": (1, 9, 13)}, field=_matmul_field, batch=_matmul_batch, weights=_matmul_weights)
 def matmul(b, node, signals):
     a, w = node.input
     if any(len(b.index.shape(name) or []) < 2 for name in (a, w)):
@@ -125,7 +153,28 @@ def _einsum_batch(index, node, axes):
     return [None]
 
 
-@op("Einsum", field=_einsum_field, role=_one_constant, batch=_einsum_batch)
+def _einsum_layout(node, factor: int, weights: np.ndarray) -> np.ndarray:
+    """The constant operand as (out, in): its indices kept in the output first, then those it
+    contracts with the activation, each group flattened."""
+    terms, out_term = _terms(node)
+    equation = node.attrs["equation"]
+    if len(terms) != 2 or "." in equation or len(set(terms[factor])) != len(terms[factor]):
+        raise ValueError(f"equation {equation!r}: only two operands without ellipses or repeated indices have filters")
+    term, other = terms[factor], terms[1 - factor]
+    outs = [c for c in term if c in out_term and c not in other]
+    ins = [c for c in term if c in other and c not in out_term]
+    if not outs or not ins or len(outs) + len(ins) != len(term):
+        raise ValueError(f"equation {equation!r}: each index of the weights must be either kept in the output or contracted with the activation")
+    moved = np.transpose(weights, [term.index(c) for c in outs + ins])
+    return moved.reshape(int(np.prod(moved.shape[: len(outs)])), -1)
+
+
+def _einsum_weights(index, node) -> Weights | None:
+    factor = _constant_factor(index, node)
+    return None if factor is None else Weights(node.input[factor], lambda weights: _einsum_layout(node, factor, weights))
+
+
+@op({"Einsum": (12, 28)}, field=_einsum_field, batch=_einsum_batch, weights=_einsum_weights)
 def einsum(b, node, signals):
     """The signal of operand i is the einsum of the output's signal with the other operands."""
     terms, out_term = _terms(node)

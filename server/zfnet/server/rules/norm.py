@@ -8,7 +8,7 @@ import numpy as np
 from zfnet.server.rules.registry import POINTWISE, Role, axes_field, op
 
 
-@op("BatchNormalization", field=POINTWISE, role=Role.BLOCK)
+@op({"BatchNormalization": (1, 6, 7, 9, 14, 15)}, field=POINTWISE, role=Role.BLOCK)
 def batch_norm(b, node, signals):
     if node.attrs.get("training_mode", 0) or any(signals[1:]):
         raise b.refuse("training mode mixes the images of a batch; export the model in eval mode")
@@ -32,7 +32,7 @@ def _channel_window_sum(b, tensor: str, shape: list[int], before: int, after: in
     return b.reshape(summed, shape)
 
 
-@op("LRN", field=axes_field(lambda index, node: [1]), role=Role.BLOCK)
+@op({"LRN": (1, 13)}, field=axes_field(lambda index, node: [1]), role=Role.BLOCK)
 def lrn(b, node, signals):
     """y = x d^-beta, d = bias + alpha/n sum_window x^2; the window's transpose carries the cross term."""
     shape = b.shape(node.input[0])
@@ -69,7 +69,7 @@ def _layer_norm_axes(index, node) -> list[int]:
     return list(range(node.attrs["axis"] % rank, rank))
 
 
-@op("LayerNormalization", field=axes_field(_layer_norm_axes), role=Role.BLOCK)
+@op({"LayerNormalization": (17,)}, field=axes_field(_layer_norm_axes), role=Role.BLOCK)
 def layer_norm(b, node, signals):
     if any(signals[1:]):
         raise b.refuse("its Mean and InvStdDev outputs cannot carry a signal")
@@ -81,7 +81,7 @@ def layer_norm(b, node, signals):
     return [_normalized_backward(b, node.input[0], scaled, axes, node.attrs["epsilon"])] + [None] * (len(node.input) - 1)
 
 
-@op("InstanceNormalization", field=axes_field(lambda index, node: list(range(2, len(index.shape(node.input[0]) or [])))), role=Role.BLOCK)
+@op({"InstanceNormalization": (1, 6, 22)}, field=axes_field(lambda index, node: list(range(2, len(index.shape(node.input[0]) or [])))), role=Role.BLOCK)
 def instance_norm(b, node, signals):
     if any(b.needs(name) for name in node.input[1:]):
         raise b.refuse("only constant scale and bias are supported")

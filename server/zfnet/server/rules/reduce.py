@@ -10,13 +10,22 @@ import onnx
 from zfnet.errors import InvalidArgument
 from zfnet.server.rules.registry import Span, op, union
 
-_AXES_INPUT_FROM = {"ReduceSum": 13}  # the others: 18
+# op -> (its schema versions with the axes as an attribute, those with the axes as an input)
+_FORMS = {
+    "ReduceSum": ((1, 11), (13,)),
+    "ReduceMean": ((1, 11, 13), (18,)),
+    "ReduceMax": ((1, 11, 12, 13), (18, 20)),
+    "ReduceMin": ((1, 11, 12, 13), (18, 20)),
+    "ReduceSumSquare": ((1, 11, 13), (18,)),
+    "ReduceL1": ((1, 11, 13), (18,)),
+    "ReduceL2": ((1, 11, 13), (18,)),
+}
 
 
 def reduced_axes(index, node) -> list[int] | None:
     """The reduced axes, normalised (all of them when none are given); None for a no-op."""
     rank = len(index.shape(node.input[0]) or [])
-    if node.opset >= _AXES_INPUT_FROM.get(node.op_type, 18):
+    if node.opset >= _FORMS[node.op_type][1][0]:
         axes_name = node.input[1] if len(node.input) > 1 else ""
         if axes_name and index.constant(axes_name) is None:
             raise InvalidArgument(f"{node.label}: only constant axes are supported")
@@ -70,11 +79,10 @@ def _expand(b, g: str, shape: list[int]) -> str:
 
 
 def reduction(op_type: str):
-    """Register ``grad(b, node, g, shape, axes) -> input signal`` as ``op_type``'s rule (both axes forms)."""
+    """Register ``grad(b, node, g, shape, axes) -> input signal`` as ``op_type``'s rule: one entry per
+    axes form (:data:`_FORMS`)."""
 
     def register(grad):
-        first_input_form = _AXES_INPUT_FROM.get(op_type, 18)
-
         def rule(b, node, signals):
             spread = _spread(b, node, signals)
             if spread is None:
@@ -82,8 +90,8 @@ def reduction(op_type: str):
             return [grad(b, node, *spread)] + [None] * (len(node.input) - 1)
 
         rule.__doc__ = grad.__doc__
-        op(op_type, field=_field, batch=_batch, opsets=(1, first_input_form - 1))(rule)
-        op(op_type, field=_field, batch=_batch, opsets=(first_input_form, None))(rule)
+        for versions in _FORMS[op_type]:
+            op({op_type: versions}, field=_field, batch=_batch)(rule)
         return grad
 
     return register

@@ -1,72 +1,121 @@
 """The op registry: everything zfnet knows about an ONNX op, in one entry per (domain, op type,
-opset range), declared next to its backward rule in the module of its op family.
+ONNX schema versions), declared next to its backward rule in the module of its op family.
 
 An entry carries
+- ``versions``: the op's schema versions (the ``since_version`` of each of its ONNX definitions) the
+  entry was written and reviewed for. A node resolves to the schema its model's opset selects
+  (``onnx.defs.get_schema(op, max_inclusive_version=opset).since_version``); a version no entry of an
+  op covers is refused (:func:`lookup`), so a model at an opset where the op changed is never
+  silently mis-handled;
 - ``backward``: the rule that emits, into a projection graph, the nodes carrying a signal from the
   op's outputs back to its inputs (its vector-Jacobian product; only ReLU's depends on the method,
   Zeiler & Fergus 2013, Sec. 2.1; Springenberg et al. 2015 for guided backprop);
 - ``field``: its receptive-field mapping, from the span of an output to the span of an input
   (``POINTWISE``, a window, an op's own function, or ``REFUSE``); it must be given;
-- ``role``: its role in the paper's layer numbering (``LEARNED`` layers are counted; ``BLOCK`` ops
-  extend the block of the layer before them; anything else ends a block);
-- ``batch``: where each output's batch axis is, given its inputs' (most ops keep it in place).
+- ``role``: its role in the paper's layer numbering (``BLOCK`` ops extend the block of the layer
+  before them; anything else ends a block), unless ``weights`` makes the node a learned layer;
+- ``weights``: for convolutional and fully connected layers, where a node's filters are (the
+  constant input, its layout as (out, in, *kernel) or (out, in), the bias input); a node whose
+  ``weights`` are found is a ``LEARNED`` layer: counted in the layer table, and what ``filters`` shows;
+- ``batch``: where each output's batch axis is, given its inputs' (most ops keep it in place);
+- ``switches``: the output that records max-pool switches, which the expose pass adds to every node;
+- ``from_shape``: for ops whose output is computed from their input's shape alone (``Shape``,
+  ``Size``), that output from the static dimensions; such outputs carry nothing of the image;
+- ``stand_in``: for ops whose output size ONNX shape inference gets wrong for onnxruntime (ceil-mode
+  pooling before opset 22), the attributes of a stand-in node it sizes right.
 
 Attributes reach the rules bound with the defaults of the op's schema at the model's opset
-(:class:`zfnet.converters.index.Node`).
+(:class:`zfnet.converters.index.Node`). The rules package imports nothing of ``zfnet.converters`` at
+run time (``GraphIndex`` and ``Node`` are type hints here): the graph index and the expose pass read
+their op facts from it, and the rest of the server reads both, so there is no import cycle.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
+import functools
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from zfnet.converters.index import GraphIndex, Node
+import numpy as np
+import onnx
+
 from zfnet.errors import InvalidArgument
 
 if TYPE_CHECKING:
+    from zfnet.converters.index import GraphIndex, Node
     from zfnet.server.projection import Builder
 
+# the element types a signal flows through (as float32); integer and boolean tensors carry none
+FLOAT_TYPES = frozenset({onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16})
+
 # (builder, forward node, signal at each output or None) -> signal at each input or None
-BackwardRule = Callable[["Builder", Node, list[str | None]], list[str | None]]
+BackwardRule = Callable[["Builder", "Node", list[str | None]], list[str | None]]
 
 # A span: per axis of a tensor, the inclusive (lo, hi) of the positions that matter, None for all.
 Span = tuple[tuple[int, int] | None, ...]
 # (index, node, span of the node's outputs (None where an output is not used), input position) -> span of that input
-FieldMap = Callable[[GraphIndex, Node, list[Span | None], int], Span]
+# (None: no position of that input is under the spans)
+FieldMap = Callable[["GraphIndex", "Node", list[Span | None], int], Span | None]
 # (index, node, batch axis of each input or None) -> batch axis of each output or None
-BatchMap = Callable[[GraphIndex, Node, list[int | None]], list[int | None]]
+BatchMap = Callable[["GraphIndex", "Node", list[int | None]], list[int | None]]
 
 
 class Role(enum.Enum):
     """An op's role in the paper's layer numbering."""
 
-    LEARNED = "learned"  # a convolutional or fully connected layer: counted
+    LEARNED = "learned"  # a convolutional or fully connected layer (an entry's ``weights`` found): counted
     BLOCK = "block"  # nonlinearity, normalisation, pooling, bias: extends the layer's block
     OTHER = "other"  # ends a block
 
 
-RoleOf = Role | Callable[[GraphIndex, Node], Role]
+RoleOf = Role | Callable[["GraphIndex", "Node"], Role]
+
+
+def as_stored(weights: np.ndarray) -> np.ndarray:
+    """Filters already laid out as the op stores them."""
+    return weights
+
+
+@dataclass(frozen=True)
+class Weights:
+    """Where a learned layer's filters are: the constant input holding them, how to lay its value out
+    as (out, in, *kernel) or (out, in) (a ``ValueError`` says why it cannot be), and the bias input."""
+
+    tensor: str
+    layout: Callable[[np.ndarray], np.ndarray] = as_stored
+    bias: str | None = None
+
+
+# (index, node) -> where the node's filters are, or None when the node is not a learned layer
+WeightsOf = Callable[["GraphIndex", "Node"], Weights | None]
+# (input's static dimensions, the node's bound attributes) -> the output
+FromShape = Callable[[list[int], dict], np.ndarray]
+# (the node's own attributes, its first input's shape) -> (a stand-in's attributes, whether ONNX infers
+# another size for the node itself), or None when the node needs no stand-in
+StandIn = Callable[[dict, list], tuple[dict, bool] | None]
 
 
 @dataclass(frozen=True)
 class OpRule:
-    """What zfnet knows about one op over a range of opsets."""
+    """What zfnet knows about one op over some of its schema versions."""
 
     op_type: str
     domain: str
-    first: int  # first opset (inclusive)
-    last: int | None  # last opset (inclusive), None for all later ones
+    versions: tuple[int, ...]  # the schema versions (since_version) written and reviewed for
     backward: BackwardRule
     field: FieldMap
     role: RoleOf
     batch: BatchMap
-
-    def covers(self, opset: int) -> bool:
-        return self.first <= opset and (self.last is None or opset <= self.last)
+    weights: WeightsOf | None = None
+    switches: int | None = None  # the output position of the max-pool switches
+    from_shape: FromShape | None = None
+    stand_in: StandIn | None = None
 
     def role_of(self, index: GraphIndex, node: Node) -> Role:
+        if self.weights is not None and self.weights(index, node) is not None:
+            return Role.LEARNED
         return self.role(index, node) if callable(self.role) else self.role
 
 
@@ -87,30 +136,71 @@ def same_batch(index: GraphIndex, node: Node, axes: list[int | None]) -> list[in
     return out
 
 
-def op(*op_types: str, field: FieldMap, role: RoleOf = Role.OTHER, opsets: tuple[int, int | None] = (1, None),
-       domain: str = "", batch: BatchMap = same_batch) -> Callable[[BackwardRule], BackwardRule]:
-    """Register ``fn`` as the backward rule of ``op_types`` over ``opsets`` (inclusive), with the op's
-    receptive-field mapping and layer role; an entry overlapping an existing one is refused."""
+def op(versions: Mapping[str, Sequence[int]], *, field: FieldMap, role: RoleOf = Role.OTHER, domain: str = "",
+       batch: BatchMap = same_batch, weights: WeightsOf | None = None, switches: int | None = None,
+       from_shape: FromShape | None = None, stand_in: StandIn | None = None) -> Callable[[BackwardRule], BackwardRule]:
+    """Register ``fn`` as the backward rule of each op type in ``versions`` (op type -> its schema
+    versions this entry covers), with the op's other facts; an entry sharing a version with an
+    existing one is refused, and so is ``role=Role.LEARNED`` (a learned layer declares ``weights``)."""
+    if role is Role.LEARNED:
+        raise ValueError("a learned layer is an entry with weights=..., not role=Role.LEARNED")
 
     def register(fn: BackwardRule) -> BackwardRule:
-        for op_type in op_types:
-            entry = OpRule(op_type, domain, opsets[0], opsets[1], fn, field, role, batch)
+        for op_type, covered in versions.items():
+            entry = OpRule(op_type, domain, tuple(sorted(covered)), fn, field, role, batch, weights, switches, from_shape, stand_in)
             for other in RULES.get((domain, op_type), []):
-                if other.covers(entry.first) or entry.covers(other.first):
-                    raise ValueError(f"{op_type} opsets {opsets} overlap the entry in {other.backward.__module__}")
+                if set(other.versions) & set(entry.versions):
+                    raise ValueError(f"{op_type} versions {entry.versions} overlap the entry in {other.backward.__module__}")
             RULES.setdefault((domain, op_type), []).append(entry)
         return fn
 
     return register
 
 
+@functools.cache
+def schema_version(domain: str, op_type: str, opset: int) -> int | None:
+    """The ``since_version`` of the op's schema that a model at ``opset`` uses, or None when onnx has none."""
+    try:
+        return onnx.defs.get_schema(op_type, max_inclusive_version=opset, domain=domain).since_version
+    except onnx.defs.SchemaError:
+        return None
+
+
 def lookup(domain: str, op_type: str, opset: int) -> OpRule | None:
-    """The entry for an op at a model's opset, or None."""
-    return next((e for e in RULES.get((domain, op_type), []) if e.covers(opset)), None)
+    """The entry for an op at a model's opset; None for an op without entries. An op with entries
+    whose schema at this opset none of them covers is refused: its definition changed since its
+    rules were reviewed (or it does not exist yet at this opset)."""
+    entries = RULES.get((domain, op_type))
+    if not entries:
+        return None
+    version = schema_version(domain, op_type, opset)
+    found = next((e for e in entries if version in e.versions), None)
+    if found is None:
+        covered = ", ".join(str(v) for v in sorted(v for e in entries for v in e.versions))
+        what = f"op {op_type} of domain {domain or 'ai.onnx'} at model opset {opset}"
+        problem = ("has no ONNX schema (zfnet's rules cover" if version is None else
+                   f"resolves to ONNX schema version {version}, which no zfnet rule covers (they cover")
+        raise InvalidArgument(
+            f"{what} {problem} schema versions {covered} of {op_type}); re-export the model at an opset they cover",
+            reason="UNSUPPORTED_OP",
+            metadata={"op": op_type, "domain": domain or "ai.onnx", "opset": opset, "schema_version": version or 0, "covered": covered},
+        )
+    return found
 
 
 def lookup_node(index: GraphIndex, node: Node) -> OpRule | None:
     return lookup(node.domain, node.op_type, node.opset)
+
+
+def weights_of(index: GraphIndex, node: Node) -> Weights | None:
+    """Where the filters of a learned layer are; None when ``node`` is not one."""
+    rule = lookup_node(index, node)
+    return rule.weights(index, node) if rule is not None and rule.weights is not None else None
+
+
+def optional_input(node: Node, position: int) -> str | None:
+    """The name of an optional input, None where it is absent."""
+    return node.input[position] if len(node.input) > position and node.input[position] else None
 
 
 def batch_axes(index: GraphIndex) -> dict[str, int | None]:

@@ -128,7 +128,7 @@ def _field(index, node, spans, i) -> Span:
     return tuple(out)
 
 
-@op("Resize", "Upsample", field=_field)
+@op({"Resize": (10, 11, 13, 18, 19), "Upsample": (7, 9, 10)}, field=_field)  # Upsample-1 scaled by height_scale/width_scale
 def resize(b, node, signals):
     shape = b.shape(node.input[0])
     g = signals[0]

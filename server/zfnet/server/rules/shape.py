@@ -1,24 +1,22 @@
 """Ops that move values without computing: the signal is moved back the same way (reshapes,
-transposes and channel shuffles, concatenation and splitting, slicing, padding, gathering)."""
+transposes and channel shuffles, concatenation and splitting, slicing, padding, gathering); and ops
+that read only their input's shape (``Shape``, ``Size``), which take no signal."""
 
 from __future__ import annotations
 
 import numpy as np
-import onnx
 
 from zfnet.errors import InvalidArgument
 from zfnet.server.rules.arithmetic import unbroadcast
 from zfnet.server.rules.registry import POINTWISE, Role, Span, op, union
 
-_FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
 
-
-@op("Identity", field=POINTWISE, role=Role.BLOCK)
+@op({"Identity": (1, 13, 14, 16, 19, 21, 23, 24, 25)}, field=POINTWISE, role=Role.BLOCK)
 def identity(b, node, signals):
     return [signals[0]]
 
 
-@op("Dropout", field=POINTWISE, role=Role.BLOCK)
+@op({"Dropout": (1, 6, 7, 10, 12, 13, 22)}, field=POINTWISE, role=Role.BLOCK)
 def dropout(b, node, signals):
     """Identity at inference; a training-mode Dropout (opset 12+) is random and refused."""
     mode = node.input[2] if len(node.input) > 2 else ""
@@ -29,10 +27,29 @@ def dropout(b, node, signals):
     return [signals[0]] + [None] * (len(node.input) - 1)
 
 
-@op("Cast", "CastLike", field=POINTWISE, role=Role.BLOCK)
+@op({"Cast": (1, 6, 9, 13, 19, 21, 23, 24, 25, 28), "CastLike": (15, 19, 21, 23, 24, 25)}, field=POINTWISE, role=Role.BLOCK)
 def cast(b, node, signals):
     """Casts between float types pass the signal (always float32); a cast to integers passes none."""
-    return [signals[0] if b.index.elem_type(node.output[0]) in _FLOAT_TYPES else None] + [None] * (len(node.input) - 1)
+    return [signals[0] if b.index.is_float(node.output[0]) else None] + [None] * (len(node.input) - 1)
+
+
+# -- shapes: outputs computed from the input's shape alone, which carry nothing of the image ----------
+def _reads_no_values(index, node, spans, i) -> None:
+    """No position of the input is read, only its shape."""
+    return None
+
+
+def _no_batch(index, node, axes) -> list[int | None]:
+    return [None]
+
+
+@op({"Shape": (1, 13, 15, 19, 21, 23, 24, 25)}, field=_reads_no_values, batch=_no_batch,
+    from_shape=lambda dims, attrs: np.asarray(dims[attrs.get("start", 0) : attrs.get("end")], np.int64))
+@op({"Size": (1, 13, 19, 21, 23, 24, 25)}, field=_reads_no_values, batch=_no_batch,
+    from_shape=lambda dims, attrs: np.asarray(int(np.prod(dims)), np.int64))
+def shape_of(b, node, signals):
+    """The output depends on the input's shape, not on its values: no signal goes back."""
+    return [None]
 
 
 # -- reshapes ------------------------------------------------------------------------------------------
@@ -118,7 +135,11 @@ def _reshape_batch(index, node, axes):
     return [None]
 
 
-@op("Reshape", "Flatten", "Squeeze", "Unsqueeze", field=_reshape_field, batch=_reshape_batch)
+@op(
+    {"Reshape": (1, 5, 13, 14, 19, 21, 23, 24, 25), "Flatten": (1, 9, 11, 13, 21, 23, 24, 25), "Squeeze": (1, 11, 13, 21, 23, 24, 25),
+     "Unsqueeze": (1, 11, 13, 21, 23, 24, 25)},
+    field=_reshape_field, batch=_reshape_batch,
+)
 def reshape(b, node, signals):
     return [b.reshape(signals[0], b.shape(node.input[0]))] + [None] * (len(node.input) - 1)
 
@@ -139,7 +160,7 @@ def _transpose_batch(index, node, axes):
     return [None if axes[0] is None else _perm(index, node).index(axes[0])]
 
 
-@op("Transpose", field=_transpose_field, batch=_transpose_batch)
+@op({"Transpose": (1, 13, 21, 23, 24, 25)}, field=_transpose_field, batch=_transpose_batch)
 def transpose(b, node, signals):
     return [b.op("Transpose", [signals[0]], perm=[int(p) for p in np.argsort(_perm(b.index, node))])]
 
@@ -162,7 +183,7 @@ def _concat_field(index, node, spans, i) -> Span | None:
     return tuple(span)
 
 
-@op("Concat", field=_concat_field)
+@op({"Concat": (1, 4, 11, 13)}, field=_concat_field)
 def concat(b, node, signals):
     axis = node.attrs["axis"] % len(b.shape(node.output[0]))
     b.check_batch(node.output[0], [axis], "Concat")
@@ -186,7 +207,7 @@ def _split_field(index, node, spans, i) -> Span:
     return union(shifted)
 
 
-@op("Split", field=_split_field)
+@op({"Split": (1, 2, 11, 13, 18)}, field=_split_field)
 def split(b, node, signals):
     """The parts' signals are concatenated back (zeros for parts that take none); sizes come from the
     outputs' shapes, so every form of the split sizes (attribute, input, num_outputs) is covered."""
@@ -240,7 +261,7 @@ def _gather_batch(index, node, axes):
     return [None if batch == axis else batch if batch < axis else batch + depth - 1]
 
 
-@op("Gather", field=_gather_field, batch=_gather_batch)
+@op({"Gather": (1, 11, 13)}, field=_gather_field, batch=_gather_batch)
 def gather(b, node, signals):
     """Constant indices (channel reorders, ``x[:, 0]``, a class token): each position's signal goes back
     to the position it was read from."""
@@ -296,7 +317,7 @@ def _slice_field(index, node, spans, i) -> Span | None:
     return tuple(out)
 
 
-@op("Slice", field=_slice_field)
+@op({"Slice": (1, 10, 11, 13)}, field=_slice_field)
 def slice_(b, node, signals):
     """Unit steps are undone by zero padding; other steps (reversal, strides) scatter back."""
     shape = b.shape(node.input[0])
@@ -336,7 +357,7 @@ def _pad_field(index, node, spans, i) -> Span:
     return tuple(out)
 
 
-@op("Pad", field=_pad_field)
+@op({"Pad": (2, 11, 13, 18, 19, 21, 23, 24, 25)}, field=_pad_field)  # Pad-1 names its pads "paddings"
 def pad(b, node, signals):
     """Constant padding is undone by the opposite padding: what was added is cut, what was cut (negative pads) is zero."""
     mode, per_axis = _pads(b.index, node)
@@ -350,12 +371,12 @@ def pad(b, node, signals):
     return [b.op("Pad", [signals[0], b.const(pads, np.int64)])] + [None] * (len(node.input) - 1)
 
 
-@op("Expand", field=POINTWISE)
+@op({"Expand": (8, 13)}, field=POINTWISE)
 def expand(b, node, signals):
     return [unbroadcast(b, signals[0], node, 0), None]
 
 
-@op("Where", field=POINTWISE)
+@op({"Where": (9, 16)}, field=POINTWISE)
 def where(b, node, signals):
     """The signal goes to X where the condition holds, to Y elsewhere."""
     condition, g = b.forward(node.input[0]), signals[0]
