@@ -1,6 +1,6 @@
 """ImageNet replicas (zfnet.converters.pytorch.imagenet) against upstream torchvision and timm.
 
-The reference is ``upstream.json`` beside the replicas, recorded once by running torchvision 0.29.1 and
+The reference is ``imagenet_upstream.json`` beside this test, recorded once by running torchvision 0.29.1 and
 timm 1.0.31 themselves (its ``how`` says how): state_dict keys and shapes, module paths, parameter counts
 (torchvision's published ``num_params``, which its model docs list), evaluation transforms, module output
 shapes, and the logits upstream computes for weights and an input made by ``fill_weights``/``probe_input``.
@@ -25,7 +25,7 @@ from torch import nn
 from zfnet.converters.pytorch import imagenet
 from zfnet.converters.pytorch.imagenet import REGISTRY, Architecture
 
-UPSTREAM = json.loads((Path(imagenet.__file__).parent / "upstream.json").read_text())["models"]
+UPSTREAM = json.loads((Path(__file__).parent / "imagenet_upstream.json").read_text())["models"]
 NAMES = list(UPSTREAM)
 SAMPLES = Path(__file__).resolve().parents[2] / "samples" / "cifar10"
 REDUCED = 96  # a reduced input every architecture takes (Inception needs at least 75)
@@ -116,7 +116,7 @@ def test_preprocessing_is_upstreams_evaluation_transform(name: str) -> None:
 # ---- structure: what a weight file and a module path see
 
 # Parameter counts as upstream publishes them: torchvision's model docs (meta["num_params"] of the
-# IMAGENET1K_V1 weights, also recorded in upstream.json); timm's results tables (22.05 M for vit_small_patch16_224).
+# IMAGENET1K_V1 weights, also recorded in imagenet_upstream.json); timm's results tables (22.05 M for vit_small_patch16_224).
 PUBLISHED = {
     "resnet18": 11_689_512, "resnet50": 25_557_032, "vgg16": 138_357_544, "inception_v3": 27_161_264,
     "densenet121": 7_978_856, "mobilenet_v3_large": 5_483_032, "efficientnet_b0": 5_288_548, "convnext_tiny": 28_589_128,

@@ -8,7 +8,7 @@ torchvision or timm installed, and a module path such as ``layer3.5``, ``Mixed_6
 timm name) to an :class:`Architecture`: the factory, called like upstream's (``num_classes=1000``, ...),
 with the evaluation preprocessing its published ImageNet-1k weights expect.
 
-``upstream.json`` beside this file was recorded once by running torchvision 0.29.1 and timm 1.0.31 on
+``tests/converters/imagenet_upstream.json`` was recorded once by running torchvision 0.29.1 and timm 1.0.31 on
 torch 2.13.0 (CPU): per architecture the ``state_dict`` keys and shapes, the module paths, parameter
 counts, evaluation transforms, some module output shapes and the logits for a seeded filling of the
 weights. The tests compare the replicas with it.
