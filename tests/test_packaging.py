@@ -204,3 +204,10 @@ def test_every_extra_named_in_a_message_installs_that_module() -> None:
         assert extra in optional, f"{module}: no extra {extra!r} in pyproject.toml"
         provided_by = {normalized(d) for d in providers.get(module, [])}
         assert provided_by & distributions(extra), f"{module} comes from {sorted(provided_by)}, none of them in zfnet[{extra}]"
+
+
+def test_a_missing_optional_module_is_one_line_naming_its_extra() -> None:
+    assert str(extras.missing(ModuleNotFoundError("no sklearn", name="sklearn.linear_model"))) == (
+        "this command needs sklearn, which is not installed here: pip install 'zfnet[probe]'")
+    assert "pip install 'zfnet[convert]'" in str(extras.missing(ModuleNotFoundError("no onnx", name="onnx"), "convert"))
+    assert extras.missing(ModuleNotFoundError("a bug", name="zfnet.no_such_module")) is None  # not an extra's: raised as it is

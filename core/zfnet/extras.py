@@ -29,14 +29,14 @@ EXTRAS: dict[str, str] = {
 }
 
 
-def missing(err: ImportError, needed_for: str = "this command", extra: str | None = None) -> FailedPrecondition | None:
+def missing(err: ImportError, extra: str | None = None) -> FailedPrecondition | None:
     """The one-line error for ``err`` when the module it misses comes with an extra (``extra``, where
     the caller knows which one it needs; else the module's own); None when it does not (a real bug,
     to be raised as it is)."""
     module = (err.name or "").partition(".")[0]
     if module not in EXTRAS:
         return None
-    return FailedPrecondition(f"{needed_for} needs {module}, which is not installed here: pip install 'zfnet[{extra or EXTRAS[module]}]'")
+    return FailedPrecondition(f"this command needs {module}, which is not installed here: pip install 'zfnet[{extra or EXTRAS[module]}]'")
 
 
 def explained(command: F, extra: str | None = None) -> F:
@@ -48,7 +48,7 @@ def explained(command: F, extra: str | None = None) -> F:
         try:
             return command(*args, **kwargs)
         except ImportError as err:
-            error = missing(err, extra=extra)
+            error = missing(err, extra)
             if error is None:
                 raise
             raise error from None
