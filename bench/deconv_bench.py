@@ -17,6 +17,7 @@ import os
 import platform
 import time
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -55,7 +56,7 @@ def machine() -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").partition("\n")[0])
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 16, 64])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", type=Path, default=ROOT / "out" / "bench.json")
@@ -77,12 +78,12 @@ def main() -> None:
             ranks = [[r for r in picked if r.image == i] for i in range(batch_size)]
 
             def captum_run() -> None:
-                deconv = NeuronDeconvolution(net, net.relu4)
+                deconv = NeuronDeconvolution(net, net.get_submodule("relu4"))
                 for k in range(TOP):
                     sel = [ranks[i][k] for i in range(batch_size)]
                     index = (torch.arange(batch_size), torch.tensor([r.channel for r in sel]),
                              torch.tensor([r.location[0] for r in sel]), torch.tensor([r.location[1] for r in sel]))
-                    result = deconv.attribute(pixels, neuron_selector=lambda out, index=index: out[index])
+                    result = deconv.attribute(pixels, neuron_selector=lambda out, index=index: cast(torch.Tensor, out)[index])
                     (result * torch.tensor([r.activation for r in sel]).view(-1, 1, 1, 1)).numpy()
 
             engine_s = best_of(lambda: engine.deconv(model, inputs, LAYER, None, TOP, "max", "deconvnet"), args.repeats)

@@ -100,7 +100,7 @@ def child(data: Path, images: int, batch: int, out: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").partition("\n")[0])
     parser.add_argument("--images", type=int, default=10_000)
     parser.add_argument("--memory", type=int, nargs="+", default=[10_000, 50_000])
     parser.add_argument("--batch", type=int, default=64)

@@ -26,6 +26,7 @@ import time
 import xml.etree.ElementTree as ET
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -71,15 +72,17 @@ def link_folder(files: list[Path], root: Path) -> Path:
 def tests_summary(junit: Path | None, rc: int | None) -> dict:
     if junit is None or not junit.is_file():
         return {"ran": False, "exit_code": rc}
-    suite = ET.parse(junit).getroot()
-    suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
+    root = ET.parse(junit).getroot()
+    suite = root if root.tag == "testsuite" else root.find("testsuite")
+    if suite is None:
+        return {"ran": False, "exit_code": rc}
     cases = [{"name": c.get("name"), "outcome": next((x.tag for x in c if x.tag in ("failure", "error", "skipped")), "passed"),
               "message": next((x.get("message", "") for x in c if x.tag in ("failure", "error", "skipped")), "")} for c in suite.iter("testcase")]
     return {"ran": True, "exit_code": rc, "cases": cases}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").partition("\n")[0])
     parser.add_argument("--small", action="store_true", help="A quick run (256 images, batch 16, one repeat): checks the script, measures little.")
     parser.add_argument("--images", type=int, default=10_000)
     parser.add_argument("--batch", type=int, default=256)
@@ -143,7 +146,7 @@ def main() -> None:
             for k in range(TOP):
                 sel = [ranks[i][k] for i in range(len(chosen))]
                 index = tuple(torch.tensor(v, device=device) for v in (range(len(sel)), [r.channel for r in sel], [r.location[0] for r in sel], [r.location[1] for r in sel]))
-                result = attribution.attribute(pixels, neuron_selector=lambda out, index=index: out[index])
+                result = attribution.attribute(pixels, neuron_selector=lambda out, index=index: cast(torch.Tensor, out)[index])
                 (result * torch.tensor([r.activation for r in sel], device=device).view(-1, 1, 1, 1)).cpu()
 
         deconv["captum_images_per_s"] = len(chosen) / best_of(captum_deconv, args.repeats, sync)
@@ -167,7 +170,7 @@ def main() -> None:
         start = time.perf_counter()
         captured: dict = {}
         hook = getattr(net, SCAN_LAYER).register_forward_hook(lambda m, i, o: captured.__setitem__("out", o))
-        best_v = best_i = best_loc = None
+        best: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # (values, image indices, locations), each (C, k)
         with ThreadPoolExecutor(4) as pool, torch.no_grad():
             for b in range(0, len(folder), args.batch):
                 batch = np.stack(list(pool.map(imagefolder.read_rgb, folder.files[b : b + args.batch]))).astype(np.float32).transpose(0, 3, 1, 2)
@@ -177,11 +180,13 @@ def main() -> None:
                 value, where = flat.max(dim=2)  # (n, C)
                 index = torch.arange(b, b + len(batch), device=device).unsqueeze(1).expand_as(value)
                 cand_v, cand_i, cand_l = value.T, index.T, where.T  # (C, n)
-                if best_v is not None:
-                    cand_v, cand_i, cand_l = torch.cat([best_v, cand_v], 1), torch.cat([best_i, cand_i], 1), torch.cat([best_loc, cand_l], 1)
+                if best is not None:
+                    cand_v, cand_i, cand_l = (torch.cat([kept, new], 1) for kept, new in zip(best, (cand_v, cand_i, cand_l)))
                 keep = torch.topk(cand_v, min(TOP, cand_v.shape[1]), dim=1).indices
-                best_v, best_i, best_loc = (torch.gather(t, 1, keep) for t in (cand_v, cand_i, cand_l))
+                best = (torch.gather(cand_v, 1, keep), torch.gather(cand_i, 1, keep), torch.gather(cand_l, 1, keep))
         hook.remove()
+        assert best is not None, "no images"
+        best_v, best_i, best_loc = best
         sync()
         top["torch_scan_s"] = time.perf_counter() - start
         width = out.shape[3]
@@ -196,7 +201,7 @@ def main() -> None:
                 images_of, channels, ys, xs, values = zip(*rows[s : s + args.batch])
                 winners = np.stack([imagefolder.read_rgb(folder.files[i]) for i in images_of]).astype(np.float32).transpose(0, 3, 1, 2)
                 index = tuple(torch.tensor(v, device=device) for v in (range(len(images_of)), channels, ys, xs))
-                result = attribution.attribute(torch.from_numpy(winners).to(device), neuron_selector=lambda out, index=index: out[index])
+                result = attribution.attribute(torch.from_numpy(winners).to(device), neuron_selector=lambda out, index=index: cast(torch.Tensor, out)[index])
                 (result * torch.tensor(values, device=device).view(-1, 1, 1, 1)).cpu()
             sync()
             top["captum_reconstruct_s"] = time.perf_counter() - start

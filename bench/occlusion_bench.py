@@ -137,7 +137,7 @@ def machine() -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").partition("\n")[0])
     parser.add_argument("--size", type=int, default=8)
     parser.add_argument("--strides", type=int, nargs="+", default=[2, 1])
     parser.add_argument("--repeats", type=int, default=3)

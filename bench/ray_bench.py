@@ -61,6 +61,7 @@ def single(folder: Path, layer: int, batch: int):
 
 def on_ray(folder: Path, layer: int, batch: int, workers: int):
     from zfnet.client import ray_jobs
+    from zfnet.wire.top import TopResult
 
     began = time.perf_counter()
     marks: dict[str, float] = {}
@@ -69,6 +70,7 @@ def on_ray(folder: Path, layer: int, batch: int, workers: int):
         marks.setdefault(stage, time.perf_counter())
 
     result = ray_jobs.top(MODEL, folder, [layer], k=9, batch_size=batch, cluster=ray_jobs.Cluster(workers=workers), on_progress=progress)
+    assert isinstance(result, TopResult)  # not scan_only
     return time.perf_counter() - began, marks["reconstructions"] - began, result
 
 
@@ -79,7 +81,7 @@ def same(a, b) -> bool:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").partition("\n")[0])
     parser.add_argument("--images", type=int, default=10_000)
     parser.add_argument("--layer", type=int, default=5)
     parser.add_argument("--batch", type=int, default=64)

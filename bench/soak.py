@@ -24,6 +24,7 @@ import sys
 import threading
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -71,11 +72,13 @@ def start_server(max_memory: str, log_path: Path) -> tuple[subprocess.Popen, str
     script = Path(sys.executable).parent / "zfserver"
     log = log_path.open("w")
     process = subprocess.Popen([str(script), "--port", "0", "--host", "127.0.0.1", "--max-memory", max_memory], stderr=subprocess.PIPE, text=True)
-    for line in process.stderr:
+    stderr = process.stderr
+    assert stderr is not None  # stderr=PIPE
+    for line in stderr:
         log.write(line)
         found = re.search(r"serving on 127\.0\.0\.1:(\d+)", line)
         if found:
-            threading.Thread(target=lambda: [log.write(x) for x in process.stderr], daemon=True).start()
+            threading.Thread(target=lambda: [log.write(x) for x in stderr], daemon=True).start()
             return process, f"127.0.0.1:{found.group(1)}"
     raise SystemExit(f"zfserver did not start; see {log_path}")
 
@@ -91,7 +94,7 @@ def deconv_request(ref: pb.ModelRef, k: int) -> pb.DeconvRequest:
     return pb.DeconvRequest(model=ref, images=[pb.Image(encoded=path.read_bytes(), label=path.name)], layer=pb.LayerRef(number=4), channels=pb.ChannelSelection(top_k=9))
 
 
-def hostile_cases(stub, ref: pb.ModelRef, layers: list[str]) -> dict[str, tuple[object, object, Code]]:
+def hostile_cases(stub, ref: pb.ModelRef, layers: list[str]) -> dict[str, tuple[Callable, Callable, Code]]:
     """name -> (call, request factory, expected code)."""
     sample = pb.Image(encoded=SAMPLES[0].read_bytes())
     tiny = pb.Image(encoded=hostile.tiny_png())
@@ -128,7 +131,7 @@ def settle(sampler: Sampler, wait_s: float, window: float = 3.0) -> int:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").partition("\n")[0])
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--requests", type=int, default=200, help="deconv requests per client")
     parser.add_argument("--uploads", type=int, default=30)

@@ -53,7 +53,7 @@ def help_time() -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").partition("\n")[0])
     parser.add_argument("--model", default=str(ROOT / "models" / "zfnet-cifar10.onnx"))
     parser.add_argument("--layer", default="4")
     parser.add_argument("--image", default=str(ROOT / "samples" / "cifar10" / "cat" / "0000.jpg"))

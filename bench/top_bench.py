@@ -30,6 +30,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import cast
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -124,17 +125,17 @@ def child_captum(images: int, layer: str) -> dict:
 
     torch.set_num_threads(1)  # one image per call: a second thread only spins (measured: 14x slower on the shared 2-core VM)
     row = resolve(load(MODEL.read_bytes(), MODEL.stem).layers, layer)
-    channels = row.shape[1]
+    channels = int(row.shape[1])
     net = export.load_weights(zoo.build("zfnet-cifar10"), CHECKPOINT).eval()
     deconv = NeuronDeconvolution(net, getattr(net, row.name))
     folder = imagefolder.scan(DATA / "cifar10" / "test")
     step = len(folder) // images
     pixels = [torch.from_numpy(imagefolder.read_rgb(folder.files[i * step]).astype(np.float32).transpose(2, 0, 1)[None]) for i in range(images)]
-    deconv.attribute(pixels[0], neuron_selector=lambda o: o[:, 0].flatten(1).max(dim=1).values)  # warm-up
+    deconv.attribute(pixels[0], neuron_selector=lambda o: cast(torch.Tensor, o)[:, 0].flatten(1).max(dim=1).values)  # warm-up
     began = time.perf_counter()
     for x in pixels:
         for c in range(channels):
-            deconv.attribute(x, neuron_selector=lambda o, c=c: o[:, c].flatten(1).max(dim=1).values)
+            deconv.attribute(x, neuron_selector=lambda o, c=c: cast(torch.Tensor, o)[:, c].flatten(1).max(dim=1).values)
     seconds = time.perf_counter() - began
     return {"seconds": seconds, "calls": images * channels, "channels": channels, "images": images, "torch_threads": torch.get_num_threads()}
 
@@ -147,7 +148,7 @@ def run_child(*args: str) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").partition("\n")[0])
     parser.add_argument("--layer", default="5")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--captum-images", type=int, default=8)

@@ -45,7 +45,7 @@ ZFCLIENT = str(Path(sys.executable).with_name("zfclient"))
 LAYERS = ["1", "2", "3", "4", "5"]
 
 
-def sh(*args: str) -> subprocess.CompletedProcess:
+def sh(*args: object) -> subprocess.CompletedProcess:
     completed = subprocess.run([str(a) for a in args], capture_output=True, text=True, cwd=ROOT)
     if completed.returncode:
         raise SystemExit(f"{' '.join(map(str, args))} failed:\n{completed.stderr[-3000:]}")
@@ -81,7 +81,7 @@ def brute_force(model: Path, layers: list[str], k: int = 9) -> dict[str, tuple[n
     with ThreadPoolExecutor(4) as pool:
         for b in range(0, len(folder), 500):
             images = np.stack(list(pool.map(imagefolder.read_rgb, folder.files[b : b + 500]))).astype(np.float32).transpose(0, 3, 1, 2)
-            for layer, act in zip(layers, session.run(layers, {name: images})):
+            for layer, act in zip(layers, map(np.asarray, session.run(layers, {name: images}))):
                 maxima[layer].append(act.reshape(act.shape[0], act.shape[1], -1).max(axis=2))
     out = {}
     for layer, parts in maxima.items():
@@ -131,7 +131,7 @@ def interrupted_then_resumed(model: Path, out: Path) -> tuple[float, list]:
     while not partial.is_file() and process.poll() is None:
         time.sleep(0.2)
     if process.poll() is not None:
-        raise SystemExit(f"the scan to interrupt ended first (exit {process.returncode}): {process.stderr.read()[-2000:]}")
+        raise SystemExit(f"the scan to interrupt ended first (exit {process.returncode}): {process.stderr.read()[-2000:] if process.stderr else ''}")
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
     if process.returncode != 130 or "--resume" not in stderr:
@@ -171,7 +171,7 @@ def verify(label: str, model: Path, out: Path) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").partition("\n")[0])
     parser.add_argument("--models", nargs="+", default=["bundled", "caffe"], choices=["bundled", "caffe"])
     parser.add_argument("--out", type=Path, default=ROOT / "out" / "top-verify")
     args = parser.parse_args()

@@ -31,7 +31,7 @@ IMAGE = sorted((ROOT / "samples" / "cifar10").glob("*/*.jpg"))[0]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").partition("\n")[0])
     parser.add_argument("--runs", type=int, default=40)
     parser.add_argument("--out", type=Path, default=ROOT / "out" / "transport_bench.json")
     args = parser.parse_args()

@@ -6,8 +6,10 @@ import datetime
 import ipaddress
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import onnx
 import pytest
@@ -16,6 +18,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+
+if TYPE_CHECKING:
+    from zfnet.server.engine import Engine
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -79,9 +84,9 @@ def reference_model(reference_onnx: Path) -> onnx.ModelProto:
     return onnx.load(reference_onnx)
 
 
-@pytest.fixture()
-def server() -> Iterator[tuple[str, object]]:
-    """A real zfnet server on 127.0.0.1 with an ephemeral port: yields (target, engine)."""
+@contextmanager
+def serving() -> Iterator[tuple[str, Engine]]:
+    """A real zfnet server on 127.0.0.1 with an ephemeral port, stopped on exit: (target, engine)."""
     from zfnet.server.app import create_server
 
     srv, port, engine = create_server("127.0.0.1:0")
@@ -89,6 +94,26 @@ def server() -> Iterator[tuple[str, object]]:
         yield f"127.0.0.1:{port}", engine
     finally:
         srv.stop(grace=None)
+
+
+@pytest.fixture(scope="module")
+def module_server() -> Iterator[tuple[str, Engine]]:
+    """One server for the tests of a module that only read from it (see ``server``)."""
+    with serving() as running:
+        yield running
+
+
+@pytest.fixture()
+def server(request: pytest.FixtureRequest) -> Iterator[tuple[str, Engine]]:
+    """A real zfnet server on 127.0.0.1 with an ephemeral port: yields (target, engine).
+
+    The tests of a module share one; a test marked ``fresh_server`` (it counts uploads, deletes a
+    model, asserts what the server does not hold, or changes its budget) gets its own."""
+    if request.node.get_closest_marker("fresh_server") is None:
+        yield request.getfixturevalue("module_server")
+        return
+    with serving() as running:
+        yield running
 
 
 def compile_protos(*files: str):
@@ -112,6 +137,8 @@ def compile_protos(*files: str):
 def protos():
     """``protos(*files)``: a FileDescriptorSet compiled from proto/ (see ``compile_protos``)."""
     return compile_protos
+
+
 # ---- TLS: certificates made at test time -----------------------------------------------
 
 

@@ -8,18 +8,18 @@ from __future__ import annotations
 import hashlib
 import re
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
-from typer.testing import CliRunner
+from cli_testing import invoke, ok
 
 from zfnet.client import transport
 from zfnet.client.api import Client
-from zfnet.client.transport import SERVER_ENV, TOKEN_ENV, Connection
+from zfnet.client.transport import TOKEN_ENV, Connection
 from zfnet.client.cli.deconv import output_names
-from zfnet.client.cli.main import app
 from zfnet.errors import NotFound, ResourceExhausted
 from zfnet.server import deconv as deconv_module
 from zfnet.server.app import create_server
@@ -32,22 +32,6 @@ from zfnet.wire.common import layer_proto
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = ROOT / "models" / "zfnet-cifar10.onnx"
 TIMEOUT = 60
-
-
-@pytest.fixture(autouse=True)
-def _clean(monkeypatch) -> None:
-    monkeypatch.chdir(ROOT)
-    for name in (SERVER_ENV, TOKEN_ENV, transport.TLS_CA_ENV, transport.TLS_ENV):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(transport, "cli_connection", None)
-
-
-def invoke(*args) -> object:
-    return CliRunner().invoke(app, [str(a) for a in args])
-
-
-def ok(result) -> None:
-    assert result.exit_code == 0, f"exit {result.exit_code}\nstdout: {result.stdout}\nstderr: {result.stderr}\n{result.exception!r}"
 
 
 def one_line_error(result, *words: str) -> None:
@@ -93,6 +77,7 @@ def test_client_uploads_again_after_a_server_restart(sample_images, monkeypatch)
         client.close()
 
 
+@pytest.mark.fresh_server  # deletes the model and counts uploads
 def test_client_uploads_again_after_delete_and_only_then(server, sample_images, monkeypatch) -> None:
     target, engine = server
     uploads = count_uploads(engine, monkeypatch)
@@ -134,7 +119,7 @@ def files_under(folder: Path) -> list[Path]:
 
 
 def reported_count(stdout: str) -> int:
-    return int(re.search(r"wrote (\d+) files", stdout).group(1))
+    return int(re.findall(r"wrote (\d+) files", stdout)[0])
 
 
 def test_output_names_are_distinct(tmp_path: Path, sample_images) -> None:
@@ -196,7 +181,7 @@ def test_layer_ref_takes_only_ascii_digits_as_numbers() -> None:
 
 
 @pytest.fixture()
-def secured(pki) -> str:
+def secured(pki) -> Iterator[str]:
     srv, port, _ = create_server("127.0.0.1:0", tls=Tls(pki.server_cert, pki.server_key), tokens=("cli-token-123",))
     yield f"127.0.0.1:{port}"
     srv.stop(grace=None)

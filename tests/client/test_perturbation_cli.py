@@ -9,31 +9,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_testing import invoke, ok
 from PIL import Image
-from typer.testing import CliRunner
 
 from zfnet.client.api import Client
-from zfnet.client.transport import SERVER_ENV
-from zfnet.client.cli.main import app
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = "models/zfnet-cifar10.onnx"
 DOGS = "samples/cifar10/dog"
 PARTS = "samples/parts/dogs.json"
-
-
-@pytest.fixture(autouse=True)
-def _in_repo(monkeypatch) -> None:
-    monkeypatch.chdir(ROOT)
-    monkeypatch.delenv(SERVER_ENV, raising=False)
-
-
-def invoke(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
-
-
-def ok(result) -> None:
-    assert result.exit_code == 0, f"exit {result.exit_code}\nstdout: {result.stdout}\nstderr: {result.stderr}\n{result.exception!r}"
 
 
 def fails_with_one_line(result, *words: str) -> None:
@@ -67,6 +51,7 @@ def test_occlusion_writes_sheets_and_maps(tmp_path: Path, server) -> None:
         saved = np.load(tmp_path / "o" / f"{path.stem}_occlusion.npz")
         for key in ("layer_total", "true_class_map", "top_class_map"):
             np.testing.assert_array_equal(saved[key], getattr(maps, key))
+        assert maps.projection is not None
         np.testing.assert_array_equal(saved["projection"], maps.projection.pixels)
         assert saved["layer"] == "relu4" and int(saved["channel"]) == maps.channel and int(saved["true_class"]) == maps.true_class.index
         np.testing.assert_array_equal(saved["fill"], [127.5] * 3)
@@ -145,7 +130,7 @@ def test_correspondence_boxes_follow_the_image_size(tmp_path: Path) -> None:
     doubled = {}
     for name in list(annotation["images"])[:3]:
         with Image.open(ROOT / DOGS / name) as img:
-            img.resize((64, 64), Image.NEAREST).save(folder / name.replace(".jpg", ".png"))
+            img.resize((64, 64), Image.Resampling.NEAREST).save(folder / name.replace(".jpg", ".png"))
         doubled[name.replace(".jpg", ".png")] = {part: [2 * v for v in box] for part, box in annotation["images"][name].items()}
     parts = tmp_path / "parts.json"
     parts.write_text(json.dumps({"parts": annotation["parts"], "images": doubled}))

@@ -11,12 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_testing import invoke, ok
 from PIL import Image
-from typer.testing import CliRunner
+from typer.testing import Result
 
 from zfnet.client.api import Client
-from zfnet.client.transport import SERVER_ENV
-from zfnet.client.cli.main import app
 from zfnet.topk import TopK
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,17 +28,8 @@ class Interrupt(Exception):
     pass
 
 
-@pytest.fixture(autouse=True)
-def _no_server(monkeypatch) -> None:
-    monkeypatch.delenv(SERVER_ENV, raising=False)
-
-
-def top(*args) -> object:
-    return CliRunner().invoke(app, ["top", *[str(a) for a in args]])
-
-
-def ok(result) -> None:
-    assert result.exit_code == 0, f"exit {result.exit_code}\nstdout: {result.stdout}\nstderr: {result.stderr}\n{result.exception!r}"
+def top(*args: object) -> Result:
+    return invoke("top", *args)
 
 
 def layers_of(manifest: dict) -> dict:

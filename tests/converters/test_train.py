@@ -25,6 +25,7 @@ def _tree(root: Path, per_class: int) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_train_command_is_seeded_and_saves_a_loadable_checkpoint(tmp_path: Path) -> None:
     data = _tree(tmp_path / "data", 4)
     runs = []
@@ -45,6 +46,7 @@ def test_train_command_needs_both_splits(tmp_path: Path) -> None:
     assert result.exit_code == 1 and "test" in result.stderr and not (tmp_path / "x.pt").exists()
 
 
+@pytest.mark.slow
 def test_train_keeps_snapshots_and_exports_each(tmp_path: Path) -> None:
     """Snapshots after the chosen epochs: each checkpoint equals a run stopped there, each ONNX export
     gives that checkpoint's logits."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -16,7 +17,7 @@ from PIL import Image
 from zfnet.converters.graph import PREPROCESSING_KEY, get_metadata
 from zfnet.v1 import zfnet_pb2 as pb
 
-from test_service import CIFAR10, Conn, conn, encoded, still_serves  # noqa: F401  (shared with the service tests; conn is a fixture)
+from service_testing import CIFAR10, Conn, encoded, still_serves  # noqa: F401  (shared with the service tests)
 
 TIMEOUT = 120  # a perturbation stream runs many forward passes
 
@@ -43,10 +44,10 @@ class Bare:
         self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         self.input = self.session.get_inputs()[0].name
         self.output = self.session.get_outputs()[0].name
-        self.mean = np.asarray(json.loads(get_metadata(onnx.load(path), PREPROCESSING_KEY))["mean"], np.float32)
+        self.mean = np.asarray(json.loads(get_metadata(onnx.load(path), PREPROCESSING_KEY) or "{}")["mean"], np.float32)
 
     def run(self, names: list[str], images: np.ndarray) -> list[np.ndarray]:
-        return self.session.run(names, {self.input: images.astype(np.float32)})
+        return [np.asarray(out) for out in self.session.run(names, {self.input: images.astype(np.float32)})]
 
     def one_at_a_time(self, names: list[str], images: list[np.ndarray]) -> list[np.ndarray]:
         """Each image through its own forward pass; the outputs stacked."""
@@ -54,8 +55,8 @@ class Bare:
         return [np.concatenate([row[k] for row in rows]) for k in range(len(names))]
 
 
-def stream(call, request) -> tuple[list[pb.JobProgress], object]:
-    """All progress messages of a streaming call, and its result."""
+def stream(call, request) -> tuple[list[pb.JobProgress], Any]:
+    """All progress messages of a streaming call, and its result (the analysis' own result message)."""
     progress, result = [], None
     for reply in call(request, timeout=TIMEOUT):
         kind = reply.WhichOneof("reply")

@@ -10,7 +10,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from perturb_testing import Bare, Conn, conn, encoded, expect_stream_error, nchw, still_serves, stream  # noqa: F401
+from perturb_testing import Bare, Conn, encoded, expect_stream_error, nchw, still_serves, stream
 
 from zfnet.tensors import from_proto
 from zfnet.v1 import zfnet_pb2 as pb
@@ -110,8 +110,9 @@ def test_python_client_matches_raw_stub(conn: Conn) -> None:
     assert got.layers == ["relu7"] and got.parts == parts and got.fill.values == (127.5,) * 3 and got.random_trials == 1
     bare = Bare(conn.path)
     delta, _ = delta_reference(bare, nchw(files), [b[2] for b in boxes], np.full(3, 127.5), "relu7")
-    assert got.score("nose", "relu7").delta == delta
-    assert len(got.score("nose", "relu7", random=True).trial_boxes) == 1
+    score, random = got.score("nose", "relu7"), got.score("nose", "relu7", random=True)
+    assert score is not None and score.delta == delta
+    assert random is not None and len(random.trial_boxes) == 1
 
 
 # ---- errors ------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ import pytest
 from google.rpc import error_details_pb2, status_pb2
 from onnx import TensorProto, helper, numpy_helper
 
-from test_service import TIMEOUT, Conn, conn, encoded, erf_model, large_model, still_serves, upload_parts  # noqa: F401 - conn is a fixture
+from service_testing import TIMEOUT, Conn, encoded, erf_model, large_model, still_serves, upload_parts
 from zfnet import errors
 from zfnet.client.api import Client
 from zfnet.server import deconv as deconv_module

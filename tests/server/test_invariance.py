@@ -6,7 +6,7 @@ from __future__ import annotations
 import grpc
 import numpy as np
 import pytest
-from perturb_testing import CIFAR10, Bare, Conn, conn, encoded, expect_stream_error, nchw, softmax, still_serves, stream  # noqa: F401
+from perturb_testing import CIFAR10, Bare, Conn, encoded, expect_stream_error, nchw, softmax, still_serves, stream
 
 from zfnet.server import invariance
 from zfnet.tensors import from_proto

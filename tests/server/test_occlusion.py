@@ -3,15 +3,15 @@ occludes and runs bare onnxruntime one position at a time; progress; errors."""
 
 from __future__ import annotations
 
-import time
+import threading
 from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
-from perturb_testing import CIFAR10, TIMEOUT, Bare, Conn, conn, encoded, expect_stream_error, nchw, softmax, still_serves, stream  # noqa: F401
+from perturb_testing import CIFAR10, TIMEOUT, Bare, Conn, encoded, expect_stream_error, nchw, softmax, still_serves, stream
 
-from zfnet.server import occlusion, perturbation
+from zfnet.server import admission, occlusion, perturbation
 from zfnet.server.models import load
 from zfnet.tensors import from_proto
 from zfnet.v1 import zfnet_pb2 as pb
@@ -116,7 +116,7 @@ def test_progress_reaches_the_python_client(conn: Conn, sample_images) -> None:
 def test_batch_size_follows_the_memory_estimate(reference_onnx: Path, sample_images) -> None:
     model = load(reference_onnx.read_bytes(), "m")
     per_copy = perturbation.bytes_per_copy(model)
-    floats = 3 * 32 * 32 + sum(int(np.prod(row.shape[1:])) for row in model.layers)
+    floats = 3 * 32 * 32 + sum(int(np.prod([int(d) for d in row.shape[1:]])) for row in model.layers)
     assert per_copy == 4 * floats
     assert perturbation.copies_per_batch(model, budget=10 * per_copy + 1) == 10
     assert perturbation.copies_per_batch(model, max_batch=3, budget=10 * per_copy) == 3
@@ -166,9 +166,33 @@ def test_too_many_copies_are_refused(conn: Conn, sample_images, monkeypatch) -> 
 
 
 def test_cancelling_mid_stream_stops_the_work_and_the_server_keeps_serving(conn: Conn, sample_images, monkeypatch) -> None:
-    batches = []
-    advance = perturbation.Tracker.advance
-    monkeypatch.setattr(perturbation.Tracker, "advance", lambda self, n, stage: batches.append(n) or advance(self, n, stage))
+    """Counted, not timed: the second batch's progress is held until gRPC has ended the cancelled
+    call on the server; no batch runs after it, and the analysis ends."""
+    batches: list[int] = []
+    calls: list[threading.Event] = []  # one per call the server enters from here on: the Occlusion first
+    ended = threading.Event()
+    scope, advance, run = admission.rpc_scope, perturbation.Tracker.advance, occlusion.run
+
+    def watched_scope(remaining_s, on_end):
+        calls.append(threading.Event())
+        on_end(calls[-1].set)  # gRPC runs a call's callbacks once the call is over: here, cancelled
+        return scope(remaining_s, on_end)
+
+    def held_advance(self, n, stage):
+        batches.append(n)
+        if len(batches) == 2:
+            calls[0].wait(TIMEOUT)
+        return advance(self, n, stage)
+
+    def watched_run(*args, **kwargs):
+        try:
+            return (yield from run(*args, **kwargs))
+        finally:
+            ended.set()
+
+    monkeypatch.setattr(admission, "rpc_scope", watched_scope)
+    monkeypatch.setattr(perturbation.Tracker, "advance", held_advance)
+    monkeypatch.setattr(occlusion, "run", watched_run)
     call = conn.stub.Occlusion(pb.OcclusionRequest(model=conn.ref, images=encoded(sample_images[:4]), size=4, stride=1, max_batch=8), timeout=TIMEOUT)
     first = next(call)
     assert first.WhichOneof("reply") == "progress" and first.progress.done == 8 and first.progress.total == 4 * 29 * 29
@@ -176,6 +200,7 @@ def test_cancelling_mid_stream_stops_the_work_and_the_server_keeps_serving(conn:
     with pytest.raises(grpc.RpcError) as info:
         list(call)
     assert info.value.code() == Code.CANCELLED
+    assert ended.wait(TIMEOUT), "the analysis went on after the client cancelled"
+    assert calls[0].is_set(), "the server never saw the call end"
+    assert len(batches) <= 2, f"{len(batches)} of {4 * 29 * 29 // 8 + 1} batches ran: the work went on after the server saw the cancel"
     still_serves(conn, sample_images[0])
-    time.sleep(0.5)
-    assert len(batches) < 10, f"{len(batches)} of {4 * 29 * 29 // 8 + 1} batches ran after the client cancelled"

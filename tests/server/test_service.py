@@ -10,19 +10,16 @@ from __future__ import annotations
 import hashlib
 import io
 import threading
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import numpy as np
-import onnx
 import onnxruntime as ort
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
-from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
+from service_testing import CIFAR10, TIMEOUT, Conn, encoded, erf_model, large_model, still_serves, upload_parts
 
 from zfnet.client.api import Client
 from zfnet.tensors import CHANNEL_OPTIONS
@@ -33,42 +30,10 @@ from zfnet.tensors import from_proto, to_proto
 from zfnet.v1 import zfnet_pb2 as pb
 from zfnet.v1 import zfnet_pb2_grpc
 
-CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-TIMEOUT = 60
 Code = grpc.StatusCode
 
 
 # ---- helpers ---------------------------------------------------------------------------
-
-
-@dataclass
-class Conn:
-    """A raw stub and a Python client on the ``server`` fixture, the bundled model uploaded."""
-
-    target: str
-    engine: object
-    stub: zfnet_pb2_grpc.ZfnetStub
-    channel: grpc.Channel
-    client: Client
-    sha: str
-    path: Path
-
-    @property
-    def ref(self) -> pb.ModelRef:
-        return pb.ModelRef(sha256=self.sha)
-
-
-@pytest.fixture()
-def conn(server, reference_onnx: Path) -> Iterator[Conn]:
-    target, engine = server
-    channel = grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
-    client = Client(target)
-    sha = client.ensure_model(reference_onnx)
-    try:
-        yield Conn(target, engine, zfnet_pb2_grpc.ZfnetStub(channel), channel, client, sha, reference_onnx)
-    finally:
-        client.close()
-        channel.close()
 
 
 def rgb_of(path: Path) -> np.ndarray:
@@ -92,10 +57,6 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def encoded(paths: list[Path]) -> list[pb.Image]:
-    return [pb.Image(encoded=p.read_bytes(), label=p.name) for p in paths]
-
-
 def model_inputs(batch: np.ndarray) -> list[pb.Image]:
     return [pb.Image(model_input=to_proto(x.astype(np.float32))) for x in batch]
 
@@ -109,72 +70,6 @@ def expect_error(call, request, code: grpc.StatusCode, *words: str) -> str:
     for word in words:
         assert word.lower() in details.lower(), f"{word!r} not in {details!r}"
     return details
-
-
-def still_serves(c: Conn, image: Path) -> None:
-    """The server answers a good request after a bad one."""
-    reply = c.stub.Predict(pb.PredictRequest(model=c.ref, images=encoded([image])), timeout=TIMEOUT)
-    probs = from_proto(reply.probabilities)
-    assert probs.shape == (1, 10)
-    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
-
-
-def save(model: onnx.ModelProto, path: Path) -> Path:
-    onnx.checker.check_model(model)
-    path.write_bytes(model.SerializeToString())
-    return path
-
-
-def erf_model(path: Path) -> Path:
-    """image (N,3,8,8) -> Conv -> Relu -> Sin -> Conv -> Relu: Sin has no backward rule (Erf, which this
-    model first used, has one now)."""
-    rng = np.random.default_rng(0)
-    w1 = numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "w1")
-    w2 = numpy_helper.from_array(rng.standard_normal((5, 4, 3, 3)).astype(np.float32), "w2")
-    nodes = [
-        helper.make_node("Conv", ["image", "w1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
-        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
-        helper.make_node("Sin", ["r1"], ["e1"], name="erf1"),
-        helper.make_node("Conv", ["e1", "w2"], ["c2"], name="conv2", pads=[1, 1, 1, 1]),
-        helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
-    ]
-    graph = helper.make_graph(
-        nodes, "erf", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, 8, 8])],
-        [helper.make_tensor_value_info("r2", TensorProto.FLOAT, ["N", 5, 8, 8])], initializer=[w1, w2],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    model.ir_version = 10
-    return save(model, path)
-
-
-def large_model(path: Path, units: int = 400) -> Path:
-    """image (N,3,32,32) -> Conv -> Relu -> Flatten -> Gemm (4096 x units floats: over 4 MiB).
-
-    Tensors are named as legacy torch.onnx exports name them (numbers, ``/fc/Gemm``), so the
-    expose pass renames them, the graph's own output included."""
-    rng = np.random.default_rng(1)
-    w1 = numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32) * 0.01, "w1")
-    w2 = numpy_helper.from_array(rng.standard_normal((4 * 32 * 32, units)).astype(np.float32) * 0.01, "w2")
-    b2 = numpy_helper.from_array(rng.standard_normal(units).astype(np.float32), "b2")
-    nodes = [
-        helper.make_node("Conv", ["image", "w1"], ["5"], name="/conv/Conv", pads=[1, 1, 1, 1]),
-        helper.make_node("Relu", ["5"], ["6"], name="/relu/Relu"),
-        helper.make_node("Flatten", ["6"], ["7"], name="/flatten/Flatten"),
-        helper.make_node("Gemm", ["7", "w2", "b2"], ["12"], name="/fc/Gemm"),
-    ]
-    graph = helper.make_graph(
-        nodes, "large", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, 32, 32])],
-        [helper.make_tensor_value_info("12", TensorProto.FLOAT, ["N", units])], initializer=[w1, w2, b2],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    model.ir_version = 10
-    return save(model, path)
-
-
-def upload_parts(data: bytes, sha: str, name: str = "m", size: int | None = None) -> Iterator[pb.UploadModelRequest]:
-    yield pb.UploadModelRequest(header=pb.UploadHeader(sha256=sha, size=len(data) if size is None else size, name=name))
-    for start in range(0, len(data), 1 << 20):
-        yield pb.UploadModelRequest(chunk=data[start : start + (1 << 20)])
 
 
 # ---- health and reflection -------------------------------------------------------------
@@ -209,6 +104,7 @@ def test_reflection_lists_services_and_describes_zfnet(server) -> None:
 # ---- models: upload once, limits, corrupt uploads ----------------------------------------
 
 
+@pytest.mark.fresh_server  # counts uploads and lists what the server holds
 def test_upload_happens_once_per_server(server, reference_onnx: Path, monkeypatch) -> None:
     target, engine = server
     sha = hashlib.sha256(reference_onnx.read_bytes()).hexdigest()
@@ -252,6 +148,7 @@ def test_upload_over_4mib_then_predict_and_deconv(server, tmp_path: Path, sample
             assert r.pixels.shape == (3, 32, 32) and np.abs(r.pixels).max() > 0
 
 
+@pytest.mark.fresh_server  # asserts the server does not hold the model
 def test_upload_with_wrong_sha256_is_invalid_argument(conn: Conn, tmp_path: Path, sample_images) -> None:
     data = erf_model(tmp_path / "erf.onnx").read_bytes()
     wrong = hashlib.sha256(b"something else").hexdigest()

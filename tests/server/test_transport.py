@@ -72,7 +72,8 @@ def test_tls_and_tokens(secured: str, pki, reference_onnx: Path, sample_images) 
             with pytest.raises(grpc.RpcError) as info:
                 stub.ListModels(pb.ListModelsRequest(), metadata=[("authorization", header)], timeout=TIMEOUT)
             assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED, header
-        assert stub.ListModels(pb.ListModelsRequest(), metadata=[("authorization", f"bearer  {TOKENS[0]}")], timeout=TIMEOUT) is not None
+        lenient = stub.ListModels(pb.ListModelsRequest(), metadata=[("authorization", f"bearer  {TOKENS[0]}")], timeout=TIMEOUT)
+        assert lenient == stub.ListModels(pb.ListModelsRequest(), metadata=[("authorization", f"Bearer {TOKENS[0]}")], timeout=TIMEOUT)
     # either correct token works, through the raw stub and the Python client
     for token in TOKENS:
         with tls_channel(secured, pki, token) as channel:

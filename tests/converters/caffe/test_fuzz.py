@@ -30,7 +30,7 @@ layer { name: "prob" type: "Softmax" bottom: "ip" top: "prob" }
 layer { name: "quiet" type: "Silence" bottom: "s2" }
 """)
 
-FUZZ = settings(max_examples=150, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @pytest.fixture(scope="module")
