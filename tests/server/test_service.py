@@ -265,7 +265,7 @@ def test_predict_resizes_other_sizes(conn: Conn) -> None:
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
     np.testing.assert_allclose(probs[0], probs[1], atol=1e-6)
     # the model saw a 32x32 version of the picture, not a crop of it
-    resized = np.asarray(Image.fromarray(picture).resize((32, 32), Image.BILINEAR), dtype=np.float32).transpose(2, 0, 1)[None]
+    resized = np.asarray(Image.fromarray(picture).resize((32, 32), Image.Resampling.BILINEAR), dtype=np.float32).transpose(2, 0, 1)[None]
     expected = softmax(bare_session(conn.path).run(["fc8"], {"image": resized})[0])
     np.testing.assert_allclose(probs[0], expected[0], atol=1e-4)
 
