@@ -45,14 +45,9 @@ test-fast: install
 # left; a file that becomes clean joins this list, and a file moved or renamed here is renamed in it too.
 TYPECHECKED := bench \
 	core/zfnet/extras.py \
-	client/zfnet/client/cli/main.py \
-	tests/client/cli_testing.py \
-	tests/client/conftest.py \
-	tests/client/test_cli.py \
-	tests/client/test_evolution_cli.py \
-	tests/client/test_hardening_cli.py \
-	tests/client/test_perturbation_cli.py \
-	tests/client/test_top_cli.py \
+	client \
+	tests/client \
+	tests/examples \
 	tests/conftest.py \
 	tests/converters/caffe/conftest.py \
 	tests/converters/caffe/test_errors.py \
