@@ -47,14 +47,9 @@ TYPECHECKED := bench \
 	core \
 	server \
 	converters \
-	client/zfnet/client/cli/main.py \
-	tests/client/cli_testing.py \
-	tests/client/conftest.py \
-	tests/client/test_cli.py \
-	tests/client/test_evolution_cli.py \
-	tests/client/test_hardening_cli.py \
-	tests/client/test_perturbation_cli.py \
-	tests/client/test_top_cli.py \
+	client \
+	tests/client \
+	tests/examples \
 	tests/server \
 	tests/converters \
 	tests/*.py

@@ -18,10 +18,15 @@ MODEL = ROOT / "models" / "zfnet-cifar10.onnx"
 SAMPLES = ROOT / "samples" / "cifar10"
 
 
-def _bare_predictions(files: list[Path]) -> np.ndarray:
+def _bare(names: list[str], batch: np.ndarray) -> list[np.ndarray]:
+    """The tensors ``names`` for an NCHW batch, from bare onnxruntime (dense, as arrays)."""
     session = ort.InferenceSession(str(MODEL), providers=["CPUExecutionProvider"])
+    return [np.asarray(out) for out in session.run(names, {"image": batch})]
+
+
+def _bare_predictions(files: list[Path]) -> np.ndarray:
     batch = np.stack([imagefolder.read_rgb(p) for p in files]).astype(np.float32).transpose(0, 3, 1, 2)
-    return session.run(["fc8"], {"image": batch})[0].argmax(axis=1)
+    return _bare(["fc8"], batch)[0].argmax(axis=1)
 
 
 def test_evaluate_json_equals_bare_onnxruntime() -> None:
@@ -55,9 +60,8 @@ def test_activations_npz_and_pictures(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["activations", "--model", str(MODEL), "--layer", "2", "--layer", "fc8", "--image", str(image), "--out", str(tmp_path)])
     assert result.exit_code == 0, result.stderr
     saved = np.load(tmp_path / "activations.npz")
-    session = ort.InferenceSession(str(MODEL), providers=["CPUExecutionProvider"])
     batch = imagefolder.read_rgb(image).astype(np.float32).transpose(2, 0, 1)[None]
-    pool2, fc8 = session.run(["pool2", "fc8"], {"image": batch})
+    pool2, fc8 = _bare(["pool2", "fc8"], batch)
     np.testing.assert_allclose(saved["pool2"], pool2, atol=1e-5)
     np.testing.assert_allclose(saved["fc8"], fc8, atol=1e-5)
     picture = Image.open(tmp_path / f"{image.stem}_pool2_maps.png")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import shutil
@@ -94,15 +95,15 @@ def test_npy_npz_and_parquet_hold_the_same_numbers(client: Client, data: Path, r
 
 def test_an_interrupted_job_resumes_to_byte_identical_files(client: Client, reference_onnx: Path, sample_images: list[Path], tmp_path: Path) -> None:
     data = sample_images[0].parents[1]
-    args = dict(pool="grid:2", layer_pool={"1": "max"}, dtype="float16", stop=72, batch_size=16)
-    features.save(client, reference_onnx, data, ["1", "4", "6"], tmp_path / "whole", **args)
+    save = functools.partial(features.save, client, reference_onnx, data, ["1", "4", "6"], pool="grid:2", layer_pool={"1": "max"}, dtype="float16", stop=72, batch_size=16)
+    save(tmp_path / "whole")
 
     def stop_after_two_batches(done: int, total: int) -> None:
         if done >= 32:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        features.save(client, reference_onnx, data, ["1", "4", "6"], tmp_path / "cut", **args, on_progress=stop_after_two_batches)
+        save(tmp_path / "cut", on_progress=stop_after_two_batches)
     index = json.loads((tmp_path / "cut" / "index.json").read_text())
     assert index["done"] == 32 and not index["complete"] and "paths" not in index
     assert len((tmp_path / "cut" / "paths.jsonl").read_text().splitlines()) == 32
@@ -112,12 +113,12 @@ def test_an_interrupted_job_resumes_to_byte_identical_files(client: Client, refe
     crashed = tmp_path / "crashed"
     shutil.copytree(tmp_path / "cut", crashed)
     (crashed / "index.json").write_text(json.dumps({**index, "done": 16}))
-    result = features.save(client, reference_onnx, data, ["1", "4", "6"], tmp_path / "cut", **args)
+    result = save(tmp_path / "cut")
     assert result.resumed_from == 32
     assert digest(tmp_path / "cut") == digest(tmp_path / "whole")
-    assert features.save(client, reference_onnx, data, ["1", "4", "6"], crashed, **args).resumed_from == 16
+    assert save(crashed).resumed_from == 16
     assert digest(crashed) == digest(tmp_path / "whole")
-    again = features.save(client, reference_onnx, data, ["1", "4", "6"], crashed, **args)
+    again = save(crashed)
     assert again.complete_before and digest(crashed) == digest(tmp_path / "whole")
     assert "paths.jsonl" not in digest(crashed) and len(json.loads((crashed / "index.json").read_text())["paths"]) == 72
 
@@ -129,8 +130,8 @@ def test_index_records_only_durable_whole_batches_while_the_job_runs(
     says is finished is whole batches whose rows already hold their final values, and the files end
     byte-identical to a job that records every two seconds."""
     data = sample_images[0].parents[1]
-    args = dict(pool="avg", dtype="float32", stop=96, batch_size=8)
-    features.save(client, reference_onnx, data, ["3"], tmp_path / "whole", **args)
+    save = functools.partial(features.save, client, reference_onnx, data, ["3"], pool="avg", dtype="float32", stop=96, batch_size=8)
+    save(tmp_path / "whole")
     final = np.load(tmp_path / "whole" / "relu3.npy")
     monkeypatch.setattr(features, "COMMIT_SECONDS", 0.0)
     seen: list[int] = []
@@ -142,7 +143,7 @@ def test_index_records_only_durable_whole_batches_while_the_job_runs(
         rows = np.load(tmp_path / "often" / "relu3.npy", mmap_mode="r")[: index["done"]]
         np.testing.assert_array_equal(rows, final[: index["done"]])
 
-    features.save(client, reference_onnx, data, ["3"], tmp_path / "often", **args, on_progress=check)
+    save(tmp_path / "often", on_progress=check)
     assert seen == sorted(seen) and len(set(seen)) > 2, seen  # recorded while the job ran, never backwards
     assert digest(tmp_path / "often") == digest(tmp_path / "whole")
 
@@ -200,13 +201,13 @@ def test_damaged_folders_are_refused_with_the_file_named(client: Client, data: P
         features.load(tmp_path)
 
     # a partial job with a truncated file: refused, not continued over
-    args = dict(pool="avg", batch_size=4)
+    save = functools.partial(features.save, client, reference_onnx, data, LAYERS, tmp_path / "partial", pool="avg", batch_size=4)
     with pytest.raises(KeyboardInterrupt):
-        features.save(client, reference_onnx, data, LAYERS, tmp_path / "partial", **args, on_progress=interrupt)
+        save(on_progress=interrupt)
     with open(tmp_path / "partial" / "pool2.npy", "r+b") as f:
         f.truncate(300)
     with pytest.raises(InvalidArgument, match="pool2.npy is truncated or damaged: 300 bytes"):
-        features.save(client, reference_onnx, data, LAYERS, tmp_path / "partial", **args)
+        save()
 
 
 def test_file_stems_are_safe_and_unique() -> None:

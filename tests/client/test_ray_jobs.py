@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,7 @@ LAYERS = ("--layer", "2", "--layer", "5")
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _ray_env() -> None:
+def _ray_env() -> Iterator[None]:
     os.environ["RAY_AUTH_MODE"] = "disabled"  # a throw-away local cluster
     yield
     ray_jobs.shutdown()
@@ -99,9 +100,9 @@ class DiesOnce(ray_jobs.ScanWorker):
 
 
 def test_a_worker_killed_mid_job_is_retried_and_the_result_stays_exact(single: Path, subset: Path, tmp_path: Path) -> None:
-    import ray
+    from ray import cloudpickle
 
-    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the actor class travels with the job
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the actor class travels with the job
     DiesOnce.marker = str(tmp_path / "died")
     DiesOnce.victim = min(300, len(list(subset.glob("*/*.jpg"))) - 1)
     cluster = ray_jobs.Cluster(workers=2, num_cpus=2)
@@ -109,11 +110,13 @@ def test_a_worker_killed_mid_job_is_retried_and_the_result_stays_exact(single: P
     state = ray_jobs.top(MODEL, subset, [2, 5], batch_size=64, cluster=cluster, scan_only=True, scan_worker=DiesOnce,
                          on_checkpoint=lambda s: checkpoints.append(s.copy()), checkpoint_every=1)
     assert Path(DiesOnce.marker).is_file(), "the worker was never killed"
+    assert isinstance(state, TopK)  # scan_only: the state, no reconstructions
     reference = TopK.load(single / "state.npz")
     assert_same_state(state, reference)
     # a job interrupted after its first block resumes from that checkpoint and ends exactly where one pass ends
     assert checkpoints and checkpoints[0].images_read < reference.images_read
     resumed = ray_jobs.top(MODEL, subset, [2, 5], batch_size=64, cluster=cluster, scan_only=True, state=checkpoints[0])
+    assert isinstance(resumed, TopK)
     assert_same_state(resumed, reference)
 
 

@@ -91,10 +91,12 @@ class Zfserver:
     def __init__(self) -> None:
         script = Path(sys.executable).parent / "zfserver"
         self.process = subprocess.Popen([str(script), "--port", "0", "--metrics-port", "0"], stderr=subprocess.PIPE, text=True)
+        assert self.process.stderr is not None  # stderr=PIPE
+        self.log = self.process.stderr
 
     def wait_ready(self) -> None:
         log = []
-        for line in self.process.stderr:
+        for line in self.log:
             log.append(line)
             if found := re.search(r"serving on 127\.0\.0\.1:(\d+)", line):
                 self.target = f"127.0.0.1:{found.group(1)}"
@@ -103,7 +105,7 @@ class Zfserver:
                 break
         else:
             raise AssertionError("zfserver did not start:\n" + "".join(log))
-        threading.Thread(target=self.process.stderr.read, daemon=True).start()  # keep its pipe drained
+        threading.Thread(target=self.log.read, daemon=True).start()  # keep its pipe drained
 
     def stop(self) -> None:
         if self.process.poll() is None:

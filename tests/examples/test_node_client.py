@@ -62,7 +62,8 @@ def zfserver(tmp_path: Path) -> Iterator[str]:
             while True:
                 assert proc.poll() is None, f"zfserver exited: {(tmp_path / 'zfserver.log').read_text()}"
                 try:
-                    if stub.Check(health_pb2.HealthCheckRequest(), timeout=2).status == health_pb2.HealthCheckResponse.SERVING:
+                    # typeshed's grpc_health stub gives HealthStub no methods; grpc sets Check on it in __init__
+                    if stub.Check(health_pb2.HealthCheckRequest(), timeout=2).status == health_pb2.HealthCheckResponse.SERVING:  # pyright: ignore[reportAttributeAccessIssue]
                         break
                 except grpc.RpcError:
                     assert time.monotonic() < deadline, "zfserver did not start serving in 120 s"

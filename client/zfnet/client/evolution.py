@@ -60,7 +60,7 @@ def mosaic(result: EvolutionResult, layer: str) -> tuple[np.ndarray, tuple[int, 
     sheet = np.full((len(channels) * (height + GAP) - GAP, len(result.columns) * (width + GAP) - GAP, 3), 255, np.uint8)
     for r, row in enumerate(entries):
         for c, entry in enumerate(row):
-            tile = Image.fromarray(reconstruction(entry)).resize((width, height), Image.NEAREST) if entry is not None else Image.new("RGB", (width, height), EMPTY)
+            tile = Image.fromarray(reconstruction(entry)).resize((width, height), Image.Resampling.NEAREST) if entry is not None else Image.new("RGB", (width, height), EMPTY)
             top, left = r * (height + GAP), c * (width + GAP)
             sheet[top : top + height, left : left + width] = np.asarray(tile)
     return sheet, (width, height)
@@ -77,8 +77,9 @@ def figure(result: EvolutionResult, title: str, path: Path) -> Path:
         len(result.layers), 2, figsize=(fig_width, (sum(heights) + 130 * len(heights) + 60) / DPI), squeeze=False,
         gridspec_kw={"height_ratios": heights, "width_ratios": [sheet_width + 110, 420]}, dpi=DPI,
     )
-    steps = [evolution.number(c.model) for c in result.columns]
-    by_number = all(steps) and len({n for _, n in steps}) == len(steps) and len({u for u, _ in steps}) == 1
+    parsed = [evolution.number(c.model) for c in result.columns]
+    steps = [n for n in parsed if n is not None]
+    by_number = len(steps) == len(parsed) and len({n for _, n in steps}) == len(steps) and len({u for u, _ in steps}) == 1
     xs = [n for _, n in steps] if by_number else list(range(len(labels)))
     for row, (layer, (sheet, (width, height))) in enumerate(zip(result.layers, sheets)):
         channels = result.channels[layer]
@@ -150,7 +151,7 @@ def write(result: EvolutionResult, out: Path, title: str, data: str) -> dict[str
         packed[f"layer{i}.channels"] = np.asarray(result.channels[layer], np.int64)
         for name, array in arrays(result, layer).items():
             packed[f"layer{i}.{name}"] = array
-    np.savez_compressed(out / "evolution.npz", **packed)
+    np.savez_compressed(out / "evolution.npz", allow_pickle=True, **packed)
     saved["npz"] = out / "evolution.npz"
     return saved
 

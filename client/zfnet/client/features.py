@@ -102,7 +102,7 @@ class RowFile:
         self._file = open(path, "r+b")
 
     def write(self, row: int, values: np.ndarray) -> None:
-        os.pwrite(self._file.fileno(), memoryview(np.ascontiguousarray(values, self.dtype)).cast("B"), self.offset + row * self.row_bytes)
+        os.pwrite(self._file.fileno(), np.ascontiguousarray(values, self.dtype).data.cast("B"), self.offset + row * self.row_bytes)
 
     def sync(self) -> None:
         os.fsync(self._file.fileno())
@@ -237,6 +237,11 @@ class FeatureWriter:
     def rows(self) -> int:
         return self.job["stop"] - self.job["start"]
 
+    @property
+    def skipped(self) -> list[dict]:
+        """The skipped images recorded (none before a job begins)."""
+        return self.index["skipped"] if self.index is not None else []
+
     def resume_start(self) -> int:
         """The data-set index the job continues from."""
         return self.job["start"] + self.done
@@ -254,7 +259,7 @@ class FeatureWriter:
             for s, stem in zip(header.layers, file_stems([s.name for s in header.layers]))
         ]
         create = self.index is None
-        if create:
+        if self.index is None:
             self.out.mkdir(parents=True, exist_ok=True)
             self.index = {
                 **self.job, "model_name": self.job.get("model_name", ""), "layers": layers, "rows": self.rows,
@@ -275,24 +280,25 @@ class FeatureWriter:
 
     def write(self, batch: FeatureBatch) -> None:
         """Write a batch's rows (and NaN rows for its skipped images) in place."""
+        index, labels, paths = self._open()
         start = self.job["start"]
         rows = batch.indices - start
         for begin, end in _runs(rows):
             k = np.searchsorted(rows, begin)
             for file, values in zip(self._files, batch.features):
                 file.write(int(begin), values[k : k + end - begin])
-            self._labels.write(int(begin), batch.labels[k : k + end - begin])
+            labels.write(int(begin), batch.labels[k : k + end - begin])
         for row, path in zip(rows.tolist(), batch.paths):
             self._ahead[row] = path
         for s in batch.skipped:
             row = s.index - start
             for file in self._files:
                 file.write(row, np.full((1, file.row_bytes // file.dtype.itemsize), np.nan))
-            self._labels.write(row, np.asarray([-1]))
+            labels.write(row, np.asarray([-1]))
             self._ahead[row] = s.path
-            self.index["skipped"].append({"row": row, "index": s.index, "path": s.path, "reason": s.reason})
-        while self._paths.count in self._ahead:
-            self._paths.append(self._ahead.pop(self._paths.count))
+            index["skipped"].append({"row": row, "index": s.index, "path": s.path, "reason": s.reason})
+        while paths.count in self._ahead:
+            paths.append(self._ahead.pop(paths.count))
         if time.monotonic() - self._last_commit > COMMIT_SECONDS and (self._recording is None or self._recording.done()):
             self._wait()
             self._recording = self._recorder.submit(self._record, self._snapshot())
@@ -301,11 +307,18 @@ class FeatureWriter:
     def _snapshot(self) -> dict:
         """index.json as it will record the finished rows: whole batches only, so that a resumed job
         reads every image in the same batch as an uninterrupted one."""
-        filled = self._paths.count
+        index, _, paths = self._open()
+        filled = paths.count
         batch = self._batch_size
         done = filled if filled == self.rows else filled // batch * batch
-        self.index["done"] = done
-        return {**self.index, "skipped": [s for s in self.index["skipped"] if s["row"] < done]}
+        index["done"] = done
+        return {**index, "skipped": [s for s in index["skipped"] if s["row"] < done]}
+
+    def _open(self) -> tuple[dict, RowFile, PathLog]:
+        """The index, label file and path log of the job :meth:`begin` opened and :meth:`close` has not closed."""
+        if self.index is None or self._labels is None or self._paths is None:
+            raise FailedPrecondition(f"no features job is open on {self.out}: begin() opens one, close() ends it")
+        return self.index, self._labels, self._paths
 
     def _record(self, index: dict) -> None:
         """Make the rows durable (fsync), then say in index.json that they are finished. Runs on the
@@ -344,7 +357,7 @@ class FeatureWriter:
         self.close()
         if self.complete:
             return
-        if self.done != self.rows:
+        if self.index is None or self.done != self.rows:  # no index: the job never began
             raise FailedPrecondition(f"the job ended after {self.done} of {self.rows} rows; run it again to finish")
         names = [layer["file"] for layer in self.index["layers"]] + [f"{LABELS}.npy"]
         fmt = self.job["format"]
@@ -406,7 +419,7 @@ def _pack_npz(out: Path, index: dict) -> None:
     arrays, labels = _open_layers(out, index)
     tmp = out / (NPZ + ".tmp")
     with open(tmp, "wb") as f:
-        np.savez(f, **{Path(layer["file"]).stem: a for layer, a in zip(index["layers"], arrays)}, **{LABELS: labels})
+        np.savez(f, allow_pickle=True, **{Path(layer["file"]).stem: a for layer, a in zip(index["layers"], arrays)}, **{LABELS: labels})
     os.replace(tmp, out / NPZ)
 
 
@@ -542,7 +555,7 @@ def save(
     }
     writer = FeatureWriter(Path(out), job, force)
     if writer.complete:
-        return SaveResult(writer.out, writer.rows, writer.rows, len(writer.index["skipped"]), True)
+        return SaveResult(writer.out, writer.rows, writer.rows, len(writer.skipped), True)
     resumed = writer.done
     stream = client.features(
         model, client.dataset(data, writer.resume_start(), dataset.stop, batch_size) if resumed else dataset,
@@ -558,4 +571,4 @@ def save(
         stream.close()
         writer.close()
     writer.finish()
-    return SaveResult(writer.out, writer.rows, resumed, len(writer.index["skipped"]), False)
+    return SaveResult(writer.out, writer.rows, resumed, len(writer.skipped), False)

@@ -11,11 +11,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib import colors  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.patches import Patch, Rectangle  # noqa: E402
 
 from zfnet.client.render import for_display, save_figure  # noqa: E402
 from zfnet.wire.common import class_name  # noqa: E402
-from zfnet.wire.correspondence import CorrespondenceResult  # noqa: E402
+from zfnet.errors import FailedPrecondition  # noqa: E402
+from zfnet.wire.correspondence import CorrespondenceResult, CorrespondenceScore  # noqa: E402
 from zfnet.wire.invariance import InvarianceResult  # noqa: E402
 from zfnet.wire.occlusion import OcclusionMaps, OcclusionResult  # noqa: E402
 
@@ -28,7 +30,7 @@ def _map_extent(result: OcclusionResult) -> tuple[float, float, float, float]:
     return (result.lefts[0] + half - step, result.lefts[-1] + half + step, result.tops[-1] + half + step, result.tops[0] + half - step)
 
 
-def _frame(ax: plt.Axes, height: int, width: int, title: str) -> None:
+def _frame(ax: Axes, height: int, width: int, title: str) -> None:
     ax.set_xlim(0, width)
     ax.set_ylim(height, 0)
     ax.set_title(title, fontsize=8)
@@ -137,11 +139,11 @@ def correspondence_bars(result: CorrespondenceResult, title: str, path: Path) ->
     x = np.arange(len(result.parts))
     width = 0.38 if result.random_trials else 0.7
     for ax, layer in zip(axes[0], result.layers):
-        parts = [result.score(p, layer) for p in result.parts]
+        parts = [_score(result, p, layer) for p in result.parts]
         ax.bar(x - (width / 2 if result.random_trials else 0), [s.mean for s in parts], width, yerr=[s.std for s in parts],
                capsize=3, color="tab:blue", label="part masked")
         if result.random_trials:
-            control = [result.score(p, layer, random=True) for p in result.parts]
+            control = [_score(result, p, layer, random=True) for p in result.parts]
             ax.bar(x + width / 2, [s.mean for s in control], width, yerr=[s.std for s in control], capsize=3,
                    color="tab:gray", hatch="//", label=f"random mask, same size ({result.random_trials} trials)")
         ax.set_xticks(x, result.parts, fontsize=7)
@@ -153,6 +155,14 @@ def correspondence_bars(result: CorrespondenceResult, title: str, path: Path) ->
     fig.suptitle(f"{title}\nlower = the masked part changes the features the same way in every image; fill {result.fill.describe()}", fontsize=8)
     fig.tight_layout()
     return save_figure(fig, path)
+
+
+def _score(result: CorrespondenceResult, part: str, layer: str, random: bool = False) -> CorrespondenceScore:
+    """One bar: the score of ``part`` (or of its random control) at ``layer``, which the server sends for every pair."""
+    score = result.score(part, layer, random)
+    if score is None:
+        raise FailedPrecondition(f"the correspondence result has no {'random-mask ' if random else ''}score for part {part!r} at layer {layer}")
+    return score
 
 
 def part_boxes(images: list[np.ndarray], labels: list[str], parts: list[str], boxes: list[list[tuple[int, int, int, int]]], title: str, path: Path) -> Path:

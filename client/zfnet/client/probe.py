@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -92,13 +92,15 @@ def fit_predict(
     with threadpool_limits(1), warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)  # max_iter bounds the fits on purpose
         scaler = StandardScaler().fit(x_train)
-        x_train, x_test = scaler.transform(x_train), scaler.transform(x_test)
+        # sklearn has no type hints; pyright infers the results of transform (str among them) and the parameter
+        # types of LogisticRegressionCV (Cs: int, l1_ratios: str, from their defaults) from its code
+        x_train, x_test = scaler.transform(x_train), scaler.transform(x_test)  # pyright: ignore[reportAssignmentType]
         if x_train.shape[1] > max_dim:
             pca = PCA(min(max_dim, len(x_train)), svd_solver="randomized", random_state=seed).fit(x_train)
             x_train, x_test = pca.transform(x_train), pca.transform(x_test)
         model = LogisticRegressionCV(
-            Cs=list(cs), l1_ratios=(0.0,), cv=StratifiedKFold(cv, shuffle=True, random_state=seed), scoring="accuracy",
-            max_iter=max_iter, use_legacy_attributes=False,
+            Cs=list(cs), l1_ratios=(0.0,), cv=StratifiedKFold(cv, shuffle=True, random_state=seed), scoring="accuracy",  # pyright: ignore[reportArgumentType]
+            max_iter=max_iter, use_legacy_attributes=False,  # pyright: ignore[reportArgumentType]
         ).fit(x_train, y_train)
         return model.predict(x_test), float(np.ravel(model.C_)[0]), x_train.shape[1]
 
@@ -212,7 +214,8 @@ def run(
         return delayed(fit_predict)(x_train, fs.labels[split.train], x_test, cs, cv, seed, max_dim, max_iter)
 
     fitted: dict[str, list[tuple[np.ndarray, float, int]]] = {layer["name"]: [] for layer in chosen}
-    outputs = Parallel(n_jobs=jobs, return_as="generator")(fit(layer, split) for layer, split in tasks)
+    # joblib has no type hints: pyright infers items that may be None from its code; they are fit_predict's results
+    outputs: Iterable[tuple[np.ndarray, float, int]] = Parallel(n_jobs=jobs, return_as="generator")(fit(layer, split) for layer, split in tasks)  # pyright: ignore[reportAssignmentType]
     for (layer, split), (predicted, c, used_dim) in zip(tasks, outputs):
         fitted[layer["name"]].append((per_class_accuracy(fs.labels[split.test], predicted, n_classes), c, used_dim))
         if on_step:

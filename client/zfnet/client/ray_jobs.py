@@ -138,7 +138,7 @@ def only_winners(state: TopK, indices: np.ndarray) -> TopK:
     return mine
 
 
-def run(ray, rows: Sequence[int], worker: type, arguments: dict, cluster: Cluster, batch_rows: int,
+def run(ray, rows: Sequence[int] | np.ndarray, worker: type, arguments: dict, cluster: Cluster, batch_rows: int,
         stage: str, on_progress: OnProgress | None) -> Iterator[dict]:
     """Send ``rows`` (data-set indices) through a pool of ``cluster.workers`` actors of class ``worker``
     in blocks of ``batch_rows``; yields each block's output row as it arrives (in any order)."""
@@ -169,7 +169,7 @@ def top(
     model: str | Path, data: str | Path, layers: Sequence[str | int], k: int = 9, by: str = "max", channels: Sequence[int] | None = None,
     method: str = "deconvnet", batch_size: int = 64, cluster: Cluster | None = None, state: TopK | None = None,
     scan_only: bool = False, on_progress: OnProgress | None = None, start: int = 0, stop: int = 0,
-    scan_worker: type[ScanWorker] = ScanWorker, on_checkpoint: Callable[[TopK], None] | None = None, checkpoint_every: int = 1024,
+    scan_worker: type[ScanWorker] = ScanWorker, on_checkpoint: Callable[[TopK], object] | None = None, checkpoint_every: int = 1024,
 ) -> TopResult | TopK:
     """Top-``k`` images per channel of ``layers`` over the local folder ``data`` (indices ``[start,
     stop)``, 0: to the end) on Ray, with their reconstructions: the same result as
@@ -295,7 +295,7 @@ class RayFeatures:
         header = FeatureHeader(
             self.model_ref(model).sha256, planned.header.layers, dtype, dataset.size, list(dataset.classes), dataset.start, dataset.stop, batch_size,
         )
-        root = Path(dataset.folder.root)
+        root = Path(dataset.local_folder().root)
         arguments = {
             "model": str(Path(model).resolve()), "sha256": header.model_sha256, "folder": str(root.resolve()), "shown": str(root),
             "size": dataset.size, "batch_size": batch_size, "layers": layers, "pool": pool, "layer_pool": layer_pool, "dtype": dtype,

@@ -9,13 +9,14 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from zfnet.errors import InvalidArgument  # noqa: E402
 from zfnet.wire.deconv import DeconvResult, Reconstruction  # noqa: E402
 
 
-def save_figure(fig: plt.Figure, path: Path) -> Path:
+def save_figure(fig: Figure, path: Path) -> Path:
     """Write ``fig`` to ``path`` (its folder made), close it, return the path."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, bbox_inches="tight")
@@ -38,7 +39,7 @@ def save_png(rgb: np.ndarray, path: Path, scale: int = 1) -> Path:
     """Write an (H, W, 3) uint8 image, enlarged ``scale`` times with nearest-neighbour pixels."""
     image = Image.fromarray(rgb)
     if scale > 1:
-        image = image.resize((rgb.shape[1] * scale, rgb.shape[0] * scale), Image.NEAREST)
+        image = image.resize((rgb.shape[1] * scale, rgb.shape[0] * scale), Image.Resampling.NEAREST)
     path.parent.mkdir(parents=True, exist_ok=True)
     image.save(path)
     return path
@@ -164,7 +165,7 @@ def filter_tiles(weights: np.ndarray, limit: int = 1024, normalise: str = "sheet
     n = int(np.ceil(np.sqrt(len(data))))
     padding = ((0, n * n - len(data)), (0, pad), (0, pad)) + ((0, 0),) * (data.ndim - 3)
     data = np.pad(data, padding, mode="constant", constant_values=0)
-    data = data.reshape((n, n) + data.shape[1:]).transpose((0, 2, 1, 3) + tuple(range(4, data.ndim + 1)))
+    data = data.reshape(n, n, *data.shape[1:]).transpose((0, 2, 1, 3) + tuple(range(4, data.ndim + 1)))
     return data.reshape((n * data.shape[1], n * data.shape[3]) + data.shape[4:]), shown
 
 

@@ -61,7 +61,7 @@ def _resolve(host: str, port: int) -> list[tuple[str, int]]:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as err:
         raise InvalidArgument(f"cannot resolve replica host {host!r}: {err.strerror}") from None
-    return list(dict.fromkeys((info[4][0], port) for info in infos))
+    return list(dict.fromkeys((str(info[4][0]), port) for info in infos))  # sockaddr: (ip, port, ...) for TCP
 
 
 def _join(ip: str, port: int) -> str:

@@ -93,7 +93,7 @@ def _grid(tiles: list[np.ndarray | None], k: int, size: tuple[int, int]) -> Imag
     for i in range(k):
         r, c = divmod(i, columns)
         tile = tiles[i] if i < len(tiles) else None
-        picture = Image.fromarray(tile).resize(size, Image.NEAREST) if tile is not None else Image.new("RGB", size, EMPTY)
+        picture = Image.fromarray(tile).resize(size, Image.Resampling.NEAREST) if tile is not None else Image.new("RGB", size, EMPTY)
         canvas.paste(picture, (c * (width + GAP), r * (height + GAP)))
     return canvas
 

@@ -58,7 +58,7 @@ class Connection:
     def from_env(cls) -> Connection:
         """``$ZFNET_TOKEN``, ``$ZFNET_TLS`` (1), ``$ZFNET_TLS_CA``, ``$ZFNET_TLS_CERT``, ``$ZFNET_TLS_KEY``."""
         env = os.environ.get
-        path = lambda name: Path(env(name)) if env(name) else None  # noqa: E731
+        path = lambda name: Path(value) if (value := env(name)) else None  # noqa: E731
         return cls(env(TOKEN_ENV) or None, env(TLS_ENV, "") not in ("", "0"), path(TLS_CA_ENV), path(TLS_CERT_ENV), path(TLS_KEY_ENV))
 
     @property
@@ -233,7 +233,8 @@ class Transport:
         details = err.details() or str(code)
         if code == grpc.StatusCode.UNAVAILABLE:
             return errors.Unavailable(f"cannot reach the zfnet server at {self.target}: {details}")
-        cls, sent = _CODES.get(code, errors.ZfnetError), status.details_of(err)
+        cls = _CODES.get(code, errors.ZfnetError)
+        sent = status.details_of(err) if isinstance(err, grpc.Call) else {}  # what grpc raises for a call is that call
         error = cls(details, **sent)
         if cls is errors.ZfnetError and code is not None:  # INTERNAL, DEADLINE_EXCEEDED, ...: keep the real code
             error.code = code.name

@@ -24,7 +24,7 @@ def command(
     with Client(server) as client:
         values = client.activations(model, image, layer)
     out.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(out / "activations.npz", **values, images=np.asarray([str(p) for p in image]))
+    np.savez_compressed(out / "activations.npz", allow_pickle=True, **values, images=np.asarray([str(p) for p in image]))
     pictures = 0
     for name, value in values.items():
         if value.ndim == 4:

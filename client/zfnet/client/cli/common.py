@@ -14,6 +14,7 @@ from zfnet.client import transport
 from zfnet.client.transport import SERVER_ENV, TLS_CA_ENV, TLS_CERT_ENV, TLS_ENV, TLS_KEY_ENV, TOKEN_ENV, Connection
 from zfnet.errors import InvalidArgument
 from zfnet.wire.common import LayerKey, layer_key
+from zfnet.wire.models import ModelInfo
 
 ServerOption = typer.Option(
     None, "--server", envvar=SERVER_ENV,
@@ -43,6 +44,12 @@ def unique_stems(paths: list[Path]) -> list[str]:
     """File stems, prefixed by their folder where two images share a stem."""
     stems = [p.stem for p in paths]
     return [f"{p.parent.name}_{p.stem}" if stems.count(p.stem) > 1 else p.stem for p in paths]
+
+
+def input_size(info: ModelInfo) -> tuple[int, int]:
+    """The (height, width) the server resizes images to: the last two of the model's (-1, C, H, W) input."""
+    height, width = info.input_shape[2:4]
+    return height, width
 
 
 def parse_layers(text: str | None) -> list[LayerKey]:

@@ -50,7 +50,9 @@ def _describe(model: onnx.ModelProto) -> str:
     from zfnet.converters.graph import PREPROCESSING_KEY, Preprocessing, get_metadata
 
     dims = [d.dim_param or str(d.dim_value) for d in model.graph.input[0].type.tensor_type.shape.dim]
-    pre = Preprocessing.from_json(get_metadata(model, PREPROCESSING_KEY))
+    recorded = get_metadata(model, PREPROCESSING_KEY)
+    assert recorded is not None, "the converter records the preprocessing in every model"
+    pre = Preprocessing.from_json(recorded)
     mean = pre.mean_source or (",".join(f"{v:g}" for v in pre.mean) if pre.mean else "none")
     return f"input {model.graph.input[0].name} ({'x'.join(dims)}) RGB 0..255; preprocessing: {pre.channel_order} order, mean {mean}, scale {','.join(f'{s:g}' for s in pre.scale)}"
 

@@ -15,7 +15,7 @@ from rich.table import Table
 
 from zfnet import imagefolder
 from zfnet.client.api import Client
-from zfnet.client.cli.common import ServerOption, parse_layers, progress_bar
+from zfnet.client.cli.common import ServerOption, input_size, parse_layers, progress_bar
 from zfnet.errors import InvalidArgument, NotFound
 from zfnet.wire.common import Box
 from zfnet.wire.correspondence import CorrespondenceResult
@@ -92,7 +92,7 @@ def command(
     annotation = load_parts(parts, images)
     with Client(server) as client:
         info = client.model_info(model)
-        size = tuple(info.input_shape[2:4])
+        size = input_size(info)
         boxes = [[to_input(box, _size(file), size) for box in image_boxes] for file, image_boxes in zip(annotation.files, annotation.boxes)]
         with progress_bar("correspondence") as update:
             result = client.correspondence(model, annotation.files, annotation.parts, boxes, random, seed, parse_layers(layers), fill, max_batch, update)

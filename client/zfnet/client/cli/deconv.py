@@ -14,7 +14,7 @@ from rich.console import Console
 
 from zfnet import imagefolder
 from zfnet.client.api import Client
-from zfnet.client.cli.common import ServerOption, job_progress, parse_numbers
+from zfnet.client.cli.common import ServerOption, input_size, job_progress, parse_numbers
 from zfnet.errors import InvalidArgument, NotFound, ZfnetError
 
 LISTED_GRIDS = 10  # grids printed one per line; more are summarised
@@ -49,7 +49,7 @@ def command(
     try:
         with Client(server) as client, job_progress(console) as bar:
             info = client.model_info(model)
-            size = tuple(info.input_shape[2:4])
+            size = input_size(info)
             task = bar.add_task(f"deconv {method} of layer {layer}", total=len(files))
             for start, stop, result in client.deconv_batches(model, files, layer, chosen or None, top, mode, method, batch_size):
                 batch = files[start:stop]

@@ -15,6 +15,7 @@ from zfnet.client.cli.common import ServerOption, job_progress, parse_ranges
 from zfnet.errors import InvalidArgument
 from zfnet.topk import TopK
 from zfnet.wire.common import Progress
+from zfnet.wire.top import TopResult
 
 STATE, PARTIAL = "state.npz", "partial-state.npz"
 
@@ -48,8 +49,7 @@ def command(
     """Top-k images per channel over a data set, their input patches and reconstructions: a Fig. 2 sheet per layer,
     a PNG per channel, a static HTML report (OUT/index.html), manifest.json and the scan's state."""
     state = _prior_state(out, merge, resume)
-    if not layer and state is None:
-        raise InvalidArgument("--layer is required (repeat it for several layers)")
+    layers = _layers(layer, state)
     if k is not None and k <= 0:
         raise InvalidArgument(f"--k must be positive, got {k}")
     for finished in ("index.html", "manifest.json"):  # an earlier report here must not pass for this job's
@@ -66,7 +66,7 @@ def command(
         with job_progress(console) as bar:
             try:
                 done = ray_jobs.top(
-                    model, data, list(layer) or list(state.layers), k or (state.k if state is not None else 9), by or (state.by if state is not None else "max"),
+                    model, data, layers, k or (state.k if state is not None else 9), by or (state.by if state is not None else "max"),
                     parse_ranges(channels, "--channels") or _channels_of(state), method, batch_size, cluster, state, scan_only,
                     on_progress=functools.partial(_show_stage, bar, {}), start=start, stop=stop,
                     on_checkpoint=lambda s: s.save(out / PARTIAL), checkpoint_every=checkpoint_every,
@@ -78,16 +78,15 @@ def command(
             finally:
                 ray_jobs.shutdown()
         (out / PARTIAL).unlink(missing_ok=True)
-        state = done if scan_only else done.state
-        state.save(out / STATE)
-        if scan_only:
-            print(f"scanned {state.images_read:,} images ({_ranges(state)}); state in {out / STATE}; merge shards with --merge")
+        if isinstance(done, TopK):  # --scan-only: the merged state alone
+            done.save(out / STATE)
+            _print_scanned(done, out)
             return
+        done.state.save(out / STATE)
         _finish(done, out, model, data, began, raw, json_out)
         return
     with Client(server) as client:
         dataset = client.dataset(data, start, stop, batch_size)
-        layers = list(layer) or list(state.layers)
         picked = parse_ranges(channels, "--channels") or _channels_of(state)
         k = k or (state.k if state is not None else 9)
         by = by or (state.by if state is not None else "max")
@@ -106,14 +105,14 @@ def command(
         state.save(out / STATE)
         (out / PARTIAL).unlink(missing_ok=True)
         if scan_only:
-            print(f"scanned {state.images_read:,} images ({_ranges(state)}); state in {out / STATE}; merge shards with --merge")
+            _print_scanned(state, out)
             return
         with job_progress(console) as bar:
             result = client.top_reconstruct(model, dataset, state, method, on_progress=functools.partial(_show, bar, {}))
     _finish(result, out, model, data, began, raw, json_out)
 
 
-def _finish(result, out: Path, model: str, data: str, began: float, raw: bool, json_out: bool) -> None:
+def _finish(result: TopResult, out: Path, model: str, data: str, began: float, raw: bool, json_out: bool) -> None:
     """Write the report of a finished job and print its manifest or a summary."""
     from zfnet.client import report  # noqa: PLC0415  (matplotlib's fonts: only to draw)
 
@@ -134,6 +133,15 @@ def _prior_state(out: Path, merge: list[Path], resume: bool) -> TopK | None:
         states = [TopK.load(Path(folder) / STATE if Path(folder).is_dir() else Path(folder)) for folder in merge]
         return functools.reduce(TopK.merge, states)
     return None
+
+
+def _layers(layer: list[str], state: TopK | None) -> list[str]:
+    """The layers of the job: --layer, else those of the state continued from."""
+    if layer:
+        return list(layer)
+    if state is None:
+        raise InvalidArgument("--layer is required (repeat it for several layers)")
+    return list(state.layers)
 
 
 def _channels_of(state: TopK | None) -> list[int] | None:
@@ -157,6 +165,11 @@ def _show(bar, tasks: dict, progress: Progress) -> None:
 def _show_stage(bar, tasks: dict, stage: str, done: int, total: int) -> None:
     """A Ray job's (stage, done, total) -> the bar, as :func:`_show` shows a server's progress."""
     _show(bar, tasks, Progress(stage, done, total))
+
+
+def _print_scanned(state: TopK, out: Path) -> None:
+    """The one line of a --scan-only job."""
+    print(f"scanned {state.images_read:,} images ({_ranges(state)}); state in {out / STATE}; merge shards with --merge")
 
 
 def _ranges(state: TopK) -> str:

@@ -37,20 +37,21 @@ class Dataset:
         """The same data set, indices ``[start, stop)`` only (a shard, or what is left to read)."""
         return replace(self, source=replace(self.source, start=start, stop=stop))
 
-    def _local(self) -> imagefolder.ImageFolder:
+    def local_folder(self) -> imagefolder.ImageFolder:
+        """The local folder the client streams; a clear error for a data set on the server."""
         if self.folder is None:
             raise errors.InvalidArgument(f"data set {self.source.dataset!r} is on the server; only a local folder is streamed")
         return self.folder
 
     def path(self, index: int) -> str:
         """How results name a streamed image: its path, under ``shown`` when given."""
-        folder = self._local()
+        folder = self.local_folder()
         return str(Path(self.shown) / folder.files[index].relative_to(folder.root)) if self.shown else str(folder.files[index])
 
     def batches(self, images_per_message: int = STREAM_IMAGES, indices: Iterable[int] | None = None) -> Iterator[pb.ImageBatch]:
         """The local folder's images ``[start, stop)``, or only those at ``indices`` (ascending), as
         ImageBatch messages of consecutive images, read lazily (bounded memory)."""
-        folder = self._local()
+        folder = self.local_folder()
         wanted = range(self.start, self.stop) if indices is None else indices
         for begin, end in runs(wanted, lambda begin, i: i - begin >= images_per_message):
             images = [ImageInput(encoded=_read_bytes(folder.files[i]), label=self.path(i)) for i in range(begin, end)]

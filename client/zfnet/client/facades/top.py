@@ -20,7 +20,7 @@ class TopFacade(DatasetsFacade):
     def top_scan(
         self, model: str | Path, dataset: Dataset, layers: Sequence[LayerKey], k: int = K, by: str = "max",
         channels: Sequence[int] | None = None, state: TopK | None = None, checkpoint_every: int = 0,
-        on_progress: OnProgress | None = None, on_checkpoint: Callable[[TopK], None] | None = None, method: str | None = None,
+        on_progress: OnProgress | None = None, on_checkpoint: Callable[[TopK], object] | None = None, method: str | None = None,
     ) -> TopK:
         """The first pass of a top-k job: the running top-``k`` of every channel over ``dataset``'s range.
         With ``state`` (a checkpoint, or a shard's state), it reads only what the state has not read yet
@@ -69,7 +69,7 @@ class TopFacade(DatasetsFacade):
     def top(
         self, model: str | Path, dataset: Dataset, layers: Sequence[LayerKey], k: int = K, by: str = "max",
         channels: Sequence[int] | None = None, method: str = "deconvnet", state: TopK | None = None,
-        on_progress: OnProgress | None = None, on_checkpoint: Callable[[TopK], None] | None = None, checkpoint_every: int = 0,
+        on_progress: OnProgress | None = None, on_checkpoint: Callable[[TopK], object] | None = None, checkpoint_every: int = 0,
     ) -> TopResult:
         """Top-``k`` images per channel of ``layers`` over ``dataset`` and their reconstructions (Zeiler &
         Fergus 2013, Fig. 2): :meth:`top_scan`, then :meth:`top_reconstruct`."""
