@@ -104,13 +104,14 @@ def direct_sklearn(x: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.nda
 
 def _direct_sklearn(x: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray, max_dim: int) -> tuple[float, float]:
     scaler = StandardScaler().fit(x[train])
-    a, b = scaler.transform(x[train]), scaler.transform(x[test])
+    a, b = np.asarray(scaler.transform(x[train])), np.asarray(scaler.transform(x[test]))
     if a.shape[1] > max_dim:
         pca = PCA(max_dim, svd_solver="randomized", random_state=0).fit(a)
         a, b = pca.transform(a), pca.transform(b)
+    # sklearn has no type hints: pyright takes the parameters' types from their defaults (Cs=10, l1_ratios="warn")
     model = LogisticRegressionCV(
-        Cs=list(probe.CS), l1_ratios=(0.0,), cv=StratifiedKFold(3, shuffle=True, random_state=0), scoring="accuracy",
-        max_iter=probe.MAX_ITER, use_legacy_attributes=False,
+        Cs=list(probe.CS), l1_ratios=(0.0,), cv=StratifiedKFold(3, shuffle=True, random_state=0), scoring="accuracy",  # pyright: ignore[reportArgumentType]
+        max_iter=probe.MAX_ITER, use_legacy_attributes=False,  # pyright: ignore[reportArgumentType]
     ).fit(a, y[train])
     predicted = model.predict(b)
     per_class = [np.mean(predicted[y[test] == c] == c) for c in np.unique(y[test])]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import subprocess
 from pathlib import Path
+from types import ModuleType
 
 import google.protobuf
 import grpc
@@ -21,6 +22,11 @@ ROOT = Path(__file__).resolve().parents[1]
 def _major_minor(version: str) -> tuple[int, int]:
     major, minor = version.split(".")[:2]
     return int(major), int(minor)
+
+
+def _file(module: ModuleType) -> Path:
+    assert module.__file__ is not None, f"{module.__name__} is not a file"
+    return Path(module.__file__)
 
 
 def _build_hook():
@@ -41,14 +47,14 @@ def test_stubs_are_generated_from_the_current_proto(tmp_path: Path) -> None:
         (tmp_path / out).mkdir(parents=True, exist_ok=True)
     hook.generate(tmp_path)
     for module in (zfnet_pb2, zfnet_pb2_grpc, caffe_pb2):
-        installed = Path(module.__file__)
+        installed = _file(module)
         fresh = tmp_path / installed.relative_to(ROOT)
         assert fresh.read_text() == installed.read_text(), f"{installed.name} is stale: reinstall (make install)"
 
 
 def test_generated_code_and_runtimes_agree() -> None:
     for module in (zfnet_pb2, caffe_pb2):
-        source = Path(module.__file__).read_text()
+        source = _file(module).read_text()
         gencode = next(line.split(":")[1].strip() for line in source.splitlines() if line.startswith("# Protobuf Python Version"))
         runtime = google.protobuf.__version__
         assert _major_minor(gencode)[0] == _major_minor(runtime)[0] and _major_minor(gencode) <= _major_minor(runtime)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Set as AbstractSet
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ from zfnet.wire.top import state_of, state_proto
 CHANNELS = np.array([0, 2, 3])
 
 
-def brute_force(acts: dict[str, np.ndarray], k: int, by: str, skip: set[int] = frozenset()) -> dict[str, list[list[tuple]]]:
+def brute_force(acts: dict[str, np.ndarray], k: int, by: str, skip: AbstractSet[int] = frozenset()) -> dict[str, list[list[tuple]]]:
     """Per layer and tracked channel: every image's (value, index, peak, location), sorted in Python, first k."""
     out = {}
     for name, act in acts.items():
@@ -114,7 +115,7 @@ def test_reading_an_image_twice_or_merging_overlaps_is_refused() -> None:
     with pytest.raises(InvalidArgument, match=r"both read indices \[3, 4\)"):
         a.merge(b)
     with pytest.raises(InvalidArgument, match="image 2 was read already"):
-        a.observe({n: v[2:3] for n, v in acts.items()}, [2])
+        a.observe({n: v[2:3] for n, v in acts.items()}, np.asarray([2]))
     with pytest.raises(InvalidArgument, match=r"indices \[3, 4\) were read already"):
         a.cover(3, 5)
     for other, what in ((scan(acts, 4, 6, [], 3, "max"), "k"), (scan(acts, 4, 6, [], 2, "mean"), "by")):

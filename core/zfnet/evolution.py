@@ -58,13 +58,14 @@ def label(path: str | Path) -> str:
 def in_training_order(paths: Sequence[str | Path]) -> list[Path]:
     """Snapshots sorted by the number in their names (numerically, not as strings); names without a
     number are refused, since their place in training is unknown."""
-    unnumbered = [str(p) for p in paths if number(p) is None]
+    steps = [(Path(p), number(p)) for p in paths]
+    unnumbered = [str(p) for p, step in steps if step is None]
     if unnumbered:
         raise InvalidArgument(
             f"cannot tell where {', '.join(unnumbered)} comes in training: name snapshots with their epoch or iteration "
             f"(epoch_3.onnx, net_iter_5000.onnx), or pass them one by one with --model in training order"
         )
-    return sorted((Path(p) for p in paths), key=lambda p: (number(p)[1], str(p)))
+    return [p for _, _, p in sorted((step[1], str(p), p) for p, step in steps if step is not None)]
 
 
 def _describe(name: str, shape: tuple) -> str:

@@ -61,7 +61,7 @@ def read_rgb(path: str | Path, size: tuple[int, int] | None = None) -> np.ndarra
         with Image.open(path) as img:
             img = img.convert("RGB")
             if size is not None and img.size != (size[1], size[0]):
-                img = img.resize((size[1], size[0]), Image.BILINEAR)
+                img = img.resize((size[1], size[0]), Image.Resampling.BILINEAR)
             return np.asarray(img, dtype=np.uint8)
     except FileNotFoundError:
         raise NotFound(f"image {path} does not exist") from None

@@ -62,8 +62,8 @@ def rich_status(
 
 def to_grpc_status(err: ZfnetError, code: str | None = None) -> grpc.Status:
     """What ``context.abort_with_status`` takes for ``err``: its code (or ``code``), message and details."""
-    code = getattr(grpc.StatusCode, code or err.code)
-    return rpc_status.to_status(rich_status(code, str(err), err.reason, err.field, err.resource, err.metadata))
+    status_code: grpc.StatusCode = getattr(grpc.StatusCode, code or err.code)
+    return rpc_status.to_status(rich_status(status_code, str(err), err.reason, err.field, err.resource, err.metadata))
 
 
 def details_of(call: grpc.Call) -> dict:

@@ -25,6 +25,7 @@ Pure numpy, no gRPC::
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -167,7 +168,7 @@ class TopK:
             value, peak, location = reduce(activations[name], top.channels, self.by)
             top.add(value.T, peak.T, np.broadcast_to(indices, value.T.shape), location.transpose(1, 0, 2))
 
-    def cover(self, start: int, stop: int, skipped: list[Skipped] = ()) -> None:
+    def cover(self, start: int, stop: int, skipped: Sequence[Skipped] = ()) -> None:
         """Record that indices ``[start, stop)`` were read (the images of ``skipped`` could not be)."""
         if not 0 <= start <= stop <= self.size:
             raise InvalidArgument(f"range [{start}, {stop}) is outside the data set's {self.size} images")
@@ -252,7 +253,7 @@ class TopK:
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(path.name + ".writing")
         with open(partial, "wb") as f:
-            np.savez(f, **arrays)
+            np.savez(f, allow_pickle=False, **arrays)  # numbers and the JSON text only
         partial.replace(path)
         return path
 

@@ -19,9 +19,11 @@ MODULES = [f"{kind}{i}" for i in range(1, 6) for kind in ("conv", "bn", "relu")]
 ]
 
 
-def _session(model: onnx.ModelProto | str) -> ort.InferenceSession:
+def _run(model: onnx.ModelProto | str, names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """Outputs ``names`` of a plain onnxruntime session on ``model`` (a path or a model)."""
     data = model if isinstance(model, str) else model.SerializeToString()
-    return ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    return [np.asarray(out) for out in session.run(names, feeds)]
 
 
 def _cifar_batch(root, count_per_class: int) -> np.ndarray:
@@ -32,7 +34,7 @@ def _cifar_batch(root, count_per_class: int) -> np.ndarray:
 
 def test_logits_equal_pytorch_on_real_cifar10(reference_module, reference_onnx, shared) -> None:
     batch = _cifar_batch(shared("data", "cifar10", "test"), 20)  # 200 real test images
-    ours = _session(str(reference_onnx)).run(["fc8"], {"image": batch})[0]
+    ours = _run(str(reference_onnx), ["fc8"], {"image": batch})[0]
     with torch.no_grad():
         theirs = reference_module(torch.from_numpy(batch)).numpy()
     assert ours.shape == (200, 10)
@@ -43,8 +45,8 @@ def test_fresh_export_matches_bundled_model(reference_module, reference_onnx, sa
     model = export.export(reference_module)
     onnx.checker.check_model(model, full_check=True)
     batch = np.stack([imagefolder.read_rgb(p) for p in sample_images[:16]]).astype(np.float32).transpose(0, 3, 1, 2)
-    fresh = _session(model).run(["fc8"], {"image": batch})[0]
-    bundled = _session(str(reference_onnx)).run(["fc8"], {"image": batch})[0]
+    fresh = _run(model, ["fc8"], {"image": batch})[0]
+    bundled = _run(str(reference_onnx), ["fc8"], {"image": batch})[0]
     np.testing.assert_allclose(fresh, bundled, atol=1e-5)
 
 
@@ -67,7 +69,7 @@ def test_layer_numbers_follow_the_paper(reference_model) -> None:
 
 def test_switches_are_the_argmax_of_each_window(reference_model, sample_images) -> None:
     batch = np.stack([imagefolder.read_rgb(p) for p in sample_images[:4]]).astype(np.float32).transpose(0, 3, 1, 2)
-    relu, pooled, switches = _session(reference_model).run(["relu1", "pool1", "pool1.switches"], {"image": batch})
+    relu, pooled, switches = _run(reference_model, ["relu1", "pool1", "pool1.switches"], {"image": batch})
     plane = relu.shape[2] * relu.shape[3]
     flat = relu.reshape(relu.shape[0], relu.shape[1], plane)
     picked = np.take_along_axis(flat, (switches % plane).reshape(*switches.shape[:2], -1), axis=2)
@@ -112,8 +114,8 @@ def test_expose_pass_on_a_foreign_model() -> None:
     assert outputs["Flatten"] == ["batch", 64]
     assert "logits" in outputs  # a meaningful name is kept
     x = np.random.default_rng(1).normal(size=(2, 3, 8, 8)).astype(np.float32)
-    before = _session(foreign).run(["logits"], {"input.1": x})[0]
-    after = _session(exposed).run(["logits", "features.relu"], {"input.1": x})
+    before = _run(foreign, ["logits"], {"input.1": x})[0]
+    after = _run(exposed, ["logits", "features.relu"], {"input.1": x})
     np.testing.assert_allclose(after[0], before, atol=1e-6)
     np.testing.assert_array_equal(after[1], np.maximum(after[1], 0))
     again = expose.expose(exposed)

@@ -64,7 +64,7 @@ def test_train_keeps_snapshots_and_exports_each(tmp_path: Path) -> None:
     module = export.load_weights(zoo.build("zfnet-cifar10"), tmp_path / "snaps" / "epoch_2.pt").eval()
     x = torch.rand(4, 3, 32, 32) * 255
     session = ort.InferenceSession(str(tmp_path / "snaps" / "epoch_2.onnx"), providers=["CPUExecutionProvider"])
-    logits = session.run([session.get_outputs()[0].name], {session.get_inputs()[0].name: x.numpy()})[0]
+    logits = np.asarray(session.run([session.get_outputs()[0].name], {session.get_inputs()[0].name: x.numpy()})[0])
     np.testing.assert_allclose(logits, module(x).detach().numpy(), rtol=1e-4, atol=1e-4)
     bad = CliRunner().invoke(app, [*args, "--snapshots", "4"])
     assert bad.exit_code == 1 and "--snapshots" in bad.stderr

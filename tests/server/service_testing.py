@@ -6,10 +6,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import grpc
 import numpy as np
 import onnx
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from onnx import TensorProto, helper, numpy_helper
 
 from zfnet.client.api import Client
@@ -36,6 +38,19 @@ class Conn:
     @property
     def ref(self) -> pb.ModelRef:
         return pb.ModelRef(sha256=self.sha)
+
+
+class Health(Protocol):
+    """The standard health service's calls, as ``grpc_health``'s generated stub sets them."""
+
+    Check: grpc.UnaryUnaryMultiCallable[health_pb2.HealthCheckRequest, health_pb2.HealthCheckResponse]
+    Watch: grpc.UnaryStreamMultiCallable[health_pb2.HealthCheckRequest, health_pb2.HealthCheckResponse]
+
+
+def health(channel: grpc.Channel) -> Health:
+    """A health stub on ``channel``."""
+    # typeshed's grpcio-health-checking stub declares HealthStub without the Check and Watch its __init__ sets
+    return health_pb2_grpc.HealthStub(channel)  # pyright: ignore[reportReturnType]
 
 
 def encoded(paths: list[Path]) -> list[pb.Image]:

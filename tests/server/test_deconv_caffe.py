@@ -24,6 +24,8 @@ CAPTUM = {"deconvnet": NeuronDeconvolution, "guided": NeuronGuidedBackprop, "bac
 class Cifar10Quick(nn.Module):
     """BVLC cifar10_quick in PyTorch: Caffe's ceil-mode pooling, ReLU after pool1, AVE pools."""
 
+    mean: torch.Tensor  # a buffer, (1, 3, 1, 1)
+
     def __init__(self, blobs: dict[str, list[np.ndarray]]) -> None:
         super().__init__()
         self.register_buffer("mean", torch.tensor(MEAN).view(1, 3, 1, 1))
@@ -43,12 +45,19 @@ class Cifar10Quick(nn.Module):
         return self.ip2(self.ip1(x.flatten(1)))
 
 
+def _blob(f: h5py.File, path: str) -> np.ndarray:
+    """A weight blob of Caffe's HDF5 snapshot, as float32."""
+    dataset = f[path]
+    assert isinstance(dataset, h5py.Dataset), f"{path} is not a data set"
+    return np.asarray(dataset, np.float32)
+
+
 @pytest.fixture(scope="module")
 def converted(shared, tmp_path_factory):
     root = shared("models", "caffe", "cifar10_quick")
     weights = root / "cifar10_quick_iter_5000.caffemodel.h5"
     with h5py.File(weights, "r") as f:
-        blobs = {name: [np.asarray(f["data"][name][str(i)], np.float32) for i in range(2)] for name in ("conv1", "conv2", "conv3", "ip1", "ip2")}
+        blobs = {name: [_blob(f, f"data/{name}/{i}") for i in range(2)] for name in ("conv1", "conv2", "conv3", "ip1", "ip2")}
     model = caffe.convert(root / "cifar10_quick.prototxt", weights, mean_value=list(MEAN), channel_order="rgb")
     return Cifar10Quick(blobs).eval(), load(model.SerializeToString(), "cifar10_quick")
 

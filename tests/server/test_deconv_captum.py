@@ -54,6 +54,7 @@ def residual_twin(tmp_path_factory) -> tuple[nn.Module, Path]:
     net = ResidualNet().eval()
     for module in net.modules():
         if isinstance(module, nn.BatchNorm2d):
+            assert module.running_mean is not None and module.running_var is not None, "BatchNorm tracks running statistics"
             module.running_mean.uniform_(-0.3, 0.3)
             module.running_var.uniform_(0.5, 2.0)
             module.weight.data.uniform_(0.5, 1.5)

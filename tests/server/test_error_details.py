@@ -11,6 +11,7 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import grpc
 import numpy as np
@@ -19,7 +20,7 @@ import pytest
 from google.rpc import error_details_pb2, status_pb2
 from onnx import TensorProto, helper, numpy_helper
 
-from service_testing import TIMEOUT, Conn, encoded, erf_model, large_model, still_serves, upload_parts
+from service_testing import TIMEOUT, Conn, encoded, erf_model, health, large_model, still_serves, upload_parts
 from zfnet import errors
 from zfnet.client.api import Client
 from zfnet.server import deconv as deconv_module
@@ -52,16 +53,18 @@ def details(call: Callable, request, timeout: float = TIMEOUT) -> Details:
     with pytest.raises(grpc.RpcError) as caught:
         call(request, timeout=timeout)
     err = caught.value
-    trailer = [value for key, value in err.trailing_metadata() or () if key == DETAILS_KEY]
+    trailer = [m.value for m in err.trailing_metadata() or () if m.key == DETAILS_KEY]
     assert len(trailer) == 1, f"no {DETAILS_KEY} trailer on {err.code()}: {err.details()}"
     status = status_pb2.Status.FromString(trailer[0])
-    out = Details(err.code(), err.details(), status)
+    out = Details(err.code(), err.details() or "", status)
     for any_ in status.details:
-        for cls, slot in ((error_details_pb2.ErrorInfo, "info"), (error_details_pb2.ResourceInfo, "resource")):
-            if any_.Is(cls.DESCRIPTOR):
-                setattr(out, slot, cls.FromString(any_.value))
-        if any_.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            out.violations = list(error_details_pb2.BadRequest.FromString(any_.value).field_violations)
+        info, resource, bad_request = error_details_pb2.ErrorInfo(), error_details_pb2.ResourceInfo(), error_details_pb2.BadRequest()
+        if any_.Unpack(info):
+            out.info = info
+        elif any_.Unpack(resource):
+            out.resource = resource
+        elif any_.Unpack(bad_request):
+            out.violations = list(bad_request.field_violations)
     return out
 
 
@@ -82,6 +85,7 @@ def check(d: Details, code: grpc.StatusCode, reason: str, field: str | None = No
     if resource is None:
         assert d.resource is None
     else:
+        assert d.resource is not None
         assert (d.resource.resource_type, d.resource.resource_name) == resource
         assert d.resource.description == d.message
     for word in words:
@@ -122,7 +126,7 @@ INVALID = {
         "FIELD_REQUIRED", "images[1].rgb.dtype", {},
     ),
     "rgb_unknown_dtype": (
-        "Predict", lambda c, im: pb.PredictRequest(model=c.ref, images=[*im, pb.Image(rgb=pb.Tensor(dtype=42, shape=[2, 2, 3], data=bytes(12)))]),
+        "Predict", lambda c, im: pb.PredictRequest(model=c.ref, images=[*im, pb.Image(rgb=pb.Tensor(dtype=cast(pb.DataType, 42), shape=[2, 2, 3], data=bytes(12)))]),
         "UNKNOWN_ENUM_VALUE", "images[1].rgb.dtype", {"enum": "zfnet.v1.DataType", "value": "42"},
     ),
     "rgb_channels": (
@@ -315,7 +319,7 @@ def test_model_too_large_details(tmp_path: Path) -> None:
     finally:
         srv.stop(grace=None)
     check(d, Code.RESOURCE_EXHAUSTED, "MODEL_TOO_LARGE", metadata={"limit": str(1 << 20)})
-    assert int(d.info.metadata["requested"]) > 1 << 20
+    assert d.info is not None and int(d.info.metadata["requested"]) > 1 << 20
 
 
 def test_out_of_memory_details(conn: Conn, sample_images, monkeypatch) -> None:
@@ -369,12 +373,12 @@ def test_python_client_errors_carry_the_details(conn: Conn, sample_images, monke
 
 def test_python_client_without_details_still_raises_by_code(server) -> None:
     """A status without zfnet details (the health service's NOT_FOUND) maps by code alone."""
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from grpc_health.v1 import health_pb2
 
     target, _ = server
     with Client(target) as client, grpc.insecure_channel(target) as channel:
         with pytest.raises(grpc.RpcError) as caught:
-            health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service="no.such.Service"), timeout=TIMEOUT)
+            health(channel).Check(health_pb2.HealthCheckRequest(service="no.such.Service"), timeout=TIMEOUT)
         err = client._error(caught.value)
     assert isinstance(err, errors.NotFound) and err.reason == "NOT_FOUND" and err.field is None and err.resource is None
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import onnxruntime as ort
@@ -106,7 +107,7 @@ def bare_onnxruntime(onnx_path: Path, files: list[Path], names: list[str]) -> di
     """Activations by a plain onnxruntime session on images decoded one by one with PIL."""
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     x = np.stack([imagefolder.read_rgb(p, (32, 32)) for p in files]).astype(np.float32).transpose(0, 3, 1, 2)
-    out = dict(zip(names, session.run([n for n in names if n != "pixels"], {session.get_inputs()[0].name: x})))
+    out = dict(zip(names, map(np.asarray, session.run([n for n in names if n != "pixels"], {session.get_inputs()[0].name: x}))))
     out["pixels"] = x
     return out
 
@@ -211,7 +212,7 @@ def test_a_features_job_runs_inside_the_memory_budget_and_names_what_is_wrong(re
             with pytest.raises(InvalidArgument) as caught:
                 client.features(reference_onnx, data, [5], "grid:0")
             assert caught.value.field is None, "refused by the client before any call"
-            job = pb.FeaturesJob(model=pb.ModelRef(sha256=sha), layers=[pb.FeatureLayer(layer=pb.LayerRef(number=5), pooling=pb.Pooling(kind=9))])
+            job = pb.FeaturesJob(model=pb.ModelRef(sha256=sha), layers=[pb.FeatureLayer(layer=pb.LayerRef(number=5), pooling=pb.Pooling(kind=cast(pb.PoolKind, 9)))])
             with pytest.raises(InvalidArgument) as caught:
                 list(client._stream(client.stub.Features, iter([pb.FeaturesRequest(job=job)])))
             assert (caught.value.reason, caught.value.field) == ("UNKNOWN_ENUM_VALUE", "job.layers[0].pooling.kind")

@@ -122,7 +122,7 @@ def test_the_seeds_cifar10_quick_example(quick, tmp_path, monkeypatch) -> None:
         got = {name: client.filters(path, name) for name in ("conv1", "conv2", "conv3")}
     for name, found in got.items():
         np.testing.assert_array_equal(found.weights, blobs[name])
-        assert found.op == "Conv" and found.bias.shape == (blobs[name].shape[0],)
+        assert found.op == "Conv" and found.bias is not None and found.bias.shape == (blobs[name].shape[0],)
     # show_feature(weight.transpose(0, 2, 3, 1)); show_feature(weight.reshape(32**2, 5, 5)); show_feature(weight.reshape(64*32, 5, 5)[:1024])
     references = {
         "conv1": tiled_by_hand(blobs["conv1"].transpose(0, 2, 3, 1)),

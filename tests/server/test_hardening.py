@@ -26,6 +26,7 @@ from PIL import Image
 import hostile
 from zfnet.server.app import create_server
 from zfnet.server.images import ImageInput
+from zfnet.server.runtime import FixedBatchSession
 from zfnet.tensors import CHANNEL_OPTIONS, from_proto, to_proto
 from zfnet.v1 import zfnet_pb2 as pb
 from zfnet.v1 import zfnet_pb2_grpc
@@ -123,7 +124,7 @@ def test_bare_onnxruntime_reads_the_file_a_model_names(secret_cwd: Path, locatio
     from the working directory, and the file comes back as activations."""
     model = hostile.file_reading_model(location, 16)
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    leak = session.run(["leak"], {"image": np.zeros((1, 3, 8, 8), np.float32)})[0]
+    leak = np.asarray(session.run(["leak"], {"image": np.zeros((1, 3, 8, 8), np.float32)})[0])
     assert bytes(leak.astype(np.uint8)[0]) == SECRET[:16]
 
 
@@ -218,7 +219,7 @@ def test_pillow_decompression_bomb_error_is_resource_exhausted(srv: Server, bund
 class RunSpy:
     """Stands in for a model's onnxruntime session and counts runs (the real one does the work)."""
 
-    def __init__(self, session: ort.InferenceSession) -> None:
+    def __init__(self, session: ort.InferenceSession | FixedBatchSession) -> None:
         self.session, self.runs = session, 0
 
     def run(self, *args, **kwargs):
@@ -226,9 +227,10 @@ class RunSpy:
         return self.session.run(*args, **kwargs)
 
 
-def test_activations_reply_over_the_message_limit_is_refused_before_any_work(srv: Server, bundled: pb.ModelRef, sample_images) -> None:
+def test_activations_reply_over_the_message_limit_is_refused_before_any_work(srv: Server, bundled: pb.ModelRef, sample_images, monkeypatch) -> None:
     model = srv.engine.store.get(bundled.sha256)
-    spy = model.session = RunSpy(model.session)
+    spy = RunSpy(model.session)
+    monkeypatch.setattr(model, "session", spy)
     layers = [pb.LayerRef(name=layer.name) for layer in model.layers]
     request = pb.ActivationsRequest(model=bundled, images=[pb.Image(encoded=hostile.tiny_png())] * 1024, layers=layers)
     assert request.ByteSize() < 200_000 and len(layers) >= 20
@@ -420,7 +422,7 @@ def test_non_ascii_digit_layer_names_are_not_found(srv: Server, bundled: pb.Mode
     srv.still_serves(sample_images[0], bundled)
 
 
-def rgb(shape: list[int], data: bytes = b"", dtype: int = pb.UINT8) -> pb.Image:
+def rgb(shape: list[int], data: bytes = b"", dtype: pb.DataType = pb.UINT8) -> pb.Image:
     return pb.Image(rgb=pb.Tensor(dtype=dtype, shape=shape, data=data))
 
 

@@ -3,6 +3,8 @@ rotations and padding, a bilinear loop), distances against numpy on bare onnxrun
 
 from __future__ import annotations
 
+from typing import cast
+
 import grpc
 import numpy as np
 import pytest
@@ -172,8 +174,8 @@ def test_python_client_matches_raw_stub(conn: Conn, sample_images) -> None:
 @pytest.mark.parametrize(
     ("fields", "code", "words"),
     [
-        ({"sweeps": [pb.Sweep(transform=0)]}, Code.INVALID_ARGUMENT, ["sweeps[0].transform 0", "TRANSLATE"]),
-        ({"sweeps": [pb.Sweep(transform=7)]}, Code.INVALID_ARGUMENT, ["sweeps[0].transform 7", "ROTATE"]),
+        ({"sweeps": [pb.Sweep(transform=cast(pb.Transform, 0))]}, Code.INVALID_ARGUMENT, ["sweeps[0].transform 0", "TRANSLATE"]),
+        ({"sweeps": [pb.Sweep(transform=cast(pb.Transform, 7))]}, Code.INVALID_ARGUMENT, ["sweeps[0].transform 7", "ROTATE"]),
         ({"sweeps": [pb.Sweep(transform=pb.SCALE, values=[0.5, 0, -1])]}, Code.INVALID_ARGUMENT, ["scale values [0.0, -1.0]"]),
         ({"sweeps": [pb.Sweep(transform=pb.ROTATE, values=[float("nan")])]}, Code.INVALID_ARGUMENT, ["rotate values [nan]"]),
         ({"border": 4}, Code.INVALID_ARGUMENT, ["border 4", "REFLECT"]),

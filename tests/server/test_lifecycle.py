@@ -14,7 +14,8 @@ from pathlib import Path
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
+from service_testing import health
 
 from zfnet.tensors import CHANNEL_OPTIONS
 from zfnet.v1 import zfnet_pb2 as pb
@@ -32,8 +33,10 @@ class Zfserver:
     def __init__(self, *args: str) -> None:
         script = Path(sys.executable).parent / "zfserver"
         self.process = subprocess.Popen([str(script), "--port", "0", *args], stderr=subprocess.PIPE, text=True)
+        assert self.process.stderr is not None, "stderr=PIPE gives a pipe"
+        self.stderr = self.process.stderr
         self.log: list[str] = []
-        for line in self.process.stderr:
+        for line in self.stderr:
             self.log.append(line)
             found = re.search(r"serving on 127\.0\.0\.1:(\d+)", line)
             if found:
@@ -46,7 +49,7 @@ class Zfserver:
 
     def finish(self) -> int:
         code = self.process.wait(TIMEOUT)
-        self.log += self.process.stderr.readlines()
+        self.log += self.stderr.readlines()
         self.channel.close()
         return code
 
@@ -61,7 +64,7 @@ class Watcher(threading.Thread):
 
     def __init__(self, channel: grpc.Channel) -> None:
         super().__init__(daemon=True)
-        self.stub = health_pb2_grpc.HealthStub(channel)
+        self.stub = health(channel)
         self.statuses: list[int] = []
         self.first = threading.Event()
 
@@ -133,7 +136,7 @@ def test_sigterm_drains_then_exits_zero(zfserver: Zfserver, reference_onnx: Path
     upload.release.set()
     upload.join(TIMEOUT)
     assert upload.error is None, upload.error
-    assert upload.reply.sha256 == hashlib.sha256(data).hexdigest(), "the call in flight did not finish"
+    assert upload.reply is not None and upload.reply.sha256 == hashlib.sha256(data).hexdigest(), "the call in flight did not finish"
     assert zfserver.finish() == 0, "".join(zfserver.log)
     log = "".join(zfserver.log)
     assert "SIGTERM: health NOT_SERVING" in log and "stopped" in log and "Traceback" not in log

@@ -13,7 +13,7 @@ from perturb_testing import nchw
 
 from zfnet.converters.graph import IR_VERSION, Preprocessing, prepend_preprocessing
 from zfnet.errors import InvalidArgument, ResourceExhausted
-from zfnet.server import perturbation
+from zfnet.server import perturbation, runtime
 from zfnet.server.models import LoadedModel, load
 
 
@@ -67,7 +67,7 @@ def test_runner_batches_reduces_and_reports_progress(bundled: LoadedModel, sampl
     kept = perturbation.complete(steps, progress.append)
     assert made == [(0, 4), (4, 8), (8, 11)]
     assert [(p.stage, p.done, p.total) for p in progress] == [("stage", 9, 16), ("stage", 13, 16), ("stage", 16, 16)]
-    expected = bundled.session.run(names, {bundled.input_name: copies})
+    expected = runtime.tensors(bundled.session, names, {bundled.input_name: copies})
     np.testing.assert_allclose(kept["sum"], expected[0].sum(axis=1), rtol=1e-5)
     np.testing.assert_allclose(kept["fc8"], expected[1], rtol=1e-5, atol=1e-6)
 
@@ -81,7 +81,7 @@ def test_copies_equal_to_the_unperturbed_image_take_its_outputs(bundled: LoadedM
     copies = np.stack([base, changed, base])
     kept = perturbation.complete(perturbation.run(bundled, base, marker, 3, lambda a, b: copies[a:b], lambda out: out, perturbation.Tracker(3), "s", 8))
     np.testing.assert_array_equal(kept["fc8"][[0, 2]], marker["fc8"][[0, 0]])
-    np.testing.assert_allclose(kept["fc8"][1], bundled.session.run(["fc8"], {bundled.input_name: changed[None]})[0][0], rtol=1e-6)
+    np.testing.assert_allclose(kept["fc8"][1], runtime.tensors(bundled.session, ["fc8"], {bundled.input_name: changed[None]})[0][0], rtol=1e-6)
 
 
 def test_requests_over_the_copy_limit_are_refused(monkeypatch) -> None:

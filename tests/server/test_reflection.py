@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -35,7 +36,8 @@ class ReflectionV1:
             request_serializer=self.Request.SerializeToString, response_deserializer=response.FromString,
         )
 
-    def ask(self, **request) -> object:
+    def ask(self, **request) -> Any:
+        """The first reply, a message of a class built at run time from its descriptor (no static type)."""
         return next(iter(self._call(iter([self.Request(**request)]), timeout=TIMEOUT)))
 
     def services(self) -> set[str]:

@@ -11,15 +11,16 @@ import hashlib
 import io
 import threading
 from pathlib import Path
+from typing import cast
 
 import grpc
 import numpy as np
 import onnxruntime as ort
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 from PIL import Image
-from service_testing import CIFAR10, TIMEOUT, Conn, encoded, erf_model, large_model, still_serves, upload_parts
+from service_testing import CIFAR10, TIMEOUT, Conn, encoded, erf_model, health, large_model, still_serves, upload_parts
 
 from zfnet.client.api import Client
 from zfnet.tensors import CHANNEL_OPTIONS
@@ -47,8 +48,10 @@ def nchw(paths: list[Path]) -> np.ndarray:
     return np.stack([rgb_of(p).astype(np.float32).transpose(2, 0, 1) for p in paths])
 
 
-def bare_session(path: Path) -> ort.InferenceSession:
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+def bare_run(path: Path, names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """Outputs ``names`` of a plain onnxruntime session on the model at ``path`` (the reference)."""
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return [np.asarray(out) for out in session.run(names, feeds)]
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -79,15 +82,14 @@ def expect_error(call, request, code: grpc.StatusCode, *words: str) -> str:
 def test_health_check_reports_serving(server, service: str) -> None:
     target, _ = server
     with grpc.insecure_channel(target) as channel:
-        reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service), timeout=TIMEOUT)
+        reply = health(channel).Check(health_pb2.HealthCheckRequest(service=service), timeout=TIMEOUT)
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
 def test_health_check_of_unknown_service_is_not_found(server) -> None:
     target, _ = server
     with grpc.insecure_channel(target) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        expect_error(stub.Check, health_pb2.HealthCheckRequest(service="no.such.Service"), Code.NOT_FOUND)
+        expect_error(health(channel).Check, health_pb2.HealthCheckRequest(service="no.such.Service"), Code.NOT_FOUND)
 
 
 def test_reflection_lists_services_and_describes_zfnet(server) -> None:
@@ -139,7 +141,7 @@ def test_upload_over_4mib_then_predict_and_deconv(server, tmp_path: Path, sample
         info = client.model_info(path)
         assert info.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
         probs = client.probabilities(path, images)
-        expected = softmax(bare_session(path).run(["12"], {"image": nchw(images)})[0])
+        expected = softmax(bare_run(path, ["12"], {"image": nchw(images)})[0])
         np.testing.assert_allclose(probs, expected, atol=1e-5)
         result = client.deconv(path, images[:1], 2, channels=[0, 7])
         assert [r.channel for r in result.reconstructions] == [0, 7]
@@ -227,7 +229,7 @@ def test_predict_matches_bare_onnxruntime(conn: Conn, sample_images) -> None:
     probs = from_proto(reply.probabilities)
     assert probs.shape == (10, 10) and probs.dtype == np.float32
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
-    logits = bare_session(conn.path).run(["fc8"], {"image": nchw(images)})[0]
+    logits = bare_run(conn.path, ["fc8"], {"image": nchw(images)})[0]
     np.testing.assert_allclose(probs, softmax(logits), atol=1e-5)
     assert reply.softmax_applied
     assert len(reply.predictions) == 10
@@ -265,8 +267,8 @@ def test_predict_resizes_other_sizes(conn: Conn) -> None:
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
     np.testing.assert_allclose(probs[0], probs[1], atol=1e-6)
     # the model saw a 32x32 version of the picture, not a crop of it
-    resized = np.asarray(Image.fromarray(picture).resize((32, 32), Image.BILINEAR), dtype=np.float32).transpose(2, 0, 1)[None]
-    expected = softmax(bare_session(conn.path).run(["fc8"], {"image": resized})[0])
+    resized = np.asarray(Image.fromarray(picture).resize((32, 32), Image.Resampling.BILINEAR), dtype=np.float32).transpose(2, 0, 1)[None]
+    expected = softmax(bare_run(conn.path, ["fc8"], {"image": resized})[0])
     np.testing.assert_allclose(probs[0], expected[0], atol=1e-4)
 
 
@@ -274,7 +276,7 @@ def test_python_client_without_target_runs_in_process(reference_onnx: Path, samp
     with Client() as client:
         probs = client.probabilities(reference_onnx, sample_images[:2])
         assert client.target.startswith("unix:"), "the in-process server listens on a private Unix socket"
-    np.testing.assert_allclose(probs, softmax(bare_session(reference_onnx).run(["fc8"], {"image": nchw(sample_images[:2])})[0]), atol=1e-5)
+    np.testing.assert_allclose(probs, softmax(bare_run(reference_onnx, ["fc8"], {"image": nchw(sample_images[:2])})[0]), atol=1e-5)
 
 
 # ---- activations -------------------------------------------------------------------------
@@ -288,7 +290,7 @@ def test_activations_by_number_and_name_match_bare_onnxruntime(conn: Conn, sampl
     reply = conn.stub.GetActivations(pb.ActivationsRequest(model=conn.ref, images=encoded(images), layers=refs), timeout=TIMEOUT)
     names = [by_number[1], by_number[3], by_number[6], "conv2", "bn4", "fc8"]
     assert sorted(reply.activations) == sorted(names)
-    bare = dict(zip(names, bare_session(conn.path).run(names, {"image": nchw(images)})))
+    bare = dict(zip(names, bare_run(conn.path, names, {"image": nchw(images)})))
     for name in names:
         value = from_proto(reply.activations[name])
         assert value.dtype == np.float32
@@ -488,9 +490,10 @@ def test_negative_top_k_is_invalid_argument(conn: Conn, sample_images) -> None:
 
 
 def test_unknown_mode_or_method_is_invalid_argument(conn: Conn, sample_images) -> None:
-    request = pb.DeconvRequest(model=conn.ref, images=encoded(sample_images[:1]), layer=pb.LayerRef(number=2), method=7)
+    # numbers the enums do not define: proto3 enums are open, so they reach the server
+    request = pb.DeconvRequest(model=conn.ref, images=encoded(sample_images[:1]), layer=pb.LayerRef(number=2), method=cast(pb.DeconvMethod, 7))
     expect_error(conn.stub.Deconv, request, Code.INVALID_ARGUMENT, "method")
-    request = pb.DeconvRequest(model=conn.ref, images=encoded(sample_images[:1]), layer=pb.LayerRef(number=2), mode=9)
+    request = pb.DeconvRequest(model=conn.ref, images=encoded(sample_images[:1]), layer=pb.LayerRef(number=2), mode=cast(pb.DeconvMode, 9))
     expect_error(conn.stub.Deconv, request, Code.INVALID_ARGUMENT, "mode")
     still_serves(conn, sample_images[0])
 
@@ -586,7 +589,7 @@ def test_messages_over_4mib_both_ways(conn: Conn, sample_images) -> None:
     assert request.ByteSize() > 4 << 20
     probs = from_proto(conn.stub.Predict(request, timeout=TIMEOUT).probabilities)
     assert probs.shape == (400, 10)
-    np.testing.assert_allclose(probs[:5], softmax(bare_session(conn.path).run(["fc8"], {"image": batch[:5]})[0]), atol=1e-5)
+    np.testing.assert_allclose(probs[:5], softmax(bare_run(conn.path, ["fc8"], {"image": batch[:5]})[0]), atol=1e-5)
     # a reply over 4 MiB: conv1 of 40 images is 40 * 32 * 32 * 32 floats
     reply = conn.stub.GetActivations(pb.ActivationsRequest(model=conn.ref, images=model_inputs(batch[:40]), layers=[pb.LayerRef(name="conv1")]), timeout=TIMEOUT)
     assert reply.ByteSize() > 4 << 20

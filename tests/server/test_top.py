@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -43,7 +44,7 @@ def data_dir(tmp_path_factory, sample_images) -> Path:
 
 
 @pytest.fixture(scope="module")
-def client(data_dir) -> Client:
+def client(data_dir) -> Iterator[Client]:
     server, port, _ = create_server("127.0.0.1:0", data_dir=data_dir)
     with Client(f"127.0.0.1:{port}") as c:
         yield c
@@ -210,21 +211,21 @@ def test_bad_jobs_get_clear_errors_and_the_server_keeps_serving(client, data_dir
     ]
     for fields, code, message in cases:
         err = call(**fields)
-        assert err.code() == code and re.search(message, err.details()), (fields, err.code(), err.details())
+        assert err.code() == code and re.search(message, err.details() or ""), (fields, err.code(), err.details())
 
     state = client.top_scan(MODEL, client.dataset("cifar", 0, 30), [1], k=2)
     err = call(state=state_proto(state), k=2, data=pb.DataSource(dataset="cifar", start=20, stop=40))
-    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "overlaps indices [0, 30)" in err.details()
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "overlaps indices [0, 30)" in (err.details() or "")
     err = call(state=state_proto(state), k=3)
-    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "differ in k (3 and 2)" in err.details()
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "differ in k (3 and 2)" in (err.details() or "")
     other = TopK.empty("0" * 64, state.data, state.size, 2, "max", {"pool1": (np.arange(32), 2)})
     err = call(state=state_proto(other), stage=pb.TOP_RECONSTRUCT)
-    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "is for model 000000000000" in err.details()
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "is for model 000000000000" in (err.details() or "")
     err = call(state=state_proto(state), stage=pb.TOP_RECONSTRUCT, data=pb.DataSource(streamed=pb.StreamedImages(size=201)))
-    assert "is for data set 'dataset:cifar' of 201 images, not 'streamed' of 201" in err.details()
+    assert "is for data set 'dataset:cifar' of 201 images, not 'streamed' of 201" in (err.details() or "")
     beyond = TopK.empty(state.model, state.data, state.size, 2, "max", {"pool1": (np.asarray([40]), 2)})
     err = call(state=state_proto(beyond), stage=pb.TOP_RECONSTRUCT)
-    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "channel(s) [40] out of range" in err.details()
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "channel(s) [40] out of range" in (err.details() or "")
 
     with pytest.raises(InvalidArgument, match="k must be positive"):
         client.top_scan(MODEL, client.dataset("cifar"), [1], k=0)
@@ -244,7 +245,7 @@ def test_a_streamed_reconstruction_must_get_exactly_the_winners(client, data_dir
     wrong = pb.ImageBatch(start=winner + 1, images=[pb.Image(encoded=dataset.folder.files[winner + 1].read_bytes())])
     with pytest.raises(grpc.RpcError) as caught:
         list(client.stub.TopActivations(iter([pb.TopRequest(job=job), pb.TopRequest(batch=wrong)])))
-    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT and f"the next image expected is {winner}" in caught.value.details()
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT and f"the next image expected is {winner}" in (caught.value.details() or "")
     assert state.layers["pool1"].indices[0, 0] != EMPTY
 
 
@@ -259,21 +260,29 @@ def test_patches_are_whole_receptive_fields_clipped_to_the_box(reference_module,
     jump, offset, size, fields = 1, 0, 1, {}
     for name, module in reference_module.named_children():
         if isinstance(module, (nn.Conv2d, nn.MaxPool2d)):
-            k, s, p = (v if isinstance(v, int) else v[0] for v in (module.kernel_size, module.stride, module.padding))
+            k, s, p = (_first(v) for v in (module.kernel_size, module.stride, module.padding))
             offset, size, jump = offset - p * jump, size + (k - 1) * jump, jump * s
         fields[name] = (jump, offset, size)
     checked = 0
     for row in model.layers:
         if row.number and len(row.shape) == 4:
             jump, offset, size = fields[row.name]
-            for y in range(row.shape[2]):
-                for x in range(row.shape[3]):
+            height, width = row.shape[2:]
+            assert isinstance(height, int) and isinstance(width, int), row.shape
+            for y in range(height):
+                for x in range(width):
                     box = model.receptive_fields.box(row.name, (y, x), clip=False)
                     assert box == (y * jump + offset, x * jump + offset, y * jump + offset + size, x * jump + offset + size), (row.name, y, x)
                     clipped = (max(box[0], 0), max(box[1], 0), min(box[2], 32), min(box[3], 32))
                     assert clipped == model.receptive_fields.box(row.name, (y, x))
                     checked += 1
     assert checked == 16 * 16 + 8 * 8 * 3 + 4 * 4
+
+
+def _first(value: int | str | tuple[int, ...]) -> int:
+    """A PyTorch layer's kernel size, stride or padding along its first axis (numbers in the reference)."""
+    assert not isinstance(value, str), f"padding {value!r} is not a number"
+    return value if isinstance(value, int) else value[0]
 
 
 def test_a_layer_the_method_cannot_project_is_refused_before_the_scan(client, data_dir, tmp_path) -> None:

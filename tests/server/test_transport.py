@@ -13,8 +13,9 @@ from pathlib import Path
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from service_testing import health
 
 from zfnet.client.api import Client
 from zfnet.client.transport import Connection
@@ -60,10 +61,11 @@ def test_tls_and_tokens(secured: str, pki, reference_onnx: Path, sample_images) 
             assert code_of(stub.UploadModel, iter([pb.UploadModelRequest(header=pb.UploadHeader(size=4)), pb.UploadModelRequest(chunk=b"abcd")])) == grpc.StatusCode.UNAUTHENTICATED
             reflect = reflection_pb2_grpc.ServerReflectionStub(channel)
             with pytest.raises(grpc.RpcError) as info:
-                list(reflect.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=TIMEOUT))
+                # typeshed's grpcio-reflection stub types ServerReflectionInfo as binascii.Incomplete (an exception class)
+                list(reflect.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=TIMEOUT))  # pyright: ignore[reportCallIssue]
             assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
             # health needs no token
-            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=TIMEOUT)
+            reply = health(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=TIMEOUT)
             assert reply.status == health_pb2.HealthCheckResponse.SERVING
     # the right token under another scheme, or none
     with tls_channel(secured, pki) as channel:
@@ -90,9 +92,9 @@ def test_tls_and_tokens(secured: str, pki, reference_onnx: Path, sample_images) 
 
 def test_plaintext_and_untrusted_certificates_do_not_connect(secured: str, pki) -> None:
     with grpc.insecure_channel(secured, options=CHANNEL_OPTIONS) as channel:
-        assert code_of(health_pb2_grpc.HealthStub(channel).Check, health_pb2.HealthCheckRequest()) == grpc.StatusCode.UNAVAILABLE
+        assert code_of(health(channel).Check, health_pb2.HealthCheckRequest()) == grpc.StatusCode.UNAVAILABLE
     with Connection(token=TOKENS[0], tls_ca=pki.stranger_cert).channel(secured) as channel:  # trusts someone else
-        assert code_of(health_pb2_grpc.HealthStub(channel).Check, health_pb2.HealthCheckRequest()) == grpc.StatusCode.UNAVAILABLE
+        assert code_of(health(channel).Check, health_pb2.HealthCheckRequest()) == grpc.StatusCode.UNAVAILABLE
     with Client(secured, Connection(token=TOKENS[0])) as client:  # forgot --tls-ca
         with pytest.raises(Unavailable, match=secured):
             client.list_datasets()

@@ -152,7 +152,7 @@ class GraphIndex:
             if any(name in self.live for name in node.input) and self._from_shape(node) is None:
                 self.live.update(n for n in node.output if n)
         self._attrs: dict[int, dict[str, Any]] = {}
-        self._arrays: dict[str, np.ndarray] = {}
+        self._arrays: dict[str, np.ndarray | None] = {}
 
     # -- nodes -------------------------------------------------------------------------------------
     def opset(self, node: onnx.NodeProto) -> int:
@@ -244,26 +244,30 @@ class GraphIndex:
     def _from_static_shape(self, i: int, from_shape: FromShape) -> np.ndarray | None:
         """The output of node ``i`` (``Shape``, ``Size``) when its input's dimensions are all static."""
         dims = self.shape(self.nodes[i].input[0])
-        if dims is None or not all(isinstance(d, int) and d > 0 for d in dims):
+        static = [d for d in dims or [] if isinstance(d, int) and d > 0]
+        if dims is None or len(static) < len(dims):
             return None
-        return from_shape(dims, self.node(i).attrs)
+        return from_shape(static, self.node(i).attrs)
 
-    def _evaluate(self, node: onnx.NodeProto) -> list[np.ndarray] | None:
+    def _evaluate(self, node: onnx.NodeProto) -> list[np.ndarray | None] | None:
         """Run one node on static inputs with onnx's reference evaluator."""
         from onnx.reference import ReferenceEvaluator  # noqa: PLC0415  (rarely needed, slow to import)
 
-        inputs = [self.constant(n) if n else None for n in node.input]
-        if any(v is None for v, n in zip(inputs, node.input) if n) or any(v is not None and v.size > 1 << 16 for v in inputs):
-            return None
         names = [f"i{k}" if n else "" for k, n in enumerate(node.input)]
+        given = [(name, self.constant(n)) for name, n in zip(names, node.input) if n]
+        inputs = {name: v for name, v in given if v is not None}
+        if len(inputs) < len(given) or any(v.size > 1 << 16 for v in inputs.values()):
+            return None
         one = helper.make_node(node.op_type, names, [f"o{k}" for k in range(len(node.output))], domain=node.domain)
         one.attribute.extend(node.attribute)
         graph = helper.make_graph(
-            [one], "static", [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(v.dtype), v.shape) for n, v in zip(names, inputs) if n],
+            [one], "static", [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(v.dtype), v.shape) for n, v in inputs.items()],
             [helper.make_tensor_value_info(f"o{k}", onnx.TensorProto.UNDEFINED, None) for k in range(len(node.output))],
         )
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", self.opset(node))])
         try:
-            return list(ReferenceEvaluator(model).run(None, {n: v for n, v in zip(names, inputs) if n}))
+            outputs = ReferenceEvaluator(model).run(None, inputs)
         except Exception:  # an op the reference evaluator lacks, or inputs it refuses: not static after all
             return None
+        assert isinstance(outputs, list), "run gives a list of outputs without intermediate=True"
+        return outputs

@@ -234,7 +234,7 @@ def value_bytes(value: onnx.ValueInfoProto) -> int:
 class _Resident:
     nbytes: int
     what: str
-    evict: Callable[[], None]
+    evict: Callable[[], object]
 
 
 class MemoryBudget:
@@ -325,7 +325,7 @@ class MemoryBudget:
                 now = self._idle()
                 self._cond.notify_all()
             if now:
-                self._on_idle()
+                self._hand_back()
 
     def _idle(self) -> bool:
         """Under the lock, after something was released: True to hand memory back now (a lot was
@@ -341,6 +341,11 @@ class MemoryBudget:
             self._timer.start()
         return False
 
+    def _hand_back(self) -> None:
+        """Hand memory back to the system, when this budget was given a way to (``on_idle``)."""
+        if self._on_idle is not None:
+            self._on_idle()
+
     def _trim_if_idle(self) -> None:
         with self._cond:
             self._timer = None
@@ -348,7 +353,7 @@ class MemoryBudget:
             if now:
                 self._released = 0
         if now:
-            self._on_idle()
+            self._hand_back()
 
     def _deadline(self, timeout: float | None) -> float:
         now = time.monotonic()
@@ -423,7 +428,7 @@ class MemoryBudget:
                 self._released += freed
 
     # -- long-lived residents ---------------------------------------------------------------
-    def hold(self, key: Hashable, nbytes: int, what: str, evict: Callable[[], None]) -> None:
+    def hold(self, key: Hashable, nbytes: int, what: str, evict: Callable[[], object]) -> None:
         """Account for something that stays loaded (a model, a projection session) until it is
         ``release`` d, or evicted (``evict`` is then called) to make room. Never waits: it makes
         room by evicting others and may leave the budget over-committed until requests finish."""
@@ -448,11 +453,11 @@ class MemoryBudget:
         with self._cond:
             gone = self._resident.pop(key, None)
             held, now = gone is not None, False
-            if held:
+            if gone is not None:
                 self._released += gone.nbytes
                 now = self._idle()
                 self._cond.notify_all()
         del gone  # the owner's object may go with it before memory is handed back
         if now:
-            self._on_idle()
+            self._hand_back()
         return held

@@ -41,7 +41,9 @@ class Health(health.HealthServicer):
     def end_watches(self) -> None:
         """End every Watch stream (after NOT_SERVING went out): an open Watch would otherwise count
         as an in-flight call and hold the whole grace period."""
-        with self._lock:
+        # typeshed's grpcio-health-checking stub declares HealthServicer's public methods only, not the
+        # lock its implementation guards the Watch callbacks with
+        with self._lock:  # pyright: ignore[reportAttributeAccessIssue]
             ends = [send for sends in getattr(self, "_send_response_callbacks", {}).values() for send in sends]
         for send in ends:
             send(None)
@@ -186,7 +188,7 @@ def command(
         raise InvalidArgument("--tls-cert and --tls-key go together")
     if tls_client_ca is not None and tls_cert is None:
         raise InvalidArgument("--tls-client-ca needs --tls-cert and --tls-key")
-    tls = Tls(tls_cert, tls_key, tls_client_ca) if tls_cert is not None else None
+    tls = Tls(tls_cert, tls_key, tls_client_ca) if tls_cert is not None and tls_key is not None else None
     tokens = read_tokens(token_file) if token_file is not None else ()
     serve(
         host, port, model_dir, max_model_mb, workers, data_dir, grace, max_memory=parse_bytes(max_memory, machine_memory()),

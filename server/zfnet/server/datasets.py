@@ -65,7 +65,7 @@ class Source:
     def batches(self, input_shape: list[int]) -> Iterator[Batch]:  # pragma: no cover - interface
         raise NotImplementedError
 
-    def take(self, indices: Sequence[int], input_shape: list[int]) -> Iterator[Batch]:  # pragma: no cover - interface
+    def take(self, indices: Sequence[int] | np.ndarray, input_shape: list[int]) -> Iterator[Batch]:  # pragma: no cover - interface
         """Only the images at ``indices`` (ascending; a job's second pass), in batches of ``batch_size``."""
         raise NotImplementedError
 
@@ -95,13 +95,14 @@ def _decode(image: ImageInput, input_shape: list[int], max_pixels: int, gate: De
 
 
 def _assemble(indices: list[int], labels: list[int], paths: list[str], decoded: list[np.ndarray | str], read: int) -> Batch:
-    keep = [i for i, d in enumerate(decoded) if not isinstance(d, str)]
+    kept = [(i, d) for i, d in enumerate(decoded) if not isinstance(d, str)]
+    keep = [i for i, _ in kept]
     skipped = [Skipped(indices[i], paths[i], d) for i, d in enumerate(decoded) if isinstance(d, str)]
     for s in skipped:
         log.warning("skipped image %d (%r): %s", s.index, s.path, s.reason)
     return Batch(
         np.asarray([indices[i] for i in keep], np.int64), np.asarray([labels[i] for i in keep], np.int64),
-        [paths[i] for i in keep], stack([decoded[i] for i in keep]) if keep else np.zeros((0,), np.float32),
+        [paths[i] for i in keep], stack([d for _, d in kept]) if kept else np.zeros((0,), np.float32),
         skipped, read,
     )
 
@@ -142,7 +143,7 @@ def _decoded_ahead(chunks: Iterable[tuple[T, list[Decode], list[int]]]) -> Itera
 class FolderSource(Source):
     """A one-folder-per-class tree on the server's disk, read file by file."""
 
-    folder: imagefolder.ImageFolder | None = None
+    folder: imagefolder.ImageFolder = field(kw_only=True)
 
     def _read(self, index: int, input_shape: list[int]) -> np.ndarray | str:
         path = self.folder.files[index]
@@ -165,7 +166,7 @@ class FolderSource(Source):
     def batches(self, input_shape: list[int]) -> Iterator[Batch]:
         return self.take(range(self.start, self.stop), input_shape)
 
-    def take(self, indices: Sequence[int], input_shape: list[int]) -> Iterator[Batch]:
+    def take(self, indices: Sequence[int] | np.ndarray, input_shape: list[int]) -> Iterator[Batch]:
         """The images at ``indices`` (ascending) in batches; decoded in a thread pool, one batch ahead of the consumer."""
         bad = [int(i) for i in ([indices[0], indices[-1]] if len(indices) else []) if not 0 <= i < self.size]
         if bad:
@@ -186,7 +187,7 @@ class StreamedSource(Source):
     def batches(self, input_shape: list[int]) -> Iterator[Batch]:
         return self.take(range(self.start, self.stop), input_shape)
 
-    def take(self, indices: Sequence[int], input_shape: list[int]) -> Iterator[Batch]:
+    def take(self, indices: Sequence[int] | np.ndarray, input_shape: list[int]) -> Iterator[Batch]:
         """The images at ``indices`` (ascending), as the client streams them: each ImageBatch holds the
         next wanted images, at consecutive data-set indices. Decoded in a thread pool, one batch ahead
         of the consumer."""
@@ -197,7 +198,7 @@ class StreamedSource(Source):
         for items, decoded in _decoded_ahead(jobs):
             yield _assemble([i for i, _, _ in items], [lab for _, _, lab in items], [img.label for _, img, _ in items], decoded, len(items))
 
-    def _chunks(self, indices: Sequence[int]) -> Iterator[list[tuple[int, ImageInput, int]]]:
+    def _chunks(self, indices: Sequence[int] | np.ndarray) -> Iterator[list[tuple[int, ImageInput, int]]]:
         """The streamed images in batches of ``batch_size`` (data-set index, image, label), checked
         against the images asked for as they arrive."""
         position = 0  # how many of ``indices`` have arrived
@@ -240,17 +241,17 @@ class DatasetStore:
         if root is not None:
             if not root.is_dir():
                 raise NotFound(f"data directory {root} does not exist")
-            self._discover(root, 0)
+            self._discover(root, root, 0)
             log.info("serving %d data set(s) from %s: %s", len(self._folders), root, ", ".join(sorted(self._folders)) or "none")
 
-    def _discover(self, folder: Path, depth: int) -> None:
+    def _discover(self, root: Path, folder: Path, depth: int) -> None:
         subfolders = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
         if depth > 0 and any(_has_images(p) for p in subfolders):
-            self._folders[folder.relative_to(self.root).as_posix()] = folder
+            self._folders[folder.relative_to(root).as_posix()] = folder
             return
         if depth < MAX_DEPTH:
             for sub in subfolders:
-                self._discover(sub, depth + 1)
+                self._discover(root, sub, depth + 1)
 
     def names(self) -> list[str]:
         return sorted(self._folders)

@@ -109,7 +109,7 @@ def _per_image(model: LoadedModel, proj: projection.Projection, proj_session, ba
     """For a model whose graph merges the batch axis away: each image alone, its forward pass and then
     its rows one at a time, so that the projection is exactly that of the one-image computation."""
     names = _fetched(model, proj, layer)
-    forwards = [{model.input_name: batch[i : i + 1], **dict(zip(names, model.session.run(names, {model.input_name: batch[i : i + 1]})))}
+    forwards = [{model.input_name: batch[i : i + 1], **dict(zip(names, runtime.tensors(model.session, names, {model.input_name: batch[i : i + 1]})))}
                 for i in range(len(batch))]
     activation = np.concatenate([forward[layer] for forward in forwards])
     _check_images_apart(model, batch, layer, activation)
@@ -127,7 +127,7 @@ def _check_images_apart(model: LoadedModel, batch: np.ndarray, layer: str, alone
     images of a batch, and the projection of one image alone would not be the batch's."""
     if len(batch) == 1:
         return
-    together = model.session.run([layer], {model.input_name: batch})[0]
+    together = runtime.tensors(model.session, [layer], {model.input_name: batch})[0]
     scale = float(np.abs(alone).max(initial=0.0))
     if together.shape != alone.shape or not np.allclose(together, alone, rtol=1e-3, atol=1e-4 * max(scale, 1e-12)):
         raise InvalidArgument(f"layer {layer!r}: the model mixes the images of a batch on the way to this layer "

@@ -78,7 +78,7 @@ class Engine:
     def predict(self, model: LoadedModel, images: list[ImageInput], top_k: int = TOP_K) -> PredictResult:
         """Class probabilities (N, K) and the ``top_k`` classes of each image."""
         with self.admit(model, self.estimate(model, images, f"Predict on {len(images)} image(s)")):
-            out = model.session.run([model.output_name], {model.input_name: self.batch(model, images)})[0]
+            out = runtime.tensors(model.session, [model.output_name], {model.input_name: self.batch(model, images)})[0]
         return PredictResult.of(*probabilities(out.reshape(out.shape[0], -1).astype(np.float32)), model.classes, top_k)
 
     def activations(self, model: LoadedModel, images: list[ImageInput], layers: list[str | int]) -> dict[str, np.ndarray]:
@@ -95,7 +95,7 @@ class Engine:
         reply = len(images) * sum(footprint.tensors.get(name, 0) for name in names)
         check_reply(reply, what, "ask for fewer images or layers per request")
         with self.admit(model, self.estimate(model, images, what, reply=2 * reply)):
-            values = model.session.run(names, {model.input_name: self.batch(model, images)})
+            values = runtime.tensors(model.session, names, {model.input_name: self.batch(model, images)})
             return dict(zip(names, values))
 
     def deconv(

@@ -140,7 +140,7 @@ def _tensors(model: LoadedModel, names: list[str]) -> dict[str, tuple[tuple[int,
     if not names:
         return {}
     blank = np.zeros([1, *model.input_shape[1:]], np.float32)
-    values = model.session.run(names, {model.input_name: blank})
+    values = runtime.tensors(model.session, names, {model.input_name: blank})
     return {name: (tuple(int(d) for d in value.shape[1:]), value.dtype.name) for name, value in zip(names, values)}
 
 

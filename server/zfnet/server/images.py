@@ -62,10 +62,10 @@ def _pillow_message(err: Exception) -> str:
     return re.sub(r"\s*<[^<>]* at 0x[0-9a-fA-F]+>", "", str(err)) or type(err).__name__
 
 
-def _open(image: ImageInput, what: str, max_pixels: int, field: str) -> Image.Image:
-    """The image opened lazily (header only), checked before any pixel is decoded."""
+def _open(encoded: bytes, what: str, max_pixels: int, field: str) -> Image.Image:
+    """The image's ``encoded`` bytes opened lazily (header only), checked before any pixel is decoded."""
     try:
-        img = Image.open(io.BytesIO(image.encoded))
+        img = Image.open(io.BytesIO(encoded))
     except Image.DecompressionBombError as err:
         raise _bomb(what, err, max_pixels, field) from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
@@ -109,7 +109,7 @@ def inspect(image: ImageInput, index: int, max_pixels: int = MAX_IMAGE_PIXELS) -
     """Check one image without decoding it; what decoding and resizing it will cost."""
     what = _what(image, index)
     if image.encoded is not None:
-        with _open(image, what, max_pixels, f"images[{index}].encoded") as img:
+        with _open(image.encoded, what, max_pixels, f"images[{index}].encoded") as img:
             width, height = img.size
             return Header(height, width, _decode_bytes(img))
     if image.rgb is not None:
@@ -127,8 +127,8 @@ def inspect(image: ImageInput, index: int, max_pixels: int = MAX_IMAGE_PIXELS) -
 def _resize(rgb: np.ndarray, height: int, width: int) -> np.ndarray:
     """(H, W, 3) RGB at (height, width): PIL's bilinear filter, uint8 stays uint8."""
     if rgb.dtype == np.uint8:
-        return np.asarray(Image.fromarray(rgb).resize((width, height), Image.BILINEAR))
-    channels = [np.asarray(Image.fromarray(rgb[..., c].astype(np.float32), mode="F").resize((width, height), Image.BILINEAR)) for c in range(3)]
+        return np.asarray(Image.fromarray(rgb).resize((width, height), Image.Resampling.BILINEAR))
+    channels = [np.asarray(Image.fromarray(rgb[..., c].astype(np.float32), mode="F").resize((width, height), Image.Resampling.BILINEAR)) for c in range(3)]
     return np.stack(channels, axis=-1)
 
 
@@ -167,7 +167,7 @@ def decoded(image: ImageInput, index: int, max_pixels: int = MAX_IMAGE_PIXELS, g
     what = _what(image, index)
     if image.encoded is not None:
         field = f"images[{index}].encoded"
-        with _open(image, what, max_pixels, field) as img:
+        with _open(image.encoded, what, max_pixels, field) as img:
             with gate.held(_decode_bytes(img)) if gate else contextlib.nullcontext():
                 try:
                     rgb = np.asarray(img if img.mode == "RGB" else img.convert("RGB"))

@@ -14,7 +14,7 @@ import onnx
 from zfnet.converters.expose import ALIASES_KEY, SWITCHES_SUFFIX
 from zfnet.converters.graph import get_metadata
 from zfnet.converters.index import GraphIndex
-from zfnet.errors import NotFound
+from zfnet.errors import InvalidArgument, NotFound
 from zfnet.server import projection
 from zfnet.server.rules import Role, batch_axes, lookup_node
 from zfnet.server.rules.registry import REFUSE, Span, union
@@ -155,12 +155,23 @@ class ReceptiveFields:
                 span = _clip(span, index.shape(name) or []) if clip else span
                 if span is not None:
                     spans[name] = union([spans.get(name), span])
-        box = spans.get(image)
-        if box is None:
+        box = spans.get(image) if image is not None else None
+        if image is None or box is None:
             return (0, 0, 0, 0)  # nothing of the image is under this activation
-        height, width = index.shape(image)[2:4]
-        (top, bottom), (left, right) = [s if s is not None else (0, size - 1) for s, size in zip(box[2:4], (height, width))]
+        shape = index.shape(image)
+        if shape is None:
+            raise InvalidArgument(f"the image input {image!r} declares no shape: receptive fields cannot be placed on it")
+        (top, bottom), (left, right) = [_whole(s, size) for s, size in zip(box[2:4], shape[2:4])]
         return (top, left, bottom + 1, right + 1)
+
+
+def _whole(span: tuple[int, int] | None, size: int | str) -> tuple[int, int]:
+    """An image axis's (lo, hi): ``span``, or the whole axis where it is None."""
+    if span is not None:
+        return span
+    if not isinstance(size, int):
+        raise InvalidArgument(f"the image's size {size!r} is not fixed: a receptive field over all of it has no extent")
+    return (0, size - 1)
 
 
 def _explicit(span: Span | None, shape: list) -> Span | None:

@@ -68,7 +68,8 @@ class Metrics(grpc.ServerInterceptor):
         )
 
     def _record(self, method: str, started: float, context: grpc.ServicerContext, failed: bool) -> None:
-        code = context.code()
+        # typeshed's grpcio stub lacks ServicerContext.code(), which grpc has had since 1.38
+        code = context.code()  # pyright: ignore[reportAttributeAccessIssue]
         name = code.name if isinstance(code, grpc.StatusCode) else ("UNKNOWN" if failed else "OK")
         self.requests.labels(method, name).inc()
         self.latency.labels(method).observe(time.perf_counter() - started)

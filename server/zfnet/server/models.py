@@ -178,14 +178,15 @@ def inline_external_data(model: onnx.ModelProto, name: str, base_dir: Path | Non
 
 
 def load(
-    data: bytes, name: str, sha256: str | None = None, base_dir: Path | None = None, check: Callable[[onnx.ModelProto, str], None] | None = None,
+    data: bytes | bytearray, name: str, sha256: str | None = None, base_dir: Path | None = None, check: Callable[[onnx.ModelProto, str], None] | None = None,
 ) -> LoadedModel:
     """Parse, expose and open a model from its bytes. External data is refused, or read from inside
     ``base_dir`` (see :func:`inline_external_data`); ``check`` sees the exposed model before any
     session is made (admission limits)."""
     sha256 = sha256 or hashlib.sha256(data).hexdigest()
     try:
-        model = onnx.ModelProto.FromString(data)
+        # typeshed's protobuf stub takes bytes only; the parser reads any buffer (an upload's bytearray, not copied)
+        model = onnx.ModelProto.FromString(data)  # pyright: ignore[reportArgumentType]
     except DecodeError:
         raise InvalidArgument(f"model {name!r} is not an ONNX file (protobuf decoding failed)", reason="BAD_MODEL") from None
     if not model.graph.node:
@@ -325,7 +326,7 @@ class ModelStore:
             model, new = self._add(data, digest.hexdigest(), name, sha256)
         return self._hold(model, len(data)) if new else model
 
-    def _add(self, data: bytes, actual: str, name: str, sha256: str) -> tuple[LoadedModel, bool]:
+    def _add(self, data: bytes | bytearray, actual: str, name: str, sha256: str) -> tuple[LoadedModel, bool]:
         """Load uploaded bytes whose SHA-256 is ``actual`` (``sha256``, when given, must match),
         unless the model is held already; True when it was loaded now."""
         if sha256 and sha256.lower() != actual:

@@ -25,6 +25,7 @@ from onnx import numpy_helper
 
 from zfnet.converters.graph import MEAN_INITIALIZER
 from zfnet.errors import InvalidArgument, ResourceExhausted
+from zfnet.server import runtime
 from zfnet.server.outputs import probabilities, softmax
 from zfnet.server.layers import Layer, resolve
 from zfnet.server.models import LoadedModel
@@ -75,7 +76,8 @@ def bytes_per_copy(model: LoadedModel) -> int:
     total = size
     for layer in model.layers:
         dims = layer.shape[1:]
-        total += math.prod(dims) if all(isinstance(d, int) and d > 0 for d in dims) else size
+        known = [d for d in dims if isinstance(d, int) and d > 0]
+        total += math.prod(known) if len(known) == len(dims) else size
     return 4 * total
 
 
@@ -94,7 +96,7 @@ def copies_per_batch(model: LoadedModel, max_batch: int = 0, budget: int = MEMOR
 def forward(model: LoadedModel, batch: np.ndarray, names: list[str], chunk: int = 0) -> dict[str, np.ndarray]:
     """The named tensors of ``batch``'s forward pass, by name; ``chunk`` images per pass (0: all at once)."""
     chunk = chunk or max(1, len(batch))
-    parts = [model.session.run(names, {model.input_name: batch[start : start + chunk]}) for start in range(0, len(batch), chunk)]
+    parts = [runtime.tensors(model.session, names, {model.input_name: batch[start : start + chunk]}) for start in range(0, len(batch), chunk)]
     return {name: np.concatenate([part[k] for part in parts]) for k, name in enumerate(names)}
 
 
@@ -165,7 +167,7 @@ def _fill(model: LoadedModel, fill: str) -> tuple[np.ndarray | float, str]:
 
 def numbered(model: LoadedModel) -> list[Layer]:
     """The layers ``--layer N`` selects, in order."""
-    rows = sorted((r for r in model.layers if r.number), key=lambda r: r.number)
+    rows = sorted((r for r in model.layers if r.number), key=lambda r: r.number or 0)
     if not rows:
         raise InvalidArgument(f"model {model.name!r} has no numbered convolutional or fully connected layers; name the layers")
     return rows

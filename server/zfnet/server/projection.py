@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
+from numpy.typing import DTypeLike
 from onnx import TensorProto, helper, numpy_helper
 
 from zfnet.converters import expose
@@ -49,7 +50,10 @@ def one_image(index: GraphIndex) -> GraphIndex | None:
     """The index of the model specialised to one image (its batch dimension 1, shape arithmetic folded
     again), so that every shape is static; None when the model takes a fixed batch of several images."""
     if "one_image" not in index.memo:
-        dims = index.infos[index.image].type.tensor_type.shape.dim
+        image = index.image
+        if image is None:
+            raise InvalidArgument(f"the model has {len(index.inputs)} inputs; a projection needs one, the image batch")
+        dims = index.infos[image].type.tensor_type.shape.dim
         if dims[0].HasField("dim_value") and dims[0].dim_value != 1:
             index.memo["one_image"] = None
         elif dims[0].HasField("dim_value"):
@@ -57,7 +61,7 @@ def one_image(index: GraphIndex) -> GraphIndex | None:
         else:
             model = onnx.ModelProto()
             model.CopyFrom(index.model)
-            batch = next(v for v in model.graph.input if v.name == index.image).type.tensor_type.shape.dim[0]
+            batch = next(v for v in model.graph.input if v.name == image).type.tensor_type.shape.dim[0]
             batch.Clear()
             batch.dim_value = 1
             del model.graph.value_info[:]
@@ -110,8 +114,9 @@ class Builder:
     def shape(self, name: str) -> list[int]:
         """Static shape of a forward tensor, its batch dimension as -1; an error if any other is unknown."""
         dims = self.index.shape(name)
-        if dims is None and name not in self.index.live and self.index.constant(name) is not None:
-            dims = list(self.index.constant(name).shape)
+        value = self.index.constant(name) if dims is None and name not in self.index.live else None
+        if value is not None:
+            dims = list(value.shape)
         if dims is None:
             raise FailedPrecondition(f"the shape of tensor {name!r} is unknown: shape inference could not fix it (export the model with static input dimensions)")
         batch = self.batch_axis(name)
@@ -119,9 +124,10 @@ class Builder:
             raise self.refuse(f"tensor {name!r} no longer has a batch axis (an op merged it with another); "
                               "projections keep the images of a batch apart")
         shape = [-1 if axis == batch else d for axis, d in enumerate(dims)]
-        if any(not isinstance(d, int) or (d <= 0 and axis != batch) for axis, d in enumerate(shape)):
+        static = [d for d in shape if isinstance(d, int)]
+        if len(static) < len(shape) or any(d <= 0 and axis != batch for axis, d in enumerate(static)):
             raise InvalidArgument(f"tensor {name!r} has a dynamic shape {dims}; only the batch dimension may vary")
-        return shape
+        return static
 
     def needs(self, name: str) -> bool:
         """Whether a forward tensor depends on the input, so a signal must reach it."""
@@ -169,7 +175,7 @@ class Builder:
             raise self.refuse(f"{what} along the batch axis mixes the images of a batch; this is not supported")
 
     # -- what the rules write ------------------------------------------------------------------
-    def const(self, value: np.ndarray | list | float, dtype=np.float32) -> str:
+    def const(self, value: np.ndarray | list | float, dtype: DTypeLike = np.float32) -> str:
         """A new initializer holding ``value``."""
         name = f"c{next(self._counter)}"
         self.initializers.append(numpy_helper.from_array(np.asarray(value, dtype=dtype), name))

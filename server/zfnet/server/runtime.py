@@ -114,6 +114,12 @@ def session(model_bytes: bytes, threads: int = 0) -> ort.InferenceSession:
     return ort.InferenceSession(model_bytes, options, providers=chosen)
 
 
+def tensors(session: ort.InferenceSession | FixedBatchSession, names: list[str], feeds: dict) -> list[np.ndarray]:
+    """Outputs ``names`` of one plain ``session.run``, as numpy arrays: zfnet fetches dense tensors
+    only (layers, the model's output), never onnxruntime's sequences, maps or sparse tensors."""
+    return [np.asarray(out) for out in session.run(names, feeds)]
+
+
 def run(session, names: list[str], feeds: dict, host: Collection[str] | None = None) -> dict:
     """Outputs ``names`` of one run, by name. On the CPU: ``session.run``, numpy out. On a device
     (:func:`device`): IO binding; ``feeds`` may hold device tensors (OrtValues) from an earlier run,
@@ -190,7 +196,7 @@ class FixedBatchSession:
             if short:
                 group = np.concatenate([group, np.zeros((short, *group.shape[1:]), group.dtype)])
             outputs = self.session.run(names, {**feeds, self.input_name: group}, *args)
-            parts.append([np.take(out, range(self.batch - short), axis=self._axis(name)) for name, out in zip(names, outputs)])
+            parts.append([np.take(np.asarray(out), range(self.batch - short), axis=self._axis(name)) for name, out in zip(names, outputs)])
         return [np.concatenate([p[k] for p in parts], axis=self._axis(name)) for k, name in enumerate(names)]
 
     def _axis(self, name: str) -> int:

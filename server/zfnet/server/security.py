@@ -119,7 +119,7 @@ class TokenAuth(grpc.ServerInterceptor):
         if details.method.startswith(HEALTH_PREFIX):
             return continuation(details)
         header = next((v for k, v in (details.invocation_metadata or ()) if k == AUTH_KEY), None)
-        if header is not None and header[: len(SCHEME)].lower() == SCHEME and self._valid(header[len(SCHEME):].strip()):
+        if isinstance(header, str) and header[: len(SCHEME)].lower() == SCHEME and self._valid(header[len(SCHEME):].strip()):
             return continuation(details)
         handler = continuation(details)
         if handler is None:

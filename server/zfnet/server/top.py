@@ -69,7 +69,7 @@ def scan(model: LoadedModel, source: Source, state: TopK, checkpoint_every: int 
     yield Progress(SCAN, 0, source.count, [])
     for batch in source.batches(model.input_shape):
         if len(batch.indices):
-            state.observe(dict(zip(names, model.session.run(names, {model.input_name: batch.inputs}))), batch.indices)
+            state.observe(dict(zip(names, runtime.tensors(model.session, names, {model.input_name: batch.inputs}))), batch.indices)
         state.cover(position, position + batch.read, batch.skipped)
         position += batch.read
         since += batch.read

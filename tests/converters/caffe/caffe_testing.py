@@ -12,6 +12,7 @@ import h5py
 import numpy as np
 import onnx
 import onnxruntime as ort
+from numpy.typing import ArrayLike
 from onnx import TensorProto, helper
 
 from zfnet.converters.caffe import caffe_pb2
@@ -54,10 +55,10 @@ def run(model: onnx.ModelProto, x: np.ndarray, names: Sequence[str] = ()) -> dic
     model.graph.output.extend(helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in names if n not in have)
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     outputs = [o.name for o in session.get_outputs()]
-    return dict(zip(outputs, session.run(None, {"data": np.asarray(x, np.float32)})))
+    return dict(zip(outputs, map(np.asarray, session.run(None, {"data": np.asarray(x, np.float32)}))))
 
 
-def assert_close(actual: np.ndarray, expected: np.ndarray, tol: float = 1e-5) -> None:
+def assert_close(actual: np.ndarray, expected: ArrayLike, tol: float = 1e-5) -> None:
     """Max-abs error within ``tol``, relative to the magnitude where values exceed 1."""
     expected = np.asarray(expected, np.float64)
     assert actual.shape == expected.shape, f"shape {actual.shape} != {expected.shape}"

@@ -65,7 +65,7 @@ def test_accuracy_matches_caffe(training_mean, test_set, net, snapshot):
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     images, labels = test_set
     output = model.graph.output[-1].name  # prob in the deploy net, ip2 in the train/test net (its loss is dropped)
-    scores = np.concatenate([session.run([output], {"data": images[i : i + 500]})[0] for i in range(0, len(images), 500)])
+    scores = np.concatenate([np.asarray(session.run([output], {"data": images[i : i + 500]})[0]) for i in range(0, len(images), 500)])
     accuracy = float((scores.argmax(axis=1) == labels).mean())
     print(f"{net} + {snapshot}: top-1 {accuracy:.2%} on {len(labels)} test images")
     assert accuracy >= SNAPSHOTS[snapshot]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import onnx
 import pytest
 from caffe_testing import assert_close, deploy, run, write_weights
 from PIL import Image
@@ -26,6 +27,13 @@ def images(tmp_path, rng):
         folder.mkdir(parents=True, exist_ok=True)
         Image.fromarray(image).save(folder / f"{i}.png")
     return tmp_path / "train", pixels
+
+
+def recorded(model: onnx.ModelProto) -> Preprocessing:
+    """The preprocessing a converted model records (it must record one)."""
+    text = get_metadata(model, PREPROCESSING_KEY)
+    assert text is not None, "no preprocessing recorded"
+    return Preprocessing.from_json(text)
 
 
 def test_compute_mean_is_the_per_pixel_mean_in_the_requested_order(images):
@@ -66,7 +74,7 @@ def test_channel_order_mean_values_and_scale_are_prepended(convert_net, rng):
     model = convert_net(deploy((1, 3, 2, 2), IDENTITY), {}, channel_order="bgr", mean_value=[10, 20, 30], scale=0.5)
     x = rng.uniform(0, 255, size=(2, 3, 2, 2))
     assert_close(run(model, x)["out"], (x[:, ::-1] - np.array([10, 20, 30])[:, None, None]) * 0.5)
-    assert Preprocessing.from_json(get_metadata(model, PREPROCESSING_KEY)) == Preprocessing("bgr", [10.0, 20.0, 30.0], None, [0.5], (2, 2))
+    assert recorded(model) == Preprocessing("bgr", [10.0, 20.0, 30.0], None, [0.5], (2, 2))
 
 
 def test_one_mean_value_applies_to_every_channel(convert_net, rng):
@@ -81,7 +89,7 @@ def test_larger_mean_file_is_centre_cropped(convert_net, tmp_path, rng):
     model = convert_net(deploy((1, 3, 4, 4), IDENTITY), {}, mean_file=tmp_path / "mean.binaryproto")
     x = rng.uniform(0, 255, size=(2, 3, 4, 4))
     assert_close(run(model, x)["out"], x - mean[:, 2:6, 1:5])
-    assert Preprocessing.from_json(get_metadata(model, PREPROCESSING_KEY)).mean_source == "mean.binaryproto (per pixel, 3x4x4, centre crop of 3x8x7)"
+    assert recorded(model).mean_source == "mean.binaryproto (per pixel, 3x4x4, centre crop of 3x8x7)"
 
 
 TRAIN_TEST = """name: "tt"
@@ -110,7 +118,8 @@ def test_classes_are_recorded(tmp_path, rng):
     net = tmp_path / "net.prototxt"
     net.write_text(deploy((1, 3, 2, 2), 'layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip" inner_product_param { num_output: 2 } }'))
     weights = write_weights(tmp_path, {"ip": [rng.normal(size=(2, 12)), rng.normal(size=2)]})["caffemodel"]
-    assert json.loads(get_metadata(convert(net, weights, classes=["cat", "dog"]), CLASSES_KEY)) == ["cat", "dog"]
+    classes = get_metadata(convert(net, weights, classes=["cat", "dog"]), CLASSES_KEY)
+    assert classes is not None and json.loads(classes) == ["cat", "dog"]
     assert get_metadata(convert(net, weights), CLASSES_KEY) is None
     with pytest.raises(InvalidArgument, match="3 class names for output 'ip' with 2 channels"):
         convert(net, weights, classes=["a", "b", "c"])
@@ -121,6 +130,6 @@ def test_channel_order_defaults_to_bgr_for_three_channels_only(tmp_path):
     for channels, order in ((3, "bgr"), (1, "rgb")):
         net = tmp_path / f"net{channels}.prototxt"
         net.write_text(deploy((1, channels, 2, 2), IDENTITY))
-        assert Preprocessing.from_json(get_metadata(convert(net, weights), PREPROCESSING_KEY)).channel_order == order
+        assert recorded(convert(net, weights)).channel_order == order
     with pytest.raises(InvalidArgument, match="channel order bgr needs 3 channels; the input has 1"):
         convert(tmp_path / "net1.prototxt", weights, channel_order="bgr")

@@ -466,6 +466,7 @@ def build(family: str, seed: int = 0) -> nn.Module:
     with torch.no_grad():
         for module in net.modules():
             if isinstance(module, nn.BatchNorm2d):
+                assert module.running_mean is not None and module.running_var is not None, "BatchNorm tracks running statistics"
                 module.running_mean.uniform_(-0.3, 0.3)
                 module.running_var.uniform_(0.5, 2.0)
                 module.weight.uniform_(0.5, 1.5)

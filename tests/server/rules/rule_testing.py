@@ -65,14 +65,14 @@ class Projector:
         self.sessions = {m: _session(p.model) for m, p in self.projections.items()}
 
     def forward(self, x: np.ndarray, names: list[str] | None = None) -> list[np.ndarray]:
-        return self.forward_session.run(names or [self.layer], {"x": x})
+        return [np.asarray(out) for out in self.forward_session.run(names or [self.layer], {"x": x})]
 
     def project(self, method: str, x: np.ndarray, g: np.ndarray, image_index: np.ndarray) -> np.ndarray:
         proj = self.projections[method]
         computed = [n for n in proj.forward_tensors if n != "x"]  # the image input is fed, like the engine does
         values = {"x": x, **dict(zip(computed, self.forward(x, [self.layer, *computed])[1:]))}
         feeds = {"signal": g, "image_index": image_index, **{"fwd/" + n: values[n] for n in proj.forward_tensors}}
-        return self.sessions[method].run(["reconstruction"], feeds)[0]
+        return np.asarray(self.sessions[method].run(["reconstruction"], feeds)[0])
 
 
 def assert_close(actual: np.ndarray, expected: np.ndarray, what: str) -> None:
@@ -165,7 +165,7 @@ def check(case: Case, seed_text: str, methods=METHODS) -> None:
             assert_close(rec, affine, f"{method} vs the onnxruntime Jacobian")
 
 
-def node(op: str, inputs: list[str], output: str = "y", **attrs) -> onnx.NodeProto:
+def node(op: str, inputs: list[str], output: str = "y", /, **attrs) -> onnx.NodeProto:
     return helper.make_node(op, inputs, [output], **attrs)
 
 

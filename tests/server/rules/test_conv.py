@@ -6,7 +6,7 @@ import pytest
 import torch.nn.functional as F
 from onnx import helper, numpy_helper
 
-from rule_testing import Case, T, check, make_model, node, same_pads, torch_pads, weights
+from rule_testing import Case, Reference, T, check, make_model, node, same_pads, torch_pads, weights
 
 
 def conv_case(cin=3, cout=4, k=3, size=(7, 7), stride=1, pads=None, dilation=1, group=1, auto_pad=None, bias=True, seed=0) -> Case:
@@ -85,12 +85,13 @@ def conv_transpose_case(cin=4, cout=3, k=3, size=(5, 5), stride=2, pad=0, output
         attrs["output_padding"] = [output_padding] * rank
     model = make_model([node("ConvTranspose", ["x", "w", "b"], **attrs)], (cin, *size), {"w": w, "b": b})
     transpose = {1: F.conv_transpose1d, 2: F.conv_transpose2d}[rank]
-    ref = None
+    ref: Reference | None = None
     if pads is None:  # torch pads symmetrically only
 
-        def ref(x, relu):
+        def transposed(x, relu):
             return transpose(x, T(w), T(b), stride, pad, output_padding, group, dilation)
 
+        ref = transposed
     return Case(model, (cin, *size), ref, affine=True)
 
 

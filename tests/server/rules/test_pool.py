@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rule_testing import Case, IMAGE_INDEX, METHODS, N_IMAGES, Projector, RELU, assert_close, check, make_model, node, same_pads, torch_pads, torch_vjp, weights
+from rule_testing import Case, IMAGE_INDEX, METHODS, N_IMAGES, Projector, Reference, RELU, assert_close, check, make_model, node, same_pads, torch_pads, torch_vjp, weights
 from zfnet.converters import expose
 
 
@@ -31,22 +31,24 @@ def pool_case(op: str, k=3, stride=2, pads=None, size=(8, 8), ceil_mode=0, chann
         nodes.insert(0, node(before, ["x"], "r"))
     model = make_model(nodes, (channels, *size))
     symmetric = pads[:rank] == pads[rank:]
-    ref = None
+    ref: Reference | None = None
     if op == "MaxPool":
-        pool = {1: F.max_pool1d, 2: F.max_pool2d}[rank]
+        max_pool = {1: F.max_pool1d, 2: F.max_pool2d}[rank]
 
-        def ref(x, relu):
+        def max_pooled(x, relu):
             x = relu(x) if before else x
             if not symmetric:
                 x = F.pad(x, torch_pads(pads), value=-math.inf)
-            return pool(x, k, stride, pads[:rank] if symmetric else 0, dilation or 1, bool(ceil_mode))
+            return max_pool(x, k, stride, pads[:rank] if symmetric else 0, dilation or 1, bool(ceil_mode))
 
+        ref = max_pooled
     elif symmetric and pads[0] * 2 <= k and not auto_pad:  # torch: pad at most half the kernel
-        pool = {1: F.avg_pool1d, 2: F.avg_pool2d}[rank]
+        average_pool = {1: F.avg_pool1d, 2: F.avg_pool2d}[rank]
 
-        def ref(x, relu):
-            return pool(x, k, stride, pads[:rank], bool(ceil_mode), bool(count_include_pad))
+        def average_pooled(x, relu):
+            return average_pool(x, k, stride, pads[:rank], bool(ceil_mode), bool(count_include_pad))
 
+        ref = average_pooled
     return Case(model, (channels, *size), ref, affine=op == "AveragePool")
 
 
@@ -97,7 +99,7 @@ def test_max_pool_ties_pick_the_first_max_like_torch(k, stride, pads):
     g = np.random.default_rng(1).standard_normal((len(IMAGE_INDEX), *y.shape[1:])).astype(np.float32)
     for method in METHODS:
         rec = projector.project(method, x, g, IMAGE_INDEX)
-        expected = torch_vjp(lambda t, relu: F.max_pool2d(t, k, stride, pads[0]), x[IMAGE_INDEX], g, None)[1]
+        expected = torch_vjp(lambda t, relu: F.max_pool2d(t, k, stride, pads[0]), x[IMAGE_INDEX], g, RELU[method])[1]
         assert_close(rec, expected, method)
 
 
@@ -192,10 +194,11 @@ def test_average_pool(name):
 def test_global_pool(op, size):
     model = make_model([node(op, ["x"])], (3, *size))
     axes = tuple(range(2, 2 + len(size)))
-    if op == "GlobalAveragePool":
-        def ref(x, relu):
-            return x.mean(axes, keepdim=True)
-    else:
-        def ref(x, relu):
-            return F.adaptive_max_pool2d(x, 1) if len(size) == 2 else F.adaptive_max_pool1d(x, 1)
-    check(Case(model, (3, *size), ref, affine=op == "GlobalAveragePool"), f"{op}-{size}")
+
+    def average(x, relu):
+        return x.mean(axes, keepdim=True)
+
+    def maximum(x, relu):
+        return F.adaptive_max_pool2d(x, 1) if len(size) == 2 else F.adaptive_max_pool1d(x, 1)
+
+    check(Case(model, (3, *size), average if op == "GlobalAveragePool" else maximum, affine=op == "GlobalAveragePool"), f"{op}-{size}")

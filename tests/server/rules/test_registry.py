@@ -115,7 +115,7 @@ def test_a_learned_layer_is_declared_by_its_weights():
 
 def test_an_entry_must_declare_its_receptive_field():
     with pytest.raises(TypeError, match="field"):
-        registry.op({"Thing": (1,)})
+        registry.op({"Thing": (1,)})  # pyright: ignore[reportCallIssue]  (the call leaves out field= on purpose)
 
 
 @pytest.mark.parametrize("opset, axis", [(11, 1), (13, -1)])

@@ -3,7 +3,10 @@ semantics, and against onnxruntime's exact Jacobian for every mode (they are lin
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
+import onnx
 import pytest
 import torch.nn.functional as F
 
@@ -13,7 +16,8 @@ SCALES_2X = np.array([1, 1, 2, 2], np.float32)
 EMPTY = np.zeros(0, np.float32)
 
 
-def resize(mode: str, coordinates: str | None = None, nearest: str | None = None, scales=SCALES_2X, sizes=None, opset=13, **attrs):
+def resize(mode: str, coordinates: str | None = None, nearest: str | None = None, scales: Sequence[float] | np.ndarray = SCALES_2X,
+           sizes: Sequence[int] | None = None, opset: int = 13, **attrs) -> onnx.ModelProto:
     """A Resize node on x (N, 2, 5, 6) with the given scales or sizes."""
     attrs = dict(attrs, mode=mode)
     if coordinates:
@@ -21,8 +25,7 @@ def resize(mode: str, coordinates: str | None = None, nearest: str | None = None
     if nearest:
         attrs["nearest_mode"] = nearest
     if sizes is not None:  # of the spatial axes (opset 18's axes): sizes of every axis would fix the batch
-        attrs["axes"] = [2, 3]
-        return make_model([node("Resize", ["x", "", "", "sizes"], **attrs)], (2, 5, 6), {"sizes": np.asarray(sizes, np.int64)}, opset=18)
+        return make_model([node("Resize", ["x", "", "", "sizes"], axes=[2, 3], **attrs)], (2, 5, 6), {"sizes": np.asarray(sizes, np.int64)}, opset=18)
     return make_model([node("Resize", ["x", "", "scales"], **attrs)], (2, 5, 6), {"scales": np.asarray(scales, np.float32)}, opset=opset)
 
 

@@ -147,13 +147,14 @@ def _split_input(net: caffe_pb2.NetParameter, layers: list[Layer], path: Path) -
     for name, dims in declared:
         if len(dims) != 4:
             raise InvalidArgument(f"{path}: input '{name}' has shape {dims}; zfnet needs a 4-D (N, C, H, W) image input")
-        inputs.append((name, dims[1:]))
+        inputs.append((name, [*dims[1:]]))
     if len(inputs) != 1:
         found = ", ".join(name for name, _ in inputs) or "none"
         raise InvalidArgument(f"{path}: zfnet converts nets with exactly one image input; found {len(inputs)} ({found})")
     top, chw = inputs[0]
     if len(chw) != 3:
-        raise InvalidArgument(f"{path}: data layer '{data_layer.name}' gives a {len(chw) + 1}-D shape; zfnet needs a 4-D (N, C, H, W) image input")
+        where = f"data layer '{data_layer.name}'" if data_layer is not None else f"input '{top}'"
+        raise InvalidArgument(f"{path}: {where} gives a {len(chw) + 1}-D shape; zfnet needs a 4-D (N, C, H, W) image input")
     return top, chw, data_layer, kept
 
 

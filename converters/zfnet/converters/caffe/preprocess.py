@@ -35,10 +35,10 @@ def resolve(
         raise InvalidArgument("give a mean file or mean values, not both")
     data = net.data_layer
     t = transform(data) if data is not None else None
-    if t is not None and mean_file is None and not mean_value:
+    if data is not None and t is not None and mean_file is None and not mean_value:
         if t.mean_file and t.mean_value:
             raise InvalidArgument(f"{net.path}: data layer '{data.name}' has both mean_file and mean_value; Caffe refuses that too")
-        mean_file = _find_mean_file(t.mean_file, net) if t.mean_file else None
+        mean_file = _find_mean_file(t.mean_file, net, data.name) if t.mean_file else None
         mean_value = list(t.mean_value)
     if scale is None:
         scale = t.scale if t is not None else 1.0
@@ -51,14 +51,15 @@ def resolve(
     if mean_file is not None:
         full = read_binaryproto(mean_file)
         channels = channels or full.shape[0]
-        if height is None:  # Caffe: without crop_size the data has the mean's size
+        if height is None or width is None:  # Caffe: without crop_size the data has the mean's size
             height, width = full.shape[1:]
         mean_array = _centre_crop(full, (channels, height, width), mean_file)
         cropped = "" if full.shape == mean_array.shape else f", centre crop of {'x'.join(map(str, full.shape))}"
         mean_source = f"{Path(mean_file).name} (per pixel, {'x'.join(map(str, mean_array.shape))}{cropped})"
     if height is None or width is None:
+        where = f"the TEST data layer '{data.name}' ({data.type})" if data is not None else "the net"
         raise InvalidArgument(
-            f"{net.path}: the TEST data layer '{data.name}' ({data.type}) does not give the image size (no crop_size); "
+            f"{net.path}: {where} does not give the image size (no crop_size); "
             "pass --input-size H,W (input_size=(H, W)) or a mean file of that size"
         )
     mean_value = [float(v) for v in mean_value or []]
@@ -80,13 +81,13 @@ def resolve(
     return preprocessing, mean_array, (int(channels), int(height), int(width))
 
 
-def _find_mean_file(name: str, net: NetDef) -> Path:
-    """A data layer's mean_file as written, else next to the prototxt."""
+def _find_mean_file(name: str, net: NetDef, layer: str) -> Path:
+    """Data layer ``layer``'s mean_file as written, else next to the prototxt."""
     for candidate in (Path(name), net.path.parent / name):
         if candidate.is_file():
             return candidate
     raise InvalidArgument(
-        f"{net.path}: the TEST data layer '{net.data_layer.name}' uses mean_file {name}, which does not exist on this machine; "
+        f"{net.path}: the TEST data layer '{layer}' uses mean_file {name}, which does not exist on this machine; "
         "pass --mean-file (mean_file=...) with that mean, or --mean-value"
     )
 

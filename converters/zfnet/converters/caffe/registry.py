@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
+from numpy.typing import ArrayLike, DTypeLike
 from onnx import helper, numpy_helper
 
 from zfnet.converters.caffe import caffe_pb2
@@ -91,7 +92,7 @@ class Builder:
         """A top index -> its tensor name; a suffix -> the internal name ``<layer>:<suffix>``."""
         return self.top(out) if isinstance(out, int) else f"{self.layer}:{out}"
 
-    def const(self, suffix: str, array: np.ndarray | Sequence[float], dtype: type = np.float32) -> str:
+    def const(self, suffix: str, array: ArrayLike, dtype: DTypeLike = np.float32) -> str:
         """Add an initializer ``<layer>:<suffix>``; returns its name."""
         name = self.name(suffix)
         self.initializers.append(numpy_helper.from_array(np.asarray(array, dtype=dtype), name))
@@ -99,7 +100,7 @@ class Builder:
 
     def node(self, op: str, inputs: Sequence[str], out: int | str | Sequence[int | str] = 0, **attrs) -> str:
         """Add a node; ``out`` is a top index, an internal suffix, or a list of them. Returns the first output's name."""
-        outs = [self.name(o) for o in (out if isinstance(out, (list, tuple)) else [out])]
+        outs = [self.name(o) for o in ([out] if isinstance(out, (int, str)) else out)]
         self.nodes.append(helper.make_node(op, list(inputs), outs, name=outs[0], **attrs))
         return outs[0]
 

@@ -78,6 +78,7 @@ def export(
             )
         except Exception as err:  # torch.export failures come in many types
             raise InvalidArgument(f"torch.onnx.export failed: {str(err).splitlines()[0]}") from None
+    assert program is not None, "torch.onnx.export returns the program with dynamo=True"
     model = program.model_proto
     onnxscript.optimizer.fold_constants(model)  # folds the exporter's shape arithmetic; keeps BatchNorm
     onnxscript.optimizer.remove_unused_nodes(model)

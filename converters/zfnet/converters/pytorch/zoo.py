@@ -24,6 +24,9 @@ CIFAR10_STD = (63.0, 62.1, 66.7)
 class Preprocess(nn.Module):
     """``(x - mean) / std`` per channel, on RGB input in 0..255; exported as Sub and Div at the graph's input."""
 
+    mean: torch.Tensor  # buffers, (1, C, 1, 1)
+    std: torch.Tensor
+
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))

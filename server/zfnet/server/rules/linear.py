@@ -96,7 +96,7 @@ def _matmul_grad(b, node, product: str, i: int) -> str:
     return b.reshape(product, shape) if len(padded) != len(shape) else product
 
 
-def _matmul_batch(index, node, axes):
+def _matmul_batch(index, node, axes) -> list[int | None]:
     """Batched factors keep their batch axis, aligned from the right; a vector factor drops its axis."""
     ranks = [len(index.shape(name) or []) for name in node.input]
     out_rank = len(index.shape(node.output[0]) or [])
@@ -145,7 +145,7 @@ def _einsum_field(index, node, spans, i) -> Span:
     return tuple(out[out_term.index(c)] if c in out_term and "." not in out_term else None for c in terms[i])
 
 
-def _einsum_batch(index, node, axes):
+def _einsum_batch(index, node, axes) -> list[int | None]:
     terms, out_term = _terms(node)
     for term, axis in zip(terms, axes):
         if axis is not None and axis < len(term) and term[axis] in out_term:

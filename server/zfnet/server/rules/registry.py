@@ -128,11 +128,11 @@ def same_batch(index: GraphIndex, node: Node, axes: list[int | None]) -> list[in
     if source is None:
         return [None] * len(node.output)
     in_rank = len(index.shape(source[0]) or [])
-    out = []
+    out: list[int | None] = []
     for name in node.output:
         shape = index.shape(name)
         axis = None if shape is None else source[1] + len(shape) - in_rank
-        out.append(axis if axis is not None and 0 <= axis < len(shape) else None)
+        out.append(axis if shape is not None and axis is not None and 0 <= axis < len(shape) else None)
     return out
 
 
@@ -228,15 +228,22 @@ def supported() -> str:
 
 
 # -- receptive-field mappings -----------------------------------------------------------------------
-def union(spans: list[Span | None]) -> Span | None:
-    """The smallest span holding all ``spans`` (of one tensor); None when there is none."""
-    spans = [s for s in spans if s is not None]
-    if not spans:
+def union(spans: list[Span | None]) -> Span:
+    """The smallest span holding all ``spans`` (of one tensor) that are not None, of which there
+    must be one (a field map's: the receptive-field walk maps a node back only when one of its
+    outputs is under a span)."""
+    present = [s for s in spans if s is not None]
+    if not present:
+        raise ValueError("the union of no spans")
+    return tuple(_hull([s[a] for s in present]) for a in range(len(present[0])))
+
+
+def _hull(ranges: list[tuple[int, int] | None]) -> tuple[int, int] | None:
+    """The smallest (lo, hi) holding all ``ranges`` of one axis; None (all of it) when any is None."""
+    bounded = [r for r in ranges if r is not None]
+    if len(bounded) < len(ranges):
         return None
-    return tuple(
-        None if any(s[a] is None for s in spans) else (min(s[a][0] for s in spans), max(s[a][1] for s in spans))
-        for a in range(len(spans[0]))
-    )
+    return (min(lo for lo, _ in bounded), max(hi for _, hi in bounded))
 
 
 def broadcast_span(in_shape: list, out_shape: list, out: Span) -> Span:

@@ -121,8 +121,9 @@ def resize_matrices(index, node) -> dict[int, np.ndarray]:
 def _field(index, node, spans, i) -> Span:
     out = list(union(spans))
     for axis, matrix in resize_matrices(index, node).items():
-        if out[axis] is not None:
-            lo, hi = out[axis]
+        span = out[axis]
+        if span is not None:
+            lo, hi = span
             columns = np.nonzero(matrix[lo : hi + 1].any(axis=0))[0]
             out[axis] = (int(columns.min()), int(columns.max()))
     return tuple(out)

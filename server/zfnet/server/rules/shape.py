@@ -47,7 +47,7 @@ def _no_batch(index, node, axes) -> list[int | None]:
     from_shape=lambda dims, attrs: np.asarray(dims[attrs.get("start", 0) : attrs.get("end")], np.int64))
 @op({"Size": (1, 13, 19, 21, 23, 24, 25)}, field=_reads_no_values, batch=_no_batch,
     from_shape=lambda dims, attrs: np.asarray(int(np.prod(dims)), np.int64))
-def shape_of(b, node, signals):
+def shape_of(b, node, signals) -> list[str | None]:
     """The output depends on the input's shape, not on its values: no signal goes back."""
     return [None]
 
@@ -121,7 +121,7 @@ def _reshape_field(index, node, spans, i) -> Span:
     return tuple(span)
 
 
-def _reshape_batch(index, node, axes):
+def _reshape_batch(index, node, axes) -> list[int | None]:
     batch = axes[0]
     in_shape, out_shape = _sized(index.shape(node.input[0]) or []), _sized(index.shape(node.output[0]) or [])
     groups = reshape_groups(in_shape, out_shape) if batch is not None else None
@@ -252,7 +252,7 @@ def _gather_field(index, node, spans, i) -> Span:
     return (*out[:axis], (int(picked.min()), int(picked.max())), *out[axis + k :])
 
 
-def _gather_batch(index, node, axes):
+def _gather_batch(index, node, axes) -> list[int | None]:
     batch = axes[0]
     if batch is None:
         return [None]
@@ -282,11 +282,12 @@ def _slice_params(index, node) -> dict[int, list[int]]:
         axes, steps = node.attrs.get("axes") or list(range(len(starts))), [1] * len(starts)
     else:
         values = [index.constant(n) if n else None for n in [*node.input[1:], "", ""][:4]]
-        if any(v is None for v, n in zip(values, node.input[1:]) if n):
+        given_starts, given_ends, given_axes, given_steps = values
+        if given_starts is None or given_ends is None or any(v is None for v, n in zip(values, node.input[1:]) if n):
             raise InvalidArgument(f"{node.label}: only constant starts, ends, axes and steps are supported")
-        starts, ends = values[0].tolist(), values[1].tolist()
-        axes = values[2].tolist() if values[2] is not None else list(range(len(starts)))
-        steps = values[3].tolist() if values[3] is not None else [1] * len(starts)
+        starts, ends = given_starts.tolist(), given_ends.tolist()
+        axes = given_axes.tolist() if given_axes is not None else list(range(len(starts)))
+        steps = given_steps.tolist() if given_steps is not None else [1] * len(starts)
     picked = {}
     for start, end, axis, step in zip(starts, ends, axes, steps):
         axis %= len(shape)
@@ -309,8 +310,9 @@ def _slice_params(index, node) -> dict[int, list[int]]:
 def _slice_field(index, node, spans, i) -> Span | None:
     out = list(union(spans))
     for axis, positions in _slice_params(index, node).items():
-        if out[axis] is not None:
-            chosen = positions[out[axis][0] : out[axis][1] + 1]
+        span = out[axis]
+        if span is not None:
+            chosen = positions[span[0] : span[1] + 1]
             if not chosen:
                 return None
             out[axis] = (min(chosen), max(chosen))
@@ -352,8 +354,9 @@ def _pads(index, node) -> tuple[str, dict[int, tuple[int, int]]]:
 def _pad_field(index, node, spans, i) -> Span:
     out = list(union(spans))
     for axis, (begin, _) in _pads(index, node)[1].items():
-        if out[axis] is not None:
-            out[axis] = (out[axis][0] - begin, out[axis][1] - begin)
+        span = out[axis]
+        if span is not None:
+            out[axis] = (span[0] - begin, span[1] - begin)
     return tuple(out)
 
 
