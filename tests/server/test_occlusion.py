@@ -173,10 +173,10 @@ def test_cancelling_mid_stream_stops_the_work_and_the_server_keeps_serving(conn:
     ended = threading.Event()
     scope, advance, run = admission.rpc_scope, perturbation.Tracker.advance, occlusion.run
 
-    def watched_scope(remaining_s, on_end):
+    def watched_scope(budget, remaining_s, on_end, active=None):
         calls.append(threading.Event())
         on_end(calls[-1].set)  # gRPC runs a call's callbacks once the call is over: here, cancelled
-        return scope(remaining_s, on_end)
+        return scope(budget, remaining_s, on_end, active)
 
     def held_advance(self, n, stage):
         batches.append(n)

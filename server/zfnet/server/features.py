@@ -8,14 +8,17 @@ adaptive-average-pool bins, as probing protocols do) and flattened to one row of
 image. ``pixels`` is the model input itself (RGB 0..255 at the model's input size, before the
 graph's own preprocessing): the raw-pixel baseline a probe compares against.
 
-Free of gRPC: the servicer streams :func:`run`'s output through the engine. What a job asks and
+Free of gRPC: the servicer streams :func:`job`'s batches through the engine. What a job asks and
 returns (its layers, :class:`~zfnet.wire.features.Pooling`, rows) is :mod:`zfnet.wire.features`.
+Each batch is read and computed inside its own reservation of the memory budget, its size lowered
+to fit when the one asked for does not (:func:`job`).
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 
 import numpy as np
 import onnx
@@ -24,6 +27,7 @@ from onnx import TensorProto, helper, numpy_helper
 from zfnet.converters.graph import IR_VERSION, OPSET
 from zfnet.errors import InvalidArgument
 from zfnet.server import runtime
+from zfnet.server.admission import FORWARD_FACTOR, NO_BUDGET, Cost, Estimate
 from zfnet.server.datasets import Batch, Source
 from zfnet.server.layers import resolve
 from zfnet.server.models import LoadedModel
@@ -212,3 +216,36 @@ def run(model: LoadedModel, layers: Sequence[FeatureSpec], source: Source, dtype
         else:
             rows = [np.zeros((0, layer.size), stored) for layer in layers]
         yield batch, rows
+
+
+def batch_cost(model: LoadedModel, layers: Sequence[FeatureSpec], source: Source, dtype: str) -> Cost:
+    """What one batch of a features job allocates: its input (and the next batch, decoded ahead), a
+    forward pass, the feature rows (computed and sent), and the images being decoded."""
+    footprint = model.footprint
+    rows = sum(layer.size for layer in layers) * feature_dtype(dtype).itemsize
+    return Cost(
+        f"Features of {len(layers)} layer(s), {{n}} images per batch",
+        {"input batch": 2 * footprint.input, "forward pass": FORWARD_FACTOR * footprint.forward, "feature rows": 2 * rows},
+        {"image decoding": source.decoding},
+    )
+
+
+def job(model: LoadedModel, layers: Sequence[FeatureSpec], source: Source, dtype: str = "float32") -> tuple[Source, Iterator[tuple[Batch, list[np.ndarray]]]]:
+    """The source with its batch lowered to fit a share of the budget (when the one asked for does
+    not), and its batches with their rows (:func:`run`), each read and computed inside its own
+    reservation; an empty reservation for the whole job keeps the model loaded and the server from
+    going idle (and handing memory back) between batches."""
+    cost = batch_cost(model, layers, source, dtype)
+    fitted = replace(source, batch_size=cost.fit(source.batch_size, model.room(NO_BUDGET)))
+
+    def batches() -> Iterator[tuple[Batch, list[np.ndarray]]]:
+        items = run(model, layers, fitted, dtype)
+        with model.reserve(Estimate(cost.what.format(n=fitted.batch_size), {})):
+            while True:
+                with model.reserve(cost.estimate(fitted.batch_size)):
+                    item = next(items, None)
+                if item is None:
+                    return
+                yield item
+
+    return fitted, batches()
