@@ -19,7 +19,9 @@ What a client streams is counted from the moment it arrives: each call has a :cl
 grows with every request message received (waiting for room like a request) and shrinks as the
 messages are consumed (an upload's bytes become a model, streamed images are decoded). A job over
 many items (a data set, perturbed copies) fits its batch to :func:`room` with a :class:`Cost` and
-admits each batch in turn; a call the client cancelled stops at its next admission
+runs inside one reservation for its state and one batch at a time (and, for images its client
+streams, :func:`streamed_room`): nothing inside a job waits for room, so jobs never wait on each
+other's progress. A call the client cancelled stops at its next batch or admission
 (:func:`check_active`).
 
 Estimates are upper bounds measured on this project's models (see docs/security.md); an
@@ -63,7 +65,7 @@ REPLY_HEADROOM = 0.97  # a reply may use this share of the message limit (the re
 FORWARD_FACTOR = 2  # a forward pass allocates up to about this many times its exposed outputs (measured: 1.4-1.6)
 NO_BUDGET = 1 << 40  # the room of a job outside any budget (nothing is lowered)
 JOB_SHARE = 0.25  # a batch of a job (data set, perturbed copies) is fitted to this share of the budget
-RECEIVED_FACTOR = 2  # a request message held: its bytes, and what is decoded from them (image bytes, a chunk appended)
+STREAMED_SHARE = 0.125  # a job's streamed images not yet decoded may take this share of the budget
 
 # The gRPC deadline of the call being served (monotonic seconds), set by the servicer.
 deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("zfnet_deadline", default=None)
@@ -110,20 +112,41 @@ def rpc_scope(
 
 
 def received(message: object) -> None:
-    """Count a request message the call being served has just received (protobuf ``ByteSize``),
-    with what is decoded from it, until :func:`consumed` or the call's end; waits for room, or
-    refuses with RESOURCE_EXHAUSTED. Outside a call, nothing."""
+    """Count a request message the call being served has just received (protobuf ``ByteSize``;
+    what is decoded from it replaces it) until :func:`consumed` or the call's end; waits for room,
+    or refuses with RESOURCE_EXHAUSTED (see :class:`Lease`). Outside a call, nothing."""
     lease = _lease.get()
     size = getattr(message, "ByteSize", None)
     if lease is not None and size is not None:
-        lease.grow(RECEIVED_FACTOR * size())
+        lease.grow(size())
 
 
 def consumed(nbytes: int) -> None:
     """What the call received and has now consumed (about ``nbytes`` of message bytes) no longer counts."""
     lease = _lease.get()
     if lease is not None:
-        lease.shrink(RECEIVED_FACTOR * nbytes)
+        lease.shrink(nbytes)
+
+
+@contextmanager
+def covering(nbytes: int) -> Iterator[None]:
+    """Inside a job whose reservation holds ``nbytes`` for the messages its call streams: the
+    call's lease uses them instead of waiting for room (more is refused at once, see :class:`Lease`)."""
+    lease = _lease.get()
+    if lease is None:
+        yield
+        return
+    lease.covered += nbytes
+    try:
+        yield
+    finally:
+        lease.covered -= nbytes
+        lease.nbytes = min(lease.nbytes, lease.charged)  # what the job held for is dropped with it
+
+
+def streamed_room(budget: MemoryBudget | None) -> int:
+    """The bytes a job holds for the images its client streams (:func:`covering`)."""
+    return int(budget.limit * STREAMED_SHARE) if budget is not None else 0
 
 
 def room(budget: MemoryBudget | None, default: int) -> int:
@@ -262,9 +285,10 @@ class Cost:
         return Estimate(self.what.format(n=n), parts)
 
     def fit(self, wanted: int, room: int) -> int:
-        """The largest batch of at most ``wanted`` items that fits ``room`` bytes; at least 1."""
+        """The largest batch of at most ``wanted`` items whose items fit ``room`` bytes; at least 1
+        (the fixed parts are the job's, whatever its batch)."""
         each = max(1, sum(self.per_item.values()))
-        return max(1, min(wanted, (room - sum(self.fixed.values())) // each))
+        return max(1, min(wanted, room // each))
 
 
 def check_reply(nbytes: int, what: str, advice: str) -> None:
@@ -319,18 +343,35 @@ class _Resident:
 
 
 class Lease:
-    """Bytes reserved as they arrive (see :meth:`MemoryBudget.lease`): :meth:`grow` waits for room
-    (or refuses), :meth:`shrink` gives some back; the rest goes when the lease ends."""
+    """What a call has received and not yet consumed (see :meth:`MemoryBudget.lease`). Outside a
+    job, each :meth:`grow` is charged to the budget (waiting for room, or refused when it can never
+    fit); inside a job (:func:`covering`) the job's own reservation covers up to ``covered`` bytes,
+    and more is refused at once, so a job never waits on room that only its own progress frees.
+    :meth:`shrink` gives bytes back; the rest goes when the lease ends."""
 
     def __init__(self, budget: MemoryBudget, what: str) -> None:
-        self.budget, self.what, self.nbytes = budget, what, 0
+        self.budget, self.what = budget, what
+        self.nbytes = 0  # received and not consumed
+        self.charged = 0  # of which charged to the budget (the rest is covered by the call's job)
+        self.covered = 0
 
     def grow(self, nbytes: int) -> None:
-        if nbytes > 0:
-            self.budget._grow(self, int(nbytes))
+        if nbytes <= 0:
+            return
+        excess = self.nbytes + nbytes - self.covered - self.charged
+        if excess > 0 and self.covered:
+            raise ResourceExhausted(
+                f"{self.what}: {fmt_bytes(self.nbytes + nbytes)} received and not yet decoded, over the {fmt_bytes(self.covered)} "
+                "this server holds for a job's streamed images; send smaller ImageBatch messages",
+                reason="OVER_MEMORY_BUDGET", metadata={"limit": self.covered, "requested": self.nbytes + nbytes},
+            )
+        if excess > 0:
+            self.budget._grow(self, excess)
+        self.nbytes += nbytes
 
     def shrink(self, nbytes: int) -> None:
-        self.budget._shrink(self, int(nbytes))
+        self.nbytes = max(0, self.nbytes - max(0, nbytes))
+        self.budget._shrink(self, self.charged - max(0, self.nbytes - self.covered))
 
 
 class MemoryBudget:
@@ -435,9 +476,9 @@ class MemoryBudget:
             yield lease
         finally:
             with self._cond:
-                self._requests -= lease.nbytes
-                self._released += lease.nbytes
-                lease.nbytes = 0
+                self._requests -= lease.charged
+                self._released += lease.charged
+                lease.nbytes = lease.charged = 0
                 self._running -= 1
                 now = self._idle()
                 self._cond.notify_all()
@@ -446,17 +487,17 @@ class MemoryBudget:
 
     def _grow(self, lease: Lease, nbytes: int) -> None:
         check_active()
-        estimate = Estimate(lease.what, {"received": lease.nbytes + nbytes})
+        estimate = Estimate(lease.what, {"received": lease.charged + nbytes})
         with self._cond:
-            victims = self._admit(estimate, nbytes, [], self._deadline(None), held=lease.nbytes)
+            victims = self._admit(estimate, nbytes, [], self._deadline(None), held=lease.charged)
             self._requests += nbytes
-            lease.nbytes += nbytes
+            lease.charged += nbytes
         self._evict(victims)
 
     def _shrink(self, lease: Lease, nbytes: int) -> None:
         with self._cond:
-            given = min(max(0, nbytes), lease.nbytes)
-            lease.nbytes -= given
+            given = min(max(0, nbytes), lease.charged)
+            lease.charged -= given
             self._requests -= given
             self._released += given
             self._cond.notify_all()

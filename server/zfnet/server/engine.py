@@ -133,8 +133,8 @@ class Engine:
         return row, found
 
     def occlusion(self, model: LoadedModel, request: OcclusionRequest) -> Steps[OcclusionResult]:
-        """Occlusion sensitivity of the request's images (see :func:`zfnet.server.occlusion.run`), its
-        images, results and reply admitted for the whole call, each batch of copies in turn."""
+        """Occlusion sensitivity of the request's images (see :func:`zfnet.server.occlusion.run`), admitted
+        for the whole call: its images, the projections, results and reply, and one batch of copies at a time."""
         n, (height, width) = len(request.images), model.input_shape[2:]
         where = occlusion.grid(height, width, request.size, request.stride)
         row = perturbation.last_conv(model) if request.layer is None else resolve(model.layers, request.layer)
@@ -142,9 +142,10 @@ class Engine:
         maps = where.count * 4 * (3 + (classes if request.all_classes else 0)) + model.footprint.input
         what = f"Occlusion of {n} image(s), {where.count} positions each"
         check_reply(n * maps, what, "send fewer images, or a larger stride")
-        estimate = self.estimate(
-            model, request.images, what, unperturbed_outputs=n * (model.footprint.tensors.get(row.name, 0) + 4 * classes),
-            results=n * (where.count * 4 * (classes + 1) + maps), reply=2 * n * maps, projection=self._projection_build(model, row.name, "deconvnet"),
+        names = list(dict.fromkeys([row.name, model.output_name]))
+        estimate = self._perturbing(
+            model, request.images, what, request.max_batch, names, results=n * (where.count * 4 * (classes + 1) + maps), reply=2 * n * maps,
+            projections=n * (model.footprint.tensors.get(row.name, 0) + 3 * model.footprint.input), projection_build=self._projection_build(model, row.name, "deconvnet"),
         )
         with self.admit(model, estimate):
             return (yield from occlusion.run(
@@ -160,8 +161,8 @@ class Engine:
         curves = n * values * 4 * (len(rows) + 1)
         what = f"Invariance of {n} image(s), {values} transformation values"
         check_reply(curves, what, "send fewer images or values")
-        outputs = sum(model.footprint.tensors.get(r.name, 0) for r in rows) + 4 * self._classes(model)
-        estimate = self.estimate(model, request.images, what, unperturbed_outputs=n * outputs, results=2 * curves, reply=2 * curves)
+        names = list(dict.fromkeys([*(r.name for r in rows), model.output_name]))
+        estimate = self._perturbing(model, request.images, what, request.max_batch, names, results=2 * curves, reply=2 * curves)
         with self.admit(model, estimate):
             return (yield from invariance.run(
                 model, self.batch(model, request.images), request.sweeps, request.layers, request.border, request.fill, request.true_classes,
@@ -174,10 +175,11 @@ class Engine:
         trials = correspondence.DEFAULT_TRIALS if request.random_trials is None else max(0, request.random_trials)
         sets = len(request.parts) * (1 + trials)
         rows = perturbation.layers_or(model, list(request.layers or []), [perturbation.last_conv, perturbation.last_hidden])
-        features_bytes = sum(model.footprint.tensors.get(r.name, 0) for r in rows)  # float32: 4 bytes a feature, its sign 1
+        names = [r.name for r in rows]
+        features_bytes = sum(model.footprint.tensors.get(name, 0) for name in names)  # float32: 4 bytes a feature, its sign 1
         what = f"Correspondence of {n} image(s), {sets} mask sets"
-        estimate = self.estimate(
-            model, request.images, what, unperturbed_outputs=n * features_bytes, signs=2 * sets * n * features_bytes // 4,
+        estimate = self._perturbing(
+            model, request.images, what, request.max_batch, names, signs=2 * sets * n * features_bytes // 4,
             distances=sets * n * n * 8 * len(rows), reply=2 * len(rows) * sets * (n * n * 4 + n * 32),
         )
         with self.admit(model, estimate):
@@ -185,6 +187,15 @@ class Engine:
                 model, self.batch(model, request.images), request.parts, request.boxes, request.random_trials, request.seed,
                 request.layers, request.fill, request.max_batch, [image.label for image in request.images],
             ))
+
+    def _perturbing(self, model: LoadedModel, images: list[ImageInput], what: str, max_batch: int, names: list[str], **parts: int) -> Estimate:
+        """A perturbation request's estimate: its images (:meth:`estimate`: their batch, the largest
+        decode, a forward pass), the unperturbed outputs of ``names`` kept, the analysis' ``parts``,
+        and one batch of copies (:func:`zfnet.server.perturbation.batch_cost`) at a time."""
+        copies = perturbation.copies_per_batch(model, max_batch)
+        batch = perturbation.batch_cost(model, names).estimate(copies)
+        kept = len(images) * sum(model.footprint.tensors.get(name, 0) for name in names)
+        return self.estimate(model, images, what, unperturbed_outputs=kept, **parts, **{f"batch of {copies} copies": batch.total})
 
     @staticmethod
     def _classes(model: LoadedModel) -> int:

@@ -10,7 +10,7 @@ graph's own preprocessing): the raw-pixel baseline a probe compares against.
 
 Free of gRPC: the servicer streams :func:`job`'s batches through the engine. What a job asks and
 returns (its layers, :class:`~zfnet.wire.features.Pooling`, rows) is :mod:`zfnet.wire.features`.
-Each batch is read and computed inside its own reservation of the memory budget, its size lowered
+A job runs inside one reservation of the memory budget, for one batch at a time, its size lowered
 to fit when the one asked for does not (:func:`job`).
 """
 
@@ -26,9 +26,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 from zfnet.converters.graph import IR_VERSION, OPSET
 from zfnet.errors import InvalidArgument
-from zfnet.server import runtime
-from zfnet.server.admission import FORWARD_FACTOR, NO_BUDGET, Cost, Estimate
-from zfnet.server.datasets import Batch, Source
+from zfnet.server import admission, runtime
+from zfnet.server.admission import FORWARD_FACTOR, NO_BUDGET, Cost, check_active, streamed_room
+from zfnet.server.datasets import Batch, Source, StreamedSource
 from zfnet.server.layers import resolve
 from zfnet.server.models import LoadedModel
 from zfnet.wire.features import NONE, PIXELS, FeatureSpec, Pooling
@@ -219,31 +219,31 @@ def run(model: LoadedModel, layers: Sequence[FeatureSpec], source: Source, dtype
 
 
 def batch_cost(model: LoadedModel, layers: Sequence[FeatureSpec], source: Source, dtype: str) -> Cost:
-    """What one batch of a features job allocates: its input (and the next batch, decoded ahead), a
-    forward pass, the feature rows (computed and sent), and the images being decoded."""
+    """What a features job holds: per image of a batch its input (and the next batch's, decoded
+    ahead), a forward pass and the feature rows (computed and sent); the images being decoded and,
+    when its client streams them, the images received and not yet decoded."""
     footprint = model.footprint
     rows = sum(layer.size for layer in layers) * feature_dtype(dtype).itemsize
     return Cost(
         f"Features of {len(layers)} layer(s), {{n}} images per batch",
         {"input batch": 2 * footprint.input, "forward pass": FORWARD_FACTOR * footprint.forward, "feature rows": 2 * rows},
-        {"image decoding": source.decoding},
+        {"image decoding": source.decoding, "streamed images": streamed_room(model.budget) if isinstance(source, StreamedSource) else 0},
     )
 
 
 def job(model: LoadedModel, layers: Sequence[FeatureSpec], source: Source, dtype: str = "float32") -> tuple[Source, Iterator[tuple[Batch, list[np.ndarray]]]]:
     """The source with its batch lowered to fit a share of the budget (when the one asked for does
-    not), and its batches with their rows (:func:`run`), each read and computed inside its own
-    reservation; an empty reservation for the whole job keeps the model loaded and the server from
-    going idle (and handing memory back) between batches."""
+    not), and its batches with their rows (:func:`run`), all inside one reservation of the budget
+    for the job (:func:`batch_cost`); a cancelled call stops before its next batch."""
     cost = batch_cost(model, layers, source, dtype)
     fitted = replace(source, batch_size=cost.fit(source.batch_size, model.room(NO_BUDGET)))
 
     def batches() -> Iterator[tuple[Batch, list[np.ndarray]]]:
         items = run(model, layers, fitted, dtype)
-        with model.reserve(Estimate(cost.what.format(n=fitted.batch_size), {})):
+        with model.reserve(cost.estimate(fitted.batch_size)), admission.covering(cost.fixed["streamed images"]):
             while True:
-                with model.reserve(cost.estimate(fitted.batch_size)):
-                    item = next(items, None)
+                check_active()
+                item = next(items, None)
                 if item is None:
                     return
                 yield item

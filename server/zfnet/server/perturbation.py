@@ -12,9 +12,9 @@ return their result (a type of :mod:`zfnet.wire`), so the gRPC layer streams pro
 in-process caller runs them with :func:`complete`.
 
 Memory: a batch of copies is fitted to a share of the server's budget (:func:`copies_per_batch`,
-:func:`zfnet.server.admission.room`) and each batch (and each chunk of the unperturbed forward
-pass) runs inside its own reservation of that budget; what the whole request keeps (its images,
-the unperturbed outputs, the results, the reply) is admitted by the engine before it starts.
+:func:`zfnet.server.admission.room`); the engine admits the whole request before it starts: its
+images, the unperturbed outputs, the results, the reply, and one batch at a time
+(:func:`batch_cost`). A cancelled call stops before its next batch.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from onnx import numpy_helper
 from zfnet.converters.graph import MEAN_INITIALIZER
 from zfnet.errors import InvalidArgument, ResourceExhausted
 from zfnet.server import runtime
-from zfnet.server.admission import Cost
+from zfnet.server.admission import FORWARD_FACTOR, Cost, check_active
 from zfnet.server.outputs import probabilities, softmax
 from zfnet.server.layers import Layer, resolve
 from zfnet.server.models import LoadedModel
@@ -91,37 +91,32 @@ def bytes_per_copy(model: LoadedModel) -> int:
 
 
 def copies_per_batch(model: LoadedModel, max_batch: int = 0, budget: int | None = None) -> int:
-    """Copies per forward pass: what ``budget`` bytes hold by :func:`bytes_per_copy` (default: the
-    share of the server's budget a batch is fitted to, or :data:`MEMORY_BUDGET` outside a server),
-    at most ``max_batch`` when given (> 0: a larger one is lowered to fit), at most :data:`MAX_COPIES`."""
+    """Copies per forward pass: what ``budget`` bytes hold by :func:`batch_cost` (default: the share
+    of the server's budget a batch is fitted to, or :data:`MEMORY_BUDGET` outside a server), at most
+    ``max_batch`` when given (> 0: a larger one is lowered to fit), at most :data:`MAX_COPIES`."""
     if max_batch < 0:
         raise InvalidArgument(f"max_batch must be 0 (as memory allows) or positive, got {max_batch}")
-    budget = model.room(MEMORY_BUDGET) if budget is None else budget
-    fit = max(1, min(MAX_COPIES, budget // bytes_per_copy(model)))
+    fit = batch_cost(model, []).fit(MAX_COPIES, model.room(MEMORY_BUDGET) if budget is None else budget)
     return min(fit, max_batch) if max_batch else fit
 
 
 def batch_cost(model: LoadedModel, names: list[str]) -> Cost:
     """What a forward pass of ``n`` copies allocates: the copies, their activations (every layer,
-    :func:`bytes_per_copy`) and the ``names`` tensors fetched, kept while they are reduced."""
+    :func:`bytes_per_copy`, at the forward pass's measured factor) and the ``names`` tensors
+    fetched, kept while they are reduced."""
     input_bytes = 4 * math.prod(model.input_shape[1:])
     fetched = sum(model.footprint.tensors.get(name, 0) for name in names)
-    return Cost("a forward pass of {n} perturbed copies", {"copies": 2 * input_bytes, "forward pass": bytes_per_copy(model), "outputs": 2 * fetched})
+    per_copy = {"copies": 2 * input_bytes, "forward pass": FORWARD_FACTOR * bytes_per_copy(model)}
+    return Cost("a forward pass of {n} perturbed copies", {**per_copy, "outputs": 2 * fetched})
 
 
 # ---- forward passes ------------------------------------------------------------------------
 
 
 def forward(model: LoadedModel, batch: np.ndarray, names: list[str], chunk: int = 0) -> dict[str, np.ndarray]:
-    """The named tensors of ``batch``'s forward pass, by name; ``chunk`` images per pass (0: all at
-    once), each pass inside its own reservation of the budget."""
+    """The named tensors of ``batch``'s forward pass, by name; ``chunk`` images per pass (0: all at once)."""
     chunk = chunk or max(1, len(batch))
-    cost = batch_cost(model, names)
-    parts = []
-    for start in range(0, len(batch), chunk):
-        part = batch[start : start + chunk]
-        with model.reserve(cost.estimate(len(part))):
-            parts.append(runtime.tensors(model.session, names, {model.input_name: part}))
+    parts = [runtime.tensors(model.session, names, {model.input_name: batch[start : start + chunk]}) for start in range(0, len(batch), chunk)]
     return {name: np.concatenate([part[k] for part in parts]) for k, name in enumerate(names)}
 
 
@@ -135,12 +130,11 @@ def run(
     (by key, (n, ...)). ``base_outputs`` (by name, (1, ...)) are the unperturbed image's: copies equal
     to ``base`` take them without a forward pass. Returns the kept arrays, concatenated over copies."""
     names = list(base_outputs)
-    cost = batch_cost(model, names)
     kept: dict[str, list[np.ndarray]] = defaultdict(list)
     for start in range(0, count, batch):
+        check_active()
         stop = min(count, start + batch)
-        with model.reserve(cost.estimate(stop - start)):  # a cancelled call stops here
-            reduced = reduce(_forward_reusing(model, make(start, stop), base, base_outputs, names))
+        reduced = reduce(_forward_reusing(model, make(start, stop), base, base_outputs, names))
         for key, value in reduced.items():
             kept[key].append(value)
         yield tracker.advance(stop - start, stage)

@@ -9,10 +9,10 @@ pixels through the model's projection graph (deconvnet, guided or backprop), in 
 Whether computing a reconstruction on the receptive-field window alone pays was measured (README,
 "Top-9"): the second pass is a small share of a job, so the full-size projection graph is used.
 
-Memory: the state (k x channels entries per layer, with its checkpoint copies and their replies)
-and the projection sessions to build are admitted for the whole job before anything is allocated,
-refused at once with the numbers when they can never fit; every batch of either pass is fitted to
-a share of the budget and runs inside its own reservation (:mod:`zfnet.server.admission`).
+Memory: a job runs inside one reservation of the budget, made before anything is allocated and
+refused at once with the numbers when it can never fit: the state (k x channels entries per layer,
+with its checkpoint copies and their replies), the projection sessions to build, and one batch of
+either pass at a time, each pass's batch fitted to a share of the budget (:func:`job_estimate`).
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from dataclasses import replace
 import numpy as np
 
 from zfnet.errors import FailedPrecondition, InvalidArgument
-from zfnet.server import deconv, projection, runtime
-from zfnet.server.admission import FORWARD_FACTOR, NO_BUDGET, Cost, Estimate
+from zfnet.server import admission, deconv, projection, runtime
+from zfnet.server.admission import FORWARD_FACTOR, NO_BUDGET, Cost, Estimate, check_active, streamed_room
 from zfnet.server.datasets import Source, StreamedSource
 from zfnet.server.layers import resolve
 from zfnet.server.models import PROJECTION_BUILD_FACTOR, LoadedModel
@@ -66,40 +66,44 @@ def state_bytes(plans: dict[str, tuple[np.ndarray, int]], k: int) -> int:
     return sum(len(chosen) * k * entry_bytes(rank) for chosen, rank in plans.values())
 
 
-def job_estimate(model: LoadedModel, plans: dict[str, tuple[np.ndarray, int]], k: int, method: str | None) -> Estimate:
-    """What a job holds from start to end: the state with its copies, and the projection sessions it builds."""
+def job_estimate(model: LoadedModel, plans: dict[str, tuple[np.ndarray, int]], k: int, source: Source, passes: list[Cost], method: str | None) -> Estimate:
+    """What a job holds from start to end: the state with its copies, the projection sessions it
+    builds, one batch of its largest pass, the images being decoded, and the streamed images."""
     builds = sum(not model.has_projection(layer, method) for layer in plans) if method is not None else 0
     channels = sum(len(chosen) for chosen, _ in plans.values())
+    batch = max((cost.estimate(fitted(model, source, cost).batch_size) for cost in passes), key=lambda e: e.total, default=Estimate(""))
     return Estimate(
-        f"TopActivations: the top-k state of k={k} x {channels:,} channel(s) in {len(plans)} layer(s)",
-        {"top-k state": STATE_COPIES * state_bytes(plans, k), "projection build": builds * PROJECTION_BUILD_FACTOR * model.size},
+        f"TopActivations: the top-k state of k={k} x {channels:,} channel(s) in {len(plans)} layer(s), batches of {source.batch_size}",
+        {
+            "top-k state": STATE_COPIES * state_bytes(plans, k), "projection build": builds * PROJECTION_BUILD_FACTOR * model.size,
+            **batch.parts, "streamed images": streamed_room(model.budget) if isinstance(source, StreamedSource) else 0,
+        },
     )
 
 
-def scan_cost(model: LoadedModel, state: TopK, source: Source) -> Cost:
+def scan_cost(model: LoadedModel, plans: dict[str, tuple[np.ndarray, int]], k: int, source: Source) -> Cost:
     """What a scan batch of ``n`` images allocates: its input (and the next, decoded ahead), a forward
     pass, each layer's tracked maps and their candidates, the merge with the state, the decoding."""
     footprint, per_image, merge = model.footprint, 0, 0
-    for name, top in state.layers.items():
-        count, rank = len(top.channels), top.locations.shape[2]
+    for name, (chosen, rank) in plans.items():
         spatial = footprint.tensors.get(name, 0) // max(1, 4 * _channels_of(model, name))
-        per_image += count * (4 * spatial + 3 * entry_bytes(rank))
-        merge += 3 * count * state.k * entry_bytes(rank)
+        per_image += len(chosen) * (4 * spatial + 3 * entry_bytes(rank))
+        merge += 3 * len(chosen) * k * entry_bytes(rank)
     return Cost(
-        f"TopActivations scan of {len(state.layers)} layer(s), {{n}} images per batch",
+        f"TopActivations scan of {len(plans)} layer(s), {{n}} images per batch",
         {"input batch": 2 * footprint.input, "forward pass": FORWARD_FACTOR * footprint.forward, "tracked maps": per_image},
         {"image decoding": source.decoding, "state merge": merge},
     )
 
 
-def reconstruct_cost(model: LoadedModel, state: TopK, source: Source) -> Cost:
+def reconstruct_cost(model: LoadedModel, plans: dict[str, tuple[np.ndarray, int]], source: Source) -> Cost:
     """What a batch of ``n`` winners' images allocates: input, forward pass, then chunks of
     projections (signals, the projection run, pixels) and the entries sent."""
     footprint = model.footprint
-    largest = max((footprint.tensors.get(name, 0) for name in state.layers), default=0)
+    largest = max((footprint.tensors.get(name, 0) for name in plans), default=0)
     rows = deconv.CHUNK_ROWS * (largest + footprint.forward + 4 * footprint.input)
     return Cost(
-        f"TopActivations reconstructions of {len(state.layers)} layer(s), {{n}} images per batch",
+        f"TopActivations reconstructions of {len(plans)} layer(s), {{n}} images per batch",
         {"input batch": 3 * footprint.input, "forward pass": FORWARD_FACTOR * footprint.forward},
         {"image decoding": source.decoding, "projections": rows},
     )
@@ -108,6 +112,11 @@ def reconstruct_cost(model: LoadedModel, state: TopK, source: Source) -> Cost:
 def _channels_of(model: LoadedModel, layer: str) -> int:
     shape = resolve(model.layers, layer).shape
     return shape[1] if len(shape) > 1 and isinstance(shape[1], int) and shape[1] > 0 else 1
+
+
+def layout(state: TopK) -> dict[str, tuple[np.ndarray, int]]:
+    """A state's layers as :func:`plan` gives them: (tracked channels, spatial rank)."""
+    return {name: (top.channels, top.locations.shape[2]) for name, top in state.layers.items()}
 
 
 def fitted(model: LoadedModel, source: Source, cost: Cost) -> Source:
@@ -133,18 +142,13 @@ def scan(model: LoadedModel, source: Source, state: TopK, checkpoint_every: int 
     if clash:
         raise InvalidArgument(f"the range [{source.start}, {source.stop}) overlaps indices [{clash[0][0]}, {clash[0][1]}) that the state has read already; send only the rest")
     names = list(state.layers)
-    cost = scan_cost(model, state, source)
-    source = fitted(model, source, cost)
+    source = fitted(model, source, scan_cost(model, layout(state), state.k, source))
     position, since = source.start, 0
     yield Progress(SCAN, 0, source.count, [])
-    batches = source.batches(model.input_shape)
-    while True:
-        with model.reserve(cost.estimate(source.batch_size)):  # a cancelled call stops here
-            batch = next(batches, None)
-            if batch is None:
-                break
-            if len(batch.indices):
-                state.observe(dict(zip(names, runtime.tensors(model.session, names, {model.input_name: batch.inputs}))), batch.indices)
+    for batch in source.batches(model.input_shape):
+        check_active()
+        if len(batch.indices):
+            state.observe(dict(zip(names, runtime.tensors(model.session, names, {model.input_name: batch.inputs}))), batch.indices)
         state.cover(position, position + batch.read, batch.skipped)
         position += batch.read
         since += batch.read
@@ -175,19 +179,14 @@ def reconstruct(model: LoadedModel, source: Source, data: str, state: TopK, meth
     projections = {layer: model.projection(layer, method) for layer in state.layers}  # refuse early, before reading
     needed = list(dict.fromkeys([*state.layers, *(n for p, _ in projections.values() for n in p.forward_tensors if n != model.input_name)]))
     total = sum(int((top.indices != EMPTY).sum()) for top in state.layers.values())
-    cost = reconstruct_cost(model, state, source)
-    source = fitted(model, source, cost)
+    source = fitted(model, source, reconstruct_cost(model, layout(state), source))
     done = 0
     yield Progress(RECONSTRUCTIONS, 0, total, [])
-    batches = source.take(state.winner_indices(), model.input_shape)
-    while True:
-        with model.reserve(cost.estimate(source.batch_size)):  # a cancelled call stops here
-            batch = next(batches, None)
-            if batch is None:
-                break
-            for event in _reconstruct_batch(model, batch, source, state, needed, projections):
-                done += isinstance(event, Entry)
-                yield event
+    for batch in source.take(state.winner_indices(), model.input_shape):
+        check_active()
+        for event in _reconstruct_batch(model, batch, source, state, needed, projections):
+            done += isinstance(event, Entry)
+            yield event
         yield Progress(RECONSTRUCTIONS, done, total, [])
 
 
@@ -254,14 +253,18 @@ def job(
         if state is None:
             raise InvalidArgument("stage reconstruct needs the top-k state whose winners to reconstruct (TopJob.state)")
         winners = state.check()
-        plans = {name: (top.channels, top.locations.shape[2]) for name, top in winners.layers.items()}
-        with model.reserve(job_estimate(model, plans, winners.k, method or "deconvnet")):
+        plans = layout(winners)
+        estimate = job_estimate(model, plans, winners.k, source, [reconstruct_cost(model, plans, source)], method or "deconvnet")
+        with model.reserve(estimate), admission.covering(estimate.parts["streamed images"]):
             yield from reconstruct(model, source, data, winners, method or "deconvnet")
         return
     if checkpoint_every < 0:
         raise InvalidArgument(f"checkpoint_every must be positive, got {checkpoint_every}")
     projects = stage == "all" or method is not None
-    with model.reserve(job_estimate(model, plan(model, layers, channels), k, (method or "deconvnet") if projects else None)):  # before any state exists
+    plans = plan(model, layers, channels)
+    passes = [scan_cost(model, plans, k, source), *([reconstruct_cost(model, plans, source)] if stage == "all" else [])]
+    estimate = job_estimate(model, plans, k, source, passes, (method or "deconvnet") if projects else None)
+    with model.reserve(estimate), admission.covering(estimate.parts["streamed images"]):  # before any state exists
         running = start(model, data, source.size, layers, channels, k, by, state)
         if projects:
             for layer in running.layers:
