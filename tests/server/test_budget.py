@@ -156,6 +156,7 @@ def hostile_data(root: Path, outside: Path) -> None:
     folder.mkdir(parents=True)
     (folder / "a-real.jpg").write_bytes((SAMPLES / "cifar10" / "cat" / "0001.jpg").read_bytes())
     (folder / "b-zero.jpg").symlink_to("/dev/zero")
+    os.mkfifo(folder / "f-fifo.jpg")
     with (folder / "c-sparse.jpg").open("wb") as f:
         f.truncate(1536 * MIB)
     (folder / "d-outside.jpg").symlink_to(outside / "cat" / "secret.jpg")
@@ -225,7 +226,7 @@ def test_1_a_top_state_that_cannot_fit_is_refused_at_once_with_the_numbers(srv: 
 
 def test_1_top_activations_of_a_large_model_runs_in_batches_that_fit(srv: Served) -> None:
     since = time.monotonic()
-    data = hostile.conv_model(512, 512, channels=64, name="wide").SerializeToString()
+    data = hostile.conv_model(512, 512, channels=32, name="wide").SerializeToString()  # 64 MiB of activations per image
     ref = pb.ModelRef(sha256=srv.stub.UploadModel(upload_parts(data, "wide"), timeout=TIMEOUT).sha256)
     job = pb.TopJob(model=ref, layers=[pb.LayerRef(name="r1")], k=4, data=streamed(24), stage=pb.TOP_SCAN)
     replies = list(srv.stub.TopActivations(iter([pb.TopRequest(job=job), pb.TopRequest(batch=pb.ImageBatch(start=0, images=[pb.Image(encoded=hostile.tiny_png(k * 10)) for k in range(24)]))]), timeout=TIMEOUT))
@@ -301,8 +302,11 @@ def test_3_streamed_large_images_are_counted_as_they_arrive(srv: Served) -> None
     since = time.monotonic()
     image = pb.Image(encoded=png(700, 700), label="noise.png")
     assert len(image.encoded) > MIB
-    replies = srv.stub.Features(features_requests(srv.ref, [image] * 384, 96, 256), timeout=TIMEOUT * 4)
-    assert rows_of(replies) == 384
+    as_in_the_issue = srv.stub.Features(features_requests(srv.ref, [image] * 768, 96, 256), timeout=TIMEOUT * 4)
+    code, details = code_of(lambda: as_in_the_issue)
+    assert code == Code.RESOURCE_EXHAUSTED and "smaller ImageBatch messages" in details, details
+    small_messages = srv.stub.Features(features_requests(srv.ref, [image] * 384, 2, 256), timeout=TIMEOUT * 4)
+    assert rows_of(small_messages) == 384
     srv.under_budget(since)
 
 
@@ -310,7 +314,7 @@ def test_3_streamed_large_images_are_counted_as_they_arrive(srv: Served) -> None
 def test_3_concurrent_streamed_features_jobs_stay_under_the_budget(srv: Served) -> None:
     since = time.monotonic()
     image = pb.Image(encoded=png(700, 700, seed=1), label="noise.png")
-    calls = [lambda: srv.stub.Features(features_requests(srv.ref, [image] * 96, 48, 256), timeout=TIMEOUT * 4)] * 4
+    calls = [lambda: srv.stub.Features(features_requests(srv.ref, [image] * 96, 3, 256), timeout=TIMEOUT * 4)] * 4
     assert [code for code, _ in concurrently(calls)] == [Code.OK] * 4
     srv.under_budget(since)
 
@@ -408,11 +412,11 @@ def test_6_data_sets_read_only_regular_files_inside_their_root(srv: Served) -> N
     replies = list(srv.stub.TopActivations(iter([pb.TopRequest(job=job)]), timeout=TIMEOUT))
     state = replies[-1].state
     skipped = {s.path.split("/")[-1]: s.reason for s in state.skipped}
-    assert set(skipped) == {"b-zero.jpg", "c-sparse.jpg", "d-outside.jpg"}, skipped
-    assert "not a regular file" in skipped["b-zero.jpg"]
-    assert "bytes" in skipped["c-sparse.jpg"] and "pixels" in skipped["c-sparse.jpg"]
-    assert "outside" in skipped["d-outside.jpg"]
-    assert state.skipped_count == 3
+    assert set(skipped) == {"b-zero.jpg", "c-sparse.jpg", "d-outside.jpg", "f-fifo.jpg"}, skipped
+    assert "outside the data directory" in skipped["b-zero.jpg"] and "outside the data directory" in skipped["d-outside.jpg"]
+    assert "bytes" in skipped["c-sparse.jpg"] and "pixel" in skipped["c-sparse.jpg"]
+    assert "not a regular file" in skipped["f-fifo.jpg"]
+    assert state.skipped_count == 4
     srv.under_budget(since)
 
 

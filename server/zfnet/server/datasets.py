@@ -20,7 +20,7 @@ import os
 import stat
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TypeVar
 
@@ -74,6 +74,11 @@ class Source:
     def decoding(self) -> int:
         """The most bytes this source's images take being decoded at once (the server's gate)."""
         return self.gate.limit if self.gate is not None else 0
+
+    def fitted(self, batch_size: int, streamed_bytes: int) -> Source:
+        """This source read ``batch_size`` images at a time; a job holds ``streamed_bytes`` for the
+        images a client streams (see :class:`StreamedSource`)."""
+        return replace(self, batch_size=batch_size)
 
     def batches(self, input_shape: list[int]) -> Iterator[Batch]:  # pragma: no cover - interface
         raise NotImplementedError
@@ -223,9 +228,15 @@ class FolderSource(Source):
 
 @dataclass(frozen=True)
 class StreamedSource(Source):
-    """Images the client streams: (start index, images, labels) parts, consecutive from ``start``."""
+    """Images the client streams: (start index, images, labels) parts, consecutive from ``start``.
+    A batch ends early when its images took ``chunk_bytes`` as sent (0: no bound), so that the
+    images received and not yet decoded (two batches: one decoding ahead) fit what a job holds for them."""
 
     parts: Iterable[tuple[int, list[ImageInput], Sequence[int]]] = ()
+    chunk_bytes: int = 0
+
+    def fitted(self, batch_size: int, streamed_bytes: int) -> StreamedSource:
+        return replace(self, batch_size=batch_size, chunk_bytes=streamed_bytes // 4)
 
     def batches(self, input_shape: list[int]) -> Iterator[Batch]:
         return self.take(range(self.start, self.stop), input_shape)
@@ -241,6 +252,18 @@ class StreamedSource(Source):
         for items, decoded in _decoded_ahead(jobs):
             admission.consumed(sum(_sent_bytes(image) for _, image, _ in items))  # decoded: the images sent no longer count
             yield _assemble([i for i, _, _ in items], [lab for _, _, lab in items], [img.label for _, img, _ in items], decoded, len(items))
+
+    def _full(self, pending: list[tuple[int, ImageInput, int]]) -> bool:
+        return bool(self.chunk_bytes) and sum(_sent_bytes(image) for _, image, _ in pending) >= self.chunk_bytes
+
+    def _take(self, pending: list[tuple[int, ImageInput, int]]) -> int:
+        """How many pending images make the next batch: ``batch_size``, or fewer that took ``chunk_bytes``."""
+        total = 0
+        for n, (_, image, _) in enumerate(pending[: self.batch_size], 1):
+            total += _sent_bytes(image)
+            if self.chunk_bytes and total >= self.chunk_bytes:
+                return n
+        return min(len(pending), self.batch_size)
 
     def _chunks(self, indices: Sequence[int] | np.ndarray) -> Iterator[list[tuple[int, ImageInput, int]]]:
         """The streamed images in batches of ``batch_size`` (data-set index, image, label), checked
@@ -264,9 +287,10 @@ class StreamedSource(Source):
                 raise InvalidArgument(f"ImageBatch at {begin}: labels must be -1 or 0..{len(self.classes) - 1} (StreamedImages.classes)", reason="VALUE_OUT_OF_RANGE")
             pending.extend((begin + i, image, lab) for i, (image, lab) in enumerate(zip(images, labels)))
             position += len(images)
-            while len(pending) >= self.batch_size:
-                yield pending[: self.batch_size]
-                pending = pending[self.batch_size :]
+            while pending and (len(pending) >= self.batch_size or self._full(pending)):
+                n = self._take(pending)
+                yield pending[:n]
+                pending = pending[n:]
         if pending:
             yield pending
         if position != len(indices):

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import replace
 
 import numpy as np
 import onnx
@@ -236,7 +235,7 @@ def job(model: LoadedModel, layers: Sequence[FeatureSpec], source: Source, dtype
     not), and its batches with their rows (:func:`run`), all inside one reservation of the budget
     for the job (:func:`batch_cost`); a cancelled call stops before its next batch."""
     cost = batch_cost(model, layers, source, dtype)
-    fitted = replace(source, batch_size=cost.fit(source.batch_size, model.room(NO_BUDGET)))
+    fitted = source.fitted(cost.fit(source.batch_size, model.room(NO_BUDGET)), cost.fixed["streamed images"])
 
     def batches() -> Iterator[tuple[Batch, list[np.ndarray]]]:
         items = run(model, layers, fitted, dtype)

@@ -18,8 +18,6 @@ either pass at a time, each pass's batch fitted to a share of the budget (:func:
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import replace
-
 import numpy as np
 
 from zfnet.errors import FailedPrecondition, InvalidArgument
@@ -71,9 +69,10 @@ def job_estimate(model: LoadedModel, plans: dict[str, tuple[np.ndarray, int]], k
     builds, one batch of its largest pass, the images being decoded, and the streamed images."""
     builds = sum(not model.has_projection(layer, method) for layer in plans) if method is not None else 0
     channels = sum(len(chosen) for chosen, _ in plans.values())
-    batch = max((cost.estimate(fitted(model, source, cost).batch_size) for cost in passes), key=lambda e: e.total, default=Estimate(""))
+    sizes = [fitted(model, source, cost).batch_size for cost in passes]
+    batch = max((cost.estimate(n) for cost, n in zip(passes, sizes)), key=lambda e: e.total, default=Estimate(""))
     return Estimate(
-        f"TopActivations: the top-k state of k={k} x {channels:,} channel(s) in {len(plans)} layer(s), batches of {source.batch_size}",
+        f"TopActivations: the top-k state of k={k} x {channels:,} channel(s) in {len(plans)} layer(s), batches of {min(sizes, default=0)} image(s)",
         {
             "top-k state": STATE_COPIES * state_bytes(plans, k), "projection build": builds * PROJECTION_BUILD_FACTOR * model.size,
             **batch.parts, "streamed images": streamed_room(model.budget) if isinstance(source, StreamedSource) else 0,
@@ -121,7 +120,7 @@ def layout(state: TopK) -> dict[str, tuple[np.ndarray, int]]:
 
 def fitted(model: LoadedModel, source: Source, cost: Cost) -> Source:
     """``source`` with its batch lowered to fit a share of the budget when the one asked for does not."""
-    return replace(source, batch_size=cost.fit(source.batch_size, model.room(NO_BUDGET)))
+    return source.fitted(cost.fit(source.batch_size, model.room(NO_BUDGET)), streamed_room(model.budget))
 
 
 def start(model: LoadedModel, data: str, size: int, layers: list[str | int], channels: list[int] | None, k: int, by: str, state: TopK | None) -> TopK:
