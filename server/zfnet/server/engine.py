@@ -15,7 +15,7 @@ import numpy as np
 
 from zfnet.errors import InvalidArgument, ResourceExhausted
 from zfnet.server import correspondence, datasets, deconv, evolution, features, filters, invariance, occlusion, perturbation, runtime, top
-from zfnet.server.admission import FORWARD_FACTOR, Estimate, admitted, check_active, check_reply
+from zfnet.server.admission import FORWARD_FACTOR, Estimate, admitted, check_reply, next_batch
 from zfnet.server.datasets import Batch, DatasetStore, Source
 from zfnet.server.images import MAX_IMAGE_PIXELS, DecodeGate, ImageInput, inspect, to_batch
 from zfnet.server.layers import Layer, resolve
@@ -127,7 +127,7 @@ class Engine:
             found = []
             step = max(1, deconv.CHUNK_ROWS // max(1, rows // len(images)))  # images whose rows fill one projection run
             for start in range(0, len(images), step):  # a cancelled call stops before the next part
-                check_active()
+                next_batch()
                 part = deconv.reconstruct(model, self.batch(model, images[start : start + step]), row.name, channels, top_k, mode, method)
                 found += [replace(r, image=r.image + start, label=images[r.image + start].label) for r in part]
         return row, found

@@ -26,7 +26,7 @@ from onnx import TensorProto, helper, numpy_helper
 from zfnet.converters.graph import IR_VERSION, OPSET
 from zfnet.errors import InvalidArgument
 from zfnet.server import admission, runtime
-from zfnet.server.admission import FORWARD_FACTOR, NO_BUDGET, Cost, check_active, streamed_room
+from zfnet.server.admission import FORWARD_FACTOR, NO_BUDGET, Cost, next_batch, streamed_room
 from zfnet.server.datasets import Batch, Source, StreamedSource
 from zfnet.server.layers import resolve
 from zfnet.server.models import LoadedModel
@@ -241,7 +241,7 @@ def job(model: LoadedModel, layers: Sequence[FeatureSpec], source: Source, dtype
         items = run(model, layers, fitted, dtype)
         with model.reserve(cost.estimate(fitted.batch_size)), admission.covering(cost.fixed["streamed images"]):
             while True:
-                check_active()
+                next_batch()
                 item = next(items, None)
                 if item is None:
                     return

@@ -31,7 +31,7 @@ from onnx import numpy_helper
 from zfnet.converters.graph import MEAN_INITIALIZER
 from zfnet.errors import InvalidArgument, ResourceExhausted
 from zfnet.server import runtime
-from zfnet.server.admission import FORWARD_FACTOR, Cost, check_active
+from zfnet.server.admission import FORWARD_FACTOR, Cost, next_batch
 from zfnet.server.outputs import probabilities, softmax
 from zfnet.server.layers import Layer, resolve
 from zfnet.server.models import LoadedModel
@@ -132,7 +132,7 @@ def run(
     names = list(base_outputs)
     kept: dict[str, list[np.ndarray]] = defaultdict(list)
     for start in range(0, count, batch):
-        check_active()
+        next_batch()
         stop = min(count, start + batch)
         reduced = reduce(_forward_reusing(model, make(start, stop), base, base_outputs, names))
         for key, value in reduced.items():

@@ -22,7 +22,7 @@ import numpy as np
 
 from zfnet.errors import FailedPrecondition, InvalidArgument
 from zfnet.server import admission, deconv, projection, runtime
-from zfnet.server.admission import FORWARD_FACTOR, NO_BUDGET, Cost, Estimate, check_active, streamed_room
+from zfnet.server.admission import FORWARD_FACTOR, NO_BUDGET, Cost, Estimate, next_batch, streamed_room
 from zfnet.server.datasets import Source, StreamedSource
 from zfnet.server.layers import resolve
 from zfnet.server.models import PROJECTION_BUILD_FACTOR, LoadedModel
@@ -145,7 +145,7 @@ def scan(model: LoadedModel, source: Source, state: TopK, checkpoint_every: int 
     position, since = source.start, 0
     yield Progress(SCAN, 0, source.count, [])
     for batch in source.batches(model.input_shape):
-        check_active()
+        next_batch()
         if len(batch.indices):
             state.observe(dict(zip(names, runtime.tensors(model.session, names, {model.input_name: batch.inputs}))), batch.indices)
         state.cover(position, position + batch.read, batch.skipped)
@@ -182,7 +182,7 @@ def reconstruct(model: LoadedModel, source: Source, data: str, state: TopK, meth
     done = 0
     yield Progress(RECONSTRUCTIONS, 0, total, [])
     for batch in source.take(state.winner_indices(), model.input_shape):
-        check_active()
+        next_batch()
         for event in _reconstruct_batch(model, batch, source, state, needed, projections):
             done += isinstance(event, Entry)
             yield event
