@@ -179,6 +179,13 @@ class Sampler(threading.Thread):
         return int(statistics.median(self.since(time.monotonic() - window) or [0]))
 
 
+def _copy_lines(source, out) -> None:
+    """Each line of ``source`` into ``out`` as it comes (flushed: tests read the log meanwhile)."""
+    for line in source:
+        out.write(line)
+        out.flush()
+
+
 class Zfserver:
     """``zfserver`` in a process of its own on 127.0.0.1 (any free port), its stderr in ``log``,
     its RSS sampled every 20 ms (killed past ``kill_at``); ``options`` are command-line options."""
@@ -202,7 +209,8 @@ class Zfserver:
         if not self.target:
             out.close()
             raise RuntimeError(f"zfserver did not start; see {log}")
-        threading.Thread(target=lambda: [out.write(x) or out.flush() for x in stderr], daemon=True).start()
+        out.flush()
+        threading.Thread(target=_copy_lines, args=(stderr, out), daemon=True).start()
         self.rss = Sampler(self.process.pid, 0.02, kill_at)
         self.rss.start()
 

@@ -20,7 +20,7 @@ from zfnet.edge import edge
 from zfnet.errors import InvalidArgument
 from zfnet.server import reflection
 from zfnet.server.admission import (
-    DEFAULT_FRACTION, MAX_INPUT_PIXELS, MemoryBudget, fmt_bytes, keep_freed_memory_until_idle, limit_malloc_arenas, machine_memory, parse_bytes,
+    DEFAULT_FRACTION, MAX_INPUT_PIXELS, MemoryBudget, fmt_bytes, keep_freed_memory_until_idle, limit_malloc_arenas, machine_memory, message_limit, parse_bytes,
 )
 from zfnet.server.calls import IDLE_S, PER_CLIENT, Guard
 from zfnet.server.metrics import Metrics
@@ -110,7 +110,7 @@ def start(
     metrics = Metrics(engine)
     interceptors = [guard, metrics, *([TokenAuth(valid)] if tokens else [])]
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="zfnet-call"), options=[*CHANNEL_OPTIONS, *KEEPALIVE_OPTIONS],
+        futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="zfnet-call"), options=[*_options(budget), *KEEPALIVE_OPTIONS],
         interceptors=interceptors, maximum_concurrent_rpcs=workers,
     )
     zfnet_pb2_grpc.add_ZfnetServicer_to_server(ZfnetServicer(engine, provider), server)
@@ -125,6 +125,13 @@ def start(
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     served = metrics.serve(_metrics_host(address), metrics_port, valid, tls) if metrics_port is not None else None
     return Running(server, port, engine, health_servicer, metrics, guard, served)
+
+
+def _options(budget: MemoryBudget) -> list[tuple[str, int]]:
+    """The protocol's channel options, the largest request message received bounded by the budget
+    (:func:`zfnet.server.admission.message_limit`)."""
+    receive = "grpc.max_receive_message_length"
+    return [*(option for option in CHANNEL_OPTIONS if option[0] != receive), (receive, message_limit(budget))]
 
 
 def _metrics_host(address: str) -> str:

@@ -71,6 +71,12 @@ class Source:
         return self.stop - self.start
 
     @property
+    def largest_batch(self) -> int:
+        """The most images one batch holds: ``batch_size``, or the whole range when it is smaller
+        (what a job's reservation is estimated for)."""
+        return max(1, min(self.batch_size, self.count))
+
+    @property
     def decoding(self) -> int:
         """The most bytes this source's images take being decoded at once (the server's gate)."""
         return self.gate.limit if self.gate is not None else 0

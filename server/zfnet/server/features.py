@@ -239,7 +239,7 @@ def job(model: LoadedModel, layers: Sequence[FeatureSpec], source: Source, dtype
 
     def batches() -> Iterator[tuple[Batch, list[np.ndarray]]]:
         items = run(model, layers, fitted, dtype)
-        with model.reserve(cost.estimate(fitted.batch_size)), admission.covering(cost.fixed["streamed images"]):
+        with model.reserve(cost.estimate(fitted.largest_batch)), admission.covering(cost.fixed["streamed images"]):
             while True:
                 next_batch()
                 item = next(items, None)

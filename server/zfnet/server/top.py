@@ -69,7 +69,7 @@ def job_estimate(model: LoadedModel, plans: dict[str, tuple[np.ndarray, int]], k
     builds, one batch of its largest pass, the images being decoded, and the streamed images."""
     builds = sum(not model.has_projection(layer, method) for layer in plans) if method is not None else 0
     channels = sum(len(chosen) for chosen, _ in plans.values())
-    sizes = [fitted(model, source, cost).batch_size for cost in passes]
+    sizes = [fitted(model, source, cost).largest_batch for cost in passes]
     batch = max((cost.estimate(n) for cost, n in zip(passes, sizes)), key=lambda e: e.total, default=Estimate(""))
     return Estimate(
         f"TopActivations: the top-k state of k={k} x {channels:,} channel(s) in {len(plans)} layer(s), batches of {min(sizes, default=0)} image(s)",
