@@ -56,6 +56,20 @@ def png(width: int, height: int, bit_depth: int = 1, color_type: int = 0, rows: 
     return b"\x89PNG\r\n\x1a\n" + header + _chunk(b"IDAT", data) + _chunk(b"IEND", b"")
 
 
+def noise_png(width: int, height: int, seed: int = 0) -> bytes:
+    """An RGB PNG of noise (it compresses to about its raw size)."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (height, width, 3), np.uint8)).save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+def flat_jpeg(width: int, height: int) -> bytes:
+    """A one-colour RGB JPEG of ``width`` x ``height`` (small to send, large to decode)."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), (90, 120, 200)).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
 def tiny_png(value: int = 128) -> bytes:
     """A valid 1x1 RGB PNG (about 70 bytes)."""
     buffer = io.BytesIO()

@@ -11,7 +11,6 @@ fails), so a defect never takes the machine."""
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import threading
 import time
@@ -24,7 +23,6 @@ import grpc
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2
-from PIL import Image
 from service_testing import health
 
 import hostile
@@ -144,19 +142,6 @@ def concurrently(calls: list[Callable[[], object]]) -> list[tuple[grpc.StatusCod
     return results
 
 
-def png(width: int, height: int, seed: int = 0) -> bytes:
-    """An RGB PNG of noise (it compresses to about its raw size)."""
-    buffer = io.BytesIO()
-    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (height, width, 3), np.uint8)).save(buffer, format="PNG", compress_level=1)
-    return buffer.getvalue()
-
-
-def jpeg(width: int, height: int) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (width, height), (90, 120, 200)).save(buffer, format="JPEG")
-    return buffer.getvalue()
-
-
 def hostile_data(root: Path, outside: Path) -> None:
     """Under ``root`` (the --data-dir): data set ``hostile`` with a device, a sparse 1.5 GB file, an
     image linked from outside the root and one from inside it; and ``linked``, a link to a folder outside."""
@@ -262,7 +247,7 @@ def test_2_concurrent_stride_1_occlusions_stay_under_the_budget_and_memory_comes
 
 def test_2_occlusions_of_large_images_wait_for_room(srv: Served) -> None:
     since = time.monotonic()
-    big = pb.Image(encoded=jpeg(4096, 4096), label="4096.jpg")
+    big = pb.Image(encoded=hostile.flat_jpeg(4096, 4096), label="4096.jpg")
     request = pb.OcclusionRequest(model=srv.ref, images=[big], size=8, stride=4)
     results = concurrently([lambda: srv.stub.Occlusion(request, timeout=TIMEOUT)] * 4)
     assert [code for code, _ in results] == [Code.OK] * 4, results
@@ -310,7 +295,7 @@ def rows_of(replies: Iterable[pb.FeaturesReply]) -> int:
 @pytest.mark.slow
 def test_3_streamed_large_images_are_counted_as_they_arrive(srv: Served) -> None:
     since = time.monotonic()
-    image = pb.Image(encoded=png(700, 700), label="noise.png")
+    image = pb.Image(encoded=hostile.noise_png(700, 700), label="noise.png")
     assert len(image.encoded) > MIB
     as_in_the_issue = srv.stub.Features(features_requests(srv.ref, [image] * 768, 96, 256), timeout=TIMEOUT * 4)
     code, details = code_of(lambda: as_in_the_issue)
@@ -323,7 +308,7 @@ def test_3_streamed_large_images_are_counted_as_they_arrive(srv: Served) -> None
 @pytest.mark.slow
 def test_3_concurrent_streamed_features_jobs_stay_under_the_budget(srv: Served) -> None:
     since = time.monotonic()
-    image = pb.Image(encoded=png(700, 700, seed=1), label="noise.png")
+    image = pb.Image(encoded=hostile.noise_png(700, 700, seed=1), label="noise.png")
     calls = [lambda: srv.stub.Features(features_requests(srv.ref, [image] * 96, 3, 256), timeout=TIMEOUT * 4)] * 4
     assert [code for code, _ in concurrently(calls)] == [Code.OK] * 4
     srv.under_budget(since)

@@ -155,7 +155,7 @@ def serve(
 ) -> None:
     """Run until SIGTERM or SIGINT, then stop gracefully (see :meth:`Running.shutdown`) and return."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    limit_malloc_arenas()  # a process of its own: memory handed back after a burst (README, "Security")
+    limit_malloc_arenas()  # a process of its own: memory handed back after a burst (docs/security.md)
     stop = threading.Event()
     received: list[int] = []
     for sig in (signal.SIGTERM, signal.SIGINT):

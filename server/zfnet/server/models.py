@@ -43,7 +43,7 @@ from zfnet.server.rules import batch_axes
 log = logging.getLogger("zfnet.server")
 
 MAX_NAME_CHARS = 200  # an upload's display name is cut to this
-# What a model costs in memory, measured (README, "Security"): loading one peaks at about 8x its
+# What a model costs in memory, measured (docs/security.md): loading one peaks at about 8x its
 # file size (received bytes, parsed, exposed, serialised, session), a loaded one holds about 3x,
 # building a projection session peaks at about 5x the model and holds about 3x the projection graph.
 LOAD_FACTOR, RESIDENT_FACTOR, PROJECTION_BUILD_FACTOR, PROJECTION_FACTOR = 8, 3, 5, 3
