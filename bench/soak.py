@@ -38,13 +38,14 @@ from pathlib import Path
 import grpc
 import numpy as np
 import onnx
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 from rich.console import Console
 from rich.table import Table
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "server"))
 import hostile  # noqa: E402  (the crafted requests the tests send too)
+from service_testing import health  # noqa: E402  (a typed health stub)
 
 from zfnet.server.admission import parse_bytes, rss_bytes  # noqa: E402
 from zfnet.tensors import CHANNEL_OPTIONS  # noqa: E402
@@ -196,6 +197,18 @@ def slow_clients(ref: pb.ModelRef, count: int) -> list[tuple[str, Callable[[zfne
     return [stalled] * count + [idle[k % 2] for k in range(count)]
 
 
+def run_load(load: list[threading.Thread], side: list[threading.Thread], done: threading.Event, deadline: float) -> None:
+    """Start ``load`` and ``side``; once the load has finished (or the deadline passed), set ``done``
+    and wait for ``side`` to end."""
+    for t in load + side:
+        t.start()
+    for t in load:
+        t.join(max(1.0, deadline - time.monotonic()))
+    done.set()
+    for t in side:
+        t.join(max(1.0, deadline - time.monotonic()))
+
+
 def hostile_phase(target: str, ref: pb.ModelRef, clients: int, requests: int, deadline: float) -> dict:
     """Phase 2 (see the module doc): the figures, and what went wrong."""
     latencies: list[float] = []
@@ -220,11 +233,13 @@ def hostile_phase(target: str, ref: pb.ModelRef, clients: int, requests: int, de
                     with lock:
                         failures.append(f"deconv: {getattr(err, 'code', lambda: err)()}: {getattr(err, 'details', lambda: '')()}")
 
-    def analyses(name: str, call: Callable[[], object]) -> None:
-        while not done.is_set() and time.monotonic() < deadline:
-            code = call_code(call)
-            with lock:
-                codes[name][code.name] += 1
+    def analyses(name: str) -> None:
+        with grpc.insecure_channel(target, options=CHANNEL_OPTIONS) as own:
+            call, _ = analysis_cases(zfnet_pb2_grpc.ZfnetStub(own), ref)[name]
+            while not done.is_set() and time.monotonic() < deadline:
+                code = call_code(call)
+                with lock:
+                    codes[name][code.name] += 1
 
     def slow(name: str, opener: Callable[[zfnet_pb2_grpc.ZfnetStub, Stalled], object], first: list) -> None:
         with grpc.insecure_channel(target, options=CHANNEL_OPTIONS) as own:
@@ -238,7 +253,7 @@ def hostile_phase(target: str, ref: pb.ModelRef, clients: int, requests: int, de
 
     def prober() -> None:
         with grpc.insecure_channel(target, options=CHANNEL_OPTIONS) as own:
-            check = health_pb2_grpc.HealthStub(own).Check
+            check = health(own).Check
             while not done.is_set():
                 t0 = time.perf_counter()
                 try:
@@ -251,20 +266,14 @@ def hostile_phase(target: str, ref: pb.ModelRef, clients: int, requests: int, de
                 done.wait(0.1)
 
     with grpc.insecure_channel(target, options=CHANNEL_OPTIONS) as setup:
-        cases = analysis_cases(zfnet_pb2_grpc.ZfnetStub(setup), ref)
+        expected = {name: code.name for name, (_, code) in analysis_cases(zfnet_pb2_grpc.ZfnetStub(setup), ref).items()}
     openers = slow_clients(ref, 8)
     loads = [threading.Thread(target=deconvs, args=(i,)) for i in range(clients)]
-    side = [threading.Thread(target=analyses, args=(name, call)) for name, (call, _) in cases.items()]
+    side = [threading.Thread(target=analyses, args=(name,)) for name in expected]
     side += [threading.Thread(target=slow, args=(name, opener, first)) for name, opener, first in openers]
     side.append(threading.Thread(target=prober))
-    for t in loads + side:
-        t.start()
-    for t in loads:
-        t.join(max(1.0, deadline - time.monotonic()))
-    done.set()
-    for t in side:
-        t.join(max(1.0, deadline - time.monotonic()))
-    expected = {name: code.name for name, (_, code) in cases.items()} | {name: Code.CANCELLED.name for name, _, _ in openers}
+    run_load(loads, side, done, deadline)
+    expected |= {name: Code.CANCELLED.name for name, _, _ in openers}
     wrong = {name: dict(found) for name, found in codes.items() if set(found) != {expected[name]}}
     return {
         "clients": clients, "requests_per_client": requests, "deconv_ok": len(latencies), "failures": failures[:20], "errors": len(failures),
@@ -380,13 +389,7 @@ def main() -> int:
         self_cases: dict[str, str] = {}
         threads = [threading.Thread(target=client, args=(i,)) for i in range(args.clients)]
         side = [threading.Thread(target=attacker), threading.Thread(target=uploader)]
-        for t in threads + side:
-            t.start()
-        for t in threads:
-            t.join(max(1.0, deadline - time.monotonic()))
-        load_done.set()
-        for t in side:
-            t.join(max(1.0, deadline - time.monotonic()))
+        run_load(threads, side, load_done, deadline)
         elapsed = time.monotonic() - started
         peak = max(sampler.since(started))
 

@@ -369,7 +369,7 @@ def test_4_idle_streams_of_any_rpc_leave_health_and_small_calls_answered(tmp_pat
             lambda s: stub.UploadModel.future(iter(s), timeout=TIMEOUT),
             lambda s: stub.Features(iter(s), timeout=TIMEOUT),
             lambda s: stub.TopActivations(iter(s), timeout=TIMEOUT),
-            lambda s: channel.stream_unary("/zfnet.v1.Zfnet/Predict", request_serializer=lambda m: m.SerializeToString(),
+            lambda s: channel.stream_unary("/zfnet.v1.Zfnet/Predict", request_serializer=pb.PredictRequest.SerializeToString,
                                            response_deserializer=pb.PredictResponse.FromString).future(iter(s), timeout=TIMEOUT),
         ]
         firsts: list[list] = [[pb.UploadModelRequest(header=pb.UploadHeader(size=1000))], [], [pb.TopRequest(job=job)], []]
