@@ -32,6 +32,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from zfnet.client.render import for_display
 from zfnet.errors import FailedPrecondition
+from zfnet.wire.common import Box
 from zfnet.wire.top import Entry, TopImage, TopResult
 
 GREY = 128  # outside the image, a patch is grey (the paper's border patches)
@@ -110,9 +111,12 @@ def grid(tiles: list[np.ndarray | None], k: int, size: tuple[int, int]) -> Image
 
 def tile_size(entries: list[Entry]) -> tuple[int, int]:
     """Display size of one tile: the patch enlarged by a whole factor to about TILE pixels."""
-    if not entries:
-        return (TILE, TILE)
-    top, left, bottom, right = entries[0].patch
+    return enlarged(entries[0].patch) if entries else (TILE, TILE)
+
+
+def enlarged(box: Box) -> tuple[int, int]:
+    """The size (w, h) of a patch of ``box`` enlarged by a whole factor to about TILE pixels."""
+    top, left, bottom, right = box
     height, width = bottom - top, right - left
     scale = max(1, round(TILE / max(height, width)))
     return (width * scale, height * scale)
