@@ -356,10 +356,11 @@ def test_the_pages_in_headless_chromium_over_a_separate_zfserver(remote: str) ->
         wait_until(driver, "return document.body.dataset.ready && location.pathname == '/unit'", "the unit page")
         assert driver.find_element(By.TAG_NAME, "h1").text == "pool5 · channel 50"
         wait_until(driver, LOADED, "the unit's pictures")
-        deconvnet = driver.find_element(By.CSS_SELECTOR, "img[alt^='reconstructions by']").get_attribute("src")
+        deconvnet = str(driver.find_element(By.CSS_SELECTOR, "img[alt^='reconstructions by']").get_attribute("src"))
         driver.find_element(By.CSS_SELECTOR, "input[name=method][value=guided]").click()
         wait_until(driver, "const i = document.querySelector(\"img[alt='reconstructions by guided']\"); return i && i.complete && i.naturalWidth > 0", "guided")
-        assert "method=guided" in driver.current_url and fetch(deconvnet).body != fetch(deconvnet.replace("deconvnet", "guided")).body
+        guided = str(driver.find_element(By.CSS_SELECTOR, "img[alt='reconstructions by guided']").get_attribute("src"))
+        assert "method=guided" in driver.current_url and "method=guided" in guided and fetch(deconvnet).body != fetch(guided).body
         assert len(driver.find_elements(By.CSS_SELECTOR, ".strip img")) == 2  # both reports cover pool5 channel 50
         assert not console_errors(driver)
 

@@ -18,6 +18,7 @@ from typer.testing import Result
 
 from zfnet.client import report as report_module
 from zfnet.client.api import Client
+from zfnet.errors import FailedPrecondition
 from zfnet.topk import TopK
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -47,9 +48,25 @@ class Links(HTMLParser):
         self.links: list[str] = []
         self.fragments: list[tuple[str, str]] = []  # (page, id); page "" for this page
         self.ids: set[str] = set()
-        self.images: list[dict[str, str | None]] = []
+        self.images: list[dict[str, str | None]] = []  # each with "linked": "yes" when inside a link
+        self.headings: list[str] = []
+        self._links_open = 0
+        self._heading: list[str] | None = None
+
+    def handle_endtag(self, tag) -> None:
+        self._links_open -= tag == "a"
+        if tag == "h3" and self._heading is not None:
+            self.headings.append("".join(self._heading))
+            self._heading = None
+
+    def handle_data(self, data) -> None:
+        if self._heading is not None:
+            self._heading.append(data)
 
     def handle_starttag(self, tag, attrs) -> None:
+        self._links_open += tag == "a"
+        if tag == "h3":
+            self._heading = []
         for k, v in attrs:
             if k in ("src", "href") and v:
                 page, _, fragment = v.partition("#")
@@ -58,7 +75,7 @@ class Links(HTMLParser):
             elif k == "id" and v:
                 self.ids.add(v)
         if tag == "img":
-            self.images.append(dict(attrs))
+            self.images.append({**dict(attrs), "linked": "yes" if self._links_open else "no"})
 
 
 def parsed(page: Path) -> Links:
@@ -97,6 +114,47 @@ def test_the_report_holds_what_the_client_computes(report) -> None:
         assert parser.links and all((report / link).is_file() for link in parser.links), page
         assert all(fragment in parsed(report / target if target else page).ids for target, fragment in parser.fragments), page
         assert not re.search(r"(https?:)?//", " ".join(parser.links))  # nothing from the network
+
+
+@pytest.mark.slow
+def test_the_report_is_light_lazy_and_linked(report) -> None:
+    """A light index (tiles, not sheets), lazy pictures of known size, a channel jump list, links to every
+    sheet and to the next layer, clickable pictures, one title per channel."""
+    manifest = json.loads((report / "manifest.json").read_text())
+    index = parsed(report / "index.html")
+    sheets = [s for info in manifest["layers"].values() for s in info["sheets"]]
+    assert set(sheets) <= set(index.links) and not [i for i in index.images if "sheet-" in str(i["src"])]
+    assert (report / "index.html").stat().st_size < 20_000 and all("tile-" in str(i["src"]) for i in index.images)
+    pages = {layer: parsed(report / info["page"]) for layer, info in manifest["layers"].items()}
+    for (layer, info), following in zip(manifest["layers"].items(), [*list(manifest["layers"])[1:], None]):
+        page = pages[layer]
+        assert all(i["loading"] == "lazy" and i["width"] and i["height"] and i["linked"] == "yes" for i in page.images + index.images)
+        assert [f for t, f in page.fragments if not t] == [f"ch{c}" for c in info["channels"]]  # the jump list, every channel
+        assert set(info["sheets"]) <= set(page.links)
+        assert (manifest["layers"][following]["page"] in page.links) if following else True
+        assert page.headings == [f"channel {c}" for c in info["channels"]]  # one title per channel, none inside its picture
+    assert "layer-pool1.html" in pages["relu6"].links  # and back
+
+
+def test_a_rerun_replaces_the_folder_whole_and_never_a_folder_of_other_files(tmp_path) -> None:
+    out = tmp_path / "report"
+    with Client() as client:
+        dataset = client.dataset(SAMPLES, 0, 20)
+        first = client.top(MODEL, dataset, [1], k=2, channels=[0, 1])
+        second = client.top(MODEL, dataset, [2], k=2, channels=[0])
+    report_module.write(first, out, report_module.Job(MODEL.name, "samples"))
+    assert (out / "layer-pool1.html").is_file() and (out / "pool1" / "tile-0001.png").is_file()
+    report_module.write(second, out, report_module.Job(MODEL.name, "samples"))
+    assert sorted(p.name for p in out.iterdir()) == ["images", "index.html", "layer-pool2.html", "manifest.json", "pool2", "state.npz"]
+    assert list(json.loads((out / "manifest.json").read_text())["layers"]) == ["pool2"] and TopK.load(out / "state.npz").layers.keys() == {"pool2"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report"]  # nothing left beside it
+
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(FailedPrecondition, match="holds notes.txt, which a top report does not write"):
+        report_module.write(first, out, report_module.Job(MODEL.name, "samples"))
+    result = top("--model", MODEL, "--layer", "1", "--data", SAMPLES, "--out", out)
+    assert result.exit_code == 1 and "holds notes.txt" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert (out / "notes.txt").read_text() == "mine" and (out / "layer-pool2.html").is_file()  # untouched
 
 
 @pytest.mark.slow

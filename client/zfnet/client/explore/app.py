@@ -97,7 +97,7 @@ def create_app(explorer: Explorer) -> Starlette:
         Route("/api/report/{key}/unit", lambda r: json(x.unit(*unit_of(r)))),
         Route("/api/report/{key}/tile.png", lambda r: png(x.tile_png(*unit_of(r)))),
         Route("/api/report/{key}/patches.png", lambda r: png(x.patches_png(*unit_of(r)))),
-        Route("/api/report/{key}/reconstructions.png", lambda r: png(x.reconstructions_png(*unit_of(r), text(r, "method")))),
+        Route("/api/report/{key}/reconstructions.png", lambda r: png(x.reconstructions_png(*unit_of(r), text(r, "method", "")))),
         Route("/api/report/{key}/filter.png", lambda r: png(x.filter_png(*unit_of(r)))),
         Route("/api/report/{key}/image/{index:int}.png", image),
         Route("/api/live", upload, methods=["POST"]),

@@ -278,10 +278,11 @@ class Explorer:
             lambda: pictures.patches([self._rgb(report, w.index) for w in unit.winners], [w.patch for w in unit.winners], report.k),
         )
 
-    def reconstructions_png(self, key: str, layer: str, channel: int, method: str) -> bytes:
-        """The unit's top-k reconstructions by ``method``, in the same grid as :meth:`patches_png`."""
+    def reconstructions_png(self, key: str, layer: str, channel: int, method: str = "") -> bytes:
+        """The unit's top-k reconstructions by ``method`` ("": the report's own), in the same grid as :meth:`patches_png`."""
         report = self.report(key)
         unit = report.unit(layer, channel)
+        method = method or report.method
         pixels = [r.pixels for r in self._reconstructions(report, unit, method)]
         return self._kept.get(("reconstructions.png", key, layer, channel, method), lambda: pictures.reconstructions(pixels, [w.patch for w in unit.winners], report.k))
 

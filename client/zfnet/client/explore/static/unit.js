@@ -5,19 +5,22 @@ import { METHODS, api, box, el, format, histogram, img, put, ready, url } from "
 
 export async function show(page, params) {
   const key = params.get("report"), layer = params.get("layer"), channel = Number(params.get("channel"));
+  const here = { report: key, layer, channel };
+  // the grids' pictures are requested at once, beside the unit's data (the reconstructions take the server longest)
+  const patches = img(url(`/api/report/${key}/patches.png`, here), "input patches", { lazy: false });
+  const reconstructions = img(url(`/api/report/${key}/reconstructions.png`, { ...here, method: params.get("method") }), "reconstructions", { lazy: false });
   const data = await api(url(`/api/report/${key}/unit`, { layer, channel }));
   const report = data.report;
-  let method = params.get("method") || report.method;
+  let method = params.get("method") || report.method;  // no method asked: the report's own
+  reconstructions.alt = `reconstructions by ${method}`;
   document.title = `${layer} channel ${channel} · ${report.name} · zfnet explorer`;
-  const here = { report: key, layer, channel };
-  const recon = img(url(`/api/report/${key}/reconstructions.png`, { ...here, method }), `reconstructions by ${method}`, { lazy: false });
   const caption = el("figcaption", {}, `${method} reconstructions of each patch's strongest activation`);
   const switcher = el("div", { class: "methods", role: "radiogroup" }, METHODS.map((m) => el("label", {},
     el("input", {
       type: "radio", name: "method", value: m, checked: m === method, onchange: () => {
         method = m;
-        recon.src = url(`/api/report/${key}/reconstructions.png`, { ...here, method });
-        recon.alt = `reconstructions by ${method}`;
+        reconstructions.src = url(`/api/report/${key}/reconstructions.png`, { ...here, method });
+        reconstructions.alt = `reconstructions by ${method}`;
         caption.textContent = `${method} reconstructions of each patch's strongest activation`;
         history.replaceState(null, "", url("/unit", { ...here, method }));
       },
@@ -35,9 +38,8 @@ export async function show(page, params) {
     el("p", { class: "muted" }, `${report.name}: ${report.model_name}, top-${report.k} by ${report.by} over ${report.images_read.toLocaleString()} images of ${report.data}`),
     switcher,
     el("div", { class: "pair" },
-      el("figure", { class: "grid" }, img(url(`/api/report/${key}/patches.png`, here), "input patches", { lazy: false }),
-        el("figcaption", {}, "input patches under the receptive field, strongest first")),
-      el("figure", { class: "grid" }, recon, caption),
+      el("figure", { class: "grid" }, patches, el("figcaption", {}, "input patches under the receptive field, strongest first")),
+      el("figure", { class: "grid" }, reconstructions, caption),
       el("figure", {}, histogram(data.histogram, data.winners.length || data.k),
         el("figcaption", {}, `classes of the top-${data.k} · purity ${Math.round(100 * data.purity)}%`)),
       data.filter ? el("figure", {}, img(url(`/api/report/${key}/filter.png`, here), `filter of channel ${channel}`, { lazy: false, cls: "pixelated", width: 96 }),
