@@ -3,19 +3,21 @@
 Convention (every zfnet model): the graph input is a float32 (N, 3, H, W) batch of **RGB images in
 0..255**. Whatever the network was trained on (BGR order, mean subtraction, scaling) is done by
 nodes at the start of the graph (named ``preprocess/...``), and described in the metadata property
-``zfnet.preprocessing`` (JSON) for people and tools. So bare onnxruntime, the server and every zfnet
-call agree on the input, and reconstructions come back in image space.
+``zfnet.preprocessing`` (JSON) for people and tools, with the framing (resize, centre crop) that
+whoever decodes an image does before the graph (:mod:`zfnet.preprocessing`). So bare onnxruntime,
+the server and every zfnet call agree on the input, and reconstructions come back in image space.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+
+from zfnet.preprocessing import Preprocessing  # noqa: F401  (what the metadata records; the core defines it, the client reads it)
 
 OPSET = 18  # ScatterElements with reduction="add" (the unpooling rule) needs 16+
 IR_VERSION = 10  # onnx 1.23 stamps 14; onnxruntime 1.31 accepts at most 13
@@ -24,27 +26,6 @@ PREPROCESSING_KEY = "zfnet.preprocessing"
 CLASSES_KEY = "zfnet.classes"
 SOURCE_KEY = "zfnet.source"
 MEAN_INITIALIZER = "preprocess/mean_value"  # the mean prepend_preprocessing subtracts, (1, C, 1, 1) or (1, C, H, W)
-
-
-@dataclass
-class Preprocessing:
-    """``x' = (reorder(x) - mean) * scale`` on RGB 0..255 input; what the network was trained on."""
-
-    channel_order: str = "rgb"  # order the network expects: "rgb" or "bgr"
-    mean: list[float] | None = None  # per channel (in the network's order); see mean_source for per-pixel
-    mean_source: str | None = None  # e.g. "mean.binaryproto (per pixel, 3x32x32)"
-    scale: list[float] = field(default_factory=lambda: [1.0])  # one value, or one per channel
-    input_size: tuple[int, int] | None = None  # (H, W)
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self))
-
-    @classmethod
-    def from_json(cls, text: str) -> Preprocessing:
-        data = json.loads(text)
-        if data.get("input_size") is not None:
-            data["input_size"] = tuple(data["input_size"])
-        return cls(**data)
 
 
 def set_versions(model: onnx.ModelProto, opset: int = OPSET) -> onnx.ModelProto:

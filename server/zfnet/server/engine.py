@@ -48,7 +48,7 @@ class Engine:
     def batch(self, model: LoadedModel, images: list[ImageInput]) -> np.ndarray:
         if len(images) > MAX_IMAGES:
             raise ResourceExhausted(f"{len(images)} images in one request; at most {MAX_IMAGES}", field="images", reason="TOO_MANY_IMAGES", metadata={"limit": MAX_IMAGES, "requested": len(images)})
-        return to_batch(images, model.input_shape, self.max_image_pixels)
+        return to_batch(images, model.framing, self.max_image_pixels)
 
     # -- admission ------------------------------------------------------------------------
     def estimate(self, model: LoadedModel, images: list[ImageInput], what: str, **parts: int) -> Estimate:

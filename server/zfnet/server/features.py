@@ -209,7 +209,7 @@ def run(model: LoadedModel, layers: Sequence[FeatureSpec], source: Source, dtype
     """Every batch of ``source`` in data-set order with its rows per layer; a batch whose images
     were all skipped comes with empty arrays."""
     stored = feature_dtype(dtype)
-    for batch in source.batches(model.input_shape):
+    for batch in source.batches(model.framing):
         if len(batch.indices):
             rows = extract(model, layers, batch.inputs, dtype)
         else:

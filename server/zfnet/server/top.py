@@ -67,7 +67,7 @@ def scan(model: LoadedModel, source: Source, state: TopK, checkpoint_every: int 
     names = list(state.layers)
     position, since = source.start, 0
     yield Progress(SCAN, 0, source.count, [])
-    for batch in source.batches(model.input_shape):
+    for batch in source.batches(model.framing):
         if len(batch.indices):
             tensors = runtime.tensors(model.session, names, {model.input_name: batch.inputs})
             state.observe({name: deconv.channels_first(model, name, t) for name, t in zip(names, tensors)}, batch.indices)
@@ -103,7 +103,7 @@ def reconstruct(model: LoadedModel, source: Source, data: str, state: TopK, meth
     total = sum(int((top.indices != EMPTY).sum()) for top in state.layers.values())
     done = 0
     yield Progress(RECONSTRUCTIONS, 0, total, [])
-    for batch in source.take(state.winner_indices(), model.input_shape):
+    for batch in source.take(state.winner_indices(), model.framing):
         if batch.skipped:
             s = batch.skipped[0]
             raise FailedPrecondition(f"image {s.index} ({s.path}) was read by the scan but cannot be read now: {s.reason}")

@@ -1,0 +1,123 @@
+"""What a model records about its input (metadata ``zfnet.preprocessing``), and how an image of any
+size is brought to it.
+
+Every zfnet model takes a float32 (N, 3, H, W) batch of **RGB images in 0..255**. What the network was
+trained on is split in two, so that a reconstruction (deconv, guided, backprop) comes back in the
+model's input space and a receptive-field box stays a box of that picture:
+
+- **normalisation** (channel order, mean, scale) is *inside the graph*, as ``preprocess/...`` nodes
+  at its input (:func:`zfnet.converters.graph.prepend_preprocessing`), and recorded here for people
+  and tools;
+- **framing** (resize the shorter side, centre-crop to the input size, with the recorded
+  interpolation, as torchvision's and timm's evaluation transforms do) is recorded here and done by
+  whoever decodes the image, before the graph: the server for request and data-set images, the
+  client for the pictures it draws reconstructions on (:class:`Framing`, one implementation for
+  both). A graph of fixed input size stays one, and its input is exactly the picture shown.
+
+A model that records no normalisation takes pixels as they are (0..255); the client warns about it
+(``zfclient attach-preprocessing`` records one).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+from PIL import Image
+
+from zfnet.errors import InvalidArgument
+
+INTERPOLATIONS = {
+    "nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS, "box": Image.Resampling.BOX, "hamming": Image.Resampling.HAMMING,
+}
+
+
+@dataclass
+class Preprocessing:
+    """``x' = (reorder(x) - mean) * scale`` on RGB 0..255 input (in the graph), after the image was framed
+    (``resize``, crop to ``input_size``; by the decoder): what the network was trained on."""
+
+    channel_order: str = "rgb"  # order the network expects: "rgb" or "bgr"
+    mean: list[float] | None = None  # per channel (in the network's order); see mean_source for per-pixel
+    mean_source: str | None = None  # e.g. "mean.binaryproto (per pixel, 3x32x32)"
+    scale: list[float] = field(default_factory=lambda: [1.0])  # one value, or one per channel
+    input_size: tuple[int, int] | None = None  # (H, W): the centre crop (or the whole image, resized)
+    resize: int = 0  # the shorter side is resized to this before the centre crop; 0: resized to input_size
+    interpolation: str = "bilinear"  # a key of INTERPOLATIONS
+
+    def __post_init__(self) -> None:
+        if self.interpolation not in INTERPOLATIONS:
+            raise InvalidArgument(f"unknown interpolation {self.interpolation!r}; use one of {', '.join(INTERPOLATIONS)}")
+        if self.resize and self.input_size is not None and self.resize < max(self.input_size):
+            raise InvalidArgument(f"resize {self.resize} is smaller than the crop {self.input_size[0]}x{self.input_size[1]}: the shorter side must be at least the crop")
+
+    @property
+    def normalises(self) -> bool:
+        """Whether the graph changes the pixels' scale or offset (else they go in as 0..255)."""
+        return self.mean is not None or self.mean_source is not None or any(s != 1.0 for s in self.scale)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> Preprocessing:
+        """The recorded preprocessing; ``{}`` (none recorded) is the default: nothing done."""
+        data = json.loads(text or "{}")
+        if data.get("input_size") is not None:
+            data["input_size"] = tuple(data["input_size"])
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass(frozen=True)
+class Framing:
+    """How an image becomes the model's input picture of (height, width): with ``resize``, resized so
+    that its shorter side is ``resize`` (the longer one in proportion, rounded down) and centre-cropped
+    (torchvision's ``Resize(resize)`` + ``CenterCrop``, on PIL images); without, resized to (height,
+    width). ``channels``: the model's input channels."""
+
+    height: int
+    width: int
+    resize: int = 0
+    interpolation: str = "bilinear"
+    channels: int = 3
+
+    @classmethod
+    def of(cls, input_shape: list[int] | tuple[int, ...], preprocessing_json: str = "{}") -> Framing:
+        """The framing of a model with this (N, C, H, W) input and recorded preprocessing."""
+        recorded = Preprocessing.from_json(preprocessing_json)
+        return cls(int(input_shape[2]), int(input_shape[3]), recorded.resize, recorded.interpolation, int(input_shape[1]))
+
+    def resized(self, height: int, width: int) -> tuple[int, int]:
+        """(H, W) an image of (height, width) is resized to before the crop."""
+        if not self.resize:
+            return self.height, self.width
+        if width <= height:
+            return int(self.resize * height / width), self.resize
+        return self.resize, int(self.resize * width / height)
+
+    def crop(self, height: int, width: int) -> tuple[int, int]:
+        """(top, left) of the centre crop of a resized (height, width) image (rounded as torchvision does)."""
+        return int(round((height - self.height) / 2.0)), int(round((width - self.width) / 2.0))
+
+    def frame(self, rgb: np.ndarray) -> np.ndarray:
+        """An (H, W, 3) RGB image (uint8, or float32 resized per channel) as the model's picture."""
+        height, width = self.resized(*rgb.shape[:2])
+        if rgb.shape[:2] != (height, width):
+            rgb = _resize(rgb, height, width, INTERPOLATIONS[self.interpolation])
+        top, left = self.crop(height, width)
+        return rgb[top : top + self.height, left : left + self.width]
+
+    def picture(self, img: Image.Image) -> np.ndarray:
+        """A PIL image as the model's (height, width, 3) uint8 RGB picture."""
+        return np.ascontiguousarray(self.frame(np.asarray(img.convert("RGB"), dtype=np.uint8)))
+
+
+def _resize(rgb: np.ndarray, height: int, width: int, resample: Image.Resampling) -> np.ndarray:
+    """(H, W, 3) RGB at (height, width) by PIL's filter: uint8 stays uint8, float32 is resized per channel."""
+    if rgb.dtype == np.uint8:
+        return np.asarray(Image.fromarray(rgb).resize((width, height), resample))
+    channels = [np.asarray(Image.fromarray(rgb[..., c].astype(np.float32), mode="F").resize((width, height), resample)) for c in range(3)]
+    return np.stack(channels, axis=-1)
