@@ -21,12 +21,13 @@ A model that records no normalisation takes pixels as they are (0..255); the cli
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 from PIL import Image
 
-from zfnet.errors import InvalidArgument
+from zfnet.errors import InvalidArgument, ZfnetWarning
 
 INTERPOLATIONS = {
     "nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
@@ -71,6 +72,20 @@ class Preprocessing:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
+class UnnormalisedInput(ZfnetWarning):
+    """A model records no normalisation of its input: pixels go in as RGB 0..255."""
+
+
+def unnormalised(model: str, preprocessing_json: str) -> str | None:
+    """The one-line warning for a model that records no normalisation (None for one that does)."""
+    if Preprocessing.from_json(preprocessing_json).normalises:
+        return None
+    return (
+        f"model {model} records no input normalisation, so pixels go in as RGB 0..255; if it was trained on "
+        f"normalised input, record it: zfclient attach-preprocessing {model} --preprocess imagenet -o OUT.onnx (or --mean/--std)"
+    )
+
+
 @dataclass(frozen=True)
 class Framing:
     """How an image becomes the model's input picture of (height, width): with ``resize``, resized so
@@ -101,6 +116,17 @@ class Framing:
     def crop(self, height: int, width: int) -> tuple[int, int]:
         """(top, left) of the centre crop of a resized (height, width) image (rounded as torchvision does)."""
         return int(round((height - self.height) / 2.0)), int(round((width - self.width) / 2.0))
+
+    def box(self, box: tuple[int, int, int, int], height: int, width: int) -> tuple[int, int, int, int]:
+        """A box (top, left, bottom, right; exclusive) in the pixels of a (height, width) image, in the
+        picture's pixels: covering at least the same area, clipped to the picture."""
+        rows, cols = self.resized(height, width)
+        top, left = self.crop(rows, cols)
+        y0, x0, y1, x1 = box
+        return (
+            max(0, math.floor(y0 * rows / height) - top), max(0, math.floor(x0 * cols / width) - left),
+            min(self.height, math.ceil(y1 * rows / height) - top), min(self.width, math.ceil(x1 * cols / width) - left),
+        )
 
     def frame(self, rgb: np.ndarray) -> np.ndarray:
         """An (H, W, 3) RGB image (uint8, or float32 resized per channel) as the model's picture."""

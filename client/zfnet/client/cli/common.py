@@ -10,9 +10,10 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from zfnet.client import transport
+from zfnet.client import models, transport
 from zfnet.client.transport import SERVER_ENV, TLS_CA_ENV, TLS_CERT_ENV, TLS_ENV, TLS_KEY_ENV, TOKEN_ENV, Connection
 from zfnet.errors import InvalidArgument
+from zfnet.preprocessing import Framing
 from zfnet.wire.common import LayerKey, layer_key
 from zfnet.wire.models import ModelInfo
 
@@ -46,10 +47,10 @@ def unique_stems(paths: list[Path]) -> list[str]:
     return [f"{p.parent.name}_{p.stem}" if stems.count(p.stem) > 1 else p.stem for p in paths]
 
 
-def input_size(info: ModelInfo) -> tuple[int, int]:
-    """The (height, width) the server resizes images to: the last two of the model's (-1, C, H, W) input."""
-    height, width = info.input_shape[2:4]
-    return height, width
+def input_size(info: ModelInfo) -> Framing:
+    """How the server brings an image to the model's input (resize, or resize and centre-crop, as the
+    model records): the pictures drawn under reconstructions are framed the same way."""
+    return Framing.of(info.input_shape, info.preprocessing_json)
 
 
 def parse_layers(text: str | None) -> list[LayerKey]:
@@ -86,8 +87,10 @@ def connection_options(
     tls_cert: Path | None = typer.Option(None, "--tls-cert", envvar=TLS_CERT_ENV, help="PEM client certificate, for a server that asks for one (mutual TLS)."),
     tls_key: Path | None = typer.Option(None, "--tls-key", envvar=TLS_KEY_ENV, help="PEM private key of --tls-cert."),
 ) -> None:
-    """How every command reaches a --server: TLS and a bearer token (given before the command)."""
+    """How every command reaches a --server: TLS and a bearer token (given before the command); and
+    each model it uses that records no input normalisation is warned about, once."""
     transport.cli_connection = Connection(token or None, tls, tls_ca, tls_cert, tls_key)
+    models.CHECK_PREPROCESSING = True
 
 
 def parse_ranges(text: str | None, what: str) -> list[int]:

@@ -4,7 +4,6 @@ paper's Table 1)? A table (terminal, JSON) and a bar plot per layer, against ran
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from zfnet import imagefolder
 from zfnet.client.api import Client
 from zfnet.client.cli.common import ServerOption, input_size, parse_layers, progress_bar
 from zfnet.errors import InvalidArgument, NotFound
+from zfnet.preprocessing import Framing
 from zfnet.wire.common import Box
 from zfnet.wire.correspondence import CorrespondenceResult
 
@@ -66,11 +66,9 @@ def load_parts(path: Path, folder: Path) -> Annotation:
     return Annotation(files, parts, boxes)
 
 
-def to_input(box: Box, image_size: tuple[int, int], input_size: tuple[int, int]) -> Box:
-    """A box in image pixels -> model input pixels (the server resizes images to the input), covering at least the same area."""
-    (h, w), (ih, iw) = image_size, input_size
-    top, left, bottom, right = box
-    return (math.floor(top * ih / h), math.floor(left * iw / w), min(ih, math.ceil(bottom * ih / h)), min(iw, math.ceil(right * iw / w)))
+def to_input(box: Box, image_size: tuple[int, int], framing: Framing) -> Box:
+    """A box in image pixels -> model input pixels (the server frames images to the input as the model records), covering at least the same area."""
+    return framing.box(box, *image_size)
 
 
 def command(
