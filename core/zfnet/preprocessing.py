@@ -29,6 +29,9 @@ from PIL import Image
 
 from zfnet.errors import InvalidArgument, ZfnetWarning
 
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # RGB, on pixels scaled to 0..1 (torchvision's and timm's)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CROP_FRACTION = 0.875  # ImageNet evaluation: the centre crop is this fraction of the resized shorter side (224 of 256)
 INTERPOLATIONS = {
     "nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
     "lanczos": Image.Resampling.LANCZOS, "box": Image.Resampling.BOX, "hamming": Image.Resampling.HAMMING,
@@ -70,6 +73,22 @@ class Preprocessing:
             data["input_size"] = tuple(data["input_size"])
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def normalised(mean: tuple[float, ...], std: tuple[float, ...], input_size: tuple[int, int], resize: int = 0, interpolation: str = "bilinear") -> Preprocessing:
+    """What a ``(x / 255 - mean) / std`` network records (mean and std on pixels in 0..1, as torchvision and timm give them)."""
+    return Preprocessing(
+        mean=[m * 255.0 for m in mean], scale=[1.0 / (s * 255.0) for s in std], input_size=input_size, resize=resize, interpolation=interpolation,
+    )
+
+
+def imagenet(input_size: tuple[int, int]) -> Preprocessing:
+    """The standard ImageNet evaluation transform for a model of this input size: resize the shorter
+    side to ``input size / 0.875`` (bilinear), centre-crop, ImageNet mean and std."""
+    return normalised(IMAGENET_MEAN, IMAGENET_STD, input_size, round(max(input_size) / CROP_FRACTION))
+
+
+PRESETS = {"imagenet": imagenet}  # --preprocess NAME: the preprocessing of a model of this input size
 
 
 class UnnormalisedInput(ZfnetWarning):

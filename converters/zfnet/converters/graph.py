@@ -17,6 +17,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from zfnet.errors import InvalidArgument
 from zfnet.preprocessing import Preprocessing  # noqa: F401  (what the metadata records; the core defines it, the client reads it)
 
 OPSET = 18  # ScatterElements with reduction="add" (the unpooling rule) needs 16+
@@ -107,3 +108,28 @@ def prepend_preprocessing(
 def float_tensor_info(name: str, shape: Sequence[int | str | None]) -> onnx.ValueInfoProto:
     """A float32 value info with symbolic (str/None) or fixed dimensions."""
     return helper.make_tensor_value_info(name, TensorProto.FLOAT, list(shape))
+
+
+def image_input(model: onnx.ModelProto) -> tuple[str, tuple[int, int]]:
+    """The name and (H, W) of a model's image input, which must be (N, C, H, W) with H and W fixed."""
+    initializers = {i.name for i in model.graph.initializer}
+    inputs = [v for v in model.graph.input if v.name not in initializers]
+    if len(inputs) != 1:
+        raise InvalidArgument(f"the model must have one input (an image batch); it has {[v.name for v in inputs]}")
+    dims = [d.dim_value if d.HasField("dim_value") else 0 for d in inputs[0].type.tensor_type.shape.dim]
+    if len(dims) != 4 or not dims[2] or not dims[3]:
+        raise InvalidArgument(f"the model's input {inputs[0].name!r} must be (N, C, H, W) with fixed H and W")
+    return inputs[0].name, (dims[2], dims[3])
+
+
+def attach_preprocessing(model: onnx.ModelProto, preprocessing: Preprocessing) -> onnx.ModelProto:
+    """Give a model that records no normalisation the preprocessing it was trained with, in place: the
+    normalisation as ``preprocess/...`` nodes at its input, the whole recorded in its metadata."""
+    recorded = get_metadata(model, PREPROCESSING_KEY)
+    if recorded is not None and Preprocessing.from_json(recorded).normalises:
+        raise InvalidArgument(f"the model already records its preprocessing ({recorded}); attach it only to a model that records none")
+    name, size = image_input(model)
+    if preprocessing.input_size not in (None, size):
+        raise InvalidArgument(f"the preprocessing is for {preprocessing.input_size} images; the model takes {size}")
+    preprocessing.input_size = size
+    return prepend_preprocessing(model, preprocessing, input_name=name)
