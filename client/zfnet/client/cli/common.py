@@ -13,7 +13,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressC
 
 from zfnet.client import models, transport
 from zfnet.client.transport import SERVER_ENV, TLS_CA_ENV, TLS_CERT_ENV, TLS_ENV, TLS_KEY_ENV, TOKEN_ENV, Connection
-from zfnet.errors import InvalidArgument
+from zfnet import imagefolder
+from zfnet.errors import InvalidArgument, NotFound
 from zfnet.preprocessing import INTERPOLATIONS, PRESETS, Framing, Preprocessing
 from zfnet.wire.common import LayerKey, layer_key
 from zfnet.wire.models import ModelInfo
@@ -46,6 +47,24 @@ def unique_stems(paths: list[Path]) -> list[str]:
     """File stems, prefixed by their folder where two images share a stem."""
     stems = [p.stem for p in paths]
     return [f"{p.parent.name}_{p.stem}" if stems.count(p.stem) > 1 else p.stem for p in paths]
+
+
+def expand(paths: list[Path]) -> list[Path]:
+    """Files as given; folders replaced by the images under them (recursively, sorted). The same
+    file given twice is kept once."""
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.suffix.lower() in imagefolder.IMAGE_SUFFIXES and p.is_file())
+            if not found:
+                raise InvalidArgument(f"folder {path} holds no images ({', '.join(imagefolder.IMAGE_SUFFIXES)})")
+            files += found
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise NotFound(f"image {path} does not exist")
+    seen: set[Path] = set()
+    return [f for f in files if not (f.resolve() in seen or seen.add(f.resolve()))]
 
 
 def input_size(info: ModelInfo) -> Framing:

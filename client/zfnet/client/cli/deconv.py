@@ -14,8 +14,8 @@ from rich.console import Console
 
 from zfnet import imagefolder
 from zfnet.client.api import Client
-from zfnet.client.cli.common import ServerOption, input_size, job_progress, parse_numbers
-from zfnet.errors import InvalidArgument, NotFound, ZfnetError
+from zfnet.client.cli.common import ServerOption, expand, input_size, job_progress, parse_numbers
+from zfnet.errors import InvalidArgument, ZfnetError
 
 LISTED_GRIDS = 10  # grids printed one per line; more are summarised
 
@@ -76,24 +76,6 @@ def _report(written: list[Path], out: Path, reconstructions: int, layer: str, me
         print(f"  {grid}")
     if len(grids) > LISTED_GRIDS:
         print(f"  ... and {len(grids) - LISTED_GRIDS} more (*_grid.png)")
-
-
-def expand(paths: list[Path]) -> list[Path]:
-    """Files as given; folders replaced by the images under them (recursively, sorted). The same
-    file given twice is kept once."""
-    files: list[Path] = []
-    for path in paths:
-        if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.suffix.lower() in imagefolder.IMAGE_SUFFIXES and p.is_file())
-            if not found:
-                raise InvalidArgument(f"folder {path} holds no images ({', '.join(imagefolder.IMAGE_SUFFIXES)})")
-            files += found
-        elif path.is_file():
-            files.append(path)
-        else:
-            raise NotFound(f"image {path} does not exist")
-    seen: set[Path] = set()
-    return [f for f in files if not (f.resolve() in seen or seen.add(f.resolve()))]
 
 
 def output_names(paths: list[Path]) -> list[str]:
