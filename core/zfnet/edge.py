@@ -20,6 +20,7 @@ def edge(command: Callable) -> Callable:
     def wrapper(*args, **kwargs):
         try:
             with warnings.catch_warnings():
+                warnings.simplefilter("default", ZfnetWarning)  # each message once per command
                 shown = warnings.showwarning
                 warnings.showwarning = lambda message, category, *rest, **options: (
                     print(f"warning: {message}", file=sys.stderr) if issubclass(category, ZfnetWarning) else shown(message, category, *rest, **options)
