@@ -17,7 +17,6 @@ import functools
 import html
 import json
 import math
-import re
 from dataclasses import dataclass
 from pathlib import Path
 

@@ -1,6 +1,6 @@
 """A module's name selects the module's output, as a forward hook on the module sees it, never a
 same-shaped tensor inside it: ImageNet replicas (torchvision/timm module paths) at reduced input
-sizes, exported as users do (the default exporter, and the legacy one at opset 17 for Inception),
+sizes, exported as users do (the default exporter and the legacy one at opset 17),
 served by a real server. ``logits`` selects the graph's output of a dynamo export, and a miss
 suggests the nearest names."""
 
@@ -22,7 +22,9 @@ CASES = {
     "inception_v3-dynamo": ("inception_v3", {}, 75, "Mixed_6e", {}),
     "inception_v3-legacy": ("inception_v3", {}, 75, "Mixed_6e", {"dynamo": False, "opset_version": 17}),
     "vit-dynamo": ("vit_small_patch16_224", {"img_size": 32}, 32, "blocks.7", {}),
+    "vit-legacy": ("vit_small_patch16_224", {"img_size": 32}, 32, "blocks.7", {"dynamo": False, "opset_version": 17}),
     "resnet50-dynamo": ("resnet50", {}, 64, "layer3.5", {}),
+    "resnet50-legacy": ("resnet50", {}, 64, "layer3.5", {"dynamo": False, "opset_version": 17}),
 }
 
 

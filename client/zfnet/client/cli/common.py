@@ -67,7 +67,7 @@ def expand(paths: list[Path]) -> list[Path]:
     return [f for f in files if not (f.resolve() in seen or seen.add(f.resolve()))]
 
 
-def input_size(info: ModelInfo) -> Framing:
+def framing(info: ModelInfo) -> Framing:
     """How the server brings an image to the model's input (resize, or resize and centre-crop, as the
     model records): the pictures drawn under reconstructions are framed the same way."""
     return Framing.of(info.input_shape, info.preprocessing_json)
@@ -101,16 +101,18 @@ def progress_bar(what: str) -> Iterator[Callable[[str, int, int], None]]:
 
 
 def connection_options(
+    ctx: typer.Context,
     token: str | None = typer.Option(None, "--token", envvar=TOKEN_ENV, help=f"Bearer token of a server started with --token-file (${TOKEN_ENV} keeps it out of `ps`)."),
     tls: bool = typer.Option(False, "--tls", envvar=TLS_ENV, help="Talk TLS to --server, trusting the system's CA certificates."),
     tls_ca: Path | None = typer.Option(None, "--tls-ca", envvar=TLS_CA_ENV, help="Talk TLS to --server, trusting this PEM CA (a private CA or a self-signed certificate)."),
     tls_cert: Path | None = typer.Option(None, "--tls-cert", envvar=TLS_CERT_ENV, help="PEM client certificate, for a server that asks for one (mutual TLS)."),
     tls_key: Path | None = typer.Option(None, "--tls-key", envvar=TLS_KEY_ENV, help="PEM private key of --tls-cert."),
 ) -> None:
-    """How every command reaches a --server: TLS and a bearer token (given before the command); and
-    each model it uses that records no input normalisation is warned about, once."""
+    """How every command reaches a --server: TLS and a bearer token (given before the command); and,
+    while the command runs, each model it uses that records no input normalisation is warned about, once."""
     transport.cli_connection = Connection(token or None, tls, tls_ca, tls_cert, tls_key)
     models.CHECK_PREPROCESSING = True
+    ctx.call_on_close(lambda: setattr(models, "CHECK_PREPROCESSING", False))
 
 
 def parse_ranges(text: str | None, what: str) -> list[int]:

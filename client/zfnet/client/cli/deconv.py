@@ -14,7 +14,7 @@ from rich.console import Console
 
 from zfnet import imagefolder
 from zfnet.client.api import Client
-from zfnet.client.cli.common import ServerOption, expand, input_size, job_progress, parse_numbers
+from zfnet.client.cli.common import ServerOption, expand, framing, job_progress, parse_numbers
 from zfnet.errors import InvalidArgument, ZfnetError
 
 LISTED_GRIDS = 10  # grids printed one per line; more are summarised
@@ -49,11 +49,11 @@ def command(
     try:
         with Client(server) as client, job_progress(console) as bar:
             info = client.model_info(model)
-            size = input_size(info)
+            framed = framing(info)
             task = bar.add_task(f"deconv {method} of layer {layer}", total=len(files))
             for start, stop, result in client.deconv_batches(model, files, layer, chosen or None, top, mode, method, batch_size):
                 batch = files[start:stop]
-                pictures = [imagefolder.read_rgb(path, size) for path in batch]
+                pictures = [imagefolder.read_rgb(path, framed) for path in batch]
                 written += render.write_deconv(result, pictures, names[start:stop], out, raw)
                 reconstructions, layer_name = reconstructions + len(result.reconstructions), result.layer
                 bar.advance(task, len(batch))
