@@ -14,7 +14,7 @@ import numpy as np
 
 from zfnet.errors import InvalidArgument, ResourceExhausted
 from zfnet.server import projection, runtime
-from zfnet.server.layers import resolve
+from zfnet.server.layers import named
 from zfnet.server.models import LoadedModel
 from zfnet.wire import deconv as wire
 from zfnet.wire.deconv import Reconstruction
@@ -37,12 +37,12 @@ class Selection:
 
 def channels_first(model: LoadedModel, layer: str, activation: np.ndarray) -> np.ndarray:
     """A layer's tensor (or signal) with its channel axis moved to axis 1 (a view)."""
-    return np.moveaxis(activation, resolve(model.layers, layer).channel_axis, 1)
+    return np.moveaxis(activation, named(model.layers, layer).channel_axis, 1)
 
 
 def in_layout(model: LoadedModel, layer: str, signal: np.ndarray) -> np.ndarray:
     """Signals built channels first, in the layer's own layout (the inverse of :func:`channels_first`)."""
-    return np.ascontiguousarray(np.moveaxis(signal, 1, resolve(model.layers, layer).channel_axis))
+    return np.ascontiguousarray(np.moveaxis(signal, 1, named(model.layers, layer).channel_axis))
 
 
 def choose_channels(activation: np.ndarray, channels: list[int] | None, top_k: int) -> list[list[int]]:

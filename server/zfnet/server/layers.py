@@ -152,6 +152,12 @@ def resolve(table: list[Layer], layer: str | int) -> Layer:
     )
 
 
+def named(table: list[Layer], name: str) -> Layer:
+    """The row of an exposed tensor by its exact name (a layer already resolved; a name of digits, a
+    ``Sequential``'s ``3``, is that tensor here, not the paper's layer 3)."""
+    return next((row for row in table if row.name == name), None) or resolve(table, name)
+
+
 class ReceptiveFields:
     """Receptive fields of a model's activations: each op on the way to the image maps the span of
     its outputs to the span of its inputs (its registry entry's ``field``); computed once per query."""

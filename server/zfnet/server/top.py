@@ -18,7 +18,7 @@ import numpy as np
 from zfnet.errors import FailedPrecondition, InvalidArgument
 from zfnet.server import deconv, projection, runtime
 from zfnet.server.datasets import Source, StreamedSource
-from zfnet.server.layers import resolve
+from zfnet.server.layers import named, resolve
 from zfnet.server.models import LoadedModel
 from zfnet.topk import EMPTY, TopK
 from zfnet.wire import top as wire
@@ -89,7 +89,7 @@ def _check_fits(model: LoadedModel, source: Source, data: str, state: TopK) -> N
         raise InvalidArgument(f"the top-k state is for data set {state.data!r} of {state.size} images, not {data!r} of {source.size}")
     for layer, top in state.layers.items():
         (_, rank), = plan(model, [layer], [int(c) for c in top.channels]).values()
-        shape = resolve(model.layers, layer).spatial()
+        shape = named(model.layers, layer).spatial()
         if top.locations.shape[2] != rank or np.any(top.locations < 0) or np.any(top.locations >= np.asarray(shape, np.int64)):
             raise InvalidArgument(f"the top-k state's locations do not fit layer {layer!r} of shape {shape}")
 
