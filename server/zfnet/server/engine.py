@@ -48,7 +48,7 @@ class Engine:
     def batch(self, model: LoadedModel, images: list[ImageInput]) -> np.ndarray:
         if len(images) > MAX_IMAGES:
             raise ResourceExhausted(f"{len(images)} images in one request; at most {MAX_IMAGES}", field="images", reason="TOO_MANY_IMAGES", metadata={"limit": MAX_IMAGES, "requested": len(images)})
-        return to_batch(images, model.input_shape, self.max_image_pixels)
+        return to_batch(images, model.framing, self.max_image_pixels)
 
     # -- admission ------------------------------------------------------------------------
     def estimate(self, model: LoadedModel, images: list[ImageInput], what: str, **parts: int) -> Estimate:
@@ -106,7 +106,7 @@ class Engine:
         row = resolve(model.layers, layer)
         if not channels and top_k <= 0:
             raise InvalidArgument(f"top_k must be positive, got {top_k}", field="channels.top_k", reason="VALUE_OUT_OF_RANGE")
-        count = row.shape[1] if len(row.shape) > 1 and isinstance(row.shape[1], int) and row.shape[1] > 0 else 1
+        count = row.channels if isinstance(row.channels, int) and row.channels > 0 else 1
         rows = len(images) * (len(channels) if channels else min(top_k, count))
         what = f"Deconv of {len(images)} image(s) x {rows // max(len(images), 1)} channel(s) of {row.name}"
         if rows > deconv.MAX_ROWS:

@@ -32,6 +32,7 @@ from zfnet.converters import expose
 from zfnet.converters.graph import CLASSES_KEY, PREPROCESSING_KEY, get_metadata
 from zfnet.converters.index import GraphIndex
 from zfnet.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
+from zfnet.preprocessing import Framing
 from zfnet.server import cache, projection, runtime
 from zfnet.server.admission import MAX_INPUT_PIXELS, Estimate, Footprint, MemoryBudget, fmt_bytes, value_bytes
 from zfnet.server.layers import Layer, ReceptiveFields, layer_table
@@ -59,6 +60,7 @@ class LoadedModel:
     session: ort.InferenceSession | runtime.FixedBatchSession
     input_name: str
     input_shape: list[int]  # (-1, C, H, W)
+    framing: Framing  # how an image of any size becomes its input picture
     output_name: str
     layers: list[Layer]
     preprocessing_json: str
@@ -211,10 +213,15 @@ def load(
         session = runtime.FixedBatchSession(session, inputs[0].name, input_shape[0], batch_axes(index))
         input_shape[0] = -1
     classes = json.loads(get_metadata(exposed, CLASSES_KEY) or "[]")
+    recorded = get_metadata(exposed, PREPROCESSING_KEY) or "{}"
+    try:
+        framing = Framing.of(input_shape, recorded)
+    except (ValueError, TypeError, InvalidArgument) as err:
+        raise InvalidArgument(f"model {name!r}: its recorded preprocessing ({PREPROCESSING_KEY}) cannot be read: {err}", reason="BAD_MODEL") from None
     return LoadedModel(
         sha256=sha256, name=name, size=len(data), model=exposed, session=session,
-        input_name=inputs[0].name, input_shape=input_shape, output_name=exposed.graph.output[0].name,
-        layers=layer_table(index), preprocessing_json=get_metadata(exposed, PREPROCESSING_KEY) or "{}", classes=classes,
+        input_name=inputs[0].name, input_shape=input_shape, framing=framing, output_name=exposed.graph.output[0].name,
+        layers=layer_table(index), preprocessing_json=recorded, classes=classes,
         receptive_fields=ReceptiveFields(index), index=index,
     )
 

@@ -76,7 +76,10 @@ def model_info(model: LoadedModel, provider: str) -> models.ModelInfo:
     return models.ModelInfo(
         model.sha256, model.name, model.input_name, tuple(model.input_shape), model.preprocessing_json, list(model.classes),
         [
-            models.LayerInfo(r.index, r.name, r.op, tuple(d if isinstance(d, int) and d > 0 else -1 for d in r.shape), r.number or 0, tuple(r.aliases))
+            models.LayerInfo(
+                r.index, r.name, r.op, tuple(d if isinstance(d, int) and d > 0 else -1 for d in r.shape), r.number or 0, tuple(r.aliases),
+                r.modules, r.internal, r.channel_axis,
+            )
             for r in model.layers
         ],
         model.output_name, provider,

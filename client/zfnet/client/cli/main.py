@@ -11,7 +11,7 @@ from collections.abc import Callable
 import typer
 
 from zfnet import extras
-from zfnet.client.cli import activations, common, convert_caffe, convert_torch, deconv, evaluate, filters, layers, mean, predict, top, train
+from zfnet.client.cli import activations, attach_preprocessing, common, convert_caffe, convert_torch, deconv, evaluate, filters, layers, mean, predict, top, train
 from zfnet.client.cli import correspondence, evolution, invariance, occlusion
 from zfnet.client.cli import explore
 from zfnet.client.cli import features, probe
@@ -51,6 +51,7 @@ app.command("serve", add_help_option=False, context_settings={"allow_extra_args"
 convert_app.command("torch")(at_the_edge(convert_torch.command, "convert"))
 convert_app.command("caffe")(at_the_edge(convert_caffe.command, "convert"))
 app.command("mean")(at_the_edge(mean.command, "convert"))
+app.command("attach-preprocessing")(at_the_edge(attach_preprocessing.command, "server"))
 app.command("occlusion")(at_the_edge(occlusion.command))
 app.command("invariance")(at_the_edge(invariance.command))
 app.command("correspondence")(at_the_edge(correspondence.command))
