@@ -119,7 +119,7 @@ def main() -> None:
     machine = {**cpu(), "torch": f"{torch.__version__} ({torch.get_num_threads()} threads)", "onnxruntime": runtime.providers()[0]}
     engine = Engine(ModelStore())
     report = {"machine": machine, "top": TOP, "rounds": args.rounds, "models": []}
-    console = Console()
+    console = Console(width=200)
     with Client() as client:
         for key in args.models:
             make, batches = SUBJECTS[key]
