@@ -1,12 +1,14 @@
-"""onnxruntime session settings for the projection graph, measured side by side in one run.
+"""The projection graph's kernel forms and onnxruntime session settings, side by side in one run.
 
 The projection of the bundled model's layer 4 (top 9 channels of 16 images: 144 rows, mode max,
 deconvnet) runs on sessions that differ from the engine's own (``runtime.session``: every graph
 optimisation, the NCHWc layout transformer among them, memory-pattern planning on, the CPU arena
-off, one intra-op thread per core) in one setting each. Interleaved rounds (:mod:`sidebyside`);
-the time of each relative to the engine's, its peak memory above where it started, the load.
+off, one intra-op thread per core) in one setting each, and on the engine's session of the graph
+built with every convolution's backward as onnxruntime's ``ConvTranspose`` (the graph before the
+forms were timed, issue 23). Interleaved rounds (:mod:`sidebyside`); the time of each relative to
+the engine's, its peak memory above where it started, the load.
 
-    python bench/session_bench.py [--batch 16] [--rounds 7]
+    python bench/projection_bench.py [--batch 16] [--rounds 7]
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
+from unittest import mock
 
 import onnxruntime as ort
 from rich.console import Console
@@ -23,6 +26,7 @@ from rich.table import Table
 
 from sidebyside import cpu, interleaved, mib
 from zfnet.server import deconv, projection, runtime
+from zfnet.server.rules import transposed
 from zfnet.server.engine import Engine
 from zfnet.server.images import ImageInput
 from zfnet.server.models import ModelStore, load
@@ -65,7 +69,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").partition("\n")[0])
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--json", type=Path, default=ROOT / "out" / "session_bench.json")
+    parser.add_argument("--json", type=Path, default=ROOT / "out" / "projection_bench.json")
     args = parser.parse_args()
 
     path = ROOT / "models" / "zfnet-cifar10.onnx"
@@ -79,6 +83,9 @@ def main() -> None:
     selection = deconv.select(activation, deconv.choose_channels(activation, None, TOP), "max")
     data = proj.model.SerializeToString()
     sessions = {name: ort.InferenceSession(data, _options(change), providers=["CPUExecutionProvider"]) for name, change in SETTINGS.items()}
+    with mock.patch("zfnet.server.rules.conv.forms", lambda conv: {"transposed": transposed.forms(conv)["transposed"]}):
+        plain = projection.build(model.index or model.model, LAYER, "deconvnet").model.SerializeToString()
+    sessions["every conv backward as ConvTranspose"] = ort.InferenceSession(plain, _options(lambda o: None), providers=["CPUExecutionProvider"])
 
     def run(session: ort.InferenceSession) -> Callable[[], object]:
         return lambda: deconv.project(proj, session, forward, selection.signal, selection.image_index, batch.shape[1:])
