@@ -32,7 +32,7 @@ from captum.attr import NeuronDeconvolution
 from rich.console import Console
 from rich.table import Table
 
-from sidebyside import cpu, interleaved, mib
+from sidebyside import cpu, interleaved, machine, mib
 from zfnet.client.api import Client
 from zfnet.converters.pytorch import export, zoo
 from zfnet.converters.pytorch.imagenet import REGISTRY
@@ -116,9 +116,9 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=ROOT / "out" / "bench.json")
     args = parser.parse_args()
 
-    machine = {**cpu(), "torch": f"{torch.__version__} ({torch.get_num_threads()} threads)", "onnxruntime": runtime.providers()[0]}
+    host = {**cpu(), "torch": f"{torch.__version__} ({torch.get_num_threads()} threads)", "onnxruntime": runtime.providers()[0]}
     engine = Engine(ModelStore())
-    report = {"machine": machine, "top": TOP, "rounds": args.rounds, "models": []}
+    report = {"machine": host, "top": TOP, "rounds": args.rounds, "models": []}
     console = Console(width=200)
     with Client() as client:
         for key in args.models:
@@ -129,7 +129,7 @@ def main() -> None:
             report["models"].append({"model": subject.name, "layer": subject.tensor, "rows": rows})
             table = Table("batch", "engine img/s", "gRPC img/s", "Captum img/s", "engine / Captum", "gRPC / Captum (best, median)",
                           "peak MiB (engine, gRPC, Captum)", "load",
-                          title=f"deconv of {subject.name}, top-{TOP}, mode max\n{machine['model']} ({', '.join(machine['vector'])}), {machine['cores']} cores")
+                          title=f"deconv of {subject.name}, top-{TOP}, mode max\n{machine()}")
             for r in rows:
                 table.add_row(
                     str(r["batch"]), f"{r['engine']['images_per_s']:.1f}", f"{r['gRPC']['images_per_s']:.1f}", f"{r['Captum']['images_per_s']:.1f}",

@@ -24,7 +24,7 @@ import onnxruntime as ort
 from rich.console import Console
 from rich.table import Table
 
-from sidebyside import cpu, interleaved, mib
+from sidebyside import cpu, interleaved, machine, mib
 from zfnet.server import deconv, projection, runtime
 from zfnet.server.rules import transposed
 from zfnet.server.engine import Engine
@@ -92,10 +92,9 @@ def main() -> None:
 
     timings, (load_before, load_after) = interleaved({name: run(s) for name, s in sessions.items()}, args.rounds)
     engine = next(iter(timings.values()))
-    machine = cpu()
     table = Table("setting", "ms (best)", "ms (median)", "vs engine (best, median)", "peak MiB",
                   title=(f"projection of {path.stem} {LAYER}, {len(selection.channel)} rows ({args.batch} images x top {TOP})\n"
-                         f"{machine['model']} ({', '.join(machine['vector'])}), {machine['cores']} cores, "
+                         f"{machine()}, "
                          f"onnxruntime {ort.__version__}, load {load_before:.1f}-{load_after:.1f}"))
     rows = []
     for name, t in timings.items():
@@ -105,7 +104,7 @@ def main() -> None:
                       mib(t.peak).removesuffix(" MiB"))
     Console(width=200).print(table)
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"machine": {**machine, "onnxruntime": ort.__version__, "load": [load_before, load_after],
+    args.json.write_text(json.dumps({"machine": {**cpu(), "onnxruntime": ort.__version__, "load": [load_before, load_after],
                                                  "cpus_online": os.cpu_count()},
                                      "rows_projected": len(selection.channel), "rounds": args.rounds, "settings": rows}, indent=2))
     print(f"wrote {args.json}")

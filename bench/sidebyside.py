@@ -11,9 +11,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict
 
 
-def cpu() -> dict[str, object]:
+class Cpu(TypedDict):
+    model: str
+    vector: list[str]  # of avx2, fma, avx512f, avx512bw, avx512_vnni, avx512_bf16, amx_tile
+    cores: int
+
+
+def cpu() -> Cpu:
     """CPU model, its vector extensions (from /proc/cpuinfo's flags) and the cores this process may use."""
     model, flags = platform.processor() or platform.machine(), set()
     info = Path("/proc/cpuinfo")
@@ -26,6 +33,12 @@ def cpu() -> dict[str, object]:
                 flags = set(value.split())
     vector = [f for f in ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "amx_tile") if f in flags]
     return {"model": model, "vector": vector, "cores": len(os.sched_getaffinity(0))}
+
+
+def machine() -> str:
+    """The CPU in one line: model, vector extensions, cores."""
+    c = cpu()
+    return f"{c['model']} ({', '.join(c['vector']) or 'no AVX2'}), {c['cores']} cores"
 
 
 def load() -> float:

@@ -127,10 +127,11 @@ def transposed(b: Emitter, signal: str, conv: Backward) -> str:
     end = [c - a - n for c, a, n in zip(covered, win.begin, conv.in_spatial)]
     extra = [max(0, -e) for e in end]
     weight = b.const(conv.weight.astype(np.float32))
-    attrs = dict(strides=list(win.strides), dilations=list(win.dilations), group=conv.group)
+    strides, dilations = list(win.strides), list(win.dilations)
     if all(x < max(s, d) for x, s, d in zip(extra, win.strides, win.dilations)) and all(a < c for a, c in zip(win.begin, covered)):
-        return b.op("ConvTranspose", [signal, weight], pads=list(win.begin) + [max(0, e) for e in end], output_padding=extra, **attrs)
-    full = b.op("ConvTranspose", [signal, weight], pads=[0] * 2 * win.rank, **attrs)
+        return b.op("ConvTranspose", [signal, weight], strides=strides, dilations=dilations, group=conv.group,
+                    pads=list(win.begin) + [max(0, e) for e in end], output_padding=extra)
+    full = b.op("ConvTranspose", [signal, weight], strides=strides, dilations=dilations, group=conv.group, pads=[0] * 2 * win.rank)
     return b.fit_spatial(full, list(win.begin), list(conv.in_spatial), covered)
 
 
