@@ -132,7 +132,7 @@ def main() -> None:
                           title=f"deconv of {subject.name}, top-{TOP}, mode max\n{machine()}")
             for r in rows:
                 table.add_row(
-                    str(r["batch"]), f"{r['engine']['images_per_s']:.1f}", f"{r['gRPC']['images_per_s']:.1f}", f"{r['Captum']['images_per_s']:.1f}",
+                    str(r["batch"]), *(f"{r[n]['images_per_s']:.3g}" for n in ("engine", "gRPC", "Captum")),
                     f"{r['engine_vs_captum']:.2f}x", f"{r['grpc_vs_captum']:.2f}x, {r['grpc_vs_captum_median']:.2f}x",
                     ", ".join(mib(r[n]["peak_bytes"]).removesuffix(" MiB") for n in ("engine", "gRPC", "Captum")), "-".join(str(x) for x in r["load"]),
                 )
