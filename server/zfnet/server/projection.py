@@ -44,6 +44,7 @@ class Projection:
     method: str
     forward_tensors: list[str]  # names in the forward model, its image input included; fed as ``fwd/<name>``
     per_image: bool = False  # run one row at a time on one image's forward values (see :func:`build`)
+    stop: str = ""  # the tensor whose signal is the output ("": the image input)
 
 
 def one_image(index: GraphIndex) -> GraphIndex | None:
@@ -99,6 +100,7 @@ class Builder:
         self._batch = batch_axes(index)
         self.per_image = per_image  # shapes are the forward pass's own (batch 1), one row per run
         self.node: Node | None = None  # the forward node whose rule is running
+        self.reach: set[str] | None = None  # the tensors a signal may reach (None: every one that depends on the image)
 
     @property
     def forward_tensors(self) -> list[str]:
@@ -131,7 +133,7 @@ class Builder:
 
     def needs(self, name: str) -> bool:
         """Whether a forward tensor depends on the input, so a signal must reach it."""
-        return bool(name) and name in self.index.live
+        return bool(name) and name in self.index.live and (self.reach is None or name in self.reach)
 
     def constant_value(self, name: str) -> np.ndarray | None:
         """The value of a forward initializer or Constant output, else None."""
@@ -229,8 +231,22 @@ class Builder:
         return signal
 
 
-def build(model: onnx.ModelProto | GraphIndex, layer: str, method: str) -> Projection:
-    """Build the projection graph from tensor ``layer`` of an exposed model to its image input.
+def downstream(index: GraphIndex, tensor: str) -> set[str]:
+    """``tensor`` and every tensor whose value depends on it."""
+    reach, pending = {tensor}, [tensor]
+    while pending:
+        for i in index.consumers.get(pending.pop(), []):
+            for name in index.nodes[i].output:
+                if name in index.live and name not in reach:
+                    reach.add(name)
+                    pending.append(name)
+    return reach
+
+
+def build(model: onnx.ModelProto | GraphIndex, layer: str, method: str, stop: str = "") -> Projection:
+    """Build the projection graph from tensor ``layer`` of an exposed model to its image input, or to
+    the inner tensor ``stop`` (its output then the signal there: with ``backprop``, the gradient of
+    the signal's dot product with ``layer`` with respect to ``stop``; what Grad-CAM needs).
 
     The rows of a batch are projected together when every tensor on the way keeps the batch on an
     axis of its own. Where the graph merges that axis away (an exporter's reshape to ``(C,)`` and back
@@ -245,6 +261,11 @@ def build(model: onnx.ModelProto | GraphIndex, layer: str, method: str) -> Proje
         raise InvalidArgument(f"tensor {layer!r} does not depend on the input {image!r}")
     index, per_image = index_for(index, layer)
     builder = Builder(index, method, per_image)
+    if stop:
+        builder.reach = downstream(index, stop)
+        if layer not in builder.reach:
+            raise InvalidArgument(f"tensor {layer!r} does not depend on tensor {stop!r}; choose a layer before it")
+    target = stop or image
     signals: dict[str, str] = {layer: SIGNAL}
     for node in index.ancestors(layer):
         outgoing = [signals.get(name) for name in node.output]
@@ -265,10 +286,10 @@ def build(model: onnx.ModelProto | GraphIndex, layer: str, method: str) -> Proje
             if signal is None or not builder.needs(name):
                 continue
             signals[name] = builder.op("Add", [signals[name], signal]) if name in signals else signal
-    if image not in signals:
-        raise InvalidArgument(f"no signal reaches the input from layer {layer!r}")
-    builder.nodes.append(helper.make_node("Identity", [signals[image]], [RECONSTRUCTION], name=RECONSTRUCTION))
-    layer_shape, image_shape = builder.shape(layer), builder.shape(image)
+    if target not in signals:
+        raise InvalidArgument(f"no signal reaches {'tensor ' + repr(stop) if stop else 'the input'} from layer {layer!r}")
+    builder.nodes.append(helper.make_node("Identity", [signals[target]], [RECONSTRUCTION], name=RECONSTRUCTION))
+    layer_shape, image_shape = builder.shape(layer), builder.shape(target)
     rows = 1 if per_image else "M"
     forward_tensors = builder.forward_tensors
     proj_inputs = [
@@ -288,4 +309,4 @@ def build(model: onnx.ModelProto | GraphIndex, layer: str, method: str) -> Proje
     proj = helper.make_model(proj_graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="zfnet")
     proj.ir_version = IR_VERSION
     onnx.checker.check_model(proj)
-    return Projection(proj, layer, method, forward_tensors, per_image)
+    return Projection(proj, layer, method, forward_tensors, per_image, stop)
