@@ -117,12 +117,13 @@ class Sampling:
 
 def sampling(height: int, width: int, shifts: np.ndarray, scales: np.ndarray, angles: np.ndarray) -> Sampling:
     """Each image jittered by ``shifts`` (n, 2) pixels (dy, dx), scaled by ``scales`` (n,) and
-    rotated by ``angles`` (n,) degrees about its centre: output pixel p reads source c + R(-a)(p - c - t) / s."""
+    rotated by ``angles`` (n,) degrees counter-clockwise about its centre (kornia's sense): output
+    pixel p reads source c + R(-a)(p - c - t) / s."""
     rows, cols = np.meshgrid(np.arange(height, dtype=np.float64), np.arange(width, dtype=np.float64), indexing="ij")
     centre = ((height - 1) / 2, (width - 1) / 2)
     py = rows.ravel()[None] - centre[0] - shifts[:, :1]
     px = cols.ravel()[None] - centre[1] - shifts[:, 1:]
-    theta = np.deg2rad(angles)[:, None]
+    theta = -np.deg2rad(angles)[:, None]  # rows point down: a counter-clockwise turn on screen is clockwise in (row, column)
     cos, sin = np.cos(theta), np.sin(theta)
     sy = (cos * py - sin * px) / scales[:, None] + centre[0]
     sx = (sin * py + cos * px) / scales[:, None] + centre[1]
