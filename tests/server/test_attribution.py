@@ -5,14 +5,15 @@ steps and method, its convergence delta the same; ``NoiseTunnel`` over ``Salienc
 one); ``InputXGradient``. Baselines against independent references; batching changes nothing;
 progress counts copies; bad requests are refused by field.
 
-A note on ties. Both sides run float32, and the two frameworks round differently (about 1e-7
-relative). Where a copy on the path has a ReLU input within that rounding of 0, or a max-pool
-window with two values that close, the two take different branches and their gradients at that
-copy differ by percents. Nearly black copies (the black baseline's first steps) are full of such
-near-ties: over 30 sample images and 50 steps, 4 to 9 of 30 differ from Captum by more than 1e-4
-(at most 1e-3) with the black baseline, 0 to 4 with the blurred one, none with the mean one. The
-images compared here were chosen among those whose paths hold no near-tie (the first five of the
-samples' second to tenth images that pass every method and baseline); bench/attribution_bench.py
+A note on float32 and ties. Both sides run float32. Where a copy on the path has a ReLU input
+within rounding of 0, or a max-pool window with two values that close, the two frameworks may take
+different branches and their gradients at that copy differ by percents. Nearly black copies (the
+black baseline's first Gauss-Legendre points, alpha ~ 6e-4) are nearly uniform, so their max-pool
+windows are full of such near-ties: there Captum's own float32 result differs from its float64
+result by 6e-6 to 2e-2 (relative L2; 48 sample images, black baseline, 50 Gauss-Legendre steps),
+so no float32 implementation can match it to 1e-4 on every image. The images compared here are the
+sample images on which Captum float32 and float64 agree to 1e-5 on that path (with the other
+baselines and methods our error is about 1e-7 on nearly every image); bench/attribution_bench.py
 reports the error of every image it runs.
 """
 
@@ -34,7 +35,7 @@ from zfnet.v1 import zfnet_pb2 as pb
 
 Code = grpc.StatusCode
 TOLERANCE = 1e-4  # relative L2, float32 end to end
-CLEAN = [1, 2, 5, 6, 7]  # sample images whose integrated-gradients paths hold no near-tie (see the module's note)
+CLEAN = [6, 13, 24, 27, 47]  # sample images on which Captum float32 and float64 agree (see the module's note)
 CAPTUM_METHODS = {
     pb.RIEMANN_LEFT: "riemann_left", pb.RIEMANN_RIGHT: "riemann_right", pb.RIEMANN_MIDDLE: "riemann_middle",
     pb.RIEMANN_TRAPEZOID: "riemann_trapezoid", pb.GAUSS_LEGENDRE: "gausslegendre", pb.INTEGRATION_METHOD_UNSPECIFIED: "gausslegendre",
