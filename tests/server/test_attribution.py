@@ -25,11 +25,10 @@ import pytest
 import torch
 from captum.attr import GuidedBackprop, InputXGradient, IntegratedGradients, NoiseTunnel, Saliency
 from captum.attr._core import noise_tunnel
-from perturb_testing import TIMEOUT, Bare, Conn, encoded, nchw, still_serves, stream
+from perturb_testing import TIMEOUT, Bare, Conn, encoded, nchw, relative_l2, same_noise, still_serves, stream
 from scipy import ndimage
 from test_error_details import check, details
 
-from zfnet.server import attribution
 from zfnet.tensors import from_proto
 from zfnet.v1 import zfnet_pb2 as pb
 
@@ -40,10 +39,6 @@ CAPTUM_METHODS = {
     pb.RIEMANN_LEFT: "riemann_left", pb.RIEMANN_RIGHT: "riemann_right", pb.RIEMANN_MIDDLE: "riemann_middle",
     pb.RIEMANN_TRAPEZOID: "riemann_trapezoid", pb.GAUSS_LEGENDRE: "gausslegendre", pb.INTEGRATION_METHOD_UNSPECIFIED: "gausslegendre",
 }
-
-
-def relative_l2(ours: np.ndarray, reference: np.ndarray) -> float:
-    return float(np.linalg.norm(ours - reference) / max(float(np.linalg.norm(reference)), 1e-12))
 
 
 def attributions(result: pb.AttributionResult) -> np.ndarray:
@@ -97,17 +92,6 @@ def test_baselines_are_black_the_models_mean_and_a_gaussian_blur(conn: Conn, sam
         blurred = sum(w * rows[:, :, :, k : k + 32] for k, w in enumerate(kernel))
         np.testing.assert_allclose(got, blurred, rtol=1e-4, atol=1e-3)
     assert ndimage is not None  # the server's blur (scipy.ndimage, reflect mode) is what the reference above rebuilds
-
-
-def same_noise(samples: int, seed: int, image: int, sigma: float, shape: tuple[int, ...]):
-    """Captum's ``NoiseTunnel._add_noise_to_input`` drawing the server's noise for ``image``."""
-    noise = torch.from_numpy(np.stack([attribution.noise(seed, image, s, shape) * np.float32(sigma) for s in range(samples)]))
-
-    def add(input: torch.Tensor, stdev: float, nt_samples_partition: int) -> torch.Tensor:
-        assert nt_samples_partition == samples
-        return input.repeat_interleave(nt_samples_partition, dim=0) + noise
-
-    return staticmethod(add)
 
 
 @pytest.mark.parametrize(

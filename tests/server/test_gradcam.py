@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from captum.attr import LayerAttribution, LayerGradCam
-from perturb_testing import CIFAR10, TIMEOUT, Conn, encoded, nchw, still_serves
+from perturb_testing import CIFAR10, TIMEOUT, Conn, encoded, nchw, relative_l2, still_serves
 from test_error_details import check, details
 
 from zfnet.server import gradcam, projection
@@ -21,10 +21,6 @@ from zfnet.v1 import zfnet_pb2 as pb
 
 Code = grpc.StatusCode
 TOLERANCE = 1e-4  # relative L2, float32 end to end
-
-
-def relative_l2(ours: np.ndarray, reference: np.ndarray) -> float:
-    return float(np.linalg.norm(ours - reference) / max(float(np.linalg.norm(reference)), 1e-12))
 
 
 def inner_output(net: torch.nn.Module, name: str):
