@@ -246,7 +246,7 @@ def test_attribution_requests_and_results_survive_their_codec() -> None:
         GradCamRequest([image], 5, Target(7, []), "grad_cam_plus_plus"),
         GradCamRequest([image]),
     ):
-        same(type(request).from_proto(request.to_proto(ref)), request)  # pyright: ignore[reportAttributeAccessIssue]
+        same(type(request).from_proto(request.to_proto(ref)), request)  # pyright: ignore[reportArgumentType]  (each request type reads its own message)
     unit = TargetUnit(3, "cat", True, 2.5)
     items = [Attribution("a", unit, RNG.random((3, 4, 4), np.float32), -0.25, RNG.random((3, 4, 4), np.float32)), Attribution("b", unit, RNG.random((3, 4, 4), np.float32), sigma=3.5)]
     result = AttributionResult("integrated-gradients", "50 steps", "fc8", ["cat"], items, 32)

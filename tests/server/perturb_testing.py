@@ -28,6 +28,12 @@ def relative_l2(ours: np.ndarray, reference: np.ndarray) -> float:
     return float(np.linalg.norm(ours - reference) / max(float(np.linalg.norm(reference)), 1e-12))
 
 
+def tensor(value: object) -> torch.Tensor:
+    """A Captum attribution of one input (typed as a tensor or a tuple of them): the tensor."""
+    assert isinstance(value, torch.Tensor), type(value)
+    return value
+
+
 def same_noise(samples: int, seed: int, image: int, sigma: float, shape: tuple[int, ...]):
     """A stand-in for Captum's ``NoiseTunnel._add_noise_to_input`` that draws the server's noise for
     image ``image`` (:func:`zfnet.server.attribution.noise`), so both sides average the same copies."""

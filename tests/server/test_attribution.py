@@ -19,13 +19,15 @@ reports the error of every image it runs.
 
 from __future__ import annotations
 
+from typing import cast
+
 import grpc
 import numpy as np
 import pytest
 import torch
 from captum.attr import GuidedBackprop, InputXGradient, IntegratedGradients, NoiseTunnel, Saliency
 from captum.attr._core import noise_tunnel
-from perturb_testing import TIMEOUT, Bare, Conn, encoded, nchw, relative_l2, same_noise, still_serves, stream
+from perturb_testing import TIMEOUT, Bare, Conn, encoded, nchw, relative_l2, same_noise, still_serves, stream, tensor
 from scipy import ndimage
 from test_error_details import check, details
 
@@ -88,8 +90,8 @@ def test_baselines_are_black_the_models_mean_and_a_gaussian_blur(conn: Conn, sam
         kernel = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
         kernel /= kernel.sum()
         padded = np.pad(images.astype(np.float64), ((0, 0), (0, 0), (radius, radius), (radius, radius)), mode="symmetric")
-        rows = sum(w * padded[:, :, k : k + 32, :] for k, w in enumerate(kernel))
-        blurred = sum(w * rows[:, :, :, k : k + 32] for k, w in enumerate(kernel))
+        rows = np.sum([w * padded[:, :, k : k + 32, :] for k, w in enumerate(kernel)], axis=0)
+        blurred = np.sum([w * rows[:, :, :, k : k + 32] for k, w in enumerate(kernel)], axis=0)
         np.testing.assert_allclose(got, blurred, rtol=1e-4, atol=1e-3)
     assert ndimage is not None  # the server's blur (scipy.ndimage, reflect mode) is what the reference above rebuilds
 
@@ -121,7 +123,7 @@ def test_smoothgrad_equals_captums_noise_tunnel_with_the_same_noise(conn: Conn, 
             torch.from_numpy(images[i : i + 1]), nt_type="smoothgrad_sq" if squared else "smoothgrad", nt_samples=n, stdevs=float(item.sigma),
             target=item.target.index, **options,
         )
-        assert relative_l2(from_proto(item.pixels), reference.detach().numpy()[0]) < TOLERANCE
+        assert relative_l2(from_proto(item.pixels), tensor(reference).detach().numpy()[0]) < TOLERANCE
     assert result.method == ("smoothgrad-squared" if squared else "smoothgrad")
 
 
@@ -166,10 +168,10 @@ def test_input_x_gradient_equals_captum_for_a_class_and_an_inner_unit(conn: Conn
     [
         ("IntegratedGradients", lambda c, im: pb.IntegratedGradientsRequest(model=c.ref, images=im, steps=0), "VALUE_OUT_OF_RANGE", "steps", ("steps", "0")),
         ("IntegratedGradients", lambda c, im: pb.IntegratedGradientsRequest(model=c.ref, images=im, steps=1, method=pb.RIEMANN_LEFT), "VALUE_OUT_OF_RANGE", "steps", ("2..4096",)),
-        ("IntegratedGradients", lambda c, im: pb.IntegratedGradientsRequest(model=c.ref, images=im, baseline=9), "UNKNOWN_ENUM_VALUE", "baseline", ("BASELINE_BLURRED",)),
+        ("IntegratedGradients", lambda c, im: pb.IntegratedGradientsRequest(model=c.ref, images=im, baseline=cast(pb.Baseline, 9)), "UNKNOWN_ENUM_VALUE", "baseline", ("BASELINE_BLURRED",)),
         ("IntegratedGradients", lambda c, im: pb.IntegratedGradientsRequest(model=c.ref, images=im, blur_sigma=-1), "VALUE_OUT_OF_RANGE", "blur_sigma", ("blur_sigma",)),
         ("SmoothGrad", lambda c, im: pb.SmoothGradRequest(model=c.ref, images=im, noise_level=-0.5), "VALUE_OUT_OF_RANGE", "noise_level", ("noise_level",)),
-        ("SmoothGrad", lambda c, im: pb.SmoothGradRequest(model=c.ref, images=im, method=4), "UNKNOWN_ENUM_VALUE", "method", ("GRADIENT_GUIDED",)),
+        ("SmoothGrad", lambda c, im: pb.SmoothGradRequest(model=c.ref, images=im, method=cast(pb.GradientMethod, 4)), "UNKNOWN_ENUM_VALUE", "method", ("GRADIENT_GUIDED",)),
         ("SmoothGrad", lambda c, im: pb.SmoothGradRequest(model=c.ref, images=im, target=pb.Target(units=["1", "2"])), "VALUE_OUT_OF_RANGE", "target.units", ("2 target units",)),
         ("InputXGradient", lambda c, im: pb.InputXGradientRequest(model=c.ref, images=im, target=pb.Target(units=["horse!"])), "VALUE_OUT_OF_RANGE", "target.units[0]", ("horse!",)),
         ("InputXGradient", lambda c, im: pb.InputXGradientRequest(model=c.ref), "FIELD_REQUIRED", "images", ("no images",)),

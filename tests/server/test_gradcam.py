@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from captum.attr import LayerAttribution, LayerGradCam
-from perturb_testing import CIFAR10, TIMEOUT, Conn, encoded, nchw, relative_l2, still_serves
+from perturb_testing import CIFAR10, TIMEOUT, Conn, encoded, nchw, relative_l2, still_serves, tensor
 from test_error_details import check, details
 
 from zfnet.server import gradcam, projection
@@ -29,7 +29,7 @@ def inner_output(net: torch.nn.Module, name: str):
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         captured: list[torch.Tensor] = []
-        handle = module.register_forward_hook(lambda m, i, o: captured.append(o))
+        handle = module.register_forward_hook(lambda m, i, o: captured.append(tensor(o)))
         net(x)
         handle.remove()
         out = captured[0]
@@ -70,8 +70,8 @@ def test_grad_cam_equals_captum(conn: Conn, reference_module, sample_images, lay
             assert item.target.label == CIFAR10[expected]
         captum = LayerGradCam(forward, dict(reference_module.named_modules())[reply.layer])
         cam = captum.attribute(x[i : i + 1], target=expected, relu_attributions=True)
-        heatmap = LayerAttribution.interpolate(cam, (32, 32), "bilinear")
-        assert relative_l2(from_proto(item.map), cam.detach().numpy()[0, 0]) < TOLERANCE
+        heatmap = LayerAttribution.interpolate(tensor(cam), (32, 32), "bilinear")
+        assert relative_l2(from_proto(item.map), tensor(cam).detach().numpy()[0, 0]) < TOLERANCE
         assert relative_l2(from_proto(item.heatmap), heatmap.detach().numpy()[0, 0]) < TOLERANCE
         assert from_proto(item.heatmap).shape == (32, 32) and from_proto(item.weights).ndim == 1
 

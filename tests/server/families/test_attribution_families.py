@@ -17,7 +17,7 @@ import pytest
 import torch
 from captum.attr import GuidedBackprop, InputXGradient, IntegratedGradients, LayerAttribution, LayerGradCam, NoiseTunnel, Saliency
 from captum.attr._core import noise_tunnel
-from perturb_testing import relative_l2, same_noise
+from perturb_testing import relative_l2, same_noise, tensor
 from test_families import export, images
 
 import family_models
@@ -53,6 +53,7 @@ def test_grad_cam_equals_captum(family: str, exported, server, sample_images) ->
     assert result.layer == layer and result.layout == "channels"
     for i, item in enumerate(result.images):
         cam = LayerGradCam(net, dict(net.named_modules())[module]).attribute(x[i : i + 1], target=item.target.index, relu_attributions=True)
+        cam = tensor(cam)
         heatmap = LayerAttribution.interpolate(cam, (size, size), "bilinear")
         assert relative_l2(item.map, cam.detach().numpy()[0, 0]) < TOLERANCE
         assert relative_l2(item.heatmap, heatmap.detach().numpy()[0, 0]) < TOLERANCE
@@ -98,7 +99,7 @@ def test_integrated_gradients_smoothgrad_and_input_x_gradient_equal_captum(famil
             monkeypatch.setattr(noise_tunnel.NoiseTunnel, "_add_noise_to_input", same_noise(8, 5, i, item.sigma, tuple(x.shape[1:])))
             tunnel, options = (NoiseTunnel(GuidedBackprop(net)), {}) if over == "guided" else (NoiseTunnel(Saliency(net)), {"abs": False})
             expected = tunnel.attribute(x[i : i + 1], nt_type="smoothgrad", nt_samples=8, stdevs=float(item.sigma), target=item.target.index, **options)
-            assert relative_l2(item.pixels, expected.detach().numpy()[0]) < TOLERANCE, f"{family} smoothgrad over {over} image {i}"
+            assert relative_l2(item.pixels, tensor(expected).detach().numpy()[0]) < TOLERANCE, f"{family} smoothgrad over {over} image {i}"
     expected = InputXGradient(net).attribute(x, target=[item.target.index for item in product.images]).detach().numpy()
     for i, item in enumerate(product.images):
         assert relative_l2(item.pixels, expected[i]) < TOLERANCE, f"{family} input x gradient image {i}"
