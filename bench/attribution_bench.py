@@ -16,13 +16,13 @@ import argparse
 import json
 import platform
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 from captum.attr import IntegratedGradients, NoiseTunnel, Saliency
 from captum.attr._core import noise_tunnel
+from occlusion_bench import best_of  # bench/ is the script's folder, first on sys.path
 from rich.console import Console
 from rich.table import Table
 
@@ -39,17 +39,6 @@ CHECKPOINT = ROOT / "models" / "zfnet-cifar10.pt"
 SAMPLES = ROOT / "samples" / "cifar10"
 STEPS = SAMPLES_PER_IMAGE = 50
 NOISE, SEED = 0.15, 0
-
-
-def best_of(fn, repeats: int) -> tuple[float, object]:
-    """Best wall time of ``repeats`` runs after one warm-up, and the last result."""
-    result = fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - start)
-    return min(times), result
 
 
 def relative_l2(ours: np.ndarray, reference: np.ndarray) -> float:
