@@ -83,9 +83,9 @@ def attribution_sheet(image: np.ndarray, result: AttributionResult, item: Attrib
     return save_figure(fig, path)
 
 
-def visualisation_sheet(result: VisualiseResult, natural: dict[int, float] | None, title: str, path: Path) -> Path:
-    """Each unit's optimised images in a row, titled with its objective (and the strongest natural
-    response when ``natural`` gives it), and the objective's curve over the steps."""
+def visualisation_sheet(result: VisualiseResult, title: str, path: Path) -> Path:
+    """Each unit's optimised images in a row, titled with its objective and its rank among the
+    layer's units, and the objective's curve over the steps."""
     per_unit = max(len(u.images) for u in result.units)
     columns = per_unit + 1
     fig, axes = plt.subplots(len(result.units), columns, figsize=(2.1 * columns, 2.1 * len(result.units) + 0.6), dpi=110, squeeze=False)
@@ -96,8 +96,7 @@ def visualisation_sheet(result: VisualiseResult, natural: dict[int, float] | Non
             if k < len(unit.images):
                 ax.imshow(np.clip(np.moveaxis(unit.images[k], 0, -1), 0, 255).astype(np.uint8), interpolation="nearest")
                 rank = int(unit.rank()[k])
-                versus = f"\nnatural max {natural[unit.unit]:.3g}" if natural and unit.unit in natural else ""
-                ax.set_title(f"{name}: {unit.objective[k]:.3g} (rank {rank + 1}){versus}", fontsize=7)
+                ax.set_title(f"{name}: {unit.objective[k]:.3g} (rank {rank + 1})", fontsize=7)
         ax = row[-1]
         ax.plot(np.arange(1, len(unit.curve) + 1), unit.curve, linewidth=1)
         ax.set_xlabel("step", fontsize=6)

@@ -55,7 +55,7 @@ def command(
         result = client.visualise(model, chosen, layer_or_none(layer), lambda stage, done, total: bar.update(task, description=stage, completed=done, total=total), **options)
     out.mkdir(parents=True, exist_ok=True)
     stem = result.layer.replace("/", "_")
-    sheet = heatmaps.visualisation_sheet(result, None, f"{info.name}: feature visualisation", out / f"{stem}_visualisation.png")
+    sheet = heatmaps.visualisation_sheet(result, f"{info.name}: feature visualisation", out / f"{stem}_visualisation.png")
     for item in result.units:
         for k, picture in enumerate(item.images):
             rgb = np.clip(np.moveaxis(picture, 0, -1), 0, 255).round().astype(np.uint8)
