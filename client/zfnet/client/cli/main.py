@@ -13,6 +13,7 @@ import typer
 from zfnet import extras
 from zfnet.client.cli import activations, common, convert_caffe, convert_torch, deconv, evaluate, filters, layers, mean, predict, top, train
 from zfnet.client.cli import correspondence, evolution, invariance, occlusion
+from zfnet.client.cli import explore
 from zfnet.client.cli import features, probe
 from zfnet.client.cli import attribution, gradcam, visualise
 from zfnet.edge import edge
@@ -64,6 +65,7 @@ app.command("integrated-gradients")(at_the_edge(attribution.integrated_gradients
 app.command("smoothgrad")(at_the_edge(attribution.smoothgrad))
 app.command("input-x-gradient")(at_the_edge(attribution.input_x_gradient))
 app.command("visualise")(at_the_edge(visualise.command))
+app.command("explore")(at_the_edge(explore.command, "explore"))
 
 
 def main() -> None:
