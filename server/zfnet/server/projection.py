@@ -50,6 +50,7 @@ class Projection:
     method: str
     forward_tensors: list[str]  # names in the forward model, its image input included; fed as ``fwd/<name>``
     per_image: bool = False  # run one row at a time on one image's forward values (see :func:`build`)
+    stop: str = ""  # the tensor whose signal is the output ("": the image input)
 
 
 def one_image(index: GraphIndex) -> GraphIndex | None:
@@ -103,6 +104,7 @@ class Builder(Emitter):
         self._batch = batch_axes(index)
         self.per_image = per_image  # shapes are the forward pass's own (batch 1), one row per run
         self.node: Node | None = None  # the forward node whose rule is running
+        self.reach: set[str] | None = None  # the tensors a signal may reach (None: every one that depends on the image)
 
     @property
     def forward_tensors(self) -> list[str]:
@@ -135,7 +137,7 @@ class Builder(Emitter):
 
     def needs(self, name: str) -> bool:
         """Whether a forward tensor depends on the input, so a signal must reach it."""
-        return bool(name) and name in self.index.live
+        return bool(name) and name in self.index.live and (self.reach is None or name in self.reach)
 
     def constant_value(self, name: str) -> np.ndarray | None:
         """The value of a forward initializer or Constant output, else None."""
@@ -265,8 +267,22 @@ def fastest(key: Hashable, forms: dict[str, Callable[[Emitter, str], str]], shap
     return _fastest[key]
 
 
-def build(model: onnx.ModelProto | GraphIndex, layer: str, method: str) -> Projection:
-    """Build the projection graph from tensor ``layer`` of an exposed model to its image input.
+def downstream(index: GraphIndex, tensor: str) -> set[str]:
+    """``tensor`` and every tensor whose value depends on it."""
+    reach, pending = {tensor}, [tensor]
+    while pending:
+        for i in index.consumers.get(pending.pop(), []):
+            for name in index.nodes[i].output:
+                if name in index.live and name not in reach:
+                    reach.add(name)
+                    pending.append(name)
+    return reach
+
+
+def build(model: onnx.ModelProto | GraphIndex, layer: str, method: str, stop: str = "") -> Projection:
+    """Build the projection graph from tensor ``layer`` of an exposed model to its image input, or to
+    the inner tensor ``stop`` (its output then the signal there: with ``backprop``, the gradient of
+    the signal's dot product with ``layer`` with respect to ``stop``; what Grad-CAM needs).
 
     The rows of a batch are projected together when every tensor on the way keeps the batch on an
     axis of its own. Where the graph merges that axis away (an exporter's reshape to ``(C,)`` and back
@@ -281,6 +297,11 @@ def build(model: onnx.ModelProto | GraphIndex, layer: str, method: str) -> Proje
         raise InvalidArgument(f"tensor {layer!r} does not depend on the input {image!r}")
     index, per_image = index_for(index, layer)
     builder = Builder(index, method, per_image)
+    if stop:
+        builder.reach = downstream(index, stop)
+        if layer not in builder.reach:
+            raise InvalidArgument(f"tensor {layer!r} does not depend on tensor {stop!r}; choose a layer before it")
+    target = stop or image
     signals: dict[str, str] = {layer: SIGNAL}
     for node in index.ancestors(layer):
         outgoing = [signals.get(name) for name in node.output]
@@ -301,10 +322,10 @@ def build(model: onnx.ModelProto | GraphIndex, layer: str, method: str) -> Proje
             if signal is None or not builder.needs(name):
                 continue
             signals[name] = builder.op("Add", [signals[name], signal]) if name in signals else signal
-    if image not in signals:
-        raise InvalidArgument(f"no signal reaches the input from layer {layer!r}")
-    builder.nodes.append(helper.make_node("Identity", [signals[image]], [RECONSTRUCTION], name=RECONSTRUCTION))
-    layer_shape, image_shape = builder.shape(layer), builder.shape(image)
+    if target not in signals:
+        raise InvalidArgument(f"no signal reaches {'tensor ' + repr(stop) if stop else 'the input'} from layer {layer!r}")
+    builder.nodes.append(helper.make_node("Identity", [signals[target]], [RECONSTRUCTION], name=RECONSTRUCTION))
+    layer_shape, image_shape = builder.shape(layer), builder.shape(target)
     rows = 1 if per_image else "M"
     forward_tensors = builder.forward_tensors
     proj_inputs = [
@@ -319,4 +340,4 @@ def build(model: onnx.ModelProto | GraphIndex, layer: str, method: str) -> Proje
     proj = model_of(builder, f"projection_{method}_{layer}", proj_inputs,
                     [helper.make_tensor_value_info(RECONSTRUCTION, TensorProto.FLOAT, [rows, *image_shape[1:]])])
     onnx.checker.check_model(proj)
-    return Projection(proj, layer, method, forward_tensors, per_image)
+    return Projection(proj, layer, method, forward_tensors, per_image, stop)

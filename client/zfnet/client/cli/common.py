@@ -78,6 +78,11 @@ def parse_layers(text: str | None) -> list[LayerKey]:
     return [layer_key(part.strip()) for part in (text or "").split(",") if part.strip()]
 
 
+def layer_or_none(text: str | None) -> LayerKey | None:
+    """A ``--layer``-style option: a number or a tensor name; None when not given."""
+    return layer_key(text.strip()) if text and text.strip() else None
+
+
 def true_classes(labels: list[str], images: list[Path], classes: list[str]) -> tuple[list[str], list[str]]:
     """Per image, the true class to follow and where it comes from: ``--label`` (one for all images or
     one each), else the image's folder when it is named after a class, else "" (the server takes the

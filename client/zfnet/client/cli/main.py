@@ -15,6 +15,7 @@ from zfnet.client.cli import activations, attach_preprocessing, common, convert_
 from zfnet.client.cli import correspondence, evolution, invariance, occlusion
 from zfnet.client.cli import explore
 from zfnet.client.cli import features, probe
+from zfnet.client.cli import attribution, gradcam, visualise
 from zfnet.edge import edge
 
 app = typer.Typer(
@@ -60,6 +61,11 @@ app.command("filters")(at_the_edge(filters.command))
 app.command("evolution")(at_the_edge(evolution.command))
 app.command("features")(at_the_edge(features.command))
 app.command("probe")(at_the_edge(probe.command, "probe"))
+app.command("gradcam")(at_the_edge(gradcam.command))
+app.command("integrated-gradients")(at_the_edge(attribution.integrated_gradients))
+app.command("smoothgrad")(at_the_edge(attribution.smoothgrad))
+app.command("input-x-gradient")(at_the_edge(attribution.input_x_gradient))
+app.command("visualise")(at_the_edge(visualise.command))
 app.command("explore")(at_the_edge(explore.command, "explore"))
 
 
