@@ -250,9 +250,11 @@ class Engine:
         what = f"VisualiseFeatures of {len(request.units)} unit(s) of {row.name}, {request.steps} steps"
         reply = images * footprint.input + len(request.units) * 4 * request.steps
         check_reply(reply, what, "ask for fewer units or steps per request")
-        per_batch = min(images, perturbation.copies_per_batch(model, 0, perturbation.MEMORY_BUDGET // 2))
+        cost = perturbation.gradient_cost(model)
+        units = max(1, perturbation.copies_per_batch(model, cost=cost) // request.images_per_unit)  # optimised together, as visualise.run does
+        per_batch = min(images, units * request.images_per_unit)
         estimate = Estimate(what, {
-            "optimised images": 8 * images * footprint.input, "forward and projection": 2 * FORWARD_FACTOR * per_batch * footprint.forward,
+            "optimised images": 8 * per_batch * footprint.input, f"batch of {per_batch} images": cost.estimate(per_batch).total,
             "reply": 2 * reply,
             "projection build": self._projection_build(model, row.name, "backprop") + self._projection_build(model, row.name, "deconvnet"),
         })
@@ -272,9 +274,10 @@ class Engine:
         n, footprint = len(images), model.footprint
         reply = (2 if baselines else 1) * n * footprint.input
         check_reply(reply, what, "send fewer images per request")
-        copies = perturbation.copies_per_batch(model, max_batch, perturbation.MEMORY_BUDGET // 2)
+        cost = perturbation.gradient_cost(model)
+        copies = perturbation.copies_per_batch(model, max_batch, cost=cost)
         estimate = self.estimate(
-            model, images, what, copies=copies * (3 * footprint.input + 2 * FORWARD_FACTOR * footprint.forward), sums=n * footprint.input,
+            model, images, what, **{f"batch of {copies} copies": cost.estimate(copies).total}, sums=n * footprint.input,
             baselines=n * footprint.input if baselines else 0, reply=3 * reply, projection_build=self._projection_build(model, layer, method),
         )
         return self.admit(model, estimate, model.projection_key(layer, method), until_reply=False)

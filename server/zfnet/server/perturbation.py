@@ -90,13 +90,14 @@ def bytes_per_copy(model: LoadedModel) -> int:
     return 4 * total
 
 
-def copies_per_batch(model: LoadedModel, max_batch: int = 0, budget: int | None = None) -> int:
-    """Copies per forward pass: what ``budget`` bytes hold by :func:`batch_cost` (default: the share
-    of the server's budget a batch is fitted to, or :data:`MEMORY_BUDGET` outside a server), at most
-    ``max_batch`` when given (> 0: a larger one is lowered to fit), at most :data:`MAX_COPIES`."""
+def copies_per_batch(model: LoadedModel, max_batch: int = 0, budget: int | None = None, cost: Cost | None = None) -> int:
+    """Copies per batch: what ``budget`` bytes hold by ``cost`` (default :func:`batch_cost`; a gradient
+    analysis: :func:`gradient_cost`), ``budget`` by default the share of the server's budget a batch
+    is fitted to (:data:`MEMORY_BUDGET` outside a server); at most ``max_batch`` when given (> 0: a
+    larger one is lowered to fit), at most :data:`MAX_COPIES`."""
     if max_batch < 0:
         raise InvalidArgument(f"max_batch must be 0 (as memory allows) or positive, got {max_batch}")
-    fit = batch_cost(model, []).fit(MAX_COPIES, model.room(MEMORY_BUDGET) if budget is None else budget)
+    fit = (cost or batch_cost(model, [])).fit(MAX_COPIES, model.room(MEMORY_BUDGET) if budget is None else budget)
     return min(fit, max_batch) if max_batch else fit
 
 
@@ -108,6 +109,15 @@ def batch_cost(model: LoadedModel, names: list[str]) -> Cost:
     fetched = sum(model.footprint.tensors.get(name, 0) for name in names)
     per_copy = {"copies": 2 * input_bytes, "forward pass": FORWARD_FACTOR * bytes_per_copy(model)}
     return Cost("a forward pass of {n} perturbed copies", {**per_copy, "outputs": 2 * fetched})
+
+
+def gradient_cost(model: LoadedModel) -> Cost:
+    """What a batch of ``n`` copies of a gradient analysis (integrated gradients, SmoothGrad, input x
+    gradient, feature visualisation) allocates: the copies and their gradients, and a forward pass
+    and a projection back to the input of each, at the forward pass's measured factor."""
+    footprint = model.footprint
+    per_copy = {"copies and gradients": 3 * footprint.input, "forward pass and projection": 2 * FORWARD_FACTOR * footprint.forward}
+    return Cost("a forward pass and projection of {n} copies", per_copy)
 
 
 # ---- forward passes ------------------------------------------------------------------------
