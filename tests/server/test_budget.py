@@ -302,6 +302,9 @@ def test_2_integrated_gradients_fits_its_batches_to_the_budget_and_bounds_steps(
     bomb = pb.IntegratedGradientsRequest(model=medium, images=[sample(0)], target=target, steps=1_000_000)
     code, details = code_of(lambda: srv.stub.IntegratedGradients(bomb, timeout=TIMEOUT))
     assert code == Code.INVALID_ARGUMENT and "steps" in details and "4096" in details, details
+    most = pb.IntegratedGradientsRequest(model=medium, images=[sample(k % 8) for k in range(512)], target=target, steps=4096)
+    code, details = code_of(lambda: srv.stub.IntegratedGradients(most, timeout=TIMEOUT))
+    assert code == Code.RESOURCE_EXHAUSTED and "2,097,152 perturbed copies" in details and "1,048,576" in details, details
     request = pb.IntegratedGradientsRequest(model=medium, images=[sample(0)], target=target, steps=256)
     replies = list(srv.stub.IntegratedGradients(request, timeout=TIMEOUT * 2))
     result = replies[-1].result
@@ -317,7 +320,7 @@ def test_2_smoothgrad_of_a_large_image_with_many_samples_stays_under_the_budget(
     bomb = pb.SmoothGradRequest(model=medium, images=[big], target=target, samples=100_000)
     code, details = code_of(lambda: srv.stub.SmoothGrad(bomb, timeout=TIMEOUT))
     assert code == Code.INVALID_ARGUMENT and "samples" in details, details
-    request = pb.SmoothGradRequest(model=medium, images=[big, sample(1)], target=target, samples=128)
+    request = pb.SmoothGradRequest(model=medium, images=[big, sample(1)], target=target, samples=48)
     results = concurrently([lambda: srv.stub.SmoothGrad(request, timeout=TIMEOUT * 2)] * 2)
     assert [code for code, _ in results] == [Code.OK] * 2, results
     srv.under_budget(since)
@@ -407,6 +410,7 @@ def test_4_a_stalled_upload_holds_only_what_it_sent_and_is_cancelled_when_idle(s
         while srv.metrics()["requests"] and time.monotonic() < deadline:
             time.sleep(0.05)
         assert srv.metrics()["requests"] == 0, "the cancelled upload kept its reservation"
+        assert "Exception serializing message" not in srv.log.read_text(), "a cancelled unary call must end without a reply to serialise"
     finally:
         stalled.release.set()
         channel.close()

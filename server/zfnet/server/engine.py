@@ -225,21 +225,21 @@ class Engine:
         """Integrated gradients of the request's images (see :func:`zfnet.server.attribution.integrated_gradients`)."""
         target = gradients.target_layer(model, request.target.layer)
         what = f"IntegratedGradients of {len(request.images)} image(s), {request.steps} steps"
-        with self._gradient_copies(model, request.images, what, target.name, "backprop", request.max_batch, baselines=True):
+        with self._gradient_copies(model, request.images, what, target.name, "backprop", request.max_batch, request.steps, baselines=True):
             return (yield from attribution.integrated_gradients(model, self.batch(model, request.images), target, request, self._labels(request.images)))
 
     def smoothgrad(self, model: LoadedModel, request: SmoothGradRequest) -> Steps[AttributionResult]:
         """SmoothGrad of the request's images (see :func:`zfnet.server.attribution.smoothgrad`)."""
         target = gradients.target_layer(model, request.target.layer)
         what = f"SmoothGrad of {len(request.images)} image(s), {request.samples} samples"
-        with self._gradient_copies(model, request.images, what, target.name, request.method, request.max_batch):
+        with self._gradient_copies(model, request.images, what, target.name, request.method, request.max_batch, request.samples):
             return (yield from attribution.smoothgrad(model, self.batch(model, request.images), target, request, self._labels(request.images)))
 
     def input_x_gradient(self, model: LoadedModel, request: InputXGradientRequest) -> AttributionResult:
         """Input x gradient of the request's images (see :func:`zfnet.server.attribution.input_x_gradient`)."""
         target = gradients.target_layer(model, request.target.layer)
         what = f"InputXGradient of {len(request.images)} image(s)"
-        with self._gradient_copies(model, request.images, what, target.name, "backprop", 1):
+        with self._gradient_copies(model, request.images, what, target.name, "backprop", 1, 1):
             batch = self.batch(model, request.images)
             return perturbation.complete(attribution.input_x_gradient(model, batch, target, request.target.units, self._labels(request.images)))
 
@@ -250,6 +250,7 @@ class Engine:
         what = f"VisualiseFeatures of {len(request.units)} unit(s) of {row.name}, {request.steps} steps"
         reply = images * footprint.input + len(request.units) * 4 * request.steps
         check_reply(reply, what, "ask for fewer units or steps per request")
+        perturbation.check_copies(len(request.units) * request.steps, "fewer units or steps")
         cost = perturbation.gradient_cost(model)
         units = max(1, perturbation.copies_per_batch(model, cost=cost) // request.images_per_unit)  # optimised together, as visualise.run does
         per_batch = min(images, units * request.images_per_unit)
@@ -267,11 +268,12 @@ class Engine:
         return 0 if model.has_projection(layer, method, stop) else PROJECTION_BUILD_FACTOR * model.size
 
     def _gradient_copies(
-        self, model: LoadedModel, images: list[ImageInput], what: str, layer: str, method: str, max_batch: int, baselines: bool = False,
+        self, model: LoadedModel, images: list[ImageInput], what: str, layer: str, method: str, max_batch: int, each: int, baselines: bool = False,
     ) -> AbstractContextManager[None]:
-        """Admit a gradient analysis over copies of ``images``: a batch of copies forwarded and
-        projected at a time, the images' sums, (baselines,) and the reply; for the whole request."""
+        """Admit a gradient analysis over ``each`` copies of every image of ``images``: a batch of copies
+        forwarded and projected at a time, the images' sums, (baselines,) and the reply; for the whole request."""
         n, footprint = len(images), model.footprint
+        perturbation.check_copies(n * each, "fewer images, steps or samples")
         reply = (2 if baselines else 1) * n * footprint.input
         check_reply(reply, what, "send fewer images per request")
         cost = perturbation.gradient_cost(model)

@@ -51,17 +51,22 @@ class Tracker:
     """Counts the copies of a whole request, for progress messages; refuses requests too large to finish."""
 
     def __init__(self, total: int) -> None:
-        if total > MAX_COPIES_PER_REQUEST:
-            raise ResourceExhausted(
-                f"{total} perturbed copies asked for; at most {MAX_COPIES_PER_REQUEST} per request (fewer images, a larger stride or fewer values)",
-                reason="TOO_MANY_VALUES", metadata={"limit": MAX_COPIES_PER_REQUEST, "requested": total},
-            )
+        check_copies(total)
         self.total = total
         self.done = 0
 
     def advance(self, count: int, stage: str) -> Progress:
         self.done += count
         return Progress(stage, self.done, self.total)
+
+
+def check_copies(total: int, advice: str = "fewer images, a larger stride or fewer values") -> None:
+    """Refuse a request of more than :data:`MAX_COPIES_PER_REQUEST` copies (RESOURCE_EXHAUSTED) before any work."""
+    if total > MAX_COPIES_PER_REQUEST:
+        raise ResourceExhausted(
+            f"{total:,} perturbed copies asked for; at most {MAX_COPIES_PER_REQUEST:,} per request ({advice})",
+            reason="TOO_MANY_VALUES", metadata={"limit": MAX_COPIES_PER_REQUEST, "requested": total},
+        )
 
 
 def complete(steps: Steps[T], progress: Callable[[Progress], None] | None = None) -> T:
