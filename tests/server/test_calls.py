@@ -38,6 +38,16 @@ def served(tmp_path: Path, reference_onnx: Path):
         server.stop(None)
 
 
+def hold_until_cancelled(started: threading.Event, cancelled: threading.Event) -> None:
+    """Inside the server's work: say it started, then wait until the client cancelled and the server saw it."""
+    started.set()
+    assert cancelled.wait(TIMEOUT)
+    active = admission._active.get()
+    end = time.monotonic() + TIMEOUT
+    while active is not None and active() and time.monotonic() < end:
+        time.sleep(0.01)
+
+
 def test_a_cancelled_unary_deconv_stops_at_its_next_part(served, sample_images, monkeypatch) -> None:
     stub, _, engine = served
     images = [pb.Image(encoded=sample_images[k % len(sample_images)].read_bytes()) for k in range(960)]
@@ -49,12 +59,7 @@ def test_a_cancelled_unary_deconv_stops_at_its_next_part(served, sample_images, 
     def counted(*args, **kwargs):
         runs.append(1)
         if len(runs) == 1:  # hold the first part until the server has seen the client's cancel
-            started.set()
-            assert cancelled.wait(TIMEOUT)
-            active = admission._active.get()
-            end = time.monotonic() + TIMEOUT
-            while active is not None and active() and time.monotonic() < end:
-                time.sleep(0.01)
+            hold_until_cancelled(started, cancelled)
         return reconstruct(*args, **kwargs)
 
     monkeypatch.setattr(deconv, "reconstruct", counted)
@@ -79,12 +84,7 @@ def test_a_cancelled_visualisation_stops_at_its_next_step(served, monkeypatch) -
     def counted(*args, **kwargs):
         runs.append(1)
         if len(runs) == visualise.PROGRESS_EVERY + 1:  # hold the step after the first progress until the server has seen the cancel
-            started.set()
-            assert cancelled.wait(TIMEOUT)
-            active = admission._active.get()
-            end = time.monotonic() + TIMEOUT
-            while active is not None and active() and time.monotonic() < end:
-                time.sleep(0.01)
+            hold_until_cancelled(started, cancelled)
         return forward(*args, **kwargs)
 
     monkeypatch.setattr(perturbation, "forward", counted)
