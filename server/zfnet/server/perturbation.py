@@ -64,7 +64,7 @@ def check_copies(total: int, advice: str = "fewer images, a larger stride or few
     """Refuse a request of more than :data:`MAX_COPIES_PER_REQUEST` copies (RESOURCE_EXHAUSTED) before any work."""
     if total > MAX_COPIES_PER_REQUEST:
         raise ResourceExhausted(
-            f"{total:,} perturbed copies asked for; at most {MAX_COPIES_PER_REQUEST:,} per request ({advice})",
+            f"{total} perturbed copies asked for; at most {MAX_COPIES_PER_REQUEST} per request ({advice})",
             reason="TOO_MANY_VALUES", metadata={"limit": MAX_COPIES_PER_REQUEST, "requested": total},
         )
 
