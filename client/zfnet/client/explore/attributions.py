@@ -88,7 +88,8 @@ def ask_of(query: Mapping[str, str]) -> Ask:
         try:
             value = type(default)(text) if text else default
         except ValueError:
-            raise InvalidArgument(f"the query parameter {parameter!r} of {name} must be a {type(default).__name__}, got {text!r}") from None
+            kind = "an integer" if isinstance(default, int) else "a number"
+            raise InvalidArgument(f"the query parameter {parameter!r} of {name} must be {kind}, got {text!r}") from None
         parameters.append((parameter, value))
     return Ask(name, query.get("target_layer", ""), query.get("unit", ""), tuple(parameters))
 

@@ -20,7 +20,7 @@ export function attributionView(key, layer, channel, model, upload) {
     el("label", {}, "method", method), el("label", {}, "explain", target), parameters,
     el("button", { type: "submit", name: "attribute" }, "attribute"));
   drawParameters();
-  return el("section", {}, el("h2", {}, "Attributions"), form, answers);
+  return el("section", { class: "attribute" }, el("h2", {}, "Attributions"), form, answers);
 
   function drawParameters() {
     const chosen = methods[method.value];
