@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from matplotlib import colormaps
@@ -31,7 +32,8 @@ class Ask:
     unit: str
     parameters: tuple[tuple[str, str | int | float], ...]  # (name, value) in the method's order
 
-    def get(self, name: str):
+    def get(self, name: str) -> Any:
+        """A parameter's value (its type is its default's)."""
         return dict(self.parameters)[name]
 
 
