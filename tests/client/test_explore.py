@@ -49,7 +49,7 @@ STEPS = 16  # optimisation steps of the optimised images the tests ask for (the 
 
 @dataclass(frozen=True)
 class Reports:
-    whole: Path  # layers 1 and 5 (pool1, pool5), every channel, top-9 over the 200 bundled images, deconvnet
+    whole: Path  # layers 1 and 5 (pool1, pool5), every channel, top-9 over the 200 bundled images, deconvnet; pool5 channel 50's optimised image
     half: Path  # pool5 only, top-9 over the first 100 images, guided
 
 
@@ -59,7 +59,8 @@ def made(tmp_path_factory) -> Reports:
     out = tmp_path_factory.mktemp("reports")
     with Client() as client:
         whole = client.top(MODEL, client.dataset(SAMPLES, batch_size=100), [1, 5])
-        report.write(whole, out / "whole", report.Job(MODEL.name, "samples/cifar10"))
+        optimised = {"pool5": client.visualise(MODEL, [50], "pool5", steps=STEPS)}
+        report.write(whole, out / "whole", report.Job(MODEL.name, "samples/cifar10"), visualisations=optimised)
         half = client.top(MODEL, client.dataset(SAMPLES, 0, 100, batch_size=100), [5], method="guided")
         report.write(half, out / "half", report.Job(MODEL.name, "samples/cifar10[0:100]"))
     return Reports(out / "whole", out / "half")
@@ -256,7 +257,7 @@ def test_live_endpoints_agree_with_the_client(explorer) -> None:
 
 
 @pytest.mark.slow
-def test_attributions_and_optimised_images_agree_with_the_client(explorer) -> None:
+def test_attributions_and_optimised_images_agree_with_the_client(explorer, made: Reports) -> None:
     url, _, client = explorer
     key = fetch(url + "api/live?name=cat.jpg", CAT.read_bytes()).json()["key"]
     rgb = np.asarray(Image.open(CAT).convert("RGB"))
@@ -289,6 +290,15 @@ def test_attributions_and_optimised_images_agree_with_the_client(explorer) -> No
     assert (found["steps"], found["seed"], found["rank"], found["channels"]) == (STEPS, 0, int(expected.rank()[0]) + 1, 64)
     assert found["objective"] == pytest.approx(float(expected.objective[0]), rel=1e-4)
     assert_near(fetch(url + f"api/report/{whole}/visualisation.png?layer=pool5&channel=17&steps={STEPS}").picture(), optimised_rgb(client, "pool5", 17))
+    assert fetch(url + f"api/report/{whole}/unit?layer=pool5&channel=17").json()["optimised"] is None
+    reply = fetch(url + f"api/report/{whole}/optimised.png?layer=pool5&channel=17")
+    assert reply.status == 404 and "holds no optimised image of pool5 channel 17" in reply.json()["error"]
+    held = fetch(url + f"api/report/{whole}/unit?layer=pool5&channel=50").json()["optimised"]  # the report's own, made with the same request
+    listed = manifest(made.whole)["layers"]["pool5"]["channels"]["50"]["optimised"]
+    assert held == {"objective": listed["objective"], "rank": listed["rank"], "channels": 64, "kind": "channel", "steps": STEPS, "seed": 0,
+                    "description": fetch(url + f"api/report/{whole}/visualisation?layer=pool5&channel=50&steps={STEPS}").json()["description"]}
+    assert fetch(url + f"api/report/{whole}/optimised.png?layer=pool5&channel=50").body == (made.whole / listed["png"]).read_bytes()
+    assert_near(np.asarray(Image.open(made.whole / listed["png"]).convert("RGB")), optimised_rgb(client, "pool5", 50))
 
 
 @pytest.mark.slow
@@ -482,6 +492,12 @@ def test_the_attribution_and_optimised_image_views_in_headless_chromium(remote: 
         wait_until(driver, "return document.body.dataset.visualised == 'pool5/17'", "the optimised image")
         assert f"visualise={STEPS}" in driver.current_url and "ranks" in driver.find_element(By.CSS_SELECTOR, ".optimised figcaption").text
         assert_near(shown(driver, ".optimised img"), optimised_rgb(client, "pool5", 17))
+        assert not console_errors(driver)
+        driver.get(remote + f"unit?report={key}&layer=pool5&channel=50")  # a report made with --visualise: its own image, at once
+        wait_until(driver, "return document.body.dataset.ready", "the unit page")
+        wait_until(driver, LOADED, "the unit's pictures")
+        assert "/optimised.png?" in str(driver.find_element(By.CSS_SELECTOR, ".optimised img").get_attribute("src"))
+        assert "from the report" in driver.find_element(By.CSS_SELECTOR, ".optimised figcaption").text
         assert not console_errors(driver)
 
         driver.get(remote + "live")

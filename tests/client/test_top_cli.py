@@ -238,7 +238,7 @@ def test_visualise_puts_each_channels_optimised_image_beside_its_top_k(tmp_path)
     manifest = json.loads((out / "manifest.json").read_text())
     with Client() as client:
         for layer, info in manifest["layers"].items():
-            assert info["visualisation"]["steps"] == 16 and info["visualisation"]["seed"] == 0 and info["visualisation"]["objective"] == "channel"
+            assert info["visualisation"]["steps"] == 16 and info["visualisation"]["seed"] == 0 and info["visualisation"]["kind"] == "channel"
             expected = {u.unit: u for u in client.visualise(MODEL, [3, 17], layer, steps=16).units}
             page = parsed(out / info["page"])
             for channel, listed in info["channels"].items():

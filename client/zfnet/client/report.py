@@ -283,7 +283,7 @@ def _write_into(out: Path, result: TopResult, job: Job, raw: bool, visualisation
         manifest["layers"][layer] = {"page": f"layer-{folder}.html", "sheets": pages, "channels": channels}
         if layer in visualisations:
             found = visualisations[layer]
-            manifest["layers"][layer]["visualisation"] = {"objective": found.objective, "steps": found.steps, "seed": found.seed, "description": found.description}
+            manifest["layers"][layer]["visualisation"] = {"kind": found.objective, "steps": found.steps, "seed": found.seed, "description": found.description}
     for layer in manifest["layers"]:
         (out / manifest["layers"][layer]["page"]).write_text(_layer_page(layer, manifest, result), encoding="utf-8")
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
@@ -450,7 +450,7 @@ def _layer_page(layer: str, manifest: dict, result: TopResult) -> str:
     jump = "".join(f'<a href="#ch{channel}">{channel}</a>' for channel in info["channels"])
     visualised = info.get("visualisation")
     optimised = (
-        f"<p>Beside each block, an image optimised to excite the channel (feature visualisation, Olah et al. 2017): {visualised['objective']} "
+        f"<p>Beside each block, an image optimised to excite the channel (feature visualisation, Olah et al. 2017): {visualised['kind']} "
         f"objective, {visualised['steps']} steps, seed {visualised['seed']}; {html.escape(visualised['description'])}. Its rank is the channel's "
         "place among the layer's channels by mean response on it.</p>\n"
     ) if visualised else ""

@@ -100,6 +100,7 @@ def create_app(explorer: Explorer) -> Starlette:
         Route("/api/report/{key}/patches.png", lambda r: png(x.patches_png(*unit_of(r)))),
         Route("/api/report/{key}/reconstructions.png", lambda r: png(x.reconstructions_png(*unit_of(r), text(r, "method", "")))),
         Route("/api/report/{key}/filter.png", lambda r: png(x.filter_png(*unit_of(r)))),
+        Route("/api/report/{key}/optimised.png", lambda r: png(x.optimised_png(*unit_of(r)))),
         Route("/api/report/{key}/visualisation", lambda r: json(x.visualisation(*unit_of(r), number(r, "steps", STEPS)))),
         Route("/api/report/{key}/visualisation.png", lambda r: png(x.visualisation_png(*unit_of(r), number(r, "steps", STEPS)))),
         Route("/api/report/{key}/image/{index:int}.png", image),

@@ -260,6 +260,7 @@ class Explorer:
             "filter": filters is not None and channel < filters.weights.shape[0],
             "covered_by": [self._report_summary(r) for r in self.reports.values() if channel in r.layers.get(layer, {})],
             "visualise_steps": STEPS,
+            "optimised": _optimised(unit, report.visualisations.get(layer)),
         }
 
     def _rgb(self, report: Report, index: int) -> np.ndarray:
@@ -314,6 +315,14 @@ class Explorer:
         if found is None or channel >= found.weights.shape[0]:
             raise NotFound(f"{layer} channel {channel} has no filter over the RGB input to show (only a first layer's units have one)")
         return pictures.filters(found.weights[channel : channel + 1], found.channel_order == "bgr", normalise="filter")
+
+    def optimised_png(self, key: str, layer: str, channel: int) -> bytes:
+        """The unit's optimised image that the report holds (``zfclient top --visualise``)."""
+        report = self.report(key)
+        unit = report.unit(layer, channel)
+        if unit.optimised is None or not (report.folder / unit.optimised["png"]).is_file():
+            raise NotFound(f"report {report.name} holds no optimised image of {layer} channel {channel} (zfclient top --visualise makes them)")
+        return (report.folder / unit.optimised["png"]).read_bytes()
 
     def _visualisation(self, key: str, layer: str, channel: int, steps: int) -> VisualiseResult:
         """The server's optimised image of one channel (the default transforms, seed 0)."""
@@ -468,6 +477,14 @@ class Explorer:
         """The attribution over the greyed image, at the image's resolution, coloured as the CLI's sheets colour it."""
         ask = attributions.ask_of(query)
         return self._kept.get(("attribution.png", key, ask), lambda: pictures.overlay(self._upload(key).rgb, attributions.heat_of(self._attribution(key, ask))))
+
+
+def _optimised(unit: Unit, made: dict | None) -> dict | None:
+    """What the unit page says of the optimised image a report holds, as :meth:`Explorer.visualisation` says it of one made now."""
+    if unit.optimised is None or made is None:
+        return None
+    found = unit.optimised
+    return {"objective": found["objective"], "rank": found["rank"], "channels": found["of"], **made}
 
 
 def _decoded(data: bytes, name: str, size: Framing) -> np.ndarray:

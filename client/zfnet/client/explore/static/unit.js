@@ -63,16 +63,27 @@ export async function show(page, params) {
   await ready(page);
 }
 
-/** Beside the top-k, the unit's optimised image (feature visualisation, Olah et al. 2017), on demand: it
- * takes the server seconds. Once asked, it is in the page's URL (visualise=steps). */
+/** Beside the top-k, the unit's optimised image (feature visualisation, Olah et al. 2017): the report's
+ * own (zfclient top --visualise), else on demand, as it takes the server seconds. Once asked, it is in
+ * the page's URL (visualise=steps). */
 function optimised(key, layer, channel, data, params) {
   const steps = el("input", { type: "number", name: "steps", min: 1, value: params.get("visualise") || data.visualise_steps });
   const form = el("form", { class: "controls", onsubmit: (e) => { e.preventDefault(); show(); } },
-    el("button", { type: "submit", name: "visualise" }, "optimise an image"), el("label", {}, "steps", steps));
+    el("button", { type: "submit", name: "visualise" }, data.optimised ? "optimise again" : "optimise an image"), el("label", {}, "steps", steps));
   const figure = el("figure", { class: "optimised" }, form,
     el("figcaption", {}, "an image made to excite this channel (feature visualisation)"));
   if (params.get("visualise")) show();
+  else if (data.optimised) draw(url(`/api/report/${key}/optimised.png`, { layer, channel }), data.optimised, "from the report");
   return figure;
+
+  function draw(src, found, source) {
+    const picture = img(src, `optimised image of channel ${channel}`, { lazy: false });
+    put(figure, picture, el("figcaption", {},
+      el("b", {}, "optimised image"), ` ${source}`, el("br"),
+      `${found.kind} objective ${format(found.objective)}; channel ${channel} ranks ${found.rank} of ${found.channels} on it`, el("br"),
+      `${found.steps} steps, seed ${found.seed}; ${found.description}`), form);
+    return picture;
+  }
 
   async function show() {
     remember({ visualise: steps.value });
@@ -80,12 +91,7 @@ function optimised(key, layer, channel, data, params) {
     put(figure, el("p", { class: "muted" }, `optimising an image for channel ${channel} (${steps.value} steps)…`));
     try {
       const found = await api(url(`/api/report/${key}/visualisation`, here));
-      const picture = img(url(`/api/report/${key}/visualisation.png`, here), `optimised image of channel ${channel}`, { lazy: false });
-      put(figure, picture, el("figcaption", {},
-        el("b", {}, "optimised image"), el("br"),
-        `${found.kind} objective ${format(found.objective)}; channel ${channel} ranks ${found.rank} of ${found.channels} on it`, el("br"),
-        `${found.steps} steps, seed ${found.seed}; ${found.description}`));
-      await loaded([picture]);
+      await loaded([draw(url(`/api/report/${key}/visualisation.png`, here), found, "by the server")]);
       document.body.dataset.visualised = `${layer}/${channel}`;
     } catch (error) {
       put(figure, form);
