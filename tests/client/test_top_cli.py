@@ -193,6 +193,7 @@ def test_bad_input_ends_in_one_line_and_leaves_no_finished_report(tmp_path) -> N
         (["--model", MODEL, "--layer", "1", "--data", "no-such-set", "--out", out], "neither a local image folder nor a data set"),
         (["--model", MODEL, "--layer", "1", "--data", SAMPLES, "--out", out, "--resume"], "no top-k state at"),
         (["--model", MODEL, "--layer", "1", "--method", "magic", "--data", SAMPLES, "--out", out], "unknown method 'magic'"),
+        (["--model", MODEL, "--layer", "1", "--visualise", "--visualise-steps", "0", "--data", SAMPLES, "--out", out], r"--visualise-steps must be in 1\.\.10000, got 0"),
     ]
     for args, message in cases:
         result = top(*args)

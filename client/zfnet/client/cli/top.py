@@ -17,7 +17,7 @@ from zfnet.errors import InvalidArgument
 from zfnet.topk import TopK
 from zfnet.wire.common import Progress
 from zfnet.wire.top import TopResult
-from zfnet.wire.visualise import MAX_UNITS, STEPS, VisualiseResult
+from zfnet.wire.visualise import MAX_STEPS, MAX_UNITS, STEPS, VisualiseResult
 
 STATE, PARTIAL = "state.npz", "partial-state.npz"
 
@@ -59,6 +59,8 @@ def command(
     layers = _layers(layer, state)
     if k is not None and k <= 0:
         raise InvalidArgument(f"--k must be positive, got {k}")
+    if visualise and not 1 <= visualise_steps <= MAX_STEPS:  # now, not after the job
+        raise InvalidArgument(f"--visualise-steps must be in 1..{MAX_STEPS}, got {visualise_steps}")
     if not scan_only:
         from zfnet.client import report  # noqa: PLC0415  (matplotlib's fonts: only to draw)
 

@@ -460,7 +460,6 @@ class Explorer:
 
         return self._kept.get(("invariance.png", key, label), draw)
 
-
     # ---- live: attributions of the uploaded image ---------------------------------------------
 
     def _attribution(self, key: str, ask: attributions.Ask) -> attributions.Result:
