@@ -88,9 +88,10 @@ bench-ray: install
 bench-gpu: install
 	bash bench/gpu.sh
 
-# Retrain the bundled reference model (about 30 minutes on 2 CPU cores) and re-export it.
+# Retrain the bundled reference model (about 30 minutes on 2 CPU cores) and re-export it: this target
+# OVERWRITES models/zfnet-cifar10.pt and $(MODEL) on purpose; `zfclient train` alone writes under out/train/.
 train: install
-	$(VENV)/bin/zfclient train --data ../shared/data/cifar10 --checkpoint models/zfnet-cifar10.pt
+	$(VENV)/bin/zfclient train --data ../shared/data/cifar10 --checkpoint models/zfnet-cifar10.pt --force
 	$(VENV)/bin/zfclient convert torch zfnet-cifar10 --weights models/zfnet-cifar10.pt -o $(MODEL)
 
 clean:

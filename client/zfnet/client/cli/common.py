@@ -14,7 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressC
 from zfnet.client import models, transport
 from zfnet.client.transport import SERVER_ENV, TLS_CA_ENV, TLS_CERT_ENV, TLS_ENV, TLS_KEY_ENV, TOKEN_ENV, Connection
 from zfnet import imagefolder
-from zfnet.errors import InvalidArgument, NotFound
+from zfnet.errors import FailedPrecondition, InvalidArgument, NotFound
 from zfnet.preprocessing import INTERPOLATIONS, PRESETS, Framing, Preprocessing
 from zfnet.wire.common import LayerKey, layer_key
 from zfnet.wire.models import ModelInfo
@@ -23,6 +23,17 @@ ServerOption = typer.Option(
     None, "--server", envvar=SERVER_ENV,
     help=f"HOST:PORT of a running zfnet server (or ${SERVER_ENV}); several replicas as HOST:PORT,HOST:PORT or dns:///NAME:PORT; without it the service runs in-process.",
 )
+
+
+ForceOption = typer.Option(False, "--force", help="Overwrite files that already exist (otherwise the command refuses before any work).")
+
+
+def refuse_overwrite(paths: list[Path], force: bool) -> None:
+    """Stop before any work when a file this command would write exists, unless ``--force``."""
+    existing = [p for p in paths if p.exists()]
+    if existing and not force:
+        more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
+        raise FailedPrecondition(f"{existing[0]} exists{more}; pass --force to overwrite it, or choose another path")
 
 
 def parse_numbers(text: str | None, what: str, kind: type = int) -> list:

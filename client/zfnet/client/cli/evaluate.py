@@ -25,7 +25,7 @@ def command(
     as_json: bool = typer.Option(False, "--json", help='Print {"top1", "n", "per_class"} on stdout and nothing else.'),
     server: str | None = ServerOption,
 ) -> None:
-    """Top-1 accuracy overall and per class."""
+    """Top-1 accuracy overall and per class (classes without images left out)."""
     console = Console(stderr=True)
     with Client(server) as client:
         info = client.model_info(model)
@@ -48,6 +48,7 @@ def command(
         return
     table = Table("class", "top-1", "images", title=f"{info.name} on {data}")
     for i, name in enumerate(order):
-        table.add_row(name, f"{per_class.get(name, float('nan')):.2%}", str(int(np.sum(folder.labels == i))))
+        if name in per_class:
+            table.add_row(name, f"{per_class[name]:.2%}", str(int(np.sum(folder.labels == i))))
     table.add_row("all", f"{top1:.2%}", str(len(folder)), style="bold")
     Console().print(table)
