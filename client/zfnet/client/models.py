@@ -15,7 +15,7 @@ from zfnet import errors
 from zfnet.client.transport import Transport
 from zfnet.preprocessing import UnnormalisedInput, unnormalised
 from zfnet.v1 import zfnet_pb2 as pb
-from zfnet.wire.models import DatasetInfo, ModelDeleted, ModelInfo, UploadHeader, upload_requests
+from zfnet.wire.models import DatasetInfo, ModelDeleted, ModelInfo, ModelSummary, UploadHeader, upload_requests
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth")  # PyTorch checkpoints: a state_dict, not a model the server can run
 PROTOBUF_LIMIT = 2 << 30  # bytes: the most one protobuf message (one ONNX model) can hold
@@ -168,6 +168,10 @@ class Models(Transport):
         else:
             ref = pb.ModelRef(name=str(model))
         return ModelDeleted.from_proto(self._call(self.stub.DeleteModel, ref))
+
+    def list_models(self) -> list[ModelSummary]:
+        """The models the server holds: its --model-dir files and the uploads, by name."""
+        return [ModelSummary.from_proto(m) for m in self._call(self.stub.ListModels, pb.ListModelsRequest()).models]
 
     def list_datasets(self) -> list[DatasetInfo]:
         """The named data sets of the server's --data-dir."""

@@ -13,7 +13,7 @@ import typer
 from zfnet import extras
 from zfnet.client.cli import activations, attach_preprocessing, common, convert_caffe, convert_torch, deconv, evaluate, filters, layers, mean, predict, top, train
 from zfnet.client.cli import correspondence, evolution, invariance, occlusion
-from zfnet.client.cli import explore
+from zfnet.client.cli import explore, inventory
 from zfnet.client.cli import features, probe
 from zfnet.client.cli import attribution, gradcam, visualise
 from zfnet.edge import edge
@@ -46,6 +46,8 @@ app.command("deconv")(at_the_edge(deconv.command))
 app.command("predict")(at_the_edge(predict.command))
 app.command("activations")(at_the_edge(activations.command))
 app.command("layers")(at_the_edge(layers.command))
+app.command("models")(at_the_edge(inventory.models))
+app.command("datasets")(at_the_edge(inventory.datasets))
 app.command("evaluate")(at_the_edge(evaluate.command))
 app.command("train")(at_the_edge(train.command, "convert"))
 app.command("serve", add_help_option=False, context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(at_the_edge(serve, "server"))
