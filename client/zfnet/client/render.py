@@ -75,6 +75,11 @@ def deconv_grid(image: np.ndarray, title: str, items: list[Reconstruction], path
     return save_figure(fig, path)
 
 
+def grid_path(out: Path, name: str, result: DeconvResult) -> Path:
+    """Where one image's grid goes: its name carries the layer, the method and the mode."""
+    return out / f"{name}_{safe_name(result.layer)}_{result.method}_{result.mode}_grid.png"
+
+
 def write_deconv(result: DeconvResult, images: list[np.ndarray], names: list[str], out: Path, raw: bool = False) -> list[Path]:
     """Every reconstruction as a PNG (and ``.npy`` when ``raw``), and one labelled grid per image."""
     written: list[Path] = []
@@ -89,7 +94,7 @@ def write_deconv(result: DeconvResult, images: list[np.ndarray], names: list[str
                 np.save(folder / f"{stem}.npy", item.pixels)
                 written.append(folder / f"{stem}.npy")
         title = f"{name} | layer {result.layer} | {result.method}, {result.mode} | input patch and reconstruction per channel"
-        written.append(deconv_grid(image, title, items, out / f"{name}_{layer}_{result.method}_grid.png"))
+        written.append(deconv_grid(image, title, items, grid_path(out, name, result)))
     return written
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -60,22 +62,38 @@ def unique_stems(paths: list[Path]) -> list[str]:
     return [f"{p.parent.name}_{p.stem}" if stems.count(p.stem) > 1 else p.stem for p in paths]
 
 
-def expand(paths: list[Path]) -> list[Path]:
-    """Files as given; folders replaced by the images under them (recursively, sorted). The same
-    file given twice is kept once."""
-    files: list[Path] = []
-    for path in paths:
-        if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.suffix.lower() in imagefolder.IMAGE_SUFFIXES and p.is_file())
-            if not found:
-                raise InvalidArgument(f"folder {path} holds no images ({', '.join(imagefolder.IMAGE_SUFFIXES)})")
-            files += found
-        elif path.is_file():
-            files.append(path)
-        else:
-            raise NotFound(f"image {path} does not exist")
-    seen: set[Path] = set()
-    return [f for f in files if not (f.resolve() in seen or seen.add(f.resolve()))]
+ImageOption = typer.Option(
+    ..., "--image", help="Image file, or folder searched recursively (class folders or flat); repeat for several. Non-image files are listed as ignored.",
+)
+StrictOption = typer.Option(False, "--strict", help="Stop at the first image that does not decode (default: skip it and list it, with its full path, at the end).")
+
+
+def image_files(paths: list[Path], strict: bool) -> list[Path]:
+    """The images a command reads (:func:`zfnet.imagefolder.gather`: files, folders searched
+    recursively, class trees and flat folders alike); what was skipped or ignored is listed on
+    stderr when the command ends (commands are wrapped by :func:`noted`)."""
+    found = imagefolder.gather(paths, strict)
+    _notes.extend(found.summary())
+    return found.files
+
+
+_notes: list[str] = []  # what the running command left out, said when it ends (:func:`noted`)
+
+
+def noted(command: Callable) -> Callable:
+    """A command that ends, however it ends, by saying on stderr what it left out (:func:`image_files`)."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        _notes.clear()
+        try:
+            return command(*args, **kwargs)
+        finally:
+            for line in _notes:
+                print(f"note: {line}", file=sys.stderr)
+            _notes.clear()
+
+    return wrapper
 
 
 def framing(info: ModelInfo) -> Framing:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Optional
 
 import typer
 
-from zfnet.client.cli.common import parse_numbers
+from zfnet.client.cli.common import ForceOption, parse_numbers, refuse_overwrite
 from zfnet.errors import InvalidArgument, ZfnetWarning
 from zfnet.preprocessing import Preprocessing
 
@@ -20,6 +20,7 @@ def command(
     net: Path = typer.Argument(..., help="Caffe net definition (.prototxt): a deploy net or a train/test net (its TEST phase is used)."),
     weights: Path = typer.Argument(..., help="Caffe weights: a binary .caffemodel or an HDF5 .caffemodel.h5 snapshot."),
     output: Path = typer.Option(..., "-o", "--output", help="ONNX file to write (written atomically)."),
+    force: bool = ForceOption,
     mean_file: Optional[Path] = typer.Option(None, "--mean-file", help="mean.binaryproto to subtract per pixel (centre-cropped to the input size)."),
     mean_value: Optional[str] = typer.Option(None, "--mean-value", help="Per-channel mean, comma-separated, in the net's channel order (R,G,B for rgb nets, B,G,R for bgr); 1 or C values."),
     scale: Optional[float] = typer.Option(None, "--scale", help="Multiply after the mean subtraction, as Caffe's transform_param scale (default: the net's, else 1)."),
@@ -30,6 +31,8 @@ def command(
     """Convert a Caffe model to ONNX; the model then takes RGB images in 0..255."""
     from zfnet.converters import caffe  # the converter (and onnx) load only for this command
     from zfnet.converters.caffe import netdef
+
+    refuse_overwrite([output], force)
 
     model = caffe.convert(
         net,

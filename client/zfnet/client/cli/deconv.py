@@ -14,7 +14,7 @@ from rich.console import Console
 
 from zfnet import imagefolder
 from zfnet.client.api import Client
-from zfnet.client.cli.common import ServerOption, expand, framing, job_progress, parse_numbers
+from zfnet.client.cli.common import ForceOption, ImageOption, ServerOption, StrictOption, framing, image_files, job_progress, parse_numbers, refuse_overwrite
 from zfnet.errors import InvalidArgument, ZfnetError
 
 LISTED_GRIDS = 10  # grids printed one per line; more are summarised
@@ -23,14 +23,16 @@ LISTED_GRIDS = 10  # grids printed one per line; more are summarised
 def command(
     model: str = typer.Option(..., "--model", help="An .onnx file (uploaded if the server lacks it) or a model name on the server."),
     layer: str = typer.Option(..., "--layer", help="Layer number N (the N-th conv/fc layer, as in the paper) or an exact tensor name."),
-    image: list[Path] = typer.Option(..., "--image", help="Image file or folder (searched recursively for images); repeat for several."),
+    image: list[Path] = ImageOption,
     channels: str | None = typer.Option(None, "--channels", help="Explicit channels, e.g. 3,17 (default: the top channels)."),
     top: int = typer.Option(9, "--top", help="Reconstruct the TOP channels with the strongest activation per image."),
     mode: str = typer.Option("max", "--mode", help="max: only the strongest activation (the paper); map: the whole feature map."),
     method: str = typer.Option("deconvnet", "--method", help="deconvnet (Zeiler & Fergus), backprop (gradient) or guided."),
-    out: Path = typer.Option(Path("out/deconv"), "--out", help="Folder for the PNGs."),
+    out: Path = typer.Option(Path("out/deconv"), "--out", help="Folder for the PNGs (named by image, layer, channel, method and mode)."),
     raw: bool = typer.Option(False, "--raw", help="Also save the float reconstructions as .npy."),
     batch_size: int = typer.Option(0, "--batch-size", help="Images per request (0: as many as keep the reply well under the message limit)."),
+    strict: bool = StrictOption,
+    force: bool = ForceOption,
     server: str | None = ServerOption,
 ) -> None:
     """Deconv reconstructions of one layer for each image: a PNG per channel and a labelled grid per image."""
@@ -41,7 +43,7 @@ def command(
         raise InvalidArgument("--top must be positive")
     if batch_size < 0:
         raise InvalidArgument("--batch-size must be positive (or 0 for automatic)")
-    files = expand(image)
+    files = image_files(image, strict)
     names = output_names(files)
     console = Console(stderr=True)
     written: list[Path] = []
@@ -53,6 +55,8 @@ def command(
             task = bar.add_task(f"deconv {method} of layer {layer}", total=len(files))
             for start, stop, result in client.deconv_batches(model, files, layer, chosen or None, top, mode, method, batch_size):
                 batch = files[start:stop]
+                if not written:  # the first reply names the layer: refuse before anything is written
+                    refuse_overwrite([render.grid_path(out, name, result) for name in names], force)
                 pictures = [imagefolder.read_rgb(path, framed) for path in batch]
                 written += render.write_deconv(result, pictures, names[start:stop], out, raw)
                 reconstructions, layer_name = reconstructions + len(result.reconstructions), result.layer

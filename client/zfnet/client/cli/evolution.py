@@ -25,7 +25,7 @@ def command(
     data: str = typer.Option(..., "--data", help="A local image folder (DIR/<class>/<image>, streamed to the server) or a data set name on the server."),
     channels: str = typer.Option(DEFAULT_CHANNELS, "--channels", help="Channels to follow in every layer, e.g. 0-15,20 (rows of the sheet)."),
     method: str = typer.Option("deconvnet", "--method", help="Reconstruction: deconvnet (Zeiler & Fergus), guided or backprop."),
-    out: Path = typer.Option(Path("evolution"), "--out", help="Folder for evolution.png, evolution.json and evolution.npz."),
+    out: Path = typer.Option(Path("out/evolution"), "--out", help="Folder for evolution.png, evolution.json and evolution.npz."),
     batch_size: int = typer.Option(64, "--batch-size", help="Images per forward pass."),
     server: str | None = ServerOption,
 ) -> None:

@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from zfnet.client.api import Client
-from zfnet.client.cli.common import ServerOption, parse_layers, progress_bar, true_classes, unique_stems
+from zfnet.client.cli.common import ForceOption, ImageOption, ServerOption, StrictOption, image_files, parse_layers, progress_bar, refuse_overwrite, true_classes, unique_stems
 from zfnet.errors import InvalidArgument
 from zfnet.wire.common import class_name
 from zfnet.wire.invariance import TRANSFORMS, InvarianceResult
@@ -45,7 +45,7 @@ def parse_transforms(text: str) -> list[str]:
 
 def command(
     model: str = typer.Option(..., "--model", help="An .onnx file (uploaded if the server lacks it) or a model name on the server."),
-    image: list[Path] = typer.Option(..., "--image", help="Image file; repeat for several (one line each)."),
+    image: list[Path] = ImageOption,
     transform: str = typer.Option("all", "--transform", help="translate, scale, rotate, a comma list of them, or all."),
     layers: str | None = typer.Option(None, "--layers", help="Layers whose feature distance to plot, e.g. 1,7 (default: the first convolutional and the last hidden layer)."),
     shifts: str | None = typer.Option(None, "--shifts", help="Vertical shifts in pixels, + down: start:stop:step or a list (default: -H/4..H/4)."),
@@ -56,6 +56,8 @@ def command(
     label: list[str] = typer.Option([], "--label", help="True class (name or index); once for all images or once per image (default: the folder name if it is a class, else the top-1 class)."),
     out: Path = typer.Option(Path("out/invariance"), "--out", help="Folder for invariance.png and invariance.json."),
     max_batch: int = typer.Option(0, "--max-batch", help="Transformed copies per forward pass (0: as the server's memory allows)."),
+    strict: bool = StrictOption,
+    force: bool = ForceOption,
     server: str | None = ServerOption,
 ) -> None:
     """Invariance (Fig. 5): feature distance and true-class probability under translation, scale and rotation."""
@@ -63,6 +65,8 @@ def command(
 
     values = {"translate": parse_values(shifts, "--shifts"), "scale": parse_values(scales, "--scales"), "rotate": parse_values(angles, "--angles")}
     sweeps = [(name, values[name]) for name in parse_transforms(transform)]
+    image = image_files(image, strict)
+    refuse_overwrite([out / "invariance.png", out / "invariance.json"], force)
     with Client(server) as client:
         info = client.model_info(model)
         truths, _ = true_classes(label, image, list(info.classes))

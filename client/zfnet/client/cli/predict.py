@@ -9,19 +9,20 @@ from rich.console import Console
 from rich.table import Table
 
 from zfnet.client.api import Client
-from zfnet.client.cli.common import ServerOption, expand
+from zfnet.client.cli.common import ImageOption, ServerOption, StrictOption, image_files
 
 BATCH = 64  # images per request (a folder may hold many)
 
 
 def command(
     model: str = typer.Option(..., "--model", help="An .onnx file or a model name on the server."),
-    image: list[Path] = typer.Option(..., "--image", help="Image file or folder (searched recursively for images); repeat for several."),
+    image: list[Path] = ImageOption,
     top: int = typer.Option(5, "--top", help="Classes to show per image."),
+    strict: bool = StrictOption,
     server: str | None = ServerOption,
 ) -> None:
     """Top classes and their probabilities for each image."""
-    files = expand(image)
+    files = image_files(image, strict)
     with Client(server) as client:
         predictions = [p for start in range(0, len(files), BATCH) for p in client.predict(model, files[start : start + BATCH], top).predictions]
     table = Table("image", "class", "probability", title=f"predictions of {model}")
