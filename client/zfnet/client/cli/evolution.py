@@ -44,8 +44,8 @@ def command(
             result = client.evolution(snapshots, dataset, list(layer), picked, method, labels, on_progress=_Bars(bar, labels))
     from zfnet.client import evolution as pictures  # noqa: PLC0415  (matplotlib: only to draw)
 
-    shown = "/".join(Path(data).parts[-2:]) if Path(data).is_dir() else data
-    title = f"Feature evolution: {len(snapshots)} snapshots, {labels[0]} .. {labels[-1]}; {method}; data {shown}"
+    source = f"images in {data}" if Path(data).is_dir() else f"data set {data} of the server"
+    title = f"Feature evolution: {len(snapshots)} snapshots, {labels[0]} .. {labels[-1]}; {method}; {source}"
     saved = pictures.write(result, out, title, data)
     for layer_name in result.layers:
         strongest = [result.entry(layer_name, ch, c) for ch in result.channels[layer_name] for c in range(len(result.columns))]

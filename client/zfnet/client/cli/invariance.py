@@ -75,7 +75,9 @@ def command(
     out.mkdir(parents=True, exist_ok=True)
     labels = unique_stems(image)
     result = dataclasses.replace(result, labels=labels)
-    picture = plots.invariance_grid(result, f"invariance of {info.name}: feature distance to the original and true-class probability", out / "invariance.png")
+    picture = plots.invariance_grid(
+        result, f"invariance of {info.name}: feature distance to the original (relative to its norm) and true-class probability", out / "invariance.png",
+    )
     (out / "invariance.json").write_text(json.dumps(as_json(result, image), indent=1))
     table = Table("transform", *(f"{layer} largest distance" for layer in result.layers), "lowest p(true)", "image", "at",
                   title=f"invariance, border {result.border}")
@@ -101,6 +103,7 @@ def as_json(result: InvarianceResult, images: list[Path]) -> dict:
             {
                 "transform": sweep.transform, "unit": sweep.unit, "values": sweep.values.tolist(),
                 "distances": {layer: sweep.distances[:, k].tolist() for k, layer in enumerate(result.layers)},
+                "relative_distances": {layer: result.relative_distances(sweep)[:, k].tolist() for k, layer in enumerate(result.layers)},
                 "true_class_probability": sweep.true_class_probability.tolist(),
             }
             for sweep in result.sweeps
