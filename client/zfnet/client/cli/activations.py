@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import typer
+from rich.console import Console
 
 from zfnet.client.api import Client
 from zfnet.client.cli.common import ForceOption, ImageOption, ServerOption, StrictOption, image_files, refuse_overwrite
@@ -26,7 +27,7 @@ def command(
 
     image = image_files(image, strict)
     refuse_overwrite([out / "activations.npz"], force)
-    with Client(server) as client:
+    with Client(server) as client, Console(stderr=True).status(f"activations of {len(image)} image(s)"):
         values = client.activations(model, image, layer)
     out.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(out / "activations.npz", allow_pickle=True, **values, images=np.asarray([str(p) for p in image]))

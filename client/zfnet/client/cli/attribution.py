@@ -76,7 +76,7 @@ def input_x_gradient(
     """Input x gradient: the target's gradient times each pixel."""
     image = image_files(image, strict)
     refuse_overwrite(outputs(out, image, "input-x-gradient"), force)
-    with Client(server) as client:
+    with Client(server) as client, Console(stderr=True).status(f"input x gradient of {len(image)} image(s)"):
         info = client.model_info(model)
         result = client.input_x_gradient(model, image, layer_or_none(target_layer), unit)
     write(result, info, image, out)

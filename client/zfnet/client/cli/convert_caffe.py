@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 import typer
+from rich.console import Console
 
 from zfnet.client.cli.common import ForceOption, parse_numbers, refuse_overwrite
 from zfnet.errors import InvalidArgument, ZfnetWarning
@@ -34,16 +35,17 @@ def command(
 
     refuse_overwrite([output], force)
 
-    model = caffe.convert(
-        net,
-        weights,
-        mean_file=mean_file,
-        mean_value=parse_numbers(mean_value, "--mean-value", float) or None,
-        scale=scale,
-        channel_order=channel_order.lower() if channel_order else None,
-        input_size=_size(input_size) if input_size is not None else None,
-        classes=_names(classes) if classes is not None else None,
-    )
+    with Console(stderr=True).status(f"converting {net.name}"):
+        model = caffe.convert(
+            net,
+            weights,
+            mean_file=mean_file,
+            mean_value=parse_numbers(mean_value, "--mean-value", float) or None,
+            scale=scale,
+            channel_order=channel_order.lower() if channel_order else None,
+            input_size=_size(input_size) if input_size is not None else None,
+            classes=_names(classes) if classes is not None else None,
+        )
     caffe.save(model, output)
     pre = _recorded(model)
     assumed = [rule for given, rule in ((channel_order, _order_assumed(pre)), (mean_file or mean_value, _mean_assumed(pre))) if not given and rule]

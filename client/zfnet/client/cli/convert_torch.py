@@ -6,6 +6,7 @@ import ast
 from pathlib import Path
 
 import typer
+from rich.console import Console
 
 from zfnet.client.cli.common import (
     ChannelOrderOption, ForceOption, InterpolationOption, MeanOption, PreprocessOption, ResizeOption, StdOption, chosen_preprocessing, parse_numbers,
@@ -40,8 +41,9 @@ def command(
     found = export.architecture(arch)
     size = _input_size(input_size, crop, found.preprocessing.input_size if found is not None else (32, 32))
     preprocessing = chosen_preprocessing(preprocess, mean, std, resize, interpolation, channel_order, size, found.preprocessing.recorded() if found is not None else None)
-    module = export.load_weights(export.load_module(arch, _arguments(arg)), weights)
-    model = export.export(module, size, [c.strip() for c in classes.split(",")] if classes else None, preprocessing)
+    with Console(stderr=True).status(f"exporting {arch}"):
+        module = export.load_weights(export.load_module(arch, _arguments(arg)), weights)
+        model = export.export(module, size, [c.strip() for c in classes.split(",")] if classes else None, preprocessing)
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_suffix(output.suffix + ".tmp")
     onnx.save(model, tmp)

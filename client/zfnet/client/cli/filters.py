@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.console import Console
 
 from zfnet.client.api import Client
 from zfnet.client.cli.common import ForceOption, ServerOption, refuse_overwrite
@@ -21,7 +22,7 @@ def command(
     server: str | None = ServerOption,
 ) -> None:
     """Tile a convolution's filters: a first layer's as RGB tiles, deeper ones as a grey tile per (output, input) pair."""
-    with Client(server) as client:
+    with Client(server) as client, Console(stderr=True).status(f"filters of {layer}"):
         found = client.filters(model, layer)
     from zfnet.client import render  # noqa: PLC0415  (matplotlib: only to draw)
 

@@ -37,7 +37,7 @@ def command(
     image = image_files(image, strict)
     name = "gradcam-plus-plus" if plus_plus else "gradcam"  # file names carry the method
     refuse_overwrite([out / f"{stem}_{name}{suffix}" for stem in unique_stems(image) for suffix in (".png", ".npz")], force)
-    with Client(server) as client:
+    with Client(server) as client, Console(stderr=True).status(f"{variant.replace('_', '-')} of {len(image)} image(s)"):
         info = client.model_info(model)
         result = client.grad_cam(model, image, layer_or_none(layer), layer_or_none(target_layer), unit, variant)
     pictures = [imagefolder.read_rgb(path, framing(info)) for path in image]

@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from zfnet.client.api import Client
-from zfnet.client.cli.common import ImageOption, ServerOption, StrictOption, image_files
+from zfnet.client.cli.common import ImageOption, ServerOption, StrictOption, image_files, job_progress
 
 BATCH = 64  # images per request (a folder may hold many)
 
@@ -23,8 +23,12 @@ def command(
 ) -> None:
     """Top classes and their probabilities for each image."""
     files = image_files(image, strict)
-    with Client(server) as client:
-        predictions = [p for start in range(0, len(files), BATCH) for p in client.predict(model, files[start : start + BATCH], top).predictions]
+    predictions = []
+    with Client(server) as client, job_progress() as bar:
+        task = bar.add_task("predicting", total=len(files))
+        for start in range(0, len(files), BATCH):
+            predictions += client.predict(model, files[start : start + BATCH], top).predictions
+            bar.advance(task, len(files[start : start + BATCH]))
     table = Table("image", "class", "probability", title=f"predictions of {model}")
     for path, prediction in zip(files, predictions):
         for rank, score in enumerate(prediction.top):
