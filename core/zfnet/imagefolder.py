@@ -64,7 +64,8 @@ class Gathered:
 
 def gather(paths: Sequence[str | Path], strict: bool = False, workers: int = 4) -> Gathered:
     """Files as given; folders replaced by the image files under them (recursively, sorted: class
-    trees and flat folders alike), other files there listed as ignored; the same file given twice kept
+    trees and flat folders alike; hidden files and folders left alone), other files there listed as
+    ignored; the same file given twice kept
     once. Every image is decoded once: one that does not decode is skipped and listed (with
     ``strict``, the first is an error). Refused when no image is left."""
     candidates: list[Path] = []

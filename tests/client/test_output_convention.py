@@ -41,7 +41,7 @@ def test_the_same_run_again_is_refused_unless_forced(tmp_path: Path) -> None:
     ok(invoke(*args))
     before = _digests(tmp_path)
     again = invoke(*args)
-    assert again.exit_code == 1 and "--force" in again.stderr and "_grid.png exists" in again.stderr, again.stderr
+    assert again.exit_code == 1 and "--force" in again.stderr and "_deconvnet_max.png exists (and 1 more)" in again.stderr, again.stderr
     assert _digests(tmp_path) == before
     ok(invoke(*args, "--force"))
 
