@@ -49,6 +49,8 @@ def test_train_without_checkpoint_writes_under_out_and_leaves_models_alone(tmp_p
 
 def test_train_refuses_an_existing_checkpoint_before_training(tmp_path: Path) -> None:
     (tmp_path / "kept.pt").write_bytes(b"earlier run")
+    (tmp_path / "train").mkdir()
+    (tmp_path / "test").mkdir()  # empty: training would fail on them, so the refusal comes first
     result = invoke("train", "--data", tmp_path, "--checkpoint", tmp_path / "kept.pt")
     assert result.exit_code == 1 and "kept.pt exists" in result.stderr and "--force" in result.stderr
     assert (tmp_path / "kept.pt").read_bytes() == b"earlier run"

@@ -34,7 +34,6 @@ def command(
     from zfnet.converters.pytorch.train import TrainConfig, train  # torch loads only here
 
     checkpoint = checkpoint or DEFAULT_FOLDER / f"{arch}.pt"
-    refuse_overwrite([checkpoint], force)
 
     for split in ("train", "test"):
         if not (data / split).is_dir():
@@ -42,6 +41,7 @@ def command(
     epochs_kept = tuple(parse_numbers(snapshots, "--snapshots"))
     if any(not 1 <= e <= epochs for e in epochs_kept) or snapshot_every < 0:
         raise InvalidArgument(f"--snapshots must be epochs in 1..{epochs} and --snapshot-every >= 0")
+    refuse_overwrite([checkpoint], force)  # after the options are checked, before any work
     config = TrainConfig(arch=arch, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, snapshots=epochs_kept, snapshot_every=snapshot_every)
     keeps = bool(epochs_kept or snapshot_every)
     folder = snapshot_dir or checkpoint.with_name(f"{checkpoint.stem}_snapshots")
