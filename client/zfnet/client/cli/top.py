@@ -32,7 +32,7 @@ def command(
     channels: str | None = typer.Option(None, "--channels", help="Channels to track in every layer, e.g. 0-15,20 [default: all]."),
     method: str = typer.Option("deconvnet", "--method", help="Reconstruction: deconvnet (Zeiler & Fergus), guided or backprop."),
     by: str | None = typer.Option(None, "--by", help="Rank images by the map's spatial max (the paper) or mean [default: max]."),
-    out: Path = typer.Option(Path("report"), "--out", help="Folder for the report (index.html), its pictures, manifest.json and state.npz."),
+    out: Path = typer.Option(Path("out/top"), "--out", help="Folder for the report (index.html), its pictures, manifest.json and state.npz."),
     json_out: bool = typer.Option(False, "--json", help="Print manifest.json to stdout instead of a summary."),
     raw: bool = typer.Option(False, "--raw", help="Also save the float reconstructions as .npy, one (k, C, H, W) file per channel."),
     visualise: bool = typer.Option(
