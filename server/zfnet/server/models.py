@@ -177,8 +177,9 @@ def pruned(model: onnx.ModelProto, outputs: list[str]) -> onnx.ModelProto:
     """The part of ``model`` that computes ``outputs`` (graph outputs of it), with only those as
     outputs: the nodes they need and the initializers those read (copied once, to be serialised)."""
     graph = model.graph
+    constants = {t.name for t in graph.initializer}
     if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in graph.node for a in n.attribute):
-        keep = list(graph.node)  # subgraphs read outer tensors implicitly: keep every node, onnxruntime prunes
+        keep, read = list(graph.node), constants  # subgraphs read outer tensors implicitly: keep it all, onnxruntime prunes
     else:
         producer = {out: k for k, node in enumerate(graph.node) for out in node.output}
         needed, stack = set(), list(outputs)
@@ -188,8 +189,7 @@ def pruned(model: onnx.ModelProto, outputs: list[str]) -> onnx.ModelProto:
                 needed.add(k)
                 stack.extend(graph.node[k].input)
         keep = [node for k, node in enumerate(graph.node) if k in needed]
-    read = {name for node in keep for name in node.input}
-    constants = {t.name for t in graph.initializer}
+        read = {name for node in keep for name in node.input}
     by_name = {o.name: o for o in graph.output}
     part = onnx.helper.make_graph(
         keep, graph.name, [i for i in graph.input if i.name in read or i.name not in constants],
