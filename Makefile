@@ -28,7 +28,7 @@ $(STAMP): $(BOOTSTRAP) pyproject.toml hatch_build.py proto/zfnet/v1/zfnet.proto 
 	touch $@
 
 demo: install
-	$(VENV)/bin/zfclient deconv --model $(MODEL) --layer 4 --top 9 --out out/demo $(foreach f,$(DEMO_IMAGES),--image $(f))
+	$(VENV)/bin/zfclient deconv --model $(MODEL) --layer 4 --top 9 --out out/demo --force $(foreach f,$(DEMO_IMAGES),--image $(f))
 	$(VENV)/bin/zfclient top --model $(MODEL) --layer 1 --layer 5 --data $(SAMPLES) --out out/demo/top
 	@echo "demo: deconv reconstructions of layer 4 (one labelled grid per image) are in out/demo/;"
 	@echo "      the top-9 of every feature map of layers 1 and 5 over the 200 bundled images: open out/demo/top/index.html"
@@ -70,6 +70,7 @@ bench: install browser
 	$(PY) bench/features_bench.py
 	$(PY) bench/attribution_bench.py
 	$(PY) bench/explorer_bench.py
+	$(PY) bench/imagenet_bench.py
 
 # A real zfserver on loopback under load, hostile requests and uploads at once (a few minutes);
 # bounded in count and time, figures in out/soak.json.
@@ -88,10 +89,11 @@ bench-ray: install
 bench-gpu: install
 	bash bench/gpu.sh
 
-# Retrain the bundled reference model (about 30 minutes on 2 CPU cores) and re-export it.
+# Retrain the bundled reference model (about 30 minutes on 2 CPU cores) and re-export it: this target
+# OVERWRITES models/zfnet-cifar10.pt and $(MODEL) on purpose; `zfclient train` alone writes under out/train/.
 train: install
-	$(VENV)/bin/zfclient train --data ../shared/data/cifar10 --checkpoint models/zfnet-cifar10.pt
-	$(VENV)/bin/zfclient convert torch zfnet-cifar10 --weights models/zfnet-cifar10.pt -o $(MODEL)
+	$(VENV)/bin/zfclient train --data ../shared/data/cifar10 --checkpoint models/zfnet-cifar10.pt --force
+	$(VENV)/bin/zfclient convert torch zfnet-cifar10 --weights models/zfnet-cifar10.pt -o $(MODEL) --force
 
 clean:
 	rm -rf $(VENV) out dist $(NODE_EXAMPLE)/node_modules

@@ -177,3 +177,18 @@ def test_probe_command(tmp_path: Path) -> None:
         assert result.exit_code == 1 and message in result.output and "Traceback" not in result.output, result.output
     result = runner.invoke(app, ["probe", "--features", str(tmp_path)])
     assert result.exit_code == 1 and "has no index.json" in result.output
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_probe_warns_when_the_best_c_is_at_an_edge_of_the_grid(tmp_path: Path) -> None:
+    """On a grid of two values every chosen C is at an edge: the warning names the layers and the option
+    that widens the grid; the JSON on stdout stays clean."""
+    write_synthetic(tmp_path / "a")
+    args = ["probe", "--features", str(tmp_path / "a"), "--train-per-class", "10", "--test-per-class", "10", "--folds", "1", "--jobs", "1"]
+    result = CliRunner().invoke(app, [*args, "--c-grid", "1e-6,1e-5", "--json"])
+    assert result.exit_code == 0, result.output
+    warning = [line for line in result.stderr.splitlines() if line.startswith("warning: ")]
+    assert len(warning) == 1 and "--c-grid" in warning[0] and "signal" in warning[0] and "pixels" in warning[0], result.stderr
+    assert json.loads(result.stdout)[0]["cs"] == [1e-6, 1e-5]
+    bad = CliRunner().invoke(app, [*args, "--c-grid", "0.1"])
+    assert bad.exit_code == 1 and "--c-grid" in bad.stderr

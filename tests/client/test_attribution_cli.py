@@ -30,8 +30,8 @@ def test_gradcam_writes_sheets_and_maps(tmp_path: Path, server) -> None:
     with Client(target) as client:
         expected = client.grad_cam(MODEL, [CAT, SHIP], "relu4", None, ["cat"], "grad_cam_plus_plus")
     for stem, item in zip(("0003", "0007"), expected.images):
-        sheet_drawn(tmp_path / f"{stem}_gradcam.png")
-        saved = np.load(tmp_path / f"{stem}_gradcam.npz")
+        sheet_drawn(tmp_path / f"{stem}_gradcam-plus-plus.png")  # the file names carry the method
+        saved = np.load(tmp_path / f"{stem}_gradcam-plus-plus.npz")
         for key in ("heatmap", "map", "weights"):
             np.testing.assert_array_equal(saved[key], getattr(item, key))
         assert str(saved["layer"]) == "relu4" and str(saved["variant"]) == "grad_cam_plus_plus" and int(saved["target"]) == 3

@@ -1,6 +1,7 @@
 """``zfclient explore``: the channel lists against a brute-force count, every endpoint against what the
-Python client and the report compute, bad input answered with the right status while the app keeps
-serving, and the pages driven in headless Chromium against a separately started ``zfserver``."""
+Python client and the report compute (attributions and optimised images against the client's arrays
+overlaid by numpy), bad input answered with the right status while the app keeps serving, and the
+pages driven in headless Chromium against a separately started ``zfserver``."""
 
 from __future__ import annotations
 
@@ -23,11 +24,12 @@ import numpy as np
 import pytest
 from browser_testing import console_errors, headless
 from cli_testing import invoke
+from matplotlib import colormaps
 from PIL import Image
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
-from selenium.webdriver.support.ui import WebDriverWait
+from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from zfnet.client import report
 from zfnet.client.api import Client
@@ -41,11 +43,13 @@ SAMPLES = ROOT / "samples" / "cifar10"
 CAT = SAMPLES / "cat" / "0000.jpg"
 TIMEOUT = 60
 BUDGET_BYTES = 300_000  # the layer page's first screen, everything transferred
+LEVEL = 1  # pictures against the client's arrays: at most one 8-bit level apart (each side rounds once)
+STEPS = 16  # optimisation steps of the optimised images the tests ask for (the default 512 takes ~10 s)
 
 
 @dataclass(frozen=True)
 class Reports:
-    whole: Path  # layers 1 and 5 (pool1, pool5), every channel, top-9 over the 200 bundled images, deconvnet
+    whole: Path  # layers 1 and 5 (pool1, pool5), every channel, top-9 over the 200 bundled images, deconvnet; pool5 channel 50's optimised image
     half: Path  # pool5 only, top-9 over the first 100 images, guided
 
 
@@ -55,7 +59,8 @@ def made(tmp_path_factory) -> Reports:
     out = tmp_path_factory.mktemp("reports")
     with Client() as client:
         whole = client.top(MODEL, client.dataset(SAMPLES, batch_size=100), [1, 5])
-        report.write(whole, out / "whole", report.Job(MODEL.name, "samples/cifar10"))
+        optimised = {"pool5": client.visualise(MODEL, [50], "pool5", steps=STEPS)}
+        report.write(whole, out / "whole", report.Job(MODEL.name, "samples/cifar10"), visualisations=optimised)
         half = client.top(MODEL, client.dataset(SAMPLES, 0, 100, batch_size=100), [5], method="guided")
         report.write(half, out / "half", report.Job(MODEL.name, "samples/cifar10[0:100]"))
     return Reports(out / "whole", out / "half")
@@ -95,6 +100,25 @@ def fetch(url: str, data: bytes | None = None, headers: dict[str, str] | None = 
 
 def manifest(folder: Path) -> dict:
     return json.loads((folder / "manifest.json").read_text())
+
+
+def overlaid(rgb: np.ndarray, heat: np.ndarray, signed: bool) -> np.ndarray:
+    """A heatmap over the greyed image, by hand: half grey, half colour; signed maps on bwr from -|max|
+    to |max|, others on jet from 0 to their max."""
+    peak = np.abs(heat).max() if signed else heat.max()
+    level = (heat + peak) / (2 * peak) if signed else heat / peak
+    colour = colormaps["bwr" if signed else "jet"](np.clip(level, 0, 1))[..., :3]
+    return 255 * (0.5 * rgb.astype(np.float64).mean(axis=2, keepdims=True) / 255 + 0.5 * colour)
+
+
+def assert_near(picture: np.ndarray, expected: np.ndarray) -> None:
+    assert picture.shape == expected.shape and np.abs(picture.astype(np.float64) - expected).max() <= LEVEL + 0.5
+
+
+def optimised_rgb(client: Client, layer: str, channel: int) -> np.ndarray:
+    """The client's optimised image of a channel (STEPS steps, seed 0) as 8-bit RGB."""
+    found = client.visualise(MODEL, [channel], layer, steps=STEPS).units[0].images[0]
+    return np.clip(np.rint(np.moveaxis(found, 0, -1)), 0, 255)
 
 
 # ---- channel lists: sorted, filtered and paged as a brute-force count says -------------------------
@@ -233,6 +257,51 @@ def test_live_endpoints_agree_with_the_client(explorer) -> None:
 
 
 @pytest.mark.slow
+def test_attributions_and_optimised_images_agree_with_the_client(explorer, made: Reports) -> None:
+    url, _, client = explorer
+    key = fetch(url + "api/live?name=cat.jpg", CAT.read_bytes()).json()["key"]
+    rgb = np.asarray(Image.open(CAT).convert("RGB"))
+    asked = {  # query -> the client's answer for the same image
+        "method=grad-cam": lambda: client.grad_cam(MODEL, [CAT]),
+        "method=grad-cam%2B%2B&layer=pool2&unit=dog": lambda: client.grad_cam(MODEL, [CAT], "pool2", None, ["dog"], "grad_cam_plus_plus"),
+        "method=integrated-gradients&steps=16&baseline=blurred&integration=riemann_trapezoid":
+            lambda: client.integrated_gradients(MODEL, [CAT], baseline="blurred", steps=16, method="riemann_trapezoid"),
+        "method=smoothgrad&samples=8&noise=0.2&over=guided": lambda: client.smoothgrad(MODEL, [CAT], samples=8, noise_level=0.2, method="guided"),
+        "method=smoothgrad-squared&samples=8&target_layer=pool5&unit=7":
+            lambda: client.smoothgrad(MODEL, [CAT], "pool5", ["7"], "smoothgrad_squared", samples=8),
+        "method=input-x-gradient&unit=3": lambda: client.input_x_gradient(MODEL, [CAT], units=["3"]),
+    }
+    for query, call in asked.items():
+        result = call()
+        item = result.images[0]
+        found = fetch(url + f"api/live/{key}/attribution?{query}").json()
+        assert found["target"] == item.target.describe() and found["target_layer"] == result.target_layer, query
+        assert found["value"] == pytest.approx(item.target.value, rel=1e-5) and found["delta"] == pytest.approx(getattr(item, "delta", 0.0), rel=1e-4, abs=1e-6)
+        picture = fetch(url + f"api/live/{key}/attribution.png?{query}")
+        assert picture.headers["cache-control"] == "public, max-age=31536000, immutable"
+        gradcam = query.startswith("method=grad-cam")
+        heat = item.heatmap if gradcam else item.pixels.sum(axis=0)
+        signed = not gradcam and "squared" not in query
+        assert_near(picture.picture(), overlaid(rgb, heat, signed))
+        assert found["scale"]["high"] == pytest.approx(float(np.abs(heat).max()), rel=1e-5) and found["scale"]["cmap"] == ("bwr" if signed else "jet")
+    whole = fetch(url + "api/model").json()["reports"][0]["key"]
+    found = fetch(url + f"api/report/{whole}/visualisation?layer=pool5&channel=17&steps={STEPS}").json()
+    expected = client.visualise(MODEL, [17], "pool5", steps=STEPS).units[0]
+    assert (found["steps"], found["seed"], found["rank"], found["channels"]) == (STEPS, 0, int(expected.rank()[0]) + 1, 64)
+    assert found["objective"] == pytest.approx(float(expected.objective[0]), rel=1e-4)
+    assert_near(fetch(url + f"api/report/{whole}/visualisation.png?layer=pool5&channel=17&steps={STEPS}").picture(), optimised_rgb(client, "pool5", 17))
+    assert fetch(url + f"api/report/{whole}/unit?layer=pool5&channel=17").json()["optimised"] is None
+    reply = fetch(url + f"api/report/{whole}/optimised.png?layer=pool5&channel=17")
+    assert reply.status == 404 and "holds no optimised image of pool5 channel 17" in reply.json()["error"]
+    held = fetch(url + f"api/report/{whole}/unit?layer=pool5&channel=50").json()["optimised"]  # the report's own, made with the same request
+    listed = manifest(made.whole)["layers"]["pool5"]["channels"]["50"]["optimised"]
+    assert held == {"objective": listed["objective"], "rank": listed["rank"], "channels": 64, "kind": "channel", "steps": STEPS, "seed": 0,
+                    "description": fetch(url + f"api/report/{whole}/visualisation?layer=pool5&channel=50&steps={STEPS}").json()["description"]}
+    assert fetch(url + f"api/report/{whole}/optimised.png?layer=pool5&channel=50").body == (made.whole / listed["png"]).read_bytes()
+    assert_near(np.asarray(Image.open(made.whole / listed["png"]).convert("RGB")), optimised_rgb(client, "pool5", 50))
+
+
+@pytest.mark.slow
 def test_bad_requests_get_the_right_status_and_a_message_naming_the_problem(explorer) -> None:
     url, _, _ = explorer
     key = fetch(url + "api/model").json()["reports"][0]["key"]
@@ -259,6 +328,19 @@ def test_bad_requests_get_the_right_status_and_a_message_naming_the_problem(expl
     key = fetch(url + "api/live?name=cat.jpg", CAT.read_bytes()).json()["key"]
     reply = fetch(url + f"api/live/{key}/maps?layer=nope")
     assert reply.status == 404 and "nope" in reply.json()["error"]  # the server's NOT_FOUND, passed on
+    attribution = {
+        "method=magic": (400, "unknown attribution method 'magic'; choose one of grad-cam, grad-cam++, integrated-gradients"),
+        "method=integrated-gradients&steps=many": (400, "the query parameter 'steps' of integrated-gradients must be an integer, got 'many'"),
+        "method=integrated-gradients&baseline=grey": (400, "unknown baseline 'grey'"),
+        "method=smoothgrad&over=deconvnet": (400, "unknown method 'deconvnet'; choose one of backprop, guided"),
+        "method=grad-cam&layer=pool5&target_layer=pool5&unit=3": (400, "the target must follow the layer Grad-CAM weighs"),
+    }
+    for query, (status, message) in attribution.items():
+        for picture in ("attribution", "attribution.png"):
+            reply = fetch(url + f"api/live/{key}/{picture}?{query}")
+            assert (reply.status, reply.headers["content-type"]) == (status, "application/json") and message in reply.json()["error"], (query, reply.json())
+    reply = fetch(url + f"api/report/{fetch(url + 'api/model').json()['reports'][0]['key']}/visualisation?layer=pool5&channel=3&steps=0")
+    assert reply.status == 400 and "steps must be in 1..10000, got 0" in reply.json()["error"]
     assert fetch(url + "api/model").status == 200  # still serving
 
 
@@ -388,4 +470,62 @@ def test_the_pages_in_headless_chromium_over_a_separate_zfserver(remote: str) ->
         assert headings == ["whole · deconvnet", "half · guided"]
         wait_until(driver, LOADED, "the two units' pictures")
         assert len(driver.find_elements(By.CSS_SELECTOR, ".columns img")) == 4 and not driver.find_elements(By.CSS_SELECTOR, ".error")
+        assert not console_errors(driver)
+
+
+@pytest.mark.slow
+def test_the_attribution_and_optimised_image_views_in_headless_chromium(remote: str) -> None:
+    """On demand: nothing is computed until asked; the pictures shown equal the client's answers."""
+    def shown(driver, selector: str) -> np.ndarray:
+        return fetch(str(driver.find_element(By.CSS_SELECTOR, selector).get_attribute("src"))).picture()
+
+    key = fetch(remote + "api/model").json()["reports"][0]["key"]
+    with headless() as driver, Client() as client:
+        driver.get(remote + f"unit?report={key}&layer=pool5&channel=17")
+        wait_until(driver, "return document.body.dataset.ready", "the unit page")
+        assert not driver.find_elements(By.CSS_SELECTOR, ".optimised img")  # on demand only
+        steps = driver.find_element(By.CSS_SELECTOR, ".optimised input[name=steps]")
+        assert steps.get_attribute("value") == "512"  # the client's default
+        steps.clear()
+        steps.send_keys(str(STEPS))
+        driver.find_element(By.NAME, "visualise").click()
+        wait_until(driver, "return document.body.dataset.visualised == 'pool5/17'", "the optimised image")
+        assert f"visualise={STEPS}" in driver.current_url and "ranks" in driver.find_element(By.CSS_SELECTOR, ".optimised figcaption").text
+        assert_near(shown(driver, ".optimised img"), optimised_rgb(client, "pool5", 17))
+        assert not console_errors(driver)
+        driver.get(remote + f"unit?report={key}&layer=pool5&channel=50")  # a report made with --visualise: its own image, at once
+        wait_until(driver, "return document.body.dataset.ready", "the unit page")
+        wait_until(driver, LOADED, "the unit's pictures")
+        assert "/optimised.png?" in str(driver.find_element(By.CSS_SELECTOR, ".optimised img").get_attribute("src"))
+        assert "from the report" in driver.find_element(By.CSS_SELECTOR, ".optimised figcaption").text
+        assert not console_errors(driver)
+
+        driver.get(remote + "live")
+        wait_until(driver, "return document.body.dataset.ready", "the live page")
+        driver.find_element(By.CSS_SELECTOR, "input[type=file]").send_keys(str(CAT))
+        wait_until(driver, "return document.body.dataset.live", "the strongest unit")
+        assert not driver.find_elements(By.CSS_SELECTOR, ".attribution")  # on demand only
+        Select(driver.find_element(By.CSS_SELECTOR, ".attribute [name=attribution]")).select_by_value("integrated-gradients")
+        Select(driver.find_element(By.CSS_SELECTOR, ".attribute [name=target]")).select_by_value("class:dog")
+        Select(driver.find_element(By.CSS_SELECTOR, ".attribute [name=baseline]")).select_by_value("mean")
+        driver.find_element(By.CSS_SELECTOR, ".attribute [name=steps]").clear()
+        driver.find_element(By.CSS_SELECTOR, ".attribute [name=steps]").send_keys("16")
+        driver.find_element(By.CSS_SELECTOR, ".attribute [name=attribute]").click()
+        wait_until(driver, "return document.body.dataset.attribution == 'integrated-gradients'", "integrated gradients")
+        result = client.integrated_gradients(MODEL, [CAT], units=["dog"], baseline="mean", steps=16)
+        caption = driver.find_element(By.CSS_SELECTOR, ".attribution figcaption").text
+        assert "explaining dog at fc8" in caption and "16 steps" in caption and "convergence delta" in caption
+        rgb = np.asarray(Image.open(CAT).convert("RGB"))
+        assert_near(shown(driver, ".attribution img"), overlaid(rgb, result.images[0].pixels.sum(axis=0), signed=True))
+
+        Select(driver.find_element(By.CSS_SELECTOR, ".attribute [name=attribution]")).select_by_value("grad-cam++")
+        layer = driver.execute_script("return document.body.dataset.live").split("/")[0]
+        assert Select(driver.find_element(By.CSS_SELECTOR, ".attribute [name=layer]")).first_selected_option.get_attribute("value") == layer  # the page's layer
+        Select(driver.find_element(By.CSS_SELECTOR, ".attribute [name=layer]")).select_by_value("pool2")
+        driver.find_element(By.CSS_SELECTOR, ".attribute [name=attribute]").click()
+        wait_until(driver, "return document.body.dataset.attribution == 'grad-cam++'", "Grad-CAM++")
+        figures = driver.find_elements(By.CSS_SELECTOR, ".attribution")
+        assert len(figures) == 2 and figures[0].text.startswith("Grad-CAM++ of pool2")  # the newest first, the earlier kept
+        heatmap = client.grad_cam(MODEL, [CAT], "pool2", units=["dog"], variant="grad_cam_plus_plus").images[0].heatmap  # the class still chosen
+        assert_near(shown(driver, ".attribution img"), overlaid(rgb, heatmap, signed=False))
         assert not console_errors(driver)

@@ -215,6 +215,7 @@ def test_bad_input_ends_in_one_line_and_leaves_no_finished_report(tmp_path) -> N
         (["--model", MODEL, "--layer", "1", "--data", "no-such-set", "--out", out], "neither a local image folder nor a data set"),
         (["--model", MODEL, "--layer", "1", "--data", SAMPLES, "--out", out, "--resume"], "no top-k state at"),
         (["--model", MODEL, "--layer", "1", "--method", "magic", "--data", SAMPLES, "--out", out], "unknown method 'magic'"),
+        (["--model", MODEL, "--layer", "1", "--visualise", "--visualise-steps", "0", "--data", SAMPLES, "--out", out], r"--visualise-steps must be in 1\.\.10000, got 0"),
     ]
     for args, message in cases:
         result = top(*args)
@@ -248,6 +249,33 @@ def test_the_report_opens_from_disk_in_headless_chromium(report, tmp_path) -> No
         assert driver.current_url.endswith("layer-pool1.html#ch5")
         top, scrolled, height = driver.execute_script("return [document.getElementById('ch5').getBoundingClientRect().top, scrollY, innerHeight]")
         assert scrolled > 0 and 0 <= top < height / 2  # scrolled to it (the last channel: as far as the page goes)
+
+
+@pytest.mark.slow
+def test_visualise_puts_each_channels_optimised_image_beside_its_top_k(tmp_path) -> None:
+    """--visualise: the optimised image the client makes for each channel (16 steps, seed 0), saved
+    beside the channel's block, linked from its section, its objective and rank in the manifest."""
+    out = tmp_path / "report"
+    ok(top("--model", MODEL, "--layer", "2", "--layer", "5", "--channels", "3,17", "--k", "4", "--data", SAMPLES, "--batch-size", 100,
+           "--visualise", "--visualise-steps", 16, "--out", out))
+    manifest = json.loads((out / "manifest.json").read_text())
+    with Client() as client:
+        for layer, info in manifest["layers"].items():
+            assert info["visualisation"]["steps"] == 16 and info["visualisation"]["seed"] == 0 and info["visualisation"]["kind"] == "channel"
+            expected = {u.unit: u for u in client.visualise(MODEL, [3, 17], layer, steps=16).units}
+            page = parsed(out / info["page"])
+            for channel, listed in info["channels"].items():
+                found, unit = listed["optimised"], expected[int(channel)]
+                picture = np.asarray(Image.open(out / found["png"]).convert("RGB")).astype(int)
+                wanted = np.clip(np.rint(np.moveaxis(unit.images[0], 0, -1)), 0, 255)
+                assert picture.shape == wanted.shape and np.abs(picture - wanted).max() <= 1  # one 8-bit level
+                assert found["objective"] == pytest.approx(float(unit.objective[0]), rel=1e-4) and found["rank"] == int(unit.rank()[0]) + 1
+                assert found["of"] == unit.layer_means.shape[1] and re.fullmatch(r".+/optimised-00(03|17)\.png", found["png"])
+                shown = [i for i in page.images if i["src"] == found["png"]]
+                assert len(shown) == 1 and shown[0]["linked"] == "yes"
+    plain = tmp_path / "plain"
+    ok(top("--model", MODEL, "--layer", "5", "--channels", "3", "--k", "4", "--data", SAMPLES, "--batch-size", 100, "--out", plain))
+    assert not list(plain.glob("*/optimised-*.png")) and "optimised image" not in (plain / "layer-pool5.html").read_text()  # off by default
 
 
 def test_resume_keeps_all_channels_of_layers_of_different_widths(tmp_path) -> None:

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import json
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -29,6 +30,8 @@ from zfnet.wire.evolution import EvolutionResult  # noqa: E402
 
 GAP = 2  # pixels between tiles of the sheet
 DPI = 100
+TITLE_CHAR_PX = 7.5  # pixels per character of the 11-point title, to wrap it within the figure
+TITLE_LINE_PX = 18
 
 
 def arrays(result: EvolutionResult, layer: str) -> dict[str, np.ndarray]:
@@ -73,8 +76,10 @@ def figure(result: EvolutionResult, title: str, path: Path) -> Path:
     heights = [max(s.shape[0], 160) for s, _ in sheets]
     sheet_width = max(s.shape[1] for s, _ in sheets)
     fig_width = (sheet_width + 110 + 420) / DPI
+    title_lines = textwrap.wrap(title, width=int(fig_width * DPI / TITLE_CHAR_PX))  # the title fits the figure's width
+    head = TITLE_LINE_PX * len(title_lines) + 16  # pixels kept above the first row's headers
     fig, axes = plt.subplots(
-        len(result.layers), 2, figsize=(fig_width, (sum(heights) + 130 * len(heights) + 60) / DPI), squeeze=False,
+        len(result.layers), 2, figsize=(fig_width, (sum(heights) + 150 * len(heights) + head) / DPI), squeeze=False,
         gridspec_kw={"height_ratios": heights, "width_ratios": [sheet_width + 110, 420]}, dpi=DPI,
     )
     parsed = [evolution.number(c.model) for c in result.columns]
@@ -85,13 +90,14 @@ def figure(result: EvolutionResult, title: str, path: Path) -> Path:
         channels = result.channels[layer]
         left, right = axes[row]
         left.imshow(sheet, interpolation="nearest")
-        left.set_xticks([c * (width + GAP) + width / 2 for c in range(len(labels))], labels, rotation=45 if len(labels) > 6 else 0, fontsize=8)
+        stacked = [label.replace(" ", "\n", 1) for label in labels]  # "iter\n4000": one tile wide, never running into the next
+        left.set_xticks([c * (width + GAP) + width / 2 for c in range(len(labels))], stacked, rotation=45 if len(labels) > 6 else 0, fontsize=8)
         left.xaxis.tick_top()
         left.set_yticks([r * (height + GAP) + height / 2 for r in range(len(channels))], [f"ch {ch}" for ch in channels], fontsize=8)
         left.tick_params(length=0)
         for spine in left.spines.values():
             spine.set_visible(False)
-        left.set_title(f"{layer}: reconstructions", fontsize=10, pad=22)
+        left.set_title(f"{layer}: reconstructions", fontsize=10, pad=30)
         values = arrays(result, layer)["activations"]
         colours = plt.get_cmap("tab20")
         for r, channel in enumerate(channels):
@@ -107,8 +113,8 @@ def figure(result: EvolutionResult, title: str, path: Path) -> Path:
         right.grid(alpha=0.3)
         if len(channels) <= 20:
             right.legend(fontsize=6, ncol=2 if len(channels) > 8 else 1, loc="best", frameon=False)
-    fig.suptitle(title, fontsize=11)
-    fig.tight_layout(rect=(0, 0, 1, 1 - 30 / (fig.get_figheight() * DPI)))
+    fig.suptitle("\n".join(title_lines), fontsize=11, y=1 - 6 / (fig.get_figheight() * DPI), va="top")
+    fig.tight_layout(rect=(0, 0, 1, 1 - head / (fig.get_figheight() * DPI)))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=DPI)
     plt.close(fig)

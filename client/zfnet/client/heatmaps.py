@@ -3,6 +3,7 @@ with its colour bar and the target named; optimised images with their objective.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -32,14 +33,43 @@ def _image(ax: Axes, image: np.ndarray, title: str) -> None:
     ax.axis("off")
 
 
-def _overlay(fig: Figure, ax: Axes, image: np.ndarray, heat: np.ndarray, title: str, label: str, cmap: str = "jet", symmetric: bool = False) -> None:
-    """``heat`` (H, W) over the greyed image, with a colour bar labelled ``label``."""
+@dataclass(frozen=True)
+class Heat:
+    """A heatmap (H, W) as it is shown over an image: its colour map, the range the map spans, and
+    what its colour bar says."""
+
+    values: np.ndarray
+    cmap: str
+    low: float
+    high: float
+    label: str
+
+
+def heat(values: np.ndarray, label: str, signed: bool = False) -> Heat:
+    """Signed values on ``bwr`` symmetric about zero (blue: lowers the target); others on ``jet`` from 0."""
+    if signed:
+        peak = float(np.abs(values).max()) or 1.0
+        return Heat(values, "bwr", -peak, peak, label)
+    return Heat(values, "jet", 0.0, float(values.max()) or 1.0, label)
+
+
+def gradcam_heat(item: GradCamMap) -> Heat:
+    """A Grad-CAM map upsampled to the input, rectified."""
+    return heat(item.heatmap, "weighted activation (ReLU)")
+
+
+def attribution_heat(result: AttributionResult, item: Attribution) -> Heat:
+    """An attribution summed over colour channels: signed, or (SmoothGrad-squared) squares."""
+    squared = result.method == "smoothgrad-squared"
+    return heat(item.pixels.sum(axis=0), "attribution" + (" (squares)" if squared else ""), signed=not squared)
+
+
+def _overlay(fig: Figure, ax: Axes, image: np.ndarray, shown: Heat, title: str) -> None:
+    """``shown`` over the greyed image, with its colour bar."""
     grey = image.astype(np.float32).mean(axis=2) / 255
     ax.imshow(grey, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-    peak = float(np.abs(heat).max()) or 1.0
-    low, high = (-peak, peak) if symmetric else (0.0, float(heat.max()) or 1.0)
-    shown = ax.imshow(heat, cmap=cmap, vmin=low, vmax=high, alpha=OVERLAY_ALPHA, interpolation="bilinear")
-    fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04, label=label).ax.tick_params(labelsize=6)
+    drawn = ax.imshow(shown.values, cmap=shown.cmap, vmin=shown.low, vmax=shown.high, alpha=OVERLAY_ALPHA, interpolation="bilinear")
+    fig.colorbar(drawn, ax=ax, fraction=0.046, pad=0.04, label=shown.label).ax.tick_params(labelsize=6)
     ax.set_title(title, fontsize=8)
     ax.axis("off")
 
@@ -49,7 +79,7 @@ def gradcam_sheet(image: np.ndarray, result: GradCamResult, item: GradCamMap, ti
     fig, axes = plt.subplots(1, 3, figsize=(11, 3.4), dpi=110, gridspec_kw={"wspace": 0.35})
     name = "Grad-CAM++" if result.variant == "grad_cam_plus_plus" else "Grad-CAM"
     _image(axes[0], image, "input")
-    _overlay(fig, axes[1], image, item.heatmap, f"{name} of {result.layer} over the input", "weighted activation (ReLU)")
+    _overlay(fig, axes[1], image, gradcam_heat(item), f"{name} of {result.layer} over the input")
     shown = axes[2].imshow(item.map, cmap="jet", vmin=0, interpolation="nearest")
     fig.colorbar(shown, ax=axes[2], fraction=0.046, pad=0.04).ax.tick_params(labelsize=6)
     axes[2].set_title(f"at {result.layer}'s resolution {item.map.shape[0]}x{item.map.shape[1]} ({result.layout})", fontsize=8)
@@ -72,10 +102,8 @@ def attribution_sheet(image: np.ndarray, result: AttributionResult, item: Attrib
     fig, axes = plt.subplots(1, panels, figsize=(3.7 * panels, 3.4), dpi=110, gridspec_kw={"wspace": 0.35})
     name = METHOD_NAMES.get(result.method, result.method)
     _image(axes[0], image, "input")
-    summed = item.pixels.sum(axis=0)
-    squared = result.method == "smoothgrad-squared"
-    _overlay(fig, axes[1], image, summed, f"{name}, summed over colours", "attribution" + (" (squares)" if squared else ""), "bwr" if not squared else "jet", not squared)
-    _overlay(fig, axes[2], image, np.abs(item.pixels).sum(axis=0), f"|{name}|, summed over colours", "magnitude")
+    _overlay(fig, axes[1], image, attribution_heat(result, item), f"{name}, summed over colours")
+    _overlay(fig, axes[2], image, heat(np.abs(item.pixels).sum(axis=0), "magnitude"), f"|{name}|, summed over colours")
     if item.baseline is not None:
         _image(axes[3], np.clip(np.moveaxis(item.baseline, 0, -1), 0, 255).astype(np.uint8), f"baseline; delta {item.delta:.3g}")
     details = f"{result.description}" + (f"; noise sigma {item.sigma:.3g}" if item.sigma else "")

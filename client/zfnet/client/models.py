@@ -15,8 +15,9 @@ from zfnet import errors
 from zfnet.client.transport import Transport
 from zfnet.preprocessing import UnnormalisedInput, unnormalised
 from zfnet.v1 import zfnet_pb2 as pb
-from zfnet.wire.models import DatasetInfo, ModelDeleted, ModelInfo, UploadHeader, upload_requests
+from zfnet.wire.models import DatasetInfo, ModelDeleted, ModelInfo, ModelSummary, UploadHeader, upload_requests
 
+CHECKPOINT_SUFFIXES = (".pt", ".pth")  # PyTorch checkpoints: a state_dict, not a model the server can run
 PROTOBUF_LIMIT = 2 << 30  # bytes: the most one protobuf message (one ONNX model) can hold
 CHECK_PREPROCESSING = False  # zfclient sets it: each model a command uses that records no normalisation is warned about once
 REPLICA_CHECK_S = 10.0  # seconds a replica gets to answer HasModel before it counts as unreachable
@@ -107,6 +108,10 @@ class Models(Transport):
             return self._uploaded[path]
         if not path.is_file():
             raise errors.NotFound(f"model {path} does not exist")
+        if path.suffix.lower() in CHECKPOINT_SUFFIXES:
+            raise errors.InvalidArgument(
+                f"model {path} is a PyTorch checkpoint, not an ONNX model; export it first: zfclient convert torch ARCH --weights {path} -o MODEL.onnx"
+            )
         data = model_bytes(path)
         sha = hashlib.sha256(data).hexdigest()
         header = UploadHeader(sha, len(data), path.stem)
@@ -163,6 +168,10 @@ class Models(Transport):
         else:
             ref = pb.ModelRef(name=str(model))
         return ModelDeleted.from_proto(self._call(self.stub.DeleteModel, ref))
+
+    def list_models(self) -> list[ModelSummary]:
+        """The models the server holds: its --model-dir files and the uploads, by name."""
+        return [ModelSummary.from_proto(m) for m in self._call(self.stub.ListModels, pb.ListModelsRequest()).models]
 
     def list_datasets(self) -> list[DatasetInfo]:
         """The named data sets of the server's --data-dir."""

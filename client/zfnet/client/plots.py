@@ -99,8 +99,9 @@ def occlusion_sheet(image: np.ndarray, result: OcclusionResult, maps: OcclusionM
 
 
 def invariance_grid(result: InvarianceResult, title: str, path: Path) -> Path:
-    """The paper's Fig. 5: rows are transformations; columns the feature distance at each layer and
-    the true-class probability; one line per image."""
+    """The paper's Fig. 5: rows are transformations; columns the feature distance at each layer (divided
+    by the norm of the original image's features, so that images and layers compare) and the true-class
+    probability; one line per image."""
     rows, columns = len(result.sweeps), len(result.layers) + 1
     fig, axes = plt.subplots(rows, columns, figsize=(3.3 * columns, 2.6 * rows), dpi=110, squeeze=False)
     border = "border: reflect" if result.border == "reflect" else f"border: constant {result.fill.describe()}"
@@ -108,12 +109,12 @@ def invariance_grid(result: InvarianceResult, title: str, path: Path) -> Path:
         for c in range(columns):
             ax = axes[r, c]
             for i, (label, truth) in enumerate(zip(result.labels, result.true_classes)):
-                values = sweep.distances[i, c] if c < len(result.layers) else sweep.true_class_probability[i]
+                values = result.relative_distances(sweep)[i, c] if c < len(result.layers) else sweep.true_class_probability[i]
                 named = f"{label or f'image {i}'}: {class_name(result.classes, truth.index)}{' (top-1)' if truth.from_top1 else ''}"
                 ax.plot(sweep.values, values, marker=".", markersize=3, linewidth=1, label=named)
             ax.set_xlabel(sweep.unit or sweep.transform, fontsize=7)
             if c < len(result.layers):
-                ax.set_ylabel("Euclidean distance", fontsize=7)
+                ax.set_ylabel("distance / norm of the original", fontsize=7)
                 heading = f"{result.layers[c]}: feature distance"
             else:
                 ax.set_ylabel("probability", fontsize=7)

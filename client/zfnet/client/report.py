@@ -7,12 +7,15 @@ pages use relative paths only, no script, no network; every picture loads lazily
     index.html  manifest.json  state.npz
     layer-<layer>.html
     <layer>/channel-0003.png   <layer>/tile-0003.png   <layer>/sheet-01.png
+    <layer>/optimised-0003.png   (with visualisations: the channel's optimised image, at the input's size)
     images/<index>.png          (each winning image once, as the model saw it)
     raw/<layer>/channel-0003.npy  (with raw=True: (k, C, H, W) float32 reconstructions, rank order)
 
 A channel's tile is its strongest patch beside that patch's reconstruction, small: what the index,
 the jump lists and ``zfclient explore`` show of a channel at a glance. A report is written into a
 folder beside ``out`` and swapped in whole, so a re-run leaves nothing of the report before it.
+Given feature visualisations (``zfclient top --visualise``), each channel's optimised image sits
+beside its block on the layer page.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import json
 import math
 import re
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +39,7 @@ from zfnet.client.render import for_display
 from zfnet.errors import FailedPrecondition
 from zfnet.wire.common import Box
 from zfnet.wire.top import Entry, TopImage, TopResult
+from zfnet.wire.visualise import VisualisedUnit, VisualiseResult
 
 GREY = 128  # outside the image, a patch is grey (the paper's border patches)
 TILE = 64  # a patch is enlarged (nearest neighbour) to about this many pixels
@@ -45,7 +50,7 @@ INDEX_TILES = 12  # tiles per layer on the index page
 BACKGROUND, EMPTY = (255, 255, 255), (225, 225, 225)
 # What a report folder holds: a re-run replaces a folder of these names only (and layer folders of these pictures)
 REPORT_FILES = re.compile(r"(index\.html|manifest\.json|(partial-)?state\.npz(\.writing)?|layer-.+\.html)")
-LAYER_PICTURES = re.compile(r"(channel|tile|sheet)-\d+\.png")
+LAYER_PICTURES = re.compile(r"(channel|tile|sheet|optimised)-\d+\.png")
 
 
 @dataclass(frozen=True)
@@ -202,16 +207,17 @@ def check_replaceable(out: Path) -> None:
             )
 
 
-def write(result: TopResult, out: Path, job: Job, raw: bool = False) -> Path:
+def write(result: TopResult, out: Path, job: Job, raw: bool = False, visualisations: Mapping[str, VisualiseResult] | None = None) -> Path:
     """Write the whole report, ``state.npz`` included, into a folder beside ``out``, then swap it in
-    for ``out`` (see :func:`check_replaceable`). Returns the path of ``index.html``."""
+    for ``out`` (see :func:`check_replaceable`); ``visualisations`` (by layer) add each channel's
+    optimised image. Returns the path of ``index.html``."""
     check_replaceable(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.parent / f".{out.name}.writing"
     shutil.rmtree(staging, ignore_errors=True)  # what an interrupted write left
     staging.mkdir()
     try:
-        _write_into(staging, result, job, raw)
+        _write_into(staging, result, job, raw, visualisations or {})
         result.state.save(staging / "state.npz")
         _swap(staging, out)
     except BaseException:
@@ -232,7 +238,7 @@ def _swap(new: Path, out: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _write_into(out: Path, result: TopResult, job: Job, raw: bool) -> None:
+def _write_into(out: Path, result: TopResult, job: Job, raw: bool, visualisations: Mapping[str, VisualiseResult]) -> None:
     state = result.state
     (out / "images").mkdir()
     for image in result.images.values():
@@ -249,6 +255,7 @@ def _write_into(out: Path, result: TopResult, job: Job, raw: bool) -> None:
         (out / folder).mkdir()
         size = tile_size(next((e for e in per_channel.values() if e), []))
         blocks, channels = [], {}
+        optimised = {u.unit: u for u in visualisations[layer].units} if layer in visualisations else {}
         for channel, entries in per_channel.items():
             block = channel_block(entries, result.images, state.k, size)
             png = f"{folder}/channel-{channel:04d}.png"
@@ -260,6 +267,8 @@ def _write_into(out: Path, result: TopResult, job: Job, raw: bool) -> None:
                 picture = channel_tile(entries[0], result.images[entries[0].index])
                 picture.save(out / tile)
                 channels[str(channel)]["tile"], channels[str(channel)]["tile_size"] = tile, [picture.width, picture.height]
+            if channel in optimised:
+                channels[str(channel)]["optimised"] = _optimised(out, f"{folder}/optimised-{channel:04d}.png", optimised[channel])
             if raw and entries:
                 npy = out / "raw" / folder / f"channel-{channel:04d}.npy"
                 npy.parent.mkdir(parents=True, exist_ok=True)
@@ -272,10 +281,24 @@ def _write_into(out: Path, result: TopResult, job: Job, raw: bool) -> None:
             sheet.save(out / name)
             pages.append(name)
         manifest["layers"][layer] = {"page": f"layer-{folder}.html", "sheets": pages, "channels": channels}
+        if layer in visualisations:
+            found = visualisations[layer]
+            manifest["layers"][layer]["visualisation"] = {"kind": found.objective, "steps": found.steps, "seed": found.seed, "description": found.description}
     for layer in manifest["layers"]:
         (out / manifest["layers"][layer]["page"]).write_text(_layer_page(layer, manifest, result), encoding="utf-8")
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
     (out / "index.html").write_text(_index_page(manifest), encoding="utf-8")
+
+
+def _optimised(out: Path, png: str, unit: VisualisedUnit) -> dict:
+    """Save a channel's (first) optimised image; what the manifest says of it: its objective and the
+    channel's rank among the layer's channels by mean response on it (1: first)."""
+    picture = Image.fromarray(to_rgb(unit.images[0]))
+    picture.save(out / png)
+    return {
+        "png": png, "size": [picture.width, picture.height], "objective": float(unit.objective[0]),
+        "rank": int(unit.rank()[0]) + 1, "of": int(unit.layer_means.shape[1]),
+    }
 
 
 def _folders(layers: list[str]) -> dict[str, str]:
@@ -297,6 +320,7 @@ nav { margin: .4em 0; } nav a { margin-right: .8em; }
 .jump a { display: inline-block; min-width: 2.4em; margin: 0 .2em .2em 0; text-align: center; }
 .channel { border-top: 1px solid #ccc; padding: .6em 0 1em; }
 .block, .tile { image-rendering: pixelated; } .block { max-width: 100%; height: auto; }
+.row { display: flex; flex-wrap: wrap; gap: 16px; align-items: flex-start; } .optimised { margin: 0; font-size: 12px; color: #444; }
 .tiles { display: flex; flex-wrap: wrap; gap: 6px; } .tiles a { font-size: 11px; text-align: center; color: #444; text-decoration: none; }
 .tiles img { display: block; border: 1px solid #ddd; }
 .winners { display: flex; flex-wrap: wrap; gap: .7em; list-style: none; padding: 0; margin: .5em 0 0; }
@@ -334,6 +358,15 @@ def _img(src: str, alt: str, size: list[int], scale: int = 1, cls: str = "") -> 
     width, height = size[0] * scale, size[1] * scale
     extra = f' class="{cls}"' if cls else ""
     return f'<img{extra} src="{html.escape(src)}" alt="{html.escape(alt)}" width="{width}" height="{height}" loading="lazy">'
+
+
+def _optimised_figure(channel: str, found: dict, height: int) -> str:
+    """A channel's optimised image, enlarged to the height of its block, with its objective and rank."""
+    scale = max(1, height // found["size"][1])
+    return (
+        f'<figure class="optimised"><a href="{html.escape(found["png"])}">{_img(found["png"], f"optimised image of channel {channel}", found["size"], scale, "block")}</a>'
+        f'<figcaption>optimised image: objective {found["objective"]:.3g}, rank {found["rank"]} of {found["of"]}</figcaption></figure>'
+    )
 
 
 def _tile_scale(size: list[int]) -> int:
@@ -408,18 +441,25 @@ def _layer_page(layer: str, manifest: dict, result: TopResult) -> str:
                 f'<span class="path" title="{html.escape(item["path"])}">{html.escape("/".join(Path(item["path"]).parts[-2:]))}</span></li>'
             )
         scale = max(1, DISPLAY_WIDTH // data["size"][0])
+        block = f'<a href="{html.escape(data["png"])}">{_img(data["png"], f"layer {layer} channel {channel}: reconstructions and patches", data["size"], scale, "block")}</a>'
         cards.append(
             f'<section class="channel" id="ch{channel}"><h3>channel {channel}</h3>'
-            f'<a href="{html.escape(data["png"])}">{_img(data["png"], f"layer {layer} channel {channel}: reconstructions and patches", data["size"], scale, "block")}</a>'
-            f'<ol class="winners">{"".join(items) or "<li>no image read</li>"}</ol></section>'
+            + (f'<div class="row">{block}{_optimised_figure(channel, data["optimised"], data["size"][1] * scale)}</div>' if "optimised" in data else block)
+            + f'<ol class="winners">{"".join(items) or "<li>no image read</li>"}</ol></section>'
         )
     jump = "".join(f'<a href="#ch{channel}">{channel}</a>' for channel in info["channels"])
+    visualised = info.get("visualisation")
+    optimised = (
+        f"<p>Beside each block, an image optimised to excite the channel (feature visualisation, Olah et al. 2017): {visualised['kind']} "
+        f"objective, {visualised['steps']} steps, seed {visualised['seed']}; {html.escape(visualised['description'])}. Its rank is the channel's "
+        "place among the layer's channels by mean response on it.</p>\n"
+    ) if visualised else ""
     body = (
         f'{_layer_nav(layer, manifest)}<h1>Layer {html.escape(layer)}: top-{manifest["k"]} per channel</h1>\n{_summary(manifest)}\n'
         f"<p>Sheets of the whole layer, 16 channels each: {_sheet_links(info)}.</p>\n"
         f'<h2>Channels</h2><nav class="jump">{jump}</nav>\n'
         "<p>Each block: reconstructions (left) beside the input patches (right), strongest first. Below it, the image each "
         "patch came from, with the receptive field outlined in red, its class, the ranking value and the activation's location.</p>\n"
-        + "\n".join(cards) + f"\n{_layer_nav(layer, manifest)}"
+        + optimised + "\n".join(cards) + f"\n{_layer_nav(layer, manifest)}"
     )
     return _page(f"layer {layer}: top-{manifest['k']}", body)

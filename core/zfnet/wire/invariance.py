@@ -88,6 +88,12 @@ class InvarianceResult:
     classes: list[str]  # the model's
     batch: int  # copies per forward pass used
 
+    def relative_distances(self, sweep: Sweep) -> np.ndarray:
+        """(N, L, V): each distance divided by the norm of the original image's features at that layer
+        (0 where the norm is 0), so that images and layers compare."""
+        norms = self.feature_norms[:, :, None]
+        return np.divide(sweep.distances, norms, out=np.zeros_like(sweep.distances), where=norms > 0)
+
     def to_proto(self) -> pb.InvarianceResult:
         return pb.InvarianceResult(
             layers=self.layers, border=BORDERS.number(self.border, "border"), fill=self.fill.to_proto(), labels=self.labels,

@@ -73,6 +73,27 @@ class ModelDeleted:
 
 
 @dataclass(frozen=True)
+class ModelSummary:
+    """One model the server holds: an upload or a --model-dir file."""
+
+    sha256: str
+    name: str  # --model-dir file stem, or the first upload name
+    size: int  # bytes
+    upload_names: list[str]  # every display name uploaders gave these bytes
+    in_model_dir: bool  # served from --model-dir (a ModelRef by name resolves it)
+    loaded: bool  # in memory now (else loaded on next use)
+
+    def to_proto(self) -> pb.ModelSummary:
+        return pb.ModelSummary(
+            sha256=self.sha256, name=self.name, size=self.size, upload_names=self.upload_names, in_model_dir=self.in_model_dir, loaded=self.loaded,
+        )
+
+    @classmethod
+    def from_proto(cls, message: pb.ModelSummary) -> ModelSummary:
+        return cls(message.sha256, message.name, message.size, list(message.upload_names), message.in_model_dir, message.loaded)
+
+
+@dataclass(frozen=True)
 class DatasetInfo:
     """A named data set of the server's --data-dir."""
 

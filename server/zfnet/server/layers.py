@@ -147,7 +147,7 @@ def resolve(table: list[Layer], layer: str | int) -> Layer:
     near = difflib.get_close_matches(layer, list(dict.fromkeys(known)), n=5, cutoff=0.5)
     hint = f"; did you mean {', '.join(near)}?" if near else ""
     raise NotFound(
-        f"no layer named {layer!r}{hint} (GetModelInfo, or `zfclient layers`, lists them)",
+        f"no layer named {layer!r}{hint} (`zfclient layers` lists the model's layers)",
         field="layer.name", reason="LAYER_NOT_FOUND", resource=("layer", layer),
     )
 

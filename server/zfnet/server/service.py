@@ -141,8 +141,7 @@ class ZfnetServicer(zfnet_pb2_grpc.ZfnetServicer):
     def ListModels(self, request, context) -> pb.ListModelsResponse:
         store = self.engine.store
         return pb.ListModelsResponse(models=[
-            pb.ModelSummary(sha256=s, name=n, size=z, upload_names=store.upload_names(s), in_model_dir=store.in_model_dir(s), loaded=store.is_loaded(s))
-            for s, n, z in store.summaries()
+            models.ModelSummary(s, n, z, store.upload_names(s), store.in_model_dir(s), store.is_loaded(s)).to_proto() for s, n, z in store.summaries()
         ])
 
     @_status

@@ -6,23 +6,28 @@ from pathlib import Path
 
 import numpy as np
 import typer
+from rich.console import Console
 
 from zfnet.client.api import Client
-from zfnet.client.cli.common import ServerOption
+from zfnet.client.cli.common import ForceOption, ImageOption, ServerOption, StrictOption, image_files, refuse_overwrite
 from zfnet.client.names import safe_name
 
 
 def command(
     model: str = typer.Option(..., "--model", help="An .onnx file or a model name on the server."),
     layer: list[str] = typer.Option(..., "--layer", help="Layer number or tensor name; repeat for several."),
-    image: list[Path] = typer.Option(..., "--image", help="Image file; repeat for several."),
+    image: list[Path] = ImageOption,
     out: Path = typer.Option(Path("out/activations"), "--out", help="Folder for activations.npz and the feature-map grids."),
+    strict: bool = StrictOption,
+    force: bool = ForceOption,
     server: str | None = ServerOption,
 ) -> None:
     """Save activations (N, ...) per layer in one .npz, and a grid of feature maps per image and layer."""
     from zfnet.client import render  # matplotlib loads only when pictures are drawn
 
-    with Client(server) as client:
+    image = image_files(image, strict)
+    refuse_overwrite([out / "activations.npz"], force)
+    with Client(server) as client, Console(stderr=True).status(f"activations of {len(image)} image(s)"):
         values = client.activations(model, image, layer)
     out.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(out / "activations.npz", allow_pickle=True, **values, images=np.asarray([str(p) for p in image]))

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from zfnet.client.cli.common import (
-    ChannelOrderOption, InterpolationOption, MeanOption, PreprocessOption, ResizeOption, StdOption, chosen_preprocessing,
+    ChannelOrderOption, ForceOption, InterpolationOption, MeanOption, PreprocessOption, ResizeOption, StdOption, chosen_preprocessing, refuse_overwrite,
 )
 from zfnet.errors import InvalidArgument, NotFound
 
@@ -16,6 +16,7 @@ from zfnet.errors import InvalidArgument, NotFound
 def command(
     model: Path = typer.Argument(..., help="An .onnx file that records no preprocessing (its external data is read)."),
     output: Path = typer.Option(..., "-o", "--output", help="The .onnx file to write (self-contained)."),
+    force: bool = ForceOption,
     preprocess: str | None = PreprocessOption,
     mean: str | None = MeanOption,
     std: str | None = StdOption,
@@ -23,7 +24,7 @@ def command(
     interpolation: str | None = InterpolationOption,
     channel_order: str = ChannelOrderOption,
 ) -> None:
-    """Prepend ``(x - mean) / std`` to the graph and record it, with the resize and centre crop images get
+    """Prepend (x - mean) / std to the graph and record it, with the resize and centre crop images get
     before it: --preprocess imagenet, or explicit --mean/--std (and --resize, --interpolation)."""
     import onnx  # noqa: PLC0415  (onnx loads only for the commands that need it)
 
@@ -32,6 +33,7 @@ def command(
 
     if not model.is_file():
         raise NotFound(f"model {model} does not exist")
+    refuse_overwrite([output], force)
     loaded = onnx.ModelProto.FromString(model_bytes(model))
     _, size = image_input(loaded)
     preprocessing = chosen_preprocessing(preprocess, mean, std, resize, interpolation, channel_order, size)

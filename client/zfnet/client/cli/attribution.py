@@ -13,13 +13,12 @@ from rich.table import Table
 
 from zfnet import imagefolder
 from zfnet.client.api import Client
-from zfnet.client.cli.common import ServerOption, framing, layer_or_none, progress_bar, unique_stems
+from zfnet.client.cli.common import ForceOption, ImageOption, ServerOption, StrictOption, framing, image_files, layer_or_none, progress_bar, refuse_overwrite, unique_stems
 from zfnet.client.cli.gradcam import TargetLayerOption, UnitOption
 from zfnet.wire.attribution import Attribution, AttributionResult
 from zfnet.wire.models import ModelInfo
 
 ModelOption = typer.Option(..., "--model", help="An .onnx file (uploaded if the server lacks it) or a model name on the server.")
-ImageOption = typer.Option(..., "--image", help="Image file; repeat for several.")
 MaxBatchOption = typer.Option(0, "--max-batch", help="Copies per forward pass (0: as the server's memory allows).")
 
 
@@ -31,9 +30,13 @@ def integrated_gradients(
     blur_sigma: float | None = typer.Option(None, "--blur-sigma", help="The blurred baseline's sigma in pixels (default: a tenth of the shorter side)."),
     max_batch: int = MaxBatchOption,
     out: Path = typer.Option(Path("out/integrated-gradients"), "--out", help="Folder for the sheets (PNG) and attributions (.npz)."),
+    strict: bool = StrictOption,
+    force: bool = ForceOption,
     server: str | None = ServerOption,
 ) -> None:
     """Integrated gradients (Sundararajan et al.) from a baseline, with Captum's convergence delta."""
+    image = image_files(image, strict)
+    refuse_overwrite(outputs(out, image, "integrated-gradients"), force)
     with Client(server) as client, progress_bar("integrated gradients") as update:
         info = client.model_info(model)
         result = client.integrated_gradients(model, image, layer_or_none(target_layer), unit, baseline, steps, method, blur_sigma, max_batch, update)
@@ -49,10 +52,14 @@ def smoothgrad(
     seed: int = typer.Option(0, "--seed", help="Seed of the noise."),
     max_batch: int = MaxBatchOption,
     out: Path = typer.Option(Path("out/smoothgrad"), "--out", help="Folder for the sheets (PNG) and attributions (.npz)."),
+    strict: bool = StrictOption,
+    force: bool = ForceOption,
     server: str | None = ServerOption,
 ) -> None:
     """SmoothGrad (Smilkov et al.): gradients averaged over noisy copies of each image."""
     kind = "smoothgrad_squared" if squared else "smoothgrad"
+    image = image_files(image, strict)
+    refuse_overwrite(outputs(out, image, kind.replace("_", "-")), force)
     with Client(server) as client, progress_bar(kind) as update:
         info = client.model_info(model)
         result = client.smoothgrad(model, image, layer_or_none(target_layer), unit, kind, over, samples, noise, seed, max_batch, update)
@@ -62,13 +69,22 @@ def smoothgrad(
 def input_x_gradient(
     model: str = ModelOption, image: list[Path] = ImageOption, target_layer: str | None = TargetLayerOption, unit: list[str] = UnitOption,
     out: Path = typer.Option(Path("out/input-x-gradient"), "--out", help="Folder for the sheets (PNG) and attributions (.npz)."),
+    strict: bool = StrictOption,
+    force: bool = ForceOption,
     server: str | None = ServerOption,
 ) -> None:
     """Input x gradient: the target's gradient times each pixel."""
-    with Client(server) as client:
+    image = image_files(image, strict)
+    refuse_overwrite(outputs(out, image, "input-x-gradient"), force)
+    with Client(server) as client, Console(stderr=True).status(f"input x gradient of {len(image)} image(s)"):
         info = client.model_info(model)
         result = client.input_x_gradient(model, image, layer_or_none(target_layer), unit)
     write(result, info, image, out)
+
+
+def outputs(out: Path, paths: list[Path], method: str) -> list[Path]:
+    """The sheet and the .npz of each image, named by the method."""
+    return [out / f"{stem}_{method}{suffix}" for stem in unique_stems(paths) for suffix in (".png", ".npz")]
 
 
 def write(result: AttributionResult, info: ModelInfo, paths: list[Path], out: Path) -> list[Path]:
@@ -85,6 +101,7 @@ def write(result: AttributionResult, info: ModelInfo, paths: list[Path], out: Pa
         written += [sheet, save(out / f"{stem}_{result.method}.npz", result, item)]
         table.add_row(path.name, item.target.describe(), f"{item.target.value:.4g}", *([f"{item.delta:.3g}"] if delta else []), str(sheet))
     Console().print(table)
+    print(f"wrote {len(written)} files under {out}/: a sheet (PNG) and the attribution (.npz) per image")
     return written
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -14,7 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressC
 from zfnet.client import models, transport
 from zfnet.client.transport import SERVER_ENV, TLS_CA_ENV, TLS_CERT_ENV, TLS_ENV, TLS_KEY_ENV, TOKEN_ENV, Connection
 from zfnet import imagefolder
-from zfnet.errors import InvalidArgument, NotFound
+from zfnet.errors import FailedPrecondition, InvalidArgument, NotFound
 from zfnet.preprocessing import INTERPOLATIONS, PRESETS, Framing, Preprocessing
 from zfnet.wire.common import LayerKey, layer_key
 from zfnet.wire.models import ModelInfo
@@ -23,6 +25,17 @@ ServerOption = typer.Option(
     None, "--server", envvar=SERVER_ENV,
     help=f"HOST:PORT of a running zfnet server (or ${SERVER_ENV}); several replicas as HOST:PORT,HOST:PORT or dns:///NAME:PORT; without it the service runs in-process.",
 )
+
+
+ForceOption = typer.Option(False, "--force", help="Overwrite files that already exist (otherwise the command refuses before any work).")
+
+
+def refuse_overwrite(paths: list[Path], force: bool) -> None:
+    """Stop before any work when a file this command would write exists, unless ``--force``."""
+    existing = [p for p in paths if p.exists()]
+    if existing and not force:
+        more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
+        raise FailedPrecondition(f"{existing[0]} exists{more}; pass --force to overwrite it, or choose another path")
 
 
 def parse_numbers(text: str | None, what: str, kind: type = int) -> list:
@@ -49,22 +62,38 @@ def unique_stems(paths: list[Path]) -> list[str]:
     return [f"{p.parent.name}_{p.stem}" if stems.count(p.stem) > 1 else p.stem for p in paths]
 
 
-def expand(paths: list[Path]) -> list[Path]:
-    """Files as given; folders replaced by the images under them (recursively, sorted). The same
-    file given twice is kept once."""
-    files: list[Path] = []
-    for path in paths:
-        if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.suffix.lower() in imagefolder.IMAGE_SUFFIXES and p.is_file())
-            if not found:
-                raise InvalidArgument(f"folder {path} holds no images ({', '.join(imagefolder.IMAGE_SUFFIXES)})")
-            files += found
-        elif path.is_file():
-            files.append(path)
-        else:
-            raise NotFound(f"image {path} does not exist")
-    seen: set[Path] = set()
-    return [f for f in files if not (f.resolve() in seen or seen.add(f.resolve()))]
+ImageOption = typer.Option(
+    ..., "--image", help="Image file, or folder searched recursively (class folders or flat); repeat for several. Non-image files are listed as ignored.",
+)
+StrictOption = typer.Option(False, "--strict", help="Stop at the first image that does not decode (default: skip it and list it, with its full path, at the end).")
+
+
+def image_files(paths: list[Path], strict: bool) -> list[Path]:
+    """The images a command reads (:func:`zfnet.imagefolder.gather`: files, folders searched
+    recursively, class trees and flat folders alike); what was skipped or ignored is listed on
+    stderr when the command ends (commands are wrapped by :func:`noted`)."""
+    found = imagefolder.gather(paths, strict)
+    _notes.extend(found.summary())
+    return found.files
+
+
+_notes: list[str] = []  # what the running command left out, said when it ends (:func:`noted`)
+
+
+def noted(command: Callable) -> Callable:
+    """A command that ends, however it ends, by saying on stderr what it left out (:func:`image_files`)."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        _notes.clear()
+        try:
+            return command(*args, **kwargs)
+        finally:
+            for line in _notes:
+                print(f"note: {line}", file=sys.stderr)
+            _notes.clear()
+
+    return wrapper
 
 
 def framing(info: ModelInfo) -> Framing:

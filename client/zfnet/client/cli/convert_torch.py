@@ -6,9 +6,11 @@ import ast
 from pathlib import Path
 
 import typer
+from rich.console import Console
 
 from zfnet.client.cli.common import (
-    ChannelOrderOption, InterpolationOption, MeanOption, PreprocessOption, ResizeOption, StdOption, chosen_preprocessing, parse_numbers,
+    ChannelOrderOption, ForceOption, InterpolationOption, MeanOption, PreprocessOption, ResizeOption, StdOption, chosen_preprocessing, parse_numbers,
+    refuse_overwrite,
 )
 from zfnet.errors import InvalidArgument
 
@@ -17,6 +19,7 @@ def command(
     arch: str = typer.Argument(..., help="A built-in architecture (zfnet-cifar10, resnet50, torchvision.resnet50, timm.vit_small_patch16_224 ...), torchvision.NAME or timm.NAME of an installed library, or package.module:factory."),
     weights: Path = typer.Option(..., "--weights", help="A state_dict file (loaded with weights_only=True); nothing is downloaded."),
     output: Path = typer.Option(..., "-o", "--output", help="The .onnx file to write."),
+    force: bool = ForceOption,
     arg: list[str] = typer.Option([], "--arg", help="A keyword argument of the factory, k=v (a Python literal, else a string); repeat for several."),
     input_size: str | None = typer.Option(None, "--input-size", help="H,W of the input images [default: the architecture's crop, else 32,32]."),
     crop: int | None = typer.Option(None, "--crop", help="Square input size N (the centre crop), instead of --input-size."),
@@ -34,11 +37,13 @@ def command(
 
     from zfnet.converters.pytorch import export
 
+    refuse_overwrite([output], force)
     found = export.architecture(arch)
     size = _input_size(input_size, crop, found.preprocessing.input_size if found is not None else (32, 32))
     preprocessing = chosen_preprocessing(preprocess, mean, std, resize, interpolation, channel_order, size, found.preprocessing.recorded() if found is not None else None)
-    module = export.load_weights(export.load_module(arch, _arguments(arg)), weights)
-    model = export.export(module, size, [c.strip() for c in classes.split(",")] if classes else None, preprocessing)
+    with Console(stderr=True).status(f"exporting {arch}"):
+        module = export.load_weights(export.load_module(arch, _arguments(arg)), weights)
+        model = export.export(module, size, [c.strip() for c in classes.split(",")] if classes else None, preprocessing)
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_suffix(output.suffix + ".tmp")
     onnx.save(model, tmp)

@@ -14,7 +14,7 @@ from rich.table import Table
 
 from zfnet import imagefolder
 from zfnet.client.api import Client
-from zfnet.client.cli.common import ServerOption, framing, parse_layers, progress_bar
+from zfnet.client.cli.common import ForceOption, ServerOption, framing, parse_layers, progress_bar, refuse_overwrite
 from zfnet.errors import InvalidArgument, NotFound
 from zfnet.wire.common import Box
 from zfnet.wire.correspondence import CorrespondenceResult
@@ -76,12 +76,14 @@ def command(
     out: Path = typer.Option(Path("out/correspondence"), "--out", help="Folder for correspondence.json and the pictures."),
     as_json: bool = typer.Option(False, "--json", help="Print the JSON on stdout instead of the table."),
     max_batch: int = typer.Option(0, "--max-batch", help="Masked copies per forward pass (0: as the server's memory allows)."),
+    force: bool = ForceOption,
     server: str | None = ServerOption,
 ) -> None:
     """Correspondence (Table 1): how consistently masking the same part of several images changes their features."""
     from zfnet.client import plots  # matplotlib loads only when pictures are drawn
 
     annotation = load_parts(parts, images)
+    refuse_overwrite([out / "correspondence.json", out / "correspondence.png", out / "correspondence_parts.png"], force)
     with Client(server) as client:
         info = client.model_info(model)
         framed = framing(info)  # boxes in the pixels of the picture the model sees, covering at least the same area

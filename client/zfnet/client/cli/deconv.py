@@ -7,6 +7,7 @@ output name, so no image's pictures overwrite another's."""
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import typer
@@ -14,23 +15,27 @@ from rich.console import Console
 
 from zfnet import imagefolder
 from zfnet.client.api import Client
-from zfnet.client.cli.common import ServerOption, expand, framing, job_progress, parse_numbers
+from zfnet.client.cli.common import ForceOption, ImageOption, ServerOption, StrictOption, framing, image_files, job_progress, parse_numbers, refuse_overwrite
 from zfnet.errors import InvalidArgument, ZfnetError
 
+WRITERS = 4  # threads drawing and writing pictures while the server computes
 LISTED_GRIDS = 10  # grids printed one per line; more are summarised
 
 
 def command(
     model: str = typer.Option(..., "--model", help="An .onnx file (uploaded if the server lacks it) or a model name on the server."),
     layer: str = typer.Option(..., "--layer", help="Layer number N (the N-th conv/fc layer, as in the paper) or an exact tensor name."),
-    image: list[Path] = typer.Option(..., "--image", help="Image file or folder (searched recursively for images); repeat for several."),
+    image: list[Path] = ImageOption,
     channels: str | None = typer.Option(None, "--channels", help="Explicit channels, e.g. 3,17 (default: the top channels)."),
     top: int = typer.Option(9, "--top", help="Reconstruct the TOP channels with the strongest activation per image."),
     mode: str = typer.Option("max", "--mode", help="max: only the strongest activation (the paper); map: the whole feature map."),
     method: str = typer.Option("deconvnet", "--method", help="deconvnet (Zeiler & Fergus), backprop (gradient) or guided."),
-    out: Path = typer.Option(Path("out/deconv"), "--out", help="Folder for the PNGs."),
+    out: Path = typer.Option(Path("out/deconv"), "--out", help="Folder for the PNGs (named by image, layer, channel, method and mode)."),
     raw: bool = typer.Option(False, "--raw", help="Also save the float reconstructions as .npy."),
+    no_grid: bool = typer.Option(False, "--no-grid", help="Save the float reconstructions as .npy only: no pictures, no grids (the fastest)."),
     batch_size: int = typer.Option(0, "--batch-size", help="Images per request (0: as many as keep the reply well under the message limit)."),
+    strict: bool = StrictOption,
+    force: bool = ForceOption,
     server: str | None = ServerOption,
 ) -> None:
     """Deconv reconstructions of one layer for each image: a PNG per channel and a labelled grid per image."""
@@ -41,25 +46,29 @@ def command(
         raise InvalidArgument("--top must be positive")
     if batch_size < 0:
         raise InvalidArgument("--batch-size must be positive (or 0 for automatic)")
-    files = expand(image)
+    files = image_files(image, strict)
     names = output_names(files)
     console = Console(stderr=True)
-    written: list[Path] = []
+    pending: list[Future[Path]] = []
     reconstructions, layer_name = 0, layer
     try:
-        with Client(server) as client, job_progress(console) as bar:
+        with Client(server) as client, job_progress(console) as bar, ThreadPoolExecutor(WRITERS) as pool:
             info = client.model_info(model)
             framed = framing(info)
             task = bar.add_task(f"deconv {method} of layer {layer}", total=len(files))
             for start, stop, result in client.deconv_batches(model, files, layer, chosen or None, top, mode, method, batch_size):
                 batch = files[start:stop]
-                pictures = [imagefolder.read_rgb(path, framed) for path in batch]
-                written += render.write_deconv(result, pictures, names[start:stop], out, raw)
+                pictures = None if no_grid else [imagefolder.read_rgb(path, framed) for path in batch]
+                planned = render.deconv_files(result, pictures, names[start:stop], out, raw)
+                refuse_overwrite(list(planned), force)  # each batch's files checked before any is written
+                pending += render.write_deconv(planned, pool)
                 reconstructions, layer_name = reconstructions + len(result.reconstructions), result.layer
                 bar.advance(task, len(batch))
+            written = [f.result() for f in pending]
     except ZfnetError:
-        if written:
-            _report(written, out, reconstructions, layer_name, method, mode, f"before the error, for {len(files)} image(s) asked")
+        done = [f.result() for f in pending if f.done() and not f.exception()]
+        if done:
+            _report(done, out, reconstructions, layer_name, method, mode, f"before the error, for {len(files)} image(s) asked")
         raise
     _report(written, out, reconstructions, layer_name, method, mode, f"of {len(files)} image(s)")
 

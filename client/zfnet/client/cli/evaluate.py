@@ -13,7 +13,7 @@ from rich.table import Table
 
 from zfnet import imagefolder
 from zfnet.client.api import Client
-from zfnet.client.cli.common import ServerOption
+from zfnet.client.cli.common import ServerOption, StrictOption, image_files
 from zfnet.errors import InvalidArgument
 
 
@@ -23,9 +23,10 @@ def command(
     classes: str | None = typer.Option(None, "--classes", help="Class names in the model's output order (default: the model's own)."),
     batch_size: int = typer.Option(500, "--batch-size", help="Images per request."),
     as_json: bool = typer.Option(False, "--json", help='Print {"top1", "n", "per_class"} on stdout and nothing else.'),
+    strict: bool = StrictOption,
     server: str | None = ServerOption,
 ) -> None:
-    """Top-1 accuracy overall and per class."""
+    """Top-1 accuracy overall and per class (classes without images left out)."""
     console = Console(stderr=True)
     with Client(server) as client:
         info = client.model_info(model)
@@ -33,21 +34,25 @@ def command(
         if not order:
             raise InvalidArgument("the model records no class names; pass --classes in its output order")
         folder = imagefolder.scan(data, order)
-        predicted = np.empty(len(folder), np.int64)
+        decoded = set(image_files(folder.files, strict))  # the count read is the count decoded
+        kept = np.asarray([f in decoded for f in folder.files])
+        files, labels = [f for f, k in zip(folder.files, kept) if k], folder.labels[kept]
+        predicted = np.empty(len(files), np.int64)
         with Progress(TextColumn("evaluating"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console, transient=True) as bar:
-            task = bar.add_task("", total=len(folder))
-            for start in range(0, len(folder), batch_size):
-                files = folder.files[start : start + batch_size]
-                predicted[start : start + len(files)] = client.probabilities(model, files).argmax(axis=1)
-                bar.advance(task, len(files))
-    correct = predicted == folder.labels
-    per_class = {name: float(correct[folder.labels == i].mean()) for i, name in enumerate(order) if np.any(folder.labels == i)}
+            task = bar.add_task("", total=len(files))
+            for start in range(0, len(files), batch_size):
+                batch = files[start : start + batch_size]
+                predicted[start : start + len(batch)] = client.probabilities(model, batch).argmax(axis=1)
+                bar.advance(task, len(batch))
+    correct = predicted == labels
+    per_class = {name: float(correct[labels == i].mean()) for i, name in enumerate(order) if np.any(labels == i)}
     top1 = float(correct.mean())
     if as_json:
-        print(json.dumps({"top1": top1, "n": len(folder), "per_class": per_class}))
+        print(json.dumps({"top1": top1, "n": len(files), "per_class": per_class}))
         return
     table = Table("class", "top-1", "images", title=f"{info.name} on {data}")
     for i, name in enumerate(order):
-        table.add_row(name, f"{per_class.get(name, float('nan')):.2%}", str(int(np.sum(folder.labels == i))))
-    table.add_row("all", f"{top1:.2%}", str(len(folder)), style="bold")
+        if name in per_class:
+            table.add_row(name, f"{per_class[name]:.2%}", str(int(np.sum(labels == i))))
+    table.add_row("all", f"{top1:.2%}", str(len(files)), style="bold")
     Console().print(table)

@@ -25,7 +25,7 @@ def command(
     data: str = typer.Option(..., "--data", help="A local image folder (DIR/<class>/<image>, streamed to the server) or a data set name on the server."),
     channels: str = typer.Option(DEFAULT_CHANNELS, "--channels", help="Channels to follow in every layer, e.g. 0-15,20 (rows of the sheet)."),
     method: str = typer.Option("deconvnet", "--method", help="Reconstruction: deconvnet (Zeiler & Fergus), guided or backprop."),
-    out: Path = typer.Option(Path("evolution"), "--out", help="Folder for evolution.png, evolution.json and evolution.npz."),
+    out: Path = typer.Option(Path("out/evolution"), "--out", help="Folder for evolution.png, evolution.json and evolution.npz."),
     batch_size: int = typer.Option(64, "--batch-size", help="Images per forward pass."),
     server: str | None = ServerOption,
 ) -> None:
@@ -44,8 +44,8 @@ def command(
             result = client.evolution(snapshots, dataset, list(layer), picked, method, labels, on_progress=_Bars(bar, labels))
     from zfnet.client import evolution as pictures  # noqa: PLC0415  (matplotlib: only to draw)
 
-    shown = "/".join(Path(data).parts[-2:]) if Path(data).is_dir() else data
-    title = f"Feature evolution: {len(snapshots)} snapshots, {labels[0]} .. {labels[-1]}; {method}; data {shown}"
+    source = f"images in {data}" if Path(data).is_dir() else f"data set {data} of the server"
+    title = f"Feature evolution: {len(snapshots)} snapshots, {labels[0]} .. {labels[-1]}; {method}; {source}"
     saved = pictures.write(result, out, title, data)
     for layer_name in result.layers:
         strongest = [result.entry(layer_name, ch, c) for ch in result.channels[layer_name] for c in range(len(result.columns))]

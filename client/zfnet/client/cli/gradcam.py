@@ -11,7 +11,7 @@ from rich.table import Table
 
 from zfnet import imagefolder
 from zfnet.client.api import Client
-from zfnet.client.cli.common import ServerOption, framing, layer_or_none, unique_stems
+from zfnet.client.cli.common import ForceOption, ImageOption, ServerOption, StrictOption, framing, image_files, layer_or_none, refuse_overwrite, unique_stems
 from zfnet.wire.gradcam import GradCamMap, GradCamResult
 
 UnitOption = typer.Option([], "--unit", help="What to explain: a class (name or index) at the output, else a channel; once for all images or once per image (default: the top-1 class, or the strongest channel).")
@@ -20,30 +20,36 @@ TargetLayerOption = typer.Option(None, "--target-layer", help="Layer of the targ
 
 def command(
     model: str = typer.Option(..., "--model", help="An .onnx file (uploaded if the server lacks it) or a model name on the server."),
-    image: list[Path] = typer.Option(..., "--image", help="Image file; repeat for several."),
+    image: list[Path] = ImageOption,
     layer: str | None = typer.Option(None, "--layer", help="Layer whose maps are weighted, number or tensor name (default: the last convolutional layer)."),
     target_layer: str | None = TargetLayerOption,
     unit: list[str] = UnitOption,
     plus_plus: bool = typer.Option(False, "--plus-plus", help="Grad-CAM++: channel weights from the positive gradients, each weighted by its alpha."),
     out: Path = typer.Option(Path("out/gradcam"), "--out", help="Folder for the sheets (PNG) and maps (.npz)."),
+    strict: bool = StrictOption,
+    force: bool = ForceOption,
     server: str | None = ServerOption,
 ) -> None:
     """Grad-CAM (Selvaraju et al.): a layer's maps weighted by the target's gradient, over each image."""
     from zfnet.client import heatmaps  # matplotlib loads only when pictures are drawn
 
     variant = "grad_cam_plus_plus" if plus_plus else "grad_cam"
-    with Client(server) as client:
+    image = image_files(image, strict)
+    name = "gradcam-plus-plus" if plus_plus else "gradcam"  # file names carry the method
+    refuse_overwrite([out / f"{stem}_{name}{suffix}" for stem in unique_stems(image) for suffix in (".png", ".npz")], force)
+    with Client(server) as client, Console(stderr=True).status(f"{variant.replace('_', '-')} of {len(image)} image(s)"):
         info = client.model_info(model)
         result = client.grad_cam(model, image, layer_or_none(layer), layer_or_none(target_layer), unit, variant)
     pictures = [imagefolder.read_rgb(path, framing(info)) for path in image]
     out.mkdir(parents=True, exist_ok=True)
     table = Table("image", "target", "value", "peak at (y, x)", "sheet", title=f"{variant.replace('_', '-')} of {result.layer} ({result.layout}) for {result.target_layer}")
     for picture, stem, path, item in zip(pictures, unique_stems(image), image, result.images):
-        sheet = heatmaps.gradcam_sheet(picture, result, item, f"{path.name} | {info.name}", out / f"{stem}_gradcam.png")
-        save(out / f"{stem}_gradcam.npz", result, item)
+        sheet = heatmaps.gradcam_sheet(picture, result, item, f"{path.name} | {info.name}", out / f"{stem}_{name}.png")
+        save(out / f"{stem}_{name}.npz", result, item)
         y, x = np.unravel_index(int(np.argmax(item.heatmap)), item.heatmap.shape)
         table.add_row(path.name, item.target.describe(), f"{item.target.value:.4g}", f"{y}, {x}", str(sheet))
     Console().print(table)
+    print(f"wrote {2 * len(image)} files under {out}/: a sheet (PNG) and the maps (.npz) per image")
 
 
 def save(path: Path, result: GradCamResult, item: GradCamMap) -> Path:

@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from zfnet.client.api import Client
-from zfnet.client.cli.common import ServerOption, parse_layers, progress_bar, true_classes, unique_stems
+from zfnet.client.cli.common import ForceOption, ImageOption, ServerOption, StrictOption, image_files, parse_layers, progress_bar, refuse_overwrite, true_classes, unique_stems
 from zfnet.errors import InvalidArgument
 from zfnet.wire.common import class_name
 from zfnet.wire.invariance import TRANSFORMS, InvarianceResult
@@ -45,7 +45,7 @@ def parse_transforms(text: str) -> list[str]:
 
 def command(
     model: str = typer.Option(..., "--model", help="An .onnx file (uploaded if the server lacks it) or a model name on the server."),
-    image: list[Path] = typer.Option(..., "--image", help="Image file; repeat for several (one line each)."),
+    image: list[Path] = ImageOption,
     transform: str = typer.Option("all", "--transform", help="translate, scale, rotate, a comma list of them, or all."),
     layers: str | None = typer.Option(None, "--layers", help="Layers whose feature distance to plot, e.g. 1,7 (default: the first convolutional and the last hidden layer)."),
     shifts: str | None = typer.Option(None, "--shifts", help="Vertical shifts in pixels, + down: start:stop:step or a list (default: -H/4..H/4)."),
@@ -56,6 +56,8 @@ def command(
     label: list[str] = typer.Option([], "--label", help="True class (name or index); once for all images or once per image (default: the folder name if it is a class, else the top-1 class)."),
     out: Path = typer.Option(Path("out/invariance"), "--out", help="Folder for invariance.png and invariance.json."),
     max_batch: int = typer.Option(0, "--max-batch", help="Transformed copies per forward pass (0: as the server's memory allows)."),
+    strict: bool = StrictOption,
+    force: bool = ForceOption,
     server: str | None = ServerOption,
 ) -> None:
     """Invariance (Fig. 5): feature distance and true-class probability under translation, scale and rotation."""
@@ -63,6 +65,8 @@ def command(
 
     values = {"translate": parse_values(shifts, "--shifts"), "scale": parse_values(scales, "--scales"), "rotate": parse_values(angles, "--angles")}
     sweeps = [(name, values[name]) for name in parse_transforms(transform)]
+    image = image_files(image, strict)
+    refuse_overwrite([out / "invariance.png", out / "invariance.json"], force)
     with Client(server) as client:
         info = client.model_info(model)
         truths, _ = true_classes(label, image, list(info.classes))
@@ -71,7 +75,9 @@ def command(
     out.mkdir(parents=True, exist_ok=True)
     labels = unique_stems(image)
     result = dataclasses.replace(result, labels=labels)
-    picture = plots.invariance_grid(result, f"invariance of {info.name}: feature distance to the original and true-class probability", out / "invariance.png")
+    picture = plots.invariance_grid(
+        result, f"invariance of {info.name}: feature distance to the original (relative to its norm) and true-class probability", out / "invariance.png",
+    )
     (out / "invariance.json").write_text(json.dumps(as_json(result, image), indent=1))
     table = Table("transform", *(f"{layer} largest distance" for layer in result.layers), "lowest p(true)", "image", "at",
                   title=f"invariance, border {result.border}")
@@ -97,6 +103,7 @@ def as_json(result: InvarianceResult, images: list[Path]) -> dict:
             {
                 "transform": sweep.transform, "unit": sweep.unit, "values": sweep.values.tolist(),
                 "distances": {layer: sweep.distances[:, k].tolist() for k, layer in enumerate(result.layers)},
+                "relative_distances": {layer: result.relative_distances(sweep)[:, k].tolist() for k, layer in enumerate(result.layers)},
                 "true_class_probability": sweep.true_class_probability.tolist(),
             }
             for sweep in result.sweeps

@@ -15,8 +15,8 @@ def command(
     show_all: bool = typer.Option(False, "--all", help="Also list the tensors computed inside a module that are not its output."),
     server: str | None = ServerOption,
 ) -> None:
-    """Index, tensor name, op, output shape, channel axis, which tensor ``--layer N`` selects, and the other
-    names ``--layer`` accepts: the modules whose output the tensor is and the names it had in the model
+    """Index, tensor name, op, output shape, channel axis, which tensor --layer N selects, and the other
+    names --layer accepts: the modules whose output the tensor is and the names it had in the model
     as saved. Module outputs are listed; tensors inside a module only with --all."""
     with Client(server) as client:
         info = client.model_info(model)

@@ -13,7 +13,7 @@ import typer
 from zfnet import extras
 from zfnet.client.cli import activations, attach_preprocessing, common, convert_caffe, convert_torch, deconv, evaluate, filters, layers, mean, predict, top, train
 from zfnet.client.cli import correspondence, evolution, invariance, occlusion
-from zfnet.client.cli import explore
+from zfnet.client.cli import data, explore, inventory
 from zfnet.client.cli import features, probe
 from zfnet.client.cli import attribution, gradcam, visualise
 from zfnet.edge import edge
@@ -24,13 +24,15 @@ app = typer.Typer(
 )
 convert_app = typer.Typer(no_args_is_help=True, help="Convert PyTorch or Caffe models to ONNX with every layer exposed.")
 app.add_typer(convert_app, name="convert")
+data_app = typer.Typer(no_args_is_help=True, help="Get data sets as image folders.")
+app.add_typer(data_app, name="data")
 app.callback()(common.connection_options)
 
 
 def at_the_edge(command: Callable, extra: str | None = None) -> Callable:
     """A command (that needs ``extra``, if any) whose user errors, a missing extra included, end in
     one line and exit code 1."""
-    return edge(extras.explained(command, extra))
+    return edge(extras.explained(common.noted(command), extra))
 
 
 def serve(ctx: typer.Context) -> None:
@@ -46,11 +48,14 @@ app.command("deconv")(at_the_edge(deconv.command))
 app.command("predict")(at_the_edge(predict.command))
 app.command("activations")(at_the_edge(activations.command))
 app.command("layers")(at_the_edge(layers.command))
+app.command("models")(at_the_edge(inventory.models))
+app.command("datasets")(at_the_edge(inventory.datasets))
 app.command("evaluate")(at_the_edge(evaluate.command))
 app.command("train")(at_the_edge(train.command, "convert"))
 app.command("serve", add_help_option=False, context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(at_the_edge(serve, "server"))
 convert_app.command("torch")(at_the_edge(convert_torch.command, "convert"))
 convert_app.command("caffe")(at_the_edge(convert_caffe.command, "convert"))
+data_app.command("cifar10")(at_the_edge(data.cifar10))
 app.command("mean")(at_the_edge(mean.command, "convert"))
 app.command("attach-preprocessing")(at_the_edge(attach_preprocessing.command, "server"))
 app.command("occlusion")(at_the_edge(occlusion.command))

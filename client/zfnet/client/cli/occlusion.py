@@ -11,14 +11,14 @@ from rich.table import Table
 
 from zfnet import imagefolder
 from zfnet.client.api import Client
-from zfnet.client.cli.common import ServerOption, framing, parse_layers, progress_bar, true_classes, unique_stems
+from zfnet.client.cli.common import ForceOption, ImageOption, ServerOption, StrictOption, framing, image_files, parse_layers, progress_bar, refuse_overwrite, true_classes, unique_stems
 from zfnet.wire.common import class_name
 from zfnet.wire.occlusion import OcclusionMaps, OcclusionResult
 
 
 def command(
     model: str = typer.Option(..., "--model", help="An .onnx file (uploaded if the server lacks it) or a model name on the server."),
-    image: list[Path] = typer.Option(..., "--image", help="Image file; repeat for several."),
+    image: list[Path] = ImageOption,
     size: int | None = typer.Option(None, "--size", help="Occluder side in input pixels (default: a quarter of the input, 8 on 32x32)."),
     stride: int | None = typer.Option(None, "--stride", help="Pixels between occluder positions (default: a quarter of the size, 2 for 8)."),
     fill: str = typer.Option("mean", "--fill", help="Occluder colour: mean (the model's preprocessing mean), grey (127.5) or 0."),
@@ -27,11 +27,15 @@ def command(
     out: Path = typer.Option(Path("out/occlusion"), "--out", help="Folder for the sheets (PNG) and maps (.npz)."),
     all_classes: bool = typer.Option(False, "--all-classes", help="Also save every class's probability per position in the .npz."),
     max_batch: int = typer.Option(0, "--max-batch", help="Occluded copies per forward pass (0: as the server's memory allows)."),
+    strict: bool = StrictOption,
+    force: bool = ForceOption,
     server: str | None = ServerOption,
 ) -> None:
     """Occlusion sensitivity (Fig. 7): per occluder position, a feature map's activation, the true class's probability, the top class."""
     from zfnet.client import plots  # matplotlib loads only when pictures are drawn
 
+    image = image_files(image, strict)
+    refuse_overwrite([out / f"{stem}_occlusion{suffix}" for stem in unique_stems(image) for suffix in (".png", ".npz")], force)
     with Client(server) as client:
         info = client.model_info(model)
         truths, sources = true_classes(label, image, list(info.classes))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,14 @@ from rich.table import Table
 
 from zfnet.client import probe
 from zfnet.client import features as feature_files
-from zfnet.client.cli.common import job_progress
+from zfnet.client.cli.common import job_progress, parse_numbers
+from zfnet.errors import InvalidArgument, ZfnetWarning
+
+
+def at_the_edge(result: probe.ProbeResult) -> list[str]:
+    """The layers whose C (median over folds) is the smallest or largest of the grid: the best C may lie beyond it."""
+    edges = (min(result.cs), max(result.cs))
+    return [row.name for row in result.layers if float(np.median(row.c)) in edges]
 
 
 def _table(result: probe.ProbeResult) -> Table:
@@ -60,6 +68,9 @@ def command(
     cv: int = typer.Option(3, "--cv", help="Folds of the training split that choose C."),
     max_dim: int = typer.Option(probe.MAX_DIM, "--max-dim", help="Reduce larger layers by PCA (fit on the training split) to this many dimensions."),
     max_iter: int = typer.Option(probe.MAX_ITER, "--max-iter", help="L-BFGS iterations per fit."),
+    c_grid: str = typer.Option(
+        ",".join(f"{c:g}" for c in probe.CS), "--c-grid", help="The inverse regularisation strengths C that cross-validation chooses from (a warning says when a layer's best C is at an edge).",
+    ),
     jobs: int = typer.Option(os.cpu_count() or 1, "--jobs", help="Fits run in parallel processes (one thread each)."),
     per_class: bool = typer.Option(False, "--per-class", help="Also show the accuracy of each class per layer."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list (one object per folder, splits included) on stdout and nothing else."),
@@ -67,6 +78,9 @@ def command(
 ) -> None:
     """Train a linear classifier on each layer's features with a few images per class and report the
     test accuracy per layer beside the raw-pixel baseline (Zeiler & Fergus, Sec. 5)."""
+    cs = parse_numbers(c_grid, "--c-grid", float)
+    if len(cs) < 2 or min(cs) <= 0:
+        raise InvalidArgument(f"--c-grid needs at least two positive values, got {c_grid!r}")
     sets = [feature_files.load(folder) for folder in features]
     results = []
     with job_progress() as bar:
@@ -74,7 +88,7 @@ def command(
             count = len(layer) + 1 if layer else len(fs.layers)
             task = bar.add_task(f"probing {fs.folder.name}", total=count * folds)
             results.append(probe.run(
-                fs, layer or None, train_per_class, test_per_class, folds, seed, cv, max_dim=max_dim, max_iter=max_iter, jobs=jobs,
+                fs, layer or None, train_per_class, test_per_class, folds, seed, cv, cs=sorted(cs), max_dim=max_dim, max_iter=max_iter, jobs=jobs,
                 on_step=lambda name, fold, task=task: bar.update(task, advance=1, description=f"probing {name}"),
             ))
     plot = plot or features[0] / "probe.png"
@@ -82,6 +96,13 @@ def command(
     from zfnet.client import render
 
     render.probe_plot(results, title, plot)
+    for result in results:
+        edge = at_the_edge(result)
+        if edge:
+            warnings.warn(
+                f"{result.model}: the best C of {', '.join(edge)} is at an edge of the grid ({', '.join(f'{c:g}' for c in result.cs)}); "
+                "the best value may lie beyond it: widen --c-grid past that edge", ZfnetWarning, stacklevel=2,
+            )
     if as_json:
         print(json.dumps([r.to_dict() for r in results]))
         return

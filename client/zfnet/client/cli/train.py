@@ -7,13 +7,17 @@ from pathlib import Path
 
 import typer
 
-from zfnet.client.cli.common import parse_numbers
+from zfnet.client.cli.common import ForceOption, parse_numbers, refuse_overwrite
 from zfnet.errors import InvalidArgument, NotFound
+
+DEFAULT_FOLDER = Path("out/train")  # where a checkpoint goes when --checkpoint is not given
 
 
 def command(
     data: Path = typer.Option(..., "--data", help="Folder with train/ and test/ image trees (one folder per class)."),
-    checkpoint: Path = typer.Option(Path("models/zfnet-cifar10.pt"), "--checkpoint", help="Where to save the state_dict."),
+    checkpoint: Path | None = typer.Option(
+        None, "--checkpoint", help="Where to save the state_dict (default: out/train/<arch>.pt; never the bundled models/ unless named here).",
+    ),
     arch: str = typer.Option("zfnet-cifar10", "--arch", help="Built-in architecture."),
     epochs: int = typer.Option(12, "--epochs", help="Training epochs."),
     batch_size: int = typer.Option(128, "--batch-size", help="Images per step."),
@@ -24,9 +28,12 @@ def command(
     snapshot_dir: Path | None = typer.Option(
         None, "--snapshot-dir", help="Folder for the snapshots: epoch_<N>.pt and, exported, epoch_<N>.onnx (default: <checkpoint>_snapshots/).",
     ),
+    force: bool = ForceOption,
 ) -> None:
     """Train, printing test accuracy per epoch; then `zfclient convert torch` exports it."""
     from zfnet.converters.pytorch.train import TrainConfig, train  # torch loads only here
+
+    checkpoint = checkpoint or DEFAULT_FOLDER / f"{arch}.pt"
 
     for split in ("train", "test"):
         if not (data / split).is_dir():
@@ -34,6 +41,7 @@ def command(
     epochs_kept = tuple(parse_numbers(snapshots, "--snapshots"))
     if any(not 1 <= e <= epochs for e in epochs_kept) or snapshot_every < 0:
         raise InvalidArgument(f"--snapshots must be epochs in 1..{epochs} and --snapshot-every >= 0")
+    refuse_overwrite([checkpoint], force)  # after the options are checked, before any work
     config = TrainConfig(arch=arch, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, snapshots=epochs_kept, snapshot_every=snapshot_every)
     keeps = bool(epochs_kept or snapshot_every)
     folder = snapshot_dir or checkpoint.with_name(f"{checkpoint.stem}_snapshots")

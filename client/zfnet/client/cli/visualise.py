@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from zfnet.client.api import Client
-from zfnet.client.cli.common import ServerOption, job_progress, layer_or_none, parse_ranges
+from zfnet.client.cli.common import ForceOption, ServerOption, job_progress, layer_or_none, parse_ranges, refuse_overwrite
 from zfnet.client.names import safe_name
 from zfnet.wire.visualise import VisualiseResult
 
@@ -42,6 +42,7 @@ def command(
     images_per_unit: int = typer.Option(1, "--images-per-unit", help="Images optimised per unit."),
     pixels: bool = typer.Option(False, "--pixels", help="Optimise pixels directly (no Fourier parameterisation, no colour decorrelation)."),
     out: Path = typer.Option(Path("out/visualise"), "--out", help="Folder for the sheet, the images (PNG) and the .npz."),
+    force: bool = ForceOption,
     server: str | None = ServerOption,
 ) -> None:
     """Feature visualisation: images optimised to excite each unit, robust to jitter, scale and rotation."""
@@ -54,8 +55,9 @@ def command(
         info = client.model_info(model)
         task = bar.add_task("visualise", total=len(chosen) * steps)
         result = client.visualise(model, chosen, layer_or_none(layer), lambda stage, done, total: bar.update(task, description=stage, completed=done, total=total), **options)
-    out.mkdir(parents=True, exist_ok=True)
     stem = safe_name(result.layer)
+    refuse_overwrite([out / f"{stem}_visualisation.png", out / f"{stem}_visualisation.npz"], force)  # the layer is known once the server answers
+    out.mkdir(parents=True, exist_ok=True)
     sheet = heatmaps.visualisation_sheet(result, f"{info.name}: feature visualisation", out / f"{stem}_visualisation.png")
     for item in result.units:
         for k, picture in enumerate(item.images):

@@ -29,6 +29,7 @@ from starlette.staticfiles import StaticFiles
 
 from zfnet.client.explore.explorer import UPLOAD_BYTES, Explorer
 from zfnet.errors import InvalidArgument, ResourceExhausted, ZfnetError
+from zfnet.wire.visualise import STEPS
 
 STATIC = Path(__file__).parent / "static"
 PAGES = ("/", "/layer", "/unit", "/live", "/compare")
@@ -99,6 +100,9 @@ def create_app(explorer: Explorer) -> Starlette:
         Route("/api/report/{key}/patches.png", lambda r: png(x.patches_png(*unit_of(r)))),
         Route("/api/report/{key}/reconstructions.png", lambda r: png(x.reconstructions_png(*unit_of(r), text(r, "method", "")))),
         Route("/api/report/{key}/filter.png", lambda r: png(x.filter_png(*unit_of(r)))),
+        Route("/api/report/{key}/optimised.png", lambda r: png(x.optimised_png(*unit_of(r)))),
+        Route("/api/report/{key}/visualisation", lambda r: json(x.visualisation(*unit_of(r), number(r, "steps", STEPS)))),
+        Route("/api/report/{key}/visualisation.png", lambda r: png(x.visualisation_png(*unit_of(r), number(r, "steps", STEPS)))),
         Route("/api/report/{key}/image/{index:int}.png", image),
         Route("/api/live", upload, methods=["POST"]),
         Route("/api/live/{key}/input.png", lambda r: png(x.input_png(r.path_params["key"]))),
@@ -107,6 +111,8 @@ def create_app(explorer: Explorer) -> Starlette:
         Route("/api/live/{key}/unit", lambda r: json(x.live_unit(*unit_of(r)))),
         Route("/api/live/{key}/reconstruction.png", lambda r: png(x.live_reconstruction_png(*unit_of(r), text(r, "method")))),
         Route("/api/live/{key}/occlusion.png", lambda r: png(x.occlusion_png(*unit_of(r), text(r, "class", "")))),
+        Route("/api/live/{key}/attribution", lambda r: json(x.attribution(r.path_params["key"], r.query_params))),
+        Route("/api/live/{key}/attribution.png", lambda r: png(x.attribution_png(r.path_params["key"], r.query_params))),
         Route("/api/live/{key}/invariance.png", lambda r: png(x.invariance_png(r.path_params["key"], text(r, "class", "")))),
         Mount("/static", StaticFiles(directory=STATIC)),
     ]

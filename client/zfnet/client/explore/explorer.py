@@ -4,8 +4,10 @@
 - the reports' layers and units: channel lists, the top-k's patches, and their reconstructions in any
   method, which the server computes on the report's own images (a report holds each winner as the
   model saw it);
+- a unit's optimised image (feature visualisation through the server's VisualiseFeatures);
 - live analyses of an uploaded image: predictions, a layer's feature maps, one unit's reconstructions,
-  its occlusion maps (Fig. 7) and the image's invariance curves (Fig. 5).
+  its occlusion maps (Fig. 7), the image's invariance curves (Fig. 5) and its attributions
+  (Grad-CAM(++), integrated gradients, SmoothGrad, input x gradient; :mod:`~zfnet.client.explore.attributions`).
 
 Answers are kept (the least recently used dropped first), so what a page asks twice costs the server
 nothing. Nothing here imports the engine: the server may be in this process or anywhere else.
@@ -17,7 +19,7 @@ import hashlib
 import io
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -28,9 +30,10 @@ from zfnet import imagefolder
 from zfnet.client import plots
 from zfnet.client.api import Client
 from zfnet.client.cli.common import framing
-from zfnet.client.explore import pictures
+from zfnet.client.explore import attributions, pictures
 from zfnet.client.explore import reports as reports_
 from zfnet.client.explore.reports import Report, Unit
+from zfnet.client.report import to_rgb
 from zfnet.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from zfnet.preprocessing import Framing
 from zfnet.wire.common import class_name
@@ -38,6 +41,7 @@ from zfnet.wire.deconv import METHODS, Reconstruction
 from zfnet.wire.filters import Filters
 from zfnet.wire.models import LayerInfo, ModelInfo
 from zfnet.wire.occlusion import OcclusionResult
+from zfnet.wire.visualise import STEPS, VisualiseResult
 
 T = TypeVar("T")
 PER_PAGE = 48  # channel tiles per layer page
@@ -134,6 +138,7 @@ class Explorer:
             "layers": [{"index": r.index, "name": r.name, "op": r.op, "shape": list(r.shape), "number": r.number} for r in info.layers],
             "first_layer": first.name if first is not None and self._rgb_filters(self.model, first.name) is not None else None,
             "reports": [self._report_summary(r) for r in self.reports.values()], "methods": list(METHODS.names), "per_page": PER_PAGE,
+            "attributions": attributions.catalogue(),
         }
 
     def _report_summary(self, report: Report) -> dict:
@@ -254,6 +259,8 @@ class Explorer:
             "next_layer": neighbour(layers[at_layer + 1]) if at_layer + 1 < len(layers) else None,
             "filter": filters is not None and channel < filters.weights.shape[0],
             "covered_by": [self._report_summary(r) for r in self.reports.values() if channel in r.layers.get(layer, {})],
+            "visualise_steps": STEPS,
+            "optimised": _optimised(unit, report.visualisations.get(layer)),
         }
 
     def _rgb(self, report: Report, index: int) -> np.ndarray:
@@ -308,6 +315,34 @@ class Explorer:
         if found is None or channel >= found.weights.shape[0]:
             raise NotFound(f"{layer} channel {channel} has no filter over the RGB input to show (only a first layer's units have one)")
         return pictures.filters(found.weights[channel : channel + 1], found.channel_order == "bgr", normalise="filter")
+
+    def optimised_png(self, key: str, layer: str, channel: int) -> bytes:
+        """The unit's optimised image that the report holds (``zfclient top --visualise``)."""
+        report = self.report(key)
+        unit = report.unit(layer, channel)
+        if unit.optimised is None or not (report.folder / unit.optimised["png"]).is_file():
+            raise NotFound(f"report {report.name} holds no optimised image of {layer} channel {channel} (zfclient top --visualise makes them)")
+        return (report.folder / unit.optimised["png"]).read_bytes()
+
+    def _visualisation(self, key: str, layer: str, channel: int, steps: int) -> VisualiseResult:
+        """The server's optimised image of one channel (the default transforms, seed 0)."""
+        report = self.report(key)
+        report.unit(layer, channel)
+        model = self.models[report.model_sha256]
+        return self._kept.get(("visualisation", model.info.sha256, layer, channel, steps), lambda: self.client.visualise(model.ref, [channel], layer, steps=steps))
+
+    def visualisation(self, key: str, layer: str, channel: int, steps: int = STEPS) -> dict:
+        """A unit's optimised image: its objective, its rank among the layer's channels on it, how it was made."""
+        result = self._visualisation(key, layer, channel, steps)
+        unit = result.units[0]
+        return {
+            "layer": result.layer, "channel": channel, "objective": float(unit.objective[0]), "rank": int(unit.rank()[0]) + 1,
+            "channels": int(unit.layer_means.shape[1]), "kind": result.objective, "steps": result.steps, "seed": result.seed, "description": result.description,
+        }
+
+    def visualisation_png(self, key: str, layer: str, channel: int, steps: int = STEPS) -> bytes:
+        """A unit's optimised image at the model's input size."""
+        return pictures.png(to_rgb(self._visualisation(key, layer, channel, steps).units[0].images[0]))
 
     # ---- live: an uploaded image --------------------------------------------------------------
 
@@ -424,6 +459,31 @@ class Explorer:
             return pictures.figure(lambda path: plots.invariance_grid(result, title, path))
 
         return self._kept.get(("invariance.png", key, label), draw)
+
+    # ---- live: attributions of the uploaded image ---------------------------------------------
+
+    def _attribution(self, key: str, ask: attributions.Ask) -> attributions.Result:
+        upload = self._upload(key)
+        return self._kept.get(("attribution", key, ask), lambda: attributions.METHODS[ask.method].call(self.client, self.model.ref, upload.rgb, ask))
+
+    def attribution(self, key: str, query: Mapping[str, str]) -> dict:
+        """One attribution of the uploaded image (``query``: see :func:`~zfnet.client.explore.attributions.ask_of`):
+        what it explains, by which method, and its colour scale."""
+        ask = attributions.ask_of(query)
+        return attributions.described(ask, self._attribution(key, ask))
+
+    def attribution_png(self, key: str, query: Mapping[str, str]) -> bytes:
+        """The attribution over the greyed image, at the image's resolution, coloured as the CLI's sheets colour it."""
+        ask = attributions.ask_of(query)
+        return self._kept.get(("attribution.png", key, ask), lambda: pictures.overlay(self._upload(key).rgb, attributions.heat_of(self._attribution(key, ask))))
+
+
+def _optimised(unit: Unit, made: dict | None) -> dict | None:
+    """What the unit page says of the optimised image a report holds, as :meth:`Explorer.visualisation` says it of one made now."""
+    if unit.optimised is None or made is None:
+        return None
+    found = unit.optimised
+    return {"objective": found["objective"], "rank": found["rank"], "channels": found["of"], **made}
 
 
 def _decoded(data: bytes, name: str, size: Framing) -> np.ndarray:

@@ -17,6 +17,7 @@ from matplotlib import colormaps
 from PIL import Image
 
 from zfnet.client import render, report
+from zfnet.client.heatmaps import OVERLAY_ALPHA, Heat
 from zfnet.errors import InvalidArgument
 from zfnet.wire.common import Box
 
@@ -63,6 +64,15 @@ def tile(rgb: np.ndarray, pixels: np.ndarray, box: Box) -> bytes:
 def whole(pixels: np.ndarray) -> bytes:
     """A reconstruction (C, H, W) over the whole input, zero at mid-grey."""
     return png(render.for_display(pixels))
+
+
+def overlay(rgb: np.ndarray, shown: Heat) -> bytes:
+    """A heatmap over the greyed image (H, W, 3), as the CLI's sheets draw it: OVERLAY_ALPHA of its
+    colour map over the grey, at the image's own resolution."""
+    grey = rgb.astype(np.float32).mean(axis=2, keepdims=True) / 255
+    level = np.clip((shown.values - shown.low) / (shown.high - shown.low), 0, 1)
+    colour = colormaps[shown.cmap](level)[..., :3]
+    return png((((1 - OVERLAY_ALPHA) * grey + OVERLAY_ALPHA * colour) * 255).round().astype(np.uint8))
 
 
 @dataclass(frozen=True)

@@ -51,6 +51,7 @@ class Unit:
     channel: int
     winners: list[Winner]
     tile: str | None  # the report's tile of it (strongest patch and reconstruction), relative to the folder
+    optimised: dict | None = None  # its optimised image in the report (zfclient top --visualise): png, objective, rank, of
 
     @property
     def value(self) -> float:
@@ -86,6 +87,7 @@ class Report:
     by: str
     method: str  # of the report's own reconstructions
     layers: dict[str, dict[int, Unit]]  # in the report's order, channels ascending
+    visualisations: dict[str, dict]  # by layer: how its channels' optimised images were made (objective, steps, seed, description)
 
     @property
     def name(self) -> str:
@@ -139,7 +141,7 @@ def load(folder: Path) -> Report:
         manifest = json.loads(raw)
         layers = {
             layer: {
-                int(channel): Unit(layer, int(channel), [Winner.of(item) for item in data["top"]], data.get("tile"))
+                int(channel): Unit(layer, int(channel), [Winner.of(item) for item in data["top"]], data.get("tile"), data.get("optimised"))
                 for channel, data in sorted(info["channels"].items(), key=lambda item: int(item[0]))
             }
             for layer, info in manifest["layers"].items()
@@ -147,6 +149,7 @@ def load(folder: Path) -> Report:
         return Report(
             hashlib.sha256(raw).hexdigest()[:16], folder, manifest["model"], manifest["model_sha256"], manifest["data"],
             manifest["images_read"], manifest["k"], manifest["by"], manifest["method"], layers,
+            {layer: info["visualisation"] for layer, info in manifest["layers"].items() if "visualisation" in info},
         )
     except (ValueError, KeyError, TypeError) as err:
         raise InvalidArgument(f"{manifest_path} is not a top report's manifest ({type(err).__name__}: {err})") from None

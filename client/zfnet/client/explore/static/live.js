@@ -1,6 +1,7 @@
 // Live: drop or pick an image; its top-5, a layer's feature maps as one sheet; click a map for that
 // unit's reconstructions by the three methods, then, on demand, its occlusion maps (Fig. 7) and the
-// image's invariance curves (Fig. 5).
+// image's invariance curves (Fig. 5), and its attributions (attribution.js).
+import { attributionView } from "./attribution.js";
 import { METHODS, api, box, el, fail, format, img, loaded, put, ready, url } from "./main.js";
 
 export async function show(page) {
@@ -101,6 +102,7 @@ async function showUnit(where, key, layer, channel, maximum, model, upload) {
       el("button", { type: "button", name: "invariance", onclick: () => figure(url(`/api/live/${key}/invariance.png`, { class: classes.value }),
         "invariance curves", "shifting, scaling and rotating the image…") }, "invariance curves (Fig. 5)")),
     extra,
+    attributionView(key, layer, channel, model, upload),
   );
   await loaded(pictures);
   performance.mark("zf-live-ready");

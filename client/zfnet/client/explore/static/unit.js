@@ -1,7 +1,8 @@
 // Unit: one channel of a report: its top-k patches beside their reconstructions (deconvnet, guided or
 // backprop), the source images with the receptive field outlined, the class make-up, a first layer's
-// filter, the same unit in the other reports given (snapshots: its evolution), neighbours.
-import { METHODS, api, box, el, format, histogram, img, put, ready, url } from "./main.js";
+// filter, on demand its optimised image (feature visualisation), the same unit in the other reports
+// given (snapshots: its evolution), neighbours.
+import { METHODS, api, box, el, fail, format, histogram, img, loaded, put, ready, url } from "./main.js";
 
 export async function show(page, params) {
   const key = params.get("report"), layer = params.get("layer"), channel = Number(params.get("channel"));
@@ -22,7 +23,7 @@ export async function show(page, params) {
         reconstructions.src = url(`/api/report/${key}/reconstructions.png`, { ...here, method });
         reconstructions.alt = `reconstructions by ${method}`;
         caption.textContent = `${method} reconstructions of each patch's strongest activation`;
-        history.replaceState(null, "", url("/unit", { ...here, method }));
+        remember({ method });
       },
     }), ` ${m}`)));
   const unitLink = (c, text) => (c === null ? null : el("a", { href: url("/unit", { report: key, layer, channel: c, method: params.get("method") }) }, text));
@@ -40,6 +41,7 @@ export async function show(page, params) {
     el("div", { class: "pair" },
       el("figure", { class: "grid" }, patches, el("figcaption", {}, "input patches under the receptive field, strongest first")),
       el("figure", { class: "grid" }, reconstructions, caption),
+      optimised(key, layer, channel, data, params),
       el("figure", {}, histogram(data.histogram, data.winners.length || data.k),
         el("figcaption", {}, `classes of the top-${data.k} · purity ${Math.round(100 * data.purity)}%`)),
       data.filter ? el("figure", {}, img(url(`/api/report/${key}/filter.png`, here), `filter of channel ${channel}`, { lazy: false, cls: "pixelated", width: 96 }),
@@ -59,4 +61,47 @@ export async function show(page, params) {
     ] : null,
   );
   await ready(page);
+}
+
+/** Beside the top-k, the unit's optimised image (feature visualisation, Olah et al. 2017): the report's
+ * own (zfclient top --visualise), else on demand, as it takes the server seconds. Once asked, it is in
+ * the page's URL (visualise=steps). */
+function optimised(key, layer, channel, data, params) {
+  const steps = el("input", { type: "number", name: "steps", min: 1, value: params.get("visualise") || data.visualise_steps });
+  const form = el("form", { class: "controls", onsubmit: (e) => { e.preventDefault(); show(); } },
+    el("button", { type: "submit", name: "visualise" }, data.optimised ? "optimise again" : "optimise an image"), el("label", {}, "steps", steps));
+  const figure = el("figure", { class: "optimised" }, form,
+    el("figcaption", {}, "an image made to excite this channel (feature visualisation)"));
+  if (params.get("visualise")) show();
+  else if (data.optimised) draw(url(`/api/report/${key}/optimised.png`, { layer, channel }), data.optimised, "from the report");
+  return figure;
+
+  function draw(src, found, source) {
+    const picture = img(src, `optimised image of channel ${channel}`, { lazy: false });
+    put(figure, picture, el("figcaption", {},
+      el("b", {}, "optimised image"), ` ${source}`, el("br"),
+      `${found.kind} objective ${format(found.objective)}; channel ${channel} ranks ${found.rank} of ${found.channels} on it`, el("br"),
+      `${found.steps} steps, seed ${found.seed}; ${found.description}`), form);
+    return picture;
+  }
+
+  async function show() {
+    remember({ visualise: steps.value });
+    const here = { layer, channel, steps: steps.value };
+    put(figure, el("p", { class: "muted" }, `optimising an image for channel ${channel} (${steps.value} steps)…`));
+    try {
+      const found = await api(url(`/api/report/${key}/visualisation`, here));
+      await loaded([draw(url(`/api/report/${key}/visualisation.png`, here), found, "by the server")]);
+      document.body.dataset.visualised = `${layer}/${channel}`;
+    } catch (error) {
+      put(figure, form);
+      fail(figure, error);
+    }
+  }
+}
+
+/** Keep the page's state in its URL (a reload or a shared link shows the same). */
+function remember(changes) {
+  const now = Object.fromEntries(new URLSearchParams(location.search));
+  history.replaceState(null, "", url("/unit", { ...now, ...changes }));
 }
