@@ -87,7 +87,8 @@ def start_server(max_memory: str, log_path: Path) -> tuple[subprocess.Popen, str
     log = log_path.open("w")
     process = subprocess.Popen(
         [str(script), "--port", "0", "--host", "127.0.0.1", "--max-memory", max_memory, "--stream-idle-timeout", str(IDLE_TIMEOUT_S),
-         "--max-calls-per-client", "64"],  # every soak client shares one address stderr=subprocess.PIPE, text=True,
+         "--max-calls-per-client", "64"],  # every soak client shares one address
+        stderr=subprocess.PIPE, text=True,
     )
     stderr = process.stderr
     assert stderr is not None  # stderr=PIPE

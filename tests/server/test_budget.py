@@ -53,6 +53,10 @@ class Served:
         )
         self.channel = grpc.insecure_channel(self.server.target, options=CHANNEL_OPTIONS)
         self.stub = zfnet_pb2_grpc.ZfnetStub(self.channel)
+        self.upload()
+
+    def upload(self) -> None:
+        """Upload the bundled model (again, after the budget evicted it, as the Python client does)."""
         self.ref = pb.ModelRef(sha256=self.stub.UploadModel(upload_parts(self.model.read_bytes(), "zfnet-cifar10"), timeout=TIMEOUT).sha256)
 
     @property
@@ -86,6 +90,8 @@ class Served:
         peak = self.proc.rss.peak(since)
         assert not self.proc.rss.killed, f"the server was killed at {peak / MIB:.0f} MiB RSS (twice --max-memory)"
         assert peak < MAX_MEMORY, f"RSS peaked at {peak / MIB:.0f} MiB, over --max-memory {MAX_MEMORY / MIB:.0f} MiB"
+        if not self.stub.HasModel(self.ref, timeout=TIMEOUT).present:  # an upload nobody used was evicted to make room
+            self.upload()
         reply = self.stub.Predict(pb.PredictRequest(model=self.ref, images=[sample(0)]), timeout=TIMEOUT)
         assert from_proto(reply.probabilities).shape == (1, 10)
         return peak
@@ -277,6 +283,60 @@ def test_2_correspondence_is_bounded_and_admitted(srv: Served) -> None:
     srv.under_budget(since)
 
 
+# ---- 2b. issue 22's gradient analyses inside the budget -------------------------------------------------------
+
+
+@pytest.fixture()
+def medium(srv: Served) -> Iterator[pb.ModelRef]:
+    """A 128x128 conv model: 4 MiB of activations per copy, so that a batch of copies fitted to a fixed
+    256 MiB (not to the budget) and its projection come to more than this server's whole budget."""
+    data = hostile.conv_model(128, 128, channels=32, name="medium").SerializeToString()
+    ref = pb.ModelRef(sha256=srv.stub.UploadModel(upload_parts(data, "medium"), timeout=TIMEOUT).sha256)
+    yield ref
+    srv.stub.DeleteModel(ref, timeout=TIMEOUT)
+
+
+def test_2_integrated_gradients_fits_its_batches_to_the_budget_and_bounds_steps(srv: Served, medium: pb.ModelRef) -> None:
+    since = time.monotonic()
+    target = pb.Target(layer=pb.LayerRef(name="r1"), units=["3"])
+    bomb = pb.IntegratedGradientsRequest(model=medium, images=[sample(0)], target=target, steps=1_000_000)
+    code, details = code_of(lambda: srv.stub.IntegratedGradients(bomb, timeout=TIMEOUT))
+    assert code == Code.INVALID_ARGUMENT and "steps" in details and "4096" in details, details
+    most = pb.IntegratedGradientsRequest(model=medium, images=[sample(k % 8) for k in range(512)], target=target, steps=4096)
+    code, details = code_of(lambda: srv.stub.IntegratedGradients(most, timeout=TIMEOUT))
+    assert code == Code.RESOURCE_EXHAUSTED and "2097152 perturbed copies" in details and "1048576" in details, details
+    request = pb.IntegratedGradientsRequest(model=medium, images=[sample(0)], target=target, steps=256)
+    replies = list(srv.stub.IntegratedGradients(request, timeout=TIMEOUT * 2))
+    result = replies[-1].result
+    assert 1 <= result.batch < 256 and len(result.images) == 1, result.batch  # several batches, each fitted to the budget
+    assert np.isfinite(from_proto(result.images[0].pixels)).all()
+    srv.under_budget(since)
+
+
+def test_2_smoothgrad_of_a_large_image_with_many_samples_stays_under_the_budget(srv: Served, medium: pb.ModelRef) -> None:
+    since = time.monotonic()
+    big = pb.Image(encoded=hostile.flat_jpeg(4096, 4096), label="4096.jpg")
+    target = pb.Target(layer=pb.LayerRef(name="r1"))
+    bomb = pb.SmoothGradRequest(model=medium, images=[big], target=target, samples=100_000)
+    code, details = code_of(lambda: srv.stub.SmoothGrad(bomb, timeout=TIMEOUT))
+    assert code == Code.INVALID_ARGUMENT and "samples" in details, details
+    request = pb.SmoothGradRequest(model=medium, images=[big, sample(1)], target=target, samples=48)
+    results = concurrently([lambda: srv.stub.SmoothGrad(request, timeout=TIMEOUT * 2)] * 2)
+    assert [code for code, _ in results] == [Code.OK] * 2, results
+    srv.under_budget(since)
+
+
+def test_2_visualise_with_many_units_runs_a_batch_of_units_at_a_time(srv: Served, medium: pb.ModelRef) -> None:
+    since = time.monotonic()
+    many = pb.VisualiseRequest(model=medium, layer=pb.LayerRef(name="r1"), units=["0"] * 1000, steps=1)
+    code, details = code_of(lambda: srv.stub.VisualiseFeatures(many, timeout=TIMEOUT))
+    assert code == Code.INVALID_ARGUMENT and "units" in details and "256" in details, details
+    request = pb.VisualiseRequest(model=medium, layer=pb.LayerRef(name="r1"), units=[str(k % 32) for k in range(64)], steps=2, images_per_unit=2)
+    result = list(srv.stub.VisualiseFeatures(request, timeout=TIMEOUT * 4))[-1].result
+    assert len(result.units) == 64 and from_proto(result.units[0].images).shape == (2, 3, 128, 128)
+    srv.under_budget(since)
+
+
 # ---- 3. streamed images count from the moment they arrive ----------------------------------------------------
 
 
@@ -350,6 +410,7 @@ def test_4_a_stalled_upload_holds_only_what_it_sent_and_is_cancelled_when_idle(s
         while srv.metrics()["requests"] and time.monotonic() < deadline:
             time.sleep(0.05)
         assert srv.metrics()["requests"] == 0, "the cancelled upload kept its reservation"
+        assert "Exception serializing message" not in srv.log.read_text(), "a cancelled unary call must end without a reply to serialise"
     finally:
         stalled.release.set()
         channel.close()

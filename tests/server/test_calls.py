@@ -1,5 +1,5 @@
 """Issue 18, in-process details of defects 5 and 7 on a real server: a cancelled unary Deconv stops
-at its next part, a --model-dir model keeps its name when the same bytes are uploaded, and a
+at its next part, a cancelled visualisation at its next step, a --model-dir model keeps its name when the same bytes are uploaded, and a
 --model-dir file changed on disk is a new model (its SHA-256) on its next load."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import grpc
 import onnx
 import pytest
 
-from zfnet.server import admission, deconv
+from zfnet.server import admission, deconv, perturbation, visualise
 from zfnet.server.app import create_server
 from zfnet.tensors import CHANNEL_OPTIONS
 from zfnet.v1 import zfnet_pb2 as pb
@@ -38,6 +38,16 @@ def served(tmp_path: Path, reference_onnx: Path):
         server.stop(None)
 
 
+def hold_until_cancelled(started: threading.Event, cancelled: threading.Event) -> None:
+    """Inside the server's work: say it started, then wait until the client cancelled and the server saw it."""
+    started.set()
+    assert cancelled.wait(TIMEOUT)
+    active = admission._active.get()
+    end = time.monotonic() + TIMEOUT
+    while active is not None and active() and time.monotonic() < end:
+        time.sleep(0.01)
+
+
 def test_a_cancelled_unary_deconv_stops_at_its_next_part(served, sample_images, monkeypatch) -> None:
     stub, _, engine = served
     images = [pb.Image(encoded=sample_images[k % len(sample_images)].read_bytes()) for k in range(960)]
@@ -49,12 +59,7 @@ def test_a_cancelled_unary_deconv_stops_at_its_next_part(served, sample_images, 
     def counted(*args, **kwargs):
         runs.append(1)
         if len(runs) == 1:  # hold the first part until the server has seen the client's cancel
-            started.set()
-            assert cancelled.wait(TIMEOUT)
-            active = admission._active.get()
-            end = time.monotonic() + TIMEOUT
-            while active is not None and active() and time.monotonic() < end:
-                time.sleep(0.01)
+            hold_until_cancelled(started, cancelled)
         return reconstruct(*args, **kwargs)
 
     monkeypatch.setattr(deconv, "reconstruct", counted)
@@ -68,6 +73,30 @@ def test_a_cancelled_unary_deconv_stops_at_its_next_part(served, sample_images, 
     while engine.budget.status()["running"] and time.monotonic() < end:
         time.sleep(0.05)
     assert parts == 15 and len(runs) == 1, f"{len(runs)} of {parts} parts ran after the cancel"
+
+
+def test_a_cancelled_visualisation_stops_at_its_next_step(served, monkeypatch) -> None:
+    stub, _, engine = served
+    request = pb.VisualiseRequest(model=pb.ModelRef(name="cifar"), layer=pb.LayerRef(number=1), units=[str(k) for k in range(8)], steps=64)
+    started, cancelled, runs = threading.Event(), threading.Event(), []
+    forward = perturbation.forward
+
+    def counted(*args, **kwargs):
+        runs.append(1)
+        if len(runs) == visualise.PROGRESS_EVERY + 1:  # hold the step after the first progress until the server has seen the cancel
+            hold_until_cancelled(started, cancelled)
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(perturbation, "forward", counted)
+    call = stub.VisualiseFeatures(request, timeout=TIMEOUT)
+    assert next(call).HasField("progress")
+    assert started.wait(TIMEOUT)
+    call.cancel()
+    cancelled.set()
+    end = time.monotonic() + TIMEOUT  # wait for the server to end the call (synchronisation, not timing)
+    while engine.budget.status()["running"] and time.monotonic() < end:
+        time.sleep(0.05)
+    assert len(runs) == visualise.PROGRESS_EVERY + 1, f"{len(runs)} of {request.steps} steps ran, {visualise.PROGRESS_EVERY} before the cancel"
 
 
 def test_uploading_a_model_dir_models_bytes_keeps_its_name(served) -> None:

@@ -101,11 +101,11 @@ def _sums(
 
 def _start(model: LoadedModel, batch: np.ndarray, target: Layer, units: list[str], method: str, max_batch: int) -> tuple[gradients.Gradient, dict[str, np.ndarray], list[TargetUnit], int]:
     """The gradient, the images' own forward values, their target units, and copies per batch (a
-    batch's forward pass and its projection share the runner's memory budget)."""
+    batch's forward pass and its projection fitted to the server's budget, :func:`perturbation.gradient_cost`)."""
     gradient = gradients.Gradient(model, target.name, method)
     base = perturbation.forward(model, batch, gradient.names)
     chosen = gradients.choose_units(model, target, units, base[target.name])
-    return gradient, base, chosen, perturbation.copies_per_batch(model, max_batch, perturbation.MEMORY_BUDGET // 2)
+    return gradient, base, chosen, perturbation.copies_per_batch(model, max_batch, cost=perturbation.gradient_cost(model))
 
 
 def integrated_gradients(model: LoadedModel, batch: np.ndarray, target: Layer, request: IntegratedGradientsRequest, labels: list[str]) -> Steps[AttributionResult]:

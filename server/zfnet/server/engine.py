@@ -225,21 +225,21 @@ class Engine:
         """Integrated gradients of the request's images (see :func:`zfnet.server.attribution.integrated_gradients`)."""
         target = gradients.target_layer(model, request.target.layer)
         what = f"IntegratedGradients of {len(request.images)} image(s), {request.steps} steps"
-        with self._gradient_copies(model, request.images, what, target.name, "backprop", request.max_batch, baselines=True):
+        with self._gradient_copies(model, request.images, what, target.name, "backprop", request.max_batch, request.steps, baselines=True):
             return (yield from attribution.integrated_gradients(model, self.batch(model, request.images), target, request, self._labels(request.images)))
 
     def smoothgrad(self, model: LoadedModel, request: SmoothGradRequest) -> Steps[AttributionResult]:
         """SmoothGrad of the request's images (see :func:`zfnet.server.attribution.smoothgrad`)."""
         target = gradients.target_layer(model, request.target.layer)
         what = f"SmoothGrad of {len(request.images)} image(s), {request.samples} samples"
-        with self._gradient_copies(model, request.images, what, target.name, request.method, request.max_batch):
+        with self._gradient_copies(model, request.images, what, target.name, request.method, request.max_batch, request.samples):
             return (yield from attribution.smoothgrad(model, self.batch(model, request.images), target, request, self._labels(request.images)))
 
     def input_x_gradient(self, model: LoadedModel, request: InputXGradientRequest) -> AttributionResult:
         """Input x gradient of the request's images (see :func:`zfnet.server.attribution.input_x_gradient`)."""
         target = gradients.target_layer(model, request.target.layer)
         what = f"InputXGradient of {len(request.images)} image(s)"
-        with self._gradient_copies(model, request.images, what, target.name, "backprop", 1):
+        with self._gradient_copies(model, request.images, what, target.name, "backprop", 1, 1):
             batch = self.batch(model, request.images)
             return perturbation.complete(attribution.input_x_gradient(model, batch, target, request.target.units, self._labels(request.images)))
 
@@ -250,9 +250,12 @@ class Engine:
         what = f"VisualiseFeatures of {len(request.units)} unit(s) of {row.name}, {request.steps} steps"
         reply = images * footprint.input + len(request.units) * 4 * request.steps
         check_reply(reply, what, "ask for fewer units or steps per request")
-        per_batch = min(images, perturbation.copies_per_batch(model, 0, perturbation.MEMORY_BUDGET // 2))
+        perturbation.check_copies(len(request.units) * request.steps, "fewer units or steps")
+        cost = perturbation.gradient_cost(model)
+        units = max(1, perturbation.copies_per_batch(model, cost=cost) // request.images_per_unit)  # optimised together, as visualise.run does
+        per_batch = min(images, units * request.images_per_unit)
         estimate = Estimate(what, {
-            "optimised images": 8 * images * footprint.input, "forward and projection": 2 * FORWARD_FACTOR * per_batch * footprint.forward,
+            "optimised images": 8 * per_batch * footprint.input, f"batch of {per_batch} images": cost.estimate(per_batch).total,
             "reply": 2 * reply,
             "projection build": self._projection_build(model, row.name, "backprop") + self._projection_build(model, row.name, "deconvnet"),
         })
@@ -265,16 +268,18 @@ class Engine:
         return 0 if model.has_projection(layer, method, stop) else PROJECTION_BUILD_FACTOR * model.size
 
     def _gradient_copies(
-        self, model: LoadedModel, images: list[ImageInput], what: str, layer: str, method: str, max_batch: int, baselines: bool = False,
+        self, model: LoadedModel, images: list[ImageInput], what: str, layer: str, method: str, max_batch: int, each: int, baselines: bool = False,
     ) -> AbstractContextManager[None]:
-        """Admit a gradient analysis over copies of ``images``: a batch of copies forwarded and
-        projected at a time, the images' sums, (baselines,) and the reply; for the whole request."""
+        """Admit a gradient analysis over ``each`` copies of every image of ``images``: a batch of copies
+        forwarded and projected at a time, the images' sums, (baselines,) and the reply; for the whole request."""
         n, footprint = len(images), model.footprint
+        perturbation.check_copies(n * each, "fewer images, steps or samples")
         reply = (2 if baselines else 1) * n * footprint.input
         check_reply(reply, what, "send fewer images per request")
-        copies = perturbation.copies_per_batch(model, max_batch, perturbation.MEMORY_BUDGET // 2)
+        cost = perturbation.gradient_cost(model)
+        copies = perturbation.copies_per_batch(model, max_batch, cost=cost)
         estimate = self.estimate(
-            model, images, what, copies=copies * (3 * footprint.input + 2 * FORWARD_FACTOR * footprint.forward), sums=n * footprint.input,
+            model, images, what, **{f"batch of {copies} copies": cost.estimate(copies).total}, sums=n * footprint.input,
             baselines=n * footprint.input if baselines else 0, reply=3 * reply, projection_build=self._projection_build(model, layer, method),
         )
         return self.admit(model, estimate, model.projection_key(layer, method), until_reply=False)

@@ -51,17 +51,22 @@ class Tracker:
     """Counts the copies of a whole request, for progress messages; refuses requests too large to finish."""
 
     def __init__(self, total: int) -> None:
-        if total > MAX_COPIES_PER_REQUEST:
-            raise ResourceExhausted(
-                f"{total} perturbed copies asked for; at most {MAX_COPIES_PER_REQUEST} per request (fewer images, a larger stride or fewer values)",
-                reason="TOO_MANY_VALUES", metadata={"limit": MAX_COPIES_PER_REQUEST, "requested": total},
-            )
+        check_copies(total)
         self.total = total
         self.done = 0
 
     def advance(self, count: int, stage: str) -> Progress:
         self.done += count
         return Progress(stage, self.done, self.total)
+
+
+def check_copies(total: int, advice: str = "fewer images, a larger stride or fewer values") -> None:
+    """Refuse a request of more than :data:`MAX_COPIES_PER_REQUEST` copies (RESOURCE_EXHAUSTED) before any work."""
+    if total > MAX_COPIES_PER_REQUEST:
+        raise ResourceExhausted(
+            f"{total} perturbed copies asked for; at most {MAX_COPIES_PER_REQUEST} per request ({advice})",
+            reason="TOO_MANY_VALUES", metadata={"limit": MAX_COPIES_PER_REQUEST, "requested": total},
+        )
 
 
 def complete(steps: Steps[T], progress: Callable[[Progress], None] | None = None) -> T:
@@ -90,13 +95,14 @@ def bytes_per_copy(model: LoadedModel) -> int:
     return 4 * total
 
 
-def copies_per_batch(model: LoadedModel, max_batch: int = 0, budget: int | None = None) -> int:
-    """Copies per forward pass: what ``budget`` bytes hold by :func:`batch_cost` (default: the share
-    of the server's budget a batch is fitted to, or :data:`MEMORY_BUDGET` outside a server), at most
-    ``max_batch`` when given (> 0: a larger one is lowered to fit), at most :data:`MAX_COPIES`."""
+def copies_per_batch(model: LoadedModel, max_batch: int = 0, budget: int | None = None, cost: Cost | None = None) -> int:
+    """Copies per batch: what ``budget`` bytes hold by ``cost`` (default :func:`batch_cost`; a gradient
+    analysis: :func:`gradient_cost`), ``budget`` by default the share of the server's budget a batch
+    is fitted to (:data:`MEMORY_BUDGET` outside a server); at most ``max_batch`` when given (> 0: a
+    larger one is lowered to fit), at most :data:`MAX_COPIES`."""
     if max_batch < 0:
         raise InvalidArgument(f"max_batch must be 0 (as memory allows) or positive, got {max_batch}")
-    fit = batch_cost(model, []).fit(MAX_COPIES, model.room(MEMORY_BUDGET) if budget is None else budget)
+    fit = (cost or batch_cost(model, [])).fit(MAX_COPIES, model.room(MEMORY_BUDGET) if budget is None else budget)
     return min(fit, max_batch) if max_batch else fit
 
 
@@ -108,6 +114,15 @@ def batch_cost(model: LoadedModel, names: list[str]) -> Cost:
     fetched = sum(model.footprint.tensors.get(name, 0) for name in names)
     per_copy = {"copies": 2 * input_bytes, "forward pass": FORWARD_FACTOR * bytes_per_copy(model)}
     return Cost("a forward pass of {n} perturbed copies", {**per_copy, "outputs": 2 * fetched})
+
+
+def gradient_cost(model: LoadedModel) -> Cost:
+    """What a batch of ``n`` copies of a gradient analysis (integrated gradients, SmoothGrad, input x
+    gradient, feature visualisation) allocates: the copies and their gradients, and a forward pass
+    and a projection back to the input of each, at the forward pass's measured factor."""
+    footprint = model.footprint
+    per_copy = {"copies and gradients": 3 * footprint.input, "forward pass and projection": 2 * FORWARD_FACTOR * footprint.forward}
+    return Cost("a forward pass and projection of {n} copies", per_copy)
 
 
 # ---- forward passes ------------------------------------------------------------------------

@@ -78,7 +78,7 @@ def _mapped(budget: admission.MemoryBudget, name: str, context: grpc.ServicerCon
     except Exception as err:
         if not context.is_active():  # the client cancelled (or the call was ended): reading its request stream raised, or an admission stopped it
             log.info("%s cancelled", name)
-            return
+            context.abort(grpc.StatusCode.CANCELLED, f"{name} cancelled")  # ends the call with no reply to serialise
         if runtime.is_allocation_failure(err):
             log.warning("%s: onnxruntime could not allocate memory: %s", name, str(err).splitlines()[0][-200:])
             failed = ResourceExhausted("onnxruntime could not allocate the memory this request needs; send fewer or smaller images", reason="OUT_OF_MEMORY")

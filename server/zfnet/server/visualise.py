@@ -20,6 +20,7 @@ import numpy as np
 
 from zfnet.errors import InvalidArgument
 from zfnet.server import gradients, perturbation
+from zfnet.server.admission import next_batch
 from zfnet.server.layers import Layer
 from zfnet.server.models import LoadedModel
 from zfnet.server.perturbation import Steps
@@ -263,7 +264,7 @@ def run(model: LoadedModel, layer: Layer, request: VisualiseRequest) -> Steps[Vi
         raise InvalidArgument("diversity compares the images of one unit: set images_per_unit to 2 or more", field="images_per_unit")
     parameterisation = (Pixels if request.pixels else Fourier)(height, width)
     transforms = Transforms(default_jitter(height) if request.jitter is None else request.jitter, request.scale, request.rotate)
-    per_batch = max(1, perturbation.copies_per_batch(model, 0, perturbation.MEMORY_BUDGET // 2) // group)
+    per_batch = max(1, perturbation.copies_per_batch(model, cost=perturbation.gradient_cost(model)) // group)
     tracker = perturbation.Tracker(len(units) * request.steps)
     found: list[VisualisedUnit] = []
     for start in range(0, len(units), per_batch):
@@ -291,6 +292,7 @@ def _optimise(
     warm = gradients.Gradient(model, layer.name, "deconvnet")
     names = list(dict.fromkeys(gradient.names + warm.names))
     for step in range(request.steps):
+        next_batch()  # a cancelled call stops here
         x = to_rgb(parameterisation, params, request.pixels)
         where = joined([transforms.draw(rng, group, height, width) for rng in rngs]) if transforms.active else None
         seen = 255.0 * (resample(x, where) if where else x)
