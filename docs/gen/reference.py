@@ -116,6 +116,13 @@ def type_text(param: Command) -> str:
     return f"{name}, repeatable" if getattr(param, "multiple", False) else name
 
 
+def param_names(param: Command) -> str:
+    """An option's flags (``--x``, ``-x``) or an argument's metavar (``NAME``), as code."""
+    if is_option(param):
+        return ", ".join(f"`{o}`" for o in [*param.opts, *param.secondary_opts])
+    return f"`{(param.name or '').upper()}`"
+
+
 def command_section(name: str, command: Command) -> list[str]:
     """One command: heading, help, usage, then its arguments and options as a table."""
     ctx = command.context_class(command, info_name=name)
@@ -124,7 +131,7 @@ def command_section(name: str, command: Command) -> list[str]:
     for param in command.params:
         if is_option(param) and param.hidden:
             continue
-        names = ", ".join(f"`{o}`" for o in [*param.opts, *param.secondary_opts]) if is_option(param) else f"`{(param.name or '').upper()}`"
+        names = param_names(param)
         help_text = getattr(param, "help", None) or ""
         if getattr(param, "envvar", None):
             help_text += f" (environment: ${param.envvar})"
@@ -212,12 +219,13 @@ def grpc_page(proto: Path = PROTO) -> str:
     """The contract: services and their methods, then every message and enum, with their comments."""
     file = descriptor(proto)
     comments = {tuple(loc.path): loc.leading_comments for loc in file.source_code_info.location if loc.leading_comments}
-    header = next((loc.leading_detached_comments for loc in file.source_code_info.location if list(loc.path) == [SYNTAX]), [])
+    syntax = next((loc for loc in file.source_code_info.location if list(loc.path) == [SYNTAX]), None)
+    header = [*syntax.leading_detached_comments, syntax.leading_comments] if syntax is not None else []  # the file's opening comment
     package = file.package
     maps = _map_entries(file.message_type, package)
     lines = ["# gRPC contract", "", GENERATED, "",
              f"Package `{package}`, from `proto/zfnet/v1/zfnet.proto` (its comments are the documentation below).", ""]
-    lines += [comment(block) + "\n" for block in header]
+    lines += [comment(block) + "\n" for block in header if block.strip()]
 
     for s, service in enumerate(file.service):
         lines += [f"## Service `{service.name}` {{ #{anchor(package + '.' + service.name)} }}", "", comment(comments.get((SERVICE, s), "")), ""]
@@ -348,7 +356,7 @@ def python_page() -> str:
         "# Python API", "", GENERATED, "",
         "`zfnet.client.api.Client` talks to a server (or starts one in-process); its methods return the result types of "
         "`zfnet.wire`, one module per analysis, which the server's engine returns too.", "",
-        "## The client", "", "::: zfnet.client.api.Client", "",
+        "## The client", "", "::: zfnet.client.api.Client", "    options:", "      inherited_members: true", "",
         "## Request and result types (`zfnet.wire`)", "",
     ]
     for module in wire_modules():

@@ -1,0 +1,179 @@
+"""The docs site: its reference pages cover everything the code defines (docs/gen/reference.py), its
+command blocks are all accounted for (docs/gen/commands.py), and it builds in strict mode."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import typer
+import yaml
+
+from zfnet.errors import REASONS
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load(name: str) -> ModuleType:
+    """A module of docs/gen/ (not a package: mkdocs runs its files as scripts)."""
+    spec = importlib.util.spec_from_file_location(f"docs_gen_{name}", ROOT / "docs" / "gen" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+reference = load("reference")
+commands = load("commands")
+
+
+def test_cli_page_has_every_command_option_default_and_help() -> None:
+    from zfnet.client.cli.main import app
+
+    page = reference.cli_page()
+    group = typer.main.get_command(app)
+    seen = 0
+    for name, command in reference.commands(group, "zfclient"):
+        if name == "zfclient serve":  # its options are zfserver's, documented under zfserver
+            continue
+        section = page.split(f"## `{name}`\n", 1)[1].split("\n## ", 1)[0]
+        for param in command.params:
+            row = next(line for line in section.split("\n") if line.startswith(f"| {reference.param_names(param)} |"))
+            assert reference.cell(param.help or "") in row, (name, row)
+            if not param.required and not param.is_flag and param.default not in (None, [], ()):
+                assert f"| {reference.cell(reference.default_text(param))} |" in row, (name, row)
+            seen += 1
+    assert seen > 100  # every command's options, not a few
+    assert "## `zfclient convert caffe`" in page and "## `zfserver`" in page
+    assert "| `--k` | INTEGER |" in page and "| `--image` | PATH, repeatable | required |" in page
+
+
+def test_cli_types_and_defaults_read_as_typed() -> None:
+    from enum import Enum
+
+    class Colour(Enum):
+        RED = "red"
+        BLUE = "blue"
+
+    assert reference.annotation_text(list[Path]) == "PATH, repeatable"
+    assert reference.annotation_text(int | None) == "INTEGER"
+    assert reference.annotation_text(Colour) == "red \\| blue"
+    assert reference.cell("a | b <c>\n d") == "a \\| b &lt;c&gt; d"
+
+
+def test_grpc_page_has_every_rpc_message_field_and_enum_with_its_comment() -> None:
+    from zfnet.v1 import zfnet_pb2
+
+    page = reference.grpc_page()
+    file = zfnet_pb2.DESCRIPTOR
+    for method in file.services_by_name["Zfnet"].methods:
+        assert f"### `{method.name}`" in page
+    for message in file.message_types_by_name.values():
+        assert f"### `{message.name}` {{ #zfnet-v1-{message.name} }}" in page
+        for field in message.fields:
+            assert f"| `{field.name}` | {field.number} |" in page, (message.name, field.name)
+    for enum in file.enum_types_by_name.values():
+        assert f"### `{enum.name}` {{ #zfnet-v1-{enum.name} }}" in page
+        for value in enum.values:
+            assert f"| `{value.name}` | {value.number} |" in page
+    # leading comments come through: the file's header and a service method's
+    assert "MESSAGE SIZES." in page
+    assert "Whether the server holds a model, by SHA-256 or name; upload only when it does not." in page
+    # map fields read as maps, not as the synthetic entry message
+    assert "ActivationsEntry" not in page and "map&lt;`string`, [`Tensor`](#zfnet-v1-Tensor)&gt;" in page
+
+
+def test_ops_page_lists_every_entry_of_the_registry() -> None:
+    from zfnet.server import rules
+
+    page = reference.ops_page()
+    for (domain, op_type), entries in rules.RULES.items():
+        for entry in entries:
+            versions = ", ".join(str(v) for v in entry.versions)
+            assert f"| `{op_type}` | {domain or 'ai.onnx'} | {versions} |" in page
+    assert re.search(r"\| `MaxPool` \| ai.onnx \| [\d, ]+ \| block \|  \| output 1 \|", page)
+    assert "| `Conv` | ai.onnx | 1, 11, 22 | learned when its filters are constant" in page
+
+
+def test_errors_page_lists_every_reason() -> None:
+    page = reference.errors_page()
+    for reason, meaning in REASONS.items():
+        assert f"| `{reason}` | {reference.cell(meaning)} |" in page
+
+
+def test_python_page_documents_the_client_and_every_wire_module() -> None:
+    page = reference.python_page()
+    assert "::: zfnet.client.api.Client" in page
+    wire = sorted(p.stem for p in (ROOT / "core" / "zfnet" / "wire").glob("*.py") if not p.stem.startswith("_"))
+    assert wire and all(f"::: zfnet.wire.{name}\n" in page for name in wire)
+
+
+def test_every_block_of_the_checked_pages_names_its_language() -> None:
+    """A block without a language would escape the commands test; text output is ```text."""
+    for page in commands.pages():
+        for block in commands.blocks(page):
+            assert block.language, f"{block.where()}: name the block's language (bash for commands, text for output)"
+
+
+def test_every_guide_is_checked_and_in_the_nav() -> None:
+    nav = (ROOT / "mkdocs.yml").read_text()
+    guides = sorted(f"docs/guides/{p.name}" for p in (ROOT / "docs" / "guides").glob("*.md"))
+    assert set(guides) <= set(commands.PAGES)
+    assert all(f": {g.removeprefix('docs/')}" in nav for g in guides)
+
+
+def test_markers_are_read_and_refused_when_wrong(tmp_path: Path) -> None:
+    (tmp_path / "a.md").write_text(
+        "<!-- commands: skip (starts a server) -->\n```bash\nzfserver\n```\n\n"
+        "<!-- commands: writes out/x.png out/y.json -->\n```bash\nls\n```\n\n```python\nprint(1)\n```\n"
+    )
+    skip, writes, python = commands.blocks("a.md", tmp_path)
+    assert (skip.skip, skip.runs, skip.text) == ("starts a server", False, "zfserver")
+    assert (writes.writes, writes.runs, writes.line) == (("out/x.png", "out/y.json"), True, 7)
+    assert (python.language, python.runs) == ("python", False)
+    (tmp_path / "b.md").write_text("<!-- commands: skip -->\n```bash\nls\n```\n")
+    with pytest.raises(ValueError, match="must say why"):
+        commands.blocks("b.md", tmp_path)
+    (tmp_path / "c.md").write_text("<!-- commands: skip (x) -->\n\n```bash\nls\n```\n")
+    with pytest.raises(ValueError, match="right before a fenced block"):
+        commands.blocks("c.md", tmp_path)
+
+
+def test_nav_names_every_page_once() -> None:
+    """The strict build fails on a page left out of the nav; this says which, without a build."""
+    config = yaml.safe_load((ROOT / "mkdocs.yml").read_text().replace("!!python", "#"))
+
+    def leaves(node) -> list[str]:
+        if isinstance(node, str):
+            return [node]
+        if isinstance(node, dict):
+            return [leaf for value in node.values() for leaf in leaves(value)]
+        return [leaf for item in node for leaf in leaves(item)]
+
+    nav = leaves(config["nav"])
+    on_disk = {str(p.relative_to(ROOT / "docs")) for p in (ROOT / "docs").rglob("*.md") if "gen" not in p.parts}
+    generated = {f"reference/{name}" for name in reference.PAGES}
+    assert len(nav) == len(set(nav))
+    assert set(nav) == on_disk | generated
+
+
+@pytest.mark.slow
+def test_site_builds_in_strict_mode(tmp_path: Path) -> None:
+    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1", "DISABLE_MKDOCS_2_WARNING": "true"}
+    run = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--quiet", "--site-dir", str(tmp_path / "site")],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    for page in ["reference/cli/index.html", "reference/grpc/index.html", "reference/python/index.html", "guides/top/index.html", "changelog/index.html"]:
+        assert (tmp_path / "site" / page).stat().st_size > 1000, page
+    python = (tmp_path / "site" / "reference" / "python" / "index.html").read_text()
+    for name in ["zfnet.client.api.Client.deconv", "zfnet.client.api.Client.top", "zfnet.wire.deconv.DeconvResult", "zfnet.wire.top.TopResult"]:
+        assert f'id="{name}"' in python, name  # mkdocstrings rendered the client (its facades' methods too) and zfnet.wire
