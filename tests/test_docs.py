@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ from types import ModuleType
 import pytest
 import typer
 import yaml
+from PIL import Image
 
 from zfnet.errors import REASONS
 
@@ -53,6 +55,16 @@ def test_cli_page_has_every_command_option_default_and_help() -> None:
     assert seen > 100  # every command's options, not a few
     assert "## `zfclient convert caffe`" in page and "## `zfserver`" in page
     assert "| `--k` | INTEGER |" in page and "| `--image` | PATH, repeatable | required |" in page
+
+
+def test_help_texts_carry_no_raw_markup() -> None:
+    """Typer prints help as written: docstring markup (``x``, :class:`x`) would reach the terminal."""
+    from zfnet.client.cli.main import app
+
+    markup = re.compile(r"``|:(class|func|meth|data|mod|attr):`")
+    for name, command in [("zfclient", typer.main.get_command(app)), *reference.commands(typer.main.get_command(app), "zfclient")]:
+        texts = [command.help or "", *(getattr(param, "help", None) or "" for param in command.params)]
+        assert not [text for text in texts if markup.search(text)], name
 
 
 def test_cli_types_and_defaults_read_as_typed() -> None:
@@ -177,3 +189,62 @@ def test_site_builds_in_strict_mode(tmp_path: Path) -> None:
     python = (tmp_path / "site" / "reference" / "python" / "index.html").read_text()
     for name in ["zfnet.client.api.Client.deconv", "zfnet.client.api.Client.top", "zfnet.wire.deconv.DeconvResult", "zfnet.wire.top.TopResult"]:
         assert f'id="{name}"' in python, name  # mkdocstrings rendered the client (its facades' methods too) and zfnet.wire
+
+
+# ---- every command of the README and the guides runs as pasted ---------------------------------
+
+COPY_IGNORE = shutil.ignore_patterns(".git", ".venv", "out", "site", "node_modules", "__pycache__", ".pytest_cache", ".hypothesis", ".cache", "*.egg-info")
+SHARED_MODELS = ROOT.parent / "shared" / "models"
+
+
+def image_folders(root: Path, per_class: int, classes: list[str] | None = None, size: int | None = None) -> None:
+    """``root/<class>/<n>.jpg``: the bundled samples of each class repeated to ``per_class`` images
+    (resized to ``size`` when given), a small stand-in for a data set of the same layout."""
+    for folder in sorted(p for p in (ROOT / "samples" / "cifar10").iterdir() if p.is_dir()):
+        if classes is not None and folder.name not in classes:
+            continue
+        (root / folder.name).mkdir(parents=True)
+        samples = sorted(folder.glob("*.jpg"))
+        for n in range(per_class):
+            source = samples[n % len(samples)]
+            target = root / folder.name / f"{n:04d}.jpg"
+            if size is None:
+                shutil.copyfile(source, target)
+            else:
+                Image.open(source).convert("RGB").resize((size, size)).save(target)
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory) -> Path:
+    """A copy of the working tree (its .venv linked) with a small ``../shared`` beside it: CIFAR-10
+    test and training folders of the bundled samples (80 and 20 a class: enough for the probe's 30
+    training and 50 test images a class), 3 Tiny ImageNet-like classes of 64x64 images, and the
+    shared Caffe models where this checkout has them."""
+    base = tmp_path_factory.mktemp("docs-commands")
+    work = base / "zfnet"
+    shutil.copytree(ROOT, work, symlinks=True, ignore=COPY_IGNORE)
+    (work / ".venv").symlink_to(ROOT / ".venv")
+    data = base / "shared" / "data"
+    image_folders(data / "cifar10" / "test", 80)
+    image_folders(data / "cifar10" / "train", 20)
+    image_folders(data / "tiny-imagenet" / "train", 80, ["cat", "dog", "ship"], size=64)
+    if SHARED_MODELS.is_dir():
+        (base / "shared" / "models").symlink_to(SHARED_MODELS.resolve())
+    return work
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("page", commands.pages())
+def test_commands_run_as_pasted(tree: Path, page: str) -> None:
+    """Each bash block of the page, run from the repository root as a reader pastes it: it exits 0
+    and writes the files its marker names. Pages run in order (later ones read what earlier wrote)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ZFNET_")}
+    for block in commands.blocks(page, tree):
+        if not block.runs:
+            continue
+        if "../shared/models" in block.text and not SHARED_MODELS.is_dir():
+            pytest.skip(f"{block.where()} needs the shared Caffe models, which this checkout has not")
+        run = subprocess.run(["bash", "-euo", "pipefail", "-c", block.text], cwd=tree, env=env, capture_output=True, text=True, timeout=1200)
+        assert run.returncode == 0, f"{block.where()} exited {run.returncode}:\n{block.text}\n--- stderr:\n{run.stderr[-4000:]}"
+        missing = [path for path in block.writes if not (tree / path).exists()]
+        assert not missing, f"{block.where()} did not write {missing}; stdout:\n{run.stdout[-3000:]}"

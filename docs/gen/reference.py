@@ -109,7 +109,7 @@ def type_text(param: Command) -> str:
     descriptor = getattr(param, "type_descriptor", None)
     if descriptor is not None:
         return annotation_text(descriptor.annotation)
-    kind = getattr(param, "type", None)  # click's own parameters (typer before its click copy)
+    kind: Any = getattr(param, "type", None)  # click's own parameters (typer before its click copy)
     if hasattr(kind, "choices"):
         return " \\| ".join(str(c) for c in kind.choices)
     name = (getattr(kind, "name", None) or "text").upper()
@@ -254,7 +254,7 @@ def grpc_page(proto: Path = PROTO) -> str:
     return "\n".join(lines)
 
 
-def _messages(messages, path: tuple[int, ...], scope: str) -> Iterator[tuple[tuple[int, ...], object, str]]:
+def _messages(messages, path: tuple[int, ...], scope: str) -> Iterator[tuple[tuple[int, ...], Any, str]]:
     """Every message, nested ones after their parent, with its source path and full name (map entries left out)."""
     for i, message in enumerate(messages):
         if message.options.map_entry:
@@ -264,9 +264,9 @@ def _messages(messages, path: tuple[int, ...], scope: str) -> Iterator[tuple[tup
         yield from _messages(message.nested_type, (*here, NESTED_TYPE), name)
 
 
-def _map_entries(messages, scope: str) -> dict[str, object]:
+def _map_entries(messages, scope: str) -> dict[str, Any]:
     """The synthetic ``XEntry`` messages protoc makes for map fields, by full name."""
-    found: dict[str, object] = {}
+    found: dict[str, Any] = {}
     for message in messages:
         name = f"{scope}.{message.name}"
         if message.options.map_entry:
@@ -275,7 +275,7 @@ def _map_entries(messages, scope: str) -> dict[str, object]:
     return found
 
 
-def _enums(file, package: str) -> Iterator[tuple[tuple[int, ...], object, str]]:
+def _enums(file, package: str) -> Iterator[tuple[tuple[int, ...], Any, str]]:
     """Every enum: top-level ones, then those nested in messages."""
     for i, enum_type in enumerate(file.enum_type):
         yield (ENUM_TYPE, i), enum_type, f"{package}.{enum_type.name}"

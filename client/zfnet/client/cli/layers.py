@@ -14,8 +14,8 @@ def command(
     model: str = typer.Option(..., "--model", help="An .onnx file or a model name on the server."),
     server: str | None = ServerOption,
 ) -> None:
-    """Index, tensor name, op, output shape, which tensor ``--layer N`` selects, and the names the
-    tensor had in the model as saved (``--layer`` accepts them too)."""
+    """Index, tensor name, op, output shape, which tensor --layer N selects, and the names the
+    tensor had in the model as saved (--layer accepts them too)."""
     with Client(server) as client:
         info = client.model_info(model)
     table = Table("#", "name", "op", "shape", "--layer", "also", title=f"{info.name}: input {info.input_name} {_shape(info.input_shape)}")
