@@ -83,11 +83,11 @@ soak: install
 bench-startup: install
 	$(PY) bench/startup_bench.py
 
-# Top-9 on a local Ray with 1 and 2 workers against the single-process job (README, "Data-set jobs on Ray").
+# Top-9 on a local Ray with 1 and 2 workers against the single-process job (docs/operating/ray.md).
 bench-ray: install
 	$(PY) bench/ray_bench.py
 
-# On a machine with an NVIDIA GPU: the GPU tests and benchmarks, out/gpu.json (README, "GPU fast path").
+# On a machine with an NVIDIA GPU: the GPU tests and benchmarks, out/gpu.json (docs/operating/gpu.md).
 bench-gpu: install
 	bash bench/gpu.sh
 

@@ -217,17 +217,17 @@ def image_folders(root: Path, per_class: int, classes: list[str] | None = None, 
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory) -> Path:
     """A copy of the working tree (its .venv linked) with a small ``../shared`` beside it: CIFAR-10
-    test and training folders of the bundled samples (80 and 20 a class: enough for the probe's 30
-    training and 50 test images a class), 3 Tiny ImageNet-like classes of 64x64 images, and the
-    shared Caffe models where this checkout has them."""
+    test and training folders of the bundled samples (32 and 10 a class; the probe needs 30 training
+    images and at least one test image a class), 3 Tiny ImageNet-like classes of 64x64 images, and
+    the shared Caffe models where this checkout has them."""
     base = tmp_path_factory.mktemp("docs-commands")
     work = base / "zfnet"
     shutil.copytree(ROOT, work, symlinks=True, ignore=COPY_IGNORE)
     (work / ".venv").symlink_to(ROOT / ".venv")
     data = base / "shared" / "data"
-    image_folders(data / "cifar10" / "test", 80)
-    image_folders(data / "cifar10" / "train", 20)
-    image_folders(data / "tiny-imagenet" / "train", 80, ["cat", "dog", "ship"], size=64)
+    image_folders(data / "cifar10" / "test", 32)
+    image_folders(data / "cifar10" / "train", 10)
+    image_folders(data / "tiny-imagenet" / "train", 32, ["cat", "dog", "ship"], size=64)
     if SHARED_MODELS.is_dir():
         (base / "shared" / "models").symlink_to(SHARED_MODELS.resolve())
     return work

@@ -6,8 +6,8 @@ resumable), reporting progress and checkpoints as it goes. :func:`reconstruct` r
 winners' images, checks each winner's activation again, and projects that single activation back to
 pixels through the model's projection graph (deconvnet, guided or backprop), in chunks of rows.
 
-Whether computing a reconstruction on the receptive-field window alone pays was measured (README,
-"Top-9"): the second pass is a small share of a job, so the full-size projection graph is used.
+Whether computing a reconstruction on the receptive-field window alone pays was measured (docs/benchmarks.md,
+"Top-9 over a data set"): the second pass is a small share of a job, so the full-size projection graph is used.
 """
 
 from __future__ import annotations
