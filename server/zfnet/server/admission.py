@@ -15,7 +15,7 @@ model, a cached projection session) are ``hold``-en under a key with a callback 
 when they are evicted. When the last request finishes, freed memory is handed back to the
 operating system (``release_memory``), so the server's RSS settles after a burst.
 
-Estimates are upper bounds measured on this project's models (docs/operating/security.md,
+Estimates are upper bounds measured on this project's models (docs/security.md,
 "Memory"); an allocation the estimate missed still fails cleanly (onnxruntime's allocation
 errors become RESOURCE_EXHAUSTED in the servicer).
 """
