@@ -34,6 +34,7 @@ def load(name: str) -> ModuleType:
 
 reference = load("reference")
 commands = load("commands")
+rst_roles = load("rst_roles")
 
 
 def test_cli_page_has_every_command_option_default_and_help() -> None:
@@ -127,6 +128,11 @@ def test_python_page_documents_the_client_and_every_wire_module() -> None:
     assert wire and all(f"::: zfnet.wire.{name}\n" in page for name in wire)
 
 
+def test_sphinx_roles_read_as_code_on_the_api_page() -> None:
+    assert rst_roles.plain("see :class:`~zfnet.client.transport.Transport` and :data:`REASONS`") == "see `Transport` and `REASONS`"
+    assert rst_roles.plain(":func:`zfnet.topk.merge` and ``x``") == "`zfnet.topk.merge` and ``x``"
+
+
 def test_every_block_of_the_checked_pages_names_its_language() -> None:
     """A block without a language would escape the commands test; text output is ```text."""
     for page in commands.pages():
@@ -189,6 +195,7 @@ def test_site_builds_in_strict_mode(tmp_path: Path) -> None:
     python = (tmp_path / "site" / "reference" / "python" / "index.html").read_text()
     for name in ["zfnet.client.api.Client.deconv", "zfnet.client.api.Client.top", "zfnet.wire.deconv.DeconvResult", "zfnet.wire.top.TopResult"]:
         assert f'id="{name}"' in python, name  # mkdocstrings rendered the client (its facades' methods too) and zfnet.wire
+    assert ":class:" not in python
 
 
 # ---- every command of the README and the guides runs as pasted ---------------------------------
