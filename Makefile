@@ -67,12 +67,13 @@ browser:
 	  else echo "chromium or chromedriver missing and apt-get cannot run here; the report's browser test will skip"; fi; \
 	fi
 
-bench: install
+bench: install browser
 	$(PY) bench/deconv_bench.py
 	$(PY) bench/top_bench.py
 	$(PY) bench/occlusion_bench.py
 	$(PY) bench/transport_bench.py
 	$(PY) bench/features_bench.py
+	$(PY) bench/explorer_bench.py
 
 # A real zfserver on loopback under load, hostile requests and uploads at once (a few minutes);
 # bounded in count and time, figures in out/soak.json.

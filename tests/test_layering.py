@@ -77,3 +77,16 @@ def test_importing_the_client_loads_no_server_module() -> None:
     )
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert loaded == "[]"
+
+
+def test_the_explorer_is_one_more_client_of_the_service() -> None:
+    """``zfclient explore`` reaches the engine only through the gRPC service: none of its modules
+    imports ``zfnet.server`` (at any level), and importing them loads no engine module."""
+    explorer = {name for name in modules("client") if name.startswith(("zfnet.client.explore", "zfnet.client.cli.explore"))}
+    assert {"zfnet.client.explore.app", "zfnet.client.explore.explorer", "zfnet.client.cli.explore"} <= explorer
+    assert not {pair for pair in crossings("client", ("zfnet.server",)) if pair[0] in explorer}
+    code = (
+        "import sys; import zfnet.client.explore.app, zfnet.client.explore.explorer, zfnet.client.cli.explore; "
+        "print(sorted(m for m in sys.modules if m.startswith(('zfnet.server', 'onnx', 'onnxruntime', 'torch'))))"
+    )
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"

@@ -137,7 +137,8 @@ def test_the_wheel_is_one_import_package_with_its_generated_stubs(wheel: Path) -
     names = zipfile.ZipFile(wheel).namelist()
     assert all(n.startswith(("zfnet/", "zfnet-")) for n in names), sorted({n.split("/")[0] for n in names})
     for module in ("zfnet/v1/zfnet_pb2.py", "zfnet/v1/zfnet_pb2_grpc.py", "zfnet/converters/caffe/caffe_pb2.py",
-                   "zfnet/server/app.py", "zfnet/client/cli/main.py", "zfnet/converters/expose.py", "zfnet/errors.py"):
+                   "zfnet/server/app.py", "zfnet/client/cli/main.py", "zfnet/converters/expose.py", "zfnet/errors.py",
+                   "zfnet/client/explore/static/index.html", "zfnet/client/explore/static/main.js", "zfnet/client/explore/static/explore.css"):
         assert module in names, f"{module} missing from {wheel.name}"
     assert not any(n.endswith("__init__.py") and n.count("/") == 1 for n in names), "zfnet is a namespace package: no zfnet/__init__.py"
 

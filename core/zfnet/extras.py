@@ -26,6 +26,8 @@ EXTRAS: dict[str, str] = {
     "sklearn": "probe",
     "pyarrow": "probe",
     "ray": "ray",
+    "starlette": "explore",
+    "uvicorn": "explore",
 }
 
 

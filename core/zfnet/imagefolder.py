@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image
@@ -55,8 +56,8 @@ def scan(root: str | Path, classes: Sequence[str] | None = None) -> ImageFolder:
     return ImageFolder(root, order, files, np.asarray(labels, dtype=np.int64))
 
 
-def read_rgb(path: str | Path, size: tuple[int, int] | None = None) -> np.ndarray:
-    """Decode an image file to an (H, W, 3) uint8 RGB array, resized to ``size`` = (H, W) when given."""
+def read_rgb(path: str | Path | BinaryIO, size: tuple[int, int] | None = None) -> np.ndarray:
+    """Decode an image file (or an open binary file) to an (H, W, 3) uint8 RGB array, resized to ``size`` = (H, W) when given."""
     try:
         with Image.open(path) as img:
             img = img.convert("RGB")

@@ -5,17 +5,20 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
 import pytest
+from browser_testing import console_errors, headless
 from cli_testing import invoke, ok
 from PIL import Image
+from selenium.webdriver.support.ui import WebDriverWait
 from typer.testing import Result
 
+from zfnet.client import report as report_module
 from zfnet.client.api import Client
+from zfnet.errors import FailedPrecondition
 from zfnet.topk import TopK
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,12 +41,47 @@ def layers_of(manifest: dict) -> dict:
 
 
 class Links(HTMLParser):
+    """A page's links (``src`` and ``href``, their fragments apart), its element ids and its images' attributes."""
+
     def __init__(self) -> None:
         super().__init__()
         self.links: list[str] = []
+        self.fragments: list[tuple[str, str]] = []  # (page, id); page "" for this page
+        self.ids: set[str] = set()
+        self.images: list[dict[str, str | None]] = []  # each with "linked": "yes" when inside a link
+        self.headings: list[str] = []
+        self._links_open = 0
+        self._heading: list[str] | None = None
+
+    def handle_endtag(self, tag) -> None:
+        self._links_open -= tag == "a"
+        if tag == "h3" and self._heading is not None:
+            self.headings.append("".join(self._heading))
+            self._heading = None
+
+    def handle_data(self, data) -> None:
+        if self._heading is not None:
+            self._heading.append(data)
 
     def handle_starttag(self, tag, attrs) -> None:
-        self.links += [v for k, v in attrs if k in ("src", "href") and v and not v.startswith("#")]
+        self._links_open += tag == "a"
+        if tag == "h3":
+            self._heading = []
+        for k, v in attrs:
+            if k in ("src", "href") and v:
+                page, _, fragment = v.partition("#")
+                self.links += [page] if page else []
+                self.fragments += [(page, fragment)] if fragment else []
+            elif k == "id" and v:
+                self.ids.add(v)
+        if tag == "img":
+            self.images.append({**dict(attrs), "linked": "yes" if self._links_open else "no"})
+
+
+def parsed(page: Path) -> Links:
+    parser = Links()
+    parser.feed(page.read_text())
+    return parser
 
 
 @pytest.fixture(scope="module")
@@ -68,13 +106,55 @@ def test_the_report_holds_what_the_client_computes(report) -> None:
                 (e.index, e.value, result.images[e.index].label, result.images[e.index].path) for e in entries]
             np.testing.assert_array_equal(np.load(report / listed["npy"]), np.stack([e.reconstruction for e in entries]))
             block = Image.open(report / listed["png"])
-            assert block.width > block.height > 2 * 64  # two 2x2 grids side by side, a label above
+            width, height = report_module.tile_size(entries)
+            assert block.size == (2 * (2 * width + 2) + 10, 2 * height + 2)  # two 2x2 grids side by side, no title (the page's heading has it)
     assert TopK.load(report / "state.npz").covered == [(0, 200)]
     for page in [report / "index.html", *report.glob("layer-*.html")]:
-        parser = Links()
-        parser.feed(page.read_text())
+        parser = parsed(page)
         assert parser.links and all((report / link).is_file() for link in parser.links), page
+        assert all(fragment in parsed(report / target if target else page).ids for target, fragment in parser.fragments), page
         assert not re.search(r"(https?:)?//", " ".join(parser.links))  # nothing from the network
+
+
+@pytest.mark.slow
+def test_the_report_is_light_lazy_and_linked(report) -> None:
+    """A light index (tiles, not sheets), lazy pictures of known size, a channel jump list, links to every
+    sheet and to the next layer, clickable pictures, one title per channel."""
+    manifest = json.loads((report / "manifest.json").read_text())
+    index = parsed(report / "index.html")
+    sheets = [s for info in manifest["layers"].values() for s in info["sheets"]]
+    assert set(sheets) <= set(index.links) and not [i for i in index.images if "sheet-" in str(i["src"])]
+    assert (report / "index.html").stat().st_size < 20_000 and all("tile-" in str(i["src"]) for i in index.images)
+    pages = {layer: parsed(report / info["page"]) for layer, info in manifest["layers"].items()}
+    for (layer, info), following in zip(manifest["layers"].items(), [*list(manifest["layers"])[1:], None]):
+        page = pages[layer]
+        assert all(i["loading"] == "lazy" and i["width"] and i["height"] and i["linked"] == "yes" for i in page.images + index.images)
+        assert [f for t, f in page.fragments if not t] == [f"ch{c}" for c in info["channels"]]  # the jump list, every channel
+        assert set(info["sheets"]) <= set(page.links)
+        assert (manifest["layers"][following]["page"] in page.links) if following else True
+        assert page.headings == [f"channel {c}" for c in info["channels"]]  # one title per channel, none inside its picture
+    assert "layer-pool1.html" in pages["relu6"].links  # and back
+
+
+def test_a_rerun_replaces_the_folder_whole_and_never_a_folder_of_other_files(tmp_path) -> None:
+    out = tmp_path / "report"
+    with Client() as client:
+        dataset = client.dataset(SAMPLES, 0, 20)
+        first = client.top(MODEL, dataset, [1], k=2, channels=[0, 1])
+        second = client.top(MODEL, dataset, [2], k=2, channels=[0])
+    report_module.write(first, out, report_module.Job(MODEL.name, "samples"))
+    assert (out / "layer-pool1.html").is_file() and (out / "pool1" / "tile-0001.png").is_file()
+    report_module.write(second, out, report_module.Job(MODEL.name, "samples"))
+    assert sorted(p.name for p in out.iterdir()) == ["images", "index.html", "layer-pool2.html", "manifest.json", "pool2", "state.npz"]
+    assert list(json.loads((out / "manifest.json").read_text())["layers"]) == ["pool2"] and TopK.load(out / "state.npz").layers.keys() == {"pool2"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report"]  # nothing left beside it
+
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(FailedPrecondition, match="holds notes.txt, which a top report does not write"):
+        report_module.write(first, out, report_module.Job(MODEL.name, "samples"))
+    result = top("--model", MODEL, "--layer", "1", "--data", SAMPLES, "--out", out)
+    assert result.exit_code == 1 and "holds notes.txt" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert (out / "notes.txt").read_text() == "mine" and (out / "layer-pool2.html").is_file()  # untouched
 
 
 @pytest.mark.slow
@@ -121,47 +201,31 @@ def test_bad_input_ends_in_one_line_and_leaves_no_finished_report(tmp_path) -> N
     assert not (out / "index.html").exists() and not (out / "manifest.json").exists()
 
 
-def chromium() -> tuple[str, str]:
-    """Debian's chromium and chromedriver (the Makefile's test target installs them), or skip with the reason."""
-    pytest.importorskip("selenium", reason="selenium is not installed")
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    driver = shutil.which("chromedriver")
-    if not browser or not driver:
-        pytest.skip("headless Chromium is not installed (apt-get install chromium chromium-driver; `make test` does it where it may)")
-    return browser, driver
-
-
 @pytest.mark.slow
 def test_the_report_opens_from_disk_in_headless_chromium(report, tmp_path) -> None:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
-
-    browser, driver_path = chromium()
-    options = Options()
-    options.binary_location = browser
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1400,1000"):
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(driver_path), options=options)
-    try:
+    with headless() as driver:
         pages = [report / "index.html", *sorted(report.glob("layer-*.html"))]
+        waiting = 0
         for page in pages:
             driver.get(page.as_uri())
-            images = driver.execute_script(
-                "return Array.from(document.images).map(i => [i.getAttribute('src'), i.complete, i.naturalWidth]);")
-            assert images and all(complete and width > 0 for _, complete, width in images), [i for i in images if not i[2]]
-            errors = [entry for entry in driver.get_log("browser") if entry["level"] in ("SEVERE", "ERROR")]
-            assert not errors, errors
+            images = "return Array.from(document.images).map(i => [i.getAttribute('src'), i.complete && i.naturalWidth > 0]);"
+            waiting += sum(not loaded for _, loaded in driver.execute_script(images))  # below the first screen: not loaded yet
+            driver.execute_script("document.querySelectorAll('img').forEach(i => { i.loading = 'eager'; });")
+            WebDriverWait(driver, 20).until(lambda d: all(loaded for _, loaded in d.execute_script(images)))
+            assert not console_errors(driver)
             shot = tmp_path / f"{page.stem}.png"
             assert driver.save_screenshot(str(shot))
             pixels = np.asarray(Image.open(shot).convert("L"))
             assert pixels.shape[1] >= 1000 and pixels.std() > 10  # something was drawn
+        assert waiting > 0  # lazy: a page loads the pictures of its first screen only
         driver.get(pages[0].as_uri())
         driver.find_element("link text", "relu6").click()
         assert driver.current_url.endswith("layer-relu6.html") and "channel 5" in driver.page_source
-    finally:
-        driver.quit()
+        driver.find_element("link text", "previous layer: pool1").click()
+        driver.find_element("css selector", "nav.jump a[href='#ch5']").click()
+        assert driver.current_url.endswith("layer-pool1.html#ch5")
+        top, scrolled, height = driver.execute_script("return [document.getElementById('ch5').getBoundingClientRect().top, scrollY, innerHeight]")
+        assert scrolled > 0 and 0 <= top < height / 2  # scrolled to it (the last channel: as far as the page goes)
 
 
 def test_resume_keeps_all_channels_of_layers_of_different_widths(tmp_path) -> None:

@@ -13,6 +13,7 @@ import typer
 from zfnet import extras
 from zfnet.client.cli import activations, common, convert_caffe, convert_torch, deconv, evaluate, filters, layers, mean, predict, top, train
 from zfnet.client.cli import correspondence, evolution, invariance, occlusion
+from zfnet.client.cli import explore
 from zfnet.client.cli import features, probe
 from zfnet.edge import edge
 
@@ -58,6 +59,7 @@ app.command("filters")(at_the_edge(filters.command))
 app.command("evolution")(at_the_edge(evolution.command))
 app.command("features")(at_the_edge(features.command))
 app.command("probe")(at_the_edge(probe.command, "probe"))
+app.command("explore")(at_the_edge(explore.command, "explore"))
 
 
 def main() -> None:

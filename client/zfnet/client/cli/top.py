@@ -52,6 +52,10 @@ def command(
     layers = _layers(layer, state)
     if k is not None and k <= 0:
         raise InvalidArgument(f"--k must be positive, got {k}")
+    if not scan_only:
+        from zfnet.client import report  # noqa: PLC0415  (matplotlib's fonts: only to draw)
+
+        report.check_replaceable(out)  # now, not after the job: the report will replace the folder whole
     for finished in ("index.html", "manifest.json"):  # an earlier report here must not pass for this job's
         (out / finished).unlink(missing_ok=True)
     console = Console(stderr=True)
