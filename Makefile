@@ -73,6 +73,7 @@ bench: install browser
 	$(PY) bench/occlusion_bench.py
 	$(PY) bench/transport_bench.py
 	$(PY) bench/features_bench.py
+	$(PY) bench/attribution_bench.py
 	$(PY) bench/explorer_bench.py
 
 # A real zfserver on loopback under load, hostile requests and uploads at once (a few minutes);

@@ -66,7 +66,7 @@ def run_zfnet(kind: str, size: int, stride: int, repeats: int) -> dict:
 
     if kind == "engine":
         model = load(MODEL.read_bytes(), MODEL.stem)
-        batch = to_batch([ImageInput(encoded=IMAGE.read_bytes())], model.input_shape)
+        batch = to_batch([ImageInput(encoded=IMAGE.read_bytes())], model.framing)
         out = measured(lambda: perturbation.complete(occlusion.run(model, batch, 5, size, stride, "mean")), repeats)
         sheet, out["batch"] = out["result"].sheets[0], out["result"].batch
     else:

@@ -170,7 +170,7 @@ def main() -> None:
     from rich.table import Table
 
     sys.path.insert(0, str(ROOT / "bench"))
-    from deconv_bench import machine
+    from sidebyside import machine
 
     floors, jobs = [], []
     for _ in range(args.repeats):  # alternated, best of each: other jobs on the machine come and go

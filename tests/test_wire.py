@@ -16,15 +16,18 @@ from zfnet.errors import REASONS, InvalidArgument, NotFound
 from zfnet.tensors import _TO_NUMPY
 from zfnet.topk import BY, TopK
 from zfnet.v1 import zfnet_pb2 as pb
-from zfnet.wire import common, deconv, features, invariance, top
+from zfnet.wire import attribution, common, deconv, features, gradcam, invariance, top, visualise
 from zfnet.wire.common import FILLS, DataSource, FillValue, ImageInput, Names, Progress, Skipped, StreamedImages, TrueClass, layer_key, layer_of, layer_proto
+from zfnet.wire.attribution import Attribution, AttributionResult, IntegratedGradientsRequest, SmoothGradRequest, Target, TargetUnit
 from zfnet.wire.correspondence import CorrespondenceResult, CorrespondenceScore
 from zfnet.wire.deconv import DeconvResult, Reconstruction
 from zfnet.wire.features import FeatureBatch, FeatureHeader, FeatureSpec, Pooling
+from zfnet.wire.gradcam import GradCamMap, GradCamRequest, GradCamResult
 from zfnet.wire.invariance import InvarianceResult, Sweep
 from zfnet.wire.models import LayerInfo, ModelInfo
 from zfnet.wire.occlusion import OcclusionMaps, OcclusionResult
 from zfnet.wire.predict import PredictResult
+from zfnet.wire.visualise import VisualisedUnit, VisualiseRequest, VisualiseResult
 
 WIRE = [importlib.import_module(f"zfnet.wire.{m.name}") for m in pkgutil.iter_modules(zfnet.wire.__path__)]
 
@@ -82,11 +85,17 @@ def test_name_tables_read_as_the_proto_documents_them() -> None:
     assert (invariance.BORDERS.names, invariance.BORDERS.default) == (("reflect", "constant"), "reflect")
     assert features.POOL_KINDS.names == ("none", "avg", "max", "grid")
     assert FILLS.number("0", "fill") == pb.FILL_ZERO  # the CLI's spelling of zero
+    assert (attribution.BASELINES.names, attribution.BASELINES.default) == (("black", "mean", "blurred"), "black")
+    assert attribution.INTEGRATION.default == "gauss_legendre" and attribution.INTEGRATION.number("gausslegendre", "method") == pb.GAUSS_LEGENDRE
+    assert (attribution.SMOOTHING.names, attribution.GRADIENTS.names) == (("smoothgrad", "smoothgrad_squared"), ("backprop", "guided"))
+    assert (gradcam.VARIANTS.names, visualise.OBJECTIVES.names) == (("grad_cam", "grad_cam_plus_plus"), ("channel", "neuron"))
 
 
 def test_the_engines_own_tables_agree_with_the_wire() -> None:
     pytest.importorskip("onnxruntime")
+    from zfnet.server import attribution as engine_attribution  # noqa: PLC0415
     from zfnet.server import deconv as engine_deconv  # noqa: PLC0415
+    from zfnet.server import gradcam as engine_gradcam  # noqa: PLC0415
     from zfnet.server import features as engine_features  # noqa: PLC0415
     from zfnet.server import invariance as engine_invariance  # noqa: PLC0415
     from zfnet.server import perturbation, projection  # noqa: PLC0415
@@ -99,6 +108,9 @@ def test_the_engines_own_tables_agree_with_the_wire() -> None:
     assert tuple(engine_invariance.TRANSFORMS) == invariance.TRANSFORMS.names
     assert tuple(engine_invariance.BORDERS) == invariance.BORDERS.names
     assert tuple(engine_features.POOLS) == features.POOL_KINDS.names
+    assert tuple(engine_attribution.BASELINES) == attribution.BASELINES.names
+    assert tuple(engine_attribution.INTEGRATION) == attribution.INTEGRATION.names
+    assert tuple(engine_gradcam.WEIGHTS) == gradcam.VARIANTS.names
     assert tuple(engine_features.DTYPES) == tuple(features.DTYPES)
     assert [pb.DataType.Name(code).lower() for code in features.DTYPES.values()] == list(features.DTYPES)
     with pytest.raises(InvalidArgument, match="choose one of mean, grey, zero"):
@@ -222,3 +234,51 @@ def test_images_and_model_info_survive_their_codec(tmp_path: Path) -> None:
     same(common.images_of(common.images_proto(images)), images)
     info = ModelInfo("ef" * 32, "m", "image", (-1, 3, 32, 32), "{}", ["a"], [LayerInfo(0, "conv1", "Conv", (-1, 8, 32, 32), 1, ("c1",))], "fc", "CPU")
     same(ModelInfo.from_proto(info.to_proto()), info)
+
+
+def test_attribution_requests_and_results_survive_their_codec() -> None:
+    ref = pb.ModelRef(name="m")
+    image = ImageInput.of(RNG.integers(0, 255, (4, 5, 3), dtype=np.uint8))
+    for request in (
+        IntegratedGradientsRequest([image], Target("relu6", ["3"]), "blurred", 7, "riemann_trapezoid", 2.5, 16),
+        IntegratedGradientsRequest([image]),
+        SmoothGradRequest([image], Target(None, ["cat", "dog"]), "smoothgrad_squared", "guided", 9, 0.25, 2**63, 4),
+        GradCamRequest([image], 5, Target(7, []), "grad_cam_plus_plus"),
+        GradCamRequest([image]),
+    ):
+        same(type(request).from_proto(request.to_proto(ref)), request)  # pyright: ignore[reportArgumentType]  (each request type reads its own message)
+    unit = TargetUnit(3, "cat", True, 2.5)
+    items = [Attribution("a", unit, RNG.random((3, 4, 4), np.float32), -0.25, RNG.random((3, 4, 4), np.float32)), Attribution("b", unit, RNG.random((3, 4, 4), np.float32), sigma=3.5)]
+    result = AttributionResult("integrated-gradients", "50 steps", "fc8", ["cat"], items, 32)
+    same(AttributionResult.from_proto(result.to_proto()), result)
+    maps = GradCamResult("pool5", "fc8", "grad_cam", "tokens", ["cat"], [GradCamMap("a", unit, RNG.random(8, np.float32), RNG.random((2, 2), np.float32), RNG.random((4, 4), np.float32))])
+    same(GradCamResult.from_proto(maps.to_proto()), maps)
+
+
+def test_visualise_requests_and_results_survive_their_codec() -> None:
+    request = VisualiseRequest(["3", "cat"], "relu5", "neuron", 10, 0.125, 7, 3, 0.25, 5.0, 2.0, 4, True)
+    same(VisualiseRequest.from_proto(request.to_proto(pb.ModelRef(name="m"))), request)
+    defaults = VisualiseRequest(["1"])  # floats travel as float32
+    same(VisualiseRequest.from_proto(defaults.to_proto(pb.ModelRef(name="m"))), replace(defaults, learning_rate=float(np.float32(defaults.learning_rate)), scale=float(np.float32(defaults.scale))))
+    unit = VisualisedUnit(3, "", RNG.random((2, 3, 4, 4), np.float32), RNG.random(2, np.float32), RNG.random((2, 8), np.float32), RNG.random(10, np.float32))
+    result = VisualiseResult("relu5", "channel", 10, 2**64 - 1, "pixels", [unit])
+    same(VisualiseResult.from_proto(result.to_proto()), result)
+
+
+@pytest.mark.parametrize(
+    ("make", "field"),
+    [
+        (lambda: IntegratedGradientsRequest([], steps=0), "steps"),
+        (lambda: IntegratedGradientsRequest([], steps=1, method="riemann_left"), "steps"),
+        (lambda: IntegratedGradientsRequest([], blur_sigma=0.0), "blur_sigma"),
+        (lambda: SmoothGradRequest([], noise_level=-0.1), "noise_level"),
+        (lambda: SmoothGradRequest([], samples=5000), "samples"),
+        (lambda: VisualiseRequest([]), "units"),
+        (lambda: VisualiseRequest(["1"], images_per_unit=17), "images_per_unit"),
+        (lambda: VisualiseRequest(["1"], scale=0.9), "scale"),
+    ],
+)
+def test_out_of_range_parameters_are_refused_naming_their_field(make, field: str) -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        make()
+    assert caught.value.field == field and field in str(caught.value)

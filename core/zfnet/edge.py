@@ -1,15 +1,16 @@
 """The command-line edge shared by ``zfclient`` and ``zfserver``: user errors become one line on
-stderr and exit code 1, never a traceback."""
+stderr and exit code 1, never a traceback; zfnet's warnings one line each."""
 
 from __future__ import annotations
 
 import functools
 import sys
+import warnings
 from collections.abc import Callable
 
 import typer
 
-from zfnet.errors import ZfnetError
+from zfnet.errors import ZfnetError, ZfnetWarning
 
 
 def edge(command: Callable) -> Callable:
@@ -18,7 +19,13 @@ def edge(command: Callable) -> Callable:
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         try:
-            return command(*args, **kwargs)
+            with warnings.catch_warnings():
+                warnings.simplefilter("default", ZfnetWarning)  # each message once per command
+                shown = warnings.showwarning
+                warnings.showwarning = lambda message, category, *rest, **options: (
+                    print(f"warning: {message}", file=sys.stderr) if issubclass(category, ZfnetWarning) else shown(message, category, *rest, **options)
+                )
+                return command(*args, **kwargs)
         except ZfnetError as err:
             print(f"error: {err}", file=sys.stderr)
             raise typer.Exit(1) from None

@@ -128,3 +128,7 @@ class Unauthenticated(ZfnetError):
 
     code = "UNAUTHENTICATED"
     reason = "UNAUTHENTICATED"
+
+
+class ZfnetWarning(UserWarning):
+    """Something the user may want to fix that does not stop the work (the CLI shows it as one line)."""

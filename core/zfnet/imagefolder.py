@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image
 
 from zfnet.errors import InvalidArgument, NotFound
+from zfnet.preprocessing import Framing
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp")
 
@@ -56,14 +57,14 @@ def scan(root: str | Path, classes: Sequence[str] | None = None) -> ImageFolder:
     return ImageFolder(root, order, files, np.asarray(labels, dtype=np.int64))
 
 
-def read_rgb(path: str | Path | BinaryIO, size: tuple[int, int] | None = None) -> np.ndarray:
-    """Decode an image file (or an open binary file) to an (H, W, 3) uint8 RGB array, resized to ``size`` = (H, W) when given."""
+def read_rgb(path: str | Path | BinaryIO, size: tuple[int, int] | Framing | None = None) -> np.ndarray:
+    """Decode an image file (or an open binary file) to an (H, W, 3) uint8 RGB array: as it is, resized
+    to ``size`` = (H, W), or framed as a model takes it (a :class:`~zfnet.preprocessing.Framing`: the
+    picture the model sees)."""
+    framing = Framing(*size) if isinstance(size, tuple) else size
     try:
         with Image.open(path) as img:
-            img = img.convert("RGB")
-            if size is not None and img.size != (size[1], size[0]):
-                img = img.resize((size[1], size[0]), Image.Resampling.BILINEAR)
-            return np.asarray(img, dtype=np.uint8)
+            return framing.picture(img) if framing is not None else np.asarray(img.convert("RGB"), dtype=np.uint8)
     except FileNotFoundError:
         raise NotFound(f"image {path} does not exist") from None
     except (OSError, Image.DecompressionBombError) as err:

@@ -123,9 +123,9 @@ def test_layers_prints_the_table_with_layer_numbers() -> None:
     by_name = {row[1]: row for row in rows}
     for name in ["conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8"]:
         assert name in by_name, f"{name} missing from\n{result.stdout}"
-    numbers = [int(row[4]) for row in rows if row[4]]
+    numbers = [int(row[5]) for row in rows if row[5]]
     assert numbers == list(range(1, 9))
-    assert by_name["fc8"][4] == "8" and by_name["fc8"][3] == "(N, 10)"
+    assert by_name["fc8"][5] == "8" and by_name["fc8"][3] == "(N, 10)" and by_name["conv1"][4] == "axis 1"
     assert "pool1.switches" not in result.stdout
 
 
@@ -140,7 +140,7 @@ def test_layers_shows_the_names_a_model_was_saved_with(tmp_path: Path, sample_im
     result = invoke("layers", "--model", path)
     ok(result)
     by_name = {row[1]: row for row in table_rows(result.stdout)}
-    assert by_name["3"][5] == "logits" and by_name["1"][2] == "Relu"
+    assert by_name["3"][6] == "logits" and by_name["1"][2] == "Relu"
     out = tmp_path / "out"
     ok(invoke("deconv", "--model", path, "--layer", "logits", "--image", sample_images[0], "--top", "2", "--out", out))
     assert len(list(out.glob("*_grid.png"))) == 1

@@ -12,7 +12,7 @@ from zfnet import imagefolder
 from zfnet.converters import expose
 from zfnet.converters.pytorch import export, zoo
 from zfnet.errors import InvalidArgument, NotFound
-from zfnet.server.layers import layer_table
+from zfnet.server.layers import layer_table, resolve
 
 MODULES = [f"{kind}{i}" for i in range(1, 6) for kind in ("conv", "bn", "relu")] + ["pool1", "pool2", "pool5"] + [
     "fc6", "relu6", "fc7", "relu7", "fc8",
@@ -109,8 +109,8 @@ def test_expose_pass_on_a_foreign_model() -> None:
     outputs = {o.name: expose.tensor_shape(o) for o in exposed.graph.output}
     assert outputs["features.conv"] == ["batch", 4, 8, 8]  # named after the module its node name's scopes give
     assert outputs["features.relu"] == ["batch", 4, 8, 8]
-    assert outputs["features.pool"] == ["batch", 4, 4, 4]
-    assert "features.pool.switches" in outputs
+    assert outputs["features"] == ["batch", 4, 4, 4]  # the pool's output is that of features too: the outermost names it
+    assert "features.switches" in outputs
     assert outputs["Flatten"] == ["batch", 64]
     assert "logits" in outputs  # a meaningful name is kept
     x = np.random.default_rng(1).normal(size=(2, 3, 8, 8)).astype(np.float32)
@@ -121,8 +121,11 @@ def test_expose_pass_on_a_foreign_model() -> None:
     again = expose.expose(exposed)
     assert [o.name for o in again.graph.output] == [o.name for o in exposed.graph.output]
     numbered = {row.number: row.name for row in layer_table(exposed) if row.number}
-    assert numbered == {1: "features.pool", 2: "logits"}
-    assert {row.name: row.aliases for row in layer_table(exposed)}["features.relu"] == ("12",)  # the name it had
+    assert numbered == {1: "features", 2: "logits"}
+    rows = {row.name: row for row in layer_table(exposed)}
+    assert rows["features.relu"].aliases == ("12",)  # the name it had
+    assert rows["features"].modules == ("features", "features.pool") and rows["logits"].modules == ("classifier",)
+    assert resolve(layer_table(exposed), "features.pool").name == "features" and not any(row.internal for row in rows.values())
 
 
 def test_load_weights_errors(tmp_path) -> None:

@@ -12,14 +12,38 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+import torch
 from PIL import Image
 
 from zfnet.converters.graph import PREPROCESSING_KEY, get_metadata
+from zfnet.server import attribution
 from zfnet.v1 import zfnet_pb2 as pb
 
 from service_testing import CIFAR10, Conn, encoded, still_serves  # noqa: F401  (shared with the service tests)
 
 TIMEOUT = 120  # a perturbation stream runs many forward passes
+
+
+def relative_l2(ours: np.ndarray, reference: np.ndarray) -> float:
+    return float(np.linalg.norm(ours - reference) / max(float(np.linalg.norm(reference)), 1e-12))
+
+
+def tensor(value: object) -> torch.Tensor:
+    """A Captum attribution of one input (typed as a tensor or a tuple of them): the tensor."""
+    assert isinstance(value, torch.Tensor), type(value)
+    return value
+
+
+def same_noise(samples: int, seed: int, image: int, sigma: float, shape: tuple[int, ...]):
+    """A stand-in for Captum's ``NoiseTunnel._add_noise_to_input`` that draws the server's noise for
+    image ``image`` (:func:`zfnet.server.attribution.noise`), so both sides average the same copies."""
+    noise = torch.from_numpy(np.stack([attribution.noise(seed, image, s, shape) * np.float32(sigma) for s in range(samples)]))
+
+    def add(input: torch.Tensor, stdev: float, nt_samples_partition: int) -> torch.Tensor:
+        assert nt_samples_partition == samples
+        return input.repeat_interleave(nt_samples_partition, dim=0) + noise
+
+    return staticmethod(add)
 
 
 def nchw(paths: list[Path]) -> np.ndarray:

@@ -11,11 +11,12 @@ import pytest
 from zfnet import imagefolder
 from zfnet.client.api import Client
 from zfnet.errors import InvalidArgument, NotFound
+from zfnet.preprocessing import Framing
 from zfnet.server.app import create_server
 from zfnet.server.datasets import DatasetStore, streamed_source
 from zfnet.server.images import ImageInput, to_batch
 
-SHAPE = [-1, 3, 32, 32]
+SHAPE = Framing(32, 32)  # a 32x32 RGB model input, images resized to it
 
 
 @pytest.fixture()

@@ -10,15 +10,18 @@ one facade per analysis (:mod:`zfnet.client.facades`); every result is a type of
 
 from __future__ import annotations
 
+from zfnet.client.facades.attribution import AttributionFacade
 from zfnet.client.facades.deconv import DeconvFacade
 from zfnet.client.facades.evolution import EvolutionFacade
 from zfnet.client.facades.features import FeaturesFacade
 from zfnet.client.facades.filters import FiltersFacade
 from zfnet.client.facades.perturbation import PerturbationFacade
 from zfnet.client.facades.predict import PredictFacade
+from zfnet.client.facades.visualise import VisualiseFacade
 
 
-class Client(PredictFacade, DeconvFacade, PerturbationFacade, EvolutionFacade, FeaturesFacade, FiltersFacade):
+class Client(PredictFacade, DeconvFacade, AttributionFacade, VisualiseFacade, PerturbationFacade, EvolutionFacade, FeaturesFacade, FiltersFacade):
     """Talks to a zfnet server (see :class:`~zfnet.client.transport.Transport` for ``target`` and
     ``connection``): models and data sets, then predict, activations, deconv, filters, occlusion,
-    invariance, correspondence, top, evolution and features."""
+    invariance, correspondence, top, evolution, features, Grad-CAM, integrated gradients, SmoothGrad,
+    input x gradient and feature visualisation."""

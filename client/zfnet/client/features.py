@@ -26,7 +26,6 @@ import hashlib
 import json
 import math
 import os
-import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -35,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from zfnet.client.names import safe_name
 from zfnet.errors import FailedPrecondition, InvalidArgument, NotFound
 from zfnet.version import __version__
 from zfnet.wire.features import PIXELS, FeatureBatch, FeatureHeader
@@ -55,7 +55,7 @@ def file_stems(names: Sequence[str]) -> list[str]:
     """A file-name-safe, unique stem per layer name (``labels`` stays reserved)."""
     stems: list[str] = []
     for name in names:
-        stem = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "layer"
+        stem = safe_name(name)
         base, k = stem, 1
         while stem in stems or stem == LABELS:
             k += 1

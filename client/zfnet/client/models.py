@@ -5,6 +5,7 @@ when the server has lost it."""
 from __future__ import annotations
 
 import hashlib
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,10 +13,12 @@ import grpc
 
 from zfnet import errors
 from zfnet.client.transport import Transport
+from zfnet.preprocessing import UnnormalisedInput, unnormalised
 from zfnet.v1 import zfnet_pb2 as pb
 from zfnet.wire.models import DatasetInfo, ModelDeleted, ModelInfo, UploadHeader, upload_requests
 
 PROTOBUF_LIMIT = 2 << 30  # bytes: the most one protobuf message (one ONNX model) can hold
+CHECK_PREPROCESSING = False  # zfclient sets it: each model a command uses that records no normalisation is warned about once
 REPLICA_CHECK_S = 10.0  # seconds a replica gets to answer HasModel before it counts as unreachable
 UPLOAD_TIMEOUT_S = 600.0
 
@@ -80,13 +83,22 @@ class Models(Transport):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._uploaded: dict[Path, str] = {}
+        self._checked: set[str] = set()
 
     def model_ref(self, model: str | Path) -> pb.ModelRef:
         """A local ``.onnx`` path is uploaded once (only if the server lacks it); else a name on the server."""
         path = Path(model)
-        if path.suffix == ".onnx" or path.exists():
-            return pb.ModelRef(sha256=self.ensure_model(path))
-        return pb.ModelRef(name=str(model))
+        ref = pb.ModelRef(sha256=self.ensure_model(path)) if path.suffix == ".onnx" or path.exists() else pb.ModelRef(name=str(model))
+        if CHECK_PREPROCESSING and str(model) not in self._checked:
+            self._checked.add(str(model))
+            self.check_preprocessing(model, ref)
+        return ref
+
+    def check_preprocessing(self, model: str | Path, ref: pb.ModelRef) -> None:
+        """Warn (:class:`~zfnet.preprocessing.UnnormalisedInput`) when the model records no input normalisation."""
+        message = unnormalised(str(model), self._call(self.stub.GetModelInfo, ref).preprocessing_json)
+        if message:
+            warnings.warn(message, UnnormalisedInput, stacklevel=2)
 
     def ensure_model(self, path: Path) -> str:
         """SHA-256 of a local model, uploading it when the server does not have it."""

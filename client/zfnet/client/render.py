@@ -12,6 +12,7 @@ import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from zfnet.client.names import safe_name  # noqa: E402
 from zfnet.errors import InvalidArgument  # noqa: E402
 from zfnet.wire.deconv import DeconvResult, Reconstruction  # noqa: E402
 
@@ -80,14 +81,15 @@ def write_deconv(result: DeconvResult, images: list[np.ndarray], names: list[str
     for index, (image, name) in enumerate(zip(images, names)):
         items = [r for r in result.reconstructions if r.image == index]
         folder = out / name
+        layer = safe_name(result.layer)
         for item in items:
-            stem = f"{result.layer}_ch{item.channel:04d}_{result.method}_{result.mode}"
+            stem = f"{layer}_ch{item.channel:04d}_{result.method}_{result.mode}"
             written.append(save_png(for_display(item.pixels), folder / f"{stem}.png", scale=4))
             if raw:
                 np.save(folder / f"{stem}.npy", item.pixels)
                 written.append(folder / f"{stem}.npy")
         title = f"{name} | layer {result.layer} | {result.method}, {result.mode} | input patch and reconstruction per channel"
-        written.append(deconv_grid(image, title, items, out / f"{name}_{result.layer}_{result.method}_grid.png"))
+        written.append(deconv_grid(image, title, items, out / f"{name}_{layer}_{result.method}_grid.png"))
     return written
 
 

@@ -30,6 +30,7 @@ import numpy as np
 from matplotlib import font_manager
 from PIL import Image, ImageDraw, ImageFont
 
+from zfnet.client.names import safe_name
 from zfnet.client.render import for_display
 from zfnet.errors import FailedPrecondition
 from zfnet.wire.common import Box
@@ -59,11 +60,6 @@ class Job:
 @functools.cache
 def _font(size: int) -> ImageFont.FreeTypeFont:
     return ImageFont.truetype(font_manager.findfont("DejaVu Sans"), size)
-
-
-def safe_name(text: str) -> str:
-    """A tensor name as a file name."""
-    return re.sub(r"[^A-Za-z0-9._-]", "_", text).strip("._") or "layer"
 
 
 def to_rgb(pixels: np.ndarray) -> np.ndarray:

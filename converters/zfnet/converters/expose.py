@@ -1,10 +1,15 @@
 """The expose pass: make every layer of any ONNX model readable by name.
 
-1. Tensors are renamed after the layer that produces them: the module path recorded by the
-   dynamo-based ``torch.onnx.export`` (``pkg.torch.onnx.name_scopes``), else the producing node's
-   name when the tensor's own name says nothing (``123``, ``/conv1/Conv_output_0``).
-   The names they had are kept as aliases (metadata ``zfnet.aliases``), so the graph's own output
-   name (``logits``) still selects its layer.
+1. Tensors are renamed after what computes them, from the module paths torch.onnx records (the
+   dynamo exporter's ``pkg.torch.onnx.name_scopes``, the legacy exporter's node names): a module's
+   output (the last tensor of a run of nodes inside it) is named after the module, so ``layer3.5``,
+   ``Mixed_6e`` or ``blocks.7`` is the block's output, never a same-shaped tensor inside it; a
+   tensor that is the output of several nested modules gets the outermost one's name, and the
+   others are recorded (metadata ``zfnet.modules``); a tensor computed inside a module that is not
+   its output is named after the module and its op (``Mixed_6e.avg_pool2d``) and recorded as
+   internal (``zfnet.internal``); any other tensor after its node's name where its own name says
+   nothing (``123``, ``/conv1/Conv_output_0``). The names they had are kept as aliases (metadata
+   ``zfnet.aliases``), so the graph's own output name still selects its layer.
 2. Every node whose op registry entry names a switches output (``MaxPool`` from opset 8: its
    ``Indices``) gets it, ``<layer>.switches``: the max-pool switches that a deconvnet unpools through.
 3. A float16, bfloat16 or float64 image input becomes a float32 one followed by a Cast, so every
@@ -21,6 +26,7 @@ import ast
 import json
 import re
 from collections import defaultdict
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
@@ -34,55 +40,106 @@ from zfnet.server.rules import FLOAT_TYPES
 SCOPES_KEY = "pkg.torch.onnx.name_scopes"
 EXPOSED_KEY = "zfnet.exposed"
 ALIASES_KEY = "zfnet.aliases"
+MODULES_KEY = "zfnet.modules"  # layer name -> the module calls whose output it is (JSON)
+INTERNAL_KEY = "zfnet.internal"  # layer names of tensors inside a module that are not its output (JSON list)
 SWITCHES_SUFFIX = ".switches"
 _NO_LAYER_NAME = {"Constant", "ConstantOfShape", "Shape", "Size", "Range", "NonZero"}  # never name a layer after these
 _MEANINGLESS = re.compile(r"^(\d+|onnx::.*|.*_output_\d+|val_\d+)$")
 
 
-def _module_of(node: onnx.NodeProto) -> str | None:
-    """The innermost module path of a node exported by torch.onnx, or None: from the name scopes the
-    dynamo exporter records, else from the legacy exporter's node name (``/features/features.1/block/
-    block.0/Relu`` is module ``features.1.block.0``: a scope that extends the one before it by
-    ``.child`` names that child)."""
+def _chain(node: onnx.NodeProto) -> tuple[list[str], str]:
+    """The module paths a node exported by torch.onnx runs inside, outermost first, and the node's
+    own name within its innermost module: from the name scopes the dynamo exporter records, else from
+    the legacy exporter's node name (``/features/features.1/block/block.0/Relu`` runs inside
+    ``features``, ``features.1``, ``features.1.block``, ``features.1.block.0``: a scope that extends
+    the one before it by ``.child`` names that child). ``([], "")`` for a node of no module."""
     for prop in node.metadata_props:
         if prop.key == SCOPES_KEY:
             try:
                 scopes = ast.literal_eval(prop.value)
             except (ValueError, SyntaxError):
-                return None
-            return str(scopes[-2]) if len(scopes) >= 3 and scopes[0] == "" else None
+                return [], ""
+            if len(scopes) < 3 or scopes[0] != "":
+                return [], ""
+            return [str(s) for s in scopes[1:-1]], str(scopes[-1])
     segments = node.name.split("/")
     if len(segments) < 3 or segments[0] or not all(segments[1:-1]):
-        return None
-    path, previous = [], None
+        return [], ""
+    path: list[str] = []
+    chain, previous = [], None
     for scope in segments[1:-1]:
         path.append(scope[len(previous) + 1 :] if previous and scope.startswith(previous + ".") else scope)
         previous = scope
-    return ".".join(path)
+        chain.append(".".join(path))
+    return chain, node.op_type
 
 
-def _layer_names(graph: onnx.GraphProto) -> dict[str, str]:
-    """Map old tensor names to layer names: one per module call, else per meaningful node name."""
-    renames: dict[str, str] = {}
-    used: set[str] = {v.name for v in graph.input} | {i.name for i in graph.initializer}
+@dataclass
+class Naming:
+    """What the expose pass calls the tensors of a model exported by torch.onnx."""
+
+    renames: dict[str, str] = field(default_factory=dict)  # old tensor name -> layer name
+    modules: dict[str, list[str]] = field(default_factory=dict)  # layer name -> the module calls it is the output of, outermost first
+    internal: list[str] = field(default_factory=list)  # layer names of tensors computed inside a module that are not its output
+
+
+def _module_outputs(nodes: list[onnx.NodeProto], chains: list[list[str]]) -> dict[str, list[str]]:
+    """Tensor -> the module calls whose output it is, outermost first. A call of module ``m`` is a run
+    of consecutive nodes inside ``m``; its output is the output of the run's last node (``m`` for the
+    first call, ``m:2`` for the second ...)."""
     calls: dict[str, int] = defaultdict(int)
-    nodes = [node for node in graph.node if node.op_type not in _NO_LAYER_NAME]
-    for i, node in enumerate(nodes):
-        module = _module_of(node)
-        recorded = any(p.key == SCOPES_KEY for p in node.metadata_props)  # else read from a node name: keep a meaningful tensor name
-        if module and not (i + 1 < len(nodes) and _module_of(nodes[i + 1]) == module):  # a module call's result:
-            calls[module] += 1  # the output of the last node of its run
-            name = module if calls[module] == 1 else f"{module}:{calls[module]}"
-            if not recorded and not _MEANINGLESS.match(node.output[0]):
+    outputs: dict[str, list[str]] = {}
+    for i, (node, chain) in enumerate(zip(nodes, chains)):
+        after = set(chains[i + 1]) if i + 1 < len(nodes) else set()
+        for module in chain:
+            if module not in after:
+                calls[module] += 1
+                outputs.setdefault(node.output[0], []).append(module if calls[module] == 1 else f"{module}:{calls[module]}")
+    return outputs
+
+
+def _layer_names(model: onnx.ModelProto) -> Naming:
+    """Name each tensor that depends on the image after what computes it: a module's output after the
+    module (the outermost one whose output it is; the others are recorded), a tensor inside a module
+    after that module and its op (``Mixed_6e.avg_pool2d``, ``layer3.5.Add``), any other after its
+    node's name where the tensor's own name says nothing."""
+    graph = model.graph
+    live = GraphIndex(model).live
+    nodes = [node for node in graph.node if node.op_type not in _NO_LAYER_NAME and node.output and node.output[0] in live]
+    chains, leaves = zip(*(_chain(node) for node in nodes)) if nodes else ((), ())
+    outputs = _module_outputs(nodes, list(chains))
+    naming = Naming()
+    used: set[str] = {v.name for v in graph.input} | {i.name for i in graph.initializer}
+    for node, chain, leaf in zip(nodes, chains, leaves):
+        old = node.output[0]
+        recorded = any(p.key == SCOPES_KEY for p in node.metadata_props)
+        keep = not recorded and not _MEANINGLESS.match(old)  # a name given at export (legacy exporter) stays
+        calls = outputs.get(old, [])
+        if calls:
+            name = old if keep else next((c for c in calls if c not in used), None)
+            if name is None:
                 continue
-        elif node.name and node.op_type not in _NO_LAYER_NAME and _MEANINGLESS.match(node.output[0]):
-            name = node.name.strip("/").replace("/", ".")
+            naming.modules[name] = calls
+        elif chain:
+            name = old if keep else _unused(f"{chain[-1]}.{leaf}", used)
+            naming.internal.append(name)
+        elif node.name and _MEANINGLESS.match(old):
+            name = _unused(node.name.strip("/").replace("/", "."), used)
         else:
             continue
-        if name not in used and node.output[0] not in renames:
-            renames[node.output[0]] = name
-            used.add(name)
-    return renames
+        used.add(name)
+        if name != old:
+            naming.renames[old] = name
+    return naming
+
+
+def _unused(name: str, used: set[str]) -> str:
+    """``name``, or ``name:2``, ``name:3`` ... the first not taken."""
+    k, candidate = 1, name
+    while candidate in used:
+        k += 1
+        candidate = f"{name}:{k}"
+    return candidate
 
 
 def _rename(model: onnx.ModelProto, renames: dict[str, str]) -> None:
@@ -190,9 +247,11 @@ def expose_indexed(model: onnx.ModelProto) -> tuple[onnx.ModelProto, GraphIndex]
     model = onnx.ModelProto.FromString(model.SerializeToString())
     set_versions(model)
     if get_metadata(model, EXPOSED_KEY) != "1":
-        renames = _layer_names(model.graph)
-        _rename(model, renames)
-        set_metadata(model, ALIASES_KEY, json.dumps(renames))
+        naming = _layer_names(model)
+        _rename(model, naming.renames)
+        set_metadata(model, ALIASES_KEY, json.dumps(naming.renames))
+        set_metadata(model, MODULES_KEY, json.dumps(naming.modules))
+        set_metadata(model, INTERNAL_KEY, json.dumps(naming.internal))
         _add_switches(model)
         _float32_input(model)
     try:

@@ -3,19 +3,22 @@
 Convention (every zfnet model): the graph input is a float32 (N, 3, H, W) batch of **RGB images in
 0..255**. Whatever the network was trained on (BGR order, mean subtraction, scaling) is done by
 nodes at the start of the graph (named ``preprocess/...``), and described in the metadata property
-``zfnet.preprocessing`` (JSON) for people and tools. So bare onnxruntime, the server and every zfnet
-call agree on the input, and reconstructions come back in image space.
+``zfnet.preprocessing`` (JSON) for people and tools, with the framing (resize, centre crop) that
+whoever decodes an image does before the graph (:mod:`zfnet.preprocessing`). So bare onnxruntime,
+the server and every zfnet call agree on the input, and reconstructions come back in image space.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+
+from zfnet.errors import InvalidArgument
+from zfnet.preprocessing import Preprocessing  # noqa: F401  (what the metadata records; the core defines it, the client reads it)
 
 OPSET = 18  # ScatterElements with reduction="add" (the unpooling rule) needs 16+
 IR_VERSION = 10  # onnx 1.23 stamps 14; onnxruntime 1.31 accepts at most 13
@@ -24,27 +27,6 @@ PREPROCESSING_KEY = "zfnet.preprocessing"
 CLASSES_KEY = "zfnet.classes"
 SOURCE_KEY = "zfnet.source"
 MEAN_INITIALIZER = "preprocess/mean_value"  # the mean prepend_preprocessing subtracts, (1, C, 1, 1) or (1, C, H, W)
-
-
-@dataclass
-class Preprocessing:
-    """``x' = (reorder(x) - mean) * scale`` on RGB 0..255 input; what the network was trained on."""
-
-    channel_order: str = "rgb"  # order the network expects: "rgb" or "bgr"
-    mean: list[float] | None = None  # per channel (in the network's order); see mean_source for per-pixel
-    mean_source: str | None = None  # e.g. "mean.binaryproto (per pixel, 3x32x32)"
-    scale: list[float] = field(default_factory=lambda: [1.0])  # one value, or one per channel
-    input_size: tuple[int, int] | None = None  # (H, W)
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self))
-
-    @classmethod
-    def from_json(cls, text: str) -> Preprocessing:
-        data = json.loads(text)
-        if data.get("input_size") is not None:
-            data["input_size"] = tuple(data["input_size"])
-        return cls(**data)
 
 
 def set_versions(model: onnx.ModelProto, opset: int = OPSET) -> onnx.ModelProto:
@@ -126,3 +108,28 @@ def prepend_preprocessing(
 def float_tensor_info(name: str, shape: Sequence[int | str | None]) -> onnx.ValueInfoProto:
     """A float32 value info with symbolic (str/None) or fixed dimensions."""
     return helper.make_tensor_value_info(name, TensorProto.FLOAT, list(shape))
+
+
+def image_input(model: onnx.ModelProto) -> tuple[str, tuple[int, int]]:
+    """The name and (H, W) of a model's image input, which must be (N, C, H, W) with H and W fixed."""
+    initializers = {i.name for i in model.graph.initializer}
+    inputs = [v for v in model.graph.input if v.name not in initializers]
+    if len(inputs) != 1:
+        raise InvalidArgument(f"the model must have one input (an image batch); it has {[v.name for v in inputs]}")
+    dims = [d.dim_value if d.HasField("dim_value") else 0 for d in inputs[0].type.tensor_type.shape.dim]
+    if len(dims) != 4 or not dims[2] or not dims[3]:
+        raise InvalidArgument(f"the model's input {inputs[0].name!r} must be (N, C, H, W) with fixed H and W")
+    return inputs[0].name, (dims[2], dims[3])
+
+
+def attach_preprocessing(model: onnx.ModelProto, preprocessing: Preprocessing) -> onnx.ModelProto:
+    """Give a model that records no normalisation the preprocessing it was trained with, in place: the
+    normalisation as ``preprocess/...`` nodes at its input, the whole recorded in its metadata."""
+    recorded = get_metadata(model, PREPROCESSING_KEY)
+    if recorded is not None and Preprocessing.from_json(recorded).normalises:
+        raise InvalidArgument(f"the model already records its preprocessing ({recorded}); attach it only to a model that records none")
+    name, size = image_input(model)
+    if preprocessing.input_size not in (None, size):
+        raise InvalidArgument(f"the preprocessing is for {preprocessing.input_size} images; the model takes {size}")
+    preprocessing.input_size = size
+    return prepend_preprocessing(model, preprocessing, input_name=name)

@@ -110,9 +110,10 @@ class FeatureSpec:
     name: str  # tensor name, or ``pixels``
     number: int | None  # the paper's layer number, when the tensor has one
     pooling: str  # as applied: none | avg | max | grid:S
-    layer_shape: tuple[int, ...]  # per image, before pooling
+    layer_shape: tuple[int, ...]  # per image, before pooling, channels first: (C, *spatial), (features, tokens)
     shape: tuple[int, ...]  # per image, after pooling; a row holds prod(shape) values, C order
     layer_dtype: str = "float32"  # the tensor's element type in the forward pass (the server's to know; not sent)
+    channel_axis: int = 1  # where the tensor has its channels (the server's to know; not sent)
 
     @property
     def size(self) -> int:

@@ -21,6 +21,9 @@ class LayerInfo:
     shape: tuple[int, ...]  # -1 for the batch (or any dynamic) dimension
     number: int  # > 0: the paper's layer number (LayerRef.number); 0: none
     aliases: tuple[str, ...]  # the tensor's names in the model as uploaded
+    modules: tuple[str, ...] = ()  # the module calls whose output it is, outermost first (LayerRef.name takes them)
+    internal: bool = False  # computed inside a module without being its output
+    channel_axis: int = 1  # the axis of its features (channels); locations are positions on the other axes but the batch's
 
 
 @dataclass(frozen=True)
@@ -41,14 +44,17 @@ class ModelInfo:
         return pb.ModelInfo(
             sha256=self.sha256, name=self.name, input_name=self.input_name, input_shape=self.input_shape,
             preprocessing_json=self.preprocessing_json, classes=self.classes, output_name=self.output_name, provider=self.provider,
-            layers=[pb.Layer(index=r.index, name=r.name, op=r.op, shape=r.shape, number=r.number, aliases=r.aliases) for r in self.layers],
+            layers=[
+                pb.Layer(index=r.index, name=r.name, op=r.op, shape=r.shape, number=r.number, aliases=r.aliases, modules=r.modules, internal=r.internal, channel_axis=r.channel_axis)
+                for r in self.layers
+            ],
         )
 
     @classmethod
     def from_proto(cls, message: pb.ModelInfo) -> ModelInfo:
         return cls(
             message.sha256, message.name, message.input_name, tuple(message.input_shape), message.preprocessing_json, list(message.classes),
-            [LayerInfo(r.index, r.name, r.op, tuple(r.shape), r.number, tuple(r.aliases)) for r in message.layers],
+            [LayerInfo(r.index, r.name, r.op, tuple(r.shape), r.number, tuple(r.aliases), tuple(r.modules), r.internal, r.channel_axis or 1) for r in message.layers],
             message.output_name, message.provider,
         )
 

@@ -111,17 +111,19 @@ def exposed(model: onnx.ModelProto, sha256: str) -> tuple[onnx.ModelProto, Graph
     return result, result_index
 
 
-def projection(sha256: str, layer: str, method: str, build: Callable[[], projection_graph.Projection]) -> projection_graph.Projection:
-    """A projection graph of (model, layer, method), from the cache or built by ``build()`` and stored."""
-    path = _folder(sha256) / f"projection-{method}-{hashlib.sha256(layer.encode()).hexdigest()[:16]}.onnx"
+def projection(sha256: str, layer: str, method: str, build: Callable[[], projection_graph.Projection], stop: str = "") -> projection_graph.Projection:
+    """A projection graph of (model, layer, method[, stop]), from the cache or built by ``build()`` and stored."""
+    key = layer if not stop else f"{layer}\0{stop}"
+    path = _folder(sha256) / f"projection-{method}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.onnx"
     cached = _read(path)
     if cached is not None:
         info = json.loads(get_metadata(cached, PROJECTION_KEY) or "{}")
-        if info.get("layer") == layer and info.get("method") == method:
-            return projection_graph.Projection(cached, layer, method, info["forward_tensors"], info.get("per_image", False))
+        if info.get("layer") == layer and info.get("method") == method and info.get("stop", "") == stop:
+            return projection_graph.Projection(cached, layer, method, info["forward_tensors"], info.get("per_image", False), stop)
     built = build()
     stored = onnx.ModelProto()
     stored.CopyFrom(built.model)
-    set_metadata(stored, PROJECTION_KEY, json.dumps({"layer": layer, "method": method, "forward_tensors": built.forward_tensors, "per_image": built.per_image}))
+    info = {"layer": layer, "method": method, "forward_tensors": built.forward_tensors, "per_image": built.per_image}
+    set_metadata(stored, PROJECTION_KEY, json.dumps(info | ({"stop": stop} if stop else {})))
     _write(path, stored)
     return built

@@ -21,6 +21,7 @@ import numpy as np
 
 from zfnet import imagefolder
 from zfnet.errors import InvalidArgument, NotFound, ZfnetError
+from zfnet.preprocessing import Framing
 from zfnet.server.images import MAX_IMAGE_PIXELS, DecodeGate, ImageInput, pixels, stack
 from zfnet.wire.common import Skipped
 
@@ -62,10 +63,10 @@ class Source:
     def count(self) -> int:
         return self.stop - self.start
 
-    def batches(self, input_shape: list[int]) -> Iterator[Batch]:  # pragma: no cover - interface
+    def batches(self, framing: Framing) -> Iterator[Batch]:  # pragma: no cover - interface
         raise NotImplementedError
 
-    def take(self, indices: Sequence[int] | np.ndarray, input_shape: list[int]) -> Iterator[Batch]:  # pragma: no cover - interface
+    def take(self, indices: Sequence[int] | np.ndarray, framing: Framing) -> Iterator[Batch]:  # pragma: no cover - interface
         """Only the images at ``indices`` (ascending; a job's second pass), in batches of ``batch_size``."""
         raise NotImplementedError
 
@@ -86,10 +87,10 @@ def _encoded_size(image: ImageInput) -> int:
     return len(image.encoded) if image.encoded is not None else PIECE_BYTES
 
 
-def _decode(image: ImageInput, input_shape: list[int], max_pixels: int, gate: DecodeGate | None) -> np.ndarray | str:
+def _decode(image: ImageInput, framing: Framing, max_pixels: int, gate: DecodeGate | None) -> np.ndarray | str:
     """One image's :func:`~zfnet.server.images.pixels`, or the reason it cannot be read."""
     try:
-        return pixels(image, 0, input_shape, max_pixels, gate)
+        return pixels(image, 0, framing, max_pixels, gate)
     except ZfnetError as err:
         return str(err)
 
@@ -145,13 +146,13 @@ class FolderSource(Source):
 
     folder: imagefolder.ImageFolder = field(kw_only=True)
 
-    def _read(self, index: int, input_shape: list[int]) -> np.ndarray | str:
+    def _read(self, index: int, framing: Framing) -> np.ndarray | str:
         path = self.folder.files[index]
         try:
             data = path.read_bytes()
         except OSError as err:
             return f"cannot read the file: {err.strerror or err}"
-        return _decode(ImageInput(encoded=data, label=self.path(index)), input_shape, self.max_pixels, self.gate)
+        return _decode(ImageInput(encoded=data, label=self.path(index)), framing, self.max_pixels, self.gate)
 
     def _size(self, index: int) -> int:
         try:
@@ -163,16 +164,16 @@ class FolderSource(Source):
         """The image's path relative to the data set (never the server's own paths)."""
         return self.folder.files[index].relative_to(self.folder.root).as_posix()
 
-    def batches(self, input_shape: list[int]) -> Iterator[Batch]:
-        return self.take(range(self.start, self.stop), input_shape)
+    def batches(self, framing: Framing) -> Iterator[Batch]:
+        return self.take(range(self.start, self.stop), framing)
 
-    def take(self, indices: Sequence[int] | np.ndarray, input_shape: list[int]) -> Iterator[Batch]:
+    def take(self, indices: Sequence[int] | np.ndarray, framing: Framing) -> Iterator[Batch]:
         """The images at ``indices`` (ascending) in batches; decoded in a thread pool, one batch ahead of the consumer."""
         bad = [int(i) for i in ([indices[0], indices[-1]] if len(indices) else []) if not 0 <= i < self.size]
         if bad:
             raise InvalidArgument(f"image index {bad[0]} is outside the data set's {self.size} images")
         chunks = ([int(i) for i in indices[b : b + self.batch_size]] for b in range(0, len(indices), self.batch_size))
-        jobs = ((chunk, [functools.partial(self._read, i, input_shape) for i in chunk], [self._size(i) for i in chunk]) for chunk in chunks)
+        jobs = ((chunk, [functools.partial(self._read, i, framing) for i in chunk], [self._size(i) for i in chunk]) for chunk in chunks)
         for chunk, decoded in _decoded_ahead(jobs):
             labels = [int(self.folder.labels[i]) for i in chunk]
             yield _assemble(chunk, labels, [self.path(i) for i in chunk], decoded, len(chunk))
@@ -184,15 +185,15 @@ class StreamedSource(Source):
 
     parts: Iterable[tuple[int, list[ImageInput], Sequence[int]]] = ()
 
-    def batches(self, input_shape: list[int]) -> Iterator[Batch]:
-        return self.take(range(self.start, self.stop), input_shape)
+    def batches(self, framing: Framing) -> Iterator[Batch]:
+        return self.take(range(self.start, self.stop), framing)
 
-    def take(self, indices: Sequence[int] | np.ndarray, input_shape: list[int]) -> Iterator[Batch]:
+    def take(self, indices: Sequence[int] | np.ndarray, framing: Framing) -> Iterator[Batch]:
         """The images at ``indices`` (ascending), as the client streams them: each ImageBatch holds the
         next wanted images, at consecutive data-set indices. Decoded in a thread pool, one batch ahead
         of the consumer."""
         jobs = (
-            (items, [functools.partial(_decode, image, input_shape, self.max_pixels, self.gate) for _, image, _ in items], [_encoded_size(image) for _, image, _ in items])
+            (items, [functools.partial(_decode, image, framing, self.max_pixels, self.gate) for _, image, _ in items], [_encoded_size(image) for _, image, _ in items])
             for items in self._chunks(indices)
         )
         for items, decoded in _decoded_ahead(jobs):

@@ -1,7 +1,9 @@
 """Deconv reconstruction (Zeiler & Fergus 2013, Sec. 2.1): choose activations, send them down.
 
 One forward pass serves every channel asked for on a batch of images; the projection graph then
-runs once per chunk of (image, channel) rows. Selection is pure numpy, kept apart for testing.
+runs once per chunk of (image, channel) rows. Selection is pure numpy, kept apart for testing: it
+sees the layer with its channel axis moved to axis 1 (:func:`channels_first`), and the signals go
+down in the layer's own layout (channels-last blocks, (N, tokens, features) layers).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import numpy as np
 
 from zfnet.errors import InvalidArgument, ResourceExhausted
 from zfnet.server import projection, runtime
+from zfnet.server.layers import named
 from zfnet.server.models import LoadedModel
 from zfnet.wire import deconv as wire
 from zfnet.wire.deconv import Reconstruction
@@ -28,8 +31,18 @@ class Selection:
     image_index: np.ndarray  # (M,) int64
     channel: np.ndarray  # (M,) int64
     value: np.ndarray  # (M,) float32: the activation (max) or the channel's maximum (map)
-    location: list[tuple[int, ...]]  # spatial position of that value
-    signal: np.ndarray  # (M, *layer shape) float32
+    location: list[tuple[int, ...]]  # position of that value on the axes other than the batch and channel axis
+    signal: np.ndarray  # (M, channels, *other axes) float32: the layer channels first
+
+
+def channels_first(model: LoadedModel, layer: str, activation: np.ndarray) -> np.ndarray:
+    """A layer's tensor (or signal) with its channel axis moved to axis 1 (a view)."""
+    return np.moveaxis(activation, named(model.layers, layer).channel_axis, 1)
+
+
+def in_layout(model: LoadedModel, layer: str, signal: np.ndarray) -> np.ndarray:
+    """Signals built channels first, in the layer's own layout (the inverse of :func:`channels_first`)."""
+    return np.ascontiguousarray(np.moveaxis(signal, 1, named(model.layers, layer).channel_axis))
 
 
 def choose_channels(activation: np.ndarray, channels: list[int] | None, top_k: int) -> list[list[int]]:
@@ -98,9 +111,9 @@ def reconstruct(model: LoadedModel, batch: np.ndarray, layer: str, channels: lis
         return _per_image(model, proj, proj_session, batch, layer, channels, top_k, mode)
     names = _fetched(model, proj, layer)
     forward = {model.input_name: batch, **runtime.run(model.session, names, {model.input_name: batch}, host=[layer])}
-    activation = forward[layer]
+    activation = channels_first(model, layer, forward[layer])
     selection = select(activation, choose_channels(activation, channels, top_k), mode)
-    pixels = project(proj, proj_session, forward, selection.signal, selection.image_index, batch.shape[1:])
+    pixels = project(proj, proj_session, forward, in_layout(model, layer, selection.signal), selection.image_index, batch.shape[1:])
     return _reconstructions(model, layer, mode, selection, pixels)
 
 
@@ -113,11 +126,13 @@ def _per_image(model: LoadedModel, proj: projection.Projection, proj_session, ba
                 for i in range(len(batch))]
     activation = np.concatenate([forward[layer] for forward in forwards])
     _check_images_apart(model, batch, layer, activation)
+    activation = channels_first(model, layer, activation)
     selection = select(activation, choose_channels(activation, channels, top_k), mode)
+    signal = in_layout(model, layer, selection.signal)
     pixels = np.zeros((len(selection.channel), *batch.shape[1:]), np.float32)
     for row, image in enumerate(selection.image_index):
         feeds = {projection.FORWARD_PREFIX + name: forwards[image][name] for name in proj.forward_tensors}
-        feeds.update({projection.SIGNAL: selection.signal[row : row + 1], projection.IMAGE_INDEX: np.zeros(1, np.int64)})
+        feeds.update({projection.SIGNAL: signal[row : row + 1], projection.IMAGE_INDEX: np.zeros(1, np.int64)})
         pixels[row] = proj_session.run([projection.RECONSTRUCTION], feeds)[0][0]
     return _reconstructions(model, layer, mode, selection, pixels)
 

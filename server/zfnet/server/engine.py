@@ -13,7 +13,7 @@ from dataclasses import replace
 import numpy as np
 
 from zfnet.errors import InvalidArgument, ResourceExhausted
-from zfnet.server import correspondence, datasets, deconv, evolution, features, filters, invariance, occlusion, runtime, top
+from zfnet.server import attribution, correspondence, datasets, deconv, evolution, features, filters, gradcam, gradients, invariance, occlusion, perturbation, runtime, top, visualise
 from zfnet.server.admission import Estimate, admitted, check_reply
 from zfnet.server.datasets import Batch, DatasetStore, Source
 from zfnet.server.images import MAX_IMAGE_PIXELS, DecodeGate, ImageInput, inspect, to_batch
@@ -21,13 +21,16 @@ from zfnet.server.layers import Layer, resolve
 from zfnet.server.models import PROJECTION_BUILD_FACTOR, LoadedModel, ModelStore
 from zfnet.server.outputs import probabilities
 from zfnet.server.perturbation import Steps
+from zfnet.wire.attribution import AttributionResult, InputXGradientRequest, IntegratedGradientsRequest, SmoothGradRequest
 from zfnet.wire.common import DataSource, ImageBatch, within
 from zfnet.wire.correspondence import CorrespondenceRequest, CorrespondenceResult
 from zfnet.wire.features import NONE, FeatureSpec, Pooling
 from zfnet.wire.filters import Filters
+from zfnet.wire.gradcam import GradCamRequest, GradCamResult
 from zfnet.wire.invariance import InvarianceRequest, InvarianceResult
 from zfnet.wire.occlusion import OcclusionRequest, OcclusionResult
 from zfnet.wire.predict import TOP_K, PredictResult
+from zfnet.wire.visualise import VisualiseRequest, VisualiseResult
 
 MAX_IMAGES = 1024  # per request
 DATASET_DECODE_BYTES = 256 << 20  # images being decoded at once across data-set jobs (one larger image decodes alone)
@@ -48,7 +51,7 @@ class Engine:
     def batch(self, model: LoadedModel, images: list[ImageInput]) -> np.ndarray:
         if len(images) > MAX_IMAGES:
             raise ResourceExhausted(f"{len(images)} images in one request; at most {MAX_IMAGES}", field="images", reason="TOO_MANY_IMAGES", metadata={"limit": MAX_IMAGES, "requested": len(images)})
-        return to_batch(images, model.input_shape, self.max_image_pixels)
+        return to_batch(images, model.framing, self.max_image_pixels)
 
     # -- admission ------------------------------------------------------------------------
     def estimate(self, model: LoadedModel, images: list[ImageInput], what: str, **parts: int) -> Estimate:
@@ -106,7 +109,7 @@ class Engine:
         row = resolve(model.layers, layer)
         if not channels and top_k <= 0:
             raise InvalidArgument(f"top_k must be positive, got {top_k}", field="channels.top_k", reason="VALUE_OUT_OF_RANGE")
-        count = row.shape[1] if len(row.shape) > 1 and isinstance(row.shape[1], int) and row.shape[1] > 0 else 1
+        count = row.channels if isinstance(row.channels, int) and row.channels > 0 else 1
         rows = len(images) * (len(channels) if channels else min(top_k, count))
         what = f"Deconv of {len(images)} image(s) x {rows // max(len(images), 1)} channel(s) of {row.name}"
         if rows > deconv.MAX_ROWS:
@@ -120,7 +123,7 @@ class Engine:
         estimate = self.estimate(
             model, images, what, signals=rows * footprint.tensors.get(row.name, 0),
             projection=min(rows, deconv.CHUNK_ROWS) * footprint.forward, reconstructions=3 * reply,
-            projection_build=0 if model.has_projection(row.name, method) else PROJECTION_BUILD_FACTOR * model.size,
+            projection_build=self._projection_build(model, row.name, method),
         )
         with self.admit(model, estimate, model.projection_key(row.name, method)):
             found = deconv.reconstruct(model, self.batch(model, images), row.name, channels, top_k, mode, method)
@@ -146,6 +149,84 @@ class Engine:
             model, self.batch(model, request.images), request.parts, request.boxes, request.random_trials, request.seed,
             request.layers, request.fill, request.max_batch, [image.label for image in request.images],
         )
+
+    def grad_cam(self, model: LoadedModel, request: GradCamRequest) -> GradCamResult:
+        """Grad-CAM or Grad-CAM++ of the request's images (see :func:`zfnet.server.gradcam.run`)."""
+        row = perturbation.last_conv(model) if request.layer is None else resolve(model.layers, request.layer)
+        target = gradients.target_layer(model, request.target.layer)
+        n, footprint = len(request.images), model.footprint
+        what = f"GradCam of {n} image(s) at {row.name}"
+        reply = n * (footprint.input // model.input_shape[1] + footprint.tensors.get(row.name, 0))
+        check_reply(reply, what, "send fewer images per request")
+        estimate = self.estimate(
+            model, request.images, what, projection=FORWARD_FACTOR * n * footprint.forward, maps=3 * reply,
+            projection_build=self._projection_build(model, target.name, "backprop", row.name),
+        )
+        with self.admit(model, estimate, model.projection_key(target.name, "backprop", row.name)):
+            labels = [image.label for image in request.images]
+            return gradcam.run(model, self.batch(model, request.images), row, target, request.target.units, request.variant, labels)
+
+    def integrated_gradients(self, model: LoadedModel, request: IntegratedGradientsRequest) -> Steps[AttributionResult]:
+        """Integrated gradients of the request's images (see :func:`zfnet.server.attribution.integrated_gradients`)."""
+        target = gradients.target_layer(model, request.target.layer)
+        what = f"IntegratedGradients of {len(request.images)} image(s), {request.steps} steps"
+        with self._gradient_copies(model, request.images, what, target.name, "backprop", request.max_batch, baselines=True):
+            return (yield from attribution.integrated_gradients(model, self.batch(model, request.images), target, request, self._labels(request.images)))
+
+    def smoothgrad(self, model: LoadedModel, request: SmoothGradRequest) -> Steps[AttributionResult]:
+        """SmoothGrad of the request's images (see :func:`zfnet.server.attribution.smoothgrad`)."""
+        target = gradients.target_layer(model, request.target.layer)
+        what = f"SmoothGrad of {len(request.images)} image(s), {request.samples} samples"
+        with self._gradient_copies(model, request.images, what, target.name, request.method, request.max_batch):
+            return (yield from attribution.smoothgrad(model, self.batch(model, request.images), target, request, self._labels(request.images)))
+
+    def input_x_gradient(self, model: LoadedModel, request: InputXGradientRequest) -> AttributionResult:
+        """Input x gradient of the request's images (see :func:`zfnet.server.attribution.input_x_gradient`)."""
+        target = gradients.target_layer(model, request.target.layer)
+        what = f"InputXGradient of {len(request.images)} image(s)"
+        with self._gradient_copies(model, request.images, what, target.name, "backprop", 1):
+            batch = self.batch(model, request.images)
+            return perturbation.complete(attribution.input_x_gradient(model, batch, target, request.target.units, self._labels(request.images)))
+
+    def visualise(self, model: LoadedModel, request: VisualiseRequest) -> Steps[VisualiseResult]:
+        """Feature visualisation by optimisation (see :func:`zfnet.server.visualise.run`)."""
+        row = resolve(model.layers, model.output_name if request.layer is None else request.layer)
+        footprint, images = model.footprint, len(request.units) * request.images_per_unit
+        what = f"VisualiseFeatures of {len(request.units)} unit(s) of {row.name}, {request.steps} steps"
+        reply = images * footprint.input + len(request.units) * 4 * request.steps
+        check_reply(reply, what, "ask for fewer units or steps per request")
+        per_batch = min(images, perturbation.copies_per_batch(model, 0, perturbation.MEMORY_BUDGET // 2))
+        estimate = Estimate(what, {
+            "optimised images": 8 * images * footprint.input, "forward and projection": 2 * FORWARD_FACTOR * per_batch * footprint.forward,
+            "reply": 2 * reply,
+            "projection build": self._projection_build(model, row.name, "backprop") + self._projection_build(model, row.name, "deconvnet"),
+        })
+        pins = (model.projection_key(row.name, "backprop"), model.projection_key(row.name, "deconvnet"))
+        with self.admit(model, estimate, *pins, until_reply=False):
+            return (yield from visualise.run(model, row, request))
+
+    def _projection_build(self, model: LoadedModel, layer: str, method: str, stop: str = "") -> int:
+        """What building a projection session costs, 0 when it is built already."""
+        return 0 if model.has_projection(layer, method, stop) else PROJECTION_BUILD_FACTOR * model.size
+
+    def _gradient_copies(
+        self, model: LoadedModel, images: list[ImageInput], what: str, layer: str, method: str, max_batch: int, baselines: bool = False,
+    ) -> AbstractContextManager[None]:
+        """Admit a gradient analysis over copies of ``images``: a batch of copies forwarded and
+        projected at a time, the images' sums, (baselines,) and the reply; for the whole request."""
+        n, footprint = len(images), model.footprint
+        reply = (2 if baselines else 1) * n * footprint.input
+        check_reply(reply, what, "send fewer images per request")
+        copies = perturbation.copies_per_batch(model, max_batch, perturbation.MEMORY_BUDGET // 2)
+        estimate = self.estimate(
+            model, images, what, copies=copies * (3 * footprint.input + 2 * FORWARD_FACTOR * footprint.forward), sums=n * footprint.input,
+            baselines=n * footprint.input if baselines else 0, reply=3 * reply, projection_build=self._projection_build(model, layer, method),
+        )
+        return self.admit(model, estimate, model.projection_key(layer, method), until_reply=False)
+
+    @staticmethod
+    def _labels(images: list[ImageInput]) -> list[str]:
+        return [image.label for image in images]
 
     def source(self, data: DataSource, parts: Iterable[ImageBatch] = ()) -> Source:
         """The images a data-set job reads: a named data set, or the ImageBatch ``parts`` the client streams."""

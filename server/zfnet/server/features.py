@@ -112,25 +112,26 @@ def plan(
     others and to ``pixels``."""
     if not layers:
         raise InvalidArgument("no layers asked for", field="job.layers", reason="FIELD_REQUIRED")
-    resolved: list[tuple[str, int | None, Pooling | None]] = []
+    resolved: list[tuple[str, int | None, Pooling | None, int]] = []
     for layer, pooling in layers:
         if layer == PIXELS:
-            resolved.append((PIXELS, None, pooling))
+            resolved.append((PIXELS, None, pooling, 1))
         else:
             row = resolve(model.layers, layer)
-            resolved.append((row.name, row.number, pooling))
-    names = [name for name, _, _ in resolved]
+            resolved.append((row.name, row.number, pooling, row.channel_axis))
+    names = [name for name, _, _, _ in resolved]
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
         raise InvalidArgument(f"layer(s) {', '.join(twice)} asked for more than once")
     tensors = _tensors(model, [n for n in names if n != PIXELS])
     tensors[PIXELS] = (tuple(model.input_shape[1:]), "float32")
     out = []
-    for name, number, pooling in resolved:
-        shape, element = tensors[name]
+    for name, number, pooling, axis in resolved:
+        stored, element = tensors[name]
+        shape = (stored[axis - 1], *stored[: axis - 1], *stored[axis:])  # channels first
         if pooling is None:
             pooling = default if name != PIXELS and len(shape) >= 2 else NONE
-        out.append(FeatureSpec(name, number, str(pooling), shape, pooling.shape(name, shape), element))
+        out.append(FeatureSpec(name, number, str(pooling), shape, pooling.shape(name, shape), element, axis))
     return out
 
 
@@ -146,7 +147,7 @@ def _tensors(model: LoadedModel, names: list[str]) -> dict[str, tuple[tuple[int,
 
 class Head:
     """The graph that turns one forward pass's tensors into feature rows: each layer cast to float32,
-    pooled by its rule, flattened to (n, D) and cast to the stored type. onnxruntime runs it right
+    its channel axis turned to axis 1, pooled by its rule, flattened to (n, D) and cast to the stored type. onnxruntime runs it right
     after the model, on the same device, so only the pooled rows reach the host."""
 
     def __init__(self, layers: Sequence[FeatureSpec], dtype: str) -> None:
@@ -154,10 +155,12 @@ class Head:
         graph, inputs, outputs = HeadGraph(), [], []
         for k, layer in enumerate(layers):
             element = helper.np_dtype_to_tensor_dtype(np.dtype(layer.layer_dtype))
-            x = f"layer{k}"
-            inputs.append(helper.make_tensor_value_info(x, element, ["n", *layer.layer_shape]))
+            x, axis, shape = f"layer{k}", layer.channel_axis, layer.layer_shape
+            inputs.append(helper.make_tensor_value_info(x, element, ["n", *shape[1:axis], shape[0], *shape[axis:]]))
             if element != TensorProto.FLOAT:
                 x = graph.node("Cast", [x], f"{x}/float", to=TensorProto.FLOAT)
+            if axis != 1:  # channels first, as pooling and rows have them
+                x = graph.node("Transpose", [x], f"{x}/channels_first", perm=[0, axis, *(a for a in range(1, len(shape) + 1) if a != axis)])
             pooling = Pooling.parse(layer.pooling)
             x = POOLS[pooling.kind](graph, x, layer.layer_shape, pooling.grid)
             x = graph.node("Flatten", [x], f"{x}/rows", axis=1)
@@ -206,7 +209,7 @@ def run(model: LoadedModel, layers: Sequence[FeatureSpec], source: Source, dtype
     """Every batch of ``source`` in data-set order with its rows per layer; a batch whose images
     were all skipped comes with empty arrays."""
     stored = feature_dtype(dtype)
-    for batch in source.batches(model.input_shape):
+    for batch in source.batches(model.framing):
         if len(batch.indices):
             rows = extract(model, layers, batch.inputs, dtype)
         else:

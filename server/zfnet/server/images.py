@@ -1,5 +1,6 @@
-"""Request images -> the model's input batch: decode, RGB, resize to the input size, float32 NCHW
-in 0..255. Everything else (mean, scale, channel order) is done by the model's own graph.
+"""Request images -> the model's input batch: decode, RGB, frame to the input size as the model
+records (:class:`zfnet.preprocessing.Framing`: resize the shorter side and centre-crop, or resize),
+float32 NCHW in 0..255. Everything else (mean, scale, channel order) is done by the model's own graph.
 
 Image headers are read before any pixel is decoded: an image larger than ``max_pixels``, with no
 pixels, or in a mode Pillow cannot turn into RGB is refused, and :func:`inspect` says what
@@ -19,6 +20,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from zfnet.errors import InvalidArgument, ResourceExhausted
+from zfnet.preprocessing import Framing
 from zfnet.wire.common import ImageInput
 
 MAX_IMAGE_PIXELS = 64 << 20  # default bound on one request image (about 8200 x 8200)
@@ -124,14 +126,6 @@ def inspect(image: ImageInput, index: int, max_pixels: int = MAX_IMAGE_PIXELS) -
     raise InvalidArgument(f"{what}: no image data", field=f"images[{index}]", reason="FIELD_REQUIRED")
 
 
-def _resize(rgb: np.ndarray, height: int, width: int) -> np.ndarray:
-    """(H, W, 3) RGB at (height, width): PIL's bilinear filter, uint8 stays uint8."""
-    if rgb.dtype == np.uint8:
-        return np.asarray(Image.fromarray(rgb).resize((width, height), Image.Resampling.BILINEAR))
-    channels = [np.asarray(Image.fromarray(rgb[..., c].astype(np.float32), mode="F").resize((width, height), Image.Resampling.BILINEAR)) for c in range(3)]
-    return np.stack(channels, axis=-1)
-
-
 class DecodeGate:
     """Bounds the bytes of images being decoded at once across threads (data-set jobs decode on
     several, and several jobs may run): a decode waits, in arrival order, until its cost fits under
@@ -184,10 +178,10 @@ def decoded(image: ImageInput, index: int, max_pixels: int = MAX_IMAGE_PIXELS, g
     raise InvalidArgument(f"{what}: no image data", field=f"images[{index}]", reason="FIELD_REQUIRED")
 
 
-def pixels(image: ImageInput, index: int, input_shape: list[int], max_pixels: int = MAX_IMAGE_PIXELS, gate: DecodeGate | None = None) -> np.ndarray:
-    """One image at the model's input size, channels last: (H, W, 3) RGB as decoded (uint8 or
+def pixels(image: ImageInput, index: int, framing: Framing, max_pixels: int = MAX_IMAGE_PIXELS, gate: DecodeGate | None = None) -> np.ndarray:
+    """One image framed to the model's input, channels last: (H, W, 3) RGB as decoded (uint8 or
     float32), or a model_input tensor's (C, H, W) values as (H, W, C). :func:`stack` makes the batch."""
-    channels, height, width = input_shape[1:]
+    channels, height, width = framing.channels, framing.height, framing.width
     if image.model_input is not None:
         if list(image.model_input.shape) != [channels, height, width]:
             raise InvalidArgument(f"image {index}: model_input must be {[channels, height, width]}, got {list(image.model_input.shape)}", field=f"images[{index}].model_input.shape", reason="BAD_TENSOR")
@@ -196,7 +190,7 @@ def pixels(image: ImageInput, index: int, input_shape: list[int], max_pixels: in
     if channels != 3:
         raise InvalidArgument(f"this model takes {channels} input channels; send model_input tensors, not RGB images", field=f"images[{index}]")
     with decoded(image, index, max_pixels, gate) as rgb:
-        return rgb if rgb.shape[:2] == (height, width) else _resize(rgb, height, width)
+        return framing.frame(rgb)
 
 
 def stack(images: list[np.ndarray]) -> np.ndarray:
@@ -205,8 +199,8 @@ def stack(images: list[np.ndarray]) -> np.ndarray:
     return np.ascontiguousarray(np.stack(images).transpose(0, 3, 1, 2), dtype=np.float32)
 
 
-def to_batch(images: list[ImageInput], input_shape: list[int], max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+def to_batch(images: list[ImageInput], framing: Framing, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
     """Stack request images into the model's (N, C, H, W) float32 input."""
     if not images:
         raise InvalidArgument("the request has no images", field="images", reason="FIELD_REQUIRED")
-    return stack([pixels(image, i, input_shape, max_pixels) for i, image in enumerate(images)])
+    return stack([pixels(image, i, framing, max_pixels) for i, image in enumerate(images)])

@@ -32,6 +32,7 @@ from zfnet.converters import expose
 from zfnet.converters.graph import CLASSES_KEY, PREPROCESSING_KEY, get_metadata
 from zfnet.converters.index import GraphIndex
 from zfnet.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
+from zfnet.preprocessing import Framing
 from zfnet.server import cache, projection, runtime
 from zfnet.server.admission import MAX_INPUT_PIXELS, Estimate, Footprint, MemoryBudget, fmt_bytes, value_bytes
 from zfnet.server.layers import Layer, ReceptiveFields, layer_table
@@ -59,6 +60,7 @@ class LoadedModel:
     session: ort.InferenceSession | runtime.FixedBatchSession
     input_name: str
     input_shape: list[int]  # (-1, C, H, W)
+    framing: Framing  # how an image of any size becomes its input picture
     output_name: str
     layers: list[Layer]
     preprocessing_json: str
@@ -66,7 +68,7 @@ class LoadedModel:
     receptive_fields: ReceptiveFields
     budget: MemoryBudget | None = None  # the store's, which holds the cached projection sessions
     index: GraphIndex | None = None  # the exposed model's graph index, shared by the layer table, fields and projections
-    _projections: dict[tuple[str, str], tuple[projection.Projection, ort.InferenceSession]] = field(default_factory=dict)
+    _projections: dict[tuple[str, str, str], tuple[projection.Projection, ort.InferenceSession]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -79,34 +81,36 @@ class LoadedModel:
         """Bytes per image of its input and exposed activations, for admission estimates."""
         return Footprint.of(self.model)
 
-    def projection_key(self, layer: str, method: str) -> tuple[str, str, str, str]:
-        return ("projection", self.sha256, layer, method)
+    def projection_key(self, layer: str, method: str, stop: str = "") -> tuple[str, ...]:
+        return ("projection", self.sha256, layer, method) + ((stop,) if stop else ())
 
-    def has_projection(self, layer: str, method: str) -> bool:
-        """Whether the projection session of (layer, method) is built (else the next use builds it)."""
+    def has_projection(self, layer: str, method: str, stop: str = "") -> bool:
+        """Whether the projection session of (layer, method[, stop]) is built (else the next use builds it)."""
         with self._lock:
-            return (layer, method) in self._projections
+            return (layer, method, stop) in self._projections
 
-    def projection(self, layer: str, method: str) -> tuple[projection.Projection, ort.InferenceSession]:
-        """The projection graph and its session for (layer, method), built once (until evicted)."""
-        key = (layer, method)
+    def projection(self, layer: str, method: str, stop: str = "") -> tuple[projection.Projection, ort.InferenceSession]:
+        """The projection graph and its session for (layer, method), to the input or to the inner
+        tensor ``stop`` (see :func:`projection.build`), built once (until evicted)."""
+        key = (layer, method, stop)
         with self._lock:
             built = key not in self._projections
             if built:
-                graph = cache.projection(self.sha256, layer, method, lambda: projection.build(self.index or self.model, layer, method))
+                graph = cache.projection(self.sha256, layer, method, lambda: projection.build(self.index or self.model, layer, method, stop), stop)
                 data = graph.model.SerializeToString()
                 self._projections[key] = (graph, runtime.session(data))
             found = self._projections[key]
         if self.budget is not None:
-            budget_key = self.projection_key(layer, method)
+            budget_key = self.projection_key(*key)
             if built:
                 cost = PROJECTION_FACTOR * len(data) + PROJECTION_OVERHEAD
-                self.budget.hold(budget_key, cost, f"projection {layer}/{method} of model {self.name!r}", lambda: self._drop_projection(key))
+                what = f"projection {layer}/{method}" + (f" to {stop}" if stop else "")
+                self.budget.hold(budget_key, cost, f"{what} of model {self.name!r}", lambda: self._drop_projection(key))
             else:
                 self.budget.touch(budget_key)
         return found
 
-    def _drop_projection(self, key: tuple[str, str]) -> None:
+    def _drop_projection(self, key: tuple[str, str, str]) -> None:
         with self._lock:
             self._projections.pop(key, None)
 
@@ -116,8 +120,8 @@ class LoadedModel:
             keys = list(self._projections)
             self._projections.clear()
         if self.budget is not None:
-            for layer, method in keys:
-                self.budget.release(self.projection_key(layer, method))
+            for key in keys:
+                self.budget.release(self.projection_key(*key))
 
 
 def _tensors(message) -> Iterator[onnx.TensorProto]:
@@ -211,10 +215,15 @@ def load(
         session = runtime.FixedBatchSession(session, inputs[0].name, input_shape[0], batch_axes(index))
         input_shape[0] = -1
     classes = json.loads(get_metadata(exposed, CLASSES_KEY) or "[]")
+    recorded = get_metadata(exposed, PREPROCESSING_KEY) or "{}"
+    try:
+        framing = Framing.of(input_shape, recorded)
+    except (ValueError, TypeError, InvalidArgument) as err:
+        raise InvalidArgument(f"model {name!r}: its recorded preprocessing ({PREPROCESSING_KEY}) cannot be read: {err}", reason="BAD_MODEL") from None
     return LoadedModel(
         sha256=sha256, name=name, size=len(data), model=exposed, session=session,
-        input_name=inputs[0].name, input_shape=input_shape, output_name=exposed.graph.output[0].name,
-        layers=layer_table(index), preprocessing_json=get_metadata(exposed, PREPROCESSING_KEY) or "{}", classes=classes,
+        input_name=inputs[0].name, input_shape=input_shape, framing=framing, output_name=exposed.graph.output[0].name,
+        layers=layer_table(index), preprocessing_json=recorded, classes=classes,
         receptive_fields=ReceptiveFields(index), index=index,
     )
 

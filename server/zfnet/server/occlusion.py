@@ -74,7 +74,8 @@ def run(
     base_probs, applied = perturbation.base_probabilities(model, base)
     truth = perturbation.true_classes(model, true_classes or [], base_probs)
     projections, error = _projections(model, batch, row.name)
-    strength = base[row.name].reshape(len(batch), base[row.name].shape[1], -1).max(axis=2)
+    first = np.moveaxis(base[row.name], row.channel_axis, 1)  # the layer's channels on axis 1
+    strength = first.reshape(len(batch), first.shape[1], -1).max(axis=2)
     channels = [p.channel for p in projections] if projections else list(np.argmax(strength, axis=1))
     shape = (len(where.tops), len(where.lefts))
     maps = []
@@ -82,7 +83,7 @@ def run(
         channel = int(channels[i])
 
         def reduce(outputs: dict[str, np.ndarray], channel: int = channel) -> dict[str, np.ndarray]:
-            activation = outputs[row.name][:, channel]
+            activation = np.take(outputs[row.name], channel, axis=row.channel_axis)
             return {"total": activation.reshape(len(activation), -1).sum(axis=1), "probs": perturbation.output_probabilities(model, outputs, applied)}
 
         kept = yield from perturbation.run(
@@ -94,7 +95,7 @@ def run(
         label = labels[i] if labels else ""
         maps.append(OcclusionMaps(
             label=label, true_class=truth[i], channel=channel,
-            channel_total=float(base[row.name][i, channel].sum()),
+            channel_total=float(first[i, channel].sum()),
             true_class_probability=float(base_probs[i, truth[i].index]), top_class=int(np.argmax(base_probs[i])),
             layer_total=kept["total"].reshape(shape).astype(np.float32),
             projection=replace(projections[i], label=label) if projections else None, projection_error=error,

@@ -16,19 +16,25 @@ tensor's layout, with the M rows on that tensor's batch axis (which transposes m
 
 from __future__ import annotations
 
-import itertools
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
+
+import logging
+import time
 
 import numpy as np
 import onnx
-from numpy.typing import DTypeLike
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
 from zfnet.converters import expose
 from zfnet.converters.graph import IR_VERSION, OPSET
 from zfnet.converters.index import GraphIndex, Node
 from zfnet.errors import FailedPrecondition, InvalidArgument
+from zfnet.server import runtime
 from zfnet.server.rules import FLOAT_TYPES, batch_axes, lookup_node, supported
+from zfnet.server.rules.emitter import Emitter
+
+log = logging.getLogger("zfnet.server")
 
 METHODS = ("deconvnet", "backprop", "guided")
 SIGNAL, IMAGE_INDEX, RECONSTRUCTION = "signal", "image_index", "reconstruction"
@@ -44,6 +50,7 @@ class Projection:
     method: str
     forward_tensors: list[str]  # names in the forward model, its image input included; fed as ``fwd/<name>``
     per_image: bool = False  # run one row at a time on one image's forward values (see :func:`build`)
+    stop: str = ""  # the tensor whose signal is the output ("": the image input)
 
 
 def one_image(index: GraphIndex) -> GraphIndex | None:
@@ -83,22 +90,21 @@ def index_for(index: GraphIndex, layer: str) -> tuple[GraphIndex, bool]:
     return one, True
 
 
-class Builder:
+class Builder(Emitter):
     """Accumulates the nodes of one projection graph; the API the backward rules are written in."""
 
     def __init__(self, index: GraphIndex, method: str, per_image: bool = False) -> None:
         if method not in METHODS:
             raise InvalidArgument(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+        super().__init__()
         self.method = method
         self.index = index
-        self.nodes: list[onnx.NodeProto] = []
-        self.initializers: list[TensorProto] = []
         self._gathered: dict[str, str] = {}
         self._copied: dict[str, str] = {}
-        self._counter = itertools.count()
         self._batch = batch_axes(index)
         self.per_image = per_image  # shapes are the forward pass's own (batch 1), one row per run
         self.node: Node | None = None  # the forward node whose rule is running
+        self.reach: set[str] | None = None  # the tensors a signal may reach (None: every one that depends on the image)
 
     @property
     def forward_tensors(self) -> list[str]:
@@ -131,7 +137,7 @@ class Builder:
 
     def needs(self, name: str) -> bool:
         """Whether a forward tensor depends on the input, so a signal must reach it."""
-        return bool(name) and name in self.index.live
+        return bool(name) and name in self.index.live and (self.reach is None or name in self.reach)
 
     def constant_value(self, name: str) -> np.ndarray | None:
         """The value of a forward initializer or Constant output, else None."""
@@ -174,23 +180,14 @@ class Builder:
         if batch is not None and batch in [a % rank for a in axes]:
             raise self.refuse(f"{what} along the batch axis mixes the images of a batch; this is not supported")
 
-    # -- what the rules write ------------------------------------------------------------------
-    def const(self, value: np.ndarray | list | float, dtype: DTypeLike = np.float32) -> str:
-        """A new initializer holding ``value``."""
-        name = f"c{next(self._counter)}"
-        self.initializers.append(numpy_helper.from_array(np.asarray(value, dtype=dtype), name))
-        return name
+    # -- what the rules write (and, from the Emitter: const, op, reshape, fit_spatial) ------------
+    def stem(self) -> str:
+        return (self.node.output[0] if self.node is not None else "proj").replace("/", ".")
 
-    def op(self, op_type: str, inputs: list[str], n_out: int = 1, **attrs) -> str:
-        """Append one node; returns its (first) output name."""
-        stem = (self.node.output[0] if self.node is not None else "proj").replace("/", ".")
-        outputs = [f"{stem}/{op_type}{next(self._counter)}" for _ in range(n_out)]
-        self.nodes.append(helper.make_node(op_type, inputs, outputs, name=outputs[0], **attrs))
-        return outputs[0]
-
-    def reshape(self, signal: str, shape: list[int]) -> str:
-        """Reshape to a static shape with one -1 (the rows)."""
-        return self.op("Reshape", [signal, self.const(shape, np.int64)])
+    def fastest(self, key: Hashable, forms: dict[str, Callable[[Emitter, str], str]], signal: str, shape: list[int]) -> str:
+        """Emit the fastest of ``forms``, exact alternatives that take ``signal`` (rows of ``shape``)
+        to the same result, as timed on this machine once per ``key`` (see :func:`fastest`)."""
+        return forms[fastest(key, forms, shape)](self, signal)
 
     def zeros(self, name: str) -> str:
         """Zeros shaped like forward tensor ``name``, with the M rows on its batch axis."""
@@ -215,22 +212,77 @@ class Builder:
         if self.needs(name) and not self.per_image and self.batch_axis(name) != 0:
             raise self.refuse(f"its input {name!r} does not hold the batch on its first axis")
 
-    def fit_spatial(self, signal: str, begin: list[int], length: list[int], have: list[int]) -> str:
-        """Crop/zero-pad spatial axes 2.. of ``signal`` (sizes ``have``) to ``[begin, begin + length)``."""
-        rank = 2 + len(begin)
-        stop = [min(b + n, h) for b, n, h in zip(begin, length, have)]
-        if any(b > 0 for b in begin) or stop != have:
-            axes = list(range(2, rank))
-            signal = self.op("Slice", [signal, self.const(begin, np.int64), self.const(stop, np.int64), self.const(axes, np.int64)])
-        short = [b + n - s for b, n, s in zip(begin, length, stop)]
-        if any(s > 0 for s in short):
-            pads = [0] * rank + [0, 0] + short
-            signal = self.op("Pad", [signal, self.const(pads, np.int64)])
-        return signal
+
+def model_of(emitter: Emitter, name: str, inputs: list[onnx.ValueInfoProto], outputs: list[onnx.ValueInfoProto]) -> onnx.ModelProto:
+    """The nodes and initializers of ``emitter`` as a model at zfnet's opset and IR version."""
+    graph = helper.make_graph(emitter.nodes, name, inputs, outputs, initializer=emitter.initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="zfnet")
+    model.ir_version = IR_VERSION
+    return model
 
 
-def build(model: onnx.ModelProto | GraphIndex, layer: str, method: str) -> Projection:
-    """Build the projection graph from tensor ``layer`` of an exposed model to its image input.
+TIMED_ELEMENTS = 1 << 19  # a timed signal holds about this many values (rows of the signal's shape, 1 to 64)
+TIMED_ROUNDS = 5
+# The first form is kept unless another takes less than this share of its time: timed on one thread,
+# forms that parallelise better (a Conv over onnxruntime's blocked layout) lose less than they gain on
+# the cores of a real run (2-core AMD EPYC: polyphase 0.72-1.11x ConvTranspose's time on one thread,
+# 0.48-0.72x on two).
+KEEP_FIRST_WITHIN = 0.9
+_fastest: dict[Hashable, str] = {}
+
+
+def fastest(key: Hashable, forms: dict[str, Callable[[Emitter, str], str]], shape: list[int]) -> str:
+    """The name of the fastest of ``forms`` (exact alternatives from a signal of rows of ``shape`` to
+    one result, the preferred first), timed once per ``key`` and process: each form alone in a
+    session, on the same random rows, interleaved over a few rounds, the best time of each. On the
+    CPU the sessions run on the calling thread and the time is that thread's CPU time, which the
+    other processes of a busy machine do not inflate (wall times of two-thread runs on a loaded
+    2-core machine varied 3x between builds); on a device it is the wall time."""
+    if len(forms) == 1:
+        return next(iter(forms))
+    if key not in _fastest:
+        rows = min(64, max(1, TIMED_ELEMENTS // max(1, int(np.prod(shape)))))
+        signal = np.random.default_rng(0).standard_normal((rows, *shape)).astype(np.float32)
+        on_cpu = runtime.device() is None
+        sessions = {}
+        for name, form in forms.items():
+            emitter = Emitter()
+            out = form(emitter, SIGNAL)
+            emitter.nodes.append(helper.make_node("Identity", [out], [RECONSTRUCTION]))
+            model = model_of(emitter, name, [helper.make_tensor_value_info(SIGNAL, TensorProto.FLOAT, ["M", *shape])],
+                             [helper.make_tensor_value_info(RECONSTRUCTION, TensorProto.FLOAT, None)])
+            sessions[name] = runtime.session(model.SerializeToString(), threads=1 if on_cpu else 0)
+        clock = time.thread_time if on_cpu else time.perf_counter
+        best = dict.fromkeys(forms, float("inf"))
+        for round_ in range(TIMED_ROUNDS + 1):
+            for name, session in sessions.items():
+                start = clock()
+                session.run([RECONSTRUCTION], {SIGNAL: signal})
+                if round_:  # the first round warms up
+                    best[name] = min(best[name], clock() - start)
+        first = next(iter(forms))
+        other = min(best, key=best.__getitem__)
+        _fastest[key] = other if best[other] < KEEP_FIRST_WITHIN * best[first] else first
+        log.debug("form of %s: %s (%s)", key, _fastest[key], ", ".join(f"{n} {t * 1e3:.2f} ms" for n, t in best.items()))
+    return _fastest[key]
+
+
+def downstream(index: GraphIndex, tensor: str) -> set[str]:
+    """``tensor`` and every tensor whose value depends on it."""
+    reach, pending = {tensor}, [tensor]
+    while pending:
+        for i in index.consumers.get(pending.pop(), []):
+            for name in index.nodes[i].output:
+                if name in index.live and name not in reach:
+                    reach.add(name)
+                    pending.append(name)
+    return reach
+
+
+def build(model: onnx.ModelProto | GraphIndex, layer: str, method: str, stop: str = "") -> Projection:
+    """Build the projection graph from tensor ``layer`` of an exposed model to its image input, or to
+    the inner tensor ``stop`` (its output then the signal there: with ``backprop``, the gradient of
+    the signal's dot product with ``layer`` with respect to ``stop``; what Grad-CAM needs).
 
     The rows of a batch are projected together when every tensor on the way keeps the batch on an
     axis of its own. Where the graph merges that axis away (an exporter's reshape to ``(C,)`` and back
@@ -245,6 +297,11 @@ def build(model: onnx.ModelProto | GraphIndex, layer: str, method: str) -> Proje
         raise InvalidArgument(f"tensor {layer!r} does not depend on the input {image!r}")
     index, per_image = index_for(index, layer)
     builder = Builder(index, method, per_image)
+    if stop:
+        builder.reach = downstream(index, stop)
+        if layer not in builder.reach:
+            raise InvalidArgument(f"tensor {layer!r} does not depend on tensor {stop!r}; choose a layer before it")
+    target = stop or image
     signals: dict[str, str] = {layer: SIGNAL}
     for node in index.ancestors(layer):
         outgoing = [signals.get(name) for name in node.output]
@@ -265,10 +322,10 @@ def build(model: onnx.ModelProto | GraphIndex, layer: str, method: str) -> Proje
             if signal is None or not builder.needs(name):
                 continue
             signals[name] = builder.op("Add", [signals[name], signal]) if name in signals else signal
-    if image not in signals:
-        raise InvalidArgument(f"no signal reaches the input from layer {layer!r}")
-    builder.nodes.append(helper.make_node("Identity", [signals[image]], [RECONSTRUCTION], name=RECONSTRUCTION))
-    layer_shape, image_shape = builder.shape(layer), builder.shape(image)
+    if target not in signals:
+        raise InvalidArgument(f"no signal reaches {'tensor ' + repr(stop) if stop else 'the input'} from layer {layer!r}")
+    builder.nodes.append(helper.make_node("Identity", [signals[target]], [RECONSTRUCTION], name=RECONSTRUCTION))
+    layer_shape, image_shape = builder.shape(layer), builder.shape(target)
     rows = 1 if per_image else "M"
     forward_tensors = builder.forward_tensors
     proj_inputs = [
@@ -280,12 +337,7 @@ def build(model: onnx.ModelProto | GraphIndex, layer: str, method: str) -> Proje
         )
         for name in forward_tensors
     ]
-    proj_graph = helper.make_graph(
-        builder.nodes, f"projection_{method}_{layer}", proj_inputs,
-        [helper.make_tensor_value_info(RECONSTRUCTION, TensorProto.FLOAT, [rows, *image_shape[1:]])],
-        initializer=builder.initializers,
-    )
-    proj = helper.make_model(proj_graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="zfnet")
-    proj.ir_version = IR_VERSION
+    proj = model_of(builder, f"projection_{method}_{layer}", proj_inputs,
+                    [helper.make_tensor_value_info(RECONSTRUCTION, TensorProto.FLOAT, [rows, *image_shape[1:]])])
     onnx.checker.check_model(proj)
-    return Projection(proj, layer, method, forward_tensors, per_image)
+    return Projection(proj, layer, method, forward_tensors, per_image, stop)

@@ -19,7 +19,7 @@ from zfnet.server.models import LoadedModel
 from zfnet.status import to_grpc_status
 from zfnet.v1 import zfnet_pb2 as pb
 from zfnet.v1 import zfnet_pb2_grpc
-from zfnet.wire import activations, common, correspondence, deconv, features, filters, invariance, models, occlusion, predict, top
+from zfnet.wire import activations, attribution, common, correspondence, deconv, features, filters, gradcam, invariance, models, occlusion, predict, top, visualise
 from zfnet.wire import evolution as wire_evolution
 from zfnet.wire.common import require_model, within
 
@@ -76,7 +76,10 @@ def model_info(model: LoadedModel, provider: str) -> models.ModelInfo:
     return models.ModelInfo(
         model.sha256, model.name, model.input_name, tuple(model.input_shape), model.preprocessing_json, list(model.classes),
         [
-            models.LayerInfo(r.index, r.name, r.op, tuple(d if isinstance(d, int) and d > 0 else -1 for d in r.shape), r.number or 0, tuple(r.aliases))
+            models.LayerInfo(
+                r.index, r.name, r.op, tuple(d if isinstance(d, int) and d > 0 else -1 for d in r.shape), r.number or 0, tuple(r.aliases),
+                r.modules, r.internal, r.channel_axis,
+            )
             for r in model.layers
         ],
         model.output_name, provider,
@@ -184,6 +187,35 @@ class ZfnetServicer(zfnet_pb2_grpc.ZfnetServicer):
         steps = self.engine.correspondence(model, correspondence.CorrespondenceRequest.from_proto(request))
         result = yield from common.with_progress(steps, pb.CorrespondenceReply)
         yield pb.CorrespondenceReply(result=result.to_proto())
+
+    @_status
+    def GradCam(self, request: pb.GradCamRequest, context) -> pb.GradCamResponse:
+        model = self._model(request.model)
+        return self.engine.grad_cam(model, gradcam.GradCamRequest.from_proto(request)).to_proto()
+
+    @_status
+    def IntegratedGradients(self, request: pb.IntegratedGradientsRequest, context) -> Iterator[pb.AttributionReply]:
+        model = self._model(request.model)
+        steps = self.engine.integrated_gradients(model, attribution.IntegratedGradientsRequest.from_proto(request))
+        result = yield from common.with_progress(steps, pb.AttributionReply)
+        yield pb.AttributionReply(result=result.to_proto())
+
+    @_status
+    def SmoothGrad(self, request: pb.SmoothGradRequest, context) -> Iterator[pb.AttributionReply]:
+        model = self._model(request.model)
+        result = yield from common.with_progress(self.engine.smoothgrad(model, attribution.SmoothGradRequest.from_proto(request)), pb.AttributionReply)
+        yield pb.AttributionReply(result=result.to_proto())
+
+    @_status
+    def InputXGradient(self, request: pb.InputXGradientRequest, context) -> pb.AttributionResult:
+        model = self._model(request.model)
+        return self.engine.input_x_gradient(model, attribution.InputXGradientRequest.from_proto(request)).to_proto()
+
+    @_status
+    def VisualiseFeatures(self, request: pb.VisualiseRequest, context) -> Iterator[pb.VisualiseReply]:
+        model = self._model(request.model)
+        result = yield from common.with_progress(self.engine.visualise(model, visualise.VisualiseRequest.from_proto(request)), pb.VisualiseReply)
+        yield pb.VisualiseReply(result=result.to_proto())
 
     # -- data-set jobs ---------------------------------------------------------------------------
     @_status

@@ -18,7 +18,7 @@ import numpy as np
 from zfnet.errors import FailedPrecondition, InvalidArgument
 from zfnet.server import deconv, projection, runtime
 from zfnet.server.datasets import Source, StreamedSource
-from zfnet.server.layers import resolve
+from zfnet.server.layers import named, resolve
 from zfnet.server.models import LoadedModel
 from zfnet.topk import EMPTY, TopK
 from zfnet.wire import top as wire
@@ -36,9 +36,9 @@ def plan(model: LoadedModel, layers: list[str | int], channels: list[int] | None
     out: dict[str, tuple[np.ndarray, int]] = {}
     for ref in layers:
         row = resolve(model.layers, ref)
-        if len(row.shape) < 2 or not isinstance(row.shape[1], int):
+        if len(row.shape) < 2 or not isinstance(row.channels, int):
             raise InvalidArgument(f"layer {row.name!r} has shape {row.shape}: it needs a channel (or unit) axis of fixed size")
-        count = row.shape[1]
+        count = row.channels
         chosen = np.arange(count) if not channels else np.asarray(channels, np.int64)
         bad = [int(c) for c in chosen if not 0 <= c < count]
         if bad:
@@ -67,9 +67,10 @@ def scan(model: LoadedModel, source: Source, state: TopK, checkpoint_every: int 
     names = list(state.layers)
     position, since = source.start, 0
     yield Progress(SCAN, 0, source.count, [])
-    for batch in source.batches(model.input_shape):
+    for batch in source.batches(model.framing):
         if len(batch.indices):
-            state.observe(dict(zip(names, runtime.tensors(model.session, names, {model.input_name: batch.inputs}))), batch.indices)
+            tensors = runtime.tensors(model.session, names, {model.input_name: batch.inputs})
+            state.observe({name: deconv.channels_first(model, name, t) for name, t in zip(names, tensors)}, batch.indices)
         state.cover(position, position + batch.read, batch.skipped)
         position += batch.read
         since += batch.read
@@ -88,7 +89,7 @@ def _check_fits(model: LoadedModel, source: Source, data: str, state: TopK) -> N
         raise InvalidArgument(f"the top-k state is for data set {state.data!r} of {state.size} images, not {data!r} of {source.size}")
     for layer, top in state.layers.items():
         (_, rank), = plan(model, [layer], [int(c) for c in top.channels]).values()
-        shape = [d for d in resolve(model.layers, layer).shape[2:]]
+        shape = named(model.layers, layer).spatial()
         if top.locations.shape[2] != rank or np.any(top.locations < 0) or np.any(top.locations >= np.asarray(shape, np.int64)):
             raise InvalidArgument(f"the top-k state's locations do not fit layer {layer!r} of shape {shape}")
 
@@ -102,7 +103,7 @@ def reconstruct(model: LoadedModel, source: Source, data: str, state: TopK, meth
     total = sum(int((top.indices != EMPTY).sum()) for top in state.layers.values())
     done = 0
     yield Progress(RECONSTRUCTIONS, 0, total, [])
-    for batch in source.take(state.winner_indices(), model.input_shape):
+    for batch in source.take(state.winner_indices(), model.framing):
         if batch.skipped:
             s = batch.skipped[0]
             raise FailedPrecondition(f"image {s.index} ({s.path}) was read by the scan but cannot be read now: {s.reason}")
@@ -120,7 +121,7 @@ def reconstruct(model: LoadedModel, source: Source, data: str, state: TopK, meth
 
 def _reconstruct_rows(model, layer, top, rows, ranks, batch_indices, forward, proj) -> Iterator[Entry]:
     """Entries for the (channel row, rank) pairs ``rows, ranks`` of one layer, whose images are in the batch."""
-    activation = forward[layer]
+    activation = deconv.channels_first(model, layer, forward[layer])
     image = np.searchsorted(batch_indices, top.indices[rows, ranks])
     channels = top.channels[rows]
     locations = top.locations[rows, ranks]  # (M, S)
@@ -135,7 +136,7 @@ def _reconstruct_rows(model, layer, top, rows, ranks, batch_indices, forward, pr
         )
     signal = np.zeros((len(rows), *activation.shape[1:]), np.float32)
     signal[(np.arange(len(rows)), channels, *locations.T)] = current
-    pixels = deconv.project(proj[0], proj[1], forward, signal, image, forward[model.input_name].shape[1:])
+    pixels = deconv.project(proj[0], proj[1], forward, deconv.in_layout(model, layer, signal), image, forward[model.input_name].shape[1:])
     for m in range(len(rows)):
         location = tuple(int(p) for p in locations[m])
         yield Entry(

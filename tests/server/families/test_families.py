@@ -68,11 +68,18 @@ def relative_l2(ours: np.ndarray, reference: np.ndarray) -> float:
     return float(np.linalg.norm(ours - reference) / max(np.linalg.norm(reference), 1e-12))
 
 
-def captum_reference(probe: Probe, module: nn.Module, batch: np.ndarray, r: Reconstruction, method: str) -> np.ndarray:
+def neuron(r: Reconstruction, rank: int, channel_axis: int) -> tuple:
+    """The index of the activation a reconstruction sent down: its channel on the layer's channel
+    axis, its location on the other axes but the batch's."""
+    location = iter(r.location)
+    return tuple(slice(None) if axis == 0 else r.channel if axis == channel_axis else next(location) for axis in range(rank))
+
+
+def captum_reference(probe: Probe, module: nn.Module, batch: np.ndarray, r: Reconstruction, method: str, channel_axis: int = 1) -> np.ndarray:
     """Captum's attribution of the neuron zfnet sent down, with zfnet's signal (the activation) as
     the gradient at that neuron."""
     x = torch.from_numpy(batch[r.image : r.image + 1]).requires_grad_()
-    index = (slice(None), r.channel, *r.location)
+    index = neuron(r, len(r.location) + 2, channel_axis)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         out = CAPTUM[method](probe, module).attribute(x, neuron_selector=lambda y: (y[index] * r.activation).sum())
@@ -103,14 +110,15 @@ def check_family(client: Client, net: nn.Module, path: Path, pictures: list[np.n
         with torch.no_grad():
             probe(torch.from_numpy(batch))
         handle.remove()
-        ours = client.activations(path, pictures, [name])[name]
+        (ours,) = client.activations(path, pictures, [name]).values()  # by the tensor's name: the outermost module whose output it is
         np.testing.assert_allclose(ours, captured[-1].numpy(), rtol=1e-3, atol=1e-3 * float(np.abs(ours).max()), err_msg=f"{name}: forward")
         for method in methods:
             result = client.deconv(path, pictures, name, top_k=2, method=method)
+            axis = next(row.channel_axis for row in info.layers if row.name == result.layer)
             assert len(result.reconstructions) == 2 * len(pictures)
             for r in result.reconstructions:
                 what = f"{path.name} {name} channel {r.channel} image {r.image} {method}"
-                reference = captum_reference(probe, module, batch, r, method)
+                reference = captum_reference(probe, module, batch, r, method, axis)
                 if r.activation == 0:  # a silent neuron sends nothing down
                     assert not np.any(r.pixels) and not np.any(reference), what
                 else:

@@ -9,6 +9,7 @@ import typer
 
 from zfnet.client.api import Client
 from zfnet.client.cli.common import ServerOption
+from zfnet.client.names import safe_name
 
 
 def command(
@@ -29,6 +30,6 @@ def command(
     for name, value in values.items():
         if value.ndim == 4:
             for path, maps in zip(image, value):
-                render.feature_map_tiles(maps, f"{path.name} | {name} | {maps.shape[0]} feature maps", out / f"{path.stem}_{name}_maps.png")
+                render.feature_map_tiles(maps, f"{path.name} | {name} | {maps.shape[0]} feature maps", out / f"{path.stem}_{safe_name(name)}_maps.png")
                 pictures += 1
     print(f"wrote {out / 'activations.npz'} ({', '.join(f'{k} {list(v.shape)}' for k, v in values.items())}) and {pictures} feature-map grid(s) under {out}/")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -10,9 +11,11 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from zfnet.client import transport
+from zfnet.client import models, transport
 from zfnet.client.transport import SERVER_ENV, TLS_CA_ENV, TLS_CERT_ENV, TLS_ENV, TLS_KEY_ENV, TOKEN_ENV, Connection
-from zfnet.errors import InvalidArgument
+from zfnet import imagefolder
+from zfnet.errors import InvalidArgument, NotFound
+from zfnet.preprocessing import INTERPOLATIONS, PRESETS, Framing, Preprocessing
 from zfnet.wire.common import LayerKey, layer_key
 from zfnet.wire.models import ModelInfo
 
@@ -46,15 +49,38 @@ def unique_stems(paths: list[Path]) -> list[str]:
     return [f"{p.parent.name}_{p.stem}" if stems.count(p.stem) > 1 else p.stem for p in paths]
 
 
-def input_size(info: ModelInfo) -> tuple[int, int]:
-    """The (height, width) the server resizes images to: the last two of the model's (-1, C, H, W) input."""
-    height, width = info.input_shape[2:4]
-    return height, width
+def expand(paths: list[Path]) -> list[Path]:
+    """Files as given; folders replaced by the images under them (recursively, sorted). The same
+    file given twice is kept once."""
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.suffix.lower() in imagefolder.IMAGE_SUFFIXES and p.is_file())
+            if not found:
+                raise InvalidArgument(f"folder {path} holds no images ({', '.join(imagefolder.IMAGE_SUFFIXES)})")
+            files += found
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise NotFound(f"image {path} does not exist")
+    seen: set[Path] = set()
+    return [f for f in files if not (f.resolve() in seen or seen.add(f.resolve()))]
+
+
+def framing(info: ModelInfo) -> Framing:
+    """How the server brings an image to the model's input (resize, or resize and centre-crop, as the
+    model records): the pictures drawn under reconstructions are framed the same way."""
+    return Framing.of(info.input_shape, info.preprocessing_json)
 
 
 def parse_layers(text: str | None) -> list[LayerKey]:
     """``"1,7"`` -> ``[1, 7]``; tensor names stay names."""
     return [layer_key(part.strip()) for part in (text or "").split(",") if part.strip()]
+
+
+def layer_or_none(text: str | None) -> LayerKey | None:
+    """A ``--layer``-style option: a number or a tensor name; None when not given."""
+    return layer_key(text.strip()) if text and text.strip() else None
 
 
 def true_classes(labels: list[str], images: list[Path], classes: list[str]) -> tuple[list[str], list[str]]:
@@ -80,14 +106,18 @@ def progress_bar(what: str) -> Iterator[Callable[[str, int, int], None]]:
 
 
 def connection_options(
+    ctx: typer.Context,
     token: str | None = typer.Option(None, "--token", envvar=TOKEN_ENV, help=f"Bearer token of a server started with --token-file (${TOKEN_ENV} keeps it out of `ps`)."),
     tls: bool = typer.Option(False, "--tls", envvar=TLS_ENV, help="Talk TLS to --server, trusting the system's CA certificates."),
     tls_ca: Path | None = typer.Option(None, "--tls-ca", envvar=TLS_CA_ENV, help="Talk TLS to --server, trusting this PEM CA (a private CA or a self-signed certificate)."),
     tls_cert: Path | None = typer.Option(None, "--tls-cert", envvar=TLS_CERT_ENV, help="PEM client certificate, for a server that asks for one (mutual TLS)."),
     tls_key: Path | None = typer.Option(None, "--tls-key", envvar=TLS_KEY_ENV, help="PEM private key of --tls-cert."),
 ) -> None:
-    """How every command reaches a --server: TLS and a bearer token (given before the command)."""
+    """How every command reaches a --server: TLS and a bearer token (given before the command); and,
+    while the command runs, each model it uses that records no input normalisation is warned about, once."""
     transport.cli_connection = Connection(token or None, tls, tls_ca, tls_cert, tls_key)
+    models.CHECK_PREPROCESSING = True
+    ctx.call_on_close(lambda: setattr(models, "CHECK_PREPROCESSING", False))
 
 
 def parse_ranges(text: str | None, what: str) -> list[int]:
@@ -106,3 +136,45 @@ def parse_ranges(text: str | None, what: str) -> list[int]:
             raise InvalidArgument(f"{what}: the range {part} is empty")
         out.extend(range(first, last + 1))
     return list(dict.fromkeys(out))
+
+
+# ---- preprocessing recorded with a model (convert torch, attach-preprocessing) ---------------------
+
+PreprocessOption = typer.Option(
+    None, "--preprocess", help="imagenet: ImageNet mean and std in the graph, resize and centre crop recorded (a built-in architecture's own evaluation transform).",
+)
+MeanOption = typer.Option(None, "--mean", help="Per-channel mean R,G,B on 0..255, subtracted in the graph (overrides --preprocess's).")
+StdOption = typer.Option(None, "--std", help="Per-channel std R,G,B on 0..255, divided by in the graph after the mean (overrides --preprocess's).")
+ResizeOption = typer.Option(None, "--resize", help="Resize each image's shorter side to N pixels before the centre crop to the input size (0: resize to the input size).")
+InterpolationOption = typer.Option(None, "--interpolation", help=f"How images are resized: {', '.join(INTERPOLATIONS)} [default: bilinear].")
+ChannelOrderOption = typer.Option("rgb", "--channel-order", help="Channel order the network expects: rgb or bgr.")
+
+
+def chosen_preprocessing(
+    preset: str | None, mean: str | None, std: str | None, resize: int | None, interpolation: str | None, channel_order: str,
+    input_size: tuple[int, int], base: Preprocessing | None = None,
+) -> Preprocessing | None:
+    """The preprocessing the options ask to record for a model of ``input_size``: the preset
+    (``base`` for ``imagenet`` where the architecture has its own, its resize scaled to another input
+    size), changed by the explicit values; None when nothing is asked."""
+    if preset is not None and preset not in PRESETS:
+        raise InvalidArgument(f"unknown --preprocess {preset!r}; use {' or '.join(PRESETS)}, or give --mean/--std")
+    if channel_order not in ("rgb", "bgr"):
+        raise InvalidArgument(f"--channel-order must be rgb or bgr, got {channel_order!r}")
+    if resize is not None and resize < 0:
+        raise InvalidArgument(f"--resize must be positive (or 0), got {resize}")
+    chosen = None
+    if preset and base is not None and base.input_size:
+        chosen = dataclasses.replace(base, input_size=input_size, resize=round(base.resize * max(input_size) / max(base.input_size)))
+    elif preset:
+        chosen = PRESETS[preset](input_size)
+    if not (mean or std or resize is not None or interpolation or channel_order != "rgb"):
+        return chosen
+    chosen = chosen or Preprocessing(input_size=input_size)
+    means, stds = parse_numbers(mean, "--mean", float), parse_numbers(std, "--std", float)
+    if any(len(v) not in (0, 1, 3) for v in (means, stds)) or any(s <= 0 for s in stds):
+        raise InvalidArgument("--mean and --std take one value or three (R,G,B); a std must be positive")
+    return Preprocessing(
+        channel_order=channel_order, mean=means or chosen.mean, scale=[1.0 / s for s in stds] or chosen.scale, input_size=input_size,
+        resize=chosen.resize if resize is None else resize, interpolation=interpolation or chosen.interpolation,
+    )

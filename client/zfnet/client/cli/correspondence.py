@@ -4,7 +4,6 @@ paper's Table 1)? A table (terminal, JSON) and a bar plot per layer, against ran
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from rich.table import Table
 
 from zfnet import imagefolder
 from zfnet.client.api import Client
-from zfnet.client.cli.common import ServerOption, input_size, parse_layers, progress_bar
+from zfnet.client.cli.common import ServerOption, framing, parse_layers, progress_bar
 from zfnet.errors import InvalidArgument, NotFound
 from zfnet.wire.common import Box
 from zfnet.wire.correspondence import CorrespondenceResult
@@ -66,13 +65,6 @@ def load_parts(path: Path, folder: Path) -> Annotation:
     return Annotation(files, parts, boxes)
 
 
-def to_input(box: Box, image_size: tuple[int, int], input_size: tuple[int, int]) -> Box:
-    """A box in image pixels -> model input pixels (the server resizes images to the input), covering at least the same area."""
-    (h, w), (ih, iw) = image_size, input_size
-    top, left, bottom, right = box
-    return (math.floor(top * ih / h), math.floor(left * iw / w), min(ih, math.ceil(bottom * ih / h)), min(iw, math.ceil(right * iw / w)))
-
-
 def command(
     model: str = typer.Option(..., "--model", help="An .onnx file (uploaded if the server lacks it) or a model name on the server."),
     images: Path = typer.Option(..., "--images", help="Folder of the annotated images (e.g. samples/cifar10/dog)."),
@@ -92,8 +84,8 @@ def command(
     annotation = load_parts(parts, images)
     with Client(server) as client:
         info = client.model_info(model)
-        size = input_size(info)
-        boxes = [[to_input(box, _size(file), size) for box in image_boxes] for file, image_boxes in zip(annotation.files, annotation.boxes)]
+        framed = framing(info)  # boxes in the pixels of the picture the model sees, covering at least the same area
+        boxes = [[framed.box(box, *_size(file)) for box in image_boxes] for file, image_boxes in zip(annotation.files, annotation.boxes)]
         with progress_bar("correspondence") as update:
             result = client.correspondence(model, annotation.files, annotation.parts, boxes, random, seed, parse_layers(layers), fill, max_batch, update)
     out.mkdir(parents=True, exist_ok=True)
@@ -101,7 +93,7 @@ def command(
     (out / "correspondence.json").write_text(json.dumps(report, indent=1))
     title = f"correspondence of {info.name} on {len(annotation.files)} images of {images}"
     bars = plots.correspondence_bars(result, title, out / "correspondence.png")
-    pictures = [imagefolder.read_rgb(file, size) for file in annotation.files]
+    pictures = [imagefolder.read_rgb(file, framed) for file in annotation.files]
     sheet = plots.part_boxes(pictures, [f.name for f in annotation.files], annotation.parts, boxes, f"part boxes ({parts})", out / "correspondence_parts.png")
     if as_json:
         print(json.dumps(report))

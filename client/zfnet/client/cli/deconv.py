@@ -14,8 +14,8 @@ from rich.console import Console
 
 from zfnet import imagefolder
 from zfnet.client.api import Client
-from zfnet.client.cli.common import ServerOption, input_size, job_progress, parse_numbers
-from zfnet.errors import InvalidArgument, NotFound, ZfnetError
+from zfnet.client.cli.common import ServerOption, expand, framing, job_progress, parse_numbers
+from zfnet.errors import InvalidArgument, ZfnetError
 
 LISTED_GRIDS = 10  # grids printed one per line; more are summarised
 
@@ -49,11 +49,11 @@ def command(
     try:
         with Client(server) as client, job_progress(console) as bar:
             info = client.model_info(model)
-            size = input_size(info)
+            framed = framing(info)
             task = bar.add_task(f"deconv {method} of layer {layer}", total=len(files))
             for start, stop, result in client.deconv_batches(model, files, layer, chosen or None, top, mode, method, batch_size):
                 batch = files[start:stop]
-                pictures = [imagefolder.read_rgb(path, size) for path in batch]
+                pictures = [imagefolder.read_rgb(path, framed) for path in batch]
                 written += render.write_deconv(result, pictures, names[start:stop], out, raw)
                 reconstructions, layer_name = reconstructions + len(result.reconstructions), result.layer
                 bar.advance(task, len(batch))
@@ -76,24 +76,6 @@ def _report(written: list[Path], out: Path, reconstructions: int, layer: str, me
         print(f"  {grid}")
     if len(grids) > LISTED_GRIDS:
         print(f"  ... and {len(grids) - LISTED_GRIDS} more (*_grid.png)")
-
-
-def expand(paths: list[Path]) -> list[Path]:
-    """Files as given; folders replaced by the images under them (recursively, sorted). The same
-    file given twice is kept once."""
-    files: list[Path] = []
-    for path in paths:
-        if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.suffix.lower() in imagefolder.IMAGE_SUFFIXES and p.is_file())
-            if not found:
-                raise InvalidArgument(f"folder {path} holds no images ({', '.join(imagefolder.IMAGE_SUFFIXES)})")
-            files += found
-        elif path.is_file():
-            files.append(path)
-        else:
-            raise NotFound(f"image {path} does not exist")
-    seen: set[Path] = set()
-    return [f for f in files if not (f.resolve() in seen or seen.add(f.resolve()))]
 
 
 def output_names(paths: list[Path]) -> list[str]:

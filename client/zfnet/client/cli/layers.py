@@ -12,16 +12,27 @@ from zfnet.client.cli.common import ServerOption
 
 def command(
     model: str = typer.Option(..., "--model", help="An .onnx file or a model name on the server."),
+    show_all: bool = typer.Option(False, "--all", help="Also list the tensors computed inside a module that are not its output."),
     server: str | None = ServerOption,
 ) -> None:
-    """Index, tensor name, op, output shape, which tensor --layer N selects, and the names the
-    tensor had in the model as saved (--layer accepts them too)."""
+    """Index, tensor name, op, output shape, channel axis, which tensor --layer N selects, and the other
+    names --layer accepts: the modules whose output the tensor is and the names it had in the model
+    as saved. Module outputs are listed; tensors inside a module only with --all."""
     with Client(server) as client:
         info = client.model_info(model)
-    table = Table("#", "name", "op", "shape", "--layer", "also", title=f"{info.name}: input {info.input_name} {_shape(info.input_shape)}")
-    for row in info.layers:
-        table.add_row(str(row.index), row.name, row.op, _shape(row.shape), str(row.number) if row.number else "", ", ".join(row.aliases))
-    Console(width=120).print(table)
+    rows = [row for row in info.layers if show_all or not row.internal]
+    hidden = len(info.layers) - len(rows)
+    title = f"{info.name}: input {info.input_name} {_shape(info.input_shape)}; logits = {info.output_name}"
+    table = Table("#", "name", "op", "shape", "channels", "--layer", "also", title=title)
+    for row in rows:
+        also = [*(m for m in row.modules if m != row.name), *row.aliases]
+        table.add_row(
+            str(row.index), row.name + (" (inside)" if row.internal else ""), row.op, _shape(row.shape), f"axis {row.channel_axis}",
+            str(row.number) if row.number else "", ", ".join(also),
+        )
+    Console(width=140).print(table)
+    if hidden:
+        print(f"{hidden} tensors computed inside modules are not shown; --all lists them")
 
 
 def _shape(shape) -> str:

@@ -11,10 +11,11 @@ from collections.abc import Callable
 import typer
 
 from zfnet import extras
-from zfnet.client.cli import activations, common, convert_caffe, convert_torch, deconv, evaluate, filters, layers, mean, predict, top, train
+from zfnet.client.cli import activations, attach_preprocessing, common, convert_caffe, convert_torch, deconv, evaluate, filters, layers, mean, predict, top, train
 from zfnet.client.cli import correspondence, evolution, invariance, occlusion
 from zfnet.client.cli import explore
 from zfnet.client.cli import features, probe
+from zfnet.client.cli import attribution, gradcam, visualise
 from zfnet.edge import edge
 
 app = typer.Typer(
@@ -51,6 +52,7 @@ app.command("serve", add_help_option=False, context_settings={"allow_extra_args"
 convert_app.command("torch")(at_the_edge(convert_torch.command, "convert"))
 convert_app.command("caffe")(at_the_edge(convert_caffe.command, "convert"))
 app.command("mean")(at_the_edge(mean.command, "convert"))
+app.command("attach-preprocessing")(at_the_edge(attach_preprocessing.command, "server"))
 app.command("occlusion")(at_the_edge(occlusion.command))
 app.command("invariance")(at_the_edge(invariance.command))
 app.command("correspondence")(at_the_edge(correspondence.command))
@@ -59,6 +61,11 @@ app.command("filters")(at_the_edge(filters.command))
 app.command("evolution")(at_the_edge(evolution.command))
 app.command("features")(at_the_edge(features.command))
 app.command("probe")(at_the_edge(probe.command, "probe"))
+app.command("gradcam")(at_the_edge(gradcam.command))
+app.command("integrated-gradients")(at_the_edge(attribution.integrated_gradients))
+app.command("smoothgrad")(at_the_edge(attribution.smoothgrad))
+app.command("input-x-gradient")(at_the_edge(attribution.input_x_gradient))
+app.command("visualise")(at_the_edge(visualise.command))
 app.command("explore")(at_the_edge(explore.command, "explore"))
 
 

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from zfnet import imagefolder
 from zfnet.client.api import Client
-from zfnet.client.cli.common import ServerOption, input_size, parse_layers, progress_bar, true_classes, unique_stems
+from zfnet.client.cli.common import ServerOption, framing, parse_layers, progress_bar, true_classes, unique_stems
 from zfnet.wire.common import class_name
 from zfnet.wire.occlusion import OcclusionMaps, OcclusionResult
 
@@ -37,7 +37,7 @@ def command(
         truths, sources = true_classes(label, image, list(info.classes))
         with progress_bar("occlusion") as update:
             result = client.occlusion(model, image, size, stride, fill, parse_layers(layer)[0] if layer else None, truths, max_batch, all_classes, update)
-    pictures = [imagefolder.read_rgb(path, input_size(info)) for path in image]
+    pictures = [imagefolder.read_rgb(path, framing(info)) for path in image]
     out.mkdir(parents=True, exist_ok=True)
     table = Table("image", "true class", "p", "lowest p", "at (y, x)", "top-1 changed", "map",
                   title=f"occlusion {result.size}x{result.size} px, stride {result.stride}, fill {result.fill.describe()}; {result.layer}")

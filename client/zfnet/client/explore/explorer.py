@@ -27,11 +27,12 @@ import numpy as np
 from zfnet import imagefolder
 from zfnet.client import plots
 from zfnet.client.api import Client
-from zfnet.client.cli.common import input_size
+from zfnet.client.cli.common import framing
 from zfnet.client.explore import pictures
 from zfnet.client.explore import reports as reports_
 from zfnet.client.explore.reports import Report, Unit
 from zfnet.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
+from zfnet.preprocessing import Framing
 from zfnet.wire.common import class_name
 from zfnet.wire.deconv import METHODS, Reconstruction
 from zfnet.wire.filters import Filters
@@ -147,7 +148,8 @@ class Explorer:
 
     def _measure_fields(self) -> dict[str, dict | None]:
         info = self.model.info
-        height, width = input_size(info)
+        framed = framing(info)
+        height, width = framed.height, framed.width
         found: dict[str, dict | None] = {}
         for report in self.reports.values():
             if report.model_sha256 != info.sha256:
@@ -245,7 +247,7 @@ class Explorer:
 
         filters = self._rgb_filters(model, layer)
         return {
-            "report": self._report_summary(report), "layer": layer, "channel": channel, "k": report.k, "image_size": list(input_size(model.info)),
+            "report": self._report_summary(report), "layer": layer, "channel": channel, "k": report.k, "image_size": [framing(model.info).height, framing(model.info).width],
             "winners": [asdict(w) for w in unit.winners], "histogram": unit.histogram(), "purity": unit.purity,
             "previous_unit": channels[at - 1] if at > 0 else None, "next_unit": channels[at + 1] if at + 1 < len(channels) else None,
             "previous_layer": neighbour(layers[at_layer - 1]) if at_layer > 0 else None,
@@ -316,7 +318,7 @@ class Explorer:
         if len(data) > UPLOAD_BYTES:
             raise ResourceExhausted(f"the upload is {len(data) / (1 << 20):.1f} MiB; the explorer takes images up to {UPLOAD_BYTES >> 20} MiB")
         key = hashlib.sha256(self.model.info.sha256.encode() + data).hexdigest()[:16]
-        upload = self._uploads.get(key, lambda: Upload(key, name or "upload", _decoded(data, name, input_size(self.model.info))))
+        upload = self._uploads.get(key, lambda: Upload(key, name or "upload", _decoded(data, name, framing(self.model.info))))
         result = self._kept.get(("predict", key), lambda: self.client.predict(self.model.ref, [upload.rgb], top_k=TOP))
         top = [{"index": s.index, "label": s.label, "probability": s.probability} for s in result.predictions[0].top]
         return {"key": key, "name": upload.name, "size": list(upload.rgb.shape[:2]), "top": top, "classes": self.model.info.classes}
@@ -424,8 +426,8 @@ class Explorer:
         return self._kept.get(("invariance.png", key, label), draw)
 
 
-def _decoded(data: bytes, name: str, size: tuple[int, int]) -> np.ndarray:
-    """An upload's bytes -> (H, W, 3) uint8 at the model's input size, as the server decodes and resizes."""
+def _decoded(data: bytes, name: str, size: Framing) -> np.ndarray:
+    """An upload's bytes -> (H, W, 3) uint8 at the model's input size, framed as the server frames it."""
     try:
         return imagefolder.read_rgb(io.BytesIO(data), size)
     except InvalidArgument:

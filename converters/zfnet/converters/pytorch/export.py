@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import logging
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import onnx
@@ -15,27 +15,72 @@ from torch import nn
 
 from zfnet.converters import expose
 from zfnet.converters.graph import OPSET, PREPROCESSING_KEY, SOURCE_KEY, Preprocessing, prepend_preprocessing, set_classes, set_metadata, set_versions
-from zfnet.converters.pytorch import zoo
+from zfnet.converters.pytorch import imagenet, zoo
 from zfnet.errors import InvalidArgument, NotFound
 
 INPUT_NAME = "image"
 
 
-def load_module(arch: str) -> nn.Module:
-    """A built-in architecture name, or ``package.module:ClassName`` constructed without arguments."""
-    if ":" not in arch:
-        return zoo.build(arch)
-    module_name, _, class_name = arch.partition(":")
+def architecture(arch: str) -> imagenet.Architecture | None:
+    """The built-in ImageNet architecture of that name (``resnet50``, ``torchvision.resnet50``,
+    ``timm.vit_small_patch16_224``), or None."""
+    return imagenet.REGISTRY.get(arch)
+
+
+def load_module(arch: str, arguments: Mapping[str, object] | None = None) -> nn.Module:
+    """A network with random weights: a built-in architecture (``zfnet-cifar10``, an ImageNet one of
+    :data:`zfnet.converters.pytorch.imagenet.REGISTRY`), ``torchvision.X`` or ``timm.X`` from the
+    installed library (never pretrained: nothing is downloaded), or ``package.module:factory``;
+    called with ``arguments`` (``num_classes=10``, ``img_size=64``)."""
+    kwargs = dict(arguments or {})
+    if ":" in arch:
+        module_name, _, name = arch.partition(":")
+        try:
+            factory = getattr(importlib.import_module(module_name), name)
+        except ImportError as err:
+            raise NotFound(f"cannot import {module_name!r}: {err}") from None
+        except AttributeError:
+            raise NotFound(f"module {module_name!r} has no {name!r}") from None
+        return _built(arch, factory, kwargs)
+    found = architecture(arch)
+    if found is not None:
+        return _built(arch, found, kwargs)
+    library, _, name = arch.partition(".")
+    if library in UPSTREAM and name:
+        return _built(arch, _upstream(library, name), kwargs)
+    if arch in zoo.ARCHITECTURES:
+        return _built(arch, zoo.ARCHITECTURES[arch], kwargs)
+    known = ", ".join([*zoo.ARCHITECTURES, *(a.upstream for a in imagenet.ARCHITECTURES)])
+    raise NotFound(f"unknown architecture {arch!r}; built in: {known}; or torchvision.NAME / timm.NAME with that library installed, or package.module:factory")
+
+
+def _built(arch: str, factory: Callable[..., object], kwargs: dict[str, object]) -> nn.Module:
+    """``factory(**kwargs)``, which must be a torch module."""
     try:
-        cls = getattr(importlib.import_module(module_name), class_name)
-    except ImportError as err:
-        raise NotFound(f"cannot import {module_name!r}: {err}") from None
-    except AttributeError:
-        raise NotFound(f"module {module_name!r} has no class {class_name!r}") from None
-    try:
-        return cls()
+        module = factory(**kwargs)
     except TypeError as err:
-        raise InvalidArgument(f"{arch} must be constructible without arguments: {err}") from None
+        given = ", ".join(f"{k}={v!r}" for k, v in kwargs.items()) or "no arguments"
+        raise InvalidArgument(f"{arch} cannot be built with {given}: {err}") from None
+    if not isinstance(module, nn.Module):
+        raise InvalidArgument(f"{arch} built a {type(module).__name__}, not a torch.nn.Module")
+    return module
+
+
+def _upstream(library: str, name: str) -> Callable[..., object]:
+    """The factory of an architecture of the installed torchvision or timm, built without pretrained weights."""
+    try:
+        lib = importlib.import_module(UPSTREAM[library])
+    except ImportError:
+        raise NotFound(f"{library}.{name} is not built in and {library} is not installed; built in: {', '.join(imagenet.REGISTRY)}") from None
+    if library == "timm":
+        return lambda **kwargs: lib.create_model(name, pretrained=False, **kwargs)
+    factory = getattr(lib, name, None)
+    if factory is None:
+        raise NotFound(f"torchvision has no architecture {name!r}")
+    return factory
+
+
+UPSTREAM = {"torchvision": "torchvision.models", "timm": "timm"}
 
 
 def load_weights(module: nn.Module, checkpoint: str | Path) -> nn.Module:

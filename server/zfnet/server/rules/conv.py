@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from zfnet.server.rules.geometry import Window, window
+from zfnet.server.rules.transposed import Backward, forms
 from zfnet.server.rules.registry import Span, Weights, op, optional_input, union
 
 
@@ -39,15 +40,12 @@ def window_field(window_of):
 @op({"Conv": (1, 11, 22)}, field=window_field(conv_window), weights=filters)
 def conv(b, node, signals):
     x, weight = node.input[0], node.input[1]
-    if b.constant_value(weight) is None:
+    value = b.constant_value(weight)
+    if value is None:
         raise b.refuse("only constant filters can be transposed")
-    win = conv_window(b.index, node)
-    in_spatial, out_spatial = b.shape(x)[2:], b.shape(node.output[0])[2:]
-    full = b.op(
-        "ConvTranspose", [signals[0], b.forward(weight)],
-        strides=list(win.strides), dilations=list(win.dilations), group=node.attrs["group"], pads=[0] * 2 * win.rank,
-    )
-    return [b.fit_spatial(full, list(win.begin), in_spatial, win.covered(out_spatial))] + [None] * (len(node.input) - 1)
+    out_shape = b.shape(node.output[0])
+    backward = Backward(value, node.attrs["group"], conv_window(b.index, node), tuple(b.shape(x)[2:]), tuple(out_shape[2:]))
+    return [b.fastest(backward.key, forms(backward), signals[0], out_shape[1:])] + [None] * (len(node.input) - 1)
 
 
 def _transposed_field(index, node, spans, i) -> Span:

@@ -29,9 +29,9 @@ def _columns_out(weights: np.ndarray) -> np.ndarray:
 
 
 def _matmul_weights(index, node) -> Weights | None:
-    """x W (W is (in, out)) or W x (W is (out, in))."""
+    """x W (W is (in, out)): features on the output's last axis; or W x (W is (out, in)): on its second last."""
     factor = _constant_factor(index, node)
-    return None if factor is None else Weights(node.input[factor], _columns_out if factor == 1 else _rows_out)
+    return None if factor is None else Weights(node.input[factor], _columns_out if factor == 1 else _rows_out, axis=-1 if factor == 1 else -2)
 
 
 def _gemm_weights(index, node) -> Weights | None:
@@ -40,7 +40,7 @@ def _gemm_weights(index, node) -> Weights | None:
     if factor is None:
         return None
     rows_out = bool(node.attrs["transB"]) if factor == 1 else not node.attrs["transA"]
-    return Weights(node.input[factor], _rows_out if rows_out else _columns_out, optional_input(node, 2))
+    return Weights(node.input[factor], _rows_out if rows_out else _columns_out, optional_input(node, 2), axis=-1 if factor == 1 else -2)
 
 
 def _gemm_field(index, node, spans, i) -> Span:
@@ -170,8 +170,13 @@ def _einsum_layout(node, factor: int, weights: np.ndarray) -> np.ndarray:
 
 
 def _einsum_weights(index, node) -> Weights | None:
+    """The constant operand; the layer's features lie on the output axis of its first index kept in the output."""
     factor = _constant_factor(index, node)
-    return None if factor is None else Weights(node.input[factor], lambda weights: _einsum_layout(node, factor, weights))
+    if factor is None:
+        return None
+    terms, out_term = _terms(node)
+    kept = [c for c in terms[factor] if c in out_term and c not in terms[1 - factor]] if len(terms) == 2 else []
+    return Weights(node.input[factor], lambda weights: _einsum_layout(node, factor, weights), axis=out_term.index(kept[0]) if kept else 1)
 
 
 @op({"Einsum": (12, 28)}, field=_einsum_field, batch=_einsum_batch, weights=_einsum_weights)

@@ -17,7 +17,10 @@ An entry carries
 - ``weights``: for convolutional and fully connected layers, where a node's filters are (the
   constant input, its layout as (out, in, *kernel) or (out, in), the bias input); a node whose
   ``weights`` are found is a ``LEARNED`` layer: counted in the layer table, and what ``filters`` shows;
-- ``batch``: where each output's batch axis is, given its inputs' (most ops keep it in place);
+- ``batch``: where each output's batch axis is, given its inputs' (most ops keep it in place); the
+  same map carries the axis of a tensor's features (channels) through the op, unless the entry's
+  ``features`` says otherwise (a ``Gather`` of channels keeps the channel axis, never the batch);
+  a learned layer's output has its features on the axis its ``Weights.axis`` names;
 - ``switches``: the output that records max-pool switches, which the expose pass adds to every node;
 - ``from_shape``: for ops whose output is computed from their input's shape alone (``Shape``,
   ``Size``), that output from the static dimensions; such outputs carry nothing of the image;
@@ -86,6 +89,7 @@ class Weights:
     tensor: str
     layout: Callable[[np.ndarray], np.ndarray] = as_stored
     bias: str | None = None
+    axis: int = 1  # the output axis the layer's features (its filters' responses) lie on; negative: from the end
 
 
 # (index, node) -> where the node's filters are, or None when the node is not a learned layer
@@ -112,6 +116,11 @@ class OpRule:
     switches: int | None = None  # the output position of the max-pool switches
     from_shape: FromShape | None = None
     stand_in: StandIn | None = None
+    features: BatchMap | None = None  # where the features axis goes, where the op moves it unlike the batch axis
+
+    def axis_map(self, features: bool) -> BatchMap:
+        """How the op moves the batch axis, or (``features``) the features axis."""
+        return (self.features or self.batch) if features else self.batch
 
     def role_of(self, index: GraphIndex, node: Node) -> Role:
         if self.weights is not None and self.weights(index, node) is not None:
@@ -138,7 +147,8 @@ def same_batch(index: GraphIndex, node: Node, axes: list[int | None]) -> list[in
 
 def op(versions: Mapping[str, Sequence[int]], *, field: FieldMap, role: RoleOf = Role.OTHER, domain: str = "",
        batch: BatchMap = same_batch, weights: WeightsOf | None = None, switches: int | None = None,
-       from_shape: FromShape | None = None, stand_in: StandIn | None = None) -> Callable[[BackwardRule], BackwardRule]:
+       from_shape: FromShape | None = None, stand_in: StandIn | None = None,
+       features: BatchMap | None = None) -> Callable[[BackwardRule], BackwardRule]:
     """Register ``fn`` as the backward rule of each op type in ``versions`` (op type -> its schema
     versions this entry covers), with the op's other facts; an entry sharing a version with an
     existing one is refused, and so is ``role=Role.LEARNED`` (a learned layer declares ``weights``)."""
@@ -147,7 +157,7 @@ def op(versions: Mapping[str, Sequence[int]], *, field: FieldMap, role: RoleOf =
 
     def register(fn: BackwardRule) -> BackwardRule:
         for op_type, covered in versions.items():
-            entry = OpRule(op_type, domain, tuple(sorted(covered)), fn, field, role, batch, weights, switches, from_shape, stand_in)
+            entry = OpRule(op_type, domain, tuple(sorted(covered)), fn, field, role, batch, weights, switches, from_shape, stand_in, features)
             for other in RULES.get((domain, op_type), []):
                 if set(other.versions) & set(entry.versions):
                     raise ValueError(f"{op_type} versions {entry.versions} overlap the entry in {other.backward.__module__}")
@@ -207,19 +217,41 @@ def batch_axes(index: GraphIndex) -> dict[str, int | None]:
     """The batch axis of every tensor that depends on the image (None where an op merged it with
     another axis), from the image input's axis 0 through the entries' ``batch`` maps; once per model."""
     if "batch_axes" not in index.memo:
-        axes: dict[str, int | None] = {name: 0 for name in index.inputs}
-        for i in range(len(index.nodes)):
-            node = index.node(i)
-            if not any(name in index.live for name in node.input):
-                continue
-            rule = lookup_node(index, node)
-            try:
-                found = (rule.batch if rule is not None else same_batch)(index, node, [axes.get(n) for n in node.input])
-            except (InvalidArgument, ValueError, IndexError, ZeroDivisionError, TypeError):  # shapes or values unknown
-                found = [None] * len(node.output)
-            axes.update(zip(node.output, found))
-        index.memo["batch_axes"] = axes
+        index.memo["batch_axes"] = _carry(index, 0, features=False)
     return index.memo["batch_axes"]
+
+
+def feature_axes(index: GraphIndex) -> dict[str, int | None]:
+    """The axis of every tensor that depends on the image that holds its features (channels): the
+    image's axis 1 (NCHW); the output axis of a learned layer's filters (``Weights.axis``: 1 for
+    ``Conv``, the last for ``MatMul`` with weights on the right); moved through every other op as
+    its entry moves an axis (``features``, else ``batch``): through ``Transpose`` into channels-last
+    blocks and (N, tokens, features) layers, and out again. None where an op split or merged the
+    axis with others (attention heads); once per model."""
+    if "feature_axes" not in index.memo:
+        index.memo["feature_axes"] = _carry(index, 1, features=True)
+    return index.memo["feature_axes"]
+
+
+def _carry(index: GraphIndex, start: int, features: bool) -> dict[str, int | None]:
+    """One axis of every image-dependent tensor, from the inputs' axis ``start`` through the ops' maps."""
+    axes: dict[str, int | None] = {name: start for name in index.inputs}
+    for i in range(len(index.nodes)):
+        node = index.node(i)
+        if not any(name in index.live for name in node.input):
+            continue
+        rule = lookup_node(index, node)
+        try:
+            weights = rule.weights(index, node) if features and rule is not None and rule.weights is not None else None
+            if weights is not None:
+                rank = len(index.shape(node.output[0]) or [])
+                found: list[int | None] = [weights.axis % rank if rank else None] + [None] * (len(node.output) - 1)
+            else:
+                found = (rule.axis_map(features) if rule is not None else same_batch)(index, node, [axes.get(n) for n in node.input])
+        except (InvalidArgument, ValueError, IndexError, ZeroDivisionError, TypeError):  # shapes or values unknown
+            found = [None] * len(node.output)
+        axes.update(zip(node.output, found))
+    return axes
 
 
 def supported() -> str:

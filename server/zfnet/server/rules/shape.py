@@ -261,7 +261,15 @@ def _gather_batch(index, node, axes) -> list[int | None]:
     return [None if batch == axis else batch if batch < axis else batch + depth - 1]
 
 
-@op({"Gather": (1, 11, 13)}, field=_gather_field, batch=_gather_batch)
+def _gather_features(index, node, axes) -> list[int | None]:
+    """Gathering along the features axis with a vector of indices (a channel reorder, BGR to RGB)
+    keeps it there; otherwise the axis moves as a batch axis does."""
+    if axes[0] is not None and axes[0] == node.attrs["axis"] % len(index.shape(node.input[0]) or []) and len(index.shape(node.input[1]) or []) == 1:
+        return [axes[0]]
+    return _gather_batch(index, node, axes)
+
+
+@op({"Gather": (1, 11, 13)}, field=_gather_field, batch=_gather_batch, features=_gather_features)
 def gather(b, node, signals):
     """Constant indices (channel reorders, ``x[:, 0]``, a class token): each position's signal goes back
     to the position it was read from."""

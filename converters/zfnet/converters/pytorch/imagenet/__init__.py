@@ -21,6 +21,9 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from zfnet.preprocessing import IMAGENET_MEAN, IMAGENET_STD, normalised
+from zfnet.preprocessing import Preprocessing as Recorded
+
 from zfnet.converters.pytorch.imagenet.convnext import convnext_tiny
 from zfnet.converters.pytorch.imagenet.densenet import densenet121
 from zfnet.converters.pytorch.imagenet.efficientnet import efficientnet_b0
@@ -32,8 +35,6 @@ from zfnet.converters.pytorch.imagenet.swin import swin_t
 from zfnet.converters.pytorch.imagenet.vgg import vgg16
 from zfnet.converters.pytorch.imagenet.vit import vit_small_patch16_224
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)  # RGB, on pixels scaled to 0..1
-IMAGENET_STD = (0.229, 0.224, 0.225)
 INCEPTION_MEAN = (0.5, 0.5, 0.5)  # timm's IMAGENET_INCEPTION_MEAN/STD, used by its ViT weights
 INCEPTION_STD = (0.5, 0.5, 0.5)
 
@@ -52,6 +53,10 @@ class Preprocessing:
     def input_size(self) -> tuple[int, int]:
         """(H, W) the network takes."""
         return (self.crop, self.crop)
+
+    def recorded(self) -> Recorded:
+        """As a zfnet model records it: mean and scale on 0..255 (in the graph), resize and crop (before it)."""
+        return normalised(self.mean, self.std, self.input_size, self.resize, self.interpolation)
 
 
 @dataclass(frozen=True)
