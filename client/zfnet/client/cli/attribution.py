@@ -13,7 +13,7 @@ from rich.table import Table
 
 from zfnet import imagefolder
 from zfnet.client.api import Client
-from zfnet.client.cli.common import ServerOption, input_size, layer_or_none, progress_bar, unique_stems
+from zfnet.client.cli.common import ServerOption, framing, layer_or_none, progress_bar, unique_stems
 from zfnet.client.cli.gradcam import TargetLayerOption, UnitOption
 from zfnet.wire.attribution import Attribution, AttributionResult
 from zfnet.wire.models import ModelInfo
@@ -75,7 +75,7 @@ def write(result: AttributionResult, info: ModelInfo, paths: list[Path], out: Pa
     """A sheet and an .npz per image; a table of what was explained."""
     from zfnet.client import heatmaps  # matplotlib loads only when pictures are drawn
 
-    pictures = [imagefolder.read_rgb(path, input_size(info)) for path in paths]
+    pictures = [imagefolder.read_rgb(path, framing(info)) for path in paths]
     out.mkdir(parents=True, exist_ok=True)
     delta = result.method == "integrated-gradients"
     table = Table("image", "target", "value", *(["delta"] if delta else []), "sheet", title=f"{result.method} for {result.target_layer}: {result.description}")

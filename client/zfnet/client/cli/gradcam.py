@@ -11,7 +11,7 @@ from rich.table import Table
 
 from zfnet import imagefolder
 from zfnet.client.api import Client
-from zfnet.client.cli.common import ServerOption, input_size, layer_or_none, unique_stems
+from zfnet.client.cli.common import ServerOption, framing, layer_or_none, unique_stems
 from zfnet.wire.gradcam import GradCamMap, GradCamResult
 
 UnitOption = typer.Option([], "--unit", help="What to explain: a class (name or index) at the output, else a channel; once for all images or once per image (default: the top-1 class, or the strongest channel).")
@@ -35,7 +35,7 @@ def command(
     with Client(server) as client:
         info = client.model_info(model)
         result = client.grad_cam(model, image, layer_or_none(layer), layer_or_none(target_layer), unit, variant)
-    pictures = [imagefolder.read_rgb(path, input_size(info)) for path in image]
+    pictures = [imagefolder.read_rgb(path, framing(info)) for path in image]
     out.mkdir(parents=True, exist_ok=True)
     table = Table("image", "target", "value", "peak at (y, x)", "sheet", title=f"{variant.replace('_', '-')} of {result.layer} ({result.layout}) for {result.target_layer}")
     for picture, stem, path, item in zip(pictures, unique_stems(image), image, result.images):
