@@ -147,6 +147,18 @@ def test_every_guide_is_checked_and_in_the_nav() -> None:
     assert all(f": {g.removeprefix('docs/')}" in nav for g in guides)
 
 
+def test_readme_is_short_and_its_links_resolve() -> None:
+    """The README guides and links into the docs (the strict build checks the site's links, not the
+    README's): at most 150 lines, the two set-up commands CI runs, every relative link a file here."""
+    text = (ROOT / "README.md").read_text()
+    assert len(text.splitlines()) <= 150
+    setup = next(block for block in commands.blocks("README.md") if block.skip)
+    assert [line.split("#")[0].strip() for line in setup.text.splitlines()] == ["make demo", "make test"]
+    assert "make test" in (ROOT / ".ci" / "run").read_text()
+    targets = [link.split("#")[0] for link in re.findall(r"\]\(([^)\s]+)\)", text) if "://" not in link]
+    assert targets and not [target for target in targets if target and not (ROOT / target).exists()]
+
+
 def test_markers_are_read_and_refused_when_wrong(tmp_path: Path) -> None:
     (tmp_path / "a.md").write_text(
         "<!-- commands: skip (starts a server) -->\n```bash\nzfserver\n```\n\n"
