@@ -59,13 +59,17 @@ def test_cli_page_has_every_command_option_default_and_help() -> None:
 
 
 def test_help_texts_carry_no_raw_markup() -> None:
-    """Typer prints help as written: docstring markup (``x``, :class:`x`) would reach the terminal."""
+    """Typer prints help through Rich: docstring markup (``x``, :class:`x`) would reach the terminal as
+    written, and what Rich reads as its own markup (``[default: 9]``, ``zfnet[server]``) would vanish."""
+    from rich.markup import render
+
     from zfnet.client.cli.main import app
 
     markup = re.compile(r"``|:(class|func|meth|data|mod|attr):`")
     for name, command in [("zfclient", typer.main.get_command(app)), *reference.commands(typer.main.get_command(app), "zfclient")]:
         texts = [command.help or "", *(getattr(param, "help", None) or "" for param in command.params)]
         assert not [text for text in texts if markup.search(text)], name
+        assert not [text for text in texts if render(text).plain != text], name
 
 
 def test_cli_types_and_defaults_read_as_typed() -> None:
