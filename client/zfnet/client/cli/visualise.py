@@ -13,6 +13,7 @@ from rich.table import Table
 
 from zfnet.client.api import Client
 from zfnet.client.cli.common import ServerOption, job_progress, layer_or_none, parse_ranges
+from zfnet.client.names import safe_name
 from zfnet.wire.visualise import VisualiseResult
 
 RANGE = re.compile(r"^\d+(-\d+)?(,\d+(-\d+)?)*$")
@@ -54,7 +55,7 @@ def command(
         task = bar.add_task("visualise", total=len(chosen) * steps)
         result = client.visualise(model, chosen, layer_or_none(layer), lambda stage, done, total: bar.update(task, description=stage, completed=done, total=total), **options)
     out.mkdir(parents=True, exist_ok=True)
-    stem = result.layer.replace("/", "_")
+    stem = safe_name(result.layer)
     sheet = heatmaps.visualisation_sheet(result, f"{info.name}: feature visualisation", out / f"{stem}_visualisation.png")
     for item in result.units:
         for k, picture in enumerate(item.images):
