@@ -48,6 +48,8 @@ REASONS: dict[str, str] = {
     "EXTERNAL_DATA": "the model keeps tensors in external files, which the server never reads for an upload: inline them",
     "UNAUTHENTICATED": "no bearer token, or one this server does not accept (UNAUTHENTICATED)",
     "SNAPSHOTS_DIFFER": "Evolution: a snapshot's chosen layer differs from the first snapshot's in name or shape (metadata: snapshot, reference)",
+    "TOO_MANY_VALUES": "a request field holds more values than the server takes: k, channels, transformation values, occluder positions, parts (metadata: limit, requested)",
+    "TOO_MANY_CALLS": "this client has as many calls open as the server allows one client (--max-calls-per-client; metadata: limit)",
 }
 
 

@@ -181,6 +181,28 @@ def test_json_shards_merge_and_resume_give_the_single_runs_report(tmp_path, repo
     assert not (out / "partial-state.npz").exists()
 
 
+def test_a_scan_whose_server_stops_says_how_to_resume_and_resuming_works(tmp_path, report, monkeypatch) -> None:
+    from zfnet.server.app import create_server
+
+    single = layers_of(json.loads((report / "manifest.json").read_text()))
+    out = tmp_path / "out"
+    server, port, _ = create_server("127.0.0.1:0")
+    save = TopK.save
+
+    def checkpoint_then_stop(state: TopK, path: Path) -> None:  # the server goes away just after the first checkpoint
+        save(state, path)
+        if path.name == "partial-state.npz":
+            server.stop(None).wait()
+
+    monkeypatch.setattr(TopK, "save", checkpoint_then_stop)
+    stopped = top(*JOB, "--data", SAMPLES, "--out", out, "--batch-size", 32, "--checkpoint-every", 32, "--server", f"127.0.0.1:{port}")
+    assert stopped.exit_code == 1 and "Traceback" not in stopped.stderr
+    assert "run the same command with --resume to continue" in stopped.stderr, stopped.stderr
+    monkeypatch.setattr(TopK, "save", save)
+    ok(top(*JOB, "--data", SAMPLES, "--out", out, "--resume"))
+    assert layers_of(json.loads((out / "manifest.json").read_text())) == single
+
+
 def test_bad_input_ends_in_one_line_and_leaves_no_finished_report(tmp_path) -> None:
     out = tmp_path / "out"
     out.mkdir()

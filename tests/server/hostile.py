@@ -6,13 +6,24 @@ megabytes here. The server must refuse each one from what it can see before doin
 from __future__ import annotations
 
 import io
+import os
+import re
+import signal
+import statistics
 import struct
+import subprocess
+import sys
+import threading
+import time
 import zlib
+from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
+
+from zfnet.server.admission import rss_bytes
 
 IR_VERSION = 10
 OPSET = 18
@@ -43,6 +54,20 @@ def png(width: int, height: int, bit_depth: int = 1, color_type: int = 0, rows: 
     else:
         data = zlib.compress(b"")
     return b"\x89PNG\r\n\x1a\n" + header + _chunk(b"IDAT", data) + _chunk(b"IEND", b"")
+
+
+def noise_png(width: int, height: int, seed: int = 0) -> bytes:
+    """An RGB PNG of noise (it compresses to about its raw size)."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (height, width, 3), np.uint8)).save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+def flat_jpeg(width: int, height: int) -> bytes:
+    """A one-colour RGB JPEG of ``width`` x ``height`` (small to send, large to decode)."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), (90, 120, 200)).save(buffer, format="JPEG")
+    return buffer.getvalue()
 
 
 def tiny_png(value: int = 128) -> bytes:
@@ -123,3 +148,89 @@ def allocation_bomb_model() -> onnx.ModelProto:
         initializer=[numpy_helper.from_array(np.asarray([1 << 61], np.int64), "huge")],
     )
     return _model(graph)
+
+
+# ---- a real zfserver process, its RSS sampled ---------------------------------------------------
+
+
+class Sampler(threading.Thread):
+    """RSS of process ``pid`` every ``every`` seconds until stopped; past ``kill_at`` bytes the
+    process is killed (a defect must not take the machine), and ``killed`` says so."""
+
+    def __init__(self, pid: int, every: float = 0.05, kill_at: int | None = None) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.every, self.kill_at = pid, every, kill_at
+        self.samples: list[tuple[float, int]] = []
+        self.halt = threading.Event()
+        self.killed = False
+
+    def run(self) -> None:
+        while not self.halt.is_set():
+            rss = rss_bytes(self.pid)
+            if rss:
+                self.samples.append((time.monotonic(), rss))
+                if self.kill_at is not None and rss > self.kill_at and not self.killed:
+                    self.killed = True
+                    os.kill(self.pid, signal.SIGKILL)
+            self.halt.wait(self.every)
+
+    def since(self, start: float) -> list[int]:
+        return [r for t, r in self.samples if t >= start]
+
+    def peak(self, start: float = 0.0) -> int:
+        return max(self.since(start), default=0)
+
+    def settle(self, wait_s: float, window: float = 2.0) -> int:
+        """RSS once it stops falling: the median of the last ``window`` seconds, after at most ``wait_s``."""
+        end = time.monotonic() + wait_s
+        last = None
+        while time.monotonic() < end:
+            time.sleep(window)
+            now = statistics.median(self.since(time.monotonic() - window) or [0])
+            if last is not None and now >= last * 0.99:
+                return int(now)
+            last = now
+        return int(statistics.median(self.since(time.monotonic() - window) or [0]))
+
+
+def _copy_lines(source, out) -> None:
+    """Each line of ``source`` into ``out`` as it comes (flushed: tests read the log meanwhile)."""
+    for line in source:
+        out.write(line)
+        out.flush()
+
+
+class Zfserver:
+    """``zfserver`` in a process of its own on 127.0.0.1 (any free port), its stderr in ``log``,
+    its RSS sampled every 20 ms (killed past ``kill_at``); ``options`` are command-line options."""
+
+    def __init__(self, *options: str, log: Path, kill_at: int | None = None, env: dict[str, str] | None = None) -> None:
+        script = Path(sys.executable).parent / "zfserver"
+        self.log_path = log
+        out = log.open("w")
+        self.process = subprocess.Popen(
+            [str(script), "--port", "0", "--host", "127.0.0.1", *options], stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})},
+        )
+        stderr = self.process.stderr
+        assert stderr is not None  # stderr=PIPE
+        self.target = ""
+        for line in stderr:
+            out.write(line)
+            found = re.search(r"serving on 127\.0\.0\.1:(\d+)", line)
+            if found:
+                self.target = f"127.0.0.1:{found.group(1)}"
+                break
+        if not self.target:
+            out.close()
+            raise RuntimeError(f"zfserver did not start; see {log}")
+        out.flush()
+        threading.Thread(target=_copy_lines, args=(stderr, out), daemon=True).start()
+        self.rss = Sampler(self.process.pid, 0.02, kill_at)
+        self.rss.start()
+
+    def close(self) -> int:
+        """Stop the server (SIGTERM); its exit code."""
+        self.rss.halt.set()
+        if self.process.poll() is None:
+            self.process.terminate()
+        return self.process.wait(60)

@@ -1,15 +1,22 @@
 """The on-disk cache of prepared models: a model prepared once (expose pass, shape inference,
 projection graphs) is read back by later loads instead of being prepared again, under
-``$XDG_CACHE_HOME/zfnet`` (a temporary folder in the tests), and a cache that cannot be used is no error."""
+``$XDG_CACHE_HOME/zfnet`` (a temporary folder in the tests), and a cache that cannot be used is no error.
+Issue 18 (defect 5): the cache is private (0700 / 0600), bounded (``ZFNET_CACHE_MAX``, least recently
+used first), every entry verified before use (its SHA-256, no external data), and a standalone
+server's cache is a temporary directory of its own, emptied by DeleteModel and removed at exit."""
 
 from __future__ import annotations
 
+import hashlib
 import inspect
+import stat
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 
+import hostile
 from zfnet.converters import expose, graph, index
 from zfnet.server import cache, engine, models, projection, rules
 from zfnet.server.engine import Engine
@@ -74,3 +81,83 @@ def test_the_cache_key_covers_the_code_that_prepares_models_and_nothing_else() -
     assert set(Path(inspect.getfile(rules)).parent.glob("*.py")) <= files
     assert {Path(inspect.getfile(m)) for m in (expose, graph, index, projection)} <= files
     assert not {Path(inspect.getfile(m)) for m in (engine, models, cache)} & files
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def _entry(folder: Path, sha256: str) -> Path:
+    return folder / cache.fingerprint() / sha256 / "exposed.onnx"
+
+
+def test_the_cache_is_private_and_a_wider_folder_is_narrowed(fresh_cache: Path, reference_onnx: Path, sample_images) -> None:
+    fresh_cache.mkdir(parents=True, mode=0o755)
+    fresh_cache.chmod(0o755)  # as an older version left it
+    _deconv(load(reference_onnx.read_bytes(), "reference"), sample_images)
+    folders = [fresh_cache, *(p for p in fresh_cache.rglob("*") if p.is_dir())]
+    files = [p for p in fresh_cache.rglob("*") if p.is_file()]
+    assert len(folders) == 3 and {_mode(p) for p in folders} == {0o700}
+    assert len(files) == 4 and {_mode(p) for p in files} == {0o600}, "exposed model, projection, and their digests"
+
+
+def test_an_edited_entry_is_rebuilt_never_served(fresh_cache: Path, reference_onnx: Path, sample_images) -> None:
+    data = reference_onnx.read_bytes()
+    first = load(data, "reference")
+    reference = _deconv(first, sample_images)
+    entry = _entry(fresh_cache, first.sha256)
+    other = load(hostile.conv_model().SerializeToString(), "other")  # a valid exposed model, put in the reference's place
+    entry.write_bytes(_entry(fresh_cache, other.sha256).read_bytes())
+    second = load(data, "reference")
+    assert second.layers == first.layers, "the edited entry was served"
+    assert hashlib.sha256(entry.read_bytes()).hexdigest() == entry.with_name("exposed.onnx.sha256").read_text(), "rebuilt and stored again"
+    for a, b in zip(reference, _deconv(second, sample_images), strict=True):
+        np.testing.assert_array_equal(a.pixels, b.pixels)
+
+
+def test_an_entry_naming_an_external_file_is_refused_even_with_a_matching_digest(fresh_cache: Path, reference_onnx: Path, tmp_path: Path) -> None:
+    data = reference_onnx.read_bytes()
+    first = load(data, "reference")
+    secret = tmp_path / "secret.txt"
+    secret.write_bytes(b"SECRET-BYTES-0123456789")
+    crafted = hostile.file_reading_model(str(secret))
+    crafted.metadata_props.add(key=expose.EXPOSED_KEY, value="1")
+    forged = crafted.SerializeToString()
+    entry = _entry(fresh_cache, first.sha256)
+    entry.write_bytes(forged)
+    entry.with_name("exposed.onnx.sha256").write_text(hashlib.sha256(forged).hexdigest())
+    second = load(data, "reference")
+    assert second.layers == first.layers and "leak" not in {row.name for row in second.layers}
+    assert onnx.ModelProto.FromString(entry.read_bytes()).graph.name == first.model.graph.name, "the crafted entry was replaced"
+
+
+def test_the_size_bound_removes_the_least_recently_used_entries(fresh_cache: Path, reference_onnx: Path, monkeypatch) -> None:
+    import os
+
+    data = reference_onnx.read_bytes()
+    reference = load(data, "reference")
+    one = sum(p.stat().st_size for p in fresh_cache.rglob("*") if p.is_file())
+    bound = one + (64 << 10)  # the reference model's entry and a few small ones
+    monkeypatch.setenv(cache.MAX_ENV, str(bound))
+    assert cache.max_bytes() == bound
+    small = [load(hostile.conv_model(seed=seed).SerializeToString(), f"small{seed}") for seed in range(3)]
+    os.utime(_entry(fresh_cache, reference.sha256), (1, 1))  # used longest ago
+    variant = onnx.ModelProto.FromString(data)
+    variant.metadata_props.add(key="test.variant", value="1")  # another model of the same size
+    another = load(variant.SerializeToString(), "variant")
+    total = sum(p.stat().st_size for p in fresh_cache.rglob("*") if p.is_file())
+    kept = {p.parent.name for p in fresh_cache.rglob("exposed.onnx")}
+    assert total <= bound, (total, bound)
+    assert kept == {another.sha256, *(m.sha256 for m in small)}, "the least recently used entry went, and only it"
+
+
+def test_a_standalone_servers_cache_is_its_own_emptied_on_delete_and_removed_at_close(fresh_cache: Path, reference_onnx: Path) -> None:
+    private = cache.Cache.private()
+    assert private.folder != fresh_cache and _mode(private.folder) == 0o700
+    store = ModelStore(cache=private)
+    model = store.add(reference_onnx.read_bytes(), "reference")
+    assert _entry(private.folder, model.sha256).is_file() and not fresh_cache.exists(), "nothing in the user's cache"
+    store.delete(model.sha256)
+    assert not _entry(private.folder, model.sha256).parent.exists()
+    private.close()
+    assert not private.folder.exists()

@@ -170,22 +170,26 @@ def test_a_batch_decodes_in_pieces_by_its_encoded_size() -> None:
     assert _pieces([]) == [slice(0, 0)]
 
 
-def test_decode_gate_bounds_bytes_decoded_at_once_and_an_oversized_image_decodes_alone() -> None:
+def test_decode_gate_bounds_bytes_decoded_at_once_and_refuses_an_image_over_it() -> None:
     import threading
     import time
 
+    from zfnet.errors import ResourceExhausted
     from zfnet.server.images import DecodeGate
 
     gate = DecodeGate(100)
-    peak, entered, lock = [0], [], threading.Lock()
+    peak, entered, refused, lock = [0], [], [], threading.Lock()
 
     def decode(k: int, nbytes: int) -> None:
-        with gate.held(nbytes):
-            with lock:
-                entered.append(k)
-                peak[0] = max(peak[0], gate.used)
-                assert gate.used <= 100 or gate.used == nbytes, (gate.used, nbytes)  # over the limit: alone
-            time.sleep(0.002)
+        try:
+            with gate.held(nbytes, f"image {k}"):
+                with lock:
+                    entered.append(k)
+                    peak[0] = max(peak[0], gate.used)
+                    assert gate.used <= 100, (gate.used, nbytes)
+                time.sleep(0.002)
+        except ResourceExhausted as err:
+            refused.append((k, str(err)))
 
     sizes = [30, 60, 250, 40, 40, 40, 10, 90, 120, 5] * 3
     threads = []
@@ -195,8 +199,11 @@ def test_decode_gate_bounds_bytes_decoded_at_once_and_an_oversized_image_decodes
         time.sleep(0.0005)
     for t in threads:
         t.join()
-    assert sorted(entered) == list(range(len(sizes))) and gate.used == 0
-    assert peak[0] <= 250
+    over = [k for k, n in enumerate(sizes) if n > 100]
+    assert sorted(entered) == [k for k in range(len(sizes)) if k not in over] and gate.used == 0
+    assert sorted(k for k, _ in refused) == over, "an image over the gate is refused whatever else runs"
+    assert all("over the 100" in message for _, message in refused)
+    assert peak[0] <= 100
 
 
 def test_data_set_decoding_waits_at_the_gate_and_gives_the_same_batches(tmp_path: Path) -> None:
@@ -216,9 +223,9 @@ def test_data_set_decoding_waits_at_the_gate_and_gives_the_same_batches(tmp_path
     held = gate.held
     most = [0]
 
-    def counted(nbytes: int):
+    def counted(nbytes: int, what: str = ""):
         most[0] = max(most[0], gate.used + nbytes)
-        return held(nbytes)
+        return held(nbytes, what)
 
     gate.held = counted
     gated = list(store.source("big", 0, 8, 8, gate=gate).batches(SHAPE))

@@ -89,7 +89,7 @@ def test_features_on_the_device_path_pool_on_the_device_and_equal_plain_runs(ref
     layers = engine.feature_layers(model, [(1, Pooling.parse("grid:3")), (5, None), ("relu7", None), ("pixels", None)], Pooling.parse("max"))
 
     def job() -> list[np.ndarray]:
-        parts = list(engine.features(model, layers, engine.datasets.source("cifar10", 0, 40, 16), "float16"))
+        parts = list(engine.features(model, layers, engine.datasets.source("cifar10", 0, 40, 16), "float16")[1])
         return [np.concatenate([rows[k] for _, rows in parts]) for k in range(len(layers))]
 
     plain = job()

@@ -407,9 +407,14 @@ def test_streaming_method_errors_carry_details_after_its_replies() -> None:
     """Data-set jobs stream their replies: an error raised mid-stream ends the call with its details."""
     from concurrent import futures
 
+    from types import SimpleNamespace
+
+    from zfnet.server.admission import MemoryBudget
     from zfnet.server.service import _status
 
     class Counter:
+        engine = SimpleNamespace(budget=MemoryBudget(1 << 30, on_idle=None))  # what the servicer's handlers admit against
+
         @_status
         def Count(self, request, context):
             yield pb.JobProgress(stage="forward", done=1, total=3)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 from typing import cast
 
@@ -194,21 +195,37 @@ def test_a_batch_over_the_reply_size_travels_in_several_replies(server, referenc
     np.testing.assert_array_equal(np.concatenate([b.features[0] for b in parts]), whole[0].features[0])
 
 
+def until_idle(budget, wait_s: float = 30) -> dict[str, int]:
+    """The budget's status once no call runs: a call's lease on its messages ends just after the
+    client has its last reply (synchronisation, not a timing assertion)."""
+    end = time.monotonic() + wait_s
+    while budget.status()["running"] and time.monotonic() < end:
+        time.sleep(0.01)
+    return budget.status()
+
+
 def test_a_features_job_runs_inside_the_memory_budget_and_names_what_is_wrong(reference_onnx: Path, sample_images: list[Path]) -> None:
     data = sample_images[0].parents[1]
     server, port, engine = create_server("127.0.0.1:0")
     try:
         with Client(f"127.0.0.1:{port}") as client:
             assert len(list(client.features(reference_onnx, data, [5], "avg", stop=8, batch_size=4))) == 2
-            budget = engine.budget.status()
+            budget = until_idle(engine.budget)
             assert budget["running"] == 0 and budget["requests"] == 0, "each batch's reservation ends with the batch"
             sha = client.ensure_model(reference_onnx)
+            whole = list(client.features(reference_onnx, data, [5], "avg", stop=8, batch_size=64))
             per_batch = 64 * engine.store.get(sha).footprint.forward
             engine.budget.limit = budget["resident"] + per_batch  # the model fits; a 64-image batch's forward pass cannot
+            lowered = client.features(reference_onnx, data, [5], "avg", stop=8, batch_size=64)
+            assert 0 < lowered.header.batch_size < 64, "the batch is lowered to fit, as the proto says"
+            parts = list(lowered)
+            assert len(parts) == -(-8 // lowered.header.batch_size)
+            np.testing.assert_allclose(np.concatenate([b.features[0] for b in parts]), whole[0].features[0], rtol=1e-5, atol=1e-5)
+            engine.budget.limit = budget["resident"] + engine.store.get(sha).footprint.forward  # not even one image: refused at once
             with pytest.raises(ResourceExhausted, match="Features of 1 layer") as caught:
                 list(client.features(reference_onnx, data, [5], "avg", stop=8, batch_size=64))
             assert caught.value.reason == "OVER_MEMORY_BUDGET"
-            assert len(list(client.features(reference_onnx, data, [5], "avg", stop=2, batch_size=1))) == 2, "a smaller batch still fits"
+            engine.budget.limit = 1 << 40
             with pytest.raises(InvalidArgument) as caught:
                 client.features(reference_onnx, data, [5], "grid:0")
             assert caught.value.field is None, "refused by the client before any call"
@@ -230,9 +247,11 @@ def test_a_features_job_runs_inside_the_memory_budget_and_names_what_is_wrong(re
 def test_a_features_job_hands_memory_back_once_not_after_every_batch(reference_onnx: Path, sample_images: list[Path]) -> None:
     server, port, engine = create_server("127.0.0.1:0")
     handed_back = []
-    engine.budget._on_idle = lambda: handed_back.append(engine.budget.status()["running"])
     try:
         with Client(f"127.0.0.1:{port}") as client:
+            client.ensure_model(reference_onnx)
+            until_idle(engine.budget)  # the upload's call has ended (and handed memory back itself)
+            engine.budget._on_idle = lambda: handed_back.append(engine.budget.status()["running"])
             batches = list(client.features(reference_onnx, sample_images[0].parents[1], [1, 5], "avg", stop=192, batch_size=64))
     finally:
         server.stop(grace=None)

@@ -115,9 +115,10 @@ def test_progress_reaches_the_python_client(conn: Conn, sample_images) -> None:
 
 def test_batch_size_follows_the_memory_estimate(reference_onnx: Path, sample_images) -> None:
     model = load(reference_onnx.read_bytes(), "m")
-    per_copy = perturbation.bytes_per_copy(model)
     floats = 3 * 32 * 32 + sum(int(np.prod([int(d) for d in row.shape[1:]])) for row in model.layers)
-    assert per_copy == 4 * floats
+    assert perturbation.bytes_per_copy(model) == 4 * floats
+    per_copy = sum(perturbation.batch_cost(model, []).per_item.values())
+    assert per_copy == 2 * 4 * floats + 2 * 4 * 3 * 32 * 32, "the forward pass at twice its activations, the copy and its source"
     assert perturbation.copies_per_batch(model, budget=10 * per_copy + 1) == 10
     assert perturbation.copies_per_batch(model, max_batch=3, budget=10 * per_copy) == 3
     assert perturbation.copies_per_batch(model, budget=1) == 1
@@ -173,10 +174,10 @@ def test_cancelling_mid_stream_stops_the_work_and_the_server_keeps_serving(conn:
     ended = threading.Event()
     scope, advance, run = admission.rpc_scope, perturbation.Tracker.advance, occlusion.run
 
-    def watched_scope(remaining_s, on_end):
+    def watched_scope(budget, remaining_s, on_end, active=None):
         calls.append(threading.Event())
         on_end(calls[-1].set)  # gRPC runs a call's callbacks once the call is over: here, cancelled
-        return scope(remaining_s, on_end)
+        return scope(budget, remaining_s, on_end, active)
 
     def held_advance(self, n, stage):
         batches.append(n)

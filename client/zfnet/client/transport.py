@@ -171,7 +171,7 @@ class Transport:
         self._private_dir = tempfile.mkdtemp(prefix="zfnet-", dir=base)  # mode 0700: only this user can reach the socket
         target = f"unix:{self._private_dir}/zfnet.sock"
         try:
-            self._server, _, _ = create_server(target)
+            self._server, _, _ = create_server(target, user_cache=True)  # prepared models cached for the next run, privately
         except BaseException:
             shutil.rmtree(self._private_dir, ignore_errors=True)
             raise

@@ -16,7 +16,7 @@ from typing import Any, Generic, NamedTuple, TypeVar, cast
 
 import numpy as np
 
-from zfnet.errors import InvalidArgument, NotFound, ZfnetError
+from zfnet.errors import InvalidArgument, NotFound, ResourceExhausted, ZfnetError
 from zfnet.tensors import from_proto, to_proto
 from zfnet.v1 import zfnet_pb2 as pb
 
@@ -88,6 +88,16 @@ def within(old: str, new: str) -> Iterator[None]:
         if field == old or field.startswith((old + ".", old + "[")):
             err.field = (new + field[len(old):]).lstrip(".") or None
         raise
+
+
+def at_most(count: int, limit: int, field: str, what: str) -> None:
+    """Refuse a request field holding ``count`` values (``what``) when the server takes at most
+    ``limit`` (RESOURCE_EXHAUSTED, TOO_MANY_VALUES, metadata limit and requested)."""
+    if count > limit:
+        raise ResourceExhausted(
+            f"{field}: {count:,} {what}, over the {limit:,} this server takes", field=field, reason="TOO_MANY_VALUES",
+            metadata={"limit": limit, "requested": count},
+        )
 
 
 def require_model(ref: pb.ModelRef, at: str) -> None:

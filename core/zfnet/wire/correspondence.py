@@ -9,7 +9,11 @@ import numpy as np
 
 from zfnet.tensors import to_proto
 from zfnet.v1 import zfnet_pb2 as pb
-from zfnet.wire.common import FILLS, Box, FillValue, ImageInput, LayerKey, array, box_of, box_proto, images_of, images_proto, layer_of, layer_proto
+from zfnet.wire.common import FILLS, Box, FillValue, ImageInput, LayerKey, array, at_most, box_of, box_proto, images_of, images_proto, layer_of, layer_proto
+
+
+MAX_PARTS = 64  # CorrespondenceRequest.parts at most
+MAX_TRIALS = 1000  # CorrespondenceRequest.random_trials at most
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,8 @@ class CorrespondenceRequest:
 
     @classmethod
     def from_proto(cls, message: pb.CorrespondenceRequest) -> CorrespondenceRequest:
+        at_most(len(message.parts), MAX_PARTS, "parts", "parts")
+        at_most(message.random_trials, MAX_TRIALS, "random_trials", "random-mask trials per part")
         images = images_of(message.images)
         boxes = [[box_of(b) for b in image.boxes] for image in message.boxes]
         trials = message.random_trials if message.HasField("random_trials") else None

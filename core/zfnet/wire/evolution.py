@@ -8,9 +8,9 @@ from dataclasses import dataclass
 
 from zfnet.errors import InvalidArgument
 from zfnet.v1 import zfnet_pb2 as pb
-from zfnet.wire.common import DataSource, LayerKey, layer_of, layer_proto
+from zfnet.wire.common import DataSource, LayerKey, at_most, layer_of, layer_proto
 from zfnet.wire.deconv import METHODS
-from zfnet.wire.top import Event, Entry, TopResult, event_of, reply_proto
+from zfnet.wire.top import MAX_CHANNELS, Event, Entry, TopResult, event_of, reply_proto
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,7 @@ class EvolutionRequest:
                 "run TopActivations with k=1 on each snapshot", field="data.dataset", reason="FIELD_REQUIRED",
             )
         method = METHODS.name(message.method, "method")
+        at_most(len(message.channels), MAX_CHANNELS, "channels", "channels")
         labels = list(message.labels) or [ref.name or ref.sha256[:12] for ref in message.models]
         return cls(labels, [layer_of(r) for r in message.layers], DataSource.from_proto(message.data), list(message.channels) or None, method)
 

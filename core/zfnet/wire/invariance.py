@@ -9,10 +9,11 @@ import numpy as np
 
 from zfnet.tensors import to_proto
 from zfnet.v1 import zfnet_pb2 as pb
-from zfnet.wire.common import FILLS, FillValue, ImageInput, LayerKey, Names, TrueClass, array, images_of, images_proto, layer_of, layer_proto
+from zfnet.wire.common import FILLS, FillValue, ImageInput, LayerKey, Names, TrueClass, array, at_most, images_of, images_proto, layer_of, layer_proto
 
 TRANSFORMS = Names(pb.Transform)
 BORDERS = Names(pb.Border, "", "reflect")
+MAX_VALUES = 1024  # transformation values (angles, shifts, scales) of all sweeps of a request together, at most
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,7 @@ class InvarianceRequest:
 
     @classmethod
     def from_proto(cls, message: pb.InvarianceRequest) -> InvarianceRequest:
+        at_most(sum(len(s.values) for s in message.sweeps), MAX_VALUES, "sweeps", "transformation values (all sweeps together)")
         images = images_of(message.images)
         sweeps = [(TRANSFORMS.name(s.transform, f"sweeps[{i}].transform"), list(s.values)) for i, s in enumerate(message.sweeps)]
         layers = [layer_of(r) for r in message.layers]

@@ -13,12 +13,14 @@ from zfnet.errors import InvalidArgument, ZfnetError
 from zfnet.tensors import from_proto, to_proto
 from zfnet.topk import LayerTop, TopK
 from zfnet.v1 import zfnet_pb2 as pb
-from zfnet.wire.common import Box, DataSource, LayerKey, Names, Progress, Skipped, array, box_of, box_proto, layer_of, layer_proto
+from zfnet.wire.common import Box, DataSource, LayerKey, Names, Progress, Skipped, array, at_most, box_of, box_proto, layer_of, layer_proto
 from zfnet.wire.deconv import METHODS
 
 BY = Names(pb.TopBy, "TOP_BY_", "max")
 STAGES = Names(pb.TopStage, "TOP_", "all")
 K = 9  # TopJob.k when unset
+MAX_K = 1024  # TopJob.k at most
+MAX_CHANNELS = 65536  # entries of TopJob.channels (and EvolutionRequest.channels) at most
 ARRAYS = ("channels", "values", "activations", "indices", "locations")
 
 
@@ -80,6 +82,8 @@ class TopJob:
         by = BY.name(job.by, "job.by")
         if job.k < 0:
             raise InvalidArgument(f"k must be positive (0 or unset means {K}), got {job.k}", field="job.k", reason="VALUE_OUT_OF_RANGE")
+        at_most(job.k, MAX_K, "job.k", "images per channel")
+        at_most(len(job.channels), MAX_CHANNELS, "job.channels", "channels")
         return cls(
             [layer_of(r) for r in job.layers], DataSource.from_proto(job.data), job.k or K, by, list(job.channels) or None,
             method if job.method else None, stage, state_of(job.state, "job.state") if job.HasField("state") else None, job.checkpoint_every,

@@ -15,9 +15,18 @@ model, a cached projection session) are ``hold``-en under a key with a callback 
 when they are evicted. When the last request finishes, freed memory is handed back to the
 operating system (``release_memory``), so the server's RSS settles after a burst.
 
-Estimates are upper bounds measured on this project's models (docs/security.md,
-"Memory"); an allocation the estimate missed still fails cleanly (onnxruntime's allocation
-errors become RESOURCE_EXHAUSTED in the servicer).
+What a client streams is counted from the moment it arrives: each call has a :class:`Lease` that
+grows with every request message received (waiting for room like a request) and shrinks as the
+messages are consumed (an upload's bytes become a model, streamed images are decoded). A job over
+many items (a data set, perturbed copies) fits its batch to :func:`room` with a :class:`Cost` and
+runs inside one reservation for its state and one batch at a time (and, for images its client
+streams, :func:`streamed_room`): nothing inside a job waits for room, so jobs never wait on each
+other's progress. A call the client cancelled stops at its next batch or admission
+(:func:`check_active`).
+
+Estimates are upper bounds measured on this project's models (see docs/security.md); an
+allocation the estimate missed still fails cleanly (onnxruntime's allocation errors become
+RESOURCE_EXHAUSTED in the servicer).
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ import ctypes
 import ctypes.util
 import functools
 import logging
+import math
 import os
 import threading
 import time
@@ -52,27 +62,117 @@ DEFAULT_WAIT_S = 60.0  # longest a request waits for budget when the call has no
 TRIM_AFTER_BYTES = 32 * MIB  # hand memory back to the OS at once when this much was released, on going idle
 TRIM_LATER_S = 1.0  # else once the server has stayed idle this long
 REPLY_HEADROOM = 0.97  # a reply may use this share of the message limit (the rest: message framing)
+FORWARD_FACTOR = 2  # a forward pass allocates up to about this many times its exposed outputs (measured: 1.4-1.6)
+NO_BUDGET = 1 << 40  # the room of a job outside any budget (nothing is lowered)
+JOB_SHARE = 0.25  # a batch of a job (data set, perturbed copies) is fitted to this share of the budget
+STREAMED_SHARE = 0.125  # a job's streamed images not yet decoded may take this share of the budget
+MESSAGE_SHARE = 1 / 16  # the largest request message a server receives, as a share of its budget (see ``message_limit``)
 
 # The gRPC deadline of the call being served (monotonic seconds), set by the servicer.
 deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("zfnet_deadline", default=None)
-# Reservations that last until the call being served has sent its reply (see ``rpc_scope``).
+# Reservations that last until the call being served has ended (see ``rpc_scope``).
 _rpc: contextvars.ContextVar[contextlib.ExitStack | None] = contextvars.ContextVar("zfnet_rpc", default=None)
+# Whether the call being served is still wanted (False once its client cancelled or it was ended).
+_active: contextvars.ContextVar[Callable[[], bool] | None] = contextvars.ContextVar("zfnet_active", default=None)
+# What the call being served has received and not yet consumed (see ``received``).
+_lease: contextvars.ContextVar[Lease | None] = contextvars.ContextVar("zfnet_lease", default=None)
+
+
+class CallEnded(Exception):
+    """The call being served was cancelled by its client (or ended by the server): stop its work."""
+
+
+def check_active() -> None:
+    """Raise :class:`CallEnded` when the call being served is no longer wanted (every admission checks)."""
+    active = _active.get()
+    if active is not None and not active():
+        raise CallEnded("the call was cancelled")
+
+
+def next_batch() -> None:
+    """Between two batches of a job: stop a cancelled call (:func:`check_active`), and hand freed
+    heap memory back when the process holds more than its budget accounts for
+    (:meth:`MemoryBudget.settle`)."""
+    check_active()
+    lease = _lease.get()
+    if lease is not None:
+        lease.budget.settle()
 
 
 @contextmanager
-def rpc_scope(remaining_s: float | None, on_end: Callable[[Callable[[], None]], bool]) -> Iterator[None]:
-    """Serve one unary call: reservations made through :func:`admitted` inside it are released only
-    when the call ends (``on_end`` registers the release, e.g. ``ServicerContext.add_callback``), so
-    the reply's protobuf and its serialisation stay counted; waits are bounded by the call's deadline."""
+def rpc_scope(
+    budget: MemoryBudget, remaining_s: float | None, on_end: Callable[[Callable[[], None]], bool], active: Callable[[], bool] | None = None,
+) -> Iterator[None]:
+    """Serve one call: reservations made through :func:`admitted` inside it, and the call's lease on
+    what it receives (:func:`received`), are released only when the call has ended (``on_end``
+    registers the release, e.g. ``ServicerContext.add_callback``), so the reply's protobuf and its
+    serialisation stay counted; waits are bounded by the call's deadline; ``active`` says whether
+    the client still wants the call (each admission checks, :func:`check_active`)."""
     stack = contextlib.ExitStack()
-    tokens = (_rpc.set(stack), deadline.set(None if remaining_s is None else time.monotonic() + remaining_s))
+    lease = stack.enter_context(budget.lease("the request's messages"))
+    tokens = (_rpc.set(stack), deadline.set(None if remaining_s is None else time.monotonic() + remaining_s), _active.set(active), _lease.set(lease))
     try:
         yield
     finally:
         _rpc.reset(tokens[0])
         deadline.reset(tokens[1])
+        _active.reset(tokens[2])
+        _lease.reset(tokens[3])
         if not on_end(stack.close):
             stack.close()
+
+
+def received(message: object) -> None:
+    """Count a request message the call being served has just received (protobuf ``ByteSize``;
+    what is decoded from it replaces it) until :func:`consumed` or the call's end; waits for room,
+    or refuses with RESOURCE_EXHAUSTED (see :class:`Lease`). Outside a call, nothing."""
+    lease = _lease.get()
+    size = getattr(message, "ByteSize", None)
+    if lease is not None and size is not None:
+        lease.grow(size())
+
+
+def consumed(nbytes: int) -> None:
+    """What the call received and has now consumed (about ``nbytes`` of message bytes) no longer counts."""
+    lease = _lease.get()
+    if lease is not None:
+        lease.shrink(nbytes)
+
+
+@contextmanager
+def covering(nbytes: int) -> Iterator[None]:
+    """Inside a job whose reservation holds ``nbytes`` for the messages its call streams: the
+    call's lease uses them instead of waiting for room (more is refused at once, see :class:`Lease`)."""
+    lease = _lease.get()
+    if lease is None:
+        yield
+        return
+    lease.covered += nbytes
+    try:
+        yield
+    finally:
+        lease.covered -= nbytes
+        lease.nbytes = min(lease.nbytes, lease.charged)  # what the job held for is dropped with it
+
+
+def streamed_room(budget: MemoryBudget | None) -> int:
+    """The bytes a job holds for the images its client streams (:func:`covering`)."""
+    return int(budget.limit * STREAMED_SHARE) if budget is not None else 0
+
+
+def message_limit(budget: MemoryBudget) -> int:
+    """The largest request message the server receives (gRPC refuses larger ones with
+    RESOURCE_EXHAUSTED): :data:`MESSAGE_SHARE` of the budget, at most the protocol's limit. A message
+    is held about three times over (gRPC's buffer, its bytes, the parsed message) before it can be
+    counted (:func:`received`); measured: eight 100 MiB ImageBatch messages took a 640 MiB server to 701 MiB."""
+    return min(MAX_MESSAGE_BYTES, int(budget.limit * MESSAGE_SHARE))
+
+
+def room(budget: MemoryBudget | None, default: int) -> int:
+    """The bytes one batch of a job is fitted to: :data:`JOB_SHARE` of the budget (``default``
+    without one). A batch that does not fit the share is lowered; one unit that does not fit the
+    whole budget is refused when it is admitted."""
+    return int(budget.limit * JOB_SHARE) if budget is not None else default
 
 
 def admitted(reservation: contextlib.AbstractContextManager[None]) -> contextlib.AbstractContextManager[None]:
@@ -188,6 +288,28 @@ class Estimate:
         return f"{self.what} needs about {fmt_bytes(self.total)}" + (f" ({detail})" if detail else "")
 
 
+@dataclass(frozen=True)
+class Cost:
+    """What one batch of ``n`` items of a job allocates: ``fixed`` bytes plus ``per_item`` bytes
+    each, in named parts, for fitting the batch (:meth:`fit`) and admitting it (:meth:`estimate`)."""
+
+    what: str
+    per_item: dict[str, int]
+    fixed: dict[str, int] = field(default_factory=dict)
+
+    def estimate(self, n: int) -> Estimate:
+        parts = {name: n * v for name, v in self.per_item.items()}
+        for name, v in self.fixed.items():
+            parts[name] = parts.get(name, 0) + v
+        return Estimate(self.what.format(n=n), parts)
+
+    def fit(self, wanted: int, room: int) -> int:
+        """The largest batch of at most ``wanted`` items whose items fit ``room`` bytes; at least 1
+        (the fixed parts are the job's, whatever its batch)."""
+        each = max(1, sum(self.per_item.values()))
+        return max(1, min(wanted, room // each))
+
+
 def check_reply(nbytes: int, what: str, advice: str) -> None:
     """Refuse, before computing it, a reply that cannot fit in one gRPC message."""
     limit = int(MAX_MESSAGE_BYTES * REPLY_HEADROOM)
@@ -205,13 +327,15 @@ class Footprint:
     input: int
     forward: int  # every exposed output together: what one forward pass may allocate per image
     tensors: dict[str, int]  # each exposed output, by name
+    weights: int = 0  # the largest initializer, as float32 (what a layer's filters take)
 
     @classmethod
     def of(cls, model: onnx.ModelProto) -> Footprint:
         initializers = {i.name for i in model.graph.initializer}
         image = next(v for v in model.graph.input if v.name not in initializers)
         tensors = {v.name: value_bytes(v) for v in model.graph.output}
-        return cls(value_bytes(image), sum(tensors.values()), tensors)
+        weights = max((4 * math.prod(i.dims) for i in model.graph.initializer), default=0)
+        return cls(value_bytes(image), sum(tensors.values()), tensors, weights)
 
 
 def value_bytes(value: onnx.ValueInfoProto) -> int:
@@ -234,7 +358,39 @@ def value_bytes(value: onnx.ValueInfoProto) -> int:
 class _Resident:
     nbytes: int
     what: str
-    evict: Callable[[], object]
+    evict: Callable[[], object] | None  # None: held until released, never evicted
+
+
+class Lease:
+    """What a call has received and not yet consumed (see :meth:`MemoryBudget.lease`). Outside a
+    job, each :meth:`grow` is charged to the budget (waiting for room, or refused when it can never
+    fit); inside a job (:func:`covering`) the job's own reservation covers up to ``covered`` bytes,
+    and more is refused at once, so a job never waits on room that only its own progress frees.
+    :meth:`shrink` gives bytes back; the rest goes when the lease ends."""
+
+    def __init__(self, budget: MemoryBudget, what: str) -> None:
+        self.budget, self.what = budget, what
+        self.nbytes = 0  # received and not consumed
+        self.charged = 0  # of which charged to the budget (the rest is covered by the call's job)
+        self.covered = 0
+
+    def grow(self, nbytes: int) -> None:
+        if nbytes <= 0:
+            return
+        excess = self.nbytes + nbytes - self.covered - self.charged
+        if excess > 0 and self.covered:
+            raise ResourceExhausted(
+                f"{self.what}: {fmt_bytes(self.nbytes + nbytes)} received and not yet decoded, over the {fmt_bytes(self.covered)} "
+                "this server holds for a job's streamed images; send smaller ImageBatch messages",
+                reason="OVER_MEMORY_BUDGET", metadata={"limit": self.covered, "requested": self.nbytes + nbytes},
+            )
+        if excess > 0:
+            self.budget._grow(self, excess)
+        self.nbytes += nbytes
+
+    def shrink(self, nbytes: int) -> None:
+        self.nbytes = max(0, self.nbytes - max(0, nbytes))
+        self.budget._shrink(self, self.charged - max(0, self.nbytes - self.covered))
 
 
 class MemoryBudget:
@@ -259,6 +415,19 @@ class MemoryBudget:
         self._queue: deque[object] = deque()
         self._released = 0  # bytes released since memory was last handed back
         self._timer: threading.Timer | None = None
+        self._base = rss_bytes()  # what the process held when the budget was made
+
+    def settle(self) -> None:
+        """Hand freed heap memory back now when the process holds :data:`TRIM_AFTER_BYTES` more than
+        it did at start plus what the budget accounts for. The heap keeps freed tensors for the next
+        run (:func:`keep_freed_memory_until_idle`), but large ones of a long job fragment it: a conv
+        layer of 32 MiB per image, one image per batch, grew it by 580 MiB over ten batches."""
+        if self._on_idle is None:
+            return
+        with self._cond:
+            accounted = self._base + self.used
+        if rss_bytes() > accounted + TRIM_AFTER_BYTES:
+            self._on_idle()
 
     @classmethod
     def for_process(cls, max_memory: int | None = None, **kwargs) -> MemoryBudget:
@@ -300,6 +469,7 @@ class MemoryBudget:
         """Run the block with ``estimate.total`` bytes reserved, keeping the ``pin`` ed residents
         loaded; wait for room (at most ``timeout`` s, else the call's deadline or ``wait_s``), or
         refuse with ResourceExhausted."""
+        check_active()
         need = max(0, estimate.total)
         pins = list(pin)
         victims: list[_Resident] = []
@@ -326,6 +496,43 @@ class MemoryBudget:
                 self._cond.notify_all()
             if now:
                 self._hand_back()
+
+    @contextmanager
+    def lease(self, what: str) -> Iterator[Lease]:
+        """A reservation that starts empty and grows with what arrives (an upload's chunks, streamed
+        images), released when the block ends; it counts as a running request meanwhile."""
+        lease = Lease(self, what)
+        with self._cond:
+            self._running += 1
+        try:
+            yield lease
+        finally:
+            with self._cond:
+                self._requests -= lease.charged
+                self._released += lease.charged
+                lease.nbytes = lease.charged = 0
+                self._running -= 1
+                now = self._idle()
+                self._cond.notify_all()
+            if now:
+                self._hand_back()
+
+    def _grow(self, lease: Lease, nbytes: int) -> None:
+        check_active()
+        estimate = Estimate(lease.what, {"received": lease.charged + nbytes})
+        with self._cond:
+            victims = self._admit(estimate, nbytes, [], self._deadline(None), held=lease.charged)
+            self._requests += nbytes
+            lease.charged += nbytes
+        self._evict(victims)
+
+    def _shrink(self, lease: Lease, nbytes: int) -> None:
+        with self._cond:
+            given = min(max(0, nbytes), lease.charged)
+            lease.charged -= given
+            self._requests -= given
+            self._released += given
+            self._cond.notify_all()
 
     def _idle(self) -> bool:
         """Under the lock, after something was released: True to hand memory back now (a lot was
@@ -362,15 +569,19 @@ class MemoryBudget:
         call = deadline.get()
         return min(call, now + self.wait_s) if call is not None else now + self.wait_s
 
-    def _admit(self, estimate: Estimate, need: int, pins: list[Hashable], until: float) -> list[_Resident]:
-        """Under the lock: make room for ``need`` bytes or raise; returns the residents evicted."""
+    def _admit(self, estimate: Estimate, need: int, pins: list[Hashable], until: float, held: int = 0) -> list[_Resident]:
+        """Under the lock: make room for ``need`` more bytes (the caller holds ``held`` already) or
+        raise; returns the residents evicted."""
         pinned = sum(self._resident[k].nbytes for k in set(pins) if k in self._resident)
-        if need + pinned > self.limit:
+        kept = [r for r in self._resident.values() if r.evict is None]
+        fixed = sum(r.nbytes for r in kept)
+        if need + held + pinned + fixed > self.limit:
             raise ResourceExhausted(
                 f"{estimate}; this server's memory budget is {fmt_bytes(self.limit)}"
                 + (f" ({fmt_bytes(pinned)} of it held by the model)" if pinned else "")
+                + "".join(f" ({fmt_bytes(r.nbytes)} of it kept for {r.what})" for r in kept)
                 + ": send fewer images, layers or channels per request",
-                reason="OVER_MEMORY_BUDGET", metadata={"limit": self.limit, "requested": need + pinned},
+                reason="OVER_MEMORY_BUDGET", metadata={"limit": self.limit, "requested": need + held + pinned},
             )
         ticket = object()
         self._queue.append(ticket)
@@ -399,7 +610,7 @@ class MemoryBudget:
         for key in list(self._resident):
             if self.used + need <= self.limit:
                 break
-            if self._pins.get(key):
+            if self._pins.get(key) or self._resident[key].evict is None:
                 continue
             victims.append(self._resident.pop(key))
             log.info("evicted %s (%s) to make room", victims[-1].what, fmt_bytes(victims[-1].nbytes))
@@ -419,7 +630,8 @@ class MemoryBudget:
             victim = victims.pop()
             freed += victim.nbytes
             try:
-                victim.evict()
+                if victim.evict is not None:
+                    victim.evict()
             except Exception:  # an owner's bug must not fail the request that made room
                 log.exception("evicting %s failed", victim.what)
             del victim
@@ -428,10 +640,11 @@ class MemoryBudget:
                 self._released += freed
 
     # -- long-lived residents ---------------------------------------------------------------
-    def hold(self, key: Hashable, nbytes: int, what: str, evict: Callable[[], object]) -> None:
+    def hold(self, key: Hashable, nbytes: int, what: str, evict: Callable[[], object] | None) -> None:
         """Account for something that stays loaded (a model, a projection session) until it is
-        ``release`` d, or evicted (``evict`` is then called) to make room. Never waits: it makes
-        room by evicting others and may leave the budget over-committed until requests finish."""
+        ``release`` d, or evicted (``evict`` is then called) to make room; ``evict`` None: never
+        evicted (room kept for a purpose). Never waits: it makes room by evicting others and may
+        leave the budget over-committed until requests finish."""
         with self._cond:
             self._resident.pop(key, None)
             self._resident[key] = _Resident(int(nbytes), what, evict)

@@ -20,10 +20,11 @@ from zfnet.edge import edge
 from zfnet.errors import InvalidArgument
 from zfnet.server import reflection
 from zfnet.server.admission import (
-    DEFAULT_FRACTION, MAX_INPUT_PIXELS, MemoryBudget, fmt_bytes, keep_freed_memory_until_idle, limit_malloc_arenas, machine_memory, parse_bytes,
+    DEFAULT_FRACTION, MAX_INPUT_PIXELS, MemoryBudget, fmt_bytes, keep_freed_memory_until_idle, limit_malloc_arenas, machine_memory, message_limit, parse_bytes,
 )
+from zfnet.server.calls import IDLE_S, PER_CLIENT, Guard
 from zfnet.server.metrics import Metrics
-from zfnet.server.security import Tls, TokenAuth, check_exposure, read_tokens, server_credentials
+from zfnet.server.security import Tls, TokenAuth, Tokens, check_exposure, read_tokens, server_credentials
 from zfnet.tensors import CHANNEL_OPTIONS
 from zfnet.v1 import zfnet_pb2, zfnet_pb2_grpc
 
@@ -33,6 +34,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("zfnet.server")
 
 SERVICE_NAME = zfnet_pb2.DESCRIPTOR.services_by_name["Zfnet"].full_name
+WORKERS = 64  # threads serving calls, and the most calls open at once
+# A dead peer's connection (and its calls) goes after a ping it does not answer.
+KEEPALIVE_OPTIONS = [("grpc.keepalive_time_ms", 60_000), ("grpc.keepalive_timeout_ms", 20_000)]
 
 
 class Health(health.HealthServicer):
@@ -58,28 +62,39 @@ class Running:
     engine: Engine
     health: Health
     metrics: Metrics
+    guard: Guard
     metrics_port: int | None = None  # where /metrics is served, when it is
 
     def shutdown(self, grace: float) -> None:
-        """Health NOT_SERVING, no new calls, in-flight calls get ``grace`` seconds, then stop."""
+        """Health NOT_SERVING, no new calls, in-flight calls get ``grace`` seconds, then stop; the
+        private cache of prepared models goes with the server."""
         self.health.enter_graceful_shutdown()
         stopped = self.server.stop(grace)
         self.health.end_watches()
         stopped.wait()
         self.metrics.close()
+        self.guard.close()
+        self.engine.store.cache.close()
 
 
 def start(
-    address: str = "127.0.0.1:0", model_dir: Path | None = None, max_model_mb: int = 2048, workers: int = 8, data_dir: Path | None = None,
+    address: str = "127.0.0.1:0", model_dir: Path | None = None, max_model_mb: int = 2048, workers: int = WORKERS, data_dir: Path | None = None,
     *, max_memory: int | None = None, max_input_pixels: int = MAX_INPUT_PIXELS, tls: Tls | None = None, tokens: Sequence[str] = (),
-    insecure: bool = False, metrics_port: int | None = None,
+    insecure: bool = False, metrics_port: int | None = None, stream_idle_timeout: float = IDLE_S, max_calls_per_client: int = PER_CLIENT,
+    user_cache: bool = False,
 ) -> Running:
     """Start a server with the zfnet, health and reflection services on ``address`` (``host:port``
     or ``unix:/path``); off-host addresses need TLS and tokens unless ``insecure``. ``metrics_port``
-    (0: any free port) serves Prometheus metrics on the same host (see :mod:`zfnet.server.metrics`)."""
+    (0: any free port) serves Prometheus metrics on the same host (see :mod:`zfnet.server.metrics`).
+    ``workers`` threads serve at most as many calls at once, ``max_calls_per_client`` of them from one
+    client, and a call waiting on its client longer than ``stream_idle_timeout`` is cancelled
+    (:mod:`zfnet.server.calls`). Prepared models are cached in a private temporary directory removed
+    with the server, or, with ``user_cache`` (a server in the client's own process), in the user's
+    cache directory (:mod:`zfnet.server.cache`)."""
     check_exposure(address, tls, tokens, insecure)
     credentials = server_credentials(tls) if tls else None
     from zfnet.server import runtime  # onnxruntime, onnx and the rules load with the server, not with every CLI command
+    from zfnet.server.cache import Cache
     from zfnet.server.datasets import DatasetStore
     from zfnet.server.engine import Engine
     from zfnet.server.models import ModelStore
@@ -87,11 +102,17 @@ def start(
 
     keep_freed_memory_until_idle()  # onnxruntime's CPU arena is off: glibc's heap reuses freed tensors instead
     budget = MemoryBudget.for_process(max_memory)
-    engine = Engine(ModelStore(model_dir, max_model_mb << 20, budget, max_input_pixels), DatasetStore(data_dir))
+    valid = Tokens(tokens)
+    guard = Guard(stream_idle_timeout, max_calls_per_client, valid)
+    cache = Cache.user() if user_cache else Cache.private()
+    engine = Engine(ModelStore(model_dir, max_model_mb << 20, budget, max_input_pixels, cache), DatasetStore(data_dir))
     provider = runtime.providers()[0]
     metrics = Metrics(engine)
-    interceptors = [metrics, *([TokenAuth(tokens)] if tokens else [])]
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=CHANNEL_OPTIONS, interceptors=interceptors)
+    interceptors = [guard, metrics, *([TokenAuth(valid)] if tokens else [])]
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="zfnet-call"), options=[*_options(budget), *KEEPALIVE_OPTIONS],
+        interceptors=interceptors, maximum_concurrent_rpcs=workers,
+    )
     zfnet_pb2_grpc.add_ZfnetServicer_to_server(ZfnetServicer(engine, provider), server)
     health_servicer = Health()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -102,8 +123,15 @@ def start(
     server.start()
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    served = metrics.serve(_metrics_host(address), metrics_port) if metrics_port is not None else None
-    return Running(server, port, engine, health_servicer, metrics, served)
+    served = metrics.serve(_metrics_host(address), metrics_port, valid, tls) if metrics_port is not None else None
+    return Running(server, port, engine, health_servicer, metrics, guard, served)
+
+
+def _options(budget: MemoryBudget) -> list[tuple[str, int]]:
+    """The protocol's channel options, the largest request message received bounded by the budget
+    (:func:`zfnet.server.admission.message_limit`)."""
+    receive = "grpc.max_receive_message_length"
+    return [*(option for option in CHANNEL_OPTIONS if option[0] != receive), (receive, message_limit(budget))]
 
 
 def _metrics_host(address: str) -> str:
@@ -114,7 +142,7 @@ def _metrics_host(address: str) -> str:
 
 
 def create_server(
-    address: str = "127.0.0.1:0", model_dir: Path | None = None, max_model_mb: int = 2048, workers: int = 8, data_dir: Path | None = None,
+    address: str = "127.0.0.1:0", model_dir: Path | None = None, max_model_mb: int = 2048, workers: int = WORKERS, data_dir: Path | None = None,
     **options,
 ) -> tuple[grpc.Server, int, Engine]:
     """A started server (see :func:`start` for ``options``); returns (server, port, engine)."""
@@ -127,7 +155,7 @@ def serve(
 ) -> None:
     """Run until SIGTERM or SIGINT, then stop gracefully (see :meth:`Running.shutdown`) and return."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    limit_malloc_arenas()  # a process of its own: memory handed back after a burst (README, "Security")
+    limit_malloc_arenas()  # a process of its own: memory handed back after a burst (docs/security.md)
     stop = threading.Event()
     received: list[int] = []
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -141,7 +169,7 @@ def serve(
         "bearer tokens" if options.get("tokens") else "no tokens", fmt_bytes(budget.limit),
     )
     if running.metrics_port is not None:
-        log.info("metrics on http://%s:%d/metrics", _metrics_host(address), running.metrics_port)
+        log.info("metrics on %s://%s:%d/metrics", "https" if options.get("tls") else "http", _metrics_host(address), running.metrics_port)
     while not stop.wait(1.0):
         pass
     name = signal.Signals(received[0]).name if received else "stop"
@@ -153,11 +181,20 @@ def serve(
 def command(
     host: str = typer.Option("127.0.0.1", help="Address to bind. Anything but loopback needs --tls-cert/--tls-key and --token-file (or --insecure)."),
     port: int = typer.Option(50051, help="Port to bind (0: any free port)."),
-    model_dir: Path | None = typer.Option(None, "--model-dir", help="Serve the .onnx files in this folder by name (file stem); their external data must stay inside it."),
+    model_dir: Path | None = typer.Option(
+        None, "--model-dir", help="Serve the .onnx files in this folder by name (file stem); their external data must stay inside it. A file changed on disk is a new model (its SHA-256) on its next load.",
+    ),
     max_model_mb: int = typer.Option(2048, help="Largest model accepted for upload, in MiB."),
-    workers: int = typer.Option(8, help="Request threads."),
+    workers: int = typer.Option(WORKERS, help="Threads serving calls, and the most calls open at once (more are refused with RESOURCE_EXHAUSTED); health checks have threads of their own."),
+    max_calls_per_client: int = typer.Option(
+        PER_CLIENT, "--max-calls-per-client", help="Most calls one client (its bearer token, else its address) may have open at once; health checks are not counted.",
+    ),
+    stream_idle_timeout: float = typer.Option(
+        IDLE_S, "--stream-idle-timeout", help="Seconds a call may wait on its client (a request message, or room to send a reply) before it is cancelled and its memory freed.",
+    ),
     data_dir: Path | None = typer.Option(
-        None, "--data-dir", help="Serve the image folders under DIR as named data sets (DIR/<name>/<class>/<image>; clients send names, never paths).",
+        None, "--data-dir",
+        help="Serve the image folders under DIR as named data sets (DIR/<name>/<class>/<image>; clients send names, never paths). Only regular files are read; a symbolic link is followed only when it resolves inside DIR.",
     ),
     max_memory: str = typer.Option(
         f"{int(DEFAULT_FRACTION * 100)}%", "--max-memory",
@@ -171,14 +208,15 @@ def command(
     insecure: bool = typer.Option(False, "--insecure", help="Serve a non-loopback address without TLS and tokens anyway (logged as a warning)."),
     grace: float = typer.Option(20.0, "--grace", help="Seconds in-flight calls get to finish after SIGTERM."),
     metrics_port: int | None = typer.Option(
-        None, "--metrics-port", help="Serve Prometheus metrics (requests, latencies, memory, cache) at http://HOST:PORT/metrics (0: any free port).",
+        None, "--metrics-port",
+        help="Serve Prometheus metrics (requests, latencies, memory, cache) at http://HOST:PORT/metrics (0: any free port); over TLS with --tls-cert, and only with a bearer token (Authorization: Bearer) with --token-file.",
     ),
 ) -> None:
     """Run the zfnet gRPC server (zfnet.v1.Zfnet, grpc.health.v1 and reflection).
 
     Exposed: model upload, listing and deletion, predictions, activations and deconv reconstructions, to any caller that reaches the address; with --token-file only to callers that hold a token (health needs none).
 
-    Refused: models that keep tensors in external files, models declaring an input over --max-input-pixels, images over 64 Mi pixels, and any request whose estimated memory cannot fit --max-memory (RESOURCE_EXHAUSTED, with the numbers).
+    Refused: models that keep tensors in external files, models declaring an input over --max-input-pixels, images over 64 Mi pixels, and any request whose estimated memory cannot fit --max-memory (RESOURCE_EXHAUSTED, with the numbers). Every analysis, upload and streamed image is counted against --max-memory; see docs/security.md.
 
     Off-host: --host 0.0.0.0 --tls-cert server.pem --tls-key server.key --token-file tokens.txt; clients pass --tls-ca (or ZFNET_TLS_CA) and --token (or ZFNET_TOKEN).
 
@@ -193,6 +231,7 @@ def command(
     serve(
         host, port, model_dir, max_model_mb, workers, data_dir, grace, max_memory=parse_bytes(max_memory, machine_memory()),
         max_input_pixels=max_input_pixels, tls=tls, tokens=tokens, insecure=insecure, metrics_port=metrics_port,
+        stream_idle_timeout=stream_idle_timeout, max_calls_per_client=max_calls_per_client,
     )
 
 

@@ -1,8 +1,23 @@
 """An on-disk cache of what preparing a model costs: the exposed model (renaming, switches, shape
-inference) and its projection graphs, keyed by the SHA-256 of the model's bytes, under the user's
-cache directory (``$XDG_CACHE_HOME/zfnet``, else ``~/.cache/zfnet``). A fingerprint of the code that
-produces them is part of the path, so a change to the expose pass or a rule never reads stale
-entries. The cache is a convenience: when it cannot be read or written, the work is simply done."""
+inference) and its projection graphs, keyed by the SHA-256 of the model's bytes. A fingerprint of
+the code that produces them is part of the path, so a change to the expose pass or a rule never
+reads stale entries. The cache is a convenience: when it cannot be read or written, the work is
+simply done.
+
+The cache belongs to the process that writes it:
+
+- **Where.** A server in the client's own process (``zfclient`` without ``--server``, ``Client()``)
+  keeps it in the user's cache directory (``$XDG_CACHE_HOME/zfnet``, else ``~/.cache/zfnet``), so
+  the next run starts warm; ``zfserver`` keeps it in a private temporary directory of its own,
+  removed at exit, and forgets an upload's entries on DeleteModel.
+- **Private.** Directories are 0700 and files 0600 (a cache directory left wider by an older version
+  is narrowed; one owned by another user is not used).
+- **Bounded.** ``$ZFNET_CACHE_MAX`` (default 2G; ``512M``, ``10G``) bounds its size: after every
+  write the least recently used entries go until it fits.
+- **Verified.** Every file has the SHA-256 of its bytes stored beside it (``<file>.sha256``) and
+  checked at every read; an entry that does not match, cannot be parsed, or keeps any tensor as
+  external data (a file it would make onnxruntime read) is removed and the work done again.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +28,10 @@ import importlib.util
 import json
 import logging
 import os
+import shutil
+import stat
+import tempfile
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,11 +42,16 @@ from zfnet.version import __version__
 from zfnet.converters import expose
 from zfnet.converters.graph import get_metadata, set_metadata
 from zfnet.converters.index import GraphIndex
+from zfnet.server import external
 from zfnet.server import projection as projection_graph
+from zfnet.server.admission import parse_bytes
 
 log = logging.getLogger("zfnet.server")
 
 PROJECTION_KEY = "zfnet.projection"
+MAX_ENV = "ZFNET_CACHE_MAX"
+DEFAULT_MAX = "2G"
+DIGEST = ".sha256"  # suffix of the file holding an entry's SHA-256
 # the code whose output is cached: these modules and every zfnet module they import (the graph index,
 # the op registry and its rules ...); a change to any of them starts a new cache
 _PRODUCERS = (expose.__name__, projection_graph.__name__)
@@ -79,51 +103,174 @@ def fingerprint() -> str:
     return digest.hexdigest()[:16]
 
 
-def _folder(sha256: str) -> Path:
-    return root() / fingerprint() / sha256
+def max_bytes() -> int:
+    """The size bound, ``$ZFNET_CACHE_MAX`` (default 2G)."""
+    return parse_bytes(os.environ.get(MAX_ENV) or DEFAULT_MAX)
 
 
-def _read(path: Path) -> onnx.ModelProto | None:
+def _private_folder(path: Path) -> bool:
+    """Make ``path`` (and missing parents) a directory only this user can enter; False when it cannot
+    be (another user's, or not a directory)."""
     try:
-        return onnx.ModelProto.FromString(path.read_bytes())
-    except (OSError, DecodeError):
-        return None
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        info = path.lstat()
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+            log.warning("cache: %s is not a directory of this user; not used", path)
+            return False
+        if info.st_mode & 0o077:
+            path.chmod(0o700)
+        return True
+    except OSError as err:
+        log.debug("cache: cannot use %s: %s", path, err)
+        return False
 
 
-def _write(path: Path, model: onnx.ModelProto) -> None:
+def _write_private(path: Path, data: bytes) -> None:
+    """``data`` into ``path`` (0600), atomically: a temporary file of its own renamed over it."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{id(data)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        tmp.write_bytes(model.SerializeToString())
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
         tmp.replace(path)
-    except (OSError, ValueError) as err:  # a read-only home, a full disk, a model over 2 GiB
-        log.debug("cache: cannot write %s: %s", path, err)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
-def exposed(model: onnx.ModelProto, sha256: str) -> tuple[onnx.ModelProto, GraphIndex]:
-    """The exposed model and its graph index, from the cache when this model was exposed before."""
-    path = _folder(sha256) / "exposed.onnx"
-    cached = _read(path)
-    if cached is not None and get_metadata(cached, expose.EXPOSED_KEY) == "1":
-        return cached, GraphIndex(cached)
-    result, result_index = expose.expose_indexed(model)
-    _write(path, result)
-    return result, result_index
+class Cache:
+    """One cache directory (see the module doc): :meth:`exposed` and :meth:`projection` read an entry
+    back or build and store it; :meth:`forget` drops a model's entries."""
 
+    def __init__(self, folder: Path, limit: int, temporary: bool = False) -> None:
+        self.folder, self.limit, self.temporary = folder, limit, temporary
+        self.usable = _private_folder(folder)
+        self._finalizer = weakref.finalize(self, shutil.rmtree, str(folder), True) if temporary else None
 
-def projection(sha256: str, layer: str, method: str, build: Callable[[], projection_graph.Projection], stop: str = "") -> projection_graph.Projection:
-    """A projection graph of (model, layer, method[, stop]), from the cache or built by ``build()`` and stored."""
-    key = layer if not stop else f"{layer}\0{stop}"
-    path = _folder(sha256) / f"projection-{method}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.onnx"
-    cached = _read(path)
-    if cached is not None:
-        info = json.loads(get_metadata(cached, PROJECTION_KEY) or "{}")
-        if info.get("layer") == layer and info.get("method") == method and info.get("stop", "") == stop:
-            return projection_graph.Projection(cached, layer, method, info["forward_tensors"], info.get("per_image", False), stop)
-    built = build()
-    stored = onnx.ModelProto()
-    stored.CopyFrom(built.model)
-    info = {"layer": layer, "method": method, "forward_tensors": built.forward_tensors, "per_image": built.per_image}
-    set_metadata(stored, PROJECTION_KEY, json.dumps(info | ({"stop": stop} if stop else {})))
-    _write(path, stored)
-    return built
+    @classmethod
+    def user(cls) -> Cache:
+        """The user's cache directory (a server in the client's own process)."""
+        return cls(root(), max_bytes())
+
+    @classmethod
+    def private(cls) -> Cache:
+        """A fresh 0700 temporary directory, removed by :meth:`close`, at exit, or when the cache goes."""
+        return cls(Path(tempfile.mkdtemp(prefix="zfnet-cache-")), max_bytes(), temporary=True)
+
+    def close(self) -> None:
+        """Remove a temporary cache now (a user cache stays)."""
+        if self._finalizer is not None:
+            self._finalizer()
+
+    def _model_folder(self, sha256: str) -> Path:
+        return self.folder / fingerprint() / sha256
+
+    def forget(self, sha256: str) -> None:
+        """Drop every entry of model ``sha256``."""
+        shutil.rmtree(self._model_folder(sha256), ignore_errors=True)
+
+    # -- entries ---------------------------------------------------------------------------------
+    def _read(self, path: Path) -> onnx.ModelProto | None:
+        """An entry, if it is there, its bytes match the digest beside them, it parses, and it names
+        no external file; anything else is removed (and rebuilt by the caller)."""
+        if not self.usable:
+            return None
+        try:
+            data = path.read_bytes()
+            recorded = path.with_name(path.name + DIGEST).read_text().strip()
+        except OSError:
+            return None
+        problem = None
+        model = None
+        if hashlib.sha256(data).hexdigest() != recorded:
+            problem = "its bytes do not match their SHA-256"
+        else:
+            try:
+                model = onnx.ModelProto.FromString(data)
+            except DecodeError:
+                problem = "it is not an ONNX model"
+            if model is not None and external.external(model):
+                problem, model = "it keeps tensors as external data", None
+        if problem is not None:
+            log.warning("cache: %s is not used and is removed: %s", path, problem)
+            self._remove(path)
+            return None
+        try:
+            os.utime(path)  # used now: least recently used entries go first
+        except OSError:
+            pass
+        return model
+
+    def _write(self, path: Path, model: onnx.ModelProto) -> None:
+        if not self.usable:
+            return
+        try:
+            if not all(_private_folder(folder) for folder in (self.folder, path.parent.parent, path.parent)):
+                return
+            data = model.SerializeToString()
+            _write_private(path.with_name(path.name + DIGEST), hashlib.sha256(data).hexdigest().encode())
+            _write_private(path, data)
+        except (OSError, ValueError) as err:  # a read-only home, a full disk, a model over 2 GiB
+            log.debug("cache: cannot write %s: %s", path, err)
+            return
+        self._trim()
+
+    @staticmethod
+    def _remove(path: Path) -> None:
+        for gone in (path, path.with_name(path.name + DIGEST)):
+            gone.unlink(missing_ok=True)
+
+    def _trim(self) -> None:
+        """Remove the least recently used entries until the cache fits :attr:`limit`."""
+        entries, total = [], 0
+        for folder, _, names in os.walk(self.folder):
+            for name in names:
+                path = Path(folder) / name
+                try:
+                    info = path.lstat()
+                except OSError:
+                    continue
+                total += info.st_size
+                if not name.endswith((DIGEST, ".tmp")):
+                    entries.append((info.st_mtime, info.st_size, path))
+        for _, size, path in sorted(entries):
+            if total <= self.limit:
+                break
+            digest = path.with_name(path.name + DIGEST)
+            total -= size + (digest.stat().st_size if digest.exists() else 0)
+            self._remove(path)
+            log.info("cache: removed %s (least recently used; %s bounds the cache to %d bytes)", path, MAX_ENV, self.limit)
+            try:
+                path.parent.rmdir()  # an emptied model folder goes too
+            except OSError:
+                pass
+
+    # -- what is cached --------------------------------------------------------------------------
+    def exposed(self, model: onnx.ModelProto, sha256: str) -> tuple[onnx.ModelProto, GraphIndex]:
+        """The exposed model and its graph index, from the cache when this model was exposed before."""
+        path = self._model_folder(sha256) / "exposed.onnx"
+        cached = self._read(path)
+        if cached is not None and get_metadata(cached, expose.EXPOSED_KEY) == "1":
+            return cached, GraphIndex(cached)
+        result, result_index = expose.expose_indexed(model)
+        self._write(path, result)
+        return result, result_index
+
+    def projection(
+        self, sha256: str, layer: str, method: str, build: Callable[[], projection_graph.Projection], stop: str = "",
+    ) -> projection_graph.Projection:
+        """A projection graph of (model, layer, method[, stop]), from the cache or built by ``build()`` and stored."""
+        key = layer if not stop else f"{layer}\0{stop}"
+        path = self._model_folder(sha256) / f"projection-{method}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.onnx"
+        cached = self._read(path)
+        if cached is not None:
+            info = json.loads(get_metadata(cached, PROJECTION_KEY) or "{}")
+            if info.get("layer") == layer and info.get("method") == method and info.get("stop", "") == stop:
+                return projection_graph.Projection(cached, layer, method, info["forward_tensors"], info.get("per_image", False), stop)
+        built = build()
+        stored = onnx.ModelProto()
+        stored.CopyFrom(built.model)
+        info = {"layer": layer, "method": method, "forward_tensors": built.forward_tensors, "per_image": built.per_image}
+        set_metadata(stored, PROJECTION_KEY, json.dumps(info | ({"stop": stop} if stop else {})))
+        self._write(path, stored)
+        return built

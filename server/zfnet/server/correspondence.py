@@ -18,10 +18,9 @@ from zfnet.server import perturbation
 from zfnet.server.models import LoadedModel
 from zfnet.server.perturbation import Steps
 from zfnet.wire.common import Box
-from zfnet.wire.correspondence import CorrespondenceResult, CorrespondenceScore
+from zfnet.wire.correspondence import MAX_TRIALS, CorrespondenceResult, CorrespondenceScore
 
 RELATIVE_TOLERANCE = 1e-5
-MAX_TRIALS = 1000
 DEFAULT_TRIALS = 10
 
 

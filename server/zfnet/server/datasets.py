@@ -4,6 +4,12 @@ Images come from a named folder under the server's ``--data-dir`` or are streame
 both become the same :class:`Batch` es of model input, in data-set order, decoded by the same code,
 so both give identical results. A data set is read as a range ``[start, stop)`` of its indices:
 that is how a job is split across processes or machines, and how an interrupted job resumes.
+
+A folder's files are read only when they resolve (symbolic links followed) inside ``--data-dir``,
+are regular files (no devices, pipes or sockets) and are no larger than an image of the server's
+pixel bound can be (:func:`~zfnet.server.images.max_encoded_bytes`); any other is skipped, saying
+why. A data set that is a link to a folder outside the root is not served. Streamed images count
+against the memory budget until they are decoded (:func:`zfnet.server.admission.consumed`).
 """
 
 from __future__ import annotations
@@ -11,9 +17,10 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import stat
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TypeVar
 
@@ -22,7 +29,8 @@ import numpy as np
 from zfnet import imagefolder
 from zfnet.errors import InvalidArgument, NotFound, ZfnetError
 from zfnet.preprocessing import Framing
-from zfnet.server.images import MAX_IMAGE_PIXELS, DecodeGate, ImageInput, pixels, stack
+from zfnet.server import admission
+from zfnet.server.images import MAX_IMAGE_PIXELS, DecodeGate, ImageInput, max_encoded_bytes, pixels, stack
 from zfnet.wire.common import Skipped
 
 log = logging.getLogger("zfnet.server")
@@ -63,6 +71,22 @@ class Source:
     def count(self) -> int:
         return self.stop - self.start
 
+    @property
+    def largest_batch(self) -> int:
+        """The most images one batch holds: ``batch_size``, or the whole range when it is smaller
+        (what a job's reservation is estimated for)."""
+        return max(1, min(self.batch_size, self.count))
+
+    @property
+    def decoding(self) -> int:
+        """The most bytes this source's images take being decoded at once (the server's gate)."""
+        return self.gate.limit if self.gate is not None else 0
+
+    def fitted(self, batch_size: int, streamed_bytes: int) -> Source:
+        """This source read ``batch_size`` images at a time; a job holds ``streamed_bytes`` for the
+        images a client streams (see :class:`StreamedSource`)."""
+        return replace(self, batch_size=batch_size)
+
     def batches(self, framing: Framing) -> Iterator[Batch]:  # pragma: no cover - interface
         raise NotImplementedError
 
@@ -85,6 +109,37 @@ def _range(size: int, start: int, stop: int, batch_size: int) -> tuple[int, int,
 def _encoded_size(image: ImageInput) -> int:
     """Bytes of an image as sent; decoded arrays count as large."""
     return len(image.encoded) if image.encoded is not None else PIECE_BYTES
+
+
+def _sent_bytes(image: ImageInput) -> int:
+    """Bytes an image took in its request message."""
+    if image.encoded is not None:
+        return len(image.encoded)
+    values = image.rgb if image.rgb is not None else image.model_input
+    return values.nbytes if values is not None else 0
+
+
+def read_file(path: Path, root: Path | None, limit: int) -> bytes | str:
+    """The bytes of a data set's file, or why it is not read: it resolves outside ``root`` (the
+    data directory, resolved), is not a regular file, or is larger than ``limit`` bytes."""
+    real = Path(os.path.realpath(path))
+    if root is not None and not real.is_relative_to(root):
+        return "the file resolves outside the data directory; it is not read"
+    try:
+        fd = os.open(real, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+    except OSError as err:
+        return f"cannot read the file: {err.strerror or err}"
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(f.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            return "not a regular file; it is not read"
+        if info.st_size > limit:
+            return f"the file is {info.st_size:,} bytes, more than an image this server decodes can be ({limit:,} bytes for its pixel bound); it is not read"
+        try:
+            data = f.read(limit + 1)
+        except OSError as err:
+            return f"cannot read the file: {err.strerror or err}"
+    return data if len(data) <= limit else f"the file grew past {limit:,} bytes while it was read; it is not read"
 
 
 def _decode(image: ImageInput, framing: Framing, max_pixels: int, gate: DecodeGate | None) -> np.ndarray | str:
@@ -145,13 +200,12 @@ class FolderSource(Source):
     """A one-folder-per-class tree on the server's disk, read file by file."""
 
     folder: imagefolder.ImageFolder = field(kw_only=True)
+    root: Path | None = field(default=None, kw_only=True)  # the data directory, resolved: files must resolve inside it
 
     def _read(self, index: int, framing: Framing) -> np.ndarray | str:
-        path = self.folder.files[index]
-        try:
-            data = path.read_bytes()
-        except OSError as err:
-            return f"cannot read the file: {err.strerror or err}"
+        data = read_file(self.folder.files[index], self.root, max_encoded_bytes(self.max_pixels))
+        if isinstance(data, str):
+            return data
         return _decode(ImageInput(encoded=data, label=self.path(index)), framing, self.max_pixels, self.gate)
 
     def _size(self, index: int) -> int:
@@ -181,9 +235,15 @@ class FolderSource(Source):
 
 @dataclass(frozen=True)
 class StreamedSource(Source):
-    """Images the client streams: (start index, images, labels) parts, consecutive from ``start``."""
+    """Images the client streams: (start index, images, labels) parts, consecutive from ``start``.
+    A batch ends early when its images took ``chunk_bytes`` as sent (0: no bound), so that the
+    images received and not yet decoded (two batches: one decoding ahead) fit what a job holds for them."""
 
     parts: Iterable[tuple[int, list[ImageInput], Sequence[int]]] = ()
+    chunk_bytes: int = 0
+
+    def fitted(self, batch_size: int, streamed_bytes: int) -> StreamedSource:
+        return replace(self, batch_size=batch_size, chunk_bytes=streamed_bytes // 4)
 
     def batches(self, framing: Framing) -> Iterator[Batch]:
         return self.take(range(self.start, self.stop), framing)
@@ -197,7 +257,20 @@ class StreamedSource(Source):
             for items in self._chunks(indices)
         )
         for items, decoded in _decoded_ahead(jobs):
+            admission.consumed(sum(_sent_bytes(image) for _, image, _ in items))  # decoded: the images sent no longer count
             yield _assemble([i for i, _, _ in items], [lab for _, _, lab in items], [img.label for _, img, _ in items], decoded, len(items))
+
+    def _full(self, pending: list[tuple[int, ImageInput, int]]) -> bool:
+        return bool(self.chunk_bytes) and sum(_sent_bytes(image) for _, image, _ in pending) >= self.chunk_bytes
+
+    def _take(self, pending: list[tuple[int, ImageInput, int]]) -> int:
+        """How many pending images make the next batch: ``batch_size``, or fewer that took ``chunk_bytes``."""
+        total = 0
+        for n, (_, image, _) in enumerate(pending[: self.batch_size], 1):
+            total += _sent_bytes(image)
+            if self.chunk_bytes and total >= self.chunk_bytes:
+                return n
+        return min(len(pending), self.batch_size)
 
     def _chunks(self, indices: Sequence[int] | np.ndarray) -> Iterator[list[tuple[int, ImageInput, int]]]:
         """The streamed images in batches of ``batch_size`` (data-set index, image, label), checked
@@ -221,9 +294,10 @@ class StreamedSource(Source):
                 raise InvalidArgument(f"ImageBatch at {begin}: labels must be -1 or 0..{len(self.classes) - 1} (StreamedImages.classes)", reason="VALUE_OUT_OF_RANGE")
             pending.extend((begin + i, image, lab) for i, (image, lab) in enumerate(zip(images, labels)))
             position += len(images)
-            while len(pending) >= self.batch_size:
-                yield pending[: self.batch_size]
-                pending = pending[self.batch_size :]
+            while pending and (len(pending) >= self.batch_size or self._full(pending)):
+                n = self._take(pending)
+                yield pending[:n]
+                pending = pending[n:]
         if pending:
             yield pending
         if position != len(indices):
@@ -233,20 +307,20 @@ class StreamedSource(Source):
 class DatasetStore:
     """The named data sets of a server's ``--data-dir``: every folder (up to ``MAX_DEPTH`` deep) whose
     sub-folders hold images, named by its path relative to the root. Names only: a request never
-    gives a path, so nothing outside these folders can be read."""
+    gives a path, and every file read must resolve inside the root (see the module doc)."""
 
     def __init__(self, root: Path | None = None) -> None:
-        self.root = root
+        self.root = root.resolve() if root is not None else None
         self._folders: dict[str, Path] = {}
         self._scanned: dict[str, imagefolder.ImageFolder] = {}
-        if root is not None:
-            if not root.is_dir():
+        if self.root is not None:
+            if not self.root.is_dir():
                 raise NotFound(f"data directory {root} does not exist")
-            self._discover(root, root, 0)
+            self._discover(self.root, self.root, 0)
             log.info("serving %d data set(s) from %s: %s", len(self._folders), root, ", ".join(sorted(self._folders)) or "none")
 
     def _discover(self, root: Path, folder: Path, depth: int) -> None:
-        subfolders = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+        subfolders = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".") and p.resolve().is_relative_to(root))
         if depth > 0 and any(_has_images(p) for p in subfolders):
             self._folders[folder.relative_to(root).as_posix()] = folder
             return
@@ -271,7 +345,7 @@ class DatasetStore:
     ) -> FolderSource:
         folder = self.folder(name)
         start, stop, batch_size = _range(len(folder), start, stop, batch_size)
-        return FolderSource(len(folder), list(folder.classes), start, stop, batch_size, max_pixels, gate, folder=folder)
+        return FolderSource(len(folder), list(folder.classes), start, stop, batch_size, max_pixels, gate, folder=folder, root=self.root)
 
 
 def streamed_source(

@@ -1,7 +1,8 @@
 """The engine: what the server can do, in numpy terms, free of gRPC.
 
 Every analysis first estimates what it will allocate (``estimate``) and runs inside a reservation
-of the server's memory budget (``admit``); see :mod:`zfnet.server.admission`.
+of the server's memory budget (``admit``); a job over many items (a data set, perturbed copies)
+also admits each batch, fitted to the budget, in turn; see :mod:`zfnet.server.admission`.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import numpy as np
 
 from zfnet.errors import InvalidArgument, ResourceExhausted
 from zfnet.server import attribution, correspondence, datasets, deconv, evolution, features, filters, gradcam, gradients, invariance, occlusion, perturbation, runtime, top, visualise
-from zfnet.server.admission import Estimate, admitted, check_reply
+from zfnet.server.admission import FORWARD_FACTOR, Estimate, admitted, check_reply, next_batch
 from zfnet.server.datasets import Batch, DatasetStore, Source
 from zfnet.server.images import MAX_IMAGE_PIXELS, DecodeGate, ImageInput, inspect, to_batch
 from zfnet.server.layers import Layer, resolve
@@ -33,8 +34,7 @@ from zfnet.wire.predict import TOP_K, PredictResult
 from zfnet.wire.visualise import VisualiseRequest, VisualiseResult
 
 MAX_IMAGES = 1024  # per request
-DATASET_DECODE_BYTES = 256 << 20  # images being decoded at once across data-set jobs (one larger image decodes alone)
-FORWARD_FACTOR = 2  # a forward pass allocates up to about this many times its exposed outputs (measured: 1.4-1.6)
+DATASET_DECODE_BYTES = 256 << 20  # images being decoded at once across data-set jobs, at most (and an eighth of the budget)
 
 
 class Engine:
@@ -45,7 +45,8 @@ class Engine:
         self.datasets = datasets or DatasetStore()
         self.budget = store.budget
         self.max_image_pixels = max_image_pixels
-        self.decode_gate = DecodeGate(DATASET_DECODE_BYTES)  # data-set jobs decode on several threads; requests one image at a time
+        # data-set jobs decode on several threads (each batch's reservation counts the gate); requests one image at a time
+        self.decode_gate = DecodeGate(lambda: min(DATASET_DECODE_BYTES, self.budget.limit // 8))
         runtime.limit_gpu_memory(self.budget.limit)  # sessions on CUDA: device arenas capped at the budget
 
     def batch(self, model: LoadedModel, images: list[ImageInput]) -> np.ndarray:
@@ -74,7 +75,7 @@ class Engine:
         """Reserve ``estimate`` in the memory budget, keeping ``model`` (and ``pins``) loaded meanwhile.
         Within a unary gRPC call the reservation lasts until its reply is sent (``admission.admitted``);
         ``until_reply=False`` ends it with the block (a job admitting one batch at a time)."""
-        reservation = self.budget.reserve(estimate, pin=[model.key, *pins])
+        reservation = model.reserve(estimate, *pins)
         return admitted(reservation) if until_reply else reservation
 
     # -- analyses -------------------------------------------------------------------------
@@ -126,29 +127,83 @@ class Engine:
             projection_build=self._projection_build(model, row.name, method),
         )
         with self.admit(model, estimate, model.projection_key(row.name, method)):
-            found = deconv.reconstruct(model, self.batch(model, images), row.name, channels, top_k, mode, method)
-        return row, [replace(r, label=images[r.image].label) for r in found]
+            found = []
+            step = max(1, deconv.CHUNK_ROWS // max(1, rows // len(images)))  # images whose rows fill one projection run
+            for start in range(0, len(images), step):  # a cancelled call stops before the next part
+                next_batch()
+                part = deconv.reconstruct(model, self.batch(model, images[start : start + step]), row.name, channels, top_k, mode, method)
+                found += [replace(r, image=r.image + start, label=images[r.image + start].label) for r in part]
+        return row, found
 
     def occlusion(self, model: LoadedModel, request: OcclusionRequest) -> Steps[OcclusionResult]:
-        """Occlusion sensitivity of the request's images (see :func:`zfnet.server.occlusion.run`)."""
-        return occlusion.run(
-            model, self.batch(model, request.images), request.layer, request.size, request.stride, request.fill, request.true_classes,
-            request.max_batch, request.all_classes, [image.label for image in request.images],
+        """Occlusion sensitivity of the request's images (see :func:`zfnet.server.occlusion.run`), admitted
+        for the whole call: its images, the projections, results and reply, and one batch of copies at a time."""
+        n, (height, width) = len(request.images), model.input_shape[2:]
+        where = occlusion.grid(height, width, request.size, request.stride)
+        row = perturbation.last_conv(model) if request.layer is None else resolve(model.layers, request.layer)
+        classes = self._classes(model)
+        maps = where.count * 4 * (3 + (classes if request.all_classes else 0)) + model.footprint.input
+        what = f"Occlusion of {n} image(s), {where.count} positions each"
+        check_reply(n * maps, what, "send fewer images, or a larger stride")
+        names = list(dict.fromkeys([row.name, model.output_name]))
+        estimate = self._perturbing(
+            model, request.images, what, request.max_batch, names, results=n * (where.count * 4 * (classes + 1) + maps), reply=2 * n * maps,
+            projections=n * (model.footprint.tensors.get(row.name, 0) + 3 * model.footprint.input), projection_build=self._projection_build(model, row.name, "deconvnet"),
         )
+        with self.admit(model, estimate):
+            return (yield from occlusion.run(
+                model, self.batch(model, request.images), request.layer, request.size, request.stride, request.fill, request.true_classes,
+                request.max_batch, request.all_classes, [image.label for image in request.images],
+            ))
 
     def invariance(self, model: LoadedModel, request: InvarianceRequest) -> Steps[InvarianceResult]:
-        """Invariance of the request's images (see :func:`zfnet.server.invariance.run`)."""
-        return invariance.run(
-            model, self.batch(model, request.images), request.sweeps, request.layers, request.border, request.fill, request.true_classes,
-            request.max_batch, [image.label for image in request.images],
-        )
+        """Invariance of the request's images (see :func:`zfnet.server.invariance.run`), admitted as occlusion is."""
+        n, (height, width) = len(request.images), model.input_shape[2:]
+        values = sum(len(v) for _, v in invariance.plan(height, width, request.sweeps))
+        rows = perturbation.layers_or(model, list(request.layers), [perturbation.first_conv, perturbation.last_hidden])
+        curves = n * values * 4 * (len(rows) + 1)
+        what = f"Invariance of {n} image(s), {values} transformation values"
+        check_reply(curves, what, "send fewer images or values")
+        names = list(dict.fromkeys([*(r.name for r in rows), model.output_name]))
+        estimate = self._perturbing(model, request.images, what, request.max_batch, names, results=2 * curves, reply=2 * curves)
+        with self.admit(model, estimate):
+            return (yield from invariance.run(
+                model, self.batch(model, request.images), request.sweeps, request.layers, request.border, request.fill, request.true_classes,
+                request.max_batch, [image.label for image in request.images],
+            ))
 
     def correspondence(self, model: LoadedModel, request: CorrespondenceRequest) -> Steps[CorrespondenceResult]:
-        """Correspondence across the request's images (see :func:`zfnet.server.correspondence.run`)."""
-        return correspondence.run(
-            model, self.batch(model, request.images), request.parts, request.boxes, request.random_trials, request.seed,
-            request.layers, request.fill, request.max_batch, [image.label for image in request.images],
+        """Correspondence across the request's images (see :func:`zfnet.server.correspondence.run`), admitted as occlusion is."""
+        n = len(request.images)
+        trials = correspondence.DEFAULT_TRIALS if request.random_trials is None else max(0, request.random_trials)
+        sets = len(request.parts) * (1 + trials)
+        rows = perturbation.layers_or(model, list(request.layers or []), [perturbation.last_conv, perturbation.last_hidden])
+        names = [r.name for r in rows]
+        features_bytes = sum(model.footprint.tensors.get(name, 0) for name in names)  # float32: 4 bytes a feature, its sign 1
+        what = f"Correspondence of {n} image(s), {sets} mask sets"
+        estimate = self._perturbing(
+            model, request.images, what, request.max_batch, names, signs=2 * sets * n * features_bytes // 4,
+            distances=sets * n * n * 8 * len(rows), reply=2 * len(rows) * sets * (n * n * 4 + n * 32),
         )
+        with self.admit(model, estimate):
+            return (yield from correspondence.run(
+                model, self.batch(model, request.images), request.parts, request.boxes, request.random_trials, request.seed,
+                request.layers, request.fill, request.max_batch, [image.label for image in request.images],
+            ))
+
+    def _perturbing(self, model: LoadedModel, images: list[ImageInput], what: str, max_batch: int, names: list[str], **parts: int) -> Estimate:
+        """A perturbation request's estimate: its images (:meth:`estimate`: their batch, the largest
+        decode, a forward pass), the unperturbed outputs of ``names`` kept, the analysis' ``parts``,
+        and one batch of copies (:func:`zfnet.server.perturbation.batch_cost`) at a time."""
+        copies = perturbation.copies_per_batch(model, max_batch)
+        batch = perturbation.batch_cost(model, names).estimate(copies)
+        kept = len(images) * sum(model.footprint.tensors.get(name, 0) for name in names)
+        return self.estimate(model, images, what, unperturbed_outputs=kept, **parts, **{f"batch of {copies} copies": batch.total})
+
+    @staticmethod
+    def _classes(model: LoadedModel) -> int:
+        """Values per image of the model's output (its classes)."""
+        return max(1, model.footprint.tensors.get(model.output_name, 0) // 4)
 
     def grad_cam(self, model: LoadedModel, request: GradCamRequest) -> GradCamResult:
         """Grad-CAM or Grad-CAM++ of the request's images (see :func:`zfnet.server.gradcam.run`)."""
@@ -248,8 +303,12 @@ class Engine:
         return evolution.job(snapshots, lambda: self.source(data), data=data.name, **job)
 
     def filters(self, model: LoadedModel, layer: str | int) -> Filters:
-        """The filters of a convolutional or fully connected layer."""
-        return filters.find(model, layer)
+        """The filters of a convolutional or fully connected layer (at most the model's largest
+        weights, copied as float32, laid out and sent)."""
+        weights = model.footprint.weights
+        what = f"GetFilters of layer {layer}"
+        with self.admit(model, Estimate(what, {"filters": 3 * weights, "reply": 2 * weights})):
+            return filters.find(model, layer)
 
     def feature_layers(
         self, model: LoadedModel, layers: Sequence[tuple[str | int, Pooling | None]], default: Pooling = NONE,
@@ -259,21 +318,7 @@ class Engine:
 
     def features(
         self, model: LoadedModel, layers: Sequence[FeatureSpec], source: Source, dtype: str = "float32",
-    ) -> Iterator[tuple[Batch, list[np.ndarray]]]:
-        """Each batch of ``source`` with its feature rows per layer, in data-set order; each batch is
-        read and computed inside its own reservation of the memory budget. An empty reservation held
-        for the whole job keeps the server from going idle (and handing memory back) between batches."""
-        n, footprint = source.batch_size, model.footprint
-        rows = n * sum(layer.size for layer in layers) * features.feature_dtype(dtype).itemsize
-        what = f"Features of {len(layers)} layer(s), {n} images per batch"
-        estimate = Estimate(
-            what, {"input batch": n * footprint.input, "forward pass": FORWARD_FACTOR * n * footprint.forward, "feature rows": 2 * rows},
-        )
-        batches = features.run(model, layers, source, dtype)
-        with self.admit(model, Estimate(what, {}), until_reply=False):
-            while True:
-                with self.admit(model, estimate, until_reply=False):
-                    item = next(batches, None)
-                if item is None:
-                    return
-                yield item
+    ) -> tuple[Source, Iterator[tuple[Batch, list[np.ndarray]]]]:
+        """The source as the job reads it (its batch lowered to fit the budget when it does not) and
+        each of its batches with the feature rows per layer, in data-set order; see :func:`zfnet.server.features.job`."""
+        return features.job(model, layers, source, dtype)

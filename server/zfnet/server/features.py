@@ -8,8 +8,10 @@ adaptive-average-pool bins, as probing protocols do) and flattened to one row of
 image. ``pixels`` is the model input itself (RGB 0..255 at the model's input size, before the
 graph's own preprocessing): the raw-pixel baseline a probe compares against.
 
-Free of gRPC: the servicer streams :func:`run`'s output through the engine. What a job asks and
+Free of gRPC: the servicer streams :func:`job`'s batches through the engine. What a job asks and
 returns (its layers, :class:`~zfnet.wire.features.Pooling`, rows) is :mod:`zfnet.wire.features`.
+A job runs inside one reservation of the memory budget, for one batch at a time, its size lowered
+to fit when the one asked for does not (:func:`job`).
 """
 
 from __future__ import annotations
@@ -23,8 +25,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 from zfnet.converters.graph import IR_VERSION, OPSET
 from zfnet.errors import InvalidArgument
-from zfnet.server import runtime
-from zfnet.server.datasets import Batch, Source
+from zfnet.server import admission, runtime
+from zfnet.server.admission import FORWARD_FACTOR, NO_BUDGET, Cost, next_batch, streamed_room
+from zfnet.server.datasets import Batch, Source, StreamedSource
 from zfnet.server.layers import resolve
 from zfnet.server.models import LoadedModel
 from zfnet.wire.features import NONE, PIXELS, FeatureSpec, Pooling
@@ -215,3 +218,36 @@ def run(model: LoadedModel, layers: Sequence[FeatureSpec], source: Source, dtype
         else:
             rows = [np.zeros((0, layer.size), stored) for layer in layers]
         yield batch, rows
+
+
+def batch_cost(model: LoadedModel, layers: Sequence[FeatureSpec], source: Source, dtype: str) -> Cost:
+    """What a features job holds: per image of a batch its input (and the next batch's, decoded
+    ahead), a forward pass and the feature rows (computed and sent); the images being decoded and,
+    when its client streams them, the images received and not yet decoded."""
+    footprint = model.footprint
+    rows = sum(layer.size for layer in layers) * feature_dtype(dtype).itemsize
+    return Cost(
+        f"Features of {len(layers)} layer(s), {{n}} images per batch",
+        {"input batch": 2 * footprint.input, "forward pass": FORWARD_FACTOR * footprint.forward, "feature rows": 2 * rows},
+        {"image decoding": source.decoding, "streamed images": streamed_room(model.budget) if isinstance(source, StreamedSource) else 0},
+    )
+
+
+def job(model: LoadedModel, layers: Sequence[FeatureSpec], source: Source, dtype: str = "float32") -> tuple[Source, Iterator[tuple[Batch, list[np.ndarray]]]]:
+    """The source with its batch lowered to fit a share of the budget (when the one asked for does
+    not), and its batches with their rows (:func:`run`), all inside one reservation of the budget
+    for the job (:func:`batch_cost`); a cancelled call stops before its next batch."""
+    cost = batch_cost(model, layers, source, dtype)
+    fitted = source.fitted(cost.fit(source.batch_size, model.room(NO_BUDGET)), cost.fixed["streamed images"])
+
+    def batches() -> Iterator[tuple[Batch, list[np.ndarray]]]:
+        items = run(model, layers, fitted, dtype)
+        with model.reserve(cost.estimate(fitted.largest_batch)), admission.covering(cost.fixed["streamed images"]):
+            while True:
+                next_batch()
+                item = next(items, None)
+                if item is None:
+                    return
+                yield item
+
+    return fitted, batches()

@@ -13,7 +13,7 @@ import io
 import re
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -126,22 +126,42 @@ def inspect(image: ImageInput, index: int, max_pixels: int = MAX_IMAGE_PIXELS) -
     raise InvalidArgument(f"{what}: no image data", field=f"images[{index}]", reason="FIELD_REQUIRED")
 
 
+ENCODED_BYTES_PER_PIXEL = 8  # the most an encoding Pillow reads here spends per pixel (16-bit RGBA PNG, uncompressed)
+
+
+def max_encoded_bytes(max_pixels: int) -> int:
+    """The largest file an image of at most ``max_pixels`` pixels can be (its pixels stored
+    uncompressed at 8 bytes each, and 1 MiB of headers and metadata): larger ones are not read."""
+    return ENCODED_BYTES_PER_PIXEL * max_pixels + (1 << 20)
+
+
 class DecodeGate:
     """Bounds the bytes of images being decoded at once across threads (data-set jobs decode on
     several, and several jobs may run): a decode waits, in arrival order, until its cost fits under
-    ``limit``; an image that costs more waits to decode alone. Nothing is refused, so what a job
-    computes never depends on timing."""
+    ``limit``. An image that costs more than ``limit`` is refused (RESOURCE_EXHAUSTED; a data-set
+    job skips it), whatever else runs, so what a job computes never depends on timing."""
 
-    def __init__(self, limit: int) -> None:
-        self.limit, self.used = limit, 0
+    def __init__(self, limit: int | Callable[[], int]) -> None:
+        self._limit = limit if callable(limit) else (lambda: limit)
+        self.used = 0
         self._changed = threading.Condition()
         self._next = self._serving = 0  # tickets: decodes enter in the order they arrived
 
+    @property
+    def limit(self) -> int:
+        """The bytes decoded at once, at most (a fixed number, or a share of a budget as it is now)."""
+        return self._limit()
+
     @contextlib.contextmanager
-    def held(self, nbytes: int) -> Iterator[None]:
+    def held(self, nbytes: int, what: str = "the image") -> Iterator[None]:
+        if nbytes > self.limit:
+            raise ResourceExhausted(
+                f"{what}: decoding it takes {nbytes:,} bytes, over the {self.limit:,} this server decodes at once for data-set jobs",
+                reason="IMAGE_TOO_LARGE", metadata={"limit": self.limit, "requested": nbytes},
+            )
         with self._changed:
             ticket, self._next = self._next, self._next + 1
-            self._changed.wait_for(lambda: self._serving == ticket and (self.used == 0 or self.used + nbytes <= self.limit))
+            self._changed.wait_for(lambda: self._serving == ticket and self.used + nbytes <= self.limit)
             self._serving += 1
             self.used += nbytes
             self._changed.notify_all()
@@ -162,7 +182,7 @@ def decoded(image: ImageInput, index: int, max_pixels: int = MAX_IMAGE_PIXELS, g
     if image.encoded is not None:
         field = f"images[{index}].encoded"
         with _open(image.encoded, what, max_pixels, field) as img:
-            with gate.held(_decode_bytes(img)) if gate else contextlib.nullcontext():
+            with gate.held(_decode_bytes(img), what) if gate else contextlib.nullcontext():
                 try:
                     rgb = np.asarray(img if img.mode == "RGB" else img.convert("RGB"))
                 except Image.DecompressionBombError as err:

@@ -93,6 +93,13 @@ def _rule(name: str) -> Transform:
     return TRANSFORMS[name]
 
 
+def plan(height: int, width: int, sweeps: list[tuple[str, list[float]]] | None = None) -> list[tuple[Transform, np.ndarray]]:
+    """Each sweep's transformation and values (its defaults for an ``height`` x ``width`` input when
+    none are given; no sweeps: all three with their defaults)."""
+    return [(_rule(name), np.asarray(values, np.float64) if len(values) else _rule(name).defaults(height, width))
+            for name, values in (sweeps or [(name, []) for name in TRANSFORMS])]
+
+
 def run(
     model: LoadedModel, batch: np.ndarray, sweeps: list[tuple[str, list[float]]] | None = None,
     layers: list[str | int] | None = None, border: str = "reflect", fill: str = "mean",
@@ -101,11 +108,10 @@ def run(
     """Distances and true-class probabilities of every image of ``batch`` (N, C, H, W) under each
     sweep, ``(transform, values)`` (empty values: the defaults; no sweeps: all three); ``labels`` name the images."""
     height, width = batch.shape[2:]
-    plan = [(_rule(name), np.asarray(values, np.float64) if len(values) else _rule(name).defaults(height, width))
-            for name, values in (sweeps or [(name, []) for name in TRANSFORMS])]
+    planned = plan(height, width, sweeps)
     if border not in BORDERS:
         raise InvalidArgument(f"unknown border {border!r}; choose one of {', '.join(BORDERS)}")
-    for rule, values in plan:
+    for rule, values in planned:
         bad = [float(v) for v in values if not rule.check(v)]
         if bad:
             raise InvalidArgument(f"{rule.name} values {bad} are not allowed ({rule.unit})")
@@ -113,7 +119,7 @@ def run(
     filler = perturbation.fill_value(model, fill)
     fill_values = np.asarray(filler.values, np.float32)
     copies = perturbation.copies_per_batch(model, max_batch)
-    tasks = [(rule.name, float(v)) for rule, values in plan for v in values]
+    tasks = [(rule.name, float(v)) for rule, values in planned for v in values]
     tracker = perturbation.Tracker(len(batch) * len(tasks))
     names = list(dict.fromkeys([*(r.name for r in rows), model.output_name]))
     base = perturbation.forward(model, batch, names, copies)
@@ -134,7 +140,7 @@ def run(
         )
         distance[i], probability[i] = kept["distance"].T, kept["probability"]
     out, start = [], 0
-    for rule, values in plan:
+    for rule, values in planned:
         part = slice(start, start + len(values))
         out.append(Sweep(rule.name, rule.unit, values.astype(np.float32), distance[:, :, part], probability[:, part]))
         start += len(values)

@@ -14,12 +14,14 @@ client (``zfnet.client.api.Client`` does it on NOT_FOUND)."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
 import logging
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Hashable, Iterable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,15 +35,16 @@ from zfnet.converters.graph import CLASSES_KEY, PREPROCESSING_KEY, get_metadata
 from zfnet.converters.index import GraphIndex
 from zfnet.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from zfnet.preprocessing import Framing
-from zfnet.server import cache, projection, runtime
+from zfnet.server import admission, external, projection, runtime
 from zfnet.server.admission import MAX_INPUT_PIXELS, Estimate, Footprint, MemoryBudget, fmt_bytes, value_bytes
+from zfnet.server.cache import Cache
 from zfnet.server.layers import Layer, ReceptiveFields, layer_table
 from zfnet.server.rules import batch_axes
 
 log = logging.getLogger("zfnet.server")
 
 MAX_NAME_CHARS = 200  # an upload's display name is cut to this
-# What a model costs in memory, measured (README, "Security"): loading one peaks at about 8x its
+# What a model costs in memory, measured (docs/security.md): loading one peaks at about 8x its
 # file size (received bytes, parsed, exposed, serialised, session), a loaded one holds about 3x,
 # building a projection session peaks at about 5x the model and holds about 3x the projection graph.
 LOAD_FACTOR, RESIDENT_FACTOR, PROJECTION_BUILD_FACTOR, PROJECTION_FACTOR = 8, 3, 5, 3
@@ -68,6 +71,7 @@ class LoadedModel:
     receptive_fields: ReceptiveFields
     budget: MemoryBudget | None = None  # the store's, which holds the cached projection sessions
     index: GraphIndex | None = None  # the exposed model's graph index, shared by the layer table, fields and projections
+    cache: Cache | None = None  # where its projection graphs are cached (None: the user's cache)
     _projections: dict[tuple[str, str, str], tuple[projection.Projection, ort.InferenceSession]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -80,6 +84,17 @@ class LoadedModel:
     def footprint(self) -> Footprint:
         """Bytes per image of its input and exposed activations, for admission estimates."""
         return Footprint.of(self.model)
+
+    def reserve(self, estimate: Estimate, *pins: Hashable) -> AbstractContextManager[None]:
+        """``estimate`` reserved in the budget that holds this model, the model (and ``pins``) kept
+        loaded meanwhile; a model outside any budget (:func:`load` alone) reserves nothing."""
+        if self.budget is None:
+            return contextlib.nullcontext()
+        return self.budget.reserve(estimate, pin=[self.key, *pins])
+
+    def room(self, default: int) -> int:
+        """The bytes one batch of a job on this model is fitted to (:func:`zfnet.server.admission.room`)."""
+        return admission.room(self.budget, default)
 
     def projection_key(self, layer: str, method: str, stop: str = "") -> tuple[str, ...]:
         return ("projection", self.sha256, layer, method) + ((stop,) if stop else ())
@@ -96,7 +111,9 @@ class LoadedModel:
         with self._lock:
             built = key not in self._projections
             if built:
-                graph = cache.projection(self.sha256, layer, method, lambda: projection.build(self.index or self.model, layer, method, stop), stop)
+                graph = (self.cache or Cache.user()).projection(
+                    self.sha256, layer, method, lambda: projection.build(self.index or self.model, layer, method, stop), stop,
+                )
                 data = graph.model.SerializeToString()
                 self._projections[key] = (graph, runtime.session(data))
             found = self._projections[key]
@@ -124,50 +141,26 @@ class LoadedModel:
                 self.budget.release(self.projection_key(*key))
 
 
-def _tensors(message) -> Iterator[onnx.TensorProto]:
-    """Every TensorProto inside an ONNX message (initializers, Constant and attribute tensors, sparse
-    tensors, subgraphs, functions, training info); never reads tensor bytes."""
-    if isinstance(message, onnx.TensorProto):
-        yield message
-        return
-    for fd in message.DESCRIPTOR.fields:
-        if fd.message_type is None:
-            continue
-        if fd.is_repeated:
-            for item in getattr(message, fd.name):
-                yield from _tensors(item)
-        elif message.HasField(fd.name):
-            yield from _tensors(getattr(message, fd.name))
-
-
-def _external(tensor: onnx.TensorProto) -> bool:
-    return tensor.data_location == onnx.TensorProto.EXTERNAL or len(tensor.external_data) > 0
-
-
-def _location(tensor: onnx.TensorProto) -> str:
-    return next((e.value for e in tensor.external_data if e.key == "location"), "")
-
-
 def inline_external_data(model: onnx.ModelProto, name: str, base_dir: Path | None) -> None:
     """Refuse or inline external data, so that onnxruntime never opens a file a model names.
 
     ``base_dir`` None (an upload): any external tensor is refused. Else (a ``--model-dir`` model)
     each location must resolve, symlinks followed, to a file inside ``base_dir``; the data is then
     read into the model."""
-    external = [t for t in _tensors(model) if _external(t)]
-    if not external:
+    found = external.external(model)
+    if not found:
         return
     if base_dir is None:
-        first = external[0]
+        first = found[0]
         raise InvalidArgument(
-            f"model {name!r} keeps tensor {first.name!r} as external data (file {_location(first)!r})"
-            + (f" and {len(external) - 1} more" if len(external) > 1 else "")
+            f"model {name!r} keeps tensor {first.name!r} as external data (file {external.location(first)!r})"
+            + (f" and {len(found) - 1} more" if len(found) > 1 else "")
             + "; the server never reads files a model names: upload it with its weights inline (zfclient and the Python client do that)",
             reason="EXTERNAL_DATA", metadata={"tensor": first.name},
         )
     root = base_dir.resolve()
-    for tensor in external:
-        location = _location(tensor)
+    for tensor in found:
+        location = external.location(tensor)
         target = (root / location).resolve() if location else root
         if not location or Path(location).is_absolute() or not target.is_relative_to(root) or not target.is_file():
             raise FailedPrecondition(
@@ -183,10 +176,13 @@ def inline_external_data(model: onnx.ModelProto, name: str, base_dir: Path | Non
 
 def load(
     data: bytes | bytearray, name: str, sha256: str | None = None, base_dir: Path | None = None, check: Callable[[onnx.ModelProto, str], None] | None = None,
+    cache: Cache | None = None,
 ) -> LoadedModel:
     """Parse, expose and open a model from its bytes. External data is refused, or read from inside
     ``base_dir`` (see :func:`inline_external_data`); ``check`` sees the exposed model before any
-    session is made (admission limits)."""
+    session is made (admission limits). What preparing it costs is cached in ``cache`` (default: the
+    user's cache directory)."""
+    cache = cache or Cache.user()
     sha256 = sha256 or hashlib.sha256(data).hexdigest()
     try:
         # typeshed's protobuf stub takes bytes only; the parser reads any buffer (an upload's bytearray, not copied)
@@ -224,7 +220,7 @@ def load(
         sha256=sha256, name=name, size=len(data), model=exposed, session=session,
         input_name=inputs[0].name, input_shape=input_shape, framing=framing, output_name=exposed.graph.output[0].name,
         layers=layer_table(index), preprocessing_json=recorded, classes=classes,
-        receptive_fields=ReceptiveFields(index), index=index,
+        receptive_fields=ReceptiveFields(index), index=index, cache=cache,
     )
 
 
@@ -234,11 +230,12 @@ class ModelStore:
 
     def __init__(
         self, model_dir: Path | None = None, max_model_bytes: int = 2 << 30, budget: MemoryBudget | None = None,
-        max_input_pixels: int = MAX_INPUT_PIXELS,
+        max_input_pixels: int = MAX_INPUT_PIXELS, cache: Cache | None = None,
     ) -> None:
         self.max_model_bytes = max_model_bytes
         self.max_input_pixels = max_input_pixels
         self.budget = budget if budget is not None else MemoryBudget.for_process()
+        self.cache = cache or Cache.user()
         self._loaded: dict[str, LoadedModel] = {}
         self._files: dict[str, Path] = {}  # sha256 -> path, --model-dir only
         self._names: dict[str, str] = {}  # name -> sha256, --model-dir only
@@ -295,10 +292,27 @@ class ModelStore:
             with self._lock:
                 if sha in self._loaded:
                     return self._loaded[sha]
-            size = path.stat().st_size
-            with self.budget.reserve(self._load_estimate(f"loading model {path.stem!r}", size)):
-                model = self._keep(load(path.read_bytes(), path.stem, sha, base_dir=path.parent, check=self._check))
-        return self._hold(model, size)
+            try:
+                size = path.stat().st_size
+                with self.budget.reserve(self._load_estimate(f"loading model {path.stem!r}", size)):
+                    data = path.read_bytes()
+                    actual = self._current(sha, path, data)
+                    model = self._keep(load(data, path.stem, actual, base_dir=path.parent, check=self._check, cache=self.cache))
+            except OSError as err:
+                raise NotFound(f"model {path.stem!r} cannot be read from the model directory: {err.strerror or err}", reason="MODEL_NOT_FOUND", resource=("model", path.stem)) from None
+        return self._hold(model, len(data))
+
+    def _current(self, sha: str, path: Path, data: bytes) -> str:
+        """The SHA-256 of a --model-dir file's ``data`` as read now: a file changed on disk since it was
+        listed is a new model, addressed by its new SHA-256 (the old one is no longer served)."""
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != sha:
+            with self._lock:
+                self._files.pop(sha, None)
+                self._files[actual] = path
+                self._names[path.stem] = actual
+            log.info("model %s changed on disk: %s, was %s", path.stem, actual[:12], sha[:12])
+        return actual
 
     def add(self, data: bytes, name: str, sha256: str = "") -> LoadedModel:
         """Hold an uploaded model; ``sha256`` (when given) must match its bytes."""
@@ -309,29 +323,31 @@ class ModelStore:
         return self._hold(model, len(data)) if new else model
 
     def receive(self, chunks: Iterable[bytes], name: str, size: int, sha256: str = "") -> LoadedModel:
-        """Receive an upload's bytes and hold the model: admitted against the budget for the
-        declared ``size`` (or the largest model allowed) before the first byte is stored."""
+        """Receive an upload's bytes and hold the model. The bytes count against the budget as they
+        arrive (the servicer counts every request message, :func:`zfnet.server.admission.received`),
+        never more than ``size`` (0: unknown) or the largest model allowed; the model's load is then
+        admitted for the size received."""
         limit = self.max_model_bytes
         if size > limit:
             raise ResourceExhausted(f"model {name!r} is over {limit} bytes, this server's limit (--max-model-mb)", reason="MODEL_TOO_LARGE", metadata={"limit": limit, "requested": size})
-        expected = size or limit
-        with self.budget.reserve(self._load_estimate(f"upload of model {name!r}", expected)):
-            data, digest = bytearray(), hashlib.sha256()
-            for chunk in chunks:
-                if len(data) + len(chunk) > limit:
-                    raise ResourceExhausted(
-                        f"model {name!r} is over {limit} bytes, this server's limit (--max-model-mb)",
-                        reason="MODEL_TOO_LARGE", metadata={"limit": limit, "requested": len(data) + len(chunk)},
-                    )
-                if len(data) + len(chunk) > expected:
-                    raise ResourceExhausted(f"model {name!r} is larger than the {size} bytes its UploadHeader declared (and the server admitted)", field="header.size", reason="UPLOAD_MISMATCH")
-                data += chunk
-                digest.update(chunk)
-            if size and size != len(data):
-                raise InvalidArgument(
-                    f"UploadModel: received {len(data)} bytes, the header said {size}", field="header.size", reason="UPLOAD_MISMATCH",
-                    metadata={"received": len(data), "header": size},
+        data, digest = bytearray(), hashlib.sha256()
+        for chunk in chunks:
+            if len(data) + len(chunk) > limit:
+                raise ResourceExhausted(
+                    f"model {name!r} is over {limit} bytes, this server's limit (--max-model-mb)",
+                    reason="MODEL_TOO_LARGE", metadata={"limit": limit, "requested": len(data) + len(chunk)},
                 )
+            if size and len(data) + len(chunk) > size:
+                raise ResourceExhausted(f"model {name!r} is larger than the {size} bytes its UploadHeader declared", field="header.size", reason="UPLOAD_MISMATCH")
+            data += chunk
+            digest.update(chunk)
+        if size and size != len(data):
+            raise InvalidArgument(
+                f"UploadModel: received {len(data)} bytes, the header said {size}", field="header.size", reason="UPLOAD_MISMATCH",
+                metadata={"received": len(data), "header": size},
+            )
+        admission.consumed(len(data))  # from here the bytes count in the load's estimate
+        with self.budget.reserve(self._load_estimate(f"upload of model {name!r}", len(data))):
             model, new = self._add(data, digest.hexdigest(), name, sha256)
         return self._hold(model, len(data)) if new else model
 
@@ -341,13 +357,16 @@ class ModelStore:
         if sha256 and sha256.lower() != actual:
             raise InvalidArgument(f"upload of {name!r} is corrupt: its SHA-256 is {actual}, the header said {sha256}", field="header.sha256", reason="UPLOAD_MISMATCH")
         name = name[:MAX_NAME_CHARS]
+        with self._lock:
+            own = self._files.get(actual)
+        shown = own.stem if own is not None else name or actual[:12]  # the operator's name stays a --model-dir model's
         with self._load_lock(actual):
             with self._lock:
                 model = self._loaded.get(actual)
                 if model is not None:
                     self._remember_name(actual, name)
                     return model, False
-            model = load(data, name or actual[:12], actual, check=self._check)
+            model = load(data, shown, actual, check=self._check, cache=self.cache)
             with self._lock:
                 self._remember_name(actual, name)
             return self._keep(model), True
@@ -427,9 +446,11 @@ class ModelStore:
 
     def delete(self, sha256: str = "", name: str = "") -> tuple[str, bool]:
         """DeleteModel: forget an upload, or unload a --model-dir model (it stays on disk and loads
-        again on next use). Returns (sha256, removed): removed is False for --model-dir models."""
+        again on next use), and the cached preparation of either. Returns (sha256, removed): removed
+        is False for --model-dir models."""
         sha = self._resolve(sha256, name)
         self._unload(sha, "deleted" if sha not in self._files else "unloaded")
+        self.cache.forget(sha)
         return sha, sha not in self._files
 
     def upload_names(self, sha: str) -> list[str]:

@@ -14,11 +14,15 @@ import numpy as np
 
 from zfnet.errors import InvalidArgument
 from zfnet.server import deconv, perturbation
+from zfnet.wire.common import at_most
 from zfnet.server.layers import resolve
 from zfnet.server.models import LoadedModel
 from zfnet.server.perturbation import Steps
 from zfnet.wire.deconv import Reconstruction
 from zfnet.wire.occlusion import OcclusionMaps, OcclusionResult
+
+
+MAX_POSITIONS = 65536  # occluder positions per image at most (a 256 x 256 grid)
 
 
 @dataclass(frozen=True)
@@ -37,7 +41,7 @@ class Grid:
 
 def grid(height: int, width: int, size: int | None, stride: int | None) -> Grid:
     """The positions of a ``size`` square every ``stride`` pixels; defaults: a quarter of the shorter
-    side, and a quarter of the size."""
+    side, and a quarter of the size. At most :data:`MAX_POSITIONS` of them."""
     size = max(1, min(height, width) // 4) if size is None else size
     stride = max(1, size // 4) if stride is None else stride
     if size < 1:
@@ -46,7 +50,9 @@ def grid(height: int, width: int, size: int | None, stride: int | None) -> Grid:
         raise InvalidArgument(f"occluder size {size} is larger than the {height}x{width} input; at most {min(height, width)}")
     if stride < 1:
         raise InvalidArgument(f"occluder stride must be at least 1 pixel, got {stride}")
-    return Grid(size, stride, np.arange(0, height - size + 1, stride), np.arange(0, width - size + 1, stride))
+    where = Grid(size, stride, np.arange(0, height - size + 1, stride), np.arange(0, width - size + 1, stride))
+    at_most(where.count, MAX_POSITIONS, "stride", f"occluder positions per image ({len(where.tops)} x {len(where.lefts)})")
+    return where
 
 
 def occluded(image: np.ndarray, where: Grid, fill: np.ndarray, start: int, stop: int) -> np.ndarray:

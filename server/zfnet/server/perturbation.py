@@ -10,6 +10,11 @@ takes its outputs exactly.
 Analyses are generators: they yield :class:`~zfnet.wire.common.Progress` after every batch and
 return their result (a type of :mod:`zfnet.wire`), so the gRPC layer streams progress and the
 in-process caller runs them with :func:`complete`.
+
+Memory: a batch of copies is fitted to a share of the server's budget (:func:`copies_per_batch`,
+:func:`zfnet.server.admission.room`); the engine admits the whole request before it starts: its
+images, the unperturbed outputs, the results, the reply, and one batch at a time
+(:func:`batch_cost`). A cancelled call stops before its next batch.
 """
 
 from __future__ import annotations
@@ -26,13 +31,14 @@ from onnx import numpy_helper
 from zfnet.converters.graph import MEAN_INITIALIZER
 from zfnet.errors import InvalidArgument, ResourceExhausted
 from zfnet.server import runtime
+from zfnet.server.admission import FORWARD_FACTOR, Cost, next_batch
 from zfnet.server.outputs import probabilities, softmax
 from zfnet.server.layers import Layer, resolve
 from zfnet.server.models import LoadedModel
 from zfnet.wire.common import FILLS, FillValue, Progress, TrueClass
 
 T = TypeVar("T")
-MEMORY_BUDGET = 512 << 20  # bytes of activations one forward pass of copies may take
+MEMORY_BUDGET = 512 << 20  # bytes of activations one forward pass of copies may take, outside a server's budget
 MAX_COPIES = 1024  # per forward pass, whatever the estimate
 MAX_COPIES_PER_REQUEST = 1 << 20
 GREY = 127.5
@@ -46,7 +52,10 @@ class Tracker:
 
     def __init__(self, total: int) -> None:
         if total > MAX_COPIES_PER_REQUEST:
-            raise ResourceExhausted(f"{total} perturbed copies asked for; at most {MAX_COPIES_PER_REQUEST} per request (fewer images, a larger stride or fewer values)")
+            raise ResourceExhausted(
+                f"{total} perturbed copies asked for; at most {MAX_COPIES_PER_REQUEST} per request (fewer images, a larger stride or fewer values)",
+                reason="TOO_MANY_VALUES", metadata={"limit": MAX_COPIES_PER_REQUEST, "requested": total},
+            )
         self.total = total
         self.done = 0
 
@@ -81,13 +90,24 @@ def bytes_per_copy(model: LoadedModel) -> int:
     return 4 * total
 
 
-def copies_per_batch(model: LoadedModel, max_batch: int = 0, budget: int = MEMORY_BUDGET) -> int:
-    """Copies per forward pass: what ``budget`` bytes hold by :func:`bytes_per_copy`, at most
-    ``max_batch`` when given (> 0), at most :data:`MAX_COPIES`."""
+def copies_per_batch(model: LoadedModel, max_batch: int = 0, budget: int | None = None) -> int:
+    """Copies per forward pass: what ``budget`` bytes hold by :func:`batch_cost` (default: the share
+    of the server's budget a batch is fitted to, or :data:`MEMORY_BUDGET` outside a server), at most
+    ``max_batch`` when given (> 0: a larger one is lowered to fit), at most :data:`MAX_COPIES`."""
     if max_batch < 0:
         raise InvalidArgument(f"max_batch must be 0 (as memory allows) or positive, got {max_batch}")
-    fit = max(1, min(MAX_COPIES, budget // bytes_per_copy(model)))
+    fit = batch_cost(model, []).fit(MAX_COPIES, model.room(MEMORY_BUDGET) if budget is None else budget)
     return min(fit, max_batch) if max_batch else fit
+
+
+def batch_cost(model: LoadedModel, names: list[str]) -> Cost:
+    """What a forward pass of ``n`` copies allocates: the copies, their activations (every layer,
+    :func:`bytes_per_copy`, at the forward pass's measured factor) and the ``names`` tensors
+    fetched, kept while they are reduced."""
+    input_bytes = 4 * math.prod(model.input_shape[1:])
+    fetched = sum(model.footprint.tensors.get(name, 0) for name in names)
+    per_copy = {"copies": 2 * input_bytes, "forward pass": FORWARD_FACTOR * bytes_per_copy(model)}
+    return Cost("a forward pass of {n} perturbed copies", {**per_copy, "outputs": 2 * fetched})
 
 
 # ---- forward passes ------------------------------------------------------------------------
@@ -112,10 +132,10 @@ def run(
     names = list(base_outputs)
     kept: dict[str, list[np.ndarray]] = defaultdict(list)
     for start in range(0, count, batch):
+        next_batch()
         stop = min(count, start + batch)
-        copies = make(start, stop)
-        outputs = _forward_reusing(model, copies, base, base_outputs, names)
-        for key, value in reduce(outputs).items():
+        reduced = reduce(_forward_reusing(model, make(start, stop), base, base_outputs, names))
+        for key, value in reduced.items():
             kept[key].append(value)
         yield tracker.advance(stop - start, stage)
     return {key: np.concatenate(values) for key, values in kept.items()}

@@ -105,21 +105,39 @@ def check_exposure(address: str, tls: Tls | None, tokens: Sequence[str], insecur
     log.warning("serving %s without %s (--insecure): any host that reaches this address can call it", address, " and ".join(missing))
 
 
-class TokenAuth(grpc.ServerInterceptor):
-    """Every call but ``grpc.health.v1`` must carry ``authorization: Bearer <token>`` with one of the tokens."""
+class Tokens:
+    """The server's bearer tokens, and which of them an ``authorization`` header carries."""
 
     def __init__(self, tokens: Sequence[str]) -> None:
         self._tokens = [t.encode() for t in tokens]
 
-    def _valid(self, presented: str) -> bool:
-        given = presented.encode()
-        return any(hmac.compare_digest(given, token) for token in self._tokens)  # no early exit on the first match
+    def __bool__(self) -> bool:
+        return bool(self._tokens)
+
+    def match(self, header: object) -> int | None:
+        """The number (1-based) of the token ``Bearer <token>`` carries, or None."""
+        if not isinstance(header, str) or header[: len(SCHEME)].lower() != SCHEME:
+            return None
+        given = header[len(SCHEME):].strip().encode()
+        found = [k for k, token in enumerate(self._tokens, 1) if hmac.compare_digest(given, token)]  # no early exit on a match
+        return found[0] if found else None
+
+    def of_call(self, metadata: Sequence[tuple[str, object]] | None) -> int | None:
+        """The token a call's metadata carries (see :meth:`match`)."""
+        return self.match(next((v for k, v in (metadata or ()) if k == AUTH_KEY), None))
+
+
+class TokenAuth(grpc.ServerInterceptor):
+    """Every call but ``grpc.health.v1`` must carry ``authorization: Bearer <token>`` with one of the tokens."""
+
+    def __init__(self, tokens: Tokens) -> None:
+        self._tokens = tokens
 
     def intercept_service(self, continuation, details: grpc.HandlerCallDetails):
         if details.method.startswith(HEALTH_PREFIX):
             return continuation(details)
         header = next((v for k, v in (details.invocation_metadata or ()) if k == AUTH_KEY), None)
-        if isinstance(header, str) and header[: len(SCHEME)].lower() == SCHEME and self._valid(header[len(SCHEME):].strip()):
+        if self._tokens.match(header) is not None:
             return continuation(details)
         handler = continuation(details)
         if handler is None:

@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import grpc
+from google.protobuf.message import Message
 
 from zfnet.errors import InvalidArgument, ResourceExhausted, ZfnetError
 from zfnet.server import admission, evolution, runtime
@@ -28,31 +29,46 @@ log = logging.getLogger("zfnet.server")
 
 def _status(fn: Callable) -> Callable:
     """Map ZfnetError to its status code with error details (``zfnet.status``), MemoryError to
-    RESOURCE_EXHAUSTED, any other exception to INTERNAL, logged; the server keeps serving. Wraps
-    unary and streaming (generator) methods alike."""
+    RESOURCE_EXHAUSTED, any other exception to INTERNAL, logged; the server keeps serving. Every
+    request message counts against the memory budget from the moment it is received
+    (``admission.received``). Wraps unary and streaming (generator) methods alike."""
     if inspect.isgeneratorfunction(fn):
 
         @functools.wraps(fn)
         def stream(self, request, context: grpc.ServicerContext):
-            with _mapped(fn.__name__, context):
-                yield from fn(self, request, context)
+            with _mapped(self.engine.budget, fn.__name__, context):
+                yield from fn(self, _counted(request), context)
 
         return stream
 
     @functools.wraps(fn)
     def wrapper(self, request, context: grpc.ServicerContext):
-        with _mapped(fn.__name__, context):
-            return fn(self, request, context)
+        with _mapped(self.engine.budget, fn.__name__, context):
+            return fn(self, _counted(request), context)
 
     return wrapper
 
 
+def _counted(request: Any) -> Any:
+    """A unary request, counted now; a request stream, each message counted as it arrives."""
+    if isinstance(request, Message):
+        admission.received(request)
+        return request
+    return _counting(request)
+
+
+def _counting(requests: Iterator[Message]) -> Iterator[Message]:
+    for message in requests:
+        admission.received(message)
+        yield message
+
+
 @contextmanager
-def _mapped(name: str, context: grpc.ServicerContext) -> Iterator[None]:
-    """The body of one call: memory reserved inside stays reserved until the reply is sent
+def _mapped(budget: admission.MemoryBudget, name: str, context: grpc.ServicerContext) -> Iterator[None]:
+    """The body of one call: memory reserved inside stays reserved until the call has ended
     (``admission.rpc_scope``); errors become status codes with details."""
     try:
-        with admission.rpc_scope(context.time_remaining(), context.add_callback):
+        with admission.rpc_scope(budget, context.time_remaining(), context.add_callback, context.is_active):
             yield
     except ZfnetError as err:
         context.abort_with_status(to_grpc_status(err))
@@ -60,8 +76,8 @@ def _mapped(name: str, context: grpc.ServicerContext) -> Iterator[None]:
         err = ResourceExhausted("out of memory; send fewer images or channels per request", reason="OUT_OF_MEMORY")
         context.abort_with_status(to_grpc_status(err))
     except Exception as err:
-        if not context.is_active():  # the client cancelled: reading its request stream raised
-            log.info("%s cancelled by the client", name)
+        if not context.is_active():  # the client cancelled (or the call was ended): reading its request stream raised, or an admission stopped it
+            log.info("%s cancelled", name)
             return
         if runtime.is_allocation_failure(err):
             log.warning("%s: onnxruntime could not allocate memory: %s", name, str(err).splitlines()[0][-200:])
@@ -224,11 +240,11 @@ class ZfnetServicer(zfnet_pb2_grpc.ZfnetServicer):
         job = features.FeaturesJob.from_proto(message)
         layers = self.engine.feature_layers(model, job.layers, job.default_pooling)
         features.check_row_bytes(layers, job.dtype)
-        source = self.engine.source(job.data, common.image_batches(request_iterator))
+        source, batches = self.engine.features(model, layers, self.engine.source(job.data, common.image_batches(request_iterator)), job.dtype)
         header = features.FeatureHeader(model.sha256, layers, job.dtype, source.size, source.classes, source.start, source.stop, source.batch_size)
         yield pb.FeaturesReply(header=header.to_proto())
         done = 0
-        for batch, rows in self.engine.features(model, layers, source, job.dtype):
+        for batch, rows in batches:
             done += batch.read
             yield from features.FeatureBatch(batch.indices, batch.labels, batch.paths, rows, batch.skipped, done, source.count).replies()
 

@@ -8,6 +8,11 @@ pixels through the model's projection graph (deconvnet, guided or backprop), in 
 
 Whether computing a reconstruction on the receptive-field window alone pays was measured (docs/benchmarks.md,
 "Top-9 over a data set"): the second pass is a small share of a job, so the full-size projection graph is used.
+
+Memory: a job runs inside one reservation of the budget, made before anything is allocated and
+refused at once with the numbers when it can never fit: the state (k x channels entries per layer,
+with its checkpoint copies and their replies), the projection sessions to build, and one batch of
+either pass at a time, each pass's batch fitted to a share of the budget (:func:`job_estimate`).
 """
 
 from __future__ import annotations
@@ -16,10 +21,11 @@ from collections.abc import Iterator
 import numpy as np
 
 from zfnet.errors import FailedPrecondition, InvalidArgument
-from zfnet.server import deconv, projection, runtime
+from zfnet.server import admission, deconv, projection, runtime
+from zfnet.server.admission import FORWARD_FACTOR, NO_BUDGET, Cost, Estimate, next_batch, streamed_room
 from zfnet.server.datasets import Source, StreamedSource
 from zfnet.server.layers import named, resolve
-from zfnet.server.models import LoadedModel
+from zfnet.server.models import PROJECTION_BUILD_FACTOR, LoadedModel
 from zfnet.topk import EMPTY, TopK
 from zfnet.wire import top as wire
 from zfnet.wire.common import Progress
@@ -27,6 +33,7 @@ from zfnet.wire.top import Checkpoint, Event, Entry, TopImage
 
 CHECKPOINT_EVERY = 1024  # images between checkpoints, unless the job says otherwise
 SCAN, RECONSTRUCTIONS = "scan", "reconstructions"
+STATE_COPIES = 4  # the state, a checkpoint's copy, and the two replies that carry them serialised
 
 
 def plan(model: LoadedModel, layers: list[str | int], channels: list[int] | None) -> dict[str, tuple[np.ndarray, int]]:
@@ -47,6 +54,75 @@ def plan(model: LoadedModel, layers: list[str | int], channels: list[int] | None
     return out
 
 
+def entry_bytes(spatial_rank: int) -> int:
+    """Bytes of one (channel, rank) entry of a state: value, activation, index, location."""
+    return 4 + 4 + 8 + 8 * spatial_rank
+
+
+def state_bytes(plans: dict[str, tuple[np.ndarray, int]], k: int) -> int:
+    """Bytes of a state of ``k`` entries per tracked channel of the planned layers."""
+    return sum(len(chosen) * k * entry_bytes(rank) for chosen, rank in plans.values())
+
+
+def job_estimate(model: LoadedModel, plans: dict[str, tuple[np.ndarray, int]], k: int, source: Source, passes: list[Cost], method: str | None) -> Estimate:
+    """What a job holds from start to end: the state with its copies, the projection sessions it
+    builds, one batch of its largest pass, the images being decoded, and the streamed images."""
+    builds = sum(not model.has_projection(layer, method) for layer in plans) if method is not None else 0
+    channels = sum(len(chosen) for chosen, _ in plans.values())
+    sizes = [fitted(model, source, cost).largest_batch for cost in passes]
+    batch = max((cost.estimate(n) for cost, n in zip(passes, sizes)), key=lambda e: e.total, default=Estimate(""))
+    return Estimate(
+        f"TopActivations: the top-k state of k={k} x {channels:,} channel(s) in {len(plans)} layer(s), batches of {min(sizes, default=0)} image(s)",
+        {
+            "top-k state": STATE_COPIES * state_bytes(plans, k), "projection build": builds * PROJECTION_BUILD_FACTOR * model.size,
+            **batch.parts, "streamed images": streamed_room(model.budget) if isinstance(source, StreamedSource) else 0,
+        },
+    )
+
+
+def scan_cost(model: LoadedModel, plans: dict[str, tuple[np.ndarray, int]], k: int, source: Source) -> Cost:
+    """What a scan batch of ``n`` images allocates: its input (and the next, decoded ahead), a forward
+    pass, each layer's tracked maps and their candidates, the merge with the state, the decoding."""
+    footprint, per_image, merge = model.footprint, 0, 0
+    for name, (chosen, rank) in plans.items():
+        spatial = footprint.tensors.get(name, 0) // max(1, 4 * _channels_of(model, name))
+        per_image += len(chosen) * (4 * spatial + 3 * entry_bytes(rank))
+        merge += 3 * len(chosen) * k * entry_bytes(rank)
+    return Cost(
+        f"TopActivations scan of {len(plans)} layer(s), {{n}} images per batch",
+        {"input batch": 2 * footprint.input, "forward pass": FORWARD_FACTOR * footprint.forward, "tracked maps": per_image},
+        {"image decoding": source.decoding, "state merge": merge},
+    )
+
+
+def reconstruct_cost(model: LoadedModel, plans: dict[str, tuple[np.ndarray, int]], source: Source) -> Cost:
+    """What a batch of ``n`` winners' images allocates: input, forward pass, then chunks of
+    projections (signals, the projection run, pixels) and the entries sent."""
+    footprint = model.footprint
+    largest = max((footprint.tensors.get(name, 0) for name in plans), default=0)
+    rows = deconv.CHUNK_ROWS * (largest + footprint.forward + 4 * footprint.input)
+    return Cost(
+        f"TopActivations reconstructions of {len(plans)} layer(s), {{n}} images per batch",
+        {"input batch": 3 * footprint.input, "forward pass": FORWARD_FACTOR * footprint.forward},
+        {"image decoding": source.decoding, "projections": rows},
+    )
+
+
+def _channels_of(model: LoadedModel, layer: str) -> int:
+    shape = resolve(model.layers, layer).shape
+    return shape[1] if len(shape) > 1 and isinstance(shape[1], int) and shape[1] > 0 else 1
+
+
+def layout(state: TopK) -> dict[str, tuple[np.ndarray, int]]:
+    """A state's layers as :func:`plan` gives them: (tracked channels, spatial rank)."""
+    return {name: (top.channels, top.locations.shape[2]) for name, top in state.layers.items()}
+
+
+def fitted(model: LoadedModel, source: Source, cost: Cost) -> Source:
+    """``source`` with its batch lowered to fit a share of the budget when the one asked for does not."""
+    return source.fitted(cost.fit(source.batch_size, model.room(NO_BUDGET)), streamed_room(model.budget))
+
+
 def start(model: LoadedModel, data: str, size: int, layers: list[str | int], channels: list[int] | None, k: int, by: str, state: TopK | None) -> TopK:
     """A fresh state for the job, or ``state`` (to continue) after checking it belongs to the job."""
     fresh = TopK.empty(model.sha256, data, size, k, by, plan(model, layers, channels))
@@ -65,9 +141,11 @@ def scan(model: LoadedModel, source: Source, state: TopK, checkpoint_every: int 
     if clash:
         raise InvalidArgument(f"the range [{source.start}, {source.stop}) overlaps indices [{clash[0][0]}, {clash[0][1]}) that the state has read already; send only the rest")
     names = list(state.layers)
+    source = fitted(model, source, scan_cost(model, layout(state), state.k, source))
     position, since = source.start, 0
     yield Progress(SCAN, 0, source.count, [])
     for batch in source.batches(model.framing):
+        next_batch()
         if len(batch.indices):
             tensors = runtime.tensors(model.session, names, {model.input_name: batch.inputs})
             state.observe({name: deconv.channels_first(model, name, t) for name, t in zip(names, tensors)}, batch.indices)
@@ -101,22 +179,31 @@ def reconstruct(model: LoadedModel, source: Source, data: str, state: TopK, meth
     projections = {layer: model.projection(layer, method) for layer in state.layers}  # refuse early, before reading
     needed = list(dict.fromkeys([*state.layers, *(n for p, _ in projections.values() for n in p.forward_tensors if n != model.input_name)]))
     total = sum(int((top.indices != EMPTY).sum()) for top in state.layers.values())
+    source = fitted(model, source, reconstruct_cost(model, layout(state), source))
     done = 0
     yield Progress(RECONSTRUCTIONS, 0, total, [])
     for batch in source.take(state.winner_indices(), model.framing):
-        if batch.skipped:
-            s = batch.skipped[0]
-            raise FailedPrecondition(f"image {s.index} ({s.path}) was read by the scan but cannot be read now: {s.reason}")
-        forward = {model.input_name: batch.inputs, **runtime.run(model.session, needed, {model.input_name: batch.inputs}, host=list(state.layers))}
-        for i, index in enumerate(batch.indices):
-            yield TopImage.of(int(index), batch.paths[i], int(batch.labels[i]), source.classes, batch.inputs[i])
-        for layer, top in state.layers.items():
-            rows, ranks = np.nonzero(np.isin(top.indices, batch.indices))
-            for part in range(0, len(rows), deconv.CHUNK_ROWS):
-                entries = list(_reconstruct_rows(model, layer, top, rows[part : part + deconv.CHUNK_ROWS], ranks[part : part + deconv.CHUNK_ROWS], batch.indices, forward, projections[layer]))
-                yield from entries
-                done += len(entries)
+        next_batch()
+        for event in _reconstruct_batch(model, batch, source, state, needed, projections):
+            done += isinstance(event, Entry)
+            yield event
         yield Progress(RECONSTRUCTIONS, done, total, [])
+
+
+def _reconstruct_batch(model: LoadedModel, batch, source: Source, state: TopK, needed: list[str], projections) -> Iterator[Event]:
+    """The winners' images of one batch, then their entries, layer by layer, in chunks of rows."""
+    if batch.skipped:
+        s = batch.skipped[0]
+        raise FailedPrecondition(f"image {s.index} ({s.path}) was read by the scan but cannot be read now: {s.reason}")
+    forward = {model.input_name: batch.inputs, **runtime.run(model.session, needed, {model.input_name: batch.inputs}, host=list(state.layers))}
+    for i, index in enumerate(batch.indices):
+        yield TopImage.of(int(index), batch.paths[i], int(batch.labels[i]), source.classes, batch.inputs[i])
+    for layer, top in state.layers.items():
+        rows, ranks = np.nonzero(np.isin(top.indices, batch.indices))
+        for part in range(0, len(rows), deconv.CHUNK_ROWS):
+            yield from _reconstruct_rows(
+                model, layer, top, rows[part : part + deconv.CHUNK_ROWS], ranks[part : part + deconv.CHUNK_ROWS], batch.indices, forward, projections[layer],
+            )
 
 
 def _reconstruct_rows(model, layer, top, rows, ranks, batch_indices, forward, proj) -> Iterator[Entry]:
@@ -165,14 +252,23 @@ def job(
     if stage == "reconstruct":
         if state is None:
             raise InvalidArgument("stage reconstruct needs the top-k state whose winners to reconstruct (TopJob.state)")
-        yield from reconstruct(model, source, data, state.check(), method or "deconvnet")
+        winners = state.check()
+        plans = layout(winners)
+        estimate = job_estimate(model, plans, winners.k, source, [reconstruct_cost(model, plans, source)], method or "deconvnet")
+        with model.reserve(estimate), admission.covering(estimate.parts["streamed images"]):
+            yield from reconstruct(model, source, data, winners, method or "deconvnet")
         return
     if checkpoint_every < 0:
         raise InvalidArgument(f"checkpoint_every must be positive, got {checkpoint_every}")
-    running = start(model, data, source.size, layers, channels, k, by, state)
-    if stage == "all" or method is not None:
-        for layer in running.layers:
-            model.projection(layer, method or "deconvnet")
-    yield from scan(model, source, running, checkpoint_every or CHECKPOINT_EVERY)
-    if stage == "all":
-        yield from reconstruct(model, source, data, running, method or "deconvnet")
+    projects = stage == "all" or method is not None
+    plans = plan(model, layers, channels)
+    passes = [scan_cost(model, plans, k, source), *([reconstruct_cost(model, plans, source)] if stage == "all" else [])]
+    estimate = job_estimate(model, plans, k, source, passes, (method or "deconvnet") if projects else None)
+    with model.reserve(estimate), admission.covering(estimate.parts["streamed images"]):  # before any state exists
+        running = start(model, data, source.size, layers, channels, k, by, state)
+        if projects:
+            for layer in running.layers:
+                model.projection(layer, method or "deconvnet")
+        yield from scan(model, source, running, checkpoint_every or CHECKPOINT_EVERY)
+        if stage == "all":
+            yield from reconstruct(model, source, data, running, method or "deconvnet")

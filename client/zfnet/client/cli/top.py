@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import functools
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import typer
@@ -12,7 +14,7 @@ from rich.console import Console
 
 from zfnet.client.api import Client
 from zfnet.client.cli.common import ServerOption, job_progress, parse_ranges
-from zfnet.errors import InvalidArgument
+from zfnet.errors import InvalidArgument, ZfnetError
 from zfnet.topk import TopK
 from zfnet.wire.common import Progress
 from zfnet.wire.top import TopResult
@@ -69,16 +71,13 @@ def command(
         (out / PARTIAL).parent.mkdir(parents=True, exist_ok=True)
         with job_progress(console) as bar:
             try:
-                done = ray_jobs.top(
-                    model, data, layers, k or (state.k if state is not None else 9), by or (state.by if state is not None else "max"),
-                    parse_ranges(channels, "--channels") or _channels_of(state), method, batch_size, cluster, state, scan_only,
-                    on_progress=functools.partial(_show_stage, bar, {}), start=start, stop=stop,
-                    on_checkpoint=lambda s: s.save(out / PARTIAL), checkpoint_every=checkpoint_every,
-                )
-            except KeyboardInterrupt:
-                if (out / PARTIAL).is_file():
-                    console.print(f"interrupted: the last checkpoint is {out / PARTIAL}; run the same command with --resume to continue")
-                raise
+                with _resumable(console, out):
+                    done = ray_jobs.top(
+                        model, data, layers, k or (state.k if state is not None else 9), by or (state.by if state is not None else "max"),
+                        parse_ranges(channels, "--channels") or _channels_of(state), method, batch_size, cluster, state, scan_only,
+                        on_progress=functools.partial(_show_stage, bar, {}), start=start, stop=stop,
+                        on_checkpoint=lambda s: s.save(out / PARTIAL), checkpoint_every=checkpoint_every,
+                    )
             finally:
                 ray_jobs.shutdown()
         (out / PARTIAL).unlink(missing_ok=True)
@@ -96,16 +95,12 @@ def command(
         by = by or (state.by if state is not None else "max")
         (out / PARTIAL).parent.mkdir(parents=True, exist_ok=True)
         with job_progress(console) as bar:
-            try:
+            with _resumable(console, out):
                 state = client.top_scan(
                     model, dataset, layers, k, by, picked, state, checkpoint_every,
                     on_progress=functools.partial(_show, bar, {}), on_checkpoint=lambda s: s.save(out / PARTIAL),
                     method=None if scan_only else method,
                 )
-            except KeyboardInterrupt:
-                if (out / PARTIAL).is_file():
-                    console.print(f"interrupted: the last checkpoint is {out / PARTIAL}; run the same command with --resume to continue")
-                raise
         state.save(out / STATE)
         (out / PARTIAL).unlink(missing_ok=True)
         if scan_only:
@@ -125,6 +120,18 @@ def _finish(result: TopResult, out: Path, model: str, data: str, began: float, r
         print((out / "manifest.json").read_text())
         return
     _summary(result.state, index, out)
+
+
+@contextmanager
+def _resumable(console: Console, out: Path) -> Iterator[None]:
+    """A scan that stops early (interrupted, or its server went away or failed) after a checkpoint
+    says how to continue from it."""
+    try:
+        yield
+    except (KeyboardInterrupt, ZfnetError):
+        if (out / PARTIAL).is_file():
+            console.print(f"stopped: the last checkpoint is {out / PARTIAL}; run the same command with --resume to continue")
+        raise
 
 
 def _prior_state(out: Path, merge: list[Path], resume: bool) -> TopK | None:

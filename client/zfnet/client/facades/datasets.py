@@ -12,7 +12,8 @@ from zfnet.client.models import Models
 from zfnet.v1 import zfnet_pb2 as pb
 from zfnet.wire.common import DataSource, ImageBatch, ImageInput, StreamedImages
 
-STREAM_IMAGES = 128  # images per ImageBatch message when the client streams a data set
+STREAM_IMAGES = 128  # images per ImageBatch message when the client streams a data set, at most
+STREAM_BYTES = 4 << 20  # and bytes of images per message, at most (one larger image travels alone): a server holds a bounded share of its memory for them
 
 
 @dataclass(frozen=True)
@@ -53,9 +54,27 @@ class Dataset:
         ImageBatch messages of consecutive images, read lazily (bounded memory)."""
         folder = self.local_folder()
         wanted = range(self.start, self.stop) if indices is None else indices
-        for begin, end in runs(wanted, lambda begin, i: i - begin >= images_per_message):
+        taken = [-1, 0]  # the message being filled: its first index, its bytes so far
+
+        def cut(begin: int, i: int) -> bool:
+            if taken[0] != begin:
+                taken[:] = [begin, _size(folder.files[begin])]
+            size = _size(folder.files[i])
+            if i - begin >= images_per_message or taken[1] + size > STREAM_BYTES:
+                return True
+            taken[1] += size
+            return False
+
+        for begin, end in runs(wanted, cut):
             images = [ImageInput(encoded=_read_bytes(folder.files[i]), label=self.path(i)) for i in range(begin, end)]
             yield ImageBatch(begin, images, [int(x) for x in folder.labels[begin:end]]).to_proto()
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0  # reading it will say why
 
 
 def runs(indices: Iterable[int], cut: Callable[[int, int], bool]) -> Iterator[tuple[int, int]]:
