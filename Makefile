@@ -10,7 +10,7 @@ SAMPLES := samples/cifar10
 DEMO_IMAGES := $(sort $(wildcard $(SAMPLES)/*/0000.jpg))
 NODE_EXAMPLE := examples/node
 
-.PHONY: install demo test test-fast typecheck bench bench-startup bench-ray bench-gpu soak train clean node-deps browser
+.PHONY: install demo test test-fast typecheck docs bench bench-startup bench-ray bench-gpu soak train clean node-deps browser
 
 install: $(STAMP)
 
@@ -33,8 +33,13 @@ demo: install
 	@echo "demo: deconv reconstructions of layer 4 (one labelled grid per image) are in out/demo/;"
 	@echo "      the top-9 of every feature map of layers 1 and 5 over the 200 bundled images: open out/demo/top/index.html"
 
-test: install node-deps browser typecheck
+test: install node-deps browser typecheck docs
 	$(VENV)/bin/pytest -q
+
+# The docs site (mkdocs.yml) into site/, in strict mode: a broken link or anchor, a page left out of the
+# nav or a nav entry without its page fails. The reference pages are generated from the code as it builds.
+docs: install
+	NO_MKDOCS_2_WARNING=1 DISABLE_MKDOCS_2_WARNING=true $(VENV)/bin/mkdocs build --strict --clean --quiet
 
 # The quick loop while editing: every test but those marked slow (over about 5 s here); CI runs them all.
 test-fast: install
@@ -81,11 +86,11 @@ soak: install
 bench-startup: install
 	$(PY) bench/startup_bench.py
 
-# Top-9 on a local Ray with 1 and 2 workers against the single-process job (README, "Data-set jobs on Ray").
+# Top-9 on a local Ray with 1 and 2 workers against the single-process job (docs/operating/ray.md).
 bench-ray: install
 	$(PY) bench/ray_bench.py
 
-# On a machine with an NVIDIA GPU: the GPU tests and benchmarks, out/gpu.json (README, "GPU fast path").
+# On a machine with an NVIDIA GPU: the GPU tests and benchmarks, out/gpu.json (docs/operating/gpu.md).
 bench-gpu: install
 	bash bench/gpu.sh
 
@@ -96,5 +101,5 @@ train: install
 	$(VENV)/bin/zfclient convert torch zfnet-cifar10 --weights models/zfnet-cifar10.pt -o $(MODEL) --force
 
 clean:
-	rm -rf $(VENV) out dist $(NODE_EXAMPLE)/node_modules
+	rm -rf $(VENV) out dist site $(NODE_EXAMPLE)/node_modules
 	find core converters -name '*_pb2*.py*' -delete

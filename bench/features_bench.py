@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 MODEL = ROOT / "models" / "zfnet-cifar10.onnx"
 DATA = ROOT.parent / "shared" / "data" / "cifar10" / "train"
 LAYERS = ["all"]  # every numbered layer, and the raw pixels
-POOL, LAYER_POOL, DTYPE = "grid:4", {"1": "grid:8"}, "float16"  # as in the README's transfer table
+POOL, LAYER_POOL, DTYPE = "grid:4", {"1": "grid:8"}, "float16"  # as in the transfer table (docs/guides/transfer.md)
 NAMES = ["pool1", "pool2", "relu3", "relu4", "pool5", "relu6", "relu7", "fc8"]
 
 

@@ -53,7 +53,7 @@ def sh(*args: object) -> subprocess.CompletedProcess:
 
 
 def caffe_model(out: Path) -> Path:
-    """cifar10_quick at 5,000 iterations, converted as the README says (training mean, RGB)."""
+    """cifar10_quick at 5,000 iterations, converted as docs/guides/caffe.md says (training mean, RGB)."""
     mean, model = out / "cifar10_mean.binaryproto", out / "cifar10_quick.onnx"
     if not mean.is_file():
         sh(ZFCLIENT, "mean", "--data", SHARED / "data" / "cifar10" / "train", "-o", mean)

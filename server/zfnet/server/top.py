@@ -7,8 +7,8 @@ winners' images, checks each winner's activation again, and projects that single
 pixels through the model's projection graph (deconvnet, guided or backprop), in chunks of rows the
 budget has room for (:func:`projection_rows`).
 
-Whether computing a reconstruction on the receptive-field window alone pays was measured (README,
-"Top-9"): on 32-px CIFAR-10 the second pass is a small share of a job, so the full-size projection
+Whether computing a reconstruction on the receptive-field window alone pays was measured (docs/benchmarks.md,
+"Top-9 over a data set"): on 32-px CIFAR-10 the second pass is a small share of a job, so the full-size projection
 graph is used. At 224 px it is most of the job (docs/benchmarks.md, "ImageNet models at 224 px"):
 windows would pay there for the lower layers, and are not built yet.
 

@@ -24,7 +24,7 @@ def command(
     interpolation: str | None = InterpolationOption,
     channel_order: str = ChannelOrderOption,
 ) -> None:
-    """Prepend (x - mean) / std to the graph and record it, with the resize and centre crop images get
+    """Prepend `(x - mean) / std` to the graph and record it, with the resize and centre crop images get
     before it: --preprocess imagenet, or explicit --mean/--std (and --resize, --interpolation)."""
     import onnx  # noqa: PLC0415  (onnx loads only for the commands that need it)
 

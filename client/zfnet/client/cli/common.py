@@ -175,7 +175,7 @@ PreprocessOption = typer.Option(
 MeanOption = typer.Option(None, "--mean", help="Per-channel mean R,G,B on 0..255, subtracted in the graph (overrides --preprocess's).")
 StdOption = typer.Option(None, "--std", help="Per-channel std R,G,B on 0..255, divided by in the graph after the mean (overrides --preprocess's).")
 ResizeOption = typer.Option(None, "--resize", help="Resize each image's shorter side to N pixels before the centre crop to the input size (0: resize to the input size).")
-InterpolationOption = typer.Option(None, "--interpolation", help=f"How images are resized: {', '.join(INTERPOLATIONS)} [default: bilinear].")
+InterpolationOption = typer.Option(None, "--interpolation", help=f"How images are resized: {', '.join(INTERPOLATIONS)} (default: bilinear).")
 ChannelOrderOption = typer.Option("rgb", "--channel-order", help="Channel order the network expects: rgb or bgr.")
 
 

@@ -21,7 +21,7 @@ def command(
     output: Path = typer.Option(..., "-o", "--output", help="The .onnx file to write."),
     force: bool = ForceOption,
     arg: list[str] = typer.Option([], "--arg", help="A keyword argument of the factory, k=v (a Python literal, else a string); repeat for several."),
-    input_size: str | None = typer.Option(None, "--input-size", help="H,W of the input images [default: the architecture's crop, else 32,32]."),
+    input_size: str | None = typer.Option(None, "--input-size", help="H,W of the input images (default: the architecture's crop, else 32,32)."),
     crop: int | None = typer.Option(None, "--crop", help="Square input size N (the centre crop), instead of --input-size."),
     preprocess: str | None = PreprocessOption,
     mean: str | None = MeanOption,

@@ -36,7 +36,7 @@ def at_the_edge(command: Callable, extra: str | None = None) -> Callable:
 
 
 def serve(ctx: typer.Context) -> None:
-    """Run the zfnet gRPC server, as zfserver does, with its options (zfclient serve --help); needs zfnet[server]."""
+    """Run the zfnet gRPC server, as zfserver does, with its options (zfclient serve --help); needs the server extra."""
     from zfnet.server import app as server  # only here: a client-only install has no server dependencies
 
     server_cli = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
