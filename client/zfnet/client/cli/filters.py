@@ -16,7 +16,7 @@ def command(
     model: str = typer.Option(..., "--model", help="An .onnx file (uploaded if the server lacks it) or a model name on the server."),
     layer: str = typer.Option(..., "--layer", help="A convolution's name (conv1), or a layer number or tensor of its block."),
     limit: int = typer.Option(1024, "--limit", help="Tile at most this many filters (deeper layers: (output, input) pairs)."),
-    out: Path | None = typer.Option(None, "--out", help="The PNG to write [default: out/filters/<model>_<layer>_<normalise>.png]."),
+    out: Path | None = typer.Option(None, "--out", help="The PNG to write (default: out/filters/<model>_<layer>_<normalise>.png)."),
     normalise: str = typer.Option("sheet", "--normalise", help="Scale to [0, 1] over the whole sheet (as the classic show_feature snippet) or per filter."),
     force: bool = ForceOption,
     server: str | None = ServerOption,
