@@ -107,7 +107,7 @@ def test_a_worker_killed_mid_job_is_retried_and_the_result_stays_exact(single: P
     DiesOnce.victim = min(300, len(list(subset.glob("*/*.jpg"))) - 1)
     cluster = ray_jobs.Cluster(workers=2, num_cpus=2)
     checkpoints: list[TopK] = []
-    state = ray_jobs.top(MODEL, subset, [2, 5], batch_size=64, cluster=cluster, scan_only=True, scan_worker=DiesOnce,
+    state = ray_jobs.top(MODEL, subset, [2, 5], batch_size=16, cluster=cluster, scan_only=True, scan_worker=DiesOnce,  # blocks of 64: several even on the 200 bundled samples
                          on_checkpoint=lambda s: checkpoints.append(s.copy()), checkpoint_every=1)
     assert Path(DiesOnce.marker).is_file(), "the worker was never killed"
     assert isinstance(state, TopK)  # scan_only: the state, no reconstructions
