@@ -92,12 +92,12 @@ def check_active() -> None:
 
 def next_batch() -> None:
     """Between two batches of a job: stop a cancelled call (:func:`check_active`), and hand freed
-    heap memory back when the process holds more than its budget accounts for
-    (:meth:`MemoryBudget.settle`)."""
+    heap memory back when the process holds more than its budget accounts for, or when the next
+    batch could take it past its budget (:meth:`MemoryBudget.settle`)."""
     check_active()
     lease = _lease.get()
     if lease is not None:
-        lease.budget.settle()
+        lease.budget.settle(lease.reserved)
 
 
 @contextmanager
@@ -377,6 +377,7 @@ class Lease:
         self.nbytes = 0  # received and not consumed
         self.charged = 0  # of which charged to the budget (the rest is covered by the call's job)
         self.covered = 0
+        self.reserved = 0  # what the call's open reservations hold (see MemoryBudget.reserve)
 
     def grow(self, nbytes: int) -> None:
         if nbytes <= 0:
@@ -421,16 +422,21 @@ class MemoryBudget:
         self._timer: threading.Timer | None = None
         self._base = rss_bytes()  # what the process held when the budget was made
 
-    def settle(self) -> None:
+    def settle(self, batch: int = 0) -> None:
         """Hand freed heap memory back now when the process holds :data:`TRIM_AFTER_BYTES` more than
-        it did at start plus what the budget accounts for. The heap keeps freed tensors for the next
-        run (:func:`keep_freed_memory_until_idle`), but large ones of a long job fragment it: a conv
-        layer of 32 MiB per image, one image per batch, grew it by 580 MiB over ten batches."""
+        it did at start plus what the budget accounts for, or when what it holds and a next batch of
+        ``batch`` bytes together would pass the budget. The heap keeps freed tensors for the next
+        run (:func:`keep_freed_memory_until_idle`), but large ones of a long job fragment it (a conv
+        layer of 32 MiB per image, one image per batch, grew it by 580 MiB over ten batches), and what
+        earlier requests freed may still be kept when a job starts (a features job of 64 MiB layers
+        peaked 150 MiB past the budget on top of it)."""
         if self._on_idle is None:
             return
         with self._cond:
             accounted = self._base + self.used
-        if rss_bytes() > accounted + TRIM_AFTER_BYTES:
+            allowed = self._base + self.limit
+        held = rss_bytes()
+        if held > accounted + TRIM_AFTER_BYTES or held + batch > allowed:
             self._on_idle()
 
     @classmethod
@@ -488,9 +494,14 @@ class MemoryBudget:
             self._requests += need
             self._running += 1
         self._evict(victims)
+        lease = _lease.get()
+        if lease is not None:
+            lease.reserved += need
         try:
             yield
         finally:
+            if lease is not None:
+                lease.reserved -= need
             with self._cond:
                 self._requests -= need
                 self._running -= 1
