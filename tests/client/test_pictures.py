@@ -21,7 +21,7 @@ def test_the_filter_sheet_fills_its_canvas_with_every_filter_enlarged(tmp_path: 
     rng = np.random.default_rng(0)
     weights = rng.normal(size=(10, 3, 5, 5)).astype(np.float32)
     tiles, _ = render.filter_tiles(weights)
-    path = render.filters_figure(tiles, render.filter_count(weights, 1024), (5, 5), "ten filters", tmp_path / "f.png")
+    path = render.filters_figure(tiles, render.filter_labels(weights, 1024), (5, 5), "ten filters", tmp_path / "f.png")
     sheet = np.asarray(Image.open(path))
     side = 4  # ceil(sqrt(10)) filters per row
     scale = min(24, render.FILTER_CANVAS // (side * 5))  # at most 24 screen pixels per weight
