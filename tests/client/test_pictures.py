@@ -40,6 +40,7 @@ def test_the_filter_sheet_fills_its_canvas_with_every_filter_enlarged(tmp_path: 
 def test_invariance_distances_are_relative_to_the_originals_norm(tmp_path: Path) -> None:
     image = sorted((SAMPLES / "dog").glob("*.jpg"))[0]
     ok(invoke("invariance", "--model", MODEL, "--image", image, "--transform", "scale", "--scales", "0.8,1,1.25", "--out", tmp_path))
+    assert Image.open(tmp_path / "invariance.png").size[1] > 400, "the copies' row above the curves"
     saved = json.loads((tmp_path / "invariance.json").read_text())
     sweep = saved["sweeps"][0]
     for layer, norm in saved["images"][0]["feature_norms"].items():
