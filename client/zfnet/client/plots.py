@@ -98,7 +98,7 @@ def occlusion_sheet(image: np.ndarray, result: OcclusionResult, maps: OcclusionM
 # ---- invariance ------------------------------------------------------------------------------
 
 
-AMOUNTS = {"translate": "{:+g} px", "scale": "x{:g}", "rotate": "{:g}°"}  # how a thumbnail's transformation amount is labelled
+AMOUNTS = {"translate": "{:+g}px", "scale": "x{:g}", "rotate": "{:g}°"}  # how a thumbnail's transformation amount is labelled
 
 
 def _copies(ax: Axes, sweep: Sweep, labels: list[str], gap: int = 2) -> None:
@@ -125,8 +125,9 @@ def invariance_grid(result: InvarianceResult, title: str, path: Path) -> Path:
     the original image's features, so that images and layers compare) and the true-class probability;
     one line per image."""
     rows, columns = len(result.sweeps), len(result.layers) + 1
-    strip = 0.25 + 0.55 * len(result.labels)  # inches: the copies' row
-    fig = plt.figure(figsize=(3.3 * columns, (2.6 + strip) * rows), dpi=110)
+    strip = 0.3 + 0.42 * len(result.labels)  # inches: the copies' row
+    height = (2.6 + strip) * rows + 0.45  # and the title's two lines
+    fig = plt.figure(figsize=(3.3 * columns, height), dpi=110)
     grid = fig.add_gridspec(2 * rows, columns, height_ratios=[strip, 2.6] * rows)
     axes = np.array([[fig.add_subplot(grid[2 * r + 1, c]) for c in range(columns)] for r in range(rows)])
     border = "border: reflect" if result.border == "reflect" else f"border: constant {result.fill.describe()}"
@@ -152,7 +153,7 @@ def invariance_grid(result: InvarianceResult, title: str, path: Path) -> Path:
     handles, labels = axes[0, 0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(6, len(labels)), fontsize=7)
     fig.suptitle(f"{title}\n{border}; legend: image: true class", fontsize=8)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / height))
     return save_figure(fig, path)
 
 
