@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cli_testing import invoke, ok
+from cli_testing import invoke, left_out, messy_folder, ok
 
 from zfnet import imagefolder
 from zfnet.client.api import Client
@@ -20,44 +20,33 @@ from zfnet.server.app import create_server
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = ROOT / "models" / "zfnet-cifar10.onnx"
-SAMPLES = ROOT / "samples" / "cifar10"
 
 
 def _messy(target: Path) -> Path:
     """A flat folder: three good images (one in a sub-folder), a corrupt JPEG and a text file."""
-    (target / "more").mkdir(parents=True)
-    good = sorted((SAMPLES / "cat").glob("*.jpg"))[:3]
-    shutil.copy(good[0], target / "a.jpg")
-    shutil.copy(good[1], target / "b.jpg")
-    shutil.copy(good[2], target / "more" / "c.jpg")
-    (target / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a JPEG " * 10)
-    (target / "notes.txt").write_text("not an image\n")
-    return target
+    return messy_folder(target, nested=True)
 
 
 def _summary(stderr: str, folder: Path) -> None:
     """One note names the corrupt JPEG by full path (3 of 4 read), one the text file."""
-    notes = [line for line in stderr.splitlines() if line.startswith("note: ")]
-    assert len(notes) == 2, stderr
-    assert "read 3 of 4 images" in notes[0] and str((folder / "broken.jpg").absolute()) in notes[0], notes[0]
-    assert "ignored 1 non-image file" in notes[1] and str((folder / "notes.txt").absolute()) in notes[1], notes[1]
+    left_out(stderr, folder, 3)
 
 
 def test_the_rule_flat_folders_class_trees_and_both(tmp_path: Path) -> None:
     flat = imagefolder.scan(_messy(tmp_path / "flat"))
     assert flat.classes == [] and not flat.labelled and flat.labels.tolist() == [-1] * 4
-    assert [p.relative_to(tmp_path / "flat").as_posix() for p in flat.files] == ["a.jpg", "b.jpg", "broken.jpg", "more/c.jpg"]
+    assert [p.relative_to(tmp_path / "flat").as_posix() for p in flat.files] == ["0000.jpg", "0001.jpg", "broken.jpg", "more/0002.jpg"]
     assert flat.ignored == [(tmp_path / "flat" / "notes.txt").absolute()]
     tree = tmp_path / "tree"
     for name in ("dog", "cat"):
         _messy(tree / name)
     (tree / ".hidden").mkdir()
-    shutil.copy(tree / "cat" / "a.jpg", tree / ".hidden" / "x.jpg")
+    shutil.copy(tree / "cat" / "0000.jpg", tree / ".hidden" / "x.jpg")
     labelled = imagefolder.scan(tree)
     assert labelled.classes == ["cat", "dog"] and labelled.labels.tolist() == [0] * 4 + [1] * 4
-    assert labelled.files[3] == tree / "cat" / "more" / "c.jpg", "images under a class folder are found recursively"
+    assert labelled.files[3] == tree / "cat" / "more" / "0002.jpg", "images under a class folder are found recursively"
     assert imagefolder.scan(tree, ["dog", "cat"]).labels.tolist() == [0] * 4 + [1] * 4
-    shutil.copy(tree / "cat" / "a.jpg", tree / "stray.jpg")  # an image directly inside: the whole folder is flat
+    shutil.copy(tree / "cat" / "0000.jpg", tree / "stray.jpg")  # an image directly inside: the whole folder is flat
     mixed = imagefolder.scan(tree)
     assert not mixed.labelled and len(mixed) == 9 and (tree / "stray.jpg") in mixed.files
     (tree / "dog" / "loop").symlink_to(tree, target_is_directory=True)  # a linked folder is read once, no loop
