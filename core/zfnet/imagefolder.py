@@ -137,20 +137,22 @@ def scan(root: str | Path, classes: Sequence[str] | None = None) -> ImageFolder:
     root = Path(root)
     if not root.is_dir():
         raise NotFound(f"image folder {root} does not exist")
-    images, ignored = _walk(root)
+    images, others = _listing(root)
+    ignored = [(root / n).absolute() for n in others]
     if not images:
         raise InvalidArgument(f"{root} holds no images ({', '.join(IMAGE_SUFFIXES)})")
-    if any(p.parent == root for p in images):
-        return ImageFolder(root, [], images, np.full(len(images), -1, np.int64), ignored)
-    folders = sorted({p.relative_to(root).parts[0] for p in images})
+    tops = [n.split(os.sep, 1)[0] for n in images]  # a class folder, or the file itself when directly inside
+    if any(os.sep not in n for n in images):
+        return ImageFolder(root, [], [root / n for n in images], np.full(len(images), -1, np.int64), ignored)
+    folders = sorted(set(tops))
     order = list(classes) if classes is not None else folders
     unknown = [f for f in folders if f not in order]
     if unknown:
         raise InvalidArgument(f"{root} has folder(s) {', '.join(unknown)} that are not among the classes {', '.join(order)}")
     index = {name: i for i, name in enumerate(order)}
-    by_class = sorted(images, key=lambda p: index[p.relative_to(root).parts[0]])  # stable: sorted within a class
-    labels = [index[p.relative_to(root).parts[0]] for p in by_class]
-    return ImageFolder(root, order, by_class, np.asarray(labels, dtype=np.int64), ignored)
+    labels = np.asarray([index[t] for t in tops], dtype=np.int64)
+    by_class = np.argsort(labels, kind="stable")  # sorted within a class
+    return ImageFolder(root, order, [root / images[i] for i in by_class], labels[by_class], ignored)
 
 
 def holds_images(folder: Path, looked_at: int = 50) -> bool:
@@ -165,19 +167,25 @@ def holds_images(folder: Path, looked_at: int = 50) -> bool:
 
 
 def _walk(root: Path) -> tuple[list[Path], list[Path]]:
-    """The files under ``root``, recursively, sorted by their path under it (hidden files and folders
-    left alone): the image files, and the others (absolute: listed as ignored)."""
+    """The files under ``root`` (:func:`_listing`): the image files, and the others (absolute: listed as ignored)."""
+    images, others = _listing(root)
+    return [root / n for n in images], [(root / n).absolute() for n in others]
+
+
+def _listing(root: Path) -> tuple[list[str], list[str]]:
+    """The files under ``root``, recursively, as paths relative to it, sorted by their parts (hidden
+    files and folders left alone; linked folders followed, each once): the image files, and the others."""
     names: list[str] = []
-    seen = {os.path.realpath(root)}  # linked folders are followed, each once (no loops)
+    seen = {os.path.realpath(root)}
     for folder, subfolders, files in os.walk(root, followlinks=True):  # names as strings: sorting 50,000 Paths took 10x longer
         real = [(d, os.path.realpath(os.path.join(folder, d))) for d in subfolders if not d.startswith(".")]
         subfolders[:] = [d for d, r in real if r not in seen and not seen.add(r)]
         inside = os.path.relpath(folder, root)
-        names.extend(os.path.normpath(os.path.join(inside, f)) for f in files if not f.startswith("."))
+        prefix = "" if inside == os.curdir else inside + os.sep
+        names.extend(prefix + f for f in files if not f.startswith("."))
     names.sort(key=lambda n: n.split(os.sep))
-    images = [root / n for n in names if os.path.splitext(n)[1].lower() in IMAGE_SUFFIXES]
-    others = [(root / n).absolute() for n in names if os.path.splitext(n)[1].lower() not in IMAGE_SUFFIXES]
-    return images, others
+    images = [n for n in names if os.path.splitext(n)[1].lower() in IMAGE_SUFFIXES]
+    return images, [n for n in names if os.path.splitext(n)[1].lower() not in IMAGE_SUFFIXES]
 
 
 def read_rgb(path: str | Path | BinaryIO, size: tuple[int, int] | Framing | None = None) -> np.ndarray:
