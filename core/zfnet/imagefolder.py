@@ -92,11 +92,11 @@ def gather(paths: Sequence[str | Path], strict: bool = False, workers: int = 4) 
     ignored: list[Path] = []
     for path in map(Path, paths):
         if path.is_dir():
-            images, others = _walk(path)
+            images, others = _listing(path)
             if not images:
                 raise InvalidArgument(f"folder {path} holds no images ({', '.join(IMAGE_SUFFIXES)})")
-            candidates += images
-            ignored += others
+            candidates += [path / n for n in images]
+            ignored += [(path / n).absolute() for n in others]
         elif path.is_file():
             candidates.append(path)
         else:
@@ -141,9 +141,9 @@ def scan(root: str | Path, classes: Sequence[str] | None = None) -> ImageFolder:
     ignored = [(root / n).absolute() for n in others]
     if not images:
         raise InvalidArgument(f"{root} holds no images ({', '.join(IMAGE_SUFFIXES)})")
-    tops = [n.split(os.sep, 1)[0] for n in images]  # a class folder, or the file itself when directly inside
-    if any(os.sep not in n for n in images):
+    if any(os.sep not in n for n in images):  # an image directly inside: flat
         return ImageFolder(root, [], [root / n for n in images], np.full(len(images), -1, np.int64), ignored)
+    tops = [n.split(os.sep, 1)[0] for n in images]  # each image's class folder
     folders = sorted(set(tops))
     order = list(classes) if classes is not None else folders
     unknown = [f for f in folders if f not in order]
@@ -164,12 +164,6 @@ def holds_images(folder: Path, looked_at: int = 50) -> bool:
             if k >= looked_at:
                 break
     return False
-
-
-def _walk(root: Path) -> tuple[list[Path], list[Path]]:
-    """The files under ``root`` (:func:`_listing`): the image files, and the others (absolute: listed as ignored)."""
-    images, others = _listing(root)
-    return [root / n for n in images], [(root / n).absolute() for n in others]
 
 
 def _listing(root: Path) -> tuple[list[str], list[str]]:
