@@ -79,13 +79,13 @@ def image_files(paths: list[Path], strict: bool, ignored: Sequence[Path] = ()) -
     return found.files
 
 
-def note_data(dataset: Dataset, read: int, skipped: Sequence[Skipped]) -> None:
+def note_data(dataset: Dataset, decoded: int, skipped: Sequence[Skipped]) -> None:
     """What a data-set job left out, listed on stderr when the command ends (as :func:`image_files`
-    does): the images that did not decode, by full path (``read`` images were read, these included),
-    and the non-image files of a local folder."""
+    does): the images that did not decode, by full path (``decoded`` images were read), and the
+    non-image files of a local folder."""
     unreadable = [imagefolder.Unreadable(dataset.full_path(s.index, s.path), s.reason) for s in skipped]
     ignored = dataset.folder.ignored if dataset.folder is not None else []
-    _notes.extend(imagefolder.summary(read - len(skipped), unreadable, ignored))
+    _notes.extend(imagefolder.summary(decoded, unreadable, ignored))
 
 
 _notes: list[str] = []  # what the running command left out, said when it ends (:func:`noted`)

@@ -71,7 +71,7 @@ def command(
             on_progress=lambda done, total: bar.update(task, completed=done, total=total),
         )
         index = features.read_index(result.folder)
-        note_data(client.dataset(data), result.rows, [Skipped(s["index"], s["path"], s["reason"]) for s in index["skipped"]])
+        note_data(client.dataset(data), result.rows - result.skipped, [Skipped(s["index"], s["path"], s["reason"]) for s in index["skipped"]])
     if result.complete_before:
         print(f"{result.folder} already holds these features ({result.rows} rows); nothing to do")
         return
