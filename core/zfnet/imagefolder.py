@@ -128,16 +128,17 @@ def _decode_error(path: Path) -> str | None:
         return str(err).splitlines()[0] if str(err) else type(err).__name__
 
 
-def scan(root: str | Path, classes: Sequence[str] | None = None) -> ImageFolder:
+def scan(root: str | Path, classes: Sequence[str] | None = None, within: Path | None = None) -> ImageFolder:
     """The data set a folder holds, by the one rule (hidden files and folders left alone): images
     directly inside ``root`` make it **flat**, every image under it (recursively) one unlabelled data
     set; otherwise it is a **class tree**, each sub-folder a class and the images under it (recursively)
     labelled with it. ``classes`` fixes a tree's class order (default: sorted folder names); a tree may
-    hold a subset of the classes; a folder that is not a class is an error. Files in sorted order."""
+    hold a subset of the classes; a folder that is not a class is an error. Files in sorted order.
+    ``within``: linked folders are followed only where they resolve inside it (a server's data root)."""
     root = Path(root)
     if not root.is_dir():
         raise NotFound(f"image folder {root} does not exist")
-    images, others = _listing(root)
+    images, others = _listing(root, within)
     ignored = [(root / n).absolute() for n in others]
     if not images:
         raise InvalidArgument(f"{root} holds no images ({', '.join(IMAGE_SUFFIXES)})")
@@ -166,14 +167,20 @@ def holds_images(folder: Path, looked_at: int = 50) -> bool:
     return False
 
 
-def _listing(root: Path) -> tuple[list[str], list[str]]:
+def _listing(root: Path, within: Path | None = None) -> tuple[list[str], list[str]]:
     """The files under ``root``, recursively, as paths relative to it, sorted by their parts (hidden
-    files and folders left alone; linked folders followed, each once): the image files, and the others."""
+    files and folders left alone; linked folders followed, each once, and only inside ``within`` when
+    given): the image files, and the others."""
     names: list[str] = []
     seen = {os.path.realpath(root)}
+    inside_of = None if within is None else os.path.realpath(within)
+
+    def allowed(real: str) -> bool:
+        return inside_of is None or real == inside_of or real.startswith(inside_of + os.sep)
+
     for folder, subfolders, files in os.walk(root, followlinks=True):  # names as strings: sorting 50,000 Paths took 10x longer
         real = [(d, os.path.realpath(os.path.join(folder, d))) for d in subfolders if not d.startswith(".")]
-        subfolders[:] = [d for d, r in real if r not in seen and not seen.add(r)]
+        subfolders[:] = [d for d, r in real if allowed(r) and r not in seen and not seen.add(r)]
         inside = os.path.relpath(folder, root)
         prefix = "" if inside == os.curdir else inside + os.sep
         names.extend(prefix + f for f in files if not f.startswith("."))

@@ -339,7 +339,7 @@ class DatasetStore:
             known = ", ".join(self.names()) or "none (this server was started without a data directory)"
             raise NotFound(f"no data set named {name!r} on this server; it has: {known}", reason="DATASET_NOT_FOUND", resource=("dataset", name))
         if name not in self._scanned:
-            self._scanned[name] = imagefolder.scan(self._folders[name])
+            self._scanned[name] = imagefolder.scan(self._folders[name], within=self.root)
         return self._scanned[name]
 
     def source(
