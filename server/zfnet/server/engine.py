@@ -82,7 +82,7 @@ class Engine:
     def predict(self, model: LoadedModel, images: list[ImageInput], top_k: int = TOP_K) -> PredictResult:
         """Class probabilities (N, K) and the ``top_k`` classes of each image."""
         with self.admit(model, self.estimate(model, images, f"Predict on {len(images)} image(s)")):
-            out = runtime.tensors(model.session, [model.output_name], {model.input_name: self.batch(model, images)})[0]
+            out = runtime.tensors(model.fetching([model.output_name]), [model.output_name], {model.input_name: self.batch(model, images)})[0]
         return PredictResult.of(*probabilities(out.reshape(out.shape[0], -1).astype(np.float32)), model.classes, top_k)
 
     def activations(self, model: LoadedModel, images: list[ImageInput], layers: list[str | int]) -> dict[str, np.ndarray]:

@@ -203,7 +203,7 @@ def extract(model: LoadedModel, layers: Sequence[FeatureSpec], inputs: np.ndarra
     the layers' head; computed in float32, stored as ``dtype``. The forward values stay on the
     device when there is one."""
     names = [layer.name for layer in layers if layer.name != PIXELS]
-    values = runtime.run(model.session, names, {model.input_name: inputs}, host=()) if names else {}
+    values = runtime.run(model.fetching(names), names, {model.input_name: inputs}, host=()) if names else {}
     values[PIXELS] = inputs
     return head(tuple(layers), dtype)(values)
 
