@@ -81,7 +81,7 @@ def test_copies_equal_to_the_unperturbed_image_take_its_outputs(bundled: LoadedM
     copies = np.stack([base, changed, base])
     kept = perturbation.complete(perturbation.run(bundled, base, marker, 3, lambda a, b: copies[a:b], lambda out: out, perturbation.Tracker(3), "s", 8))
     np.testing.assert_array_equal(kept["fc8"][[0, 2]], marker["fc8"][[0, 0]])
-    np.testing.assert_allclose(kept["fc8"][1], runtime.tensors(bundled.fetching(["fc8"]), ["fc8"], {bundled.input_name: changed[None]})[0][0], rtol=1e-6)
+    np.testing.assert_allclose(kept["fc8"][1], runtime.tensors(bundled.session, ["fc8"], {bundled.input_name: changed[None]})[0][0], rtol=1e-6)
 
 
 def test_requests_over_the_copy_limit_are_refused(monkeypatch) -> None:

@@ -51,6 +51,14 @@ MAX_NAME_CHARS = 200  # an upload's display name is cut to this
 LOAD_FACTOR, RESIDENT_FACTOR, PROJECTION_BUILD_FACTOR, PROJECTION_FACTOR = 8, 3, 5, 3
 MODEL_OVERHEAD = 8 << 20  # a session's own structures, per model
 PROJECTION_OVERHEAD = 1 << 20
+# onnxruntime's fusions that fold one operator's arithmetic into another's (and so round differently
+# from the operators apart, as the exposed session, every tensor an output, computes them); fusions
+# that only apply an activation in place of a separate node change no value and stay on.
+ROUNDING_FUSIONS = (
+    "ConvBNFusion", "ConvAddFusion", "ConvMulFusion", "MatMulAddFusion", "MatMulScaleFusion", "GemmSumFusion",
+    "LayerNormFusion", "SimplifiedLayerNormFusion", "SkipLayerNormFusion", "GeluFusion", "FastGeluFusion",
+    "BiasGeluFusion", "QuickGeluFusion", "AttentionFusion", "BiasSoftmaxFusion",
+)
 
 
 @dataclass
@@ -129,28 +137,63 @@ class LoadedModel:
                 self.budget.touch(budget_key)
         return found
 
+    def fetched(self, proj: projection.Projection, layer: str, stop: str = "") -> list[str]:
+        """The tensors a forward pass for ``proj`` (of ``layer``, to ``stop``) computes: the layer,
+        ``stop`` and the forward tensors the projection reads (the input is fed, not computed)."""
+        return list(dict.fromkeys(name for name in [layer, stop, *proj.forward_tensors] if name and name != self.input_name))
+
+    def built_projection(self, layer: str, method: str, stop: str = "") -> projection.Projection | None:
+        """The projection graph of (layer, method[, stop]) when its session is built, else None (nothing is built)."""
+        with self._lock:
+            found = self._projections.get((layer, method, stop))
+        return None if found is None else found[0]
+
+    def projection_build(self, layer: str, method: str, stop: str = "") -> int:
+        """What building the projection session of (layer, method[, stop]) and the forward session it
+        reads from (:meth:`fetching`) costs at its peak (one after the other), 0 when both are built."""
+        found = self.built_projection(layer, method, stop)
+        return PROJECTION_BUILD_FACTOR * self.size if found is None else self.fetching_build(self.fetched(found, layer, stop))
+
     def _drop_projection(self, key: tuple[str, str, str]) -> None:
         with self._lock:
             self._projections.pop(key, None)
 
+    def fetching_key(self, names: Iterable[str]) -> tuple[str, ...]:
+        """The budget key of the session to ``names`` (:meth:`fetching`)."""
+        return ("fetching", self.sha256, *sorted(set(names)))
+
+    def has_fetching(self, names: Iterable[str]) -> bool:
+        """Whether the session to ``names`` is built (else the next use builds it)."""
+        with self._lock:
+            return frozenset(names) in self._fetching
+
+    def fetching_build(self, names: Iterable[str]) -> int:
+        """What building the session to ``names`` costs at its peak, 0 when it is built."""
+        return 0 if self.has_fetching(names) else PROJECTION_BUILD_FACTOR * self.size
+
     def fetching(self, names: Iterable[str]) -> ort.InferenceSession | runtime.FixedBatchSession:
         """A session of the graph up to ``names``, whose only outputs they are, built once per set of
-        names (until evicted). onnxruntime runs only the nodes they need and, no other tensor being an
-        output, folds each BatchNorm into its Conv, fuses activations and frees each tensor once read:
-        on ResNet-50 at 224 px the exposed session (every tensor an output) was 3x slower to a layer
-        and held every tensor of a batch (about 10 GB at 32 images). It holds only the weights it uses."""
+        names (until evicted) and held in the budget like a projection session (a request admits its
+        build: :meth:`fetching_build`, and pins :meth:`fetching_key`). onnxruntime runs only the nodes
+        they need and, no other tensor being an output, frees each tensor once read: on ResNet-50 at
+        224 px the exposed session (every tensor an output) was 3x slower to a layer and held every
+        tensor of a batch (about 10 GB at 32 images). It holds only the weights it uses. Fusions that
+        would fold one operator's arithmetic into another's are off (:data:`ROUNDING_FUSIONS`), so its
+        values are the exposed session's bit for bit: switches and ReLU masks fed to a projection graph
+        are the ones it was built for (a BatchNorm folded into its Conv moved integrated gradients
+        2.6e-4 from Captum near a tie)."""
         wanted = frozenset(names)
         with self._lock:
             built = wanted not in self._fetching
             if built:
                 data = pruned(self.model, sorted(wanted)).SerializeToString()
-                session = runtime.session(data)
+                session = runtime.session(data, disabled=ROUNDING_FUSIONS)
                 if isinstance(self.session, runtime.FixedBatchSession):
                     session = runtime.FixedBatchSession(session, self.input_name, self.session.batch, self.session.batch_axes)
                 self._fetching[wanted] = session
             found = self._fetching[wanted]
         if self.budget is not None:
-            key = ("fetching", self.sha256, *sorted(wanted))
+            key = self.fetching_key(wanted)
             if built:
                 shown = ", ".join(sorted(wanted)[:3]) + (", ..." if len(wanted) > 3 else "")
                 self.budget.hold(key, PROJECTION_FACTOR * len(data) + MODEL_OVERHEAD, f"session to {shown} of model {self.name!r}", lambda: self._drop_fetching(wanted))
@@ -165,7 +208,7 @@ class LoadedModel:
     def drop_projections(self) -> None:
         """Forget every cached projection and fetching session (the model is evicted or deleted)."""
         with self._lock:
-            keys = [self.projection_key(*key) for key in self._projections] + [("fetching", self.sha256, *sorted(names)) for names in self._fetching]
+            keys = [self.projection_key(*key) for key in self._projections] + [self.fetching_key(names) for names in self._fetching]
             self._projections.clear()
             self._fetching.clear()
         if self.budget is not None:

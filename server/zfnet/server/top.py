@@ -20,7 +20,7 @@ either pass at a time, each pass's batch fitted to a share of the budget (:func:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 import numpy as np
 
 from zfnet.errors import FailedPrecondition, InvalidArgument
@@ -67,20 +67,37 @@ def state_bytes(plans: dict[str, tuple[np.ndarray, int]], k: int) -> int:
     return sum(len(chosen) * k * entry_bytes(rank) for chosen, rank in plans.values())
 
 
-def job_estimate(model: LoadedModel, plans: dict[str, tuple[np.ndarray, int]], k: int, source: Source, passes: list[Cost], method: str | None) -> Estimate:
-    """What a job holds from start to end: the state with its copies, the projection sessions it
-    builds, one batch of its largest pass, the images being decoded, and the streamed images."""
+def job_estimate(
+    model: LoadedModel, plans: dict[str, tuple[np.ndarray, int]], k: int, source: Source, passes: list[Cost], method: str | None, scans: bool = True,
+) -> Estimate:
+    """What a job holds from start to end: the state with its copies, the projection sessions and the
+    forward sessions (of the scan, when it ``scans``, and of the reconstructions) it builds, one batch
+    of its largest pass, the images being decoded, and the streamed images."""
     builds = sum(not model.has_projection(layer, method) for layer in plans) if method is not None else 0
+    sessions = (model.fetching_build(plans) if scans else 0) + (_reconstruction_build(model, plans, method) if method is not None else 0)
     channels = sum(len(chosen) for chosen, _ in plans.values())
     sizes = [fitted(model, source, cost).largest_batch for cost in passes]
     batch = max((cost.estimate(n) for cost, n in zip(passes, sizes)), key=lambda e: e.total, default=Estimate(""))
     return Estimate(
         f"TopActivations: the top-k state of k={k} x {channels:,} channel(s) in {len(plans)} layer(s), batches of {min(sizes, default=0)} image(s)",
         {
-            "top-k state": STATE_COPIES * state_bytes(plans, k), "projection build": builds * PROJECTION_BUILD_FACTOR * model.size,
+            "top-k state": STATE_COPIES * state_bytes(plans, k), "projection build": builds * PROJECTION_BUILD_FACTOR * model.size, "session build": sessions,
             **batch.parts, "streamed images": streamed_room(model.budget) if isinstance(source, StreamedSource) else 0,
         },
     )
+
+
+def _reconstruction_build(model: LoadedModel, layers: Iterable[str], method: str) -> int:
+    """What building the reconstructions' forward session costs, 0 when it is built (it is not while
+    a projection it serves is not)."""
+    projections = {layer: model.built_projection(layer, method) for layer in layers}
+    built = {layer: proj for layer, proj in projections.items() if proj is not None}
+    return model.fetching_build(reconstruction_names(model, built)) if len(built) == len(projections) else PROJECTION_BUILD_FACTOR * model.size
+
+
+def reconstruction_names(model: LoadedModel, projections: dict[str, projection.Projection]) -> list[str]:
+    """The tensors the reconstructions' forward pass computes: each layer and what its projection reads."""
+    return list(dict.fromkeys(name for layer, proj in projections.items() for name in model.fetched(proj, layer)))
 
 
 def scan_cost(model: LoadedModel, plans: dict[str, tuple[np.ndarray, int]], k: int, source: Source) -> Cost:
@@ -190,7 +207,7 @@ def reconstruct(model: LoadedModel, source: Source, data: str, state: TopK, meth
     each image once (before its entries), progress in reconstructions."""
     _check_fits(model, source, data, state)
     projections = {layer: model.projection(layer, method) for layer in state.layers}  # refuse early, before reading
-    needed = list(dict.fromkeys([*state.layers, *(n for p, _ in projections.values() for n in p.forward_tensors if n != model.input_name)]))
+    needed = reconstruction_names(model, {layer: proj for layer, (proj, _) in projections.items()})
     total = sum(int((top.indices != EMPTY).sum()) for top in state.layers.values())
     source = fitted(model, source, reconstruct_cost(model, layout(state), source))
     chunk = projection_rows(model, layout(state))
@@ -268,7 +285,7 @@ def job(
             raise InvalidArgument("stage reconstruct needs the top-k state whose winners to reconstruct (TopJob.state)")
         winners = state.check()
         plans = layout(winners)
-        estimate = job_estimate(model, plans, winners.k, source, [reconstruct_cost(model, plans, source)], method or "deconvnet")
+        estimate = job_estimate(model, plans, winners.k, source, [reconstruct_cost(model, plans, source)], method or "deconvnet", scans=False)
         with model.reserve(estimate), admission.covering(estimate.parts["streamed images"]):
             yield from reconstruct(model, source, data, winners, method or "deconvnet")
         return
@@ -278,7 +295,7 @@ def job(
     plans = plan(model, layers, channels)
     passes = [scan_cost(model, plans, k, source), *([reconstruct_cost(model, plans, source)] if stage == "all" else [])]
     estimate = job_estimate(model, plans, k, source, passes, (method or "deconvnet") if projects else None)
-    with model.reserve(estimate), admission.covering(estimate.parts["streamed images"]):  # before any state exists
+    with model.reserve(estimate, model.fetching_key(plans)), admission.covering(estimate.parts["streamed images"]):  # before any state exists
         running = start(model, data, source.size, layers, channels, k, by, state)
         if projects:
             for layer in running.layers:
