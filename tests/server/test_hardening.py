@@ -229,16 +229,17 @@ class RunSpy:
 
 def test_activations_reply_over_the_message_limit_is_refused_before_any_work(srv: Server, bundled: pb.ModelRef, sample_images, monkeypatch) -> None:
     model = srv.engine.store.get(bundled.sha256)
-    spy = RunSpy(model.session)
-    monkeypatch.setattr(model, "session", spy)
+    exposed, fetching, spies = RunSpy(model.session), model.fetching, []
+    monkeypatch.setattr(model, "session", exposed)
+    monkeypatch.setattr(model, "fetching", lambda names: spies.append(RunSpy(fetching(names))) or spies[-1])  # the session to the layers asked for
     layers = [pb.LayerRef(name=layer.name) for layer in model.layers]
     request = pb.ActivationsRequest(model=bundled, images=[pb.Image(encoded=hostile.tiny_png())] * 1024, layers=layers)
     assert request.ByteSize() < 200_000 and len(layers) >= 20
     expect_error(srv.stub.GetActivations, request, Code.RESOURCE_EXHAUSTED, "reply would be 900.0 MiB", "248.3 MiB", "fewer images or layers")
-    assert spy.runs == 0, "the reply was computed before it was refused"
+    assert not spies and exposed.runs == 0, "the reply was computed (or its session built) before it was refused"
     small = pb.ActivationsRequest(model=bundled, images=[pb.Image(encoded=hostile.tiny_png())] * 2, layers=layers)
     assert len(srv.stub.GetActivations(small, timeout=TIMEOUT).activations) == len(layers)
-    assert spy.runs == 1
+    assert [spy.runs for spy in spies] == [1] and exposed.runs == 0
 
 
 def test_request_over_the_memory_budget_is_refused_with_the_numbers(srv: Server, bundled: pb.ModelRef, sample_images) -> None:

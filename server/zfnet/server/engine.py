@@ -82,7 +82,7 @@ class Engine:
     def predict(self, model: LoadedModel, images: list[ImageInput], top_k: int = TOP_K) -> PredictResult:
         """Class probabilities (N, K) and the ``top_k`` classes of each image."""
         with self.admit(model, self.estimate(model, images, f"Predict on {len(images)} image(s)")):
-            out = runtime.tensors(model.session, [model.output_name], {model.input_name: self.batch(model, images)})[0]  # the whole graph: no second session
+            out = runtime.tensors(model.session, [model.output_name], {model.input_name: self.batch(model, images)})[0]  # to the output is the whole graph: no second session
         return PredictResult.of(*probabilities(out.reshape(out.shape[0], -1).astype(np.float32)), model.classes, top_k)
 
     def activations(self, model: LoadedModel, images: list[ImageInput], layers: list[str | int]) -> dict[str, np.ndarray]:
@@ -98,8 +98,8 @@ class Engine:
         what = f"GetActivations of {len(names)} layer(s) on {len(images)} image(s)"
         reply = len(images) * sum(footprint.tensors.get(name, 0) for name in names)
         check_reply(reply, what, "ask for fewer images or layers per request")
-        with self.admit(model, self.estimate(model, images, what, reply=2 * reply)):
-            values = runtime.tensors(model.session, names, {model.input_name: self.batch(model, images)})
+        with self.admit(model, self.estimate(model, images, what, reply=2 * reply, session_build=model.fetching_build(names)), model.fetching_key(names)):
+            values = runtime.tensors(model.fetching(names), names, {model.input_name: self.batch(model, images)})
             return dict(zip(names, values))
 
     def deconv(

@@ -168,8 +168,9 @@ class LoadedModel:
             return frozenset(names) in self._fetching
 
     def fetching_build(self, names: Iterable[str]) -> int:
-        """What building the session to ``names`` costs at its peak, 0 when it is built."""
-        return 0 if self.has_fetching(names) else PROJECTION_BUILD_FACTOR * self.size
+        """What building the session to ``names`` costs at its peak, 0 when it is built (or ``names`` is empty)."""
+        wanted = frozenset(names)
+        return 0 if not wanted or self.has_fetching(wanted) else PROJECTION_BUILD_FACTOR * self.size
 
     def fetching(self, names: Iterable[str]) -> ort.InferenceSession | runtime.FixedBatchSession:
         """A session of the graph up to ``names``, whose only outputs they are, built once per set of
