@@ -14,7 +14,7 @@ from torch import nn
 from zfnet.converters.pytorch import export
 from zfnet.server import deconv, top
 from zfnet.server.admission import MemoryBudget
-from zfnet.server.models import load, pruned
+from zfnet.server.models import PROJECTION_BUILD_FACTOR, load, pruned
 
 
 class Small(nn.Module):
@@ -78,3 +78,20 @@ def test_reconstructions_run_in_chunks_the_budget_has_room_for(small) -> None:
         assert 1 <= rows < deconv.CHUNK_ROWS and rows * row <= small.room(0) // 2
     finally:
         small.budget = None
+
+
+def test_a_request_admits_a_sessions_build_until_it_is_built(small) -> None:
+    """What a request reserves for building the sessions it will run: the forward session to the
+    tensors it fetches, and a projection's with the forward session it reads from (engine estimates,
+    top-k and features jobs); nothing once they are built."""
+    build = PROJECTION_BUILD_FACTOR * small.size
+    assert small.fetching_build(["block2"]) == build and small.fetching_build([]) == 0
+    small.fetching(["block2"])
+    assert small.fetching_build(["block2"]) == 0
+    assert small.projection_build("block2", "deconvnet") == build
+    proj, _ = small.projection("block2", "deconvnet")
+    names = small.fetched(proj, "block2")
+    assert names[0] == "block2" and small.input_name not in names
+    assert small.projection_build("block2", "deconvnet") == build  # its forward session is not built yet
+    small.fetching(names)
+    assert small.projection_build("block2", "deconvnet") == 0
