@@ -174,8 +174,9 @@ class LoadedModel:
 
     def fetching(self, names: Iterable[str]) -> ort.InferenceSession | runtime.FixedBatchSession:
         """A session of the graph up to ``names``, whose only outputs they are, built once per set of
-        names (until evicted) and held in the budget like a projection session (a request admits its
-        build: :meth:`fetching_build`, and pins :meth:`fetching_key`). onnxruntime runs only the nodes
+        names (until evicted) and held in the budget like a projection session: a request admits its
+        build (:meth:`fetching_build`, or :meth:`projection_build` for the session a projection reads
+        from) and pins :meth:`fetching_key` where it knows the names up front. onnxruntime runs only the nodes
         they need and, no other tensor being an output, frees each tensor once read: on ResNet-50 at
         224 px the exposed session (every tensor an output) was 3x slower to a layer and held every
         tensor of a batch (about 10 GB at 32 images). It holds only the weights it uses. Fusions that
