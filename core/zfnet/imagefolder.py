@@ -111,7 +111,7 @@ def gather(paths: Sequence[str | Path], strict: bool = False, workers: int = 4) 
             files.append(path)
             continue
         if strict:
-            raise InvalidArgument(f"cannot decode image {path.absolute()} ({reason}); without --strict it would be skipped")
+            raise _strict_error(path, reason)
         unreadable.append(Unreadable(path.absolute(), reason))
     if not files:
         raise InvalidArgument(f"no image could be decoded: {'; '.join(f'{u.path} ({u.reason})' for u in unreadable)}")
@@ -203,7 +203,38 @@ def read_rgb(path: str | Path | BinaryIO, size: tuple[int, int] | Framing | None
         raise InvalidArgument(f"cannot read image {path}: {err}") from None
 
 
-def load(folder: ImageFolder, size: tuple[int, int] | None = None, workers: int = 4) -> np.ndarray:
-    """Decode every image of ``folder`` into one (n, H, W, 3) uint8 array."""
+def decoded(path: Path, size: tuple[int, int] | None = None, strict: bool = False) -> np.ndarray | Unreadable:
+    """An image file as :func:`read_rgb` decodes it, or, when it does not decode, why (``strict``: an
+    error naming it, for ``--strict``)."""
+    try:
+        return read_rgb(path, size)
+    except InvalidArgument:
+        reason = _decode_error(path) or "does not decode"
+        if strict:
+            raise _strict_error(path, reason) from None
+        return Unreadable(path.absolute(), reason)
+
+
+def _strict_error(path: Path, reason: str) -> InvalidArgument:
+    return InvalidArgument(f"cannot decode image {path.absolute()} ({reason}); without --strict it would be skipped")
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """The images of a folder that decode, (n, H, W, 3) uint8, with their labels; and those that do not."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    unreadable: list[Unreadable]
+
+
+def load(folder: ImageFolder, size: tuple[int, int] | None = None, workers: int = 4, strict: bool = False) -> Loaded:
+    """Decode the images of ``folder`` into one array; one that does not decode is left out and
+    listed (``strict``: an error)."""
     with ThreadPoolExecutor(workers) as pool:
-        return np.stack(list(pool.map(lambda p: read_rgb(p, size), folder.files)))
+        found = list(pool.map(lambda p: decoded(p, size, strict), folder.files))
+    kept = [i for i, image in enumerate(found) if isinstance(image, np.ndarray)]
+    unreadable = [image for image in found if isinstance(image, Unreadable)]
+    if not kept:
+        raise InvalidArgument(f"no image under {folder.root} could be decoded: {'; '.join(f'{u.path} ({u.reason})' for u in unreadable)}")
+    return Loaded(np.stack([image for image in found if isinstance(image, np.ndarray)]), folder.labels[kept], unreadable)

@@ -124,3 +124,24 @@ def test_a_flat_folder_under_data_dir_is_a_data_set_without_labels(tmp_path: Pat
         assert "over 3 images" in result.stdout
     finally:
         server.stop(None)
+
+
+def test_mean_leaves_out_what_does_not_decode_and_lists_it(tmp_path: Path) -> None:
+    folder = _messy(tmp_path / "in")
+    result = invoke("mean", "--data", folder, "-o", tmp_path / "mean.binaryproto")
+    ok(result)
+    _summary(result.stderr, folder)
+    strict = invoke("mean", "--data", folder, "-o", tmp_path / "strict.binaryproto", "--strict")
+    assert strict.exit_code == 1 and "Traceback" not in strict.output and str(folder / "broken.jpg") in strict.stderr
+    assert not (tmp_path / "strict.binaryproto").exists()
+
+
+def test_train_leaves_out_what_does_not_decode_and_lists_it(tmp_path: Path) -> None:
+    for split in ("train", "test"):
+        for name in ("cat", "dog"):
+            _messy(tmp_path / "data" / split / name)
+    result = invoke("train", "--data", tmp_path / "data", "--epochs", "1", "--batch-size", "4", "--checkpoint", tmp_path / "net.pt")
+    ok(result)
+    notes = [line for line in result.stderr.splitlines() if line.startswith("note: read")]
+    assert len(notes) == 2 and all("read 6 of 8 images" in n for n in notes), result.stderr
+    assert str(tmp_path / "data" / "train" / "cat" / "broken.jpg") in notes[0] and (tmp_path / "net.pt").is_file()

@@ -38,7 +38,7 @@ def training_mean(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempP
     folder = cache.mkdir("zfnet-caffe-mean") if cache is not None else tmp_path_factory.mktemp("zfnet-caffe-mean")
     path = folder / f"{key}.binaryproto"
     if not path.is_file():
-        write_binaryproto(compute_mean(train), path)
+        write_binaryproto(compute_mean(train)[0], path)
     return path
 
 
@@ -46,7 +46,8 @@ def training_mean(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempP
 def test_set() -> tuple[np.ndarray, np.ndarray]:
     """The 10,000 test images as float32 (N, 3, 32, 32) RGB 0..255, and their labels."""
     folder = imagefolder.scan(DATA_DIR / "test", CLASSES)
-    return imagefolder.load(folder).transpose(0, 3, 1, 2).astype(np.float32), folder.labels
+    loaded = imagefolder.load(folder)
+    return loaded.images.transpose(0, 3, 1, 2).astype(np.float32), loaded.labels
 
 
 def test_training_mean_is_the_known_one(training_mean):

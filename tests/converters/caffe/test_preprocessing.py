@@ -39,10 +39,21 @@ def recorded(model: onnx.ModelProto) -> Preprocessing:
 def test_compute_mean_is_the_per_pixel_mean_in_the_requested_order(images):
     root, pixels = images
     want = pixels.mean(axis=0).transpose(2, 0, 1)
-    rgb = compute_mean(root, chunk=4)  # chunks of 4 and 2: the sum crosses a chunk boundary
-    assert rgb.dtype == np.float32 and rgb.shape == (3, 4, 5)
+    rgb, unreadable, _ = compute_mean(root, chunk=4)  # chunks of 4 and 2: the sum crosses a chunk boundary
+    assert rgb.dtype == np.float32 and rgb.shape == (3, 4, 5) and unreadable == []
     assert_close(rgb, want)
-    assert_close(compute_mean(root, channel_order="bgr"), want[::-1])
+    assert_close(compute_mean(root, channel_order="bgr")[0], want[::-1])
+
+
+def test_compute_mean_leaves_out_an_image_that_does_not_decode_and_names_it(images):
+    root, pixels = images
+    bad = root / "dog" / "broken.jpg"
+    bad.write_bytes(b"not a jpeg")
+    mean, unreadable, _ = compute_mean(root, chunk=4)
+    assert [u.path for u in unreadable] == [bad.absolute()]
+    assert_close(mean, pixels.mean(axis=0).transpose(2, 0, 1))  # the mean of the images that decode
+    with pytest.raises(InvalidArgument, match=f"cannot decode image {bad.absolute()}"):
+        compute_mean(root, strict=True)
 
 
 def test_compute_mean_refuses_images_of_different_sizes(images):

@@ -84,7 +84,11 @@ def note_data(dataset: Dataset, decoded: int, skipped: Sequence[Skipped]) -> Non
     does): the images that did not decode, by full path (``decoded`` images were read), and the
     non-image files of a local folder."""
     unreadable = [imagefolder.Unreadable(dataset.full_path(s.index, s.path), s.reason) for s in skipped]
-    ignored = dataset.folder.ignored if dataset.folder is not None else []
+    note_left_out(decoded, unreadable, dataset.folder.ignored if dataset.folder is not None else [])
+
+
+def note_left_out(decoded: int, unreadable: Sequence[imagefolder.Unreadable], ignored: Sequence[Path]) -> None:
+    """What a command that read a local folder itself left out, listed on stderr when it ends."""
     _notes.extend(imagefolder.summary(decoded, unreadable, ignored))
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from zfnet.client.cli.common import ForceOption, refuse_overwrite
+from zfnet.client.cli.common import ForceOption, StrictOption, note_left_out, refuse_overwrite
 
 
 def command(
@@ -14,12 +14,14 @@ def command(
     output: Path = typer.Option(..., "-o", "--output", help="mean.binaryproto to write (a Caffe BlobProto, 1 x C x H x W)."),
     force: bool = ForceOption,
     channel_order: str = typer.Option("rgb", "--channel-order", help="Channel order to store, the one the net expects: rgb or bgr."),
+    strict: bool = StrictOption,
 ) -> None:
     """Compute the mean image the way Caffe's compute_image_mean does."""
     from zfnet.converters.caffe.mean import compute_mean, write_binaryproto  # the Caffe converter loads only here
 
     refuse_overwrite([output], force)
-    mean = compute_mean(data, channel_order=channel_order.lower())
+    mean, unreadable, folder = compute_mean(data, channel_order=channel_order.lower(), strict=strict)
+    note_left_out(len(folder) - len(unreadable), unreadable, folder.ignored)
     write_binaryproto(mean, output)
     per_channel = ", ".join(f"{v:.1f}" for v in mean.mean(axis=(1, 2)))
     typer.echo(f"wrote {output}: {'x'.join(map(str, mean.shape))} {channel_order.lower()} mean, per channel {per_channel}")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from zfnet.client.cli.common import ForceOption, parse_numbers, refuse_overwrite
+from zfnet.client.cli.common import ForceOption, StrictOption, parse_numbers, refuse_overwrite
 from zfnet.errors import InvalidArgument, NotFound
 
 DEFAULT_FOLDER = Path("out/train")  # where a checkpoint goes when --checkpoint is not given
@@ -29,6 +29,7 @@ def command(
         None, "--snapshot-dir", help="Folder for the snapshots: epoch_<N>.pt and, exported, epoch_<N>.onnx (default: <checkpoint>_snapshots/).",
     ),
     force: bool = ForceOption,
+    strict: bool = StrictOption,
 ) -> None:
     """Train, printing test accuracy per epoch; then `zfclient convert torch` exports it."""
     from zfnet.converters.pytorch.train import TrainConfig, train  # torch loads only here
@@ -42,7 +43,7 @@ def command(
     if any(not 1 <= e <= epochs for e in epochs_kept) or snapshot_every < 0:
         raise InvalidArgument(f"--snapshots must be epochs in 1..{epochs} and --snapshot-every >= 0")
     refuse_overwrite([checkpoint], force)  # after the options are checked, before any work
-    config = TrainConfig(arch=arch, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, snapshots=epochs_kept, snapshot_every=snapshot_every)
+    config = TrainConfig(arch=arch, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, snapshots=epochs_kept, snapshot_every=snapshot_every, strict=strict)
     keeps = bool(epochs_kept or snapshot_every)
     folder = snapshot_dir or checkpoint.with_name(f"{checkpoint.stem}_snapshots")
     export_snapshot = functools.partial(_export_snapshot, arch)

@@ -23,8 +23,11 @@ from zfnet.errors import InvalidArgument, NotFound
 CHANNEL_ORDERS = ("rgb", "bgr")
 
 
-def compute_mean(data_dir: str | Path, channel_order: str = "rgb", workers: int = 8, chunk: int = 1000) -> np.ndarray:
-    """The mean image over every image of ``data_dir`` (a class tree or a flat folder; all of one size), (C, H, W) float32.
+def compute_mean(
+    data_dir: str | Path, channel_order: str = "rgb", workers: int = 8, chunk: int = 1000, strict: bool = False,
+) -> tuple[np.ndarray, list[imagefolder.Unreadable], imagefolder.ImageFolder]:
+    """The mean image over the images of ``data_dir`` that decode (a class tree or a flat folder; all of
+    one size), (C, H, W) float32; the images that do not decode (``strict``: an error); the folder read.
 
     Images are decoded on ``workers`` threads and summed in float64, ``chunk`` at a time; a progress
     bar shows on stderr.
@@ -33,21 +36,27 @@ def compute_mean(data_dir: str | Path, channel_order: str = "rgb", workers: int 
         raise InvalidArgument(f"channel order {channel_order!r}: use rgb or bgr")
     folder = imagefolder.scan(data_dir)
     total: np.ndarray | None = None
+    unreadable: list[imagefolder.Unreadable] = []
     columns = (TextColumn("mean of {task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with ThreadPoolExecutor(workers) as pool, Progress(*columns, console=Console(stderr=True), transient=True) as progress:
         task = progress.add_task(str(folder.root), total=len(folder))
         for start in range(0, len(folder), chunk):
             files = folder.files[start : start + chunk]
-            images = list(pool.map(imagefolder.read_rgb, files))
+            found = list(pool.map(lambda path: imagefolder.decoded(path, strict=strict), files))
+            unreadable += [image for image in found if isinstance(image, imagefolder.Unreadable)]
+            images = [image for image in found if not isinstance(image, imagefolder.Unreadable)]
+            progress.advance(task, len(files))
+            if not images:
+                continue
             shapes = {image.shape for image in images} | ({total.shape} if total is not None else set())
             if len(shapes) > 1:
                 raise InvalidArgument(f"images in {folder.root} differ in size {sorted(shapes)}; Caffe's mean needs one size: resize them first")
             batch = np.stack(images).sum(axis=0, dtype=np.float64)
             total = batch if total is None else total + batch
-            progress.advance(task, len(files))
-    assert total is not None  # scan() refuses empty folders
-    mean = (total / len(folder)).transpose(2, 0, 1)
-    return np.ascontiguousarray(mean[::-1] if channel_order == "bgr" else mean, dtype=np.float32)
+    if total is None:
+        raise InvalidArgument(f"no image under {folder.root} could be decoded: {'; '.join(f'{u.path} ({u.reason})' for u in unreadable)}")
+    mean = (total / (len(folder) - len(unreadable))).transpose(2, 0, 1)
+    return np.ascontiguousarray(mean[::-1] if channel_order == "bgr" else mean, dtype=np.float32), unreadable, folder
 
 
 def write_binaryproto(array: np.ndarray, path: str | Path) -> None:

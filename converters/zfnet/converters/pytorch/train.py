@@ -35,6 +35,7 @@ class TrainConfig:
     threads: int = 0  # 0: torch's default
     snapshots: tuple[int, ...] = ()  # epochs after which a snapshot is kept (the paper's Fig. 4 follows features over them)
     snapshot_every: int = 0  # also keep one every N epochs (0: none)
+    strict: bool = False  # stop at the first image that does not decode (default: leave it out and list it)
 
     def is_snapshot(self, epoch: int) -> bool:
         return epoch in self.snapshots or (self.snapshot_every > 0 and epoch % self.snapshot_every == 0)
@@ -52,12 +53,15 @@ def _progress(console: Console) -> Progress:
     )
 
 
-def load_split(root: Path, classes: list[str], console: Console) -> tuple[torch.Tensor, torch.Tensor]:
-    """Decode an image tree to (n, 3, H, W) uint8 and (n,) int64 tensors."""
+def load_split(root: Path, classes: list[str], console: Console, strict: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decode an image tree to (n, 3, H, W) uint8 and (n,) int64 tensors; images that do not decode
+    are left out and listed, with the tree's non-image files, as notes (``strict``: an error)."""
     folder = imagefolder.scan(root, classes).require_labels("train")
     with console.status(f"decoding {len(folder)} images from {root}"):
-        images = imagefolder.load(folder)
-    return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(folder.labels)
+        loaded = imagefolder.load(folder, strict=strict)
+    for line in imagefolder.summary(len(loaded.images), loaded.unreadable, folder.ignored):
+        console.print(f"note: {line}", markup=False, highlight=False, soft_wrap=True)
+    return torch.from_numpy(loaded.images).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(loaded.labels)
 
 
 def augment(batch: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
@@ -111,8 +115,8 @@ def train(
     # faster convolutions on CPU; torch's overloads of Module.to omit the memory_format form its docstring gives
     model = zoo.build(config.arch).to(memory_format=torch.channels_last)  # pyright: ignore[reportCallIssue]
     classes = list(getattr(model, "classes", zoo.CIFAR10_CLASSES))
-    x_train, y_train = load_split(train_dir, classes, console)
-    x_test, y_test = load_split(test_dir, classes, console)
+    x_train, y_train = load_split(train_dir, classes, console, config.strict)
+    x_test, y_test = load_split(test_dir, classes, console, config.strict)
     steps = (len(x_train) + config.batch_size - 1) // config.batch_size
     decay, no_decay = [], []
     for name, param in model.named_parameters():
