@@ -18,10 +18,10 @@ import pytest
 
 import hostile
 from zfnet.converters import expose, graph, index
+from zfnet.errors import InvalidArgument
 from zfnet.server import cache, engine, models, projection, rules
 from zfnet.server.engine import Engine
 from zfnet.server.images import ImageInput
-from zfnet.errors import InvalidArgument
 from zfnet.server.models import ModelStore, load
 
 
