@@ -43,8 +43,8 @@ def test_a_session_over_shared_weights_computes_what_the_model_does(reference_on
     assert shared and len(data) < model.ByteSize() - weights.nbytes + 4096  # the graph names its weights, holds none of them
     x = np.random.default_rng(1).random((4, 3, 32, 32), np.float32)
     plain = ort.InferenceSession(reference_onnx.read_bytes(), providers=["CPUExecutionProvider"])
-    expected = plain.run(None, {plain.get_inputs()[0].name: x})[0]
-    got = runtime.session(data, weights=shared).run(None, {plain.get_inputs()[0].name: x})[0]
+    (expected,) = runtime.tensors(plain, [plain.get_outputs()[0].name], {plain.get_inputs()[0].name: x})
+    (got,) = runtime.tensors(runtime.session(data, weights=shared), [plain.get_outputs()[0].name], {plain.get_inputs()[0].name: x})
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
 
 
@@ -53,14 +53,14 @@ def test_sessions_of_a_model_hold_one_copy_of_its_weights() -> None:
     weights = runtime.Weights(model)
     assert set(weights.arrays) == {"W"}  # b and the slice bounds are small: they stay in the graph
     x = np.random.default_rng(2).standard_normal((3, WIDE)).astype(np.float32)
-    expected = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    (expected,) = runtime.tensors(ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]), ["y"], {"x": x})
     sessions, growth = [], []
     for _ in range(3):
         gc.collect()
         before = rss_bytes()
         sessions.append(runtime.session(*_args(weights, model)))
         growth.append(rss_bytes() - before)
-        np.testing.assert_allclose(sessions[-1].run(None, {"x": x})[0], expected, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(runtime.tensors(sessions[-1], ["y"], {"x": x})[0], expected, rtol=1e-4, atol=1e-4)
     size = weights.arrays["W"].nbytes
     assert max(growth) < size // 4, f"a session over shared weights grew RSS by {growth} bytes; the weight is {size}"
 
@@ -75,7 +75,7 @@ def test_a_session_keeps_no_copy_of_the_model_bytes() -> None:
     gc.collect()
     held = rss_bytes() - before
     size = WIDE * WIDE * 4
-    assert session.run(None, {"x": np.zeros((1, WIDE), np.float32)})[0].shape == (1, 8)
+    assert runtime.tensors(session, ["y"], {"x": np.zeros((1, WIDE), np.float32)})[0].shape == (1, 8)
     assert held < 1.6 * size, f"a session of a {size}-byte model holds {held} bytes: the model's bytes are kept beside its weights"
 
 
