@@ -155,6 +155,8 @@ class Weights:
             if tensor.data_location == TensorProto.EXTERNAL or not _shareable(tensor):
                 continue
             array = np.ascontiguousarray(numpy_helper.to_array(tensor))
+            if array.dtype.kind not in "fiub":  # strings, bfloat16, float8: onnxruntime takes no numpy view of them
+                continue
             array.setflags(write=False)
             self.arrays[tensor.name] = array
             self.values[tensor.name] = ort.OrtValue.ortvalue_from_numpy(array)  # a view of the array, which lives as long
