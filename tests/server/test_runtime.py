@@ -82,3 +82,21 @@ def test_a_session_keeps_no_copy_of_the_model_bytes() -> None:
 def _args(weights: runtime.Weights, model: onnx.ModelProto) -> tuple:
     data, shared = weights.referenced(model)
     return data, 0, shared
+
+
+def test_an_initializer_onnxruntime_cannot_view_stays_in_the_graph() -> None:
+    """A large string initializer (class names kept in a graph) is not shared; the session still runs."""
+    names = helper.make_tensor("names", TensorProto.STRING, [2000], [b"cat"] * 2000)
+    weight = numpy_helper.from_array(np.eye(64, dtype=np.float32) * 2, "W")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["y"]), helper.make_node("Identity", ["names"], ["n"])], "labelled",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64]), helper.make_tensor_value_info("n", TensorProto.STRING, [2000])],
+        initializer=[names, weight],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = IR_VERSION
+    weights = runtime.Weights(model)
+    assert set(weights.arrays) == {"W"}
+    x = np.arange(64, dtype=np.float32)[None]
+    np.testing.assert_array_equal(runtime.tensors(runtime.session(*_args(weights, model)), ["y"], {"x": x})[0], 2 * x)
