@@ -86,7 +86,7 @@ def _args(weights: runtime.Weights, model: onnx.ModelProto) -> tuple:
 
 def test_an_initializer_onnxruntime_cannot_view_stays_in_the_graph() -> None:
     """A large string initializer (class names kept in a graph) is not shared; the session still runs."""
-    names = helper.make_tensor("names", TensorProto.STRING, [2000], [b"cat"] * 2000)
+    names = numpy_helper.from_array(np.array(["cat"] * 2000, dtype=object), "names")
     weight = numpy_helper.from_array(np.eye(64, dtype=np.float32) * 2, "W")
     graph = helper.make_graph(
         [helper.make_node("MatMul", ["x", "W"], ["y"]), helper.make_node("Identity", ["names"], ["n"])], "labelled",
