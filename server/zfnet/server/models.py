@@ -72,7 +72,6 @@ class LoadedModel:
     budget: MemoryBudget | None = None  # the store's, which holds the cached projection sessions
     index: GraphIndex | None = None  # the exposed model's graph index, shared by the layer table, fields and projections
     cache: Cache | None = None  # where its projection graphs are cached (None: the user's cache)
-    weights: runtime.Weights | None = None  # its large initializers, held once for all its sessions
     _projections: dict[tuple[str, str, str], tuple[projection.Projection, ort.InferenceSession]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -193,10 +192,8 @@ def load(
     del checked  # the exposed model holds the weights from here
     if check is not None:
         check(exposed, name)
-    weights = runtime.Weights(exposed)
-    graph, shared = weights.referenced(exposed)
     try:
-        session = runtime.session(graph, weights=shared)
+        session = runtime.session(exposed.SerializeToString())
     except Exception as err:  # onnxruntime raises Fail/InvalidGraph/RuntimeException
         raise InvalidArgument(f"onnxruntime cannot load model {name!r}: {str(err).splitlines()[0][:300]}", reason="BAD_MODEL") from None
     initializers = {i.name for i in exposed.graph.initializer}
@@ -220,7 +217,7 @@ def load(
         sha256=sha256, name=name, size=len(data), model=exposed, session=session,
         input_name=inputs[0].name, input_shape=input_shape, framing=framing, output_name=exposed.graph.output[0].name,
         layers=layer_table(index), preprocessing_json=recorded, classes=classes,
-        receptive_fields=ReceptiveFields(index), index=index, cache=cache, weights=weights,
+        receptive_fields=ReceptiveFields(index), index=index, cache=cache,
     )
 
 

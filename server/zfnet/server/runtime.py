@@ -16,12 +16,10 @@ import io
 import logging
 import os
 import threading
-from collections.abc import Collection, Mapping
+from collections.abc import Collection
 
 import numpy as np
-import onnx
 import onnxruntime as ort
-from onnx import TensorProto, helper, numpy_helper
 
 log = logging.getLogger("zfnet.server")
 
@@ -98,7 +96,7 @@ def _cuda_loads() -> bool:
         ort.set_default_logger_severity(2)  # onnxruntime's default: warnings
 
 
-def session(model_bytes: bytes, threads: int = 0, weights: Mapping[str, ort.OrtValue] | None = None) -> ort.InferenceSession:
+def session(model_bytes: bytes, threads: int = 0) -> ort.InferenceSession:
     """A session on the chosen providers. The CPU memory arena is off: onnxruntime's arena keeps
     every block it ever grew to (a burst of large requests stayed resident for good); without it,
     tensors go back to the heap after each run and the budget's ``release_memory`` returns them to
@@ -107,21 +105,11 @@ def session(model_bytes: bytes, threads: int = 0, weights: Mapping[str, ort.OrtV
 
     ``threads``: onnxruntime's threads within one operator on the CPU (0: one per core). A small
     graph run right after a model's (a feature head) takes 1: a second pool of busy threads next to
-    the model's made the pair of runs 1.6x slower than the model's alone on 2 cores.
-
-    ``weights``: the initializers ``model_bytes`` references (:meth:`Weights.referenced`), read in
-    place from a model's :class:`Weights` rather than copied into the session. Prepacking is off for
-    such a session: onnxruntime prepacks a shared weight into a copy of its own, which would undo
-    the sharing (VGG16: 535 MB per session with it, 63 MB without)."""
+    the model's made the pair of runs 1.6x slower than the model's alone on 2 cores."""
     options = ort.SessionOptions()
     options.log_severity_level = 4  # onnxruntime prints a model's own node names raw; the server logs errors itself, escaped
     options.enable_cpu_mem_arena = False
     options.intra_op_num_threads = threads
-    if weights:
-        options.add_external_initializers(list(weights), list(weights.values()))  # what the graph's references stand for
-        for name, value in weights.items():
-            options.add_initializer(name, value)  # read in place: the session makes no copy of its own
-        options.add_session_config_entry("session.disable_prepacking", "1")
     chosen = [(CUDA, cuda_options()) if p == CUDA else p for p in providers()]
     made = ort.InferenceSession(model_bytes, options, providers=chosen)
     release_model_bytes(made)
@@ -136,73 +124,6 @@ def release_model_bytes(made: ort.InferenceSession) -> None:
     execution provider's failure is an error, not a silent switch of the whole session to the CPU."""
     made.disable_fallback()
     made._model_bytes = None  # noqa: SLF001  (the wrapper's only reference to them)
-
-
-WEIGHTS_LOCATION = "zfnet-shared-weights"  # the external-data location of a weight a session reads from a Weights
-SHARED_MIN_BYTES = 1 << 12  # smaller initializers stay in the graph (shape constants, small biases)
-
-
-class Weights:
-    """A model's large initializers, held once as numpy arrays: every session of the model built
-    from :meth:`referenced` bytes reads them in place (``SessionOptions.add_initializer``), so the
-    model's sessions hold one copy of its weights between them, and building one neither
-    serialises nor parses them again."""
-
-    def __init__(self, model: onnx.ModelProto) -> None:
-        self.arrays: dict[str, np.ndarray] = {}
-        self.values: dict[str, ort.OrtValue] = {}
-        for tensor in model.graph.initializer:
-            if tensor.data_location == TensorProto.EXTERNAL or not _shareable(tensor):
-                continue
-            array = np.ascontiguousarray(numpy_helper.to_array(tensor))
-            if array.dtype.kind not in "fiub":  # strings, bfloat16, float8: onnxruntime takes no numpy view of them
-                continue
-            array.setflags(write=False)
-            self.arrays[tensor.name] = array
-            self.values[tensor.name] = ort.OrtValue.ortvalue_from_numpy(array)  # a view of the array, which lives as long
-
-    @property
-    def nbytes(self) -> int:
-        return sum(a.nbytes for a in self.arrays.values())
-
-    def referenced(self, model: onnx.ModelProto) -> tuple[bytes, dict[str, ort.OrtValue]]:
-        """``model`` serialised with each initializer held here (same name, shape and type) as a
-        reference to it instead of its data, and the values those references stand for: the
-        arguments of :func:`session`."""
-        graph = _copy_except(model.graph, onnx.GraphProto(), "initializer")
-        used: dict[str, ort.OrtValue] = {}
-        for tensor in model.graph.initializer:
-            array = self.arrays.get(tensor.name)
-            if array is None or list(tensor.dims) != list(array.shape) or tensor.data_type != helper.np_dtype_to_tensor_dtype(array.dtype):
-                graph.initializer.append(tensor)
-                continue
-            reference = graph.initializer.add(name=tensor.name, dims=tensor.dims, data_type=tensor.data_type, data_location=TensorProto.EXTERNAL)
-            reference.external_data.add(key="location", value=WEIGHTS_LOCATION)
-            reference.external_data.add(key="length", value=str(array.nbytes))
-            used[tensor.name] = self.values[tensor.name]
-        out = _copy_except(model, onnx.ModelProto(), "graph")
-        out.graph.CopyFrom(graph)
-        return out.SerializeToString(), used
-
-
-def _shareable(tensor: TensorProto) -> bool:
-    """Whether an initializer is large enough to be held once for every session."""
-    return tensor.ByteSize() >= SHARED_MIN_BYTES  # ByteSize reads no data (``raw_data`` would copy it)
-
-
-def _copy_except(source, target, skipped: str):
-    """``target`` (an empty message of ``source``'s type) with every field of ``source`` but
-    ``skipped``, which is not copied (a graph's initializers: its weights)."""
-    for field, value in source.ListFields():
-        if field.name == skipped:
-            continue
-        if field.is_repeated:
-            getattr(target, field.name).extend(value)
-        elif field.message_type is not None:
-            getattr(target, field.name).CopyFrom(value)
-        else:
-            setattr(target, field.name, value)
-    return target
 
 
 def tensors(session: ort.InferenceSession | FixedBatchSession, names: list[str], feeds: dict) -> list[np.ndarray]:
