@@ -175,7 +175,10 @@ def test_the_perturbation_results_survive_their_codec() -> None:
     maps2 = replace(maps, label="c.jpg", projection=replace(recon, image=1, label="c.jpg"))
     occlusion = OcclusionResult("relu5", 4, 2, FILL, np.array([0, 2], np.int32), np.array([0, 2, 4], np.int32), ["a", "b"], [replace(maps, projection=replace(recon, image=0)), maps2], 64)
     same(OcclusionResult.from_proto(occlusion.to_proto()), occlusion)
-    sweep = Sweep("rotate", "degrees", np.array([0, 90], np.float32), RNG.random((2, 1, 2), np.float32), RNG.random((2, 2), np.float32))
+    sweep = Sweep(
+        "rotate", "degrees", np.array([0, 90], np.float32), RNG.random((2, 1, 2), np.float32), RNG.random((2, 2), np.float32),
+        RNG.integers(0, 256, (2, 2, 4, 4, 3), dtype=np.uint8), np.array([0, 1], np.int32),
+    )
     result = InvarianceResult(["relu1"], "constant", FILL, ["a", "b"], [TrueClass(0, "", False)] * 2, RNG.random((2, 1), np.float32), [sweep], [], 8)
     same(InvarianceResult.from_proto(result.to_proto()), result)
     score = CorrespondenceScore("eye", True, "relu5", 4.0, 0.1, 0.01, 3, 100, RNG.random((3, 3), np.float32), [4.0], [[(0, 0, 2, 2)] * 3])

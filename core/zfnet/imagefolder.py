@@ -1,14 +1,16 @@
 """Finding and reading images: the one input convention of every command that reads images
 (:func:`gather`: files, folders searched recursively, class-folder trees and flat folders alike;
-images that do not decode skipped and listed, non-image files listed as ignored), and one-folder-per-
-class trees (``root/<class>/<file>``, :func:`scan`) read into arrays."""
+images that do not decode skipped and listed, non-image files listed as ignored), and the one rule
+by which a folder is a data set (:func:`scan`): a **flat** folder (images directly inside it) is a data
+set without labels, every image under it included; otherwise a **class tree**, each sub-folder a class
+(``root/<class>/<image>``, images under a class folder found recursively)."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
@@ -23,15 +25,27 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp")
 
 @dataclass(frozen=True)
 class ImageFolder:
-    """The files of an image tree, with their class indices."""
+    """The image files of a data-set folder, with their class indices (a flat folder: no classes, every label -1)."""
 
     root: Path
     classes: list[str]
     files: list[Path]
-    labels: np.ndarray  # (n,) int64, index into ``classes``
+    labels: np.ndarray  # (n,) int64, index into ``classes``; -1 in a flat folder
+    ignored: list[Path] = field(default_factory=list)  # non-image files under the root (absolute)
 
     def __len__(self) -> int:
         return len(self.files)
+
+    @property
+    def labelled(self) -> bool:
+        """Whether the folder is a class tree (its images carry labels)."""
+        return bool(self.classes)
+
+    def require_labels(self, needed_by: str) -> ImageFolder:
+        """This folder when it is a class tree; for a flat folder, an error saying what ``needed_by`` needs."""
+        if not self.labelled:
+            raise InvalidArgument(f"{needed_by} needs labelled images: {self.root} holds images but no class folders; a labelled image tree is {self.root}/<class>/<image>")
+        return self
 
 
 @dataclass(frozen=True)
@@ -53,13 +67,19 @@ class Gathered:
 
     def summary(self) -> list[str]:
         """One line per kind of file left out, each naming every file by its full path ([] when none)."""
-        lines = []
-        if self.unreadable:
-            listed = "; ".join(f"{u.path} ({u.reason})" for u in self.unreadable)
-            lines.append(f"read {len(self.files)} of {len(self.files) + len(self.unreadable)} images; skipped {len(self.unreadable)} that do not decode: {listed}")
-        if self.ignored:
-            lines.append(f"ignored {len(self.ignored)} non-image file(s): {'; '.join(map(str, self.ignored))}")
-        return lines
+        return summary(len(self.files), self.unreadable, self.ignored)
+
+
+def summary(decoded: int, unreadable: Sequence[Unreadable], ignored: Sequence[Path]) -> list[str]:
+    """What a command left out, one line per kind, every file named by its full path ([] when none):
+    the images that do not decode (``decoded`` images were read), and the non-image files ignored."""
+    lines = []
+    if unreadable:
+        listed = "; ".join(f"{u.path} ({u.reason})" for u in unreadable)
+        lines.append(f"read {decoded} of {decoded + len(unreadable)} images; skipped {len(unreadable)} that do not decode: {listed}")
+    if ignored:
+        lines.append(f"ignored {len(ignored)} non-image file(s): {'; '.join(map(str, ignored))}")
+    return lines
 
 
 def gather(paths: Sequence[str | Path], strict: bool = False, workers: int = 4) -> Gathered:
@@ -72,12 +92,11 @@ def gather(paths: Sequence[str | Path], strict: bool = False, workers: int = 4) 
     ignored: list[Path] = []
     for path in map(Path, paths):
         if path.is_dir():
-            inside = sorted(p for p in path.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts))
-            images = [p for p in inside if p.suffix.lower() in IMAGE_SUFFIXES]
+            images, others = _listing(path)
             if not images:
                 raise InvalidArgument(f"folder {path} holds no images ({', '.join(IMAGE_SUFFIXES)})")
-            candidates += images
-            ignored += [p.absolute() for p in inside if p.suffix.lower() not in IMAGE_SUFFIXES]
+            candidates += [path / n for n in images]
+            ignored += [(path / n).absolute() for n in others]
         elif path.is_file():
             candidates.append(path)
         else:
@@ -109,32 +128,65 @@ def _decode_error(path: Path) -> str | None:
         return str(err).splitlines()[0] if str(err) else type(err).__name__
 
 
-def scan(root: str | Path, classes: Sequence[str] | None = None) -> ImageFolder:
-    """List ``root/<class>/*`` image files; ``classes`` fixes the class order (default: sorted folder
-    names). A tree may hold a subset of the classes; a folder that is not a class is an error."""
+def scan(root: str | Path, classes: Sequence[str] | None = None, within: Path | None = None) -> ImageFolder:
+    """The data set a folder holds, by the one rule (hidden files and folders left alone): images
+    directly inside ``root`` make it **flat**, every image under it (recursively) one unlabelled data
+    set; otherwise it is a **class tree**, each sub-folder a class and the images under it (recursively)
+    labelled with it. ``classes`` fixes a tree's class order (default: sorted folder names); a tree may
+    hold a subset of the classes; a folder that is not a class is an error. Files in sorted order.
+    ``within``: linked folders are followed only where they resolve inside it (a server's data root)."""
     root = Path(root)
     if not root.is_dir():
         raise NotFound(f"image folder {root} does not exist")
-    folders = sorted(p.name for p in root.iterdir() if p.is_dir())
+    images, others = _listing(root, within)
+    ignored = [(root / n).absolute() for n in others]
+    if not images:
+        raise InvalidArgument(f"{root} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    if any(os.sep not in n for n in images):  # an image directly inside: flat
+        return ImageFolder(root, [], [root / n for n in images], np.full(len(images), -1, np.int64), ignored)
+    tops = [n.split(os.sep, 1)[0] for n in images]  # each image's class folder
+    folders = sorted(set(tops))
     order = list(classes) if classes is not None else folders
     unknown = [f for f in folders if f not in order]
     if unknown:
         raise InvalidArgument(f"{root} has folder(s) {', '.join(unknown)} that are not among the classes {', '.join(order)}")
-    files: list[Path] = []
-    labels: list[int] = []
-    for index, name in enumerate(order):
-        if name not in folders:
-            continue
-        folder = root / name
-        with os.scandir(folder) as entries:  # names sorted as strings: sorting 50,000 Paths took 10x longer
-            names = sorted(e.name for e in entries if os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES)
-        files.extend(folder / n for n in names)
-        labels.extend([index] * len(names))
-    if not files and any(p.suffix.lower() in IMAGE_SUFFIXES for p in root.iterdir()):
-        raise InvalidArgument(f"{root} holds images but no class folders; a labelled image tree is {root}/<class>/<image>")
-    if not files:
-        raise InvalidArgument(f"{root} holds no images ({', '.join(IMAGE_SUFFIXES)})")
-    return ImageFolder(root, order, files, np.asarray(labels, dtype=np.int64))
+    index = {name: i for i, name in enumerate(order)}
+    labels = np.asarray([index[t] for t in tops], dtype=np.int64)
+    by_class = np.argsort(labels, kind="stable")  # sorted within a class
+    return ImageFolder(root, order, [root / images[i] for i in by_class], labels[by_class], ignored)
+
+
+def holds_images(folder: Path, looked_at: int = 50) -> bool:
+    """Whether ``folder`` directly holds an image file (a quick look: its first ``looked_at`` entries)."""
+    with os.scandir(folder) as entries:
+        for k, entry in enumerate(entries):
+            if os.path.splitext(entry.name)[1].lower() in IMAGE_SUFFIXES and not entry.name.startswith(".") and entry.is_file():
+                return True
+            if k >= looked_at:
+                break
+    return False
+
+
+def _listing(root: Path, within: Path | None = None) -> tuple[list[str], list[str]]:
+    """The files under ``root``, recursively, as paths relative to it, sorted by their parts (hidden
+    files and folders left alone; linked folders followed, each once, and only inside ``within`` when
+    given): the image files, and the others."""
+    names: list[str] = []
+    seen = {os.path.realpath(root)}
+    inside_of = None if within is None else os.path.realpath(within)
+
+    def allowed(real: str) -> bool:
+        return inside_of is None or real == inside_of or real.startswith(inside_of + os.sep)
+
+    for folder, subfolders, files in os.walk(root, followlinks=True):  # names as strings: sorting 50,000 Paths took 10x longer
+        real = [(d, os.path.realpath(os.path.join(folder, d))) for d in subfolders if not d.startswith(".")]
+        subfolders[:] = [d for d, r in real if allowed(r) and r not in seen and not seen.add(r)]
+        inside = os.path.relpath(folder, root)
+        prefix = "" if inside == os.curdir else inside + os.sep
+        names.extend(prefix + f for f in files if not f.startswith("."))
+    names.sort(key=lambda n: n.split(os.sep))
+    images = [n for n in names if os.path.splitext(n)[1].lower() in IMAGE_SUFFIXES]
+    return images, [n for n in names if os.path.splitext(n)[1].lower() not in IMAGE_SUFFIXES]
 
 
 def read_rgb(path: str | Path | BinaryIO, size: tuple[int, int] | Framing | None = None) -> np.ndarray:

@@ -6,18 +6,15 @@ and with --strict stops at the first bad image."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
-from cli_testing import invoke, ok
+from cli_testing import invoke, left_out, messy_folder, ok
 
 from zfnet import imagefolder
 from zfnet.errors import InvalidArgument, NotFound
 
-ROOT = Path(__file__).resolve().parents[2]
 MODEL = "models/zfnet-cifar10.onnx"
-SAMPLES = ROOT / "samples" / "cifar10"
 
 COMMANDS = {  # each image-reading --image command, with options that keep it small
     "predict": [],
@@ -35,20 +32,11 @@ WRITES = {"predict"}  # commands without --out
 
 def _messy(folder: Path, labelled: bool = False) -> Path:
     """Two good images, a corrupt JPEG and a text file: flat, or in a class folder ``cat/``."""
-    target = folder / "cat" if labelled else folder
-    target.mkdir(parents=True)
-    for src in sorted((SAMPLES / "cat").glob("*.jpg"))[:2]:
-        shutil.copy(src, target / src.name)
-    (target / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a JPEG " * 10)
-    (target / "notes.txt").write_text("not an image\n")
-    return target
+    return messy_folder(folder / "cat" if labelled else folder)
 
 
 def _summary(stderr: str, folder: Path) -> None:
-    notes = [line for line in stderr.splitlines() if line.startswith("note: ")]
-    assert len(notes) == 2, stderr
-    assert "read 2 of 3 images" in notes[0] and str((folder / "broken.jpg").absolute()) in notes[0], notes[0]
-    assert "ignored 1 non-image file" in notes[1] and str((folder / "notes.txt").absolute()) in notes[1], notes[1]
+    left_out(stderr, folder, 2)
 
 
 @pytest.mark.parametrize("command", list(COMMANDS))

@@ -21,7 +21,7 @@ def test_the_filter_sheet_fills_its_canvas_with_every_filter_enlarged(tmp_path: 
     rng = np.random.default_rng(0)
     weights = rng.normal(size=(10, 3, 5, 5)).astype(np.float32)
     tiles, _ = render.filter_tiles(weights)
-    path = render.filters_figure(tiles, render.filter_count(weights, 1024), (5, 5), "ten filters", tmp_path / "f.png")
+    path = render.filters_figure(tiles, render.filter_labels(weights, 1024), (5, 5), "ten filters", tmp_path / "f.png")
     sheet = np.asarray(Image.open(path))
     side = 4  # ceil(sqrt(10)) filters per row
     scale = min(24, render.FILTER_CANVAS // (side * 5))  # at most 24 screen pixels per weight
@@ -40,6 +40,7 @@ def test_the_filter_sheet_fills_its_canvas_with_every_filter_enlarged(tmp_path: 
 def test_invariance_distances_are_relative_to_the_originals_norm(tmp_path: Path) -> None:
     image = sorted((SAMPLES / "dog").glob("*.jpg"))[0]
     ok(invoke("invariance", "--model", MODEL, "--image", image, "--transform", "scale", "--scales", "0.8,1,1.25", "--out", tmp_path))
+    assert Image.open(tmp_path / "invariance.png").size[1] > 400, "the copies' row above the curves"
     saved = json.loads((tmp_path / "invariance.json").read_text())
     sweep = saved["sweeps"][0]
     for layer, norm in saved["images"][0]["feature_norms"].items():

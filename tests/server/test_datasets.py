@@ -57,6 +57,20 @@ def test_store_discovers_data_sets_by_relative_name(data_dir: Path) -> None:
             store.folder(bad)
 
 
+def test_a_data_set_follows_linked_folders_only_inside_the_root(data_dir: Path, tmp_path: Path, sample_images: list[Path]) -> None:
+    outside = tmp_path / "outside" / "deep"
+    outside.mkdir(parents=True)
+    shutil.copy(sample_images[1], outside / "secret.jpg")
+    small = data_dir / "cifar" / "small"
+    (small / "dog" / "away").symlink_to(outside.parent, target_is_directory=True)  # leads out of the root: not walked
+    (small / "dog" / "again").symlink_to(data_dir / "flat" / "one", target_is_directory=True)  # stays inside the root: followed
+    folder = DatasetStore(data_dir).folder("cifar/small")
+    names = [f.relative_to(small).as_posix() for f in folder.files]
+    assert not any(n.startswith("dog/away") for n in names), names
+    assert names.count("dog/again/a.jpg") == 1 and len(folder) == 13
+    assert len(imagefolder.scan(small).files) == 14  # a client reads its own links wherever they lead
+
+
 @pytest.mark.parametrize("start,stop,batch", [(0, 0, 5), (3, 10, 4), (5, 6, 64)])
 def test_folder_and_streamed_sources_give_the_same_batches(data_dir: Path, start: int, stop: int, batch: int) -> None:
     store = DatasetStore(data_dir)

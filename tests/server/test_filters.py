@@ -108,7 +108,11 @@ def test_tiles_match_a_tile_by_tile_reference() -> None:
     deeper = rng.normal(size=(5, 4, 3, 3)).astype(np.float32)
     grey, shown = render.filter_tiles(deeper, limit=11, normalise="filter")
     np.testing.assert_allclose(grey, tiled_by_hand(deeper.reshape(20, 3, 3)[:11], per_tile=True))
-    assert shown == "first 11 of 20 (output, input) 3x3 filters"
+    assert shown == "first 11 of 20 (output, input) 3x3 filters, labelled output,input"
+    labels = render.filter_labels(deeper, 11)  # tile k shows deeper[o, i] (the reference's order): labelled "o,i"
+    assert labels == ["0,0", "0,1", "0,2", "0,3", "1,0", "1,1", "1,2", "1,3", "2,0", "2,1", "2,2"]
+    assert all(np.array_equal(deeper.reshape(20, 3, 3)[k], deeper[int(o), int(i)]) for k, (o, i) in enumerate(x.split(",") for x in labels))
+    assert render.filter_labels(weights, 1024) == [str(o) for o in range(7)]
     with pytest.raises(InvalidArgument, match="a fully connected layer"):
         render.filter_tiles(deeper[:, :, 0, 0])
     with pytest.raises(InvalidArgument, match="limit must be positive"):
@@ -134,7 +138,7 @@ def test_the_seeds_cifar10_quick_example(quick, tmp_path, monkeypatch) -> None:
         np.testing.assert_allclose(tiles, reference, atol=1e-12)
     assert references["conv1"].shape == (36, 36, 3) and references["conv3"].shape == (192, 192)
     monkeypatch.delenv("ZFNET_SERVER", raising=False)
-    for name, expected in (("conv1", "32 of 32 5x5 RGB filters"), ("conv3", "first 1,024 of 2,048 (output, input) 5x5 filters")):
+    for name, expected in (("conv1", "32 of 32 5x5 RGB filters"), ("conv3", "first 1,024 of 2,048 (output, input) 5x5 filters, labelled output,input")):
         out = tmp_path / f"{name}.png"
         result = CliRunner().invoke(app, ["filters", "--model", str(path), "--layer", name, "--out", str(out)])
         assert result.exit_code == 0, result.output

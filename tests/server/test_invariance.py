@@ -8,6 +8,7 @@ from typing import cast
 import grpc
 import numpy as np
 import pytest
+from PIL import Image
 from perturb_testing import CIFAR10, Bare, Conn, encoded, expect_stream_error, nchw, softmax, still_serves, stream
 
 from zfnet.server import invariance
@@ -130,6 +131,10 @@ def test_distances_equal_numpy_on_bare_onnxruntime(conn: Conn, sample_images, bo
                 expected = np.linalg.norm((moved[k] - base[k]).reshape(len(values), -1).astype(np.float64), axis=1)
                 np.testing.assert_allclose(from_proto(sweep.distances)[i, k], expected, rtol=1e-4, atol=1e-4)
             np.testing.assert_allclose(from_proto(sweep.true_class_probability)[i], softmax(moved[2])[:, CIFAR10.index("cat")], atol=1e-5)
+            assert list(sweep.thumbnail_values) == [0, 1, 2]  # three values: a thumbnail each
+            for k, v in enumerate(values):  # the copies the server ran, as pictures: the bilinear reference, rounded (1 grey level)
+                expected = np.clip(np.rint(bilinear_reference(original, *source_of(name, v, 32, 32), border_name, fill_rgb)), 0, 255)
+                np.testing.assert_allclose(from_proto(sweep.thumbnails)[i, k], expected.transpose(1, 2, 0), atol=1)
 
 
 def test_identities_give_distance_zero_and_360_degrees_equals_0(conn: Conn, sample_images) -> None:
@@ -154,6 +159,20 @@ def test_defaults_are_the_three_transformations_on_layers_1_and_7(conn: Conn, sa
     assert list(result.layers) == ["pool1", "relu7"] and result.border == pb.REFLECT
     assert result.true_classes[0].from_top1
     assert [s.unit for s in result.sweeps] == ["vertical shift (pixels, + down)", "scale factor", "rotation (degrees, counter-clockwise)"]
+    assert [list(s.thumbnail_values) for s in result.sweeps] == [[0, 4, 8, 12, 16], [0, 6, 12, 18, 24], [0, 9, 18, 27, 36]]
+    assert [from_proto(s.thumbnails).shape for s in result.sweeps] == [(1, 5, 32, 32, 3)] * 3
+    np.testing.assert_array_equal(from_proto(result.sweeps[0].thumbnails)[0, 2], nchw(sample_images[:1])[0].transpose(1, 2, 0))  # shift 0: the image
+
+
+def test_thumbnails_stay_bounded_and_are_counted() -> None:
+    planned = invariance.plan(32, 32, [("rotate", list(np.linspace(0, 360, 1024)))])
+    assert invariance.shown_values(1024).tolist() == [0, 256, 512, 767, 1023] and invariance.shown_values(2).tolist() == [0, 1]
+    assert invariance.thumbnail_bytes(3, planned, 32, 32) == 3 * 5 * 32 * 32 * 3
+    assert invariance.thumbnail_bytes(1, planned, 1000, 500) == 5 * 64 * 32 * 3
+    copy = np.random.default_rng(0).uniform(-20, 280, (3, 200, 100)).astype(np.float32)
+    small = invariance.thumbnail(copy)
+    rgb = Image.fromarray(np.clip(np.rint(copy.transpose(1, 2, 0)), 0, 255).astype(np.uint8))
+    np.testing.assert_array_equal(small, np.asarray(rgb.resize((32, 64), Image.Resampling.BILINEAR)))
 
 
 def test_python_client_matches_raw_stub(conn: Conn, sample_images) -> None:

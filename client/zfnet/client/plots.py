@@ -18,7 +18,7 @@ from zfnet.client.render import for_display, save_figure  # noqa: E402
 from zfnet.wire.common import class_name  # noqa: E402
 from zfnet.errors import FailedPrecondition  # noqa: E402
 from zfnet.wire.correspondence import CorrespondenceResult, CorrespondenceScore  # noqa: E402
-from zfnet.wire.invariance import InvarianceResult  # noqa: E402
+from zfnet.wire.invariance import InvarianceResult, Sweep  # noqa: E402
 from zfnet.wire.occlusion import OcclusionMaps, OcclusionResult  # noqa: E402
 
 # ---- occlusion -------------------------------------------------------------------------------
@@ -98,14 +98,41 @@ def occlusion_sheet(image: np.ndarray, result: OcclusionResult, maps: OcclusionM
 # ---- invariance ------------------------------------------------------------------------------
 
 
+AMOUNTS = {"translate": "{:+g}px", "scale": "x{:g}", "rotate": "{:g}°"}  # how a thumbnail's transformation amount is labelled
+
+
+def _copies(ax: Axes, sweep: Sweep, labels: list[str], gap: int = 2) -> None:
+    """The transformed copies the server ran at a few of the sweep's values: one row per image, one
+    column per value, each column labelled with its amount (the row of pictures of the paper's Fig. 5)."""
+    n, t, h, w, _ = sweep.thumbnails.shape
+    mosaic = np.full((n * (h + gap) - gap, t * (w + gap) - gap, 3), 255, np.uint8)
+    for i in range(n):
+        for k in range(t):
+            mosaic[i * (h + gap) : i * (h + gap) + h, k * (w + gap) : k * (w + gap) + w] = sweep.thumbnails[i, k]
+    ax.imshow(mosaic, interpolation="nearest")
+    amount = AMOUNTS.get(sweep.transform, "{:g}")
+    ax.set_xticks([k * (w + gap) + (w - 1) / 2 for k in range(t)], [amount.format(float(sweep.values[v])) for v in sweep.shown], fontsize=7)
+    ax.set_yticks([i * (h + gap) + (h - 1) / 2 for i in range(n)], [label or f"image {i}" for i, label in enumerate(labels)], fontsize=6)
+    ax.tick_params(length=0)
+    for side in ax.spines.values():
+        side.set_visible(False)
+    ax.set_title(f"{sweep.transform}: the copies at a few of the values", fontsize=8)
+
+
 def invariance_grid(result: InvarianceResult, title: str, path: Path) -> Path:
-    """The paper's Fig. 5: rows are transformations; columns the feature distance at each layer (divided
-    by the norm of the original image's features, so that images and layers compare) and the true-class
-    probability; one line per image."""
+    """The paper's Fig. 5: per transformation, the row of transformed copies (a few of its values, as
+    the model took them), then the curves: the feature distance at each layer (divided by the norm of
+    the original image's features, so that images and layers compare) and the true-class probability;
+    one line per image."""
     rows, columns = len(result.sweeps), len(result.layers) + 1
-    fig, axes = plt.subplots(rows, columns, figsize=(3.3 * columns, 2.6 * rows), dpi=110, squeeze=False)
+    strip = 0.3 + 0.42 * len(result.labels)  # inches: the copies' row
+    height = (2.6 + strip) * rows + 0.45  # and the title's two lines
+    fig = plt.figure(figsize=(3.3 * columns, height), dpi=110)
+    grid = fig.add_gridspec(2 * rows, columns, height_ratios=[strip, 2.6] * rows)
+    axes = np.array([[fig.add_subplot(grid[2 * r + 1, c]) for c in range(columns)] for r in range(rows)])
     border = "border: reflect" if result.border == "reflect" else f"border: constant {result.fill.describe()}"
     for r, sweep in enumerate(result.sweeps):
+        _copies(fig.add_subplot(grid[2 * r, :]), sweep, result.labels)
         for c in range(columns):
             ax = axes[r, c]
             for i, (label, truth) in enumerate(zip(result.labels, result.true_classes)):
@@ -126,7 +153,7 @@ def invariance_grid(result: InvarianceResult, title: str, path: Path) -> Path:
     handles, labels = axes[0, 0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(6, len(labels)), fontsize=7)
     fig.suptitle(f"{title}\n{border}; legend: image: true class", fontsize=8)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / height))
     return save_figure(fig, path)
 
 

@@ -195,6 +195,11 @@ def run(
     from joblib import Parallel, delayed
 
     fs = features if isinstance(features, FeatureSet) else load(features)
+    if not fs.classes:
+        raise InvalidArgument(
+            f"probe needs labelled images: the features in {fs.folder} come from a flat folder (no class folders); "
+            "compute them with `zfclient features --data DIR` over a labelled tree DIR/<class>/<image>"
+        )
     chosen = _choose(fs, layers)
     if cv < 2:
         raise InvalidArgument("--cv must be at least 2 (folds of the training split that choose C)")

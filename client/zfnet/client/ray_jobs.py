@@ -180,7 +180,7 @@ def top(
     cluster = cluster or Cluster()
     folder_path = Path(data)
     if not folder_path.is_dir():
-        raise InvalidArgument(f"--ray reads a local image folder (DIR/<class>/<image>); {data} is not one")
+        raise InvalidArgument(f"--ray reads a local image folder (a class tree DIR/<class>/<image> or a flat folder); {data} is not one")
     path = Path(model)
     if not path.is_file():
         raise InvalidArgument(f"--ray runs a local .onnx model; {model} is not a file")
@@ -276,7 +276,7 @@ class RayFeatures:
 
     def dataset(self, data: str | Path, start: int = 0, stop: int = 0, batch_size: int = 0) -> Dataset:
         if not Path(data).is_dir():
-            raise InvalidArgument(f"--ray reads a local image folder (DIR/<class>/<image>); {data} is not one")
+            raise InvalidArgument(f"--ray reads a local image folder (a class tree DIR/<class>/<image> or a flat folder); {data} is not one")
         return local_dataset(Path(data), start, stop, batch_size)
 
     def model_ref(self, model: str | Path):

@@ -183,11 +183,13 @@ def probe_plot(results: list, title: str, path: Path) -> Path:
 NORMALISE = ("sheet", "filter")
 
 
-def filter_count(weights: np.ndarray, limit: int) -> int:
-    """How many tiles :func:`filter_tiles` shows: one per output channel of a first (3-input) layer,
-    else one per (output, input) pair; at most ``limit``."""
+def filter_labels(weights: np.ndarray, limit: int) -> list[str]:
+    """The labels of the tiles :func:`filter_tiles` shows, in its order: a first (3-input) layer's
+    output channel ("7"), any other's (output, input) channel pair ("7,2"); at most ``limit``."""
     out_channels, in_channels = weights.shape[:2]
-    return min(limit, out_channels if in_channels == 3 else out_channels * in_channels)
+    if in_channels == 3:
+        return [str(o) for o in range(min(limit, out_channels))]
+    return [f"{k // in_channels},{k % in_channels}" for k in range(min(limit, out_channels * in_channels))]
 
 
 def filter_tiles(weights: np.ndarray, limit: int = 1024, normalise: str = "sheet", bgr: bool = False, pad: int = 1) -> tuple[np.ndarray, str]:
@@ -208,8 +210,8 @@ def filter_tiles(weights: np.ndarray, limit: int = 1024, normalise: str = "sheet
         shown = f"{min(limit, out_channels)} of {out_channels} {kh}x{kw} RGB filters"
     else:
         tiles = weights.reshape(out_channels * in_channels, kh, kw)
-        shown = f"{'first ' if limit < len(tiles) else ''}{min(limit, len(tiles)):,} of {len(tiles):,} (output, input) {kh}x{kw} filters"
-    data = np.array(tiles[: filter_count(weights, limit)], dtype=np.float64)
+        shown = f"{'first ' if limit < len(tiles) else ''}{min(limit, len(tiles)):,} of {len(tiles):,} (output, input) {kh}x{kw} filters, labelled output,input"
+    data = np.array(tiles[: len(filter_labels(weights, limit))], dtype=np.float64)
     axes = tuple(range(1, data.ndim))
     low = data.min(axis=axes, keepdims=True) if normalise == "filter" else data.min()
     data -= low
@@ -222,10 +224,11 @@ def filter_tiles(weights: np.ndarray, limit: int = 1024, normalise: str = "sheet
     return data.reshape((n * data.shape[1], n * data.shape[3]) + data.shape[4:]), shown
 
 
-def filters_figure(tiles: np.ndarray, count: int, kernel: tuple[int, int], title: str, path: Path, pad: int = 1) -> Path:
-    """The sheet of :func:`filter_tiles` (``count`` filters of ``kernel`` (kh, kw), ``pad`` pixels
-    after each) drawn with Pillow: every filter enlarged with square pixels to fill a canvas about
-    ``FILTER_CANVAS`` pixels wide, its index above it, the title wrapped over the canvas."""
+def filters_figure(tiles: np.ndarray, labels: list[str], kernel: tuple[int, int], title: str, path: Path, pad: int = 1) -> Path:
+    """The sheet of :func:`filter_tiles` (filters of ``kernel`` (kh, kw), ``pad`` pixels after each)
+    drawn with Pillow: every filter enlarged with square pixels to fill a canvas about ``FILTER_CANVAS``
+    pixels wide, its label (:func:`filter_labels`) above it, the title wrapped over the canvas."""
+    count = len(labels)
     kh, kw = kernel
     side = tiles.shape[1] // (kw + pad)  # filters per row of the sheet
     scale = max(1, min(24, FILTER_CANVAS // (side * kw)))
@@ -247,7 +250,7 @@ def filters_figure(tiles: np.ndarray, count: int, kernel: tuple[int, int], title
         r, c = divmod(k, side)
         tile = pixels[r * (kh + pad) : r * (kh + pad) + kh, c * (kw + pad) : c * (kw + pad) + kw]
         x, y = gap + c * cell_w, head + r * cell_h
-        draw.text((x, y), str(k), fill=(70, 70, 70), font=small)
+        draw.text((x, y), labels[k], fill=(70, 70, 70), font=small)
         canvas.paste(Image.fromarray(tile).resize((kw * scale, kh * scale), Image.Resampling.NEAREST), (x, y + label))
     path.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(path, compress_level=PNG_COMPRESSION)

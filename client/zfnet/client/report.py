@@ -436,8 +436,9 @@ def _layer_page(layer: str, manifest: dict, result: TopResult) -> str:
             source, alt = f"images/{item['index']}.png", f"image {item['index']}"
             items.append(
                 f'<li><a class="thumb" href="{source}">{_img(source, alt, [64, 64])}'
-                f'<span class="box" style="{box}"></span></a><br>#{item["rank"]} <b>{html.escape(item["class"] or "?")}</b> '
-                f'{item["value"]:.4g}{peak} at {where}<br>'
+                f'<span class="box" style="{box}"></span></a><br>#{item["rank"]} '
+                + (f'<b>{html.escape(item["class"])}</b> ' if item["class"] else "")  # a flat folder: no classes
+                + f'{item["value"]:.4g}{peak} at {where}<br>'
                 f'<span class="path" title="{html.escape(item["path"])}">{html.escape("/".join(Path(item["path"]).parts[-2:]))}</span></li>'
             )
         scale = max(1, DISPLAY_WIDTH // data["size"][0])

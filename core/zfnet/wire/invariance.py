@@ -54,25 +54,29 @@ class InvarianceRequest:
 
 @dataclass(frozen=True)
 class Sweep:
-    """One transformation's curves."""
+    """One transformation's curves, and the transformed copies at a few of its values."""
 
     transform: str  # a name of TRANSFORMS
     unit: str  # of the values, for axis labels
     values: np.ndarray  # (V,) float32
     distances: np.ndarray  # (N images, L layers, V) float32: Euclidean distance of each layer's features to the original's
     true_class_probability: np.ndarray  # (N, V) float32
+    thumbnails: np.ndarray  # (N, T, h, w, 3) uint8: each image transformed at the values ``shown``, as the model took it
+    shown: np.ndarray  # (T,) int32: indices into ``values``
 
     def to_proto(self) -> pb.SweepResult:
         return pb.SweepResult(
             transform=TRANSFORMS.number(self.transform, "transform"), unit=self.unit, values=self.values.tolist(),
             distances=to_proto(self.distances), true_class_probability=to_proto(self.true_class_probability),
+            thumbnails=to_proto(self.thumbnails), thumbnail_values=self.shown.tolist(),
         )
 
     @classmethod
     def from_proto(cls, message: pb.SweepResult) -> Sweep:
         return cls(
             TRANSFORMS.name(message.transform, "transform"), message.unit, np.asarray(message.values, np.float32),
-            array(message.distances), array(message.true_class_probability),
+            array(message.distances), array(message.true_class_probability), array(message.thumbnails),
+            np.asarray(message.thumbnail_values, np.int32),
         )
 
 

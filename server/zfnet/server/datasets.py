@@ -197,7 +197,7 @@ def _decoded_ahead(chunks: Iterable[tuple[T, list[Decode], list[int]]]) -> Itera
 
 @dataclass(frozen=True)
 class FolderSource(Source):
-    """A one-folder-per-class tree on the server's disk, read file by file."""
+    """A data-set folder on the server's disk (a class tree, or a flat folder without labels), read file by file."""
 
     folder: imagefolder.ImageFolder = field(kw_only=True)
     root: Path | None = field(default=None, kw_only=True)  # the data directory, resolved: files must resolve inside it
@@ -305,8 +305,10 @@ class StreamedSource(Source):
 
 
 class DatasetStore:
-    """The named data sets of a server's ``--data-dir``: every folder (up to ``MAX_DEPTH`` deep) whose
-    sub-folders hold images, named by its path relative to the root. Names only: a request never
+    """The named data sets of a server's ``--data-dir``: every folder (up to ``MAX_DEPTH`` deep) that
+    holds images directly (a flat folder: no labels) or in its sub-folders (a class tree), named by its
+    path relative to the root (:func:`zfnet.imagefolder.scan` reads it); the highest such folder is the
+    data set (``group/<name>/<image>`` makes ``group`` a class tree of classes ``<name>``). Names only: a request never
     gives a path, and every file read must resolve inside the root (see the module doc)."""
 
     def __init__(self, root: Path | None = None) -> None:
@@ -321,7 +323,7 @@ class DatasetStore:
 
     def _discover(self, root: Path, folder: Path, depth: int) -> None:
         subfolders = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".") and p.resolve().is_relative_to(root))
-        if depth > 0 and any(_has_images(p) for p in subfolders):
+        if depth > 0 and (imagefolder.holds_images(folder) or any(imagefolder.holds_images(p) for p in subfolders)):
             self._folders[folder.relative_to(root).as_posix()] = folder
             return
         if depth < MAX_DEPTH:
@@ -337,7 +339,7 @@ class DatasetStore:
             known = ", ".join(self.names()) or "none (this server was started without a data directory)"
             raise NotFound(f"no data set named {name!r} on this server; it has: {known}", reason="DATASET_NOT_FOUND", resource=("dataset", name))
         if name not in self._scanned:
-            self._scanned[name] = imagefolder.scan(self._folders[name])
+            self._scanned[name] = imagefolder.scan(self._folders[name], within=self.root)
         return self._scanned[name]
 
     def source(
@@ -358,12 +360,3 @@ def streamed_source(
     start, stop, batch_size = _range(size, start, stop, batch_size)
     return StreamedSource(size, list(classes), start, stop, batch_size, max_pixels, gate, parts=parts)
 
-
-def _has_images(folder: Path) -> bool:
-    """Whether ``folder`` directly holds at least one image file (checks a few entries only)."""
-    for k, entry in enumerate(folder.iterdir()):
-        if entry.suffix.lower() in imagefolder.IMAGE_SUFFIXES and entry.is_file():
-            return True
-        if k > 50:
-            break
-    return False

@@ -159,9 +159,10 @@ class Engine:
     def invariance(self, model: LoadedModel, request: InvarianceRequest) -> Steps[InvarianceResult]:
         """Invariance of the request's images (see :func:`zfnet.server.invariance.run`), admitted as occlusion is."""
         n, (height, width) = len(request.images), model.input_shape[2:]
-        values = sum(len(v) for _, v in invariance.plan(height, width, request.sweeps))
+        planned = invariance.plan(height, width, request.sweeps)
+        values = sum(len(v) for _, v in planned)
         rows = perturbation.layers_or(model, list(request.layers), [perturbation.first_conv, perturbation.last_hidden])
-        curves = n * values * 4 * (len(rows) + 1)
+        curves = n * values * 4 * (len(rows) + 1) + invariance.thumbnail_bytes(n, planned, height, width)
         what = f"Invariance of {n} image(s), {values} transformation values"
         check_reply(curves, what, "send fewer images or values")
         names = list(dict.fromkeys([*(r.name for r in rows), model.output_name]))

@@ -3,7 +3,8 @@ true-class probability changes, when the image is translated vertically, scaled 
 
 Transformations are small pure rules in :data:`TRANSFORMS`: each maps output pixel coordinates to
 the source coordinates it samples (bilinear, about the image centre); the border is reflected or
-filled with a constant.
+filled with a constant. The result carries, per sweep and image, thumbnails of the transformed copies
+at a few of the values (the row of pictures above the paper's curves).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+from PIL import Image
 from scipy import ndimage
 
 from zfnet.errors import InvalidArgument
@@ -21,6 +23,8 @@ from zfnet.server.perturbation import Steps
 from zfnet.wire.invariance import InvarianceResult, Sweep
 
 BORDERS = {"reflect": "reflect", "constant": "grid-constant"}  # ours -> scipy.ndimage mode
+THUMBNAILS = 5  # transformed copies shown per sweep and image, at most
+THUMBNAIL_SIDE = 64  # pixels: a thumbnail's longer side, at most
 Coordinates = tuple[np.ndarray, np.ndarray]
 
 
@@ -100,6 +104,32 @@ def plan(height: int, width: int, sweeps: list[tuple[str, list[float]]] | None =
             for name, values in (sweeps or [(name, []) for name in TRANSFORMS])]
 
 
+def shown_values(count: int) -> np.ndarray:
+    """Indices of the ``count`` values of a sweep whose copies have thumbnails: the first, the last
+    and evenly between, at most :data:`THUMBNAILS`."""
+    return np.unique(np.round(np.linspace(0, count - 1, min(count, THUMBNAILS)))).astype(np.int32)
+
+
+def thumbnail_shape(height: int, width: int) -> tuple[int, int]:
+    """(h, w) of the thumbnail of a ``height`` x ``width`` input: as it is, or shrunk to a longer side of :data:`THUMBNAIL_SIDE`."""
+    scale = min(1.0, THUMBNAIL_SIDE / max(height, width))
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def thumbnail_bytes(images: int, sweeps: list[tuple[Transform, np.ndarray]], height: int, width: int) -> int:
+    """Bytes of the thumbnails a result carries for ``images`` images under the planned ``sweeps``."""
+    h, w = thumbnail_shape(height, width)
+    return images * sum(len(shown_values(len(values))) for _, values in sweeps) * h * w * 3
+
+
+def thumbnail(copy: np.ndarray) -> np.ndarray:
+    """A transformed copy as the model took it, (C, H, W) float in 0..255 RGB, as an (h, w, 3) uint8
+    picture (:func:`thumbnail_shape`; shrunk bilinearly where larger)."""
+    rgb = np.clip(np.rint(copy.transpose(1, 2, 0)), 0, 255).astype(np.uint8)
+    h, w = thumbnail_shape(*rgb.shape[:2])
+    return rgb if (h, w) == rgb.shape[:2] else np.asarray(Image.fromarray(rgb).resize((w, h), Image.Resampling.BILINEAR))
+
+
 def run(
     model: LoadedModel, batch: np.ndarray, sweeps: list[tuple[str, list[float]]] | None = None,
     layers: list[str | int] | None = None, border: str = "reflect", fill: str = "mean",
@@ -142,7 +172,9 @@ def run(
     out, start = [], 0
     for rule, values in planned:
         part = slice(start, start + len(values))
-        out.append(Sweep(rule.name, rule.unit, values.astype(np.float32), distance[:, :, part], probability[:, part]))
+        shown = shown_values(len(values))
+        thumbnails = np.stack([[thumbnail(transform(image, rule.name, float(values[t]), border, fill_values)) for t in shown] for image in batch])
+        out.append(Sweep(rule.name, rule.unit, values.astype(np.float32), distance[:, :, part], probability[:, part], thumbnails, shown))
         start += len(values)
     norms = np.array([[np.linalg.norm(base[r.name][i].astype(np.float64)) for r in rows] for i in range(len(batch))], np.float32)
     return InvarianceResult(

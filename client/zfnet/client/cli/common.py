@@ -6,7 +6,7 @@ import contextlib
 import dataclasses
 import functools
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import typer
@@ -14,11 +14,12 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from zfnet.client import models, transport
+from zfnet.client.facades.datasets import Dataset
 from zfnet.client.transport import SERVER_ENV, TLS_CA_ENV, TLS_CERT_ENV, TLS_ENV, TLS_KEY_ENV, TOKEN_ENV, Connection
 from zfnet import imagefolder
 from zfnet.errors import FailedPrecondition, InvalidArgument, NotFound
 from zfnet.preprocessing import INTERPOLATIONS, PRESETS, Framing, Preprocessing
-from zfnet.wire.common import LayerKey, layer_key
+from zfnet.wire.common import LayerKey, Skipped, layer_key
 from zfnet.wire.models import ModelInfo
 
 ServerOption = typer.Option(
@@ -68,13 +69,23 @@ ImageOption = typer.Option(
 StrictOption = typer.Option(False, "--strict", help="Stop at the first image that does not decode (default: skip it and list it, with its full path, at the end).")
 
 
-def image_files(paths: list[Path], strict: bool) -> list[Path]:
+def image_files(paths: list[Path], strict: bool, ignored: Sequence[Path] = ()) -> list[Path]:
     """The images a command reads (:func:`zfnet.imagefolder.gather`: files, folders searched
-    recursively, class trees and flat folders alike); what was skipped or ignored is listed on
-    stderr when the command ends (commands are wrapped by :func:`noted`)."""
+    recursively, class trees and flat folders alike); what was skipped or ignored (with ``ignored``,
+    the non-image files found beside them) is listed on stderr when the command ends (commands are
+    wrapped by :func:`noted`)."""
     found = imagefolder.gather(paths, strict)
-    _notes.extend(found.summary())
+    _notes.extend(imagefolder.summary(len(found.files), found.unreadable, [*ignored, *found.ignored]))
     return found.files
+
+
+def note_data(dataset: Dataset, decoded: int, skipped: Sequence[Skipped]) -> None:
+    """What a data-set job left out, listed on stderr when the command ends (as :func:`image_files`
+    does): the images that did not decode, by full path (``decoded`` images were read), and the
+    non-image files of a local folder."""
+    unreadable = [imagefolder.Unreadable(dataset.full_path(s.index, s.path), s.reason) for s in skipped]
+    ignored = dataset.folder.ignored if dataset.folder is not None else []
+    _notes.extend(imagefolder.summary(decoded, unreadable, ignored))
 
 
 _notes: list[str] = []  # what the running command left out, said when it ends (:func:`noted`)

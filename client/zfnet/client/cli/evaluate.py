@@ -19,7 +19,7 @@ from zfnet.errors import InvalidArgument
 
 def command(
     model: str = typer.Option(..., "--model", help="An .onnx file or a model name on the server."),
-    data: Path = typer.Option(..., "--data", help="Image tree: DATA/<class>/<image>."),
+    data: Path = typer.Option(..., "--data", help="A labelled image tree: DATA/<class>/<image> (class = folder; images under it found recursively)."),
     classes: str | None = typer.Option(None, "--classes", help="Class names in the model's output order (default: the model's own)."),
     batch_size: int = typer.Option(500, "--batch-size", help="Images per request."),
     as_json: bool = typer.Option(False, "--json", help='Print {"top1", "n", "per_class"} on stdout and nothing else.'),
@@ -33,8 +33,8 @@ def command(
         order = [c.strip() for c in classes.split(",")] if classes else list(info.classes)
         if not order:
             raise InvalidArgument("the model records no class names; pass --classes in its output order")
-        folder = imagefolder.scan(data, order)
-        decoded = set(image_files(folder.files, strict))  # the count read is the count decoded
+        folder = imagefolder.scan(data, order).require_labels("evaluate")
+        decoded = set(image_files(folder.files, strict, folder.ignored))  # the count read is the count decoded
         kept = np.asarray([f in decoded for f in folder.files])
         files, labels = [f for f, k in zip(folder.files, kept) if k], folder.labels[kept]
         predicted = np.empty(len(files), np.int64)

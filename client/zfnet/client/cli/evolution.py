@@ -11,7 +11,7 @@ from rich.console import Console
 
 from zfnet import evolution
 from zfnet.client.api import Client
-from zfnet.client.cli.common import ServerOption, job_progress, parse_ranges
+from zfnet.client.cli.common import ServerOption, job_progress, note_data, parse_ranges
 from zfnet.errors import InvalidArgument, NotFound
 from zfnet.wire.common import Progress
 
@@ -22,7 +22,7 @@ def command(
     model: list[str] = typer.Option([], "--model", help="A snapshot (.onnx), in training order; repeat for each. Caffe snapshots: `zfclient convert caffe` first."),
     models: str | None = typer.Option(None, "--models", help="A glob over a snapshot folder, e.g. 'snaps/*.onnx', sorted by the epoch or iteration number in the names."),
     layer: list[str] = typer.Option([], "--layer", help="Layer number N (the paper's numbering) or a tensor name; repeat for several (one pass per snapshot serves all)."),
-    data: str = typer.Option(..., "--data", help="A local image folder (DIR/<class>/<image>, streamed to the server) or a data set name on the server."),
+    data: str = typer.Option(..., "--data", help="A local image folder (a class tree DIR/<class>/<image>, or a flat folder), streamed to the server, or a data set name on the server."),
     channels: str = typer.Option(DEFAULT_CHANNELS, "--channels", help="Channels to follow in every layer, e.g. 0-15,20 (rows of the sheet)."),
     method: str = typer.Option("deconvnet", "--method", help="Reconstruction: deconvnet (Zeiler & Fergus), guided or backprop."),
     out: Path = typer.Option(Path("out/evolution"), "--out", help="Folder for evolution.png, evolution.json and evolution.npz."),
@@ -42,6 +42,8 @@ def command(
         dataset = client.dataset(data, batch_size=batch_size)
         with job_progress(console) as bar:
             result = client.evolution(snapshots, dataset, list(layer), picked, method, labels, on_progress=_Bars(bar, labels))
+    scanned = result.columns[0].result.state  # every snapshot reads the same images
+    note_data(dataset, scanned.images_read - scanned.skipped_count, scanned.skipped)
     from zfnet.client import evolution as pictures  # noqa: PLC0415  (matplotlib: only to draw)
 
     source = f"images in {data}" if Path(data).is_dir() else f"data set {data} of the server"

@@ -9,8 +9,9 @@ import typer
 
 from zfnet.client import features
 from zfnet.client.api import Client
-from zfnet.client.cli.common import ServerOption, job_progress
+from zfnet.client.cli.common import ServerOption, job_progress, note_data
 from zfnet.errors import InvalidArgument
+from zfnet.wire.common import Skipped
 
 
 def parse_pools(options: list[str]) -> tuple[str, dict[str, str]]:
@@ -32,7 +33,7 @@ def command(
     layer: list[str] = typer.Option(
         ..., "--layer", help="Layer number, tensor name, or 'all' (every numbered layer); repeat for several. The raw pixels ('pixels') are always stored too.",
     ),
-    data: str = typer.Option(..., "--data", help="A local image folder DIR/<class>/<image> (streamed to the server) or a data set name on the server."),
+    data: str = typer.Option(..., "--data", help="A local image folder (a class tree DIR/<class>/<image>, or a flat folder: every label -1), streamed to the server, or a data set name on the server."),
     pool: list[str] = typer.Option(
         ["none"], "--pool",
         help="none | avg | max | grid:S (mean over an S x S grid) for every layer with spatial axes, or LAYER=SPEC for one layer; repeatable.",
@@ -69,7 +70,8 @@ def command(
             client, model, data, layer, out, default, per_layer, dtype, fmt, start, stop, batch_size, force,
             on_progress=lambda done, total: bar.update(task, completed=done, total=total),
         )
-    index = features.read_index(result.folder)
+        index = features.read_index(result.folder)
+        note_data(client.dataset(data), result.rows - result.skipped, [Skipped(s["index"], s["path"], s["reason"]) for s in index["skipped"]])
     if result.complete_before:
         print(f"{result.folder} already holds these features ({result.rows} rows); nothing to do")
         return

@@ -31,5 +31,5 @@ def command(
 
     tiles, shown = render.filter_tiles(found.weights, limit, normalise, bgr=found.channel_order == "bgr")
     title = f"{Path(model).name} · {found.layer} ({found.op}, weights {list(found.weights.shape)}) · {shown}, scaled to [0, 1] per {normalise}"
-    render.filters_figure(tiles, render.filter_count(found.weights, limit), found.weights.shape[2:], title, out)
+    render.filters_figure(tiles, render.filter_labels(found.weights, limit), found.weights.shape[2:], title, out)
     print(f"{found.layer}: {shown} -> {out}")

@@ -10,7 +10,7 @@ from zfnet.client.cli.common import ForceOption, refuse_overwrite
 
 
 def command(
-    data: Path = typer.Option(..., "--data", help="Training images, one folder per class (root/<class>/<image>), all of one size."),
+    data: Path = typer.Option(..., "--data", help="Training images, a class tree (root/<class>/<image>) or a flat folder, all of one size."),
     output: Path = typer.Option(..., "-o", "--output", help="mean.binaryproto to write (a Caffe BlobProto, 1 x C x H x W)."),
     force: bool = ForceOption,
     channel_order: str = typer.Option("rgb", "--channel-order", help="Channel order to store, the one the net expects: rgb or bgr."),

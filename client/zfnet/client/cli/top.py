@@ -14,7 +14,8 @@ import typer
 from rich.console import Console
 
 from zfnet.client.api import Client
-from zfnet.client.cli.common import ServerOption, job_progress, parse_ranges
+from zfnet.client.cli.common import ServerOption, job_progress, note_data, parse_ranges
+from zfnet.client.facades.datasets import local_dataset
 from zfnet.errors import InvalidArgument, ZfnetError
 from zfnet.topk import TopK
 from zfnet.wire.common import Progress
@@ -27,7 +28,7 @@ STATE, PARTIAL = "state.npz", "partial-state.npz"
 def command(
     model: str = typer.Option(..., "--model", help="An .onnx file (uploaded if the server lacks it) or a model name on the server."),
     layer: list[str] = typer.Option([], "--layer", help="Layer number N (the paper's numbering) or a tensor name; repeat for several (one pass serves all)."),
-    data: str = typer.Option(..., "--data", help="A local image folder (DIR/<class>/<image>, streamed to the server) or a data set name on the server."),
+    data: str = typer.Option(..., "--data", help="A local image folder (a class tree DIR/<class>/<image>, or a flat folder: no classes shown), streamed to the server, or a data set name on the server."),
     k: int | None = typer.Option(None, "--k", help="Images per channel (default: 9)."),
     channels: str | None = typer.Option(None, "--channels", help="Channels to track in every layer, e.g. 0-15,20 (default: all)."),
     method: str = typer.Option("deconvnet", "--method", help="Reconstruction: deconvnet (Zeiler & Fergus), guided or backprop."),
@@ -90,6 +91,8 @@ def command(
             finally:
                 ray_jobs.shutdown()
         (out / PARTIAL).unlink(missing_ok=True)
+        scanned = done if isinstance(done, TopK) else done.state
+        note_data(local_dataset(Path(data)), scanned.images_read - scanned.skipped_count, scanned.skipped)
         if isinstance(done, TopK):  # --scan-only: the merged state alone
             done.save(out / STATE)
             _print_scanned(done, out)
@@ -114,6 +117,7 @@ def command(
                 )
         state.save(out / STATE)
         (out / PARTIAL).unlink(missing_ok=True)
+        note_data(dataset, state.images_read - state.skipped_count, state.skipped)
         if scan_only:
             _print_scanned(state, out)
             return
@@ -211,7 +215,7 @@ def _show_stage(bar, tasks: dict, stage: str, done: int, total: int) -> None:
 
 def _print_scanned(state: TopK, out: Path) -> None:
     """The one line of a --scan-only job."""
-    print(f"scanned {state.images_read:,} images ({_ranges(state)}); state in {out / STATE}; merge shards with --merge")
+    print(f"scanned {state.images_read - state.skipped_count:,} images ({_ranges(state)}); state in {out / STATE}; merge shards with --merge")
 
 
 def _ranges(state: TopK) -> str:
@@ -220,10 +224,6 @@ def _ranges(state: TopK) -> str:
 
 def _summary(state: TopK, index: Path, out: Path) -> None:
     layers = ", ".join(f"{name} ({len(top.channels)} channels)" for name, top in state.layers.items())
-    print(f"top-{state.k} by {state.by} over {state.images_read:,} images: {layers}")
-    if state.skipped_count:
-        shown = "; ".join(f"{s.path}: {s.reason}" for s in state.skipped[:5])
-        more = f" and {state.skipped_count - 5} more" if state.skipped_count > 5 else ""
-        print(f"skipped {state.skipped_count} unreadable image(s): {shown}{more} (all named in {out / 'manifest.json'})")
+    print(f"top-{state.k} by {state.by} over {state.images_read - state.skipped_count:,} images: {layers}")
     print(f"report: {index}")
     print(f"manifest: {out / 'manifest.json'}")

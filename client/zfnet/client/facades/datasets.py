@@ -44,6 +44,13 @@ class Dataset:
             raise errors.InvalidArgument(f"data set {self.source.dataset!r} is on the server; only a local folder is streamed")
         return self.folder
 
+    def full_path(self, index: int, path: str) -> Path:
+        """Where image ``index`` (named ``path`` in results) is: its absolute path in a local folder;
+        on the server, its path inside the named data set (the server's own paths are never shown)."""
+        if self.folder is not None:
+            return self.folder.files[index].absolute()
+        return Path(str(self.source.dataset)) / path
+
     def path(self, index: int) -> str:
         """How results name a streamed image: its path, under ``shown`` when given."""
         folder = self.local_folder()
@@ -101,7 +108,8 @@ def _read_bytes(path: Path) -> bytes:
 
 
 def local_dataset(path: Path, start: int = 0, stop: int = 0, batch_size: int = 0, classes: Sequence[str] | None = None, shown: str = "") -> Dataset:
-    """A local image folder (``path/<class>/<image>``) as a data set the client streams."""
+    """A local image folder as a data set the client streams: a class tree (``path/<class>/<image>``),
+    or a flat folder, without labels (:func:`zfnet.imagefolder.scan`'s rule)."""
     folder = imagefolder.scan(path, classes)
     streamed = StreamedImages(len(folder), tuple(folder.classes))
     return _checked(Dataset(DataSource(streamed=streamed, start=start, stop=stop, batch_size=batch_size), len(folder), list(folder.classes), folder, shown))
@@ -117,7 +125,7 @@ class DatasetsFacade(Models):
     """Data sets, and the jobs that read them (a job message, then the images when the client streams them)."""
 
     def dataset(self, data: str | Path, start: int = 0, stop: int = 0, batch_size: int = 0, classes: Sequence[str] | None = None) -> Dataset:
-        """A local image folder (``data/<class>/<image>``, streamed by this client) or the name of a data
+        """A local image folder (a class tree ``data/<class>/<image>`` or a flat folder, streamed by this client) or the name of a data
         set on the server; ``[start, stop)`` picks a range of its images (0 = to the end)."""
         path = Path(data)
         if path.is_dir():

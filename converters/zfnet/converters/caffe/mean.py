@@ -24,7 +24,7 @@ CHANNEL_ORDERS = ("rgb", "bgr")
 
 
 def compute_mean(data_dir: str | Path, channel_order: str = "rgb", workers: int = 8, chunk: int = 1000) -> np.ndarray:
-    """The mean image over every image of ``data_dir/<class>/*`` (all of one size), (C, H, W) float32.
+    """The mean image over every image of ``data_dir`` (a class tree or a flat folder; all of one size), (C, H, W) float32.
 
     Images are decoded on ``workers`` threads and summed in float64, ``chunk`` at a time; a progress
     bar shows on stderr.

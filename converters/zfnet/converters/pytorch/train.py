@@ -54,7 +54,7 @@ def _progress(console: Console) -> Progress:
 
 def load_split(root: Path, classes: list[str], console: Console) -> tuple[torch.Tensor, torch.Tensor]:
     """Decode an image tree to (n, 3, H, W) uint8 and (n,) int64 tensors."""
-    folder = imagefolder.scan(root, classes)
+    folder = imagefolder.scan(root, classes).require_labels("train")
     with console.status(f"decoding {len(folder)} images from {root}"):
         images = imagefolder.load(folder)
     return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(folder.labels)
