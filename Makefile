@@ -75,6 +75,7 @@ bench: install browser
 	$(PY) bench/features_bench.py
 	$(PY) bench/attribution_bench.py
 	$(PY) bench/explorer_bench.py
+	$(PY) bench/imagenet_bench.py
 
 # A real zfserver on loopback under load, hostile requests and uploads at once (a few minutes);
 # bounded in count and time, figures in out/soak.json.

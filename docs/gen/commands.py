@@ -39,6 +39,7 @@ PAGES = [
     "docs/guides/transfer.md",
     "docs/explorer.md",
     "docs/attributions.md",
+    "docs/imagenet.md",
 ]
 SHELL = "bash"
 FENCE = re.compile(r"^(`{3,}|~{3,})\s*([\w+-]*)")

@@ -229,16 +229,17 @@ class RunSpy:
 
 def test_activations_reply_over_the_message_limit_is_refused_before_any_work(srv: Server, bundled: pb.ModelRef, sample_images, monkeypatch) -> None:
     model = srv.engine.store.get(bundled.sha256)
-    spy = RunSpy(model.session)
-    monkeypatch.setattr(model, "session", spy)
+    exposed, fetching, spies = RunSpy(model.session), model.fetching, []
+    monkeypatch.setattr(model, "session", exposed)
+    monkeypatch.setattr(model, "fetching", lambda names: spies.append(RunSpy(fetching(names))) or spies[-1])  # the session to the layers asked for
     layers = [pb.LayerRef(name=layer.name) for layer in model.layers]
     request = pb.ActivationsRequest(model=bundled, images=[pb.Image(encoded=hostile.tiny_png())] * 1024, layers=layers)
     assert request.ByteSize() < 200_000 and len(layers) >= 20
     expect_error(srv.stub.GetActivations, request, Code.RESOURCE_EXHAUSTED, "reply would be 900.0 MiB", "248.3 MiB", "fewer images or layers")
-    assert spy.runs == 0, "the reply was computed before it was refused"
+    assert not spies and exposed.runs == 0, "the reply was computed (or its session built) before it was refused"
     small = pb.ActivationsRequest(model=bundled, images=[pb.Image(encoded=hostile.tiny_png())] * 2, layers=layers)
     assert len(srv.stub.GetActivations(small, timeout=TIMEOUT).activations) == len(layers)
-    assert spy.runs == 1
+    assert [spy.runs for spy in spies] == [1] and exposed.runs == 0
 
 
 def test_request_over_the_memory_budget_is_refused_with_the_numbers(srv: Server, bundled: pb.ModelRef, sample_images) -> None:
@@ -297,6 +298,31 @@ def test_projection_sessions_are_evicted_and_rebuilt(srv: Server, bundled: pb.Mo
     budget.limit = 1 << 40
     again = srv.stub.Deconv(requests[0], timeout=TIMEOUT)  # rebuilt on demand, same result
     assert budget.held(keys[0])
+    np.testing.assert_array_equal(from_proto(again.images[0].reconstructions[0].pixels), from_proto(first.images[0].reconstructions[0].pixels))
+
+
+def test_forward_sessions_are_held_evicted_and_rebuilt_like_projections(srv: Server, bundled: pb.ModelRef, sample_images) -> None:
+    """The session a Deconv's forward pass runs on (the graph up to what its projection reads) is held
+    in the budget under its own key, evicted least recently used after the projection built before
+    it, admitted again (its build in the next request's estimate) and rebuilt on demand."""
+    model = srv.engine.store.get(bundled.sha256)
+    budget = srv.engine.budget
+    requests = [pb.DeconvRequest(model=bundled, images=[image(sample_images[0])], layer=pb.LayerRef(number=n), channels=pb.ChannelSelection(top_k=2)) for n in (1, 2)]
+    first, second = (srv.stub.Deconv(r, timeout=TIMEOUT) for r in requests)
+    fetched = [model.fetched(model.built_projection(reply.layer, "deconvnet"), reply.layer) for reply in (first, second)]
+    keys = [model.fetching_key(names) for names in fetched]
+    assert all(budget.held(k) for k in keys) and model.projection_build(first.layer, "deconvnet") == 0
+    predict = pb.PredictRequest(model=bundled, images=[image(sample_images[0])])
+    need = srv.engine.estimate(model, [ImageInput(encoded=sample_images[0].read_bytes())], "Predict").total
+    for evicted in (model.projection_key(first.layer, "deconvnet"), keys[0]):  # least recently used first: the projection, then its forward session
+        budget.limit = settled(budget)["resident"] + need - 1  # a Predict fits only once one resident goes
+        srv.stub.Predict(predict, timeout=TIMEOUT)
+        assert not budget.held(evicted)
+    assert not model.has_fetching(fetched[0]) and budget.held(keys[1]) and model.has_fetching(fetched[1])
+    assert model.projection_build(second.layer, "deconvnet") == 0 and model.fetching_build(fetched[0]) > 0  # the next Deconv of layer 1 admits the build
+    budget.limit = 1 << 40
+    again = srv.stub.Deconv(requests[0], timeout=TIMEOUT)
+    assert budget.held(keys[0]) and model.has_fetching(fetched[0])
     np.testing.assert_array_equal(from_proto(again.images[0].reconstructions[0].pixels), from_proto(first.images[0].reconstructions[0].pixels))
 
 

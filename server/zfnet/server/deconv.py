@@ -109,8 +109,8 @@ def reconstruct(model: LoadedModel, batch: np.ndarray, layer: str, channels: lis
     proj, proj_session = model.projection(layer, method)
     if proj.per_image:
         return _per_image(model, proj, proj_session, batch, layer, channels, top_k, mode)
-    names = _fetched(model, proj, layer)
-    forward = {model.input_name: batch, **runtime.run(model.session, names, {model.input_name: batch}, host=[layer])}
+    names = model.fetched(proj, layer)
+    forward = {model.input_name: batch, **runtime.run(model.fetching(names), names, {model.input_name: batch}, host=[layer])}
     activation = channels_first(model, layer, forward[layer])
     selection = select(activation, choose_channels(activation, channels, top_k), mode)
     pixels = project(proj, proj_session, forward, in_layout(model, layer, selection.signal), selection.image_index, batch.shape[1:])
@@ -121,7 +121,7 @@ def _per_image(model: LoadedModel, proj: projection.Projection, proj_session, ba
                channels: list[int] | None, top_k: int, mode: str) -> list[Reconstruction]:
     """For a model whose graph merges the batch axis away: each image alone, its forward pass and then
     its rows one at a time, so that the projection is exactly that of the one-image computation."""
-    names = _fetched(model, proj, layer)
+    names = model.fetched(proj, layer)
     forwards = [{model.input_name: batch[i : i + 1], **dict(zip(names, runtime.tensors(model.session, names, {model.input_name: batch[i : i + 1]})))}
                 for i in range(len(batch))]
     activation = np.concatenate([forward[layer] for forward in forwards])
@@ -147,11 +147,6 @@ def _check_images_apart(model: LoadedModel, batch: np.ndarray, layer: str, alone
     if together.shape != alone.shape or not np.allclose(together, alone, rtol=1e-3, atol=1e-4 * max(scale, 1e-12)):
         raise InvalidArgument(f"layer {layer!r}: the model mixes the images of a batch on the way to this layer "
                               "(an image alone gives other values); send one image per request or choose another layer")
-
-
-def _fetched(model: LoadedModel, proj: projection.Projection, layer: str) -> list[str]:
-    """The forward tensors to compute: the layer and what the projection reads (the input is fed)."""
-    return list(dict.fromkeys(name for name in [layer, *proj.forward_tensors] if name != model.input_name))
 
 
 def _reconstructions(model: LoadedModel, layer: str, mode: str, selection: Selection, pixels: np.ndarray) -> list[Reconstruction]:

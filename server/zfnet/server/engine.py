@@ -19,7 +19,7 @@ from zfnet.server.admission import FORWARD_FACTOR, Estimate, admitted, check_rep
 from zfnet.server.datasets import Batch, DatasetStore, Source
 from zfnet.server.images import MAX_IMAGE_PIXELS, DecodeGate, ImageInput, inspect, to_batch
 from zfnet.server.layers import Layer, resolve
-from zfnet.server.models import PROJECTION_BUILD_FACTOR, LoadedModel, ModelStore
+from zfnet.server.models import LoadedModel, ModelStore
 from zfnet.server.outputs import probabilities
 from zfnet.server.perturbation import Steps
 from zfnet.wire.attribution import AttributionResult, InputXGradientRequest, IntegratedGradientsRequest, SmoothGradRequest
@@ -82,7 +82,7 @@ class Engine:
     def predict(self, model: LoadedModel, images: list[ImageInput], top_k: int = TOP_K) -> PredictResult:
         """Class probabilities (N, K) and the ``top_k`` classes of each image."""
         with self.admit(model, self.estimate(model, images, f"Predict on {len(images)} image(s)")):
-            out = runtime.tensors(model.session, [model.output_name], {model.input_name: self.batch(model, images)})[0]
+            out = runtime.tensors(model.session, [model.output_name], {model.input_name: self.batch(model, images)})[0]  # to the output is the whole graph: no second session
         return PredictResult.of(*probabilities(out.reshape(out.shape[0], -1).astype(np.float32)), model.classes, top_k)
 
     def activations(self, model: LoadedModel, images: list[ImageInput], layers: list[str | int]) -> dict[str, np.ndarray]:
@@ -98,8 +98,8 @@ class Engine:
         what = f"GetActivations of {len(names)} layer(s) on {len(images)} image(s)"
         reply = len(images) * sum(footprint.tensors.get(name, 0) for name in names)
         check_reply(reply, what, "ask for fewer images or layers per request")
-        with self.admit(model, self.estimate(model, images, what, reply=2 * reply)):
-            values = runtime.tensors(model.session, names, {model.input_name: self.batch(model, images)})
+        with self.admit(model, self.estimate(model, images, what, reply=2 * reply, session_build=model.fetching_build(names)), model.fetching_key(names)):
+            values = runtime.tensors(model.fetching(names), names, {model.input_name: self.batch(model, images)})
             return dict(zip(names, values))
 
     def deconv(
@@ -124,7 +124,7 @@ class Engine:
         estimate = self.estimate(
             model, images, what, signals=rows * footprint.tensors.get(row.name, 0),
             projection=min(rows, deconv.CHUNK_ROWS) * footprint.forward, reconstructions=3 * reply,
-            projection_build=self._projection_build(model, row.name, method),
+            projection_build=model.projection_build(row.name, method),
         )
         with self.admit(model, estimate, model.projection_key(row.name, method)):
             found = []
@@ -148,9 +148,9 @@ class Engine:
         names = list(dict.fromkeys([row.name, model.output_name]))
         estimate = self._perturbing(
             model, request.images, what, request.max_batch, names, results=n * (where.count * 4 * (classes + 1) + maps), reply=2 * n * maps,
-            projections=n * (model.footprint.tensors.get(row.name, 0) + 3 * model.footprint.input), projection_build=self._projection_build(model, row.name, "deconvnet"),
+            projections=n * (model.footprint.tensors.get(row.name, 0) + 3 * model.footprint.input), projection_build=model.projection_build(row.name, "deconvnet"),
         )
-        with self.admit(model, estimate):
+        with self.admit(model, estimate, model.fetching_key(names)):
             return (yield from occlusion.run(
                 model, self.batch(model, request.images), request.layer, request.size, request.stride, request.fill, request.true_classes,
                 request.max_batch, request.all_classes, [image.label for image in request.images],
@@ -167,7 +167,7 @@ class Engine:
         check_reply(curves, what, "send fewer images or values")
         names = list(dict.fromkeys([*(r.name for r in rows), model.output_name]))
         estimate = self._perturbing(model, request.images, what, request.max_batch, names, results=2 * curves, reply=2 * curves)
-        with self.admit(model, estimate):
+        with self.admit(model, estimate, model.fetching_key(names)):
             return (yield from invariance.run(
                 model, self.batch(model, request.images), request.sweeps, request.layers, request.border, request.fill, request.true_classes,
                 request.max_batch, [image.label for image in request.images],
@@ -186,7 +186,7 @@ class Engine:
             model, request.images, what, request.max_batch, names, signs=2 * sets * n * features_bytes // 4,
             distances=sets * n * n * 8 * len(rows), reply=2 * len(rows) * sets * (n * n * 4 + n * 32),
         )
-        with self.admit(model, estimate):
+        with self.admit(model, estimate, model.fetching_key(names)):
             return (yield from correspondence.run(
                 model, self.batch(model, request.images), request.parts, request.boxes, request.random_trials, request.seed,
                 request.layers, request.fill, request.max_batch, [image.label for image in request.images],
@@ -195,11 +195,14 @@ class Engine:
     def _perturbing(self, model: LoadedModel, images: list[ImageInput], what: str, max_batch: int, names: list[str], **parts: int) -> Estimate:
         """A perturbation request's estimate: its images (:meth:`estimate`: their batch, the largest
         decode, a forward pass), the unperturbed outputs of ``names`` kept, the analysis' ``parts``,
-        and one batch of copies (:func:`zfnet.server.perturbation.batch_cost`) at a time."""
+        one batch of copies (:func:`zfnet.server.perturbation.batch_cost`) at a time, and the build of
+        the session to ``names`` when it is not built (the caller pins it)."""
         copies = perturbation.copies_per_batch(model, max_batch)
         batch = perturbation.batch_cost(model, names).estimate(copies)
         kept = len(images) * sum(model.footprint.tensors.get(name, 0) for name in names)
-        return self.estimate(model, images, what, unperturbed_outputs=kept, **parts, **{f"batch of {copies} copies": batch.total})
+        return self.estimate(
+            model, images, what, unperturbed_outputs=kept, **parts, **{f"batch of {copies} copies": batch.total}, session_build=model.fetching_build(names),
+        )
 
     @staticmethod
     def _classes(model: LoadedModel) -> int:
@@ -216,7 +219,7 @@ class Engine:
         check_reply(reply, what, "send fewer images per request")
         estimate = self.estimate(
             model, request.images, what, projection=FORWARD_FACTOR * n * footprint.forward, maps=3 * reply,
-            projection_build=self._projection_build(model, target.name, "backprop", row.name),
+            projection_build=model.projection_build(target.name, "backprop", row.name),
         )
         with self.admit(model, estimate, model.projection_key(target.name, "backprop", row.name)):
             labels = [image.label for image in request.images]
@@ -258,15 +261,11 @@ class Engine:
         estimate = Estimate(what, {
             "optimised images": 8 * per_batch * footprint.input, f"batch of {per_batch} images": cost.estimate(per_batch).total,
             "reply": 2 * reply,
-            "projection build": self._projection_build(model, row.name, "backprop") + self._projection_build(model, row.name, "deconvnet"),
+            "projection build": model.projection_build(row.name, "backprop") + model.projection_build(row.name, "deconvnet"),
         })
         pins = (model.projection_key(row.name, "backprop"), model.projection_key(row.name, "deconvnet"))
         with self.admit(model, estimate, *pins, until_reply=False):
             return (yield from visualise.run(model, row, request))
-
-    def _projection_build(self, model: LoadedModel, layer: str, method: str, stop: str = "") -> int:
-        """What building a projection session costs, 0 when it is built already."""
-        return 0 if model.has_projection(layer, method, stop) else PROJECTION_BUILD_FACTOR * model.size
 
     def _gradient_copies(
         self, model: LoadedModel, images: list[ImageInput], what: str, layer: str, method: str, max_batch: int, each: int, baselines: bool = False,
@@ -281,7 +280,7 @@ class Engine:
         copies = perturbation.copies_per_batch(model, max_batch, cost=cost)
         estimate = self.estimate(
             model, images, what, **{f"batch of {copies} copies": cost.estimate(copies).total}, sums=n * footprint.input,
-            baselines=n * footprint.input if baselines else 0, reply=3 * reply, projection_build=self._projection_build(model, layer, method),
+            baselines=n * footprint.input if baselines else 0, reply=3 * reply, projection_build=model.projection_build(layer, method),
         )
         return self.admit(model, estimate, model.projection_key(layer, method), until_reply=False)
 

@@ -202,10 +202,15 @@ def extract(model: LoadedModel, layers: Sequence[FeatureSpec], inputs: np.ndarra
     """Rows (n, D) of each layer for a batch of model inputs (n, C, H, W), from one forward pass and
     the layers' head; computed in float32, stored as ``dtype``. The forward values stay on the
     device when there is one."""
-    names = [layer.name for layer in layers if layer.name != PIXELS]
-    values = runtime.run(model.session, names, {model.input_name: inputs}, host=()) if names else {}
+    names = forward_names(layers)
+    values = runtime.run(model.fetching(names), names, {model.input_name: inputs}, host=()) if names else {}
     values[PIXELS] = inputs
     return head(tuple(layers), dtype)(values)
+
+
+def forward_names(layers: Sequence[FeatureSpec]) -> list[str]:
+    """The tensors a features job's forward pass computes (pixels are its input)."""
+    return [layer.name for layer in layers if layer.name != PIXELS]
 
 
 def run(model: LoadedModel, layers: Sequence[FeatureSpec], source: Source, dtype: str = "float32") -> Iterator[tuple[Batch, list[np.ndarray]]]:
@@ -222,14 +227,18 @@ def run(model: LoadedModel, layers: Sequence[FeatureSpec], source: Source, dtype
 
 def batch_cost(model: LoadedModel, layers: Sequence[FeatureSpec], source: Source, dtype: str) -> Cost:
     """What a features job holds: per image of a batch its input (and the next batch's, decoded
-    ahead), a forward pass and the feature rows (computed and sent); the images being decoded and,
+    ahead), a forward pass and the feature rows (computed and sent); the build of its forward session
+    when it is not built, the images being decoded and,
     when its client streams them, the images received and not yet decoded."""
     footprint = model.footprint
     rows = sum(layer.size for layer in layers) * feature_dtype(dtype).itemsize
     return Cost(
         f"Features of {len(layers)} layer(s), {{n}} images per batch",
         {"input batch": 2 * footprint.input, "forward pass": FORWARD_FACTOR * footprint.forward, "feature rows": 2 * rows},
-        {"image decoding": source.decoding, "streamed images": streamed_room(model.budget) if isinstance(source, StreamedSource) else 0},
+        {
+            "session build": model.fetching_build(forward_names(layers)), "image decoding": source.decoding,
+            "streamed images": streamed_room(model.budget) if isinstance(source, StreamedSource) else 0,
+        },
     )
 
 
@@ -242,7 +251,7 @@ def job(model: LoadedModel, layers: Sequence[FeatureSpec], source: Source, dtype
 
     def batches() -> Iterator[tuple[Batch, list[np.ndarray]]]:
         items = run(model, layers, fitted, dtype)
-        with model.reserve(cost.estimate(fitted.largest_batch)), admission.covering(cost.fixed["streamed images"]):
+        with model.reserve(cost.estimate(fitted.largest_batch), model.fetching_key(forward_names(layers))), admission.covering(cost.fixed["streamed images"]):
             while True:
                 next_batch()
                 item = next(items, None)

@@ -84,8 +84,7 @@ class Gradient:
                 f"layer {layer!r}: the model's graph merges the images of a batch on the way to it, so gradients of copies "
                 "cannot be taken a batch at a time; export the model with a dynamic batch dimension"
             )
-        fetched = [layer, stop, *self.projection.forward_tensors]
-        self.names = list(dict.fromkeys(name for name in fetched if name and name != model.input_name))
+        self.names = model.fetched(self.projection, layer, stop)
 
     def forward(self, images: np.ndarray) -> dict[str, np.ndarray]:
         """The forward values the gradient needs (the input, the target's layer, ``stop``)."""

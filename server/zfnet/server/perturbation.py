@@ -131,7 +131,7 @@ def gradient_cost(model: LoadedModel) -> Cost:
 def forward(model: LoadedModel, batch: np.ndarray, names: list[str], chunk: int = 0) -> dict[str, np.ndarray]:
     """The named tensors of ``batch``'s forward pass, by name; ``chunk`` images per pass (0: all at once)."""
     chunk = chunk or max(1, len(batch))
-    parts = [runtime.tensors(model.session, names, {model.input_name: batch[start : start + chunk]}) for start in range(0, len(batch), chunk)]
+    parts = [runtime.tensors(model.fetching(names), names, {model.input_name: batch[start : start + chunk]}) for start in range(0, len(batch), chunk)]
     return {name: np.concatenate([part[k] for part in parts]) for k, name in enumerate(names)}
 
 

@@ -96,7 +96,7 @@ def _cuda_loads() -> bool:
         ort.set_default_logger_severity(2)  # onnxruntime's default: warnings
 
 
-def session(model_bytes: bytes, threads: int = 0) -> ort.InferenceSession:
+def session(model_bytes: bytes, threads: int = 0, disabled: Collection[str] = ()) -> ort.InferenceSession:
     """A session on the chosen providers. The CPU memory arena is off: onnxruntime's arena keeps
     every block it ever grew to (a burst of large requests stayed resident for good); without it,
     tensors go back to the heap after each run and the budget's ``release_memory`` returns them to
@@ -105,13 +105,15 @@ def session(model_bytes: bytes, threads: int = 0) -> ort.InferenceSession:
 
     ``threads``: onnxruntime's threads within one operator on the CPU (0: one per core). A small
     graph run right after a model's (a feature head) takes 1: a second pool of busy threads next to
-    the model's made the pair of runs 1.6x slower than the model's alone on 2 cores."""
+    the model's made the pair of runs 1.6x slower than the model's alone on 2 cores.
+
+    ``disabled``: onnxruntime graph optimisers (by name) not to apply."""
     options = ort.SessionOptions()
     options.log_severity_level = 4  # onnxruntime prints a model's own node names raw; the server logs errors itself, escaped
     options.enable_cpu_mem_arena = False
     options.intra_op_num_threads = threads
     chosen = [(CUDA, cuda_options()) if p == CUDA else p for p in providers()]
-    made = ort.InferenceSession(model_bytes, options, providers=chosen)
+    made = ort.InferenceSession(model_bytes, options, providers=chosen, disabled_optimizers=list(disabled))
     release_model_bytes(made)
     return made
 

@@ -1,13 +1,16 @@
 """Top-k images per feature map over a data set, with their reconstructions (Zeiler & Fergus 2013, Fig. 2).
 
-Two passes. :func:`scan` reads a range of the data set in batches, one forward pass serving every
-layer asked for, and keeps a running :class:`~zfnet.topk.TopK` (k x channels per layer, mergeable,
+Two passes. :func:`scan` reads a range of the data set in batches, one forward pass up to the layers
+asked for (a session whose only outputs they are, :meth:`LoadedModel.fetching`), and keeps a running :class:`~zfnet.topk.TopK` (k x channels per layer, mergeable,
 resumable), reporting progress and checkpoints as it goes. :func:`reconstruct` reads only the
 winners' images, checks each winner's activation again, and projects that single activation back to
-pixels through the model's projection graph (deconvnet, guided or backprop), in chunks of rows.
+pixels through the model's projection graph (deconvnet, guided or backprop), in chunks of rows the
+budget has room for (:func:`projection_rows`).
 
 Whether computing a reconstruction on the receptive-field window alone pays was measured (docs/benchmarks.md,
-"Top-9 over a data set"): the second pass is a small share of a job, so the full-size projection graph is used.
+"Top-9 over a data set"): on 32-px CIFAR-10 the second pass is a small share of a job, so the full-size projection
+graph is used. At 224 px it is most of the job (docs/benchmarks.md, "ImageNet models at 224 px"):
+windows would pay there for the lower layers, and are not built yet.
 
 Memory: a job runs inside one reservation of the budget, made before anything is allocated and
 refused at once with the numbers when it can never fit: the state (k x channels entries per layer,
@@ -17,7 +20,7 @@ either pass at a time, each pass's batch fitted to a share of the budget (:func:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 import numpy as np
 
 from zfnet.errors import FailedPrecondition, InvalidArgument
@@ -64,20 +67,37 @@ def state_bytes(plans: dict[str, tuple[np.ndarray, int]], k: int) -> int:
     return sum(len(chosen) * k * entry_bytes(rank) for chosen, rank in plans.values())
 
 
-def job_estimate(model: LoadedModel, plans: dict[str, tuple[np.ndarray, int]], k: int, source: Source, passes: list[Cost], method: str | None) -> Estimate:
-    """What a job holds from start to end: the state with its copies, the projection sessions it
-    builds, one batch of its largest pass, the images being decoded, and the streamed images."""
+def job_estimate(
+    model: LoadedModel, plans: dict[str, tuple[np.ndarray, int]], k: int, source: Source, passes: list[Cost], method: str | None, scans: bool = True,
+) -> Estimate:
+    """What a job holds from start to end: the state with its copies, the projection sessions and the
+    forward sessions (of the scan, when it ``scans``, and of the reconstructions) it builds, one batch
+    of its largest pass, the images being decoded, and the streamed images."""
     builds = sum(not model.has_projection(layer, method) for layer in plans) if method is not None else 0
+    sessions = (model.fetching_build(plans) if scans else 0) + (_reconstruction_build(model, plans, method) if method is not None else 0)
     channels = sum(len(chosen) for chosen, _ in plans.values())
     sizes = [fitted(model, source, cost).largest_batch for cost in passes]
     batch = max((cost.estimate(n) for cost, n in zip(passes, sizes)), key=lambda e: e.total, default=Estimate(""))
     return Estimate(
         f"TopActivations: the top-k state of k={k} x {channels:,} channel(s) in {len(plans)} layer(s), batches of {min(sizes, default=0)} image(s)",
         {
-            "top-k state": STATE_COPIES * state_bytes(plans, k), "projection build": builds * PROJECTION_BUILD_FACTOR * model.size,
+            "top-k state": STATE_COPIES * state_bytes(plans, k), "projection build": builds * PROJECTION_BUILD_FACTOR * model.size, "session build": sessions,
             **batch.parts, "streamed images": streamed_room(model.budget) if isinstance(source, StreamedSource) else 0,
         },
     )
+
+
+def _reconstruction_build(model: LoadedModel, layers: Iterable[str], method: str) -> int:
+    """What building the reconstructions' forward session costs, 0 when it is built (it is not while
+    a projection it serves is not)."""
+    projections = {layer: model.built_projection(layer, method) for layer in layers}
+    built = {layer: proj for layer, proj in projections.items() if proj is not None}
+    return model.fetching_build(reconstruction_names(model, built)) if len(built) == len(projections) else PROJECTION_BUILD_FACTOR * model.size
+
+
+def reconstruction_names(model: LoadedModel, projections: dict[str, projection.Projection]) -> list[str]:
+    """The tensors the reconstructions' forward pass computes: each layer and what its projection reads."""
+    return list(dict.fromkeys(name for layer, proj in projections.items() for name in model.fetched(proj, layer)))
 
 
 def scan_cost(model: LoadedModel, plans: dict[str, tuple[np.ndarray, int]], k: int, source: Source) -> Cost:
@@ -95,16 +115,26 @@ def scan_cost(model: LoadedModel, plans: dict[str, tuple[np.ndarray, int]], k: i
     )
 
 
+def row_bytes(model: LoadedModel, plans: dict[str, tuple[np.ndarray, int]]) -> int:
+    """What one reconstruction allocates: its signal, the projection run, its pixels."""
+    footprint = model.footprint
+    return max((footprint.tensors.get(name, 0) for name in plans), default=0) + footprint.forward + 4 * footprint.input
+
+
+def projection_rows(model: LoadedModel, plans: dict[str, tuple[np.ndarray, int]]) -> int:
+    """Reconstructions per projection run: ``deconv.CHUNK_ROWS``, fewer where that many would take
+    more than half the room a batch is fitted to (a 224-px ResNet-50's row is estimated at ~150 MB)."""
+    return max(1, min(deconv.CHUNK_ROWS, model.room(NO_BUDGET) // 2 // max(1, row_bytes(model, plans))))
+
+
 def reconstruct_cost(model: LoadedModel, plans: dict[str, tuple[np.ndarray, int]], source: Source) -> Cost:
     """What a batch of ``n`` winners' images allocates: input, forward pass, then chunks of
     projections (signals, the projection run, pixels) and the entries sent."""
     footprint = model.footprint
-    largest = max((footprint.tensors.get(name, 0) for name in plans), default=0)
-    rows = deconv.CHUNK_ROWS * (largest + footprint.forward + 4 * footprint.input)
     return Cost(
         f"TopActivations reconstructions of {len(plans)} layer(s), {{n}} images per batch",
         {"input batch": 3 * footprint.input, "forward pass": FORWARD_FACTOR * footprint.forward},
-        {"image decoding": source.decoding, "projections": rows},
+        {"image decoding": source.decoding, "projections": projection_rows(model, plans) * row_bytes(model, plans)},
     )
 
 
@@ -147,7 +177,7 @@ def scan(model: LoadedModel, source: Source, state: TopK, checkpoint_every: int 
     for batch in source.batches(model.framing):
         next_batch()
         if len(batch.indices):
-            tensors = runtime.tensors(model.session, names, {model.input_name: batch.inputs})
+            tensors = runtime.tensors(model.fetching(names), names, {model.input_name: batch.inputs})
             state.observe({name: deconv.channels_first(model, name, t) for name, t in zip(names, tensors)}, batch.indices)
         state.cover(position, position + batch.read, batch.skipped)
         position += batch.read
@@ -177,32 +207,33 @@ def reconstruct(model: LoadedModel, source: Source, data: str, state: TopK, meth
     each image once (before its entries), progress in reconstructions."""
     _check_fits(model, source, data, state)
     projections = {layer: model.projection(layer, method) for layer in state.layers}  # refuse early, before reading
-    needed = list(dict.fromkeys([*state.layers, *(n for p, _ in projections.values() for n in p.forward_tensors if n != model.input_name)]))
+    needed = reconstruction_names(model, {layer: proj for layer, (proj, _) in projections.items()})
     total = sum(int((top.indices != EMPTY).sum()) for top in state.layers.values())
     source = fitted(model, source, reconstruct_cost(model, layout(state), source))
+    chunk = projection_rows(model, layout(state))
     done = 0
     yield Progress(RECONSTRUCTIONS, 0, total, [])
     for batch in source.take(state.winner_indices(), model.framing):
         next_batch()
-        for event in _reconstruct_batch(model, batch, source, state, needed, projections):
+        for event in _reconstruct_batch(model, batch, source, state, needed, projections, chunk):
             done += isinstance(event, Entry)
             yield event
         yield Progress(RECONSTRUCTIONS, done, total, [])
 
 
-def _reconstruct_batch(model: LoadedModel, batch, source: Source, state: TopK, needed: list[str], projections) -> Iterator[Event]:
-    """The winners' images of one batch, then their entries, layer by layer, in chunks of rows."""
+def _reconstruct_batch(model: LoadedModel, batch, source: Source, state: TopK, needed: list[str], projections, chunk: int) -> Iterator[Event]:
+    """The winners' images of one batch, then their entries, layer by layer, in chunks of ``chunk`` rows."""
     if batch.skipped:
         s = batch.skipped[0]
         raise FailedPrecondition(f"image {s.index} ({s.path}) was read by the scan but cannot be read now: {s.reason}")
-    forward = {model.input_name: batch.inputs, **runtime.run(model.session, needed, {model.input_name: batch.inputs}, host=list(state.layers))}
+    forward = {model.input_name: batch.inputs, **runtime.run(model.fetching(needed), needed, {model.input_name: batch.inputs}, host=list(state.layers))}
     for i, index in enumerate(batch.indices):
         yield TopImage.of(int(index), batch.paths[i], int(batch.labels[i]), source.classes, batch.inputs[i])
     for layer, top in state.layers.items():
         rows, ranks = np.nonzero(np.isin(top.indices, batch.indices))
-        for part in range(0, len(rows), deconv.CHUNK_ROWS):
+        for part in range(0, len(rows), chunk):
             yield from _reconstruct_rows(
-                model, layer, top, rows[part : part + deconv.CHUNK_ROWS], ranks[part : part + deconv.CHUNK_ROWS], batch.indices, forward, projections[layer],
+                model, layer, top, rows[part : part + chunk], ranks[part : part + chunk], batch.indices, forward, projections[layer],
             )
 
 
@@ -254,7 +285,7 @@ def job(
             raise InvalidArgument("stage reconstruct needs the top-k state whose winners to reconstruct (TopJob.state)")
         winners = state.check()
         plans = layout(winners)
-        estimate = job_estimate(model, plans, winners.k, source, [reconstruct_cost(model, plans, source)], method or "deconvnet")
+        estimate = job_estimate(model, plans, winners.k, source, [reconstruct_cost(model, plans, source)], method or "deconvnet", scans=False)
         with model.reserve(estimate), admission.covering(estimate.parts["streamed images"]):
             yield from reconstruct(model, source, data, winners, method or "deconvnet")
         return
@@ -264,7 +295,7 @@ def job(
     plans = plan(model, layers, channels)
     passes = [scan_cost(model, plans, k, source), *([reconstruct_cost(model, plans, source)] if stage == "all" else [])]
     estimate = job_estimate(model, plans, k, source, passes, (method or "deconvnet") if projects else None)
-    with model.reserve(estimate), admission.covering(estimate.parts["streamed images"]):  # before any state exists
+    with model.reserve(estimate, model.fetching_key(plans)), admission.covering(estimate.parts["streamed images"]):  # before any state exists
         running = start(model, data, source.size, layers, channels, k, by, state)
         if projects:
             for layer in running.layers:
