@@ -18,6 +18,7 @@ import pytest
 
 import hostile
 from zfnet.converters import expose, graph, index
+from zfnet.errors import InvalidArgument
 from zfnet.server import cache, engine, models, projection, rules
 from zfnet.server.engine import Engine
 from zfnet.server.images import ImageInput
@@ -161,3 +162,20 @@ def test_a_standalone_servers_cache_is_its_own_emptied_on_delete_and_removed_at_
     assert not _entry(private.folder, model.sha256).parent.exists()
     private.close()
     assert not private.folder.exists()
+
+
+def test_bytes_naming_external_data_are_checked_even_when_the_cache_holds_their_model(fresh_cache: Path, reference_onnx: Path, tmp_path: Path) -> None:
+    """A cached model is read back without parsing its upload again, unless the bytes may name files:
+    the same bytes that a --model-dir model reads its weights with are refused as an upload."""
+    folder = tmp_path / "models"
+    folder.mkdir()
+    onnx.save(onnx.load(reference_onnx), folder / "split.onnx", save_as_external_data=True, location="split.onnx.data", size_threshold=0)
+    data = (folder / "split.onnx").read_bytes()
+    from_dir = load(data, "split", base_dir=folder)
+    assert (_entry(fresh_cache, from_dir.sha256)).is_file()
+    with pytest.raises(InvalidArgument, match="external data"):
+        load(data, "split")
+    plain = reference_onnx.read_bytes()
+    first = load(plain, "reference")
+    again = load(plain, "reference")  # read back: the upload is not parsed
+    assert again.layers == first.layers

@@ -246,13 +246,14 @@ class Cache:
                 pass
 
     # -- what is cached --------------------------------------------------------------------------
-    def exposed(self, model: onnx.ModelProto, sha256: str) -> tuple[onnx.ModelProto, GraphIndex]:
-        """The exposed model and its graph index, from the cache when this model was exposed before."""
+    def exposed(self, sha256: str, original: Callable[[], onnx.ModelProto]) -> tuple[onnx.ModelProto, GraphIndex]:
+        """The exposed model and its graph index, from the cache when this model was exposed before;
+        else ``original()`` (the parsed model, called only then) exposed and stored."""
         path = self._model_folder(sha256) / "exposed.onnx"
         cached = self._read(path)
         if cached is not None and get_metadata(cached, expose.EXPOSED_KEY) == "1":
             return cached, GraphIndex(cached)
-        result, result_index = expose.expose_indexed(model)
+        result, result_index = expose.expose_indexed(original())
         self._write(path, result)
         return result, result_index
 

@@ -36,6 +36,13 @@ def external(model: onnx.ModelProto) -> list[onnx.TensorProto]:
     return [t for t in tensors(model) if is_external(t)]
 
 
+def may_name_files(data: bytes | bytearray) -> bool:
+    """Whether a serialised model may name the files of external data, without parsing it: a tensor
+    names its file in a ``location`` entry, so bytes without that word name none. (A tensor marked
+    external without one is refused wherever it comes from, so such bytes are never prepared.)"""
+    return b"location" in data
+
+
 def location(tensor: onnx.TensorProto) -> str:
     """The file an external tensor names ("" when none)."""
     return next((e.value for e in tensor.external_data if e.key == "location"), "")

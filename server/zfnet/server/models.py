@@ -286,15 +286,12 @@ def load(
     user's cache directory)."""
     cache = cache or Cache.user()
     sha256 = sha256 or hashlib.sha256(data).hexdigest()
-    try:
-        # typeshed's protobuf stub takes bytes only; the parser reads any buffer (an upload's bytearray, not copied)
-        model = onnx.ModelProto.FromString(data)  # pyright: ignore[reportArgumentType]
-    except DecodeError:
-        raise InvalidArgument(f"model {name!r} is not an ONNX file (protobuf decoding failed)", reason="BAD_MODEL") from None
-    if not model.graph.node:
-        raise InvalidArgument(f"model {name!r} has an empty graph; is it an ONNX file?", reason="BAD_MODEL")
-    inline_external_data(model, name, base_dir)
-    exposed, index = cache.exposed(model, sha256)  # renames tensors and appends outputs: output[0] stays the model's own output
+    # Bytes that may name external data are parsed and checked first, whether or not the cache holds
+    # the model (the same bytes may come from the model directory and from an upload); others are
+    # parsed only to be exposed, not when the cache holds the exposed model.
+    checked = parse(data, name, base_dir) if external.may_name_files(data) else None
+    exposed, index = cache.exposed(sha256, lambda: checked or parse(data, name, base_dir))  # renames tensors and appends outputs: output[0] stays the model's own output
+    del checked  # the exposed model holds the weights from here
     if check is not None:
         check(exposed, name)
     try:
@@ -324,6 +321,19 @@ def load(
         layers=layer_table(index), preprocessing_json=recorded, classes=classes,
         receptive_fields=ReceptiveFields(index), index=index, cache=cache,
     )
+
+
+def parse(data: bytes | bytearray, name: str, base_dir: Path | None) -> onnx.ModelProto:
+    """A model's bytes parsed, with its external data refused or inlined (:func:`inline_external_data`)."""
+    try:
+        # typeshed's protobuf stub takes bytes only; the parser reads any buffer (an upload's bytearray, not copied)
+        model = onnx.ModelProto.FromString(data)  # pyright: ignore[reportArgumentType]
+    except DecodeError:
+        raise InvalidArgument(f"model {name!r} is not an ONNX file (protobuf decoding failed)", reason="BAD_MODEL") from None
+    if not model.graph.node:
+        raise InvalidArgument(f"model {name!r} has an empty graph; is it an ONNX file?", reason="BAD_MODEL")
+    inline_external_data(model, name, base_dir)
+    return model
 
 
 class ModelStore:

@@ -113,7 +113,19 @@ def session(model_bytes: bytes, threads: int = 0, disabled: Collection[str] = ()
     options.enable_cpu_mem_arena = False
     options.intra_op_num_threads = threads
     chosen = [(CUDA, cuda_options()) if p == CUDA else p for p in providers()]
-    return ort.InferenceSession(model_bytes, options, providers=chosen, disabled_optimizers=list(disabled))
+    made = ort.InferenceSession(model_bytes, options, providers=chosen, disabled_optimizers=list(disabled))
+    release_model_bytes(made)
+    return made
+
+
+def release_model_bytes(made: ort.InferenceSession) -> None:
+    """Let go of the model bytes onnxruntime's Python wrapper keeps for the session's life (its own
+    "TODO: this is bad as we're holding the memory indefinitely"): once built, the session holds its
+    weights itself, and the bytes were a second copy of them (553 MB for VGG16, per session). They
+    only served to build the session again on another provider, so that fallback goes too: an
+    execution provider's failure is an error, not a silent switch of the whole session to the CPU."""
+    made.disable_fallback()
+    made._model_bytes = None  # noqa: SLF001  (the wrapper's only reference to them)
 
 
 def tensors(session: ort.InferenceSession | FixedBatchSession, names: list[str], feeds: dict) -> list[np.ndarray]:
