@@ -309,7 +309,9 @@ def test_forward_sessions_are_held_evicted_and_rebuilt_like_projections(srv: Ser
     budget = srv.engine.budget
     requests = [pb.DeconvRequest(model=bundled, images=[image(sample_images[0])], layer=pb.LayerRef(number=n), channels=pb.ChannelSelection(top_k=2)) for n in (1, 2)]
     first, second = (srv.stub.Deconv(r, timeout=TIMEOUT) for r in requests)
-    fetched = [model.fetched(model.built_projection(reply.layer, "deconvnet"), reply.layer) for reply in (first, second)]
+    built = [model.built_projection(reply.layer, "deconvnet") for reply in (first, second)]
+    assert all(b is not None for b in built), "each Deconv built its projection"
+    fetched = [model.fetched(b, reply.layer) for b, reply in zip(built, (first, second)) if b is not None]
     keys = [model.fetching_key(names) for names in fetched]
     assert all(budget.held(k) for k in keys) and model.projection_build(first.layer, "deconvnet") == 0
     predict = pb.PredictRequest(model=bundled, images=[image(sample_images[0])])
