@@ -127,15 +127,22 @@ class LoadedModel:
                 data = graph.model.SerializeToString()
                 self._projections[key] = (graph, runtime.session(data))
             found = self._projections[key]
-        if self.budget is not None:
-            budget_key = self.projection_key(*key)
-            if built:
-                cost = PROJECTION_FACTOR * len(data) + PROJECTION_OVERHEAD
-                what = f"projection {layer}/{method}" + (f" to {stop}" if stop else "")
-                self.budget.hold(budget_key, cost, f"{what} of model {self.name!r}", lambda: self._drop_projection(key))
-            else:
-                self.budget.touch(budget_key)
+        if built:
+            what = f"projection {layer}/{method}" + (f" to {stop}" if stop else "")
+            self._hold(self.projection_key(*key), PROJECTION_FACTOR * len(data) + PROJECTION_OVERHEAD, what, lambda: self._drop_projection(key))
+        else:
+            self._touch(self.projection_key(*key))
         return found
+
+    def _hold(self, key: tuple[str, ...], nbytes: int, what: str, drop: Callable[[], None]) -> None:
+        """Hold a session just built in the budget under ``key``, ``drop`` forgetting it when evicted."""
+        if self.budget is not None:
+            self.budget.hold(key, nbytes, f"{what} of model {self.name!r}", drop)
+
+    def _touch(self, key: tuple[str, ...]) -> None:
+        """Mark a held session as just used (least recently used goes first)."""
+        if self.budget is not None:
+            self.budget.touch(key)
 
     def fetched(self, proj: projection.Projection, layer: str, stop: str = "") -> list[str]:
         """The tensors a forward pass for ``proj`` (of ``layer``, to ``stop``) computes: the layer,
@@ -194,13 +201,11 @@ class LoadedModel:
                     session = runtime.FixedBatchSession(session, self.input_name, self.session.batch, self.session.batch_axes)
                 self._fetching[wanted] = session
             found = self._fetching[wanted]
-        if self.budget is not None:
-            key = self.fetching_key(wanted)
-            if built:
-                shown = ", ".join(sorted(wanted)[:3]) + (", ..." if len(wanted) > 3 else "")
-                self.budget.hold(key, PROJECTION_FACTOR * len(data) + MODEL_OVERHEAD, f"session to {shown} of model {self.name!r}", lambda: self._drop_fetching(wanted))
-            else:
-                self.budget.touch(key)
+        if built:
+            shown = ", ".join(sorted(wanted)[:3]) + (", ..." if len(wanted) > 3 else "")
+            self._hold(self.fetching_key(wanted), PROJECTION_FACTOR * len(data) + MODEL_OVERHEAD, f"session to {shown}", lambda: self._drop_fetching(wanted))
+        else:
+            self._touch(self.fetching_key(wanted))
         return found
 
     def _drop_fetching(self, names: frozenset[str]) -> None:
