@@ -42,6 +42,7 @@ from zfnet.server.admission import MAX_INPUT_PIXELS, Estimate, Footprint, Memory
 from zfnet.server.cache import Cache
 from zfnet.server.layers import Layer, ReceptiveFields, layer_table
 from zfnet.server.rules import batch_axes
+from zfnet.server.weights import StoredWeights
 
 log = logging.getLogger("zfnet.server")
 
@@ -82,6 +83,7 @@ class LoadedModel:
     budget: MemoryBudget | None = None  # the store's, which holds the cached projection sessions
     index: GraphIndex | None = None  # the exposed model's graph index, shared by the layer table, fields and projections
     cache: Cache | None = None  # where its projection graphs are cached (None: the user's cache)
+    weights: StoredWeights | None = None  # where its large weights are left (its cache entry); None: the model holds them
     _projections: dict[tuple[str, str, str], tuple[projection.Projection, ort.InferenceSession]] = field(default_factory=dict)
     _fetching: dict[frozenset[str], ort.InferenceSession | runtime.FixedBatchSession] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -196,7 +198,7 @@ class LoadedModel:
         with self._lock:
             built = wanted not in self._fetching
             if built:
-                data = pruned(self.model, sorted(wanted)).SerializeToString()
+                data = self.serialised(pruned(self.model, sorted(wanted)))
                 session = runtime.session(data, disabled=ROUNDING_FUSIONS)
                 if isinstance(self.session, runtime.FixedBatchSession):
                     session = runtime.FixedBatchSession(session, self.input_name, self.session.batch, self.session.batch_axes)
@@ -208,6 +210,11 @@ class LoadedModel:
         else:
             self._touch(self.fetching_key(wanted))
         return found
+
+    def serialised(self, graph: onnx.ModelProto) -> bytes:
+        """A graph made from this model's (:func:`pruned`) serialised with the weights it reads,
+        read back from :attr:`weights` where the model does not hold them."""
+        return (graph if self.weights is None else self.weights.restore(graph)).SerializeToString()
 
     def _drop_fetching(self, names: frozenset[str]) -> None:
         with self._lock:
@@ -290,13 +297,20 @@ def load(
     ``base_dir`` (see :func:`inline_external_data`); ``check`` sees the exposed model before any
     session is made (admission limits). What preparing it costs is cached in ``cache`` (default: the
     user's cache directory). A bytearray (an upload's buffer, a file read for this load) is emptied
-    once parsed, or once the cache has the exposed model: the session is built without it (VGG16's
-    553 MB were held to the end of the load)."""
+    once parsed, or once the cache's entry for the model is found, before that entry is read: VGG16's
+    553 MB were held to the end of the load. (An entry found and then refused, which takes a forged
+    cache, leaves nothing to parse: the load fails with NOT_FOUND, and the model is uploaded or read
+    again.)"""
     cache = cache or Cache.user()
     sha256 = sha256 or hashlib.sha256(data).hexdigest()
     size = len(data)
 
     def parsed() -> onnx.ModelProto:
+        if size and not data:
+            raise NotFound(
+                f"model {name!r}: its prepared entry in the cache was refused after its bytes were let go; upload it (again) with UploadModel",
+                reason="MODEL_NOT_FOUND", resource=("model", sha256),
+            )
         model = parse(data, name, base_dir)
         _release(data)
         return model
@@ -305,13 +319,14 @@ def load(
     # the model (the same bytes may come from the model directory and from an upload); others are
     # parsed only to be exposed, not when the cache holds the exposed model.
     checked = parsed() if external.may_name_files(data) else None
-    exposed, index = cache.exposed(sha256, lambda: checked or parsed())  # renames tensors and appends outputs: output[0] stays the model's own output
-    del checked  # the exposed model holds the weights from here
+    # renames tensors and appends outputs: output[0] stays the model's own output
+    exposed, index, weights = cache.exposed(sha256, lambda: checked or parsed(), lambda: _release(data))
+    del checked  # the exposed model (or its cache entry) holds the weights from here
     _release(data)
     if check is not None:
         check(exposed, name)
-    try:
-        session = runtime.session(exposed.SerializeToString())
+    try:  # onnxruntime reads the cache entry itself: no serialised copy in Python
+        session = runtime.session(exposed.SerializeToString() if weights is None else str(weights.path))
     except Exception as err:  # onnxruntime raises Fail/InvalidGraph/RuntimeException
         raise InvalidArgument(f"onnxruntime cannot load model {name!r}: {str(err).splitlines()[0][:300]}", reason="BAD_MODEL") from None
     initializers = {i.name for i in exposed.graph.initializer}
@@ -335,7 +350,7 @@ def load(
         sha256=sha256, name=name, size=size, model=exposed, session=session,
         input_name=inputs[0].name, input_shape=input_shape, framing=framing, output_name=exposed.graph.output[0].name,
         layers=layer_table(index), preprocessing_json=recorded, classes=classes,
-        receptive_fields=ReceptiveFields(index), index=index, cache=cache,
+        receptive_fields=ReceptiveFields(index), index=index, cache=cache, weights=weights,
     )
 
 
@@ -445,7 +460,7 @@ class ModelStore:
                 raise NotFound(f"model {path.stem!r} cannot be read from the model directory: {err.strerror or err}", reason="MODEL_NOT_FOUND", resource=("model", path.stem)) from None
         return self._hold(model)
 
-    def _current(self, sha: str, path: Path, data: bytes) -> str:
+    def _current(self, sha: str, path: Path, data: bytes | bytearray) -> str:
         """The SHA-256 of a --model-dir file's ``data`` as read now: a file changed on disk since it was
         listed is a new model, addressed by its new SHA-256 (the old one is no longer served)."""
         actual = hashlib.sha256(data).hexdigest()
