@@ -169,18 +169,21 @@ def holds_images(folder: Path, looked_at: int = 50) -> bool:
 
 def _listing(root: Path, within: Path | None = None) -> tuple[list[str], list[str]]:
     """The files under ``root``, recursively, as paths relative to it, sorted by their parts (hidden
-    files and folders left alone; linked folders followed, each once, and only inside ``within`` when
-    given): the image files, and the others."""
+    files and folders left alone; linked folders followed, only inside ``within`` when given, and not
+    into a folder the path already passed through, so a loop ends while two links to one folder are
+    both read): the image files, and the others."""
     names: list[str] = []
-    seen = {os.path.realpath(root)}
+    passed = {str(root): frozenset({os.path.realpath(root)})}  # each folder walked: the real folders on its path
     inside_of = None if within is None else os.path.realpath(within)
 
     def allowed(real: str) -> bool:
         return inside_of is None or real == inside_of or real.startswith(inside_of + os.sep)
 
     for folder, subfolders, files in os.walk(root, followlinks=True):  # names as strings: sorting 50,000 Paths took 10x longer
+        path = passed.pop(folder)
         real = [(d, os.path.realpath(os.path.join(folder, d))) for d in subfolders if not d.startswith(".")]
-        subfolders[:] = [d for d, r in real if allowed(r) and r not in seen and not seen.add(r)]
+        subfolders[:] = [d for d, r in real if allowed(r) and r not in path]
+        passed.update((os.path.join(folder, d), path | {r}) for d, r in real if d in subfolders)
         inside = os.path.relpath(folder, root)
         prefix = "" if inside == os.curdir else inside + os.sep
         names.extend(prefix + f for f in files if not f.startswith("."))

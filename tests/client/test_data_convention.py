@@ -49,8 +49,20 @@ def test_the_rule_flat_folders_class_trees_and_both(tmp_path: Path) -> None:
     shutil.copy(tree / "cat" / "0000.jpg", tree / "stray.jpg")  # an image directly inside: the whole folder is flat
     mixed = imagefolder.scan(tree)
     assert not mixed.labelled and len(mixed) == 9 and (tree / "stray.jpg") in mixed.files
-    (tree / "dog" / "loop").symlink_to(tree, target_is_directory=True)  # a linked folder is read once, no loop
+    (tree / "dog" / "loop").symlink_to(tree, target_is_directory=True)  # a link back up the path is not followed: no loop
     assert len(imagefolder.scan(tree)) == 9
+
+
+def test_two_links_to_one_folder_are_two_classes(tmp_path: Path) -> None:
+    shared = _messy(tmp_path / "photos")
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    for name in ("kitten", "cat"):
+        (tree / name).symlink_to(shared, target_is_directory=True)
+    (tree / "cat" / "more" / "up").symlink_to(tree, target_is_directory=True)  # a loop through a linked folder ends
+    labelled = imagefolder.scan(tree)
+    assert labelled.classes == ["cat", "kitten"] and labelled.labels.tolist() == [0] * 4 + [1] * 4
+    assert [p.relative_to(tree).as_posix() for p in labelled.files[4:]] == ["kitten/0000.jpg", "kitten/0001.jpg", "kitten/broken.jpg", "kitten/more/0002.jpg"]
 
 
 def test_top_over_a_flat_folder_reports_without_classes(tmp_path: Path) -> None:
