@@ -70,13 +70,16 @@ class Gathered:
         return summary(len(self.files), self.unreadable, self.ignored)
 
 
-def summary(decoded: int, unreadable: Sequence[Unreadable], ignored: Sequence[Path]) -> list[str]:
+def summary(decoded: int, unreadable: Sequence[Unreadable], ignored: Sequence[Path], undecoded: int | None = None) -> list[str]:
     """What a command left out, one line per kind, every file named by its full path ([] when none):
-    the images that do not decode (``decoded`` images were read), and the non-image files ignored."""
+    the images that do not decode (``decoded`` images were read; ``undecoded`` of them in all when a
+    job's state named only the first of them), and the non-image files ignored."""
     lines = []
-    if unreadable:
+    count = max(len(unreadable), undecoded or 0)
+    if count:
         listed = "; ".join(f"{u.path} ({u.reason})" for u in unreadable)
-        lines.append(f"read {decoded} of {decoded + len(unreadable)} images; skipped {len(unreadable)} that do not decode: {listed}")
+        named = f" (the first {len(unreadable)} named)" if count > len(unreadable) else ""
+        lines.append(f"read {decoded} of {decoded + count} images; skipped {count} that do not decode{named}: {listed}")
     if ignored:
         lines.append(f"ignored {len(ignored)} non-image file(s): {'; '.join(map(str, ignored))}")
     return lines

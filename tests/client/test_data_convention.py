@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from cli_testing import invoke, left_out, messy_folder, ok
 
-from zfnet import imagefolder
+from zfnet import imagefolder, topk
 from zfnet.client.api import Client
 from zfnet.server.app import create_server
 
@@ -75,6 +75,17 @@ def test_top_over_a_flat_folder_reports_without_classes(tmp_path: Path) -> None:
     entries = [e for channel in manifest["layers"]["pool1"]["channels"].values() for e in channel["top"]]
     assert len(entries) == 4 and all(e["class"] == "" for e in entries)
     assert "<b>" not in (tmp_path / "out" / "layer-pool1.html").read_text(), "no class names to show"
+
+
+def test_top_counts_every_skipped_image_when_its_state_names_only_the_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = _messy(tmp_path / "in")
+    (folder / "worse.jpg").write_bytes(b"not a jpeg either")
+    monkeypatch.setattr(topk, "MAX_SKIPPED_NAMED", 1)  # as a job over more than 1,000 broken images
+    result = invoke("top", "--model", MODEL, "--layer", "1", "--k", "1", "--channels", "0", "--scan-only", "--data", folder, "--out", tmp_path / "out")
+    ok(result)
+    notes = [line for line in result.stderr.splitlines() if line.startswith("note: ")]
+    assert "read 3 of 5 images; skipped 2 that do not decode (the first 1 named)" in notes[0], notes
+    assert str((folder / "broken.jpg").absolute()) in notes[0] and "worse.jpg" not in notes[0], notes
 
 
 def test_features_over_a_flat_folder_has_no_labels(tmp_path: Path) -> None:
