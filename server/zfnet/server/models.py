@@ -323,6 +323,7 @@ def load(
     exposed, index, weights = cache.exposed(sha256, lambda: checked or parsed(), lambda: _release(data))
     del checked  # the exposed model (or its cache entry) holds the weights from here
     _release(data)
+    admission.release_memory()  # what preparing it freed goes back before onnxruntime builds the session
     if check is not None:
         check(exposed, name)
     try:  # onnxruntime reads the cache entry itself: no serialised copy in Python
