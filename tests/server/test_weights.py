@@ -101,7 +101,7 @@ def test_a_load_empties_the_buffer_it_is_given_and_a_forged_entry_then_asks_for_
     forged.graph.initializer[0].external_data.add(key="location", value="elsewhere")
     entry.write_bytes(forged.SerializeToString())
     entry.with_name("exposed.onnx.sha256").write_text(hashlib.sha256(entry.read_bytes()).hexdigest())
-    with pytest.raises(NotFound, match="upload it"):
+    with pytest.raises(NotFound, match="send or load it again"):
         load(bytearray(reference_onnx.read_bytes()), "reference")
     assert load(bytearray(reference_onnx.read_bytes()), "reference").layers == first.layers, "the refused entry was removed and rebuilt"
 

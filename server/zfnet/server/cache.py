@@ -263,21 +263,22 @@ class Cache:
         item (None: the model holds all its weights)."""
         path = self._model_folder(sha256) / "exposed.onnx"
         entry = self._read(path, found)
+        index = None
         if entry is not None and get_metadata(entry[0], expose.EXPOSED_KEY) == "1":
             model, data = entry
-            index = GraphIndex(model)
         else:
             model, index = expose.expose_indexed(original())
             data = self._write(path, model)
         del entry
-        if data is None:
-            return model, index, None
+        stored = None
         try:
-            stored = StoredWeights(path, data)
+            stored = StoredWeights(path, data) if data is not None else None
         except OSError as err:  # trimmed or rewritten by another process meanwhile
             log.debug("cache: %s cannot hold the weights: %s", path, err)
-            return model, index, None
-        del data, index
+        del data
+        if stored is None:
+            return model, index if index is not None else GraphIndex(model), None
+        del index  # it reads the model about to go
         model = stored.stripped(model)
         return model, GraphIndex(model, stored.array), stored
 

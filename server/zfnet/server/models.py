@@ -308,7 +308,7 @@ def load(
     def parsed() -> onnx.ModelProto:
         if size and not data:
             raise NotFound(
-                f"model {name!r}: its prepared entry in the cache was refused after its bytes were let go; upload it (again) with UploadModel",
+                f"model {name!r}: its prepared entry in the cache was refused after its bytes were let go; send or load it again (the entry is rebuilt)",
                 reason="MODEL_NOT_FOUND", resource=("model", sha256),
             )
         model = parse(data, name, base_dir)
