@@ -1,8 +1,8 @@
 """Models held by a server, addressed by the SHA-256 of their bytes (or by file stem in --model-dir).
 
 Every model is run through the expose pass on arrival, gets one forward session (every tensor an
-output), and caches a session per set of tensors a job fetches (the graph up to them, those its only
-outputs) and one projection graph and session per (layer, method).
+output), and caches a session per set of tensors a job fetches and kind, exact or fused (the graph up
+to them, those its only outputs) and one projection graph and session per (layer, method).
 
 Names belong to the operator: ``ModelRef.name`` resolves only the file stems of ``--model-dir``.
 An uploaded model is addressed by its SHA-256 only; the name its uploader gives is shown by
@@ -60,6 +60,7 @@ ROUNDING_FUSIONS = (
     "BiasGeluFusion", "QuickGeluFusion", "AttentionFusion", "BiasSoftmaxFusion",
 )
 EXACT, FUSED = "exact", "fused"  # the two kinds of fetching session (:meth:`LoadedModel.fetching`), in their budget keys
+FUSED_ROUNDING = 1e-5  # a fused session's values are this close to the exact ones, as a share of the tensor's largest (measured: 1.3e-6, ResNet-50)
 
 
 @dataclass
@@ -193,10 +194,9 @@ class LoadedModel:
         (:data:`ROUNDING_FUSIONS`), so its values are the exposed session's bit for bit, for passes whose
         values feed a projection or gradient: switches and ReLU masks fed to a projection graph are the
         ones it was built for (a BatchNorm folded into its Conv moved integrated gradients 2.6e-4 from
-        Captum near a tie). Fused (not ``exact``): onnxruntime's default optimisations, 16-17% faster on
-        ResNet-50 at 224 px, values within float32 rounding of the exact ones (1.4e-7 of a tensor's
-        largest value with BatchNorm folded), for passes whose values are only reported, ranked or
-        summarised."""
+        Captum near a tie). Fused (not ``exact``): onnxruntime's default optimisations, faster (ResNet-50
+        at 224 px: docs/benchmarks.md), values within float32 rounding of the exact ones
+        (:data:`FUSED_ROUNDING`), for passes whose values are only reported, ranked or summarised."""
         wanted = frozenset(names)
         with self._lock:
             built = (exact, wanted) not in self._fetching

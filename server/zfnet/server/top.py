@@ -28,7 +28,7 @@ from zfnet.server import admission, deconv, projection, runtime
 from zfnet.server.admission import FORWARD_FACTOR, NO_BUDGET, Cost, Estimate, next_batch, streamed_room
 from zfnet.server.datasets import Source, StreamedSource
 from zfnet.server.layers import named, resolve
-from zfnet.server.models import PROJECTION_BUILD_FACTOR, LoadedModel
+from zfnet.server.models import FUSED_ROUNDING, PROJECTION_BUILD_FACTOR, LoadedModel
 from zfnet.topk import EMPTY, TopK
 from zfnet.wire import top as wire
 from zfnet.wire.common import Progress
@@ -246,8 +246,9 @@ def _reconstruct_rows(model, layer, top, rows, ranks, batch_indices, forward, pr
     where = (image, channels, *locations.T)
     current = activation[where]
     recorded = top.activations[rows, ranks]
-    if not np.allclose(current, recorded, rtol=1e-3, atol=1e-5):
-        m = int(np.argmax(~np.isclose(current, recorded, rtol=1e-3, atol=1e-5)))
+    atol = max(1e-5, FUSED_ROUNDING * float(np.abs(activation).max()))  # the scan's fused session rounds otherwise, by a share of the layer's scale
+    if not np.allclose(current, recorded, rtol=1e-3, atol=atol):
+        m = int(np.argmax(~np.isclose(current, recorded, rtol=1e-3, atol=atol)))
         raise FailedPrecondition(
             f"image {top.indices[rows[m], ranks[m]]}: layer {layer!r} channel {channels[m]} gives {current[m]:.6g} now and gave "
             f"{recorded[m]:.6g} in the scan; is this the model and data set the state was made with?"
