@@ -210,8 +210,7 @@ class LoadedModel:
         key = self.fetching_key(wanted, exact=exact)
         if built:
             shown = ", ".join(sorted(wanted)[:3]) + (", ..." if len(wanted) > 3 else "")
-            kind = "exact" if exact else "fused"
-            self._hold(key, PROJECTION_FACTOR * len(data) + MODEL_OVERHEAD, f"{kind} session to {shown}", lambda: self._drop_fetching(exact, wanted))
+            self._hold(key, PROJECTION_FACTOR * len(data) + MODEL_OVERHEAD, f"{EXACT if exact else FUSED} session to {shown}", lambda: self._drop_fetching(exact, wanted))
         else:
             self._touch(key)
         return found
