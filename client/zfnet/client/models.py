@@ -1,12 +1,13 @@
-"""Model files on the client: a local ``.onnx`` file read whole (its external data inlined), uploaded
-once to the server (or to every replica) and addressed by its SHA-256 afterwards; uploaded again
-when the server has lost it."""
+"""Model files on the client: a local ``.onnx`` file streamed from disk in chunks (or, when it keeps
+external data, read whole with that data inlined), uploaded once to the server (or to every replica)
+and addressed by its SHA-256 afterwards; uploaded again when the server has lost it."""
 
 from __future__ import annotations
 
 import hashlib
 import warnings
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -15,20 +16,21 @@ from zfnet import errors
 from zfnet.client.transport import Transport
 from zfnet.preprocessing import UnnormalisedInput, unnormalised
 from zfnet.v1 import zfnet_pb2 as pb
-from zfnet.wire.models import DatasetInfo, ModelDeleted, ModelInfo, ModelSummary, UploadHeader, upload_requests
+from zfnet.wire.models import CHUNK_BYTES, DatasetInfo, ModelDeleted, ModelInfo, ModelSummary, UploadHeader, upload_requests
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth")  # PyTorch checkpoints: a state_dict, not a model the server can run
 PROTOBUF_LIMIT = 2 << 30  # bytes: the most one protobuf message (one ONNX model) can hold
 CHECK_PREPROCESSING = False  # zfclient sets it: each model a command uses that records no normalisation is warned about once
 REPLICA_CHECK_S = 10.0  # seconds a replica gets to answer HasModel before it counts as unreachable
 UPLOAD_TIMEOUT_S = 600.0
+LOCATION = b"location"  # external data is named by a "location" entry: bytes without it name none
 
 
 def model_bytes(path: Path) -> bytes:
     """A model file's bytes, with the weights of any external data file (``model.onnx.data``, as
     ``torch.onnx.export`` writes by default) inlined, so that one self-contained model travels."""
     data = path.read_bytes()
-    if b"location" not in data:  # external data is named by a "location" entry: without one there is none
+    if LOCATION not in data:
         return data
     import onnx  # noqa: PLC0415  (only models that may reference external data need it)
     from onnx.external_data_helper import load_external_data_for_model, uses_external_data  # noqa: PLC0415
@@ -48,6 +50,42 @@ def model_bytes(path: Path) -> bytes:
     except (OSError, ValueError, onnx.checker.ValidationError) as err:
         raise errors.InvalidArgument(f"cannot read the external data of {path}: {err}") from None
     return model.SerializeToString()
+
+
+@dataclass(frozen=True)
+class ModelUpload:
+    """A local model as it is uploaded: its header (SHA-256, size, name) and its bytes, read again in
+    chunks for each upload. A file that names no external data is streamed from disk and never held
+    whole (VGG16's 553 MB stayed in the client for the whole upload and load); one that may is read
+    with its external data inlined (:func:`model_bytes`). A file changed between the two reads
+    arrives with another SHA-256 than its header's, and the server refuses it."""
+
+    header: UploadHeader
+    path: Path
+    inlined: bytes | None = None  # the model with its external data inlined; None: the file itself
+
+    @classmethod
+    def of(cls, path: Path) -> ModelUpload:
+        digest, size, tail = hashlib.sha256(), 0, b""
+        with path.open("rb") as f:
+            while chunk := f.read(CHUNK_BYTES):
+                if LOCATION in tail + chunk[: len(LOCATION) - 1] or LOCATION in chunk:
+                    data = model_bytes(path)
+                    return cls(UploadHeader(hashlib.sha256(data).hexdigest(), len(data), path.stem), path, data)
+                digest.update(chunk)
+                size += len(chunk)
+                tail = chunk[1 - len(LOCATION) :]
+        return cls(UploadHeader(digest.hexdigest(), size, path.stem), path)
+
+    def chunks(self) -> Iterator[bytes]:
+        """The model's bytes, :data:`~zfnet.wire.models.CHUNK_BYTES` at a time."""
+        if self.inlined is not None:
+            for start in range(0, len(self.inlined), CHUNK_BYTES):
+                yield self.inlined[start : start + CHUNK_BYTES]
+            return
+        with self.path.open("rb") as f:
+            while chunk := f.read(CHUNK_BYTES):
+                yield chunk
 
 
 def _tensors(graph) -> Iterator:
@@ -112,13 +150,12 @@ class Models(Transport):
             raise errors.InvalidArgument(
                 f"model {path} is a PyTorch checkpoint, not an ONNX model; export it first: zfclient convert torch ARCH --weights {path} -o MODEL.onnx"
             )
-        data = model_bytes(path)
-        sha = hashlib.sha256(data).hexdigest()
-        header = UploadHeader(sha, len(data), path.stem)
+        upload = ModelUpload.of(path)
+        sha = upload.header.sha256
         if self._replicas is not None:
-            self._upload_to_replicas(data, header)
+            self._upload_to_replicas(upload)
         elif not self._call(self.stub.HasModel, pb.ModelRef(sha256=sha)).present:
-            self._call(self.stub.UploadModel, upload_requests(data, header))
+            self._call(self.stub.UploadModel, upload_requests(upload.chunks(), upload.header))
         self._uploaded[path] = sha
         return sha
 
@@ -136,15 +173,15 @@ class Models(Transport):
             raise errors.NotFound(f"the server lost model {path}, and the file changed since this client uploaded it; run again")
         return True
 
-    def _upload_to_replicas(self, data: bytes, header: UploadHeader) -> None:
+    def _upload_to_replicas(self, upload: ModelUpload) -> None:
         """Upload a model to every replica that lacks it, each over its own channel. A replica that
         cannot be reached is skipped: should it come back without the model, its NOT_FOUND brings
         the model to it (:meth:`_recover`)."""
         reached = 0
         for _, stub in self.replica_stubs():
             try:
-                if not stub.HasModel(pb.ModelRef(sha256=header.sha256), timeout=REPLICA_CHECK_S).present:
-                    stub.UploadModel(upload_requests(data, header), timeout=UPLOAD_TIMEOUT_S)
+                if not stub.HasModel(pb.ModelRef(sha256=upload.header.sha256), timeout=REPLICA_CHECK_S).present:
+                    stub.UploadModel(upload_requests(upload.chunks(), upload.header), timeout=UPLOAD_TIMEOUT_S)
                 reached += 1
             except grpc.RpcError as err:
                 if err.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):

@@ -7,7 +7,9 @@ from shapes alone, which element types are floats) comes from the op registry
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +21,7 @@ from zfnet.server.rules import FLOAT_TYPES, OpRule, lookup
 from zfnet.server.rules.registry import FromShape
 
 DEFAULT_DOMAINS = ("", "ai.onnx")
+EVALUATED_ELEMENTS = 1 << 16  # the most elements of any input of a node evaluated on static inputs
 
 
 def domain_of(node: onnx.NodeProto) -> str:
@@ -116,6 +119,9 @@ class GraphIndex:
     """Facts about one graph, computed once; ``memo`` holds what later passes derive from them."""
 
     model: onnx.ModelProto
+    # reads an initializer whose bytes the graph does not hold (a held model's weights, left on disk;
+    # None for any other): see zfnet.server.weights
+    stored: Callable[[onnx.TensorProto], np.ndarray | None] | None = None
     nodes: list[onnx.NodeProto] = field(init=False)
     producers: dict[str, int] = field(init=False)  # tensor -> index of the node producing it
     consumers: dict[str, list[int]] = field(init=False)  # tensor -> indices of the nodes reading it
@@ -217,7 +223,9 @@ class GraphIndex:
 
     def _static_value(self, name: str) -> np.ndarray | None:
         if name in self.constants:
-            array = numpy_helper.to_array(self.constants[name])
+            array = self.stored(self.constants[name]) if self.stored is not None else None
+            if array is None:
+                array = numpy_helper.to_array(self.constants[name])
         else:
             i = self.producers.get(name)
             if i is None:
@@ -253,10 +261,13 @@ class GraphIndex:
         """Run one node on static inputs with onnx's reference evaluator."""
         from onnx.reference import ReferenceEvaluator  # noqa: PLC0415  (rarely needed, slow to import)
 
+        static = [[d for d in dims if isinstance(d, int)] for dims in (self.shape(n) or [] for n in node.input if n)]
+        if any(math.prod(dims) > EVALUATED_ELEMENTS for dims in static):
+            return None  # too large, refused before its inputs are read
         names = [f"i{k}" if n else "" for k, n in enumerate(node.input)]
         given = [(name, self.constant(n)) for name, n in zip(names, node.input) if n]
         inputs = {name: v for name, v in given if v is not None}
-        if len(inputs) < len(given) or any(v.size > 1 << 16 for v in inputs.values()):
+        if len(inputs) < len(given) or any(v.size > EVALUATED_ELEMENTS for v in inputs.values()):
             return None
         one = helper.make_node(node.op_type, names, [f"o{k}" for k in range(len(node.output))], domain=node.domain)
         one.attribute.extend(node.attribute)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from zfnet.errors import InvalidArgument
@@ -116,11 +116,11 @@ class UploadHeader:
     name: str  # display name for ListModels
 
 
-def upload_requests(data: bytes, header: UploadHeader) -> Iterator[pb.UploadModelRequest]:
-    """An UploadModel stream: the header, then the bytes in chunks."""
+def upload_requests(chunks: Iterable[bytes], header: UploadHeader) -> Iterator[pb.UploadModelRequest]:
+    """An UploadModel stream: the header, then the model's bytes, one message per chunk (at most :data:`CHUNK_BYTES` each)."""
     yield pb.UploadModelRequest(header=pb.UploadHeader(sha256=header.sha256, size=header.size, name=header.name))
-    for start in range(0, len(data), CHUNK_BYTES):
-        yield pb.UploadModelRequest(chunk=data[start : start + CHUNK_BYTES])
+    for chunk in chunks:
+        yield pb.UploadModelRequest(chunk=chunk)
 
 
 def upload_of(requests: Iterator[pb.UploadModelRequest]) -> tuple[UploadHeader, Iterator[bytes]]:

@@ -45,6 +45,7 @@ from zfnet.converters.index import GraphIndex
 from zfnet.server import external
 from zfnet.server import projection as projection_graph
 from zfnet.server.admission import parse_bytes
+from zfnet.server.weights import StoredWeights
 
 log = logging.getLogger("zfnet.server")
 
@@ -170,9 +171,10 @@ class Cache:
         shutil.rmtree(self._model_folder(sha256), ignore_errors=True)
 
     # -- entries ---------------------------------------------------------------------------------
-    def _read(self, path: Path) -> onnx.ModelProto | None:
-        """An entry, if it is there, its bytes match the digest beside them, it parses, and it names
-        no external file; anything else is removed (and rebuilt by the caller)."""
+    def _read(self, path: Path, verified: Callable[[], object] = lambda: None) -> tuple[onnx.ModelProto, bytes] | None:
+        """An entry and its bytes, if it is there, its bytes match the digest beside them (then
+        ``verified()`` is called, before it is parsed), it parses, and it names no external file;
+        anything else is removed (and rebuilt by the caller)."""
         if not self.usable:
             return None
         try:
@@ -185,6 +187,7 @@ class Cache:
         if hashlib.sha256(data).hexdigest() != recorded:
             problem = "its bytes do not match their SHA-256"
         else:
+            verified()
             try:
                 model = onnx.ModelProto.FromString(data)
             except DecodeError:
@@ -199,21 +202,24 @@ class Cache:
             os.utime(path)  # used now: least recently used entries go first
         except OSError:
             pass
-        return model
+        assert model is not None, "an entry without a problem parsed"
+        return model, data
 
-    def _write(self, path: Path, model: onnx.ModelProto) -> None:
+    def _write(self, path: Path, model: onnx.ModelProto) -> bytes | None:
+        """Store ``model`` at ``path``; its bytes as written, None when they could not be."""
         if not self.usable:
-            return
+            return None
         try:
             if not all(_private_folder(folder) for folder in (self.folder, path.parent.parent, path.parent)):
-                return
+                return None
             data = model.SerializeToString()
             _write_private(path.with_name(path.name + DIGEST), hashlib.sha256(data).hexdigest().encode())
             _write_private(path, data)
         except (OSError, ValueError) as err:  # a read-only home, a full disk, a model over 2 GiB
             log.debug("cache: cannot write %s: %s", path, err)
-            return
+            return None
         self._trim()
+        return data
 
     @staticmethod
     def _remove(path: Path) -> None:
@@ -246,16 +252,35 @@ class Cache:
                 pass
 
     # -- what is cached --------------------------------------------------------------------------
-    def exposed(self, sha256: str, original: Callable[[], onnx.ModelProto]) -> tuple[onnx.ModelProto, GraphIndex]:
-        """The exposed model and its graph index, from the cache when this model was exposed before;
-        else ``original()`` (the parsed model, called only then) exposed and stored."""
+    def exposed(
+        self, sha256: str, original: Callable[[], onnx.ModelProto], found: Callable[[], object] = lambda: None,
+    ) -> tuple[onnx.ModelProto, GraphIndex, StoredWeights | None]:
+        """The exposed model and its graph index, from the cache when this model was exposed before
+        (``found()`` is called once its entry's digest matches, before it is parsed: what ``original``
+        reads may go); else ``original()`` (the parsed model, called only then) exposed and stored. When the entry
+        is in the cache, its large weights are left there (:mod:`zfnet.server.weights`): the model
+        comes without their bytes, the index reads them back, and the entry's file is the third
+        item (None: the model holds all its weights)."""
         path = self._model_folder(sha256) / "exposed.onnx"
-        cached = self._read(path)
-        if cached is not None and get_metadata(cached, expose.EXPOSED_KEY) == "1":
-            return cached, GraphIndex(cached)
-        result, result_index = expose.expose_indexed(original())
-        self._write(path, result)
-        return result, result_index
+        entry = self._read(path, found)
+        index = None
+        if entry is not None and get_metadata(entry[0], expose.EXPOSED_KEY) == "1":
+            model, data = entry
+        else:
+            model, index = expose.expose_indexed(original())
+            data = self._write(path, model)
+        del entry
+        stored = None
+        try:
+            stored = StoredWeights(path, data) if data is not None else None
+        except OSError as err:  # trimmed or rewritten by another process meanwhile
+            log.debug("cache: %s cannot hold the weights: %s", path, err)
+        del data
+        if stored is None:
+            return model, index if index is not None else GraphIndex(model), None
+        del index  # it reads the model about to go
+        model = stored.stripped(model)
+        return model, GraphIndex(model, stored.array), stored
 
     def projection(
         self, sha256: str, layer: str, method: str, build: Callable[[], projection_graph.Projection], stop: str = "",
@@ -263,8 +288,9 @@ class Cache:
         """A projection graph of (model, layer, method[, stop]), from the cache or built by ``build()`` and stored."""
         key = layer if not stop else f"{layer}\0{stop}"
         path = self._model_folder(sha256) / f"projection-{method}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.onnx"
-        cached = self._read(path)
-        if cached is not None:
+        found = self._read(path)
+        if found is not None:
+            cached = found[0]
             info = json.loads(get_metadata(cached, PROJECTION_KEY) or "{}")
             if info.get("layer") == layer and info.get("method") == method and info.get("stop", "") == stop:
                 return projection_graph.Projection(cached, layer, method, info["forward_tensors"], info.get("per_image", False), stop)

@@ -20,6 +20,7 @@ import functools
 import hashlib
 import json
 import logging
+import os
 import threading
 from collections.abc import Callable, Hashable, Iterable
 from contextlib import AbstractContextManager
@@ -41,6 +42,7 @@ from zfnet.server.admission import MAX_INPUT_PIXELS, Estimate, Footprint, Memory
 from zfnet.server.cache import Cache
 from zfnet.server.layers import Layer, ReceptiveFields, layer_table
 from zfnet.server.rules import batch_axes
+from zfnet.server.weights import StoredWeights
 
 log = logging.getLogger("zfnet.server")
 
@@ -83,6 +85,7 @@ class LoadedModel:
     budget: MemoryBudget | None = None  # the store's, which holds the cached projection sessions
     index: GraphIndex | None = None  # the exposed model's graph index, shared by the layer table, fields and projections
     cache: Cache | None = None  # where its projection graphs are cached (None: the user's cache)
+    weights: StoredWeights | None = None  # where its large weights are left (its cache entry); None: the model holds them
     _projections: dict[tuple[str, str, str], tuple[projection.Projection, ort.InferenceSession]] = field(default_factory=dict)
     _fetching: dict[tuple[bool, frozenset[str]], ort.InferenceSession | runtime.FixedBatchSession] = field(default_factory=dict)  # by (exact, names)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -201,7 +204,7 @@ class LoadedModel:
         with self._lock:
             built = (exact, wanted) not in self._fetching
             if built:
-                data = pruned(self.model, sorted(wanted)).SerializeToString()
+                data = self.serialised(pruned(self.model, sorted(wanted)))
                 session = runtime.session(data, disabled=ROUNDING_FUSIONS if exact else ())
                 if isinstance(self.session, runtime.FixedBatchSession):
                     session = runtime.FixedBatchSession(session, self.input_name, self.session.batch, self.session.batch_axes)
@@ -214,6 +217,11 @@ class LoadedModel:
         else:
             self._touch(key)
         return found
+
+    def serialised(self, graph: onnx.ModelProto) -> bytes:
+        """A graph made from this model's (:func:`pruned`) serialised with the weights it reads,
+        read back from :attr:`weights` where the model does not hold them."""
+        return (graph if self.weights is None else self.weights.restore(graph)).SerializeToString()
 
     def _drop_fetching(self, exact: bool, names: frozenset[str]) -> None:
         with self._lock:
@@ -295,19 +303,38 @@ def load(
     """Parse, expose and open a model from its bytes. External data is refused, or read from inside
     ``base_dir`` (see :func:`inline_external_data`); ``check`` sees the exposed model before any
     session is made (admission limits). What preparing it costs is cached in ``cache`` (default: the
-    user's cache directory)."""
+    user's cache directory). A bytearray (an upload's buffer, a file read for this load) is emptied
+    once parsed, or once the cache's entry for the model is found, before that entry is read: VGG16's
+    553 MB were held to the end of the load. (An entry found and then refused, which takes a forged
+    cache, leaves nothing to parse: the load fails with NOT_FOUND, and the model is uploaded or read
+    again.)"""
     cache = cache or Cache.user()
     sha256 = sha256 or hashlib.sha256(data).hexdigest()
+    size = len(data)
+
+    def parsed() -> onnx.ModelProto:
+        if size and not data:
+            raise NotFound(
+                f"model {name!r}: its prepared entry in the cache was refused after its bytes were let go; send or load it again (the entry is rebuilt)",
+                reason="MODEL_NOT_FOUND", resource=("model", sha256),
+            )
+        model = parse(data, name, base_dir)
+        _release(data)
+        return model
+
     # Bytes that may name external data are parsed and checked first, whether or not the cache holds
     # the model (the same bytes may come from the model directory and from an upload); others are
     # parsed only to be exposed, not when the cache holds the exposed model.
-    checked = parse(data, name, base_dir) if external.may_name_files(data) else None
-    exposed, index = cache.exposed(sha256, lambda: checked or parse(data, name, base_dir))  # renames tensors and appends outputs: output[0] stays the model's own output
-    del checked  # the exposed model holds the weights from here
+    checked = parsed() if external.may_name_files(data) else None
+    # renames tensors and appends outputs: output[0] stays the model's own output
+    exposed, index, weights = cache.exposed(sha256, lambda: checked or parsed(), lambda: _release(data))
+    del checked  # the exposed model (or its cache entry) holds the weights from here
+    _release(data)
+    admission.release_memory()  # what preparing it freed goes back before onnxruntime builds the session
     if check is not None:
         check(exposed, name)
-    try:
-        session = runtime.session(exposed.SerializeToString())
+    try:  # onnxruntime reads the cache entry itself: no serialised copy in Python
+        session = runtime.session(exposed.SerializeToString() if weights is None else str(weights.path))
     except Exception as err:  # onnxruntime raises Fail/InvalidGraph/RuntimeException
         raise InvalidArgument(f"onnxruntime cannot load model {name!r}: {str(err).splitlines()[0][:300]}", reason="BAD_MODEL") from None
     initializers = {i.name for i in exposed.graph.initializer}
@@ -328,11 +355,26 @@ def load(
     except (ValueError, TypeError, InvalidArgument) as err:
         raise InvalidArgument(f"model {name!r}: its recorded preprocessing ({PREPROCESSING_KEY}) cannot be read: {err}", reason="BAD_MODEL") from None
     return LoadedModel(
-        sha256=sha256, name=name, size=len(data), model=exposed, session=session,
+        sha256=sha256, name=name, size=size, model=exposed, session=session,
         input_name=inputs[0].name, input_shape=input_shape, framing=framing, output_name=exposed.graph.output[0].name,
         layers=layer_table(index), preprocessing_json=recorded, classes=classes,
-        receptive_fields=ReceptiveFields(index), index=index, cache=cache,
+        receptive_fields=ReceptiveFields(index), index=index, cache=cache, weights=weights,
     )
+
+
+def _read_file(path: Path) -> bytearray:
+    """A file's bytes in a bytearray of their own, read without a second copy (:func:`load` empties it)."""
+    with path.open("rb") as f:
+        data = bytearray(os.fstat(f.fileno()).st_size)
+        del data[f.readinto(data) :]
+        data += f.read()  # what the file grew by since
+    return data
+
+
+def _release(data: bytes | bytearray) -> None:
+    """Empty a bytearray the load owns (bytes stay with their caller)."""
+    if isinstance(data, bytearray):
+        data.clear()
 
 
 def parse(data: bytes | bytearray, name: str, base_dir: Path | None) -> onnx.ModelProto:
@@ -419,14 +461,14 @@ class ModelStore:
             try:
                 size = path.stat().st_size
                 with self.budget.reserve(self._load_estimate(f"loading model {path.stem!r}", size)):
-                    data = path.read_bytes()
+                    data = _read_file(path)
                     actual = self._current(sha, path, data)
                     model = self._keep(load(data, path.stem, actual, base_dir=path.parent, check=self._check, cache=self.cache))
             except OSError as err:
                 raise NotFound(f"model {path.stem!r} cannot be read from the model directory: {err.strerror or err}", reason="MODEL_NOT_FOUND", resource=("model", path.stem)) from None
-        return self._hold(model, len(data))
+        return self._hold(model)
 
-    def _current(self, sha: str, path: Path, data: bytes) -> str:
+    def _current(self, sha: str, path: Path, data: bytes | bytearray) -> str:
         """The SHA-256 of a --model-dir file's ``data`` as read now: a file changed on disk since it was
         listed is a new model, addressed by its new SHA-256 (the old one is no longer served)."""
         actual = hashlib.sha256(data).hexdigest()
@@ -444,7 +486,7 @@ class ModelStore:
             raise ResourceExhausted(f"model {name!r} is {len(data)} bytes; this server takes at most {self.max_model_bytes}", reason="MODEL_TOO_LARGE", metadata={"limit": self.max_model_bytes, "requested": len(data)})
         with self.budget.reserve(self._load_estimate(f"loading model {name!r}", len(data))):
             model, new = self._add(data, hashlib.sha256(data).hexdigest(), name, sha256)
-        return self._hold(model, len(data)) if new else model
+        return self._hold(model) if new else model
 
     def receive(self, chunks: Iterable[bytes], name: str, size: int, sha256: str = "") -> LoadedModel:
         """Receive an upload's bytes and hold the model. The bytes count against the budget as they
@@ -473,7 +515,7 @@ class ModelStore:
         admission.consumed(len(data))  # from here the bytes count in the load's estimate
         with self.budget.reserve(self._load_estimate(f"upload of model {name!r}", len(data))):
             model, new = self._add(data, digest.hexdigest(), name, sha256)
-        return self._hold(model, len(data)) if new else model
+        return self._hold(model) if new else model
 
     def _add(self, data: bytes | bytearray, actual: str, name: str, sha256: str) -> tuple[LoadedModel, bool]:
         """Load uploaded bytes whose SHA-256 is ``actual`` (``sha256``, when given, must match),
@@ -544,10 +586,10 @@ class ModelStore:
             self._loaded[model.sha256] = model
         return model
 
-    def _hold(self, model: LoadedModel, size: int) -> LoadedModel:
+    def _hold(self, model: LoadedModel) -> LoadedModel:
         """Account for a kept model in the budget, evictable (after its load's reservation ended)."""
-        self.budget.hold(model.key, RESIDENT_FACTOR * size + MODEL_OVERHEAD, f"model {model.name!r}", lambda: self._unload(model.sha256, "evicted", model))
-        log.info("model %s (%s) loaded, %d bytes", model.name, model.sha256[:12], size)
+        self.budget.hold(model.key, RESIDENT_FACTOR * model.size + MODEL_OVERHEAD, f"model {model.name!r}", lambda: self._unload(model.sha256, "evicted", model))
+        log.info("model %s (%s) loaded, %d bytes", model.name, model.sha256[:12], model.size)
         return model
 
     def _unload(self, sha: str, why: str, only: LoadedModel | None = None) -> bool:

@@ -26,9 +26,9 @@ from collections.abc import Callable, Generator
 from typing import TypeVar
 
 import numpy as np
-from onnx import numpy_helper
 
 from zfnet.converters.graph import MEAN_INITIALIZER
+from zfnet.converters.index import GraphIndex
 from zfnet.errors import InvalidArgument, ResourceExhausted
 from zfnet.server import runtime
 from zfnet.server.admission import FORWARD_FACTOR, Cost, next_batch
@@ -191,7 +191,7 @@ def _fill(model: LoadedModel, fill: str) -> tuple[np.ndarray | float, str]:
     recorded = json.loads(model.preprocessing_json or "{}")
     mean, note = recorded.get("mean"), "the model's preprocessing mean per channel"
     if not mean:
-        pixel_mean = next((numpy_helper.to_array(i) for i in model.model.graph.initializer if i.name == MEAN_INITIALIZER), None)
+        pixel_mean = (model.index or GraphIndex(model.model)).constant(MEAN_INITIALIZER)
         if pixel_mean is None or pixel_mean.ndim < 3:
             return GREY, "mid-grey 127.5: the model records no preprocessing mean"
         mean = pixel_mean.reshape(pixel_mean.shape[-3], -1).mean(axis=1)

@@ -74,7 +74,9 @@ def one_image(index: GraphIndex) -> GraphIndex | None:
             del model.graph.value_info[:]
             for output in model.graph.output:  # inferred again, from the one image
                 output.type.tensor_type.ClearField("shape")
-            index.memo["one_image"] = expose.expose_indexed(model)[1]
+            one = expose.expose_indexed(model)[1]
+            one.stored = index.stored  # the same initializers, left where the model's are
+            index.memo["one_image"] = one
     return index.memo["one_image"]
 
 

@@ -96,7 +96,7 @@ def _cuda_loads() -> bool:
         ort.set_default_logger_severity(2)  # onnxruntime's default: warnings
 
 
-def session(model_bytes: bytes, threads: int = 0, disabled: Collection[str] = ()) -> ort.InferenceSession:
+def session(model_bytes: bytes | str, threads: int = 0, disabled: Collection[str] = ()) -> ort.InferenceSession:
     """A session on the chosen providers. The CPU memory arena is off: onnxruntime's arena keeps
     every block it ever grew to (a burst of large requests stayed resident for good); without it,
     tensors go back to the heap after each run and the budget's ``release_memory`` returns them to
@@ -107,7 +107,8 @@ def session(model_bytes: bytes, threads: int = 0, disabled: Collection[str] = ()
     graph run right after a model's (a feature head) takes 1: a second pool of busy threads next to
     the model's made the pair of runs 1.6x slower than the model's alone on 2 cores.
 
-    ``disabled``: onnxruntime graph optimisers (by name) not to apply."""
+    ``disabled``: onnxruntime graph optimisers (by name) not to apply. ``model_bytes`` may be the
+    path of a model file the server wrote (its prepared-model cache), which onnxruntime reads itself."""
     options = ort.SessionOptions()
     options.log_severity_level = 4  # onnxruntime prints a model's own node names raw; the server logs errors itself, escaped
     options.enable_cpu_mem_arena = False
