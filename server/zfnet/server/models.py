@@ -36,11 +36,10 @@ from zfnet.converters.graph import CLASSES_KEY, PREPROCESSING_KEY, get_metadata
 from zfnet.converters.index import GraphIndex
 from zfnet.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from zfnet.preprocessing import Framing
-from zfnet.server import admission, external, projection, runtime
+from zfnet.server import admission, batchaxis, external, projection, runtime
 from zfnet.server.admission import MAX_INPUT_PIXELS, Estimate, Footprint, MemoryBudget, fmt_bytes, value_bytes
 from zfnet.server.cache import Cache
 from zfnet.server.layers import Layer, ReceptiveFields, layer_table
-from zfnet.server.rules import batch_axes
 
 log = logging.getLogger("zfnet.server")
 
@@ -311,8 +310,8 @@ def load(
     input_shape = [d if isinstance(d, int) and d > 0 else -1 for d in declared]
     if len(input_shape) != 4 or any(d < 0 for d in input_shape[1:]):
         raise InvalidArgument(f"model {name!r}: the input must be (N, C, H, W) with fixed C, H, W; it is {declared}", reason="BAD_MODEL")
-    if input_shape[0] > 0:  # exported with a fixed batch: run any number of images that many at a time
-        session = runtime.FixedBatchSession(session, inputs[0].name, input_shape[0], batch_axes(index))
+    if input_shape[0] > 0:  # exported with a fixed batch: made dynamic where that computes the same, else run that many at a time
+        exposed, index, session = batchaxis.freed(exposed, index, session, input_shape[0], name)
         input_shape[0] = -1
     classes = json.loads(get_metadata(exposed, CLASSES_KEY) or "[]")
     recorded = get_metadata(exposed, PREPROCESSING_KEY) or "{}"

@@ -1,0 +1,247 @@
+"""A fixed batch axis made dynamic, where the graph computes the same at any batch size.
+
+``torch.onnx.export`` without dynamic axes writes the example's batch B into the input, every
+shape, and the shape constants it folded (``x.view(x.size(0), -1)`` becomes ``Reshape`` to
+``[B, -1]``). Run as exported, every call pads to B rows (:class:`zfnet.server.runtime.FixedBatchSession`):
+one image pays for B. At load, :func:`freed` writes a copy of the exposed graph whose input (and so
+every tensor) has a symbolic batch ``N``, rewriting the shape constants that carry B where they are
+the batch (:data:`REWRITES`), then checks it: the copy at batch 1 and 3 against the original padded
+to B on the same seeded images, every exposed tensor equal. The copy is kept only if it
+passes; otherwise the model keeps its fixed batch and runs padded, and one log line says why.
+"Equal" is exact for integer tensors (switches) and within 1e-6 of each float tensor's largest
+magnitude (:func:`same`): onnxruntime may reduce in another order at another batch size, 1 ulp apart.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import helper, numpy_helper
+
+from zfnet.converters import expose
+from zfnet.converters.index import GraphIndex
+from zfnet.errors import InvalidArgument
+from zfnet.server import runtime
+from zfnet.server.rules import batch_axes
+
+log = logging.getLogger("zfnet.server")
+
+BATCH = "N"  # the symbolic batch dimension of a freed graph
+CHECK_ROWS = (1, 3)  # batch sizes the freed graph is checked at
+RELATIVE = 1e-6  # largest difference from the padded run, relative to a tensor's largest magnitude (a sum in another order: ~1e-7)
+SEED = 0
+
+
+class Unfreed(Exception):
+    """Why a graph's batch axis cannot be made dynamic (one line, logged)."""
+
+
+class Rewriter:
+    """Shape constants of one graph copy rewritten in place: each node that reads one gets its own."""
+
+    def __init__(self, model: onnx.ModelProto, index: GraphIndex, batch: int) -> None:
+        self.model, self.index, self.batch = model, index, batch
+        self.axes = batch_axes(index)
+        self.added: list[onnx.NodeProto] = []  # nodes that compute rewritten shapes, from the image input alone
+        self._rows: str | None = None  # the input's batch size as a 1-D int64 tensor, made on first need
+
+    def shape_input(self, node: onnx.NodeProto, k: int = 1) -> np.ndarray | None:
+        """The constant shape a node reads at input ``k`` (None: computed, it follows the batch)."""
+        value = self.index.constant(node.input[k]) if len(node.input) > k else None
+        return None if value is None else np.array(value, dtype=np.int64).reshape(-1)
+
+    def replace(self, node: onnx.NodeProto, k: int, shape: np.ndarray) -> None:
+        """Point input ``k`` of ``node`` at a new initializer holding ``shape``."""
+        name = f"{node.input[k]}/batch_{len(self.model.graph.initializer)}"
+        self.model.graph.initializer.append(numpy_helper.from_array(shape.astype(np.int64), name))
+        node.input[k] = name
+
+    def rows(self) -> str:
+        """A tensor holding ``[N]``, the image batch's size (``Shape`` then ``Gather`` of axis 0)."""
+        if self._rows is None:
+            image = self.index.image or ""
+            shape, first, rows = f"{image}/batch_shape", f"{image}/batch_axis", f"{image}/batch_rows"
+            self.model.graph.initializer.append(numpy_helper.from_array(np.array([0], np.int64), first))
+            self.added += [helper.make_node("Shape", [image], [shape]), helper.make_node("Gather", [shape, first], [rows], axis=0)]
+            self._rows = rows
+        return self._rows
+
+    def repeated(self, node: onnx.NodeProto, k: int, row: np.ndarray, axis: int) -> None:
+        """Input ``k`` of ``node`` becomes ``row`` (size 1 on ``axis``) repeated once per image on ``axis``."""
+        base = f"{node.input[k]}/batch_{len(self.model.graph.initializer)}"
+        before, after = f"{base}/before", f"{base}/after"
+        self.model.graph.initializer.extend([
+            numpy_helper.from_array(np.ascontiguousarray(row), f"{base}/row"),
+            numpy_helper.from_array(np.array(row.shape[:axis], np.int64), before),
+            numpy_helper.from_array(np.array(row.shape[axis + 1 :], np.int64), after),
+        ])
+        self.added += [
+            helper.make_node("Concat", [before, self.rows(), after], [f"{base}/shape"], axis=0),
+            helper.make_node("Expand", [f"{base}/row", f"{base}/shape"], [f"{base}/repeated"]),
+        ]
+        node.input[k] = f"{base}/repeated"
+
+
+def _reshape(r: Rewriter, node: onnx.NodeProto) -> None:
+    """``Reshape`` of an image-dependent tensor to a constant shape: the batch's entry becomes 0
+    (copy the input's) where the batch stays on the same axis, else -1 (the rest is fixed)."""
+    shape = r.shape_input(node)
+    axis, source = r.axes.get(node.output[0]), r.axes.get(node.input[0])
+    if shape is None or axis is None or source is None or axis >= len(shape) or shape[axis] != r.batch:
+        return
+    allow_zero = any(a.name == "allowzero" and a.i for a in node.attribute)
+    if source == axis and not allow_zero:
+        shape[axis] = 0
+    elif -1 not in shape:
+        shape[axis] = -1
+    else:
+        raise Unfreed(f"Reshape {node.name or node.output[0]!r} to {shape.tolist()} has no free entry for the batch")
+    r.replace(node, 1, shape)
+
+
+def _repeated_constants(r: Rewriter, node: onnx.NodeProto) -> None:
+    """A constant with one identical row per image on the batch axis of what it meets (a class token
+    expanded to the batch, folded into a constant by the expose pass) becomes that row repeated
+    once per image of the batch fed."""
+    axis = r.axes.get(node.output[0]) if node.output else None
+    if axis is None:
+        return
+    rank = len(r.index.shape(node.output[0]) or [])
+    for k, name in enumerate(node.input):
+        value = r.index.constant(name)
+        if value is None or value.ndim != rank or value.shape[axis] != r.batch:
+            continue
+        row = np.take(value, [0], axis=axis)
+        if np.array_equal(value, np.broadcast_to(row, value.shape)):
+            r.repeated(node, k, row, axis)
+
+
+# op type -> how a node of it carrying the batch size in a constant shape is rewritten; every node
+# that meets the image also goes through :func:`_repeated_constants`
+REWRITES: dict[str, Callable[[Rewriter, onnx.NodeProto], None]] = {"Reshape": _reshape}
+
+
+def dynamic_copy(model: onnx.ModelProto, index: GraphIndex, batch: int) -> tuple[onnx.ModelProto, GraphIndex]:
+    """A copy of the exposed ``model`` (fixed batch ``batch``) with a symbolic batch, its shape
+    constants rewritten (:data:`REWRITES`) and its shapes inferred again; :class:`Unfreed` when a
+    tensor loses the batch axis."""
+    axes = batch_axes(index)
+    lost = next((node for node in index.nodes if any(n in index.live and axes.get(n) is None for n in node.output)), None)
+    if lost is not None:
+        raise Unfreed(f"{lost.op_type} {lost.name or lost.output[0]!r} merges the batch axis with another")
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    rewriter = Rewriter(copy, index, batch)
+    for node in copy.graph.node:
+        rule = REWRITES.get(node.op_type) if node.domain in ("", "ai.onnx") else None
+        if rule is not None:
+            rule(rewriter, node)
+        _repeated_constants(rewriter, node)
+    if rewriter.added:  # they read the image input only: first
+        nodes = [*rewriter.added, *copy.graph.node]
+        del copy.graph.node[:]
+        copy.graph.node.extend(nodes)
+    dim = next(v for v in copy.graph.input if v.name == index.image).type.tensor_type.shape.dim[0]
+    dim.Clear()
+    dim.dim_param = BATCH
+    del copy.graph.value_info[:]
+    for output in copy.graph.output:  # inferred again, from the symbolic batch
+        output.type.tensor_type.ClearField("shape")
+    try:
+        return expose.expose_indexed(copy)
+    except InvalidArgument as err:
+        raise Unfreed(str(err)) from None
+
+
+def padded_rows(model: onnx.ModelProto, index: GraphIndex, rows: int) -> onnx.ModelProto:
+    """A copy of the fixed-batch ``model`` whose outputs are the first ``rows`` rows of each exposed
+    tensor (on its batch axis), so that a padded run holds those rows, not the whole batch of every tensor."""
+    axes = batch_axes(index)
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    graph = copy.graph
+    starts, ends = "check/starts", "check/ends"
+    graph.initializer.extend([numpy_helper.from_array(np.array([0], np.int64), starts), numpy_helper.from_array(np.array([rows], np.int64), ends)])
+    outputs = []
+    for output in model.graph.output:
+        axis = axes.get(output.name)
+        if axis is None:  # a tensor that does not depend on the image: whole
+            outputs.append(output)
+            continue
+        on = f"check/axis{axis}"
+        if on not in {i.name for i in graph.initializer}:
+            graph.initializer.append(numpy_helper.from_array(np.array([axis], np.int64), on))
+        graph.node.append(helper.make_node("Slice", [output.name, starts, ends, on], [f"check/{output.name}"]))
+        outputs.append(helper.make_tensor_value_info(f"check/{output.name}", output.type.tensor_type.elem_type, None))
+    del graph.output[:]
+    graph.output.extend(outputs)
+    return copy
+
+
+def check(fixed: onnx.ModelProto, index: GraphIndex, batch: int, session: ort.InferenceSession) -> None:
+    """:class:`Unfreed` unless ``session`` (the freed graph) at each of :data:`CHECK_ROWS` images gives
+    every exposed tensor as the ``fixed`` graph does (:func:`same`) on the same images padded with zeros to ``batch``."""
+    image = next(v for v in fixed.graph.input if v.name == index.image)
+    shape = [d.dim_value for d in image.type.tensor_type.shape.dim]
+    rows = max(CHECK_ROWS)
+    images = np.random.default_rng(SEED).uniform(0, 255, (rows, *shape[1:])).astype(np.float32)
+    padded = np.concatenate([images, np.zeros((batch - rows, *shape[1:]), np.float32)]) if batch > rows else images[:batch]
+    reference = runtime.session(padded_rows(fixed, index, rows).SerializeToString())
+    names = [o.name for o in fixed.graph.output]
+    expected = dict(zip(names, runtime.tensors(reference, [f"check/{name}" for name in names], {image.name: padded})))
+    del reference
+    axes = batch_axes(index)
+    for n in CHECK_ROWS:
+        if n > batch:
+            continue
+        try:
+            got = dict(zip(names, runtime.tensors(session, names, {image.name: images[:n]})))
+        except Exception as err:  # onnxruntime's Fail/RuntimeException: a shape the rewrite left at the old batch
+            raise Unfreed(f"at batch {n} onnxruntime fails: {str(err).splitlines()[0][:200]}") from None
+        for name in names:
+            want = expected[name]
+            axis = axes.get(name)
+            if axis is not None:
+                want = np.take(want, range(n), axis=axis)
+            if not same(got[name], want):
+                raise Unfreed(f"at batch {n} tensor {name!r} differs from the padded run")
+
+
+def same(got: np.ndarray, want: np.ndarray) -> bool:
+    """Equal shapes, and equal values: integers (switches) exactly, floats to :data:`RELATIVE` of the
+    tensor's largest magnitude (onnxruntime's kernels may sum in another order at another batch size)."""
+    if got.shape != want.shape:
+        return False
+    if not np.issubdtype(want.dtype, np.floating):
+        return np.array_equal(got, want)
+    scale = float(np.nanmax(np.abs(want), initial=0.0))
+    return np.allclose(got, want, rtol=0.0, atol=RELATIVE * scale, equal_nan=True)
+
+
+def freed(
+    model: onnx.ModelProto, index: GraphIndex, session: ort.InferenceSession, batch: int, name: str,
+) -> tuple[onnx.ModelProto, GraphIndex, ort.InferenceSession | runtime.FixedBatchSession]:
+    """The exposed model of fixed batch ``batch``, its index and a session: its freed copy (:func:`dynamic_copy`)
+    with a session of its own where :func:`check` passes, else the model itself run ``batch`` at a time
+    (as is for a batch of 1: nothing is padded)."""
+    if batch > 1:
+        try:
+            return _checked_copy(model, index, batch, name)
+        except Unfreed as why:
+            log.info("model %s keeps its fixed batch of %d (each run padded to it): %s", name, batch, why)
+    return model, index, runtime.FixedBatchSession(session, index.image or "", batch, batch_axes(index))
+
+
+def _checked_copy(model: onnx.ModelProto, index: GraphIndex, batch: int, name: str) -> tuple[onnx.ModelProto, GraphIndex, ort.InferenceSession]:
+    free, free_index = dynamic_copy(model, index, batch)
+    try:
+        session = runtime.session(free.SerializeToString())
+    except Exception as err:  # onnxruntime raises Fail/InvalidGraph/RuntimeException
+        raise Unfreed(f"onnxruntime cannot load the freed graph: {str(err).splitlines()[0][:200]}") from None
+    check(model, index, batch, session)
+    log.info("model %s: fixed batch of %d made dynamic (equal at batch %s to the padded run)", name, batch, " and ".join(map(str, CHECK_ROWS)))
+    return free, free_index, session
