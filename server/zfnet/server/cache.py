@@ -53,8 +53,9 @@ MAX_ENV = "ZFNET_CACHE_MAX"
 DEFAULT_MAX = "2G"
 DIGEST = ".sha256"  # suffix of the file holding an entry's SHA-256
 # the code whose output is cached: these modules and every zfnet module they import (the graph index,
-# the op registry and its rules ...); a change to any of them starts a new cache
-_PRODUCERS = (expose.__name__, projection_graph.__name__)
+# the op registry and its rules ...); a change to any of them starts a new cache. Projection graphs
+# are built on the graph a fixed batch was freed into (batchaxis), when it was.
+_PRODUCERS = (expose.__name__, projection_graph.__name__, "zfnet.server.batchaxis")
 
 
 def _imported(path: Path) -> list[str]:
