@@ -16,7 +16,9 @@ import torch
 from torch import nn
 
 from zfnet.client.api import Client
+from zfnet.server.admission import FORWARD_FACTOR
 from zfnet.server.runtime import FixedBatchSession
+from zfnet.wire.common import ImageInput
 
 BATCH, SIZE = 32, 16
 
@@ -118,3 +120,16 @@ def test_batch_that_cannot_be_freed_runs_padded_and_answers_right(head: str, why
     np.testing.assert_allclose(out, eager(net, images), rtol=1e-5, atol=1e-6)
     line = next(r.getMessage() for r in caplog.records if "keeps its fixed batch of 32" in r.getMessage())
     assert why in line and "\n" not in line
+
+
+@pytest.mark.parametrize(("head", "rows"), [("view", 1), ("mixed", BATCH)])
+def test_forward_estimate_counts_the_rows_run(head: str, rows: int, server, tmp_path: Path) -> None:
+    """Admission charges a forward pass for the rows onnxruntime runs: the image asked for once freed,
+    the whole fixed batch when each run is padded to it."""
+    _, path = exported(head, tmp_path / f"{head}.onnx")
+    target, engine = server
+    with Client(target) as client:
+        model = engine.store.get(client.ensure_model(path))
+    image = ImageInput(rgb=pictures(1)[0])
+    estimate = engine.estimate(model, [image], "Predict")
+    assert estimate.parts["forward pass"] == FORWARD_FACTOR * rows * model.footprint.forward > 0
