@@ -247,14 +247,20 @@ class Cache:
                 pass
 
     # -- what is cached --------------------------------------------------------------------------
-    def exposed(self, sha256: str, original: Callable[[], onnx.ModelProto]) -> tuple[onnx.ModelProto, GraphIndex]:
+    def exposed(
+        self, sha256: str, original: Callable[[], onnx.ModelProto],
+        finish: Callable[[onnx.ModelProto, GraphIndex], tuple[onnx.ModelProto, GraphIndex]] | None = None,
+    ) -> tuple[onnx.ModelProto, GraphIndex]:
         """The exposed model and its graph index, from the cache when this model was exposed before;
-        else ``original()`` (the parsed model, called only then) exposed and stored."""
+        else ``original()`` (the parsed model, called only then) exposed, passed through ``finish``
+        (the server frees a fixed batch axis there: :mod:`zfnet.server.batchaxis`) and stored."""
         path = self._model_folder(sha256) / "exposed.onnx"
         cached = self._read(path)
         if cached is not None and get_metadata(cached, expose.EXPOSED_KEY) == "1":
             return cached, GraphIndex(cached)
         result, result_index = expose.expose_indexed(original())
+        if finish is not None:
+            result, result_index = finish(result, result_index)
         self._write(path, result)
         return result, result_index
 

@@ -40,6 +40,7 @@ from zfnet.server import admission, batchaxis, external, projection, runtime
 from zfnet.server.admission import MAX_INPUT_PIXELS, Estimate, Footprint, MemoryBudget, fmt_bytes, value_bytes
 from zfnet.server.cache import Cache
 from zfnet.server.layers import Layer, ReceptiveFields, layer_table
+from zfnet.server.rules import batch_axes
 
 log = logging.getLogger("zfnet.server")
 
@@ -294,7 +295,9 @@ def load(
     # the model (the same bytes may come from the model directory and from an upload); others are
     # parsed only to be exposed, not when the cache holds the exposed model.
     checked = parse(data, name, base_dir) if external.may_name_files(data) else None
-    exposed, index = cache.exposed(sha256, lambda: checked or parse(data, name, base_dir))  # renames tensors and appends outputs: output[0] stays the model's own output
+    exposed, index = cache.exposed(  # renames tensors and appends outputs: output[0] stays the model's own output
+        sha256, lambda: checked or parse(data, name, base_dir), lambda model, index: batchaxis.freed(model, index, name, check),
+    )
     del checked  # the exposed model holds the weights from here
     if check is not None:
         check(exposed, name)
@@ -310,8 +313,8 @@ def load(
     input_shape = [d if isinstance(d, int) and d > 0 else -1 for d in declared]
     if len(input_shape) != 4 or any(d < 0 for d in input_shape[1:]):
         raise InvalidArgument(f"model {name!r}: the input must be (N, C, H, W) with fixed C, H, W; it is {declared}", reason="BAD_MODEL")
-    if input_shape[0] > 0:  # exported with a fixed batch: made dynamic where that computes the same, else run that many at a time
-        exposed, index, session = batchaxis.freed(exposed, index, session, input_shape[0], name)
+    if input_shape[0] > 0:  # a fixed batch that could not be freed (batchaxis): run any number of images that many at a time
+        session = runtime.FixedBatchSession(session, inputs[0].name, input_shape[0], batch_axes(index))
         input_shape[0] = -1
     classes = json.loads(get_metadata(exposed, CLASSES_KEY) or "[]")
     recorded = get_metadata(exposed, PREPROCESSING_KEY) or "{}"
