@@ -70,13 +70,16 @@ class Gathered:
         return summary(len(self.files), self.unreadable, self.ignored)
 
 
-def summary(decoded: int, unreadable: Sequence[Unreadable], ignored: Sequence[Path]) -> list[str]:
+def summary(decoded: int, unreadable: Sequence[Unreadable], ignored: Sequence[Path], undecoded: int | None = None) -> list[str]:
     """What a command left out, one line per kind, every file named by its full path ([] when none):
-    the images that do not decode (``decoded`` images were read), and the non-image files ignored."""
+    the images that do not decode (``decoded`` images were read; ``undecoded`` of them in all when a
+    job's state named only the first of them), and the non-image files ignored."""
     lines = []
-    if unreadable:
+    count = max(len(unreadable), undecoded or 0)
+    if count:
         listed = "; ".join(f"{u.path} ({u.reason})" for u in unreadable)
-        lines.append(f"read {decoded} of {decoded + len(unreadable)} images; skipped {len(unreadable)} that do not decode: {listed}")
+        named = f" (the first {len(unreadable)} named)" if count > len(unreadable) else ""
+        lines.append(f"read {decoded} of {decoded + count} images; skipped {count} that do not decode{named}: {listed}")
     if ignored:
         lines.append(f"ignored {len(ignored)} non-image file(s): {'; '.join(map(str, ignored))}")
     return lines
@@ -169,18 +172,21 @@ def holds_images(folder: Path, looked_at: int = 50) -> bool:
 
 def _listing(root: Path, within: Path | None = None) -> tuple[list[str], list[str]]:
     """The files under ``root``, recursively, as paths relative to it, sorted by their parts (hidden
-    files and folders left alone; linked folders followed, each once, and only inside ``within`` when
-    given): the image files, and the others."""
+    files and folders left alone; linked folders followed, only inside ``within`` when given, and not
+    into a folder the path already passed through, so a loop ends while two links to one folder are
+    both read): the image files, and the others."""
     names: list[str] = []
-    seen = {os.path.realpath(root)}
+    passed = {str(root): frozenset({os.path.realpath(root)})}  # each folder walked: the real folders on its path
     inside_of = None if within is None else os.path.realpath(within)
 
     def allowed(real: str) -> bool:
         return inside_of is None or real == inside_of or real.startswith(inside_of + os.sep)
 
     for folder, subfolders, files in os.walk(root, followlinks=True):  # names as strings: sorting 50,000 Paths took 10x longer
+        path = passed.pop(folder)
         real = [(d, os.path.realpath(os.path.join(folder, d))) for d in subfolders if not d.startswith(".")]
-        subfolders[:] = [d for d, r in real if allowed(r) and r not in seen and not seen.add(r)]
+        subfolders[:] = [d for d, r in real if allowed(r) and r not in path]
+        passed.update((os.path.join(folder, d), path | {r}) for d, r in real if d in subfolders)
         inside = os.path.relpath(folder, root)
         prefix = "" if inside == os.curdir else inside + os.sep
         names.extend(prefix + f for f in files if not f.startswith("."))

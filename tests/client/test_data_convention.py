@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from cli_testing import invoke, left_out, messy_folder, ok
 
-from zfnet import imagefolder
+from zfnet import imagefolder, topk
 from zfnet.client.api import Client
 from zfnet.server.app import create_server
 
@@ -49,8 +49,20 @@ def test_the_rule_flat_folders_class_trees_and_both(tmp_path: Path) -> None:
     shutil.copy(tree / "cat" / "0000.jpg", tree / "stray.jpg")  # an image directly inside: the whole folder is flat
     mixed = imagefolder.scan(tree)
     assert not mixed.labelled and len(mixed) == 9 and (tree / "stray.jpg") in mixed.files
-    (tree / "dog" / "loop").symlink_to(tree, target_is_directory=True)  # a linked folder is read once, no loop
+    (tree / "dog" / "loop").symlink_to(tree, target_is_directory=True)  # a link back up the path is not followed: no loop
     assert len(imagefolder.scan(tree)) == 9
+
+
+def test_two_links_to_one_folder_are_two_classes(tmp_path: Path) -> None:
+    shared = _messy(tmp_path / "photos")
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    for name in ("kitten", "cat"):
+        (tree / name).symlink_to(shared, target_is_directory=True)
+    (tree / "cat" / "more" / "up").symlink_to(tree, target_is_directory=True)  # a loop through a linked folder ends
+    labelled = imagefolder.scan(tree)
+    assert labelled.classes == ["cat", "kitten"] and labelled.labels.tolist() == [0] * 4 + [1] * 4
+    assert [p.relative_to(tree).as_posix() for p in labelled.files[4:]] == ["kitten/0000.jpg", "kitten/0001.jpg", "kitten/broken.jpg", "kitten/more/0002.jpg"]
 
 
 def test_top_over_a_flat_folder_reports_without_classes(tmp_path: Path) -> None:
@@ -63,6 +75,17 @@ def test_top_over_a_flat_folder_reports_without_classes(tmp_path: Path) -> None:
     entries = [e for channel in manifest["layers"]["pool1"]["channels"].values() for e in channel["top"]]
     assert len(entries) == 4 and all(e["class"] == "" for e in entries)
     assert "<b>" not in (tmp_path / "out" / "layer-pool1.html").read_text(), "no class names to show"
+
+
+def test_top_counts_every_skipped_image_when_its_state_names_only_the_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = _messy(tmp_path / "in")
+    (folder / "worse.jpg").write_bytes(b"not a jpeg either")
+    monkeypatch.setattr(topk, "MAX_SKIPPED_NAMED", 1)  # as a job over more than 1,000 broken images
+    result = invoke("top", "--model", MODEL, "--layer", "1", "--k", "1", "--channels", "0", "--scan-only", "--data", folder, "--out", tmp_path / "out")
+    ok(result)
+    notes = [line for line in result.stderr.splitlines() if line.startswith("note: ")]
+    assert "read 3 of 5 images; skipped 2 that do not decode (the first 1 named)" in notes[0], notes
+    assert str((folder / "broken.jpg").absolute()) in notes[0] and "worse.jpg" not in notes[0], notes
 
 
 def test_features_over_a_flat_folder_has_no_labels(tmp_path: Path) -> None:

@@ -79,17 +79,17 @@ def image_files(paths: list[Path], strict: bool, ignored: Sequence[Path] = ()) -
     return found.files
 
 
-def note_data(dataset: Dataset, decoded: int, skipped: Sequence[Skipped]) -> None:
+def note_data(dataset: Dataset, decoded: int, skipped: Sequence[Skipped], skipped_count: int | None = None) -> None:
     """What a data-set job left out, listed on stderr when the command ends (as :func:`image_files`
-    does): the images that did not decode, by full path (``decoded`` images were read), and the
-    non-image files of a local folder."""
+    does): the images that did not decode, by full path (``decoded`` images were read; a job's state
+    names the first of its ``skipped_count``), and the non-image files of a local folder."""
     unreadable = [imagefolder.Unreadable(dataset.full_path(s.index, s.path), s.reason) for s in skipped]
-    note_left_out(decoded, unreadable, dataset.folder.ignored if dataset.folder is not None else [])
+    note_left_out(decoded, unreadable, dataset.folder.ignored if dataset.folder is not None else [], skipped_count)
 
 
-def note_left_out(decoded: int, unreadable: Sequence[imagefolder.Unreadable], ignored: Sequence[Path]) -> None:
+def note_left_out(decoded: int, unreadable: Sequence[imagefolder.Unreadable], ignored: Sequence[Path], undecoded: int | None = None) -> None:
     """What a command that read a local folder itself left out, listed on stderr when it ends."""
-    _notes.extend(imagefolder.summary(decoded, unreadable, ignored))
+    _notes.extend(imagefolder.summary(decoded, unreadable, ignored, undecoded))
 
 
 _notes: list[str] = []  # what the running command left out, said when it ends (:func:`noted`)

@@ -43,7 +43,7 @@ def command(
         with job_progress(console) as bar:
             result = client.evolution(snapshots, dataset, list(layer), picked, method, labels, on_progress=_Bars(bar, labels))
     scanned = result.columns[0].result.state  # every snapshot reads the same images
-    note_data(dataset, scanned.images_read - scanned.skipped_count, scanned.skipped)
+    note_data(dataset, scanned.images_read - scanned.skipped_count, scanned.skipped, scanned.skipped_count)
     from zfnet.client import evolution as pictures  # noqa: PLC0415  (matplotlib: only to draw)
 
     source = f"images in {data}" if Path(data).is_dir() else f"data set {data} of the server"

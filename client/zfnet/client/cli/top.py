@@ -92,7 +92,7 @@ def command(
                 ray_jobs.shutdown()
         (out / PARTIAL).unlink(missing_ok=True)
         scanned = done if isinstance(done, TopK) else done.state
-        note_data(local_dataset(Path(data)), scanned.images_read - scanned.skipped_count, scanned.skipped)
+        note_data(local_dataset(Path(data)), scanned.images_read - scanned.skipped_count, scanned.skipped, scanned.skipped_count)
         if isinstance(done, TopK):  # --scan-only: the merged state alone
             done.save(out / STATE)
             _print_scanned(done, out)
@@ -117,7 +117,7 @@ def command(
                 )
         state.save(out / STATE)
         (out / PARTIAL).unlink(missing_ok=True)
-        note_data(dataset, state.images_read - state.skipped_count, state.skipped)
+        note_data(dataset, state.images_read - state.skipped_count, state.skipped, state.skipped_count)
         if scan_only:
             _print_scanned(state, out)
             return
