@@ -45,7 +45,7 @@ def main() -> None:
     natural = np.full(layer.shape[1], -np.inf)  # type: ignore[arg-type]
     for chunk in range(0, len(paths), 500):
         images = np.stack([imagefolder.read_rgb(p, (32, 32)) for p in paths[chunk : chunk + 500]]).astype(np.float32).transpose(0, 3, 1, 2)
-        activation = perturbation.forward(model, images, [layer.name], 250)[layer.name]
+        activation = perturbation.forward(model, images, [layer.name], 250, exact=True)[layer.name]
         natural = np.maximum(natural, activation.reshape(len(images), activation.shape[1], -1).mean(axis=2).max(axis=0))
 
     table = Table("channel", "optimised", "natural max", "ratio", "own rank", title=f"{layer.name}: {len(paths)} natural images; {per_channel:.1f} s per channel")

@@ -1,7 +1,7 @@
 """Sessions that compute only what a job fetches (``LoadedModel.fetching``), and reconstructions in
 chunks sized by the memory budget: the graph up to the tensors asked for, the weights it reads and
-no others, the exposed session's values bit for bit (BatchNorm not folded into its Conv), built once
-per set of names."""
+no others, built once per set of names and kind: the exact kind the exposed session's values bit for
+bit (BatchNorm not folded into its Conv), the fused kind within float32 rounding of them."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from torch import nn
 from zfnet.converters.pytorch import export
 from zfnet.server import deconv, top
 from zfnet.server.admission import MemoryBudget
-from zfnet.server.models import PROJECTION_BUILD_FACTOR, load, pruned
+from zfnet.server.models import FUSED_ROUNDING, PROJECTION_BUILD_FACTOR, load, pruned
 
 
 class Small(nn.Module):
@@ -59,13 +59,34 @@ def test_fetching_equals_the_exposed_session_bit_for_bit_and_is_built_once(small
     moved 2.6e-4 (relative L2) from Captum where a ReLU input was within rounding of 0."""
     images = np.random.default_rng(0).uniform(0, 255, (5, 3, 32, 32)).astype(np.float32)
     for names in (["block1"], ["block2", "block1"], [small.output_name]):
-        session = small.fetching(names)
-        assert small.fetching(list(reversed(names))) is session
+        session = small.fetching(names, exact=True)
+        assert small.fetching(list(reversed(names)), exact=True) is session
         assert [o.name for o in session.get_outputs()] == sorted(names)
         got = session.run(names, {small.input_name: images})
         want = small.session.run(names, {small.input_name: images})
         for name, g, w in zip(names, got, want):
             np.testing.assert_array_equal(g, w, err_msg=name)
+
+
+def test_the_fused_session_folds_batchnorm_and_equals_the_exact_one_to_rounding(small) -> None:
+    """The fused kind is a session of its own, held under its own key: onnxruntime folds each BatchNorm
+    into its Conv there (its values are not the exposed session's bit for bit, as the exact kind's
+    are) and they stay within :data:`FUSED_ROUNDING` of them (measured here: 1.4e-7)."""
+    images = np.random.default_rng(1).uniform(0, 255, (5, 3, 32, 32)).astype(np.float32)
+    names = ["block1", small.output_name]
+    small.budget = MemoryBudget(1 << 40)
+    try:
+        fused, exact = small.fetching(names, exact=False), small.fetching(names, exact=True)
+        assert fused is not exact and small.fetching(names, exact=False) is fused
+        assert small.budget.held(small.fetching_key(names, exact=False)) and small.budget.held(small.fetching_key(names, exact=True))
+        got = dict(zip(names, fused.run(names, {small.input_name: images})))
+        want = dict(zip(names, small.session.run(names, {small.input_name: images})))
+        assert not np.array_equal(got["block1"], want["block1"]), "BatchNorm was not folded into its Conv"
+        for name in names:
+            np.testing.assert_allclose(got[name], want[name], rtol=0, atol=FUSED_ROUNDING * float(np.abs(want[name]).max()), err_msg=name)
+    finally:
+        small.drop_projections()
+        small.budget = None
 
 
 def test_reconstructions_run_in_chunks_the_budget_has_room_for(small) -> None:
@@ -85,13 +106,14 @@ def test_a_request_admits_a_sessions_build_until_it_is_built(small) -> None:
     tensors it fetches, and a projection's with the forward session it reads from (engine estimates,
     top-k and features jobs); nothing once they are built."""
     build = PROJECTION_BUILD_FACTOR * small.size
-    assert small.fetching_build(["block2"]) == build and small.fetching_build([]) == 0
-    small.fetching(["block2"])
-    assert small.fetching_build(["block2"]) == 0
+    assert small.fetching_build(["block2"], exact=True) == build and small.fetching_build([], exact=True) == 0
+    small.fetching(["block2"], exact=True)
+    assert small.fetching_build(["block2"], exact=True) == 0
+    assert small.fetching_build(["block2"], exact=False) == build  # the other kind is another session
     assert small.projection_build("block2", "deconvnet") == build
     proj, _ = small.projection("block2", "deconvnet")
     names = small.fetched(proj, "block2")
     assert names[0] == "block2" and small.input_name not in names
     assert small.projection_build("block2", "deconvnet") == build  # its forward session is not built yet
-    small.fetching(names)
+    small.fetching(names, exact=True)
     assert small.projection_build("block2", "deconvnet") == 0

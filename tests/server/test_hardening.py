@@ -231,7 +231,7 @@ def test_activations_reply_over_the_message_limit_is_refused_before_any_work(srv
     model = srv.engine.store.get(bundled.sha256)
     exposed, fetching, spies = RunSpy(model.session), model.fetching, []
     monkeypatch.setattr(model, "session", exposed)
-    monkeypatch.setattr(model, "fetching", lambda names: spies.append(RunSpy(fetching(names))) or spies[-1])  # the session to the layers asked for
+    monkeypatch.setattr(model, "fetching", lambda names, exact: spies.append(RunSpy(fetching(names, exact=exact))) or spies[-1])  # the session to the layers asked for
     layers = [pb.LayerRef(name=layer.name) for layer in model.layers]
     request = pb.ActivationsRequest(model=bundled, images=[pb.Image(encoded=hostile.tiny_png())] * 1024, layers=layers)
     assert request.ByteSize() < 200_000 and len(layers) >= 20
@@ -312,7 +312,7 @@ def test_forward_sessions_are_held_evicted_and_rebuilt_like_projections(srv: Ser
     built = [model.built_projection(reply.layer, "deconvnet") for reply in (first, second)]
     assert all(b is not None for b in built), "each Deconv built its projection"
     fetched = [model.fetched(b, reply.layer) for b, reply in zip(built, (first, second)) if b is not None]
-    keys = [model.fetching_key(names) for names in fetched]
+    keys = [model.fetching_key(names, exact=True) for names in fetched]
     assert all(budget.held(k) for k in keys) and model.projection_build(first.layer, "deconvnet") == 0
     predict = pb.PredictRequest(model=bundled, images=[image(sample_images[0])])
     need = srv.engine.estimate(model, [ImageInput(encoded=sample_images[0].read_bytes())], "Predict").total
@@ -320,11 +320,11 @@ def test_forward_sessions_are_held_evicted_and_rebuilt_like_projections(srv: Ser
         budget.limit = settled(budget)["resident"] + need - 1  # a Predict fits only once one resident goes
         srv.stub.Predict(predict, timeout=TIMEOUT)
         assert not budget.held(evicted)
-    assert not model.has_fetching(fetched[0]) and budget.held(keys[1]) and model.has_fetching(fetched[1])
-    assert model.projection_build(second.layer, "deconvnet") == 0 and model.fetching_build(fetched[0]) > 0  # the next Deconv of layer 1 admits the build
+    assert not model.has_fetching(fetched[0], exact=True) and budget.held(keys[1]) and model.has_fetching(fetched[1], exact=True)
+    assert model.projection_build(second.layer, "deconvnet") == 0 and model.fetching_build(fetched[0], exact=True) > 0  # the next Deconv of layer 1 admits the build
     budget.limit = 1 << 40
     again = srv.stub.Deconv(requests[0], timeout=TIMEOUT)
-    assert budget.held(keys[0]) and model.has_fetching(fetched[0])
+    assert budget.held(keys[0]) and model.has_fetching(fetched[0], exact=True)
     np.testing.assert_array_equal(from_proto(again.images[0].reconstructions[0].pixels), from_proto(first.images[0].reconstructions[0].pixels))
 
 

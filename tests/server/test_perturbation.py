@@ -53,7 +53,7 @@ def test_runner_batches_reduces_and_reports_progress(bundled: LoadedModel, sampl
     base = rng.uniform(0, 255, (3, 32, 32)).astype(np.float32)
     copies = rng.uniform(0, 255, (11, 3, 32, 32)).astype(np.float32)
     names = ["relu7", "fc8"]
-    base_out = perturbation.forward(bundled, base[None], names)
+    base_out = perturbation.forward(bundled, base[None], names, exact=False)
     made = []
 
     def make(start: int, stop: int) -> np.ndarray:
@@ -62,7 +62,7 @@ def test_runner_batches_reduces_and_reports_progress(bundled: LoadedModel, sampl
 
     tracker = perturbation.Tracker(11 + 5)
     tracker.advance(5, "earlier work")
-    steps = perturbation.run(bundled, base, base_out, 11, make, lambda out: {"sum": out["relu7"].sum(axis=1), "fc8": out["fc8"]}, tracker, "stage", 4)
+    steps = perturbation.run(bundled, base, base_out, 11, make, lambda out: {"sum": out["relu7"].sum(axis=1), "fc8": out["fc8"]}, tracker, "stage", 4, exact=False)
     progress = []
     kept = perturbation.complete(steps, progress.append)
     assert made == [(0, 4), (4, 8), (8, 11)]
@@ -72,16 +72,18 @@ def test_runner_batches_reduces_and_reports_progress(bundled: LoadedModel, sampl
     np.testing.assert_allclose(kept["fc8"], expected[1], rtol=1e-5, atol=1e-6)
 
 
-def test_copies_equal_to_the_unperturbed_image_take_its_outputs(bundled: LoadedModel) -> None:
-    """They are not forwarded: the outputs handed in for the unperturbed image come back exactly."""
+@pytest.mark.parametrize(("exact", "rtol"), [(True, 0), (False, 1e-5)])  # fused: MatMul+Add folded into Gemm rounds otherwise (5e-6 measured)
+def test_copies_equal_to_the_unperturbed_image_take_its_outputs(bundled: LoadedModel, exact: bool, rtol: float) -> None:
+    """They are not forwarded: the outputs handed in for the unperturbed image come back exactly; the
+    others come from the session of the kind asked for, the exact one bit for bit the exposed session's."""
     base = np.full((3, 32, 32), 100.0, np.float32)
     changed = base.copy()
     changed[:, :4, :4] = 0
     marker = {"fc8": np.arange(10, dtype=np.float32)[None] * 1000}  # not what the model computes
     copies = np.stack([base, changed, base])
-    kept = perturbation.complete(perturbation.run(bundled, base, marker, 3, lambda a, b: copies[a:b], lambda out: out, perturbation.Tracker(3), "s", 8))
+    kept = perturbation.complete(perturbation.run(bundled, base, marker, 3, lambda a, b: copies[a:b], lambda out: out, perturbation.Tracker(3), "s", 8, exact=exact))
     np.testing.assert_array_equal(kept["fc8"][[0, 2]], marker["fc8"][[0, 0]])
-    np.testing.assert_allclose(kept["fc8"][1], runtime.tensors(bundled.session, ["fc8"], {bundled.input_name: changed[None]})[0][0], rtol=1e-6)
+    np.testing.assert_allclose(kept["fc8"][1], runtime.tensors(bundled.session, ["fc8"], {bundled.input_name: changed[None]})[0][0], rtol=rtol)
 
 
 def test_requests_over_the_copy_limit_are_refused(monkeypatch) -> None:
@@ -92,8 +94,8 @@ def test_requests_over_the_copy_limit_are_refused(monkeypatch) -> None:
 
 def test_forward_in_chunks_equals_one_pass(bundled: LoadedModel, sample_images) -> None:
     batch = nchw(sample_images[:7])
-    whole = perturbation.forward(bundled, batch, ["pool5", "fc8"])
-    chunked = perturbation.forward(bundled, batch, ["pool5", "fc8"], chunk=3)
+    whole = perturbation.forward(bundled, batch, ["pool5", "fc8"], exact=False)
+    chunked = perturbation.forward(bundled, batch, ["pool5", "fc8"], chunk=3, exact=False)
     for name in whole:
         np.testing.assert_allclose(chunked[name], whole[name], rtol=1e-6, atol=1e-6)
 

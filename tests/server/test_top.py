@@ -17,6 +17,7 @@ from zfnet import imagefolder
 from zfnet.client.api import Client
 from zfnet.errors import InvalidArgument, NotFound
 from zfnet.server.app import create_server
+from zfnet.server.models import LoadedModel
 from zfnet.topk import EMPTY, TopK
 from zfnet.v1 import zfnet_pb2 as pb
 from zfnet.wire.top import state_of, state_proto
@@ -129,6 +130,34 @@ def test_named_and_streamed_data_give_the_same_reconstructions_as_single_image_d
                 np.testing.assert_allclose(e.reconstruction, single.pixels, rtol=0, atol=1e-6 * float(np.abs(single.pixels).max()))
                 checked += 1
     assert checked == 4 * 3 * 4
+
+
+def test_value_only_passes_run_on_the_fused_session_and_reconstructions_on_the_exact_one(client, data_dir, monkeypatch) -> None:
+    """The scan, features, GetActivations and occlusion's copies fetch from the fused session (values only
+    ranked, reported or summarised); the forward passes whose switches and ReLU masks feed a projection
+    (the reconstructions', occlusion's deconv) from the exact one."""
+    fetched: list[tuple[bool, frozenset[str]]] = []
+    fetching = LoadedModel.fetching
+
+    def spy(self: LoadedModel, names, *, exact: bool):
+        names = list(names)
+        fetched.append((exact, frozenset(names)))
+        return fetching(self, names, exact=exact)
+
+    monkeypatch.setattr(LoadedModel, "fetching", spy)
+    files = imagefolder.scan(data_dir / "cifar").files[:3]
+    client.top(MODEL, client.dataset("cifar", 0, 20), ["relu4"], k=2, channels=[5])
+    exact = {names for kind, names in fetched if kind}
+    assert {names for kind, names in fetched if not kind} == {frozenset({"relu4"})}, "the scan's session"
+    assert len(exact) == 1 and {"relu4"} < next(iter(exact)), "the reconstructions' session: the layer and the switches its projection reads"
+    for run in (
+        lambda: client.activations(MODEL, files, ["relu4", "fc8"]),
+        lambda: list(client.features(MODEL, client.dataset("cifar", 0, 20), ["relu4", "fc8"], pool="avg")),
+        lambda: client.occlusion(MODEL, files[:1], size=16, stride=16, layer="relu4"),
+    ):
+        fetched.clear()
+        run()
+        assert (False, frozenset({"relu4", "fc8"})) in fetched and all(not kind or names != frozenset({"relu4", "fc8"}) for kind, names in fetched)
 
 
 @pytest.mark.parametrize("method", ["guided", "backprop"])

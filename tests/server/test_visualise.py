@@ -113,7 +113,7 @@ def test_the_final_objective_is_the_units_mean_response(conn: Conn, reference_on
     result = conn.client.visualise(conn.path, ["cat"], None, steps=12, objective="channel")
     assert result.layer == "fc8" and result.units[0].label == "cat" and result.units[0].unit == 3
     model = load(reference_onnx.read_bytes(), "m")
-    logits = perturbation.forward(model, result.units[0].images, ["fc8"])["fc8"]
+    logits = perturbation.forward(model, result.units[0].images, ["fc8"], exact=True)["fc8"]
     np.testing.assert_allclose(result.units[0].objective, logits[:, 3], rtol=1e-5)
     np.testing.assert_allclose(result.units[0].layer_means, logits, rtol=1e-5)
 
@@ -150,7 +150,7 @@ def test_layer_5_channels_are_excited_beyond_natural_images(reference_onnx, shar
     result = perturbation.complete(visualise.run(model, layer, VisualiseRequest([str(c) for c in range(16)], 5)))
     paths = sorted(p for p in folder.glob("*/*") if p.suffix.lower() in imagefolder.IMAGE_SUFFIXES)[:: max(1, 10_000 // NATURAL_SUBSET)]
     images = np.stack([imagefolder.read_rgb(p, (32, 32)) for p in paths]).astype(np.float32).transpose(0, 3, 1, 2)
-    activation = perturbation.forward(model, images, [layer.name], 250)[layer.name]
+    activation = perturbation.forward(model, images, [layer.name], 250, exact=True)[layer.name]
     natural = activation.reshape(len(images), activation.shape[1], -1).mean(axis=2).max(axis=0)
     ratios = np.array([unit.objective[0] / natural[unit.unit] for unit in result.units])
     first = sum(int(unit.rank()[0]) == 0 for unit in result.units)

@@ -100,7 +100,7 @@ def _sums(
 
         kept = yield from perturbation.run(
             model, image, {name: value[i : i + 1] for name, value in base.items()}, count, make_copies, reduce, tracker,
-            f"{stage}: image {i + 1} of {len(batch)}", per_batch,
+            f"{stage}: image {i + 1} of {len(batch)}", per_batch, exact=True,
         )
         sums.append(kept["sum"].sum(axis=0))
     return sums
@@ -110,7 +110,7 @@ def _start(model: LoadedModel, batch: np.ndarray, target: Layer, units: list[str
     """The gradient, the images' own forward values, their target units, and copies per batch (a
     batch's forward pass and its projection fitted to the server's budget, :func:`perturbation.gradient_cost`)."""
     gradient = gradients.Gradient(model, target.name, method)
-    base = perturbation.forward(model, batch, gradient.names)
+    base = perturbation.forward(model, batch, gradient.names, exact=True)
     chosen = gradients.choose_units(model, target, units, base[target.name])
     return gradient, base, chosen, perturbation.copies_per_batch(model, max_batch, cost=perturbation.gradient_cost(model))
 
@@ -131,7 +131,7 @@ def integrated_gradients(model: LoadedModel, batch: np.ndarray, target: Layer, r
         return np.tensordot(sizes[start : start + len(grads)], grads, axes=1)
 
     sums = yield from _sums(model, batch, gradient, base, chosen, request.steps, make, fold, "integrated gradients", per_batch)
-    at_baseline = gradients.totals(perturbation.forward(model, baselines, [target.name], per_batch)[target.name])
+    at_baseline = gradients.totals(perturbation.forward(model, baselines, [target.name], per_batch, exact=True)[target.name])
     images = []
     for i, (label, unit) in enumerate(zip(labels, chosen)):
         pixels = (sums[i] * (batch[i] - baselines[i])).astype(np.float32)

@@ -98,7 +98,7 @@ def run(
     # mask sets: one per part, then one per (part, trial); each masks every image once
     sets = [box_array[:, p] for p in range(len(parts))] + [control[p, t] for p in range(len(parts)) for t in range(trials)]
     names = [r.name for r in rows]
-    base = perturbation.forward(model, batch, names, copies)
+    base = perturbation.forward(model, batch, names, copies, exact=False)
     flat = {name: base[name].reshape(count, -1) for name in names}
     scale = {name: float(np.abs(flat[name]).max()) for name in names}
     tracker = perturbation.Tracker(len(sets) * count)
@@ -111,7 +111,7 @@ def run(
         kept = yield from perturbation.run(
             model, image, {name: value[i : i + 1] for name, value in base.items()}, len(sets),
             lambda start, stop, image=image, i=i: np.stack([masked(image, tuple(sets[s][i]), fill_values) for s in range(start, stop)]),
-            reduce, tracker, f"correspondence: image {i + 1} of {count}", copies,
+            reduce, tracker, f"correspondence: image {i + 1} of {count}", copies, exact=False,
         )
         for name in names:
             signs[name].append(kept[name])

@@ -110,7 +110,7 @@ def reconstruct(model: LoadedModel, batch: np.ndarray, layer: str, channels: lis
     if proj.per_image:
         return _per_image(model, proj, proj_session, batch, layer, channels, top_k, mode)
     names = model.fetched(proj, layer)
-    forward = {model.input_name: batch, **runtime.run(model.fetching(names), names, {model.input_name: batch}, host=[layer])}
+    forward = {model.input_name: batch, **runtime.run(model.fetching(names, exact=True), names, {model.input_name: batch}, host=[layer])}
     activation = channels_first(model, layer, forward[layer])
     selection = select(activation, choose_channels(activation, channels, top_k), mode)
     pixels = project(proj, proj_session, forward, in_layout(model, layer, selection.signal), selection.image_index, batch.shape[1:])

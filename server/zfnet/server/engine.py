@@ -98,8 +98,8 @@ class Engine:
         what = f"GetActivations of {len(names)} layer(s) on {len(images)} image(s)"
         reply = len(images) * sum(footprint.tensors.get(name, 0) for name in names)
         check_reply(reply, what, "ask for fewer images or layers per request")
-        with self.admit(model, self.estimate(model, images, what, reply=2 * reply, session_build=model.fetching_build(names)), model.fetching_key(names)):
-            values = runtime.tensors(model.fetching(names), names, {model.input_name: self.batch(model, images)})
+        with self.admit(model, self.estimate(model, images, what, reply=2 * reply, session_build=model.fetching_build(names, exact=False)), model.fetching_key(names, exact=False)):
+            values = runtime.tensors(model.fetching(names, exact=False), names, {model.input_name: self.batch(model, images)})
             return dict(zip(names, values))
 
     def deconv(
@@ -150,7 +150,7 @@ class Engine:
             model, request.images, what, request.max_batch, names, results=n * (where.count * 4 * (classes + 1) + maps), reply=2 * n * maps,
             projections=n * (model.footprint.tensors.get(row.name, 0) + 3 * model.footprint.input), projection_build=model.projection_build(row.name, "deconvnet"),
         )
-        with self.admit(model, estimate, model.fetching_key(names)):
+        with self.admit(model, estimate, model.fetching_key(names, exact=False)):
             return (yield from occlusion.run(
                 model, self.batch(model, request.images), request.layer, request.size, request.stride, request.fill, request.true_classes,
                 request.max_batch, request.all_classes, [image.label for image in request.images],
@@ -167,7 +167,7 @@ class Engine:
         check_reply(curves, what, "send fewer images or values")
         names = list(dict.fromkeys([*(r.name for r in rows), model.output_name]))
         estimate = self._perturbing(model, request.images, what, request.max_batch, names, results=2 * curves, reply=2 * curves)
-        with self.admit(model, estimate, model.fetching_key(names)):
+        with self.admit(model, estimate, model.fetching_key(names, exact=False)):
             return (yield from invariance.run(
                 model, self.batch(model, request.images), request.sweeps, request.layers, request.border, request.fill, request.true_classes,
                 request.max_batch, [image.label for image in request.images],
@@ -186,7 +186,7 @@ class Engine:
             model, request.images, what, request.max_batch, names, signs=2 * sets * n * features_bytes // 4,
             distances=sets * n * n * 8 * len(rows), reply=2 * len(rows) * sets * (n * n * 4 + n * 32),
         )
-        with self.admit(model, estimate, model.fetching_key(names)):
+        with self.admit(model, estimate, model.fetching_key(names, exact=False)):
             return (yield from correspondence.run(
                 model, self.batch(model, request.images), request.parts, request.boxes, request.random_trials, request.seed,
                 request.layers, request.fill, request.max_batch, [image.label for image in request.images],
@@ -201,7 +201,7 @@ class Engine:
         batch = perturbation.batch_cost(model, names).estimate(copies)
         kept = len(images) * sum(model.footprint.tensors.get(name, 0) for name in names)
         return self.estimate(
-            model, images, what, unperturbed_outputs=kept, **parts, **{f"batch of {copies} copies": batch.total}, session_build=model.fetching_build(names),
+            model, images, what, unperturbed_outputs=kept, **parts, **{f"batch of {copies} copies": batch.total}, session_build=model.fetching_build(names, exact=False),
         )
 
     @staticmethod

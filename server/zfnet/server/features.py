@@ -203,7 +203,7 @@ def extract(model: LoadedModel, layers: Sequence[FeatureSpec], inputs: np.ndarra
     the layers' head; computed in float32, stored as ``dtype``. The forward values stay on the
     device when there is one."""
     names = forward_names(layers)
-    values = runtime.run(model.fetching(names), names, {model.input_name: inputs}, host=()) if names else {}
+    values = runtime.run(model.fetching(names, exact=False), names, {model.input_name: inputs}, host=()) if names else {}
     values[PIXELS] = inputs
     return head(tuple(layers), dtype)(values)
 
@@ -236,7 +236,7 @@ def batch_cost(model: LoadedModel, layers: Sequence[FeatureSpec], source: Source
         f"Features of {len(layers)} layer(s), {{n}} images per batch",
         {"input batch": 2 * footprint.input, "forward pass": FORWARD_FACTOR * footprint.forward, "feature rows": 2 * rows},
         {
-            "session build": model.fetching_build(forward_names(layers)), "image decoding": source.decoding,
+            "session build": model.fetching_build(forward_names(layers), exact=False), "image decoding": source.decoding,
             "streamed images": streamed_room(model.budget) if isinstance(source, StreamedSource) else 0,
         },
     )
@@ -251,7 +251,7 @@ def job(model: LoadedModel, layers: Sequence[FeatureSpec], source: Source, dtype
 
     def batches() -> Iterator[tuple[Batch, list[np.ndarray]]]:
         items = run(model, layers, fitted, dtype)
-        with model.reserve(cost.estimate(fitted.largest_batch), model.fetching_key(forward_names(layers))), admission.covering(cost.fixed["streamed images"]):
+        with model.reserve(cost.estimate(fitted.largest_batch), model.fetching_key(forward_names(layers), exact=False)), admission.covering(cost.fixed["streamed images"]):
             while True:
                 next_batch()
                 item = next(items, None)

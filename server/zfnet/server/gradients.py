@@ -88,7 +88,7 @@ class Gradient:
 
     def forward(self, images: np.ndarray) -> dict[str, np.ndarray]:
         """The forward values the gradient needs (the input, the target's layer, ``stop``)."""
-        return {self.model.input_name: images, **perturbation.forward(self.model, images, self.names)}
+        return {self.model.input_name: images, **perturbation.forward(self.model, images, self.names, exact=True)}
 
     def __call__(self, forward: dict[str, np.ndarray], signal: np.ndarray) -> np.ndarray:
         """(n, *shape) for each image of ``forward``, the gradient of its dot product with its row of

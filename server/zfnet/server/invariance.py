@@ -153,7 +153,7 @@ def run(
     tasks = [(rule.name, float(v)) for rule, values in planned for v in values]
     tracker = perturbation.Tracker(len(batch) * len(tasks))
     names = list(dict.fromkeys([*(r.name for r in rows), model.output_name]))
-    base = perturbation.forward(model, batch, names, copies)
+    base = perturbation.forward(model, batch, names, copies, exact=False)
     base_probs, applied = perturbation.base_probabilities(model, base)
     truth = perturbation.true_classes(model, true_classes or [], base_probs)
     distance = np.zeros((len(batch), len(rows), len(tasks)), np.float32)
@@ -167,7 +167,7 @@ def run(
         kept = yield from perturbation.run(
             model, image, {name: value[i : i + 1] for name, value in base.items()}, len(tasks),
             lambda start, stop, image=image: np.stack([transform(image, *tasks[k], border, fill_values) for k in range(start, stop)]),
-            reduce, tracker, f"invariance: image {i + 1} of {len(batch)}", copies,
+            reduce, tracker, f"invariance: image {i + 1} of {len(batch)}", copies, exact=False,
         )
         distance[i], probability[i] = kept["distance"].T, kept["probability"]
     out, start = [], 0

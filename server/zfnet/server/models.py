@@ -1,8 +1,8 @@
 """Models held by a server, addressed by the SHA-256 of their bytes (or by file stem in --model-dir).
 
 Every model is run through the expose pass on arrival, gets one forward session (every tensor an
-output), and caches a session per set of tensors a job fetches (the graph up to them, those its only
-outputs) and one projection graph and session per (layer, method).
+output), and caches a session per set of tensors a job fetches and kind, exact or fused (the graph up
+to them, those its only outputs) and one projection graph and session per (layer, method).
 
 Names belong to the operator: ``ModelRef.name`` resolves only the file stems of ``--model-dir``.
 An uploaded model is addressed by its SHA-256 only; the name its uploader gives is shown by
@@ -59,6 +59,8 @@ ROUNDING_FUSIONS = (
     "LayerNormFusion", "SimplifiedLayerNormFusion", "SkipLayerNormFusion", "GeluFusion", "FastGeluFusion",
     "BiasGeluFusion", "QuickGeluFusion", "AttentionFusion", "BiasSoftmaxFusion",
 )
+EXACT, FUSED = "exact", "fused"  # the two kinds of fetching session (:meth:`LoadedModel.fetching`), in their budget keys
+FUSED_ROUNDING = 1e-5  # a fused session's values are this close to the exact ones, as a share of the tensor's largest (measured: 1.3e-6, ResNet-50)
 
 
 @dataclass
@@ -82,7 +84,7 @@ class LoadedModel:
     index: GraphIndex | None = None  # the exposed model's graph index, shared by the layer table, fields and projections
     cache: Cache | None = None  # where its projection graphs are cached (None: the user's cache)
     _projections: dict[tuple[str, str, str], tuple[projection.Projection, ort.InferenceSession]] = field(default_factory=dict)
-    _fetching: dict[frozenset[str], ort.InferenceSession | runtime.FixedBatchSession] = field(default_factory=dict)
+    _fetching: dict[tuple[bool, frozenset[str]], ort.InferenceSession | runtime.FixedBatchSession] = field(default_factory=dict)  # by (exact, names)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -159,63 +161,68 @@ class LoadedModel:
         """What building the projection session of (layer, method[, stop]) and the forward session it
         reads from (:meth:`fetching`) costs at its peak (one after the other), 0 when both are built."""
         found = self.built_projection(layer, method, stop)
-        return PROJECTION_BUILD_FACTOR * self.size if found is None else self.fetching_build(self.fetched(found, layer, stop))
+        return PROJECTION_BUILD_FACTOR * self.size if found is None else self.fetching_build(self.fetched(found, layer, stop), exact=True)
 
     def _drop_projection(self, key: tuple[str, str, str]) -> None:
         with self._lock:
             self._projections.pop(key, None)
 
-    def fetching_key(self, names: Iterable[str]) -> tuple[str, ...]:
-        """The budget key of the session to ``names`` (:meth:`fetching`)."""
-        return ("fetching", self.sha256, *sorted(set(names)))
+    def fetching_key(self, names: Iterable[str], *, exact: bool) -> tuple[str, ...]:
+        """The budget key of the session to ``names`` of that kind (:meth:`fetching`)."""
+        return ("fetching", self.sha256, EXACT if exact else FUSED, *sorted(set(names)))
 
-    def has_fetching(self, names: Iterable[str]) -> bool:
-        """Whether the session to ``names`` is built (else the next use builds it)."""
+    def has_fetching(self, names: Iterable[str], *, exact: bool) -> bool:
+        """Whether the session to ``names`` of that kind is built (else the next use builds it)."""
         with self._lock:
-            return frozenset(names) in self._fetching
+            return (exact, frozenset(names)) in self._fetching
 
-    def fetching_build(self, names: Iterable[str]) -> int:
-        """What building the session to ``names`` costs at its peak, 0 when it is built (or ``names`` is empty)."""
+    def fetching_build(self, names: Iterable[str], *, exact: bool) -> int:
+        """What building the session to ``names`` of that kind costs at its peak, 0 when it is built (or ``names`` is empty)."""
         wanted = frozenset(names)
-        return 0 if not wanted or self.has_fetching(wanted) else PROJECTION_BUILD_FACTOR * self.size
+        return 0 if not wanted or self.has_fetching(wanted, exact=exact) else PROJECTION_BUILD_FACTOR * self.size
 
-    def fetching(self, names: Iterable[str]) -> ort.InferenceSession | runtime.FixedBatchSession:
+    def fetching(self, names: Iterable[str], *, exact: bool) -> ort.InferenceSession | runtime.FixedBatchSession:
         """A session of the graph up to ``names``, whose only outputs they are, built once per set of
-        names (until evicted) and held in the budget like a projection session: a request admits its
+        names and kind (until evicted) and held in the budget like a projection session: a request admits its
         build (:meth:`fetching_build`, or :meth:`projection_build` for the session a projection reads
         from) and pins :meth:`fetching_key` where it knows the names up front. onnxruntime runs only the nodes
         they need and, no other tensor being an output, frees each tensor once read: on ResNet-50 at
         224 px the exposed session (every tensor an output) was 3x slower to a layer and held every
-        tensor of a batch (about 10 GB at 32 images). It holds only the weights it uses. Fusions that
-        would fold one operator's arithmetic into another's are off (:data:`ROUNDING_FUSIONS`), so its
-        values are the exposed session's bit for bit: switches and ReLU masks fed to a projection graph
-        are the ones it was built for (a BatchNorm folded into its Conv moved integrated gradients
-        2.6e-4 from Captum near a tie)."""
+        tensor of a batch (about 10 GB at 32 images). It holds only the weights it uses.
+
+        ``exact``: fusions that would fold one operator's arithmetic into another's are off
+        (:data:`ROUNDING_FUSIONS`), so its values are the exposed session's bit for bit, for passes whose
+        values feed a projection or gradient: switches and ReLU masks fed to a projection graph are the
+        ones it was built for (a BatchNorm folded into its Conv moved integrated gradients 2.6e-4 from
+        Captum near a tie). Fused (not ``exact``): onnxruntime's default optimisations, faster (ResNet-50
+        at 224 px: docs/benchmarks.md), values within float32 rounding of the exact ones
+        (:data:`FUSED_ROUNDING`), for passes whose values are only reported, ranked or summarised."""
         wanted = frozenset(names)
         with self._lock:
-            built = wanted not in self._fetching
+            built = (exact, wanted) not in self._fetching
             if built:
                 data = pruned(self.model, sorted(wanted)).SerializeToString()
-                session = runtime.session(data, disabled=ROUNDING_FUSIONS)
+                session = runtime.session(data, disabled=ROUNDING_FUSIONS if exact else ())
                 if isinstance(self.session, runtime.FixedBatchSession):
                     session = runtime.FixedBatchSession(session, self.input_name, self.session.batch, self.session.batch_axes)
-                self._fetching[wanted] = session
-            found = self._fetching[wanted]
+                self._fetching[exact, wanted] = session
+            found = self._fetching[exact, wanted]
+        key = self.fetching_key(wanted, exact=exact)
         if built:
             shown = ", ".join(sorted(wanted)[:3]) + (", ..." if len(wanted) > 3 else "")
-            self._hold(self.fetching_key(wanted), PROJECTION_FACTOR * len(data) + MODEL_OVERHEAD, f"session to {shown}", lambda: self._drop_fetching(wanted))
+            self._hold(key, PROJECTION_FACTOR * len(data) + MODEL_OVERHEAD, f"{EXACT if exact else FUSED} session to {shown}", lambda: self._drop_fetching(exact, wanted))
         else:
-            self._touch(self.fetching_key(wanted))
+            self._touch(key)
         return found
 
-    def _drop_fetching(self, names: frozenset[str]) -> None:
+    def _drop_fetching(self, exact: bool, names: frozenset[str]) -> None:
         with self._lock:
-            self._fetching.pop(names, None)
+            self._fetching.pop((exact, names), None)
 
     def drop_projections(self) -> None:
         """Forget every cached projection and fetching session (the model is evicted or deleted)."""
         with self._lock:
-            keys = [self.projection_key(*key) for key in self._projections] + [self.fetching_key(names) for names in self._fetching]
+            keys = [self.projection_key(*key) for key in self._projections] + [self.fetching_key(names, exact=exact) for exact, names in self._fetching]
             self._projections.clear()
             self._fetching.clear()
         if self.budget is not None:

@@ -76,7 +76,7 @@ def run(
     copies = perturbation.copies_per_batch(model, max_batch)
     tracker = perturbation.Tracker(len(batch) * where.count)
     names = list(dict.fromkeys([row.name, model.output_name]))
-    base = perturbation.forward(model, batch, names, copies)
+    base = perturbation.forward(model, batch, names, copies, exact=False)
     base_probs, applied = perturbation.base_probabilities(model, base)
     truth = perturbation.true_classes(model, true_classes or [], base_probs)
     projections, error = _projections(model, batch, row.name)
@@ -95,7 +95,7 @@ def run(
         kept = yield from perturbation.run(
             model, image, {name: value[i : i + 1] for name, value in base.items()}, where.count,
             lambda start, stop, image=image: occluded(image, where, fill_values, start, stop),
-            reduce, tracker, f"occlusion: image {i + 1} of {len(batch)}", copies,
+            reduce, tracker, f"occlusion: image {i + 1} of {len(batch)}", copies, exact=False,
         )
         probs = kept["probs"].reshape(*shape, -1)
         label = labels[i] if labels else ""

@@ -128,41 +128,43 @@ def gradient_cost(model: LoadedModel) -> Cost:
 # ---- forward passes ------------------------------------------------------------------------
 
 
-def forward(model: LoadedModel, batch: np.ndarray, names: list[str], chunk: int = 0) -> dict[str, np.ndarray]:
-    """The named tensors of ``batch``'s forward pass, by name; ``chunk`` images per pass (0: all at once)."""
+def forward(model: LoadedModel, batch: np.ndarray, names: list[str], chunk: int = 0, *, exact: bool) -> dict[str, np.ndarray]:
+    """The named tensors of ``batch``'s forward pass, by name; ``chunk`` images per pass (0: all at once);
+    ``exact``: on the exact session (values that feed a gradient), else on the fused one (:meth:`LoadedModel.fetching`)."""
     chunk = chunk or max(1, len(batch))
-    parts = [runtime.tensors(model.fetching(names), names, {model.input_name: batch[start : start + chunk]}) for start in range(0, len(batch), chunk)]
+    parts = [runtime.tensors(model.fetching(names, exact=exact), names, {model.input_name: batch[start : start + chunk]}) for start in range(0, len(batch), chunk)]
     return {name: np.concatenate([part[k] for part in parts]) for k, name in enumerate(names)}
 
 
 def run(
     model: LoadedModel, base: np.ndarray, base_outputs: dict[str, np.ndarray], count: int,
     make: Callable[[int, int], np.ndarray], reduce: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]],
-    tracker: Tracker, stage: str, batch: int,
+    tracker: Tracker, stage: str, batch: int, *, exact: bool,
 ) -> Steps[dict[str, np.ndarray]]:
     """Forward ``count`` copies of ``base`` (C, H, W), ``batch`` at a time; ``make(start, stop)`` builds
     copies start..stop-1, ``reduce`` turns a batch's outputs (by tensor name, (n, ...)) into what is kept
     (by key, (n, ...)). ``base_outputs`` (by name, (1, ...)) are the unperturbed image's: copies equal
-    to ``base`` take them without a forward pass. Returns the kept arrays, concatenated over copies."""
+    to ``base`` take them without a forward pass, and so must come from the same kind of session (``exact``,
+    :func:`forward`). Returns the kept arrays, concatenated over copies."""
     names = list(base_outputs)
     kept: dict[str, list[np.ndarray]] = defaultdict(list)
     for start in range(0, count, batch):
         next_batch()
         stop = min(count, start + batch)
-        reduced = reduce(_forward_reusing(model, make(start, stop), base, base_outputs, names))
+        reduced = reduce(_forward_reusing(model, make(start, stop), base, base_outputs, names, exact))
         for key, value in reduced.items():
             kept[key].append(value)
         yield tracker.advance(stop - start, stage)
     return {key: np.concatenate(values) for key, values in kept.items()}
 
 
-def _forward_reusing(model: LoadedModel, copies: np.ndarray, base: np.ndarray, base_outputs: dict[str, np.ndarray], names: list[str]) -> dict[str, np.ndarray]:
+def _forward_reusing(model: LoadedModel, copies: np.ndarray, base: np.ndarray, base_outputs: dict[str, np.ndarray], names: list[str], exact: bool) -> dict[str, np.ndarray]:
     same = np.array([np.array_equal(copy, base) for copy in copies])
     if not same.any():
-        return forward(model, copies, names)
+        return forward(model, copies, names, exact=exact)
     out = {name: np.repeat(base_outputs[name], len(copies), axis=0) for name in names}
     if not same.all():
-        changed = forward(model, copies[~same], names)
+        changed = forward(model, copies[~same], names, exact=exact)
         for name in names:
             out[name][~same] = changed[name]
     return out

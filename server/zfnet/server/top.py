@@ -28,7 +28,7 @@ from zfnet.server import admission, deconv, projection, runtime
 from zfnet.server.admission import FORWARD_FACTOR, NO_BUDGET, Cost, Estimate, next_batch, streamed_room
 from zfnet.server.datasets import Source, StreamedSource
 from zfnet.server.layers import named, resolve
-from zfnet.server.models import PROJECTION_BUILD_FACTOR, LoadedModel
+from zfnet.server.models import FUSED_ROUNDING, PROJECTION_BUILD_FACTOR, LoadedModel
 from zfnet.topk import EMPTY, TopK
 from zfnet.wire import top as wire
 from zfnet.wire.common import Progress
@@ -74,7 +74,7 @@ def job_estimate(
     forward sessions (of the scan, when it ``scans``, and of the reconstructions) it builds, one batch
     of its largest pass, the images being decoded, and the streamed images."""
     builds = sum(not model.has_projection(layer, method) for layer in plans) if method is not None else 0
-    sessions = (model.fetching_build(plans) if scans else 0) + (_reconstruction_build(model, plans, method) if method is not None else 0)
+    sessions = (model.fetching_build(plans, exact=False) if scans else 0) + (_reconstruction_build(model, plans, method) if method is not None else 0)
     channels = sum(len(chosen) for chosen, _ in plans.values())
     sizes = [fitted(model, source, cost).largest_batch for cost in passes]
     batch = max((cost.estimate(n) for cost, n in zip(passes, sizes)), key=lambda e: e.total, default=Estimate(""))
@@ -92,7 +92,7 @@ def _reconstruction_build(model: LoadedModel, layers: Iterable[str], method: str
     a projection it serves is not)."""
     projections = {layer: model.built_projection(layer, method) for layer in layers}
     built = {layer: proj for layer, proj in projections.items() if proj is not None}
-    return model.fetching_build(reconstruction_names(model, built)) if len(built) == len(projections) else PROJECTION_BUILD_FACTOR * model.size
+    return model.fetching_build(reconstruction_names(model, built), exact=True) if len(built) == len(projections) else PROJECTION_BUILD_FACTOR * model.size
 
 
 def reconstruction_names(model: LoadedModel, projections: dict[str, projection.Projection]) -> list[str]:
@@ -177,7 +177,7 @@ def scan(model: LoadedModel, source: Source, state: TopK, checkpoint_every: int 
     for batch in source.batches(model.framing):
         next_batch()
         if len(batch.indices):
-            tensors = runtime.tensors(model.fetching(names), names, {model.input_name: batch.inputs})
+            tensors = runtime.tensors(model.fetching(names, exact=False), names, {model.input_name: batch.inputs})
             state.observe({name: deconv.channels_first(model, name, t) for name, t in zip(names, tensors)}, batch.indices)
         state.cover(position, position + batch.read, batch.skipped)
         position += batch.read
@@ -226,7 +226,7 @@ def _reconstruct_batch(model: LoadedModel, batch, source: Source, state: TopK, n
     if batch.skipped:
         s = batch.skipped[0]
         raise FailedPrecondition(f"image {s.index} ({s.path}) was read by the scan but cannot be read now: {s.reason}")
-    forward = {model.input_name: batch.inputs, **runtime.run(model.fetching(needed), needed, {model.input_name: batch.inputs}, host=list(state.layers))}
+    forward = {model.input_name: batch.inputs, **runtime.run(model.fetching(needed, exact=True), needed, {model.input_name: batch.inputs}, host=list(state.layers))}
     for i, index in enumerate(batch.indices):
         yield TopImage.of(int(index), batch.paths[i], int(batch.labels[i]), source.classes, batch.inputs[i])
     for layer, top in state.layers.items():
@@ -246,8 +246,9 @@ def _reconstruct_rows(model, layer, top, rows, ranks, batch_indices, forward, pr
     where = (image, channels, *locations.T)
     current = activation[where]
     recorded = top.activations[rows, ranks]
-    if not np.allclose(current, recorded, rtol=1e-3, atol=1e-5):
-        m = int(np.argmax(~np.isclose(current, recorded, rtol=1e-3, atol=1e-5)))
+    atol = max(1e-5, FUSED_ROUNDING * float(np.abs(activation).max()))  # the scan's fused session rounds otherwise, by a share of the layer's scale
+    if not np.allclose(current, recorded, rtol=1e-3, atol=atol):
+        m = int(np.argmax(~np.isclose(current, recorded, rtol=1e-3, atol=atol)))
         raise FailedPrecondition(
             f"image {top.indices[rows[m], ranks[m]]}: layer {layer!r} channel {channels[m]} gives {current[m]:.6g} now and gave "
             f"{recorded[m]:.6g} in the scan; is this the model and data set the state was made with?"
@@ -295,7 +296,7 @@ def job(
     plans = plan(model, layers, channels)
     passes = [scan_cost(model, plans, k, source), *([reconstruct_cost(model, plans, source)] if stage == "all" else [])]
     estimate = job_estimate(model, plans, k, source, passes, (method or "deconvnet") if projects else None)
-    with model.reserve(estimate, model.fetching_key(plans)), admission.covering(estimate.parts["streamed images"]):  # before any state exists
+    with model.reserve(estimate, model.fetching_key(plans, exact=False)), admission.covering(estimate.parts["streamed images"]):  # before any state exists
         running = start(model, data, source.size, layers, channels, k, by, state)
         if projects:
             for layer in running.layers:

@@ -296,7 +296,7 @@ def _optimise(
         x = to_rgb(parameterisation, params, request.pixels)
         where = joined([transforms.draw(rng, group, height, width) for rng in rngs]) if transforms.active else None
         seen = 255.0 * (resample(x, where) if where else x)
-        forward = {model.input_name: seen, **perturbation.forward(model, seen, names)}
+        forward = {model.input_name: seen, **perturbation.forward(model, seen, names, exact=True)}
         activation = forward[layer.name]
         signal = unit_signal(activation.shape, target, request.objective) / group
         values = objective_values(activation, target, request.objective).reshape(len(units), group).mean(axis=1)
