@@ -54,8 +54,9 @@ MAX_ENV = "ZFNET_CACHE_MAX"
 DEFAULT_MAX = "2G"
 DIGEST = ".sha256"  # suffix of the file holding an entry's SHA-256
 # the code whose output is cached: these modules and every zfnet module they import (the graph index,
-# the op registry and its rules ...); a change to any of them starts a new cache
-_PRODUCERS = (expose.__name__, projection_graph.__name__)
+# the op registry and its rules ...); a change to any of them starts a new cache. Projection graphs
+# are built on the graph a fixed batch was freed into (batchaxis), when it was.
+_PRODUCERS = (expose.__name__, projection_graph.__name__, "zfnet.server.batchaxis")
 
 
 def _imported(path: Path) -> list[str]:
@@ -254,10 +255,12 @@ class Cache:
     # -- what is cached --------------------------------------------------------------------------
     def exposed(
         self, sha256: str, original: Callable[[], onnx.ModelProto], found: Callable[[], object] = lambda: None,
+        finish: Callable[[onnx.ModelProto, GraphIndex], tuple[onnx.ModelProto, GraphIndex]] | None = None,
     ) -> tuple[onnx.ModelProto, GraphIndex, StoredWeights | None]:
         """The exposed model and its graph index, from the cache when this model was exposed before
         (``found()`` is called once its entry's digest matches, before it is parsed: what ``original``
-        reads may go); else ``original()`` (the parsed model, called only then) exposed and stored. When the entry
+        reads may go); else ``original()`` (the parsed model, called only then) exposed, passed through
+        ``finish`` (the server frees a fixed batch axis there: :mod:`zfnet.server.batchaxis`) and stored. When the entry
         is in the cache, its large weights are left there (:mod:`zfnet.server.weights`): the model
         comes without their bytes, the index reads them back, and the entry's file is the third
         item (None: the model holds all its weights)."""
@@ -268,6 +271,8 @@ class Cache:
             model, data = entry
         else:
             model, index = expose.expose_indexed(original())
+            if finish is not None:
+                model, index = finish(model, index)
             data = self._write(path, model)
         del entry
         stored = None

@@ -67,7 +67,7 @@ class Engine:
         n = len(images)
         base = {
             "input batch": n * footprint.input, "image decoding": max(h.decode_bytes for h in headers),
-            "forward pass": FORWARD_FACTOR * n * footprint.forward,
+            "forward pass": FORWARD_FACTOR * runtime.rows(model.session, n) * footprint.forward,
         }
         return Estimate(what, {**base, **{name.replace("_", " "): int(v) for name, v in parts.items()}})
 

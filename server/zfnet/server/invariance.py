@@ -14,7 +14,6 @@ from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
-from scipy import ndimage
 
 from zfnet.errors import InvalidArgument
 from zfnet.server import perturbation
@@ -86,6 +85,8 @@ def transform(image: np.ndarray, name: str, value: float, border: str = "reflect
     rows, cols = np.mgrid[0:height, 0:width].astype(np.float64)
     source = np.stack(rule.source(rows, cols, value, ((height - 1) / 2, (width - 1) / 2)))
     fill = np.zeros(channels, np.float32) if fill is None else fill
+    from scipy import ndimage  # noqa: PLC0415  (a quarter of a second to import: not at server start)
+
     return np.stack([
         ndimage.map_coordinates(image[c], source, order=1, mode=BORDERS[border], cval=float(fill[c])) for c in range(channels)
     ]).astype(np.float32)

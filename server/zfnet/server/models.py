@@ -37,7 +37,7 @@ from zfnet.converters.graph import CLASSES_KEY, PREPROCESSING_KEY, get_metadata
 from zfnet.converters.index import GraphIndex
 from zfnet.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from zfnet.preprocessing import Framing
-from zfnet.server import admission, external, projection, runtime
+from zfnet.server import admission, batchaxis, external, projection, runtime
 from zfnet.server.admission import MAX_INPUT_PIXELS, Estimate, Footprint, MemoryBudget, fmt_bytes, value_bytes
 from zfnet.server.cache import Cache
 from zfnet.server.layers import Layer, ReceptiveFields, layer_table
@@ -327,7 +327,9 @@ def load(
     # parsed only to be exposed, not when the cache holds the exposed model.
     checked = parsed() if external.may_name_files(data) else None
     # renames tensors and appends outputs: output[0] stays the model's own output
-    exposed, index, weights = cache.exposed(sha256, lambda: checked or parsed(), lambda: _release(data))
+    exposed, index, weights = cache.exposed(
+        sha256, lambda: checked or parsed(), lambda: _release(data), lambda model, index: batchaxis.freed(model, index, name, check),
+    )
     del checked  # the exposed model (or its cache entry) holds the weights from here
     _release(data)
     admission.release_memory()  # what preparing it freed goes back before onnxruntime builds the session
@@ -345,7 +347,7 @@ def load(
     input_shape = [d if isinstance(d, int) and d > 0 else -1 for d in declared]
     if len(input_shape) != 4 or any(d < 0 for d in input_shape[1:]):
         raise InvalidArgument(f"model {name!r}: the input must be (N, C, H, W) with fixed C, H, W; it is {declared}", reason="BAD_MODEL")
-    if input_shape[0] > 0:  # exported with a fixed batch: run any number of images that many at a time
+    if input_shape[0] > 0:  # a fixed batch that could not be freed (batchaxis): run any number of images that many at a time
         session = runtime.FixedBatchSession(session, inputs[0].name, input_shape[0], batch_axes(index))
         input_shape[0] = -1
     classes = json.loads(get_metadata(exposed, CLASSES_KEY) or "[]")

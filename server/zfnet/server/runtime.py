@@ -129,6 +129,12 @@ def release_model_bytes(made: ort.InferenceSession) -> None:
     made._model_bytes = None  # noqa: SLF001  (the wrapper's only reference to them)
 
 
+def rows(session: ort.InferenceSession | FixedBatchSession, images: int) -> int:
+    """The rows a run of ``session`` over ``images`` images computes at once (what its memory follows):
+    a fixed batch's runs are padded to it."""
+    return max(images, session.batch) if isinstance(session, FixedBatchSession) else images
+
+
 def tensors(session: ort.InferenceSession | FixedBatchSession, names: list[str], feeds: dict) -> list[np.ndarray]:
     """Outputs ``names`` of one plain ``session.run``, as numpy arrays: zfnet fetches dense tensors
     only (layers, the model's output), never onnxruntime's sequences, maps or sparse tensors."""

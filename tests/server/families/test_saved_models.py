@@ -158,3 +158,21 @@ def test_model_over_two_gib_is_refused_before_reading(tmp_path: Path) -> None:
     path = _model_with_external_weights(tmp_path, length=3 << 30)
     with pytest.raises(errors.ResourceExhausted, match=r"3\.0 GiB.*at most 2 GiB"):
         model_bytes(path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["alexnet_vgg", "vit"])
+def test_fixed_batch_exports_freed_match_captum(family: str, server, sample_images, tmp_path: Path) -> None:
+    """Exported at a fixed batch of 32 (legacy exporter, no dynamic axes): the batch is made dynamic at
+    load (a ``Reshape`` to ``[32, -1]``, ViT's class token expanded to 32 rows) and deconv by every
+    method still equals Captum."""
+    net = family_models.build(family)
+    size = family_models.INPUT_SIZE.get(family, 32)
+    path = tmp_path / f"{family}-batch32.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (torch.rand(32, 3, size, size) * 255,), str(path), dynamo=False, opset_version=17)
+    with Client(server[0]) as client:
+        check_family(client, net, path, images(sample_images, size), [None, INNER[family][0]])
+        loaded = server[1].store.get(client.ensure_model(path))
+    assert loaded.input_shape[0] == -1 and loaded.session.get_inputs()[0].shape[0] == "N"

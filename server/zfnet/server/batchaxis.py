@@ -1,0 +1,275 @@
+"""A fixed batch axis made dynamic, where the graph computes the same at any batch size.
+
+``torch.onnx.export`` without dynamic axes writes the example's batch B into the input, every
+shape, and the shape constants it folded (``x.view(x.size(0), -1)`` becomes ``Reshape`` to
+``[B, -1]``). Run as exported, every call pads to B rows (:class:`zfnet.server.runtime.FixedBatchSession`):
+one image pays for B. When a model is first exposed (the cache keeps the result), :func:`freed`
+writes a copy of the exposed graph whose input (and so every tensor) has a symbolic batch ``N``,
+rewriting the constants that carry B where they are the batch (:data:`REWRITES`,
+:func:`_repeated_constants`), then checks it: the copy at batch 1 and 3 against the original padded
+to B on the same seeded images, every exposed tensor equal. The copy is kept only if it passes;
+otherwise the model keeps its fixed batch and runs padded, and one log line says why.
+"Equal" is exact for integer tensors (switches) and within 1e-6 of each float tensor's largest
+magnitude (:func:`same`): onnxruntime may reduce in another order at another batch size, 1 ulp apart.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from zfnet.converters import expose
+from zfnet.converters.index import GraphIndex
+from zfnet.errors import InvalidArgument
+from zfnet.server import runtime
+from zfnet.server.rules import batch_axes
+
+log = logging.getLogger("zfnet.server")
+
+BATCH = "N"  # the symbolic batch dimension of a freed graph
+CHECK_ROWS = (1, 3)  # batch sizes the freed graph is checked at
+SEGMENTS = 16  # parts the padded reference run is cut into (:func:`padded_reference`)
+RELATIVE = 1e-6  # largest difference from the padded run, relative to a tensor's largest magnitude (a sum in another order: ~1e-7)
+SEED = 0
+
+
+class Unfreed(Exception):
+    """Why a graph's batch axis cannot be made dynamic (one line, logged)."""
+
+
+class Rewriter:
+    """Shape constants of one graph copy rewritten in place: each node that reads one gets its own."""
+
+    def __init__(self, model: onnx.ModelProto, index: GraphIndex, batch: int) -> None:
+        self.model, self.index, self.batch = model, index, batch
+        self.axes = batch_axes(index)
+        self.added: list[onnx.NodeProto] = []  # nodes that compute rewritten shapes, from the image input alone
+        self._rows: str | None = None  # the input's batch size as a 1-D int64 tensor, made on first need
+
+    def shape_input(self, node: onnx.NodeProto, k: int = 1) -> np.ndarray | None:
+        """The constant shape a node reads at input ``k`` (None: computed, it follows the batch)."""
+        value = self.index.constant(node.input[k]) if len(node.input) > k else None
+        return None if value is None else np.array(value, dtype=np.int64).reshape(-1)
+
+    def replace(self, node: onnx.NodeProto, k: int, shape: np.ndarray) -> None:
+        """Point input ``k`` of ``node`` at a new initializer holding ``shape``."""
+        name = f"{node.input[k]}/batch_{len(self.model.graph.initializer)}"
+        self.model.graph.initializer.append(numpy_helper.from_array(shape.astype(np.int64), name))
+        node.input[k] = name
+
+    def rows(self) -> str:
+        """A tensor holding ``[N]``, the image batch's size (``Shape`` then ``Gather`` of axis 0)."""
+        if self._rows is None:
+            image = self.index.image or ""
+            shape, first, rows = f"{image}/batch_shape", f"{image}/batch_axis", f"{image}/batch_rows"
+            self.model.graph.initializer.append(numpy_helper.from_array(np.array([0], np.int64), first))
+            self.added += [helper.make_node("Shape", [image], [shape]), helper.make_node("Gather", [shape, first], [rows], axis=0)]
+            self._rows = rows
+        return self._rows
+
+    def repeated(self, node: onnx.NodeProto, k: int, row: np.ndarray, axis: int) -> None:
+        """Input ``k`` of ``node`` becomes ``row`` (size 1 on ``axis``) repeated once per image on ``axis``."""
+        base = f"{node.input[k]}/batch_{len(self.model.graph.initializer)}"
+        before, after = f"{base}/before", f"{base}/after"
+        self.model.graph.initializer.extend([
+            numpy_helper.from_array(np.ascontiguousarray(row), f"{base}/row"),
+            numpy_helper.from_array(np.array(row.shape[:axis], np.int64), before),
+            numpy_helper.from_array(np.array(row.shape[axis + 1 :], np.int64), after),
+        ])
+        self.added += [
+            helper.make_node("Concat", [before, self.rows(), after], [f"{base}/shape"], axis=0),
+            helper.make_node("Expand", [f"{base}/row", f"{base}/shape"], [f"{base}/repeated"]),
+        ]
+        node.input[k] = f"{base}/repeated"
+
+
+def _reshape(r: Rewriter, node: onnx.NodeProto) -> None:
+    """``Reshape`` of an image-dependent tensor to a constant shape: the batch's entry becomes 0
+    (copy the input's) where the batch stays on the same axis, else -1 (the rest is fixed)."""
+    shape = r.shape_input(node)
+    axis, source = r.axes.get(node.output[0]), r.axes.get(node.input[0])
+    if shape is None or axis is None or source is None or axis >= len(shape) or shape[axis] != r.batch:
+        return
+    allow_zero = any(a.name == "allowzero" and a.i for a in node.attribute)
+    if source == axis and not allow_zero:
+        shape[axis] = 0
+    elif -1 not in shape:
+        shape[axis] = -1
+    else:
+        raise Unfreed(f"Reshape {node.name or node.output[0]!r} to {shape.tolist()} has no free entry for the batch")
+    r.replace(node, 1, shape)
+
+
+def _repeated_constants(r: Rewriter, node: onnx.NodeProto) -> None:
+    """A constant with one identical row per image on the batch axis of what it meets (a class token
+    expanded to the batch, folded into a constant by the expose pass) becomes that row repeated
+    once per image of the batch fed."""
+    axis = r.axes.get(node.output[0]) if node.output else None
+    if axis is None:
+        return
+    rank = len(r.index.shape(node.output[0]) or [])
+    for k, name in enumerate(node.input):
+        value = r.index.constant(name)
+        if value is None or value.ndim != rank or value.shape[axis] != r.batch:
+            continue
+        row = np.take(value, [0], axis=axis)
+        if np.array_equal(value, np.broadcast_to(row, value.shape)):
+            r.repeated(node, k, row, axis)
+
+
+# op type -> how a node of it carrying the batch size in a constant shape is rewritten; every node
+# that meets the image also goes through :func:`_repeated_constants`
+REWRITES: dict[str, Callable[[Rewriter, onnx.NodeProto], None]] = {"Reshape": _reshape}
+
+
+def dynamic_copy(model: onnx.ModelProto, index: GraphIndex, batch: int) -> tuple[onnx.ModelProto, GraphIndex]:
+    """A copy of the exposed ``model`` (fixed batch ``batch``) with a symbolic batch, its shape
+    constants rewritten (:data:`REWRITES`) and its shapes inferred again; :class:`Unfreed` when a
+    tensor loses the batch axis."""
+    axes = batch_axes(index)
+    lost = next((node for node in index.nodes if any(n in index.live and axes.get(n) is None for n in node.output)), None)
+    if lost is not None:
+        raise Unfreed(f"{lost.op_type} {lost.name or lost.output[0]!r} merges the batch axis with another")
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    rewriter = Rewriter(copy, index, batch)
+    for node in copy.graph.node:
+        rule = REWRITES.get(node.op_type) if node.domain in ("", "ai.onnx") else None
+        if rule is not None:
+            rule(rewriter, node)
+        _repeated_constants(rewriter, node)
+    if rewriter.added:  # they read the image input only: first
+        nodes = [*rewriter.added, *copy.graph.node]
+        del copy.graph.node[:]
+        copy.graph.node.extend(nodes)
+    dim = next(v for v in copy.graph.input if v.name == index.image).type.tensor_type.shape.dim[0]
+    dim.Clear()
+    dim.dim_param = BATCH
+    del copy.graph.value_info[:]
+    for output in copy.graph.output:  # inferred again, from the symbolic batch
+        output.type.tensor_type.ClearField("shape")
+    try:
+        return expose.expose_indexed(copy)
+    except InvalidArgument as err:
+        raise Unfreed(str(err)) from None
+
+
+def padded_reference(fixed: onnx.ModelProto, index: GraphIndex, padded: np.ndarray, rows: int) -> dict[str, np.ndarray]:
+    """The first ``rows`` rows (on its batch axis) of every exposed tensor of the ``fixed`` graph run
+    on the ``padded`` batch. The graph runs in :data:`SEGMENTS` consecutive parts, each fed the
+    tensors the earlier ones made that it reads: onnxruntime holds every tensor of a run to its end,
+    so the whole exposed graph at once held the padded batch of all of them (ResNet-50 at 32 images:
+    4.3 GB over the load; in 16 parts 0.76 GB, the check included)."""
+    graph = fixed.graph
+    nodes = list(graph.node)
+    constants = {t.name: t for t in graph.initializer}
+    made = {name: k for k, node in enumerate(nodes) for name in node.output if name}
+    nested = any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for node in nodes for a in node.attribute)
+    ordered = all(made.get(name, -1) < k for k, node in enumerate(nodes) for name in node.input)
+    bounds = sorted(set(np.linspace(0, len(nodes), (SEGMENTS if ordered and not nested else 1) + 1).astype(int).tolist()))
+    part_of = {name: next(p for p in range(len(bounds) - 1) if k < bounds[p + 1]) for name, k in made.items()}
+    last_read = {name: p for p in range(len(bounds) - 1) for node in nodes[bounds[p] : bounds[p + 1]] for name in node.input}
+    axes, exposed = batch_axes(index), {o.name for o in graph.output}
+    values, found = {index.image or "": padded}, {}
+    for p in range(len(bounds) - 1):
+        part = nodes[bounds[p] : bounds[p + 1]]
+        reads = list(dict.fromkeys(n for node in part for n in node.input if n and n not in constants and part_of.get(n, -1) < p))
+        made_here = [n for node in part for n in node.output if n]
+        carried = [n for n in made_here if last_read.get(n, -1) > p]
+        cut = [n for n in made_here if n in exposed]
+        extra = {"check/start": np.array([0], np.int64), "check/stop": np.array([rows], np.int64)}
+        slices = []
+        for name in cut:
+            axis = axes.get(name)
+            if axis is not None:
+                extra.setdefault(f"check/axis{axis}", np.array([axis], np.int64))
+                slices.append(helper.make_node("Slice", [name, "check/start", "check/stop", f"check/axis{axis}"], [f"check/{name}"]))
+        fetched = list(dict.fromkeys([*carried, *(f"check/{n}" if axes.get(n) is not None else n for n in cut)]))
+        if not fetched:  # nothing of it is exposed or read later
+            continue
+        read = {n for node in part for n in node.input}
+        piece = helper.make_graph(
+            [*part, *slices], f"check{p}", [helper.make_tensor_value_info(n, index.elem_type(n), None) for n in reads],
+            [helper.make_tensor_value_info(n, index.elem_type(n.removeprefix("check/")), None) for n in fetched],
+            [t for name, t in constants.items() if name in read] + [numpy_helper.from_array(v, k) for k, v in extra.items()],
+        )
+        model = helper.make_model(piece, opset_imports=fixed.opset_import, ir_version=fixed.ir_version, functions=fixed.functions)
+        got = dict(zip(fetched, runtime.tensors(runtime.session(model.SerializeToString()), fetched, {n: values[n] for n in reads})))
+        found.update({n: got[f"check/{n}"] if axes.get(n) is not None else got[n] for n in cut})
+        values = {n: v for n, v in values.items() if last_read.get(n, -1) > p} | {n: got[n] for n in carried}
+    return found
+
+
+def check(fixed: onnx.ModelProto, index: GraphIndex, free: onnx.ModelProto, batch: int) -> None:
+    """:class:`Unfreed` unless the ``free`` graph at each of :data:`CHECK_ROWS` images gives every
+    exposed tensor as the ``fixed`` graph does (:func:`same`) on the same images padded with zeros to ``batch``."""
+    image = next(v for v in fixed.graph.input if v.name == index.image)
+    shape = [d.dim_value for d in image.type.tensor_type.shape.dim]
+    rows = min(max(CHECK_ROWS), batch)
+    images = np.random.default_rng(SEED).uniform(0, 255, (rows, *shape[1:])).astype(np.float32)
+    padded = np.concatenate([images, np.zeros((batch - rows, *shape[1:]), np.float32)])
+    names = [o.name for o in fixed.graph.output]
+    try:
+        expected = padded_reference(fixed, index, padded, rows)
+    except Exception as err:  # onnxruntime's Fail/InvalidGraph/RuntimeException on a part of the graph
+        raise Unfreed(f"the padded reference run failed: {str(err).splitlines()[0][:200]}") from None
+    try:
+        session = runtime.session(free.SerializeToString())
+    except Exception as err:  # onnxruntime raises Fail/InvalidGraph/RuntimeException
+        raise Unfreed(f"onnxruntime cannot load the freed graph: {str(err).splitlines()[0][:200]}") from None
+    axes = batch_axes(index)
+    for n in (n for n in CHECK_ROWS if n <= rows):
+        try:
+            got = dict(zip(names, runtime.tensors(session, names, {image.name: images[:n]})))
+        except Exception as err:  # onnxruntime's Fail/RuntimeException: a shape the rewrite left at the old batch
+            raise Unfreed(f"at batch {n} onnxruntime fails: {str(err).splitlines()[0][:200]}") from None
+        for name in names:
+            axis, want = axes.get(name), expected[name]
+            if axis is not None and want.shape[axis] >= n:  # (fewer rows: a tensor the batch was reduced out of, compared whole)
+                want = np.take(want, range(n), axis=axis)
+            if not same(got[name], want):
+                raise Unfreed(f"at batch {n} tensor {name!r} differs from the padded run")
+        del got
+
+
+def same(got: np.ndarray, want: np.ndarray) -> bool:
+    """Equal shapes, and equal values: integers (switches) exactly, floats to :data:`RELATIVE` of the
+    tensor's largest magnitude (onnxruntime's kernels may sum in another order at another batch size)."""
+    if got.shape != want.shape:
+        return False
+    if not np.issubdtype(want.dtype, np.floating):
+        return np.array_equal(got, want)
+    scale = float(np.nanmax(np.abs(want), initial=0.0))
+    return np.allclose(got, want, rtol=0.0, atol=RELATIVE * scale, equal_nan=True)
+
+
+def fixed_batch(index: GraphIndex) -> int:
+    """The image input's batch size when fixed, else 0."""
+    info = index.infos.get(index.image or "")
+    dims = info.type.tensor_type.shape.dim if info is not None else []
+    return dims[0].dim_value if dims and dims[0].HasField("dim_value") else 0
+
+
+def freed(
+    model: onnx.ModelProto, index: GraphIndex, name: str, limits: Callable[[onnx.ModelProto, str], None] | None = None,
+) -> tuple[onnx.ModelProto, GraphIndex]:
+    """The exposed ``model`` (and its index) with a fixed batch of more than one image made dynamic
+    (:func:`dynamic_copy`) where :func:`check` passes; else ``model`` as it is, with one log line
+    saying why. ``limits`` (the server's admission check) sees the model before it runs on a batch."""
+    batch = fixed_batch(index)
+    if batch <= 1:  # dynamic already, or one image at a time: nothing is padded
+        return model, index
+    if limits is not None:
+        limits(model, name)
+    try:
+        free, free_index = dynamic_copy(model, index, batch)
+        check(model, index, free, batch)
+    except Unfreed as why:
+        log.info("model %s keeps its fixed batch of %d (each run padded to it): %s", name, batch, why)
+        return model, index
+    log.info("model %s: fixed batch of %d made dynamic (equal at batch %s to the padded run)", name, batch, " and ".join(map(str, CHECK_ROWS)))
+    return free, free_index

@@ -1,0 +1,135 @@
+"""A model exported with a fixed batch (``torch.onnx.export(..., dynamo=False)`` on a 32-image example,
+no dynamic axes) is made dynamic at load where the graph computes the same at any batch size
+(``zfnet.server.batchaxis``): its runs are the images asked for, not 32, with torch's numbers. A graph
+whose batch cannot be freed keeps running padded to 32, with one log line saying why, and answers right."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from torch import nn
+
+from zfnet.client.api import Client
+from zfnet.server.admission import FORWARD_FACTOR
+from zfnet.server.runtime import FixedBatchSession
+from zfnet.wire.common import ImageInput
+
+BATCH, SIZE = 32, 16
+
+
+class Net(nn.Module):
+    """Two conv blocks and a classifier; ``head`` is how the feature maps reach it."""
+
+    def __init__(self, head: str) -> None:
+        super().__init__()
+        self.head = head
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))
+        self.token = nn.Parameter(torch.randn(1, 1, 16))
+        self.fc = nn.Linear(16 * 4 * 4, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.features(x / 255)
+        return self.fc(HEADS[self.head](self, x))
+
+
+HEADS = {
+    "view": lambda net, x: x.view(BATCH, -1),  # the export's batch written out: Reshape to [32, -1]
+    "size": lambda net, x: x.view(x.size(0), -1),  # the batch read from the shape, folded to 32 at a fixed batch
+    "flatten": lambda net, x: torch.flatten(x, 1),
+    # a class token expanded to the batch (a constant of 32 equal rows once folded), tokens mixed with it
+    "token": lambda net, x: (torch.cat([net.token.expand(BATCH, -1, -1), x.flatten(2).transpose(1, 2)], 1) * net.token).sum(1).repeat(1, 16),
+    "mixed": lambda net, x: x.reshape(BATCH * 16, 16).relu().reshape(BATCH, -1),  # the batch merged with the channels and split again
+    "batch_mean": lambda net, x: (x - x.mean(0, keepdim=True)).flatten(1),  # images of a batch mixed: padding changes the numbers
+}
+
+
+def exported(head: str, path: Path) -> tuple[nn.Module, Path]:
+    torch.manual_seed(0)
+    net = Net(head).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (torch.rand(BATCH, 3, SIZE, SIZE) * 255,), str(path), dynamo=False, opset_version=17)
+    return net, path
+
+
+def pictures(n: int) -> list[np.ndarray]:
+    return list(np.random.default_rng(7).integers(0, 256, (n, SIZE, SIZE, 3), dtype=np.uint8))
+
+
+def eager(net: nn.Module, images: list[np.ndarray]) -> np.ndarray:
+    """torch's probabilities for ``images``, run as the export ran: padded with blank images to the fixed batch."""
+    x = torch.from_numpy(np.stack(images).astype(np.float32).transpose(0, 3, 1, 2))
+    with torch.no_grad():
+        return torch.softmax(net(torch.cat([x, torch.zeros(BATCH - len(x), *x.shape[1:])]))[: len(x)], 1).numpy()
+
+
+class RowCount:
+    """Stands in for an onnxruntime session and records the rows of each run (the real one does the work)."""
+
+    def __init__(self, session, input_name: str) -> None:
+        self.session, self.input_name, self.rows = session, input_name, []
+
+    def run(self, names, feeds, *args):
+        self.rows.append(len(feeds[self.input_name]))
+        return self.session.run(names, feeds, *args)
+
+
+def predicted(server, path: Path, images: list[np.ndarray], monkeypatch) -> tuple[np.ndarray, ort.InferenceSession | FixedBatchSession, list[int]]:
+    """Predict's probabilities for ``images`` through the server, the model's loaded session and the rows onnxruntime ran."""
+    target, engine = server
+    with Client(target) as client:
+        sha = client.ensure_model(path)
+        model = engine.store.get(sha)
+        loaded = model.session
+        holder = loaded if isinstance(loaded, FixedBatchSession) else model  # onnxruntime's own session is held here
+        counter = RowCount(holder.session, model.input_name)
+        with monkeypatch.context() as patch:
+            patch.setattr(holder, "session", counter)
+            probabilities = client.probabilities(path, images)
+    return probabilities, loaded, counter.rows
+
+
+@pytest.mark.parametrize("head", ["view", "size", "flatten", "token"])
+def test_fixed_batch_is_freed_and_runs_the_images_asked_for(head: str, server, tmp_path: Path, monkeypatch, caplog) -> None:
+    net, path = exported(head, tmp_path / f"{head}.onnx")
+    caplog.set_level(logging.INFO, logger="zfnet.server")
+    for n in (1, 3):
+        images = pictures(n)
+        out, session, rows = predicted(server, path, images, monkeypatch)
+        assert not isinstance(session, FixedBatchSession)
+        assert session.get_inputs()[0].shape[0] == "N"
+        assert rows == [n], f"onnxruntime ran {rows} rows for {n} image(s)"
+        np.testing.assert_allclose(out, eager(net, images), rtol=1e-5, atol=1e-6)
+    assert "fixed batch of 32 made dynamic" in caplog.text
+
+
+@pytest.mark.parametrize(("head", "why"), [("mixed", "merges the batch axis with another"), ("batch_mean", "differs from the padded run")])
+def test_batch_that_cannot_be_freed_runs_padded_and_answers_right(head: str, why: str, server, tmp_path: Path, monkeypatch, caplog) -> None:
+    net, path = exported(head, tmp_path / f"{head}.onnx")
+    caplog.set_level(logging.INFO, logger="zfnet.server")
+    images = pictures(3)
+    out, session, rows = predicted(server, path, images, monkeypatch)
+    assert isinstance(session, FixedBatchSession)
+    assert rows == [BATCH]
+    np.testing.assert_allclose(out, eager(net, images), rtol=1e-5, atol=1e-6)
+    line = next(r.getMessage() for r in caplog.records if "keeps its fixed batch of 32" in r.getMessage())
+    assert why in line and "\n" not in line
+
+
+@pytest.mark.parametrize(("head", "rows"), [("view", 1), ("mixed", BATCH)])
+def test_forward_estimate_counts_the_rows_run(head: str, rows: int, server, tmp_path: Path) -> None:
+    """Admission charges a forward pass for the rows onnxruntime runs: the image asked for once freed,
+    the whole fixed batch when each run is padded to it."""
+    _, path = exported(head, tmp_path / f"{head}.onnx")
+    target, engine = server
+    with Client(target) as client:
+        model = engine.store.get(client.ensure_model(path))
+    image = ImageInput(rgb=pictures(1)[0])
+    estimate = engine.estimate(model, [image], "Predict")
+    assert estimate.parts["forward pass"] == FORWARD_FACTOR * rows * model.footprint.forward > 0
