@@ -374,9 +374,11 @@ def _read_file(path: Path) -> bytearray:
 
 
 def _release(data: bytes | bytearray) -> None:
-    """Empty a bytearray the load owns (bytes stay with their caller)."""
-    if isinstance(data, bytearray):
+    """Empty a bytearray the load owns (bytes stay with their caller), and hand what receiving it
+    left in the heap back to the system before the model is prepared (VGG16 cold: 0.4 GB)."""
+    if isinstance(data, bytearray) and data:
         data.clear()
+        admission.release_memory()
 
 
 def parse(data: bytes | bytearray, name: str, base_dir: Path | None) -> onnx.ModelProto:
