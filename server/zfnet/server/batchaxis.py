@@ -15,6 +15,7 @@ magnitude (:func:`same`): onnxruntime may reduce in another order at another bat
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Iterator
 
@@ -26,6 +27,7 @@ from zfnet.converters import expose
 from zfnet.converters.index import GraphIndex
 from zfnet.errors import InvalidArgument
 from zfnet.server import runtime
+from zfnet.server.admission import Estimate, MemoryBudget, value_bytes
 from zfnet.server.rules import batch_axes
 
 log = logging.getLogger("zfnet.server")
@@ -35,6 +37,8 @@ CHECK_ROWS = (1, 3)  # batch sizes the freed graph is checked at
 SEGMENTS = 16  # parts the check's runs are cut into (:func:`in_parts`)
 RELATIVE = 1e-6  # largest difference from the padded run, relative to a tensor's largest magnitude (a sum in another order: ~1e-7)
 SEED = 0
+COPY_FACTOR = 8  # the freed copy's peak over the load, in exposed models' bytes (ResNet-50: +688 MiB for 98 MB)
+PIECE_COPIES = 3  # copies of a part's weights while its session is made (the graph, its serialised bytes, the session's)
 
 
 class Unfreed(Exception):
@@ -158,6 +162,44 @@ def dynamic_copy(model: onnx.ModelProto, index: GraphIndex, batch: int) -> tuple
         raise Unfreed(str(err)) from None
 
 
+class Parts:
+    """A graph's nodes in :data:`SEGMENTS` consecutive parts of as many nodes (one part where a node
+    reads a tensor made after it or holds a subgraph), and which part makes and last reads each tensor."""
+
+    def __init__(self, graph: onnx.GraphProto) -> None:
+        nodes = list(graph.node)
+        made = {name: k for k, node in enumerate(nodes) for name in node.output if name}
+        nested = any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for node in nodes for a in node.attribute)
+        ordered = all(made.get(name, -1) < k for k, node in enumerate(nodes) for name in node.input)
+        bounds = sorted(set(np.linspace(0, len(nodes), (SEGMENTS if ordered and not nested else 1) + 1).astype(int).tolist()))
+        self.parts = [nodes[a:b] for a, b in zip(bounds, bounds[1:])]
+        self.constants = {t.name: t for t in graph.initializer}
+        self.part_of = {name: p for p, part in enumerate(self.parts) for node in part for name in node.output if name}
+        self.last_read = {name: p for p, part in enumerate(self.parts) for node in part for name in node.input}
+
+    def reads(self, p: int) -> list[str]:
+        """The tensors part ``p`` reads from the image or from earlier parts."""
+        return list(dict.fromkeys(
+            n for node in self.parts[p] for n in node.input if n and n not in self.constants and self.part_of.get(n, -1) < p
+        ))
+
+
+def check_bytes(model: onnx.ModelProto, index: GraphIndex, batch: int) -> int:
+    """An upper bound of what :func:`check` holds at once over the load: the largest part's tensors
+    (those it reads and those it makes) at ``batch`` images for the padded run, and at the rows of the
+    freed graph's runs and of the compared tensors waiting for their pair (a part's worth each, twice
+    for the parts the two runs may be apart), plus the copies of its weights (serialised, in the session)."""
+    split = Parts(model.graph)
+    rows = batch + 2 * (sum(CHECK_ROWS) + max(CHECK_ROWS))
+
+    def held(p: int, part: list[onnx.NodeProto]) -> int:
+        names = [*split.reads(p), *(n for node in part for n in node.output if n)]
+        weights = sum(split.constants[n].ByteSize() for n in {n for node in part for n in node.input} if n in split.constants)
+        return rows * sum(value_bytes(index.infos[n]) for n in names if n in index.infos) + PIECE_COPIES * weights
+
+    return max((held(p, part) for p, part in enumerate(split.parts)), default=0)
+
+
 def in_parts(model: onnx.ModelProto, index: GraphIndex, feeds: list[np.ndarray], rows: int = 0) -> Iterator[dict[str, list[np.ndarray]]]:
     """Every exposed tensor of ``model`` run on each image batch of ``feeds``, a part of the graph at a
     time: the graph runs in :data:`SEGMENTS` consecutive parts, each fed the tensors the earlier ones
@@ -165,20 +207,12 @@ def in_parts(model: onnx.ModelProto, index: GraphIndex, feeds: list[np.ndarray],
     ``rows`` rows on the batch axis where ``rows`` is given) before the next part runs. onnxruntime
     holds every tensor of a run to its end, so the whole exposed graph at once held the padded batch
     of all of them (ResNet-50 at 32 images: 4.3 GB over the load; in 16 parts 0.76 GB)."""
-    graph = model.graph
-    nodes = list(graph.node)
-    constants = {t.name: t for t in graph.initializer}
-    made = {name: k for k, node in enumerate(nodes) for name in node.output if name}
-    nested = any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for node in nodes for a in node.attribute)
-    ordered = all(made.get(name, -1) < k for k, node in enumerate(nodes) for name in node.input)
-    bounds = sorted(set(np.linspace(0, len(nodes), (SEGMENTS if ordered and not nested else 1) + 1).astype(int).tolist()))
-    part_of = {name: next(p for p in range(len(bounds) - 1) if k < bounds[p + 1]) for name, k in made.items()}
-    last_read = {name: p for p in range(len(bounds) - 1) for node in nodes[bounds[p] : bounds[p + 1]] for name in node.input}
-    axes, exposed = batch_axes(index), {o.name for o in graph.output}
+    split = Parts(model.graph)
+    constants, last_read = split.constants, split.last_read
+    axes, exposed = batch_axes(index), {o.name for o in model.graph.output}
     values = [{index.image or "": feed} for feed in feeds]
-    for p in range(len(bounds) - 1):
-        part = nodes[bounds[p] : bounds[p + 1]]
-        reads = list(dict.fromkeys(n for node in part for n in node.input if n and n not in constants and part_of.get(n, -1) < p))
+    for p, part in enumerate(split.parts):
+        reads = split.reads(p)
         made_here = [n for node in part for n in node.output if n]
         carried = [n for n in made_here if last_read.get(n, -1) > p]
         cut = [n for n in made_here if n in exposed]
@@ -272,20 +306,31 @@ def fixed_batch(index: GraphIndex) -> int:
     return dims[0].dim_value if dims and dims[0].HasField("dim_value") else 0
 
 
+def estimate(model: onnx.ModelProto, index: GraphIndex, name: str, batch: int) -> Estimate:
+    """What :func:`freed` allocates over the load: the freed copy (:data:`COPY_FACTOR` times the
+    exposed model) and the check (:func:`check_bytes`)."""
+    return Estimate(
+        f"checking the fixed batch of model {name!r}", {"freed copy": COPY_FACTOR * model.ByteSize(), "check": check_bytes(model, index, batch)},
+    )
+
+
 def freed(
     model: onnx.ModelProto, index: GraphIndex, name: str, limits: Callable[[onnx.ModelProto, str], None] | None = None,
+    budget: MemoryBudget | None = None,
 ) -> tuple[onnx.ModelProto, GraphIndex]:
     """The exposed ``model`` (and its index) with a fixed batch of more than one image made dynamic
     (:func:`dynamic_copy`) where :func:`check` passes; else ``model`` as it is, with one log line
-    saying why. ``limits`` (the server's admission check) sees the model before it runs on a batch."""
+    saying why. ``limits`` (the server's admission check) sees the model before it runs on a batch;
+    the copy and the check run inside a reservation of their :func:`estimate` in ``budget``."""
     batch = fixed_batch(index)
     if batch <= 1:  # dynamic already, or one image at a time: nothing is padded
         return model, index
     if limits is not None:
         limits(model, name)
     try:
-        free, free_index = dynamic_copy(model, index, batch)
-        check(model, index, free, free_index, batch)
+        with budget.reserve(estimate(model, index, name, batch)) if budget is not None else contextlib.nullcontext():
+            free, free_index = dynamic_copy(model, index, batch)
+            check(model, index, free, free_index, batch)
     except Unfreed as why:
         log.info("model %s keeps its fixed batch of %d (each run padded to it): %s", name, batch, why)
         return model, index
