@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 import onnx
@@ -38,6 +38,7 @@ SEGMENTS = 16  # parts the check's runs are cut into (:func:`in_parts`)
 RELATIVE = 1e-6  # largest difference from the padded run, relative to a tensor's largest magnitude (a sum in another order: ~1e-7)
 SEED = 0
 COPY_FACTOR = 8  # the freed copy's peak over the load, in exposed models' bytes (ResNet-50: +688 MiB for 98 MB)
+FETCH_COPIES = 2  # per tensor a part hands on: the copy fetched out of onnxruntime, and kernels' workspaces and freed blocks the heap keeps (measured: up to 1.9)
 PIECE_COPIES = 3  # copies of a part's weights while its session is made (the graph, its serialised bytes, the session's)
 
 
@@ -186,16 +187,20 @@ class Parts:
 
 def check_bytes(model: onnx.ModelProto, index: GraphIndex, batch: int) -> int:
     """An upper bound of what :func:`check` holds at once over the load: the largest part's tensors
-    (those it reads and those it makes) at ``batch`` images for the padded run, and at the rows of the
+    (those it reads, those it makes, and :data:`FETCH_COPIES` of those it hands on) at ``batch`` images for the padded run, and at the rows of the
     freed graph's runs and of the compared tensors waiting for their pair (a part's worth each, twice
     for the parts the two runs may be apart), plus the copies of its weights (serialised, in the session)."""
     split = Parts(model.graph)
     rows = batch + 2 * (sum(CHECK_ROWS) + max(CHECK_ROWS))
 
+    def per_image(names: Iterable[str]) -> int:
+        return sum(value_bytes(index.infos[n]) for n in names if n in index.infos)
+
     def held(p: int, part: list[onnx.NodeProto]) -> int:
-        names = [*split.reads(p), *(n for node in part for n in node.output if n)]
+        made = [n for node in part for n in node.output if n]
+        carried = per_image(n for n in made if split.last_read.get(n, -1) > p)
         weights = sum(split.constants[n].ByteSize() for n in {n for node in part for n in node.input} if n in split.constants)
-        return rows * sum(value_bytes(index.infos[n]) for n in names if n in index.infos) + PIECE_COPIES * weights
+        return rows * (per_image(split.reads(p)) + per_image(made) + FETCH_COPIES * carried) + PIECE_COPIES * weights
 
     return max((held(p, part) for p, part in enumerate(split.parts)), default=0)
 
@@ -239,7 +244,7 @@ def in_parts(model: onnx.ModelProto, index: GraphIndex, feeds: list[np.ndarray],
             for n in cut:
                 found[n].append(got[f"check/{n}" if n in sliced else n])
             values[k] = {n: v for n, v in held.items() if last_read.get(n, -1) > p} | {n: got[n] for n in carried}
-            del got
+            del got, held  # (held to the next part, it kept this part's inputs too)
         del session
         yield found
         del found
