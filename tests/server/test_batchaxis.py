@@ -21,7 +21,8 @@ import hostile
 from zfnet.client.api import Client
 from zfnet.converters import expose
 from zfnet.server import batchaxis
-from zfnet.server.admission import FORWARD_FACTOR
+from zfnet.errors import ResourceExhausted
+from zfnet.server.admission import FORWARD_FACTOR, MemoryBudget
 from zfnet.server.models import LOAD_FACTOR, MODEL_OVERHEAD
 from zfnet.server.runtime import FixedBatchSession
 from zfnet.wire.common import ImageInput
@@ -145,7 +146,7 @@ def test_forward_estimate_counts_the_rows_run(head: str, rows: int, server, tmp_
 def test_cold_check_is_reserved_and_stays_under_the_budget(tmp_path: Path) -> None:
     """A fixed-batch model whose padded check holds far more than its file (convolutions at 96 px,
     32 images), loaded cold in a real ``zfserver`` with a small ``--max-memory``: it is freed, and the
-    server's sampled RSS grows by less than the load's estimate and the check's reservation together
+    server's sampled RSS grows over the load by less than the load's estimate and the check's reservation together
     (:func:`zfnet.server.batchaxis.estimate`), and stays under ``--max-memory``."""
     torch.manual_seed(0)
     net = nn.Sequential(*(layer for k in range(4) for layer in (nn.Conv2d(3 if k == 0 else 32, 32, 3, padding=1), nn.ReLU())), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10)).eval()
@@ -163,11 +164,25 @@ def test_cold_check_is_reserved_and_stays_under_the_budget(tmp_path: Path) -> No
             client.probabilities(warm, pictures(1))  # the server's imports and first session, before the RSS it grows from
             idle = server.rss.settle(10)
             start = time.monotonic()
+            client.ensure_model(path)  # uploaded and loaded: exposed, freed and checked
+            peak = server.rss.peak(start)
             assert client.probabilities(path, pictures(1)).shape == (1, 10)
-        peak = server.rss.peak(start)
     finally:
         server.close()
     assert not server.rss.killed
     assert "fixed batch of 32 made dynamic" in (tmp_path / "zfserver.log").read_text()
     assert peak - idle <= reserved, f"RSS grew by {(peak - idle) >> 20} MiB over the {reserved >> 20} MiB reserved"
     assert peak < MAX_MEMORY
+
+
+def test_a_budget_that_cannot_hold_the_check_refuses_it(tmp_path: Path) -> None:
+    """The copy and the check reserve their estimate: one byte short of it is refused with the
+    estimate's message (the load then fails, nothing cached), the whole of it frees the batch."""
+    _, path = exported("view", tmp_path / "view.onnx")
+    model, index = expose.expose_indexed(onnx.load(str(path)))
+    need = batchaxis.estimate(model, index, "view", BATCH).total
+    with pytest.raises(ResourceExhausted, match="checking the fixed batch of model 'view' needs about"):
+        batchaxis.freed(model, index, "view", budget=MemoryBudget(need - 1, wait_s=0))
+    budget = MemoryBudget(need)
+    _, free_index = batchaxis.freed(model, index, "view", budget=budget)
+    assert batchaxis.fixed_batch(free_index) == 0 and budget.used == 0

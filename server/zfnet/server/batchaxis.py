@@ -38,7 +38,7 @@ SEGMENTS = 16  # parts the check's runs are cut into (:func:`in_parts`)
 RELATIVE = 1e-6  # largest difference from the padded run, relative to a tensor's largest magnitude (a sum in another order: ~1e-7)
 SEED = 0
 COPY_FACTOR = 8  # the freed copy's peak over the load, in exposed models' bytes (ResNet-50: +688 MiB for 98 MB)
-FETCH_COPIES = 2  # per tensor a part hands on: the copy fetched out of onnxruntime, and kernels' workspaces and freed blocks the heap keeps (measured: up to 1.9)
+FETCH_COPIES = 3  # per tensor a part hands on: the copy fetched out of onnxruntime, kernels' workspaces and freed blocks the heap keeps (measured: up to 2.3)
 PIECE_COPIES = 3  # copies of a part's weights while its session is made (the graph, its serialised bytes, the session's)
 
 
@@ -187,9 +187,10 @@ class Parts:
 
 def check_bytes(model: onnx.ModelProto, index: GraphIndex, batch: int) -> int:
     """An upper bound of what :func:`check` holds at once over the load: the largest part's tensors
-    (those it reads, those it makes, and :data:`FETCH_COPIES` of those it hands on) at ``batch`` images for the padded run, and at the rows of the
-    freed graph's runs and of the compared tensors waiting for their pair (a part's worth each, twice
-    for the parts the two runs may be apart), plus the copies of its weights (serialised, in the session)."""
+    (those it reads, those it makes, and :data:`FETCH_COPIES` of those it hands on) at ``batch``
+    images for the padded run, and at the rows of the freed graph's runs and of the compared tensors
+    waiting for their pair (a part's worth each, twice for the parts the two runs may be apart), plus
+    the copies of its weights (serialised, in the session)."""
     split = Parts(model.graph)
     rows = batch + 2 * (sum(CHECK_ROWS) + max(CHECK_ROWS))
 

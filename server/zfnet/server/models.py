@@ -302,12 +302,12 @@ def load(
 ) -> LoadedModel:
     """Parse, expose and open a model from its bytes. External data is refused, or read from inside
     ``base_dir`` (see :func:`inline_external_data`); ``check`` sees the exposed model before any
-    session is made (admission limits); freeing a fixed batch reserves what it takes in ``budget``. What preparing it costs is cached in ``cache`` (default: the
+    session is made (admission limits). What preparing it costs is cached in ``cache`` (default: the
     user's cache directory). A bytearray (an upload's buffer, a file read for this load) is emptied
     once parsed, or once the cache's entry for the model is found, before that entry is read: VGG16's
     553 MB were held to the end of the load. (An entry found and then refused, which takes a forged
     cache, leaves nothing to parse: the load fails with NOT_FOUND, and the model is uploaded or read
-    again.)"""
+    again.) Freeing a fixed batch reserves what it takes in ``budget``."""
     cache = cache or Cache.user()
     sha256 = sha256 or hashlib.sha256(data).hexdigest()
     size = len(data)
