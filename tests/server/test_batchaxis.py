@@ -6,21 +6,29 @@ whose batch cannot be freed keeps running padded to 32, with one log line saying
 from __future__ import annotations
 
 import logging
+import time
 import warnings
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
 from torch import nn
 
+import hostile
 from zfnet.client.api import Client
-from zfnet.server.admission import FORWARD_FACTOR
+from zfnet.converters import expose
+from zfnet.server import batchaxis
+from zfnet.errors import ResourceExhausted
+from zfnet.server.admission import FORWARD_FACTOR, MemoryBudget
+from zfnet.server.models import LOAD_FACTOR, MODEL_OVERHEAD
 from zfnet.server.runtime import FixedBatchSession
 from zfnet.wire.common import ImageInput
 
 BATCH, SIZE = 32, 16
+MAX_MEMORY = 1 << 30  # a real zfserver's --max-memory
 
 
 class Net(nn.Module):
@@ -133,3 +141,48 @@ def test_forward_estimate_counts_the_rows_run(head: str, rows: int, server, tmp_
     image = ImageInput(rgb=pictures(1)[0])
     estimate = engine.estimate(model, [image], "Predict")
     assert estimate.parts["forward pass"] == FORWARD_FACTOR * rows * model.footprint.forward > 0
+
+
+def test_cold_check_is_reserved_and_stays_under_the_budget(tmp_path: Path) -> None:
+    """A fixed-batch model whose padded check holds far more than its file (convolutions at 96 px,
+    32 images), loaded cold in a real ``zfserver`` with a small ``--max-memory``: it is freed, and the
+    server's sampled RSS grows over the load by less than the load's estimate and the check's reservation together
+    (:func:`zfnet.server.batchaxis.estimate`), and stays under ``--max-memory``."""
+    torch.manual_seed(0)
+    net = nn.Sequential(*(layer for k in range(4) for layer in (nn.Conv2d(3 if k == 0 else 32, 32, 3, padding=1), nn.ReLU())), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10)).eval()
+    path, warm = tmp_path / "wide.onnx", tmp_path / "warm.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (torch.rand(BATCH, 3, 96, 96) * 255,), str(path), dynamo=False, opset_version=17)
+        torch.onnx.export(net, (torch.rand(1, 3, 96, 96) * 255,), str(warm), dynamo=False, opset_version=17)  # one image: nothing to free
+    model, index = expose.expose_indexed(onnx.load(str(path)))
+    reserved = LOAD_FACTOR * path.stat().st_size + MODEL_OVERHEAD + batchaxis.estimate(model, index, "wide", BATCH).total
+    assert batchaxis.check_bytes(model, index, BATCH) > 20 * path.stat().st_size  # the check, not the file, is what the load holds
+    server = hostile.Zfserver("--max-memory", str(MAX_MEMORY), "--metrics-port", "0", log=tmp_path / "zfserver.log", kill_at=2 * MAX_MEMORY)
+    try:
+        with Client(server.target) as client:
+            client.probabilities(warm, pictures(1))  # the server's imports and first session, before the RSS it grows from
+            idle = server.rss.settle(10)
+            start = time.monotonic()
+            client.ensure_model(path)  # uploaded and loaded: exposed, freed and checked
+            peak = server.rss.peak(start)
+            assert client.probabilities(path, pictures(1)).shape == (1, 10)
+    finally:
+        server.close()
+    assert not server.rss.killed
+    assert "fixed batch of 32 made dynamic" in (tmp_path / "zfserver.log").read_text()
+    assert peak - idle <= reserved, f"RSS grew by {(peak - idle) >> 20} MiB over the {reserved >> 20} MiB reserved"
+    assert peak < MAX_MEMORY
+
+
+def test_a_budget_that_cannot_hold_the_check_refuses_it(tmp_path: Path) -> None:
+    """The copy and the check reserve their estimate: one byte short of it is refused with the
+    estimate's message (the load then fails, nothing cached), the whole of it frees the batch."""
+    _, path = exported("view", tmp_path / "view.onnx")
+    model, index = expose.expose_indexed(onnx.load(str(path)))
+    need = batchaxis.estimate(model, index, "view", BATCH).total
+    with pytest.raises(ResourceExhausted, match="checking the fixed batch of model 'view' needs about"):
+        batchaxis.freed(model, index, "view", budget=MemoryBudget(need - 1, wait_s=0))
+    budget = MemoryBudget(need)
+    _, free_index = batchaxis.freed(model, index, "view", budget=budget)
+    assert batchaxis.fixed_batch(free_index) == 0 and budget.used == 0

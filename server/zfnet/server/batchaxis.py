@@ -15,8 +15,9 @@ magnitude (:func:`same`): onnxruntime may reduce in another order at another bat
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 import onnx
@@ -26,15 +27,19 @@ from zfnet.converters import expose
 from zfnet.converters.index import GraphIndex
 from zfnet.errors import InvalidArgument
 from zfnet.server import runtime
+from zfnet.server.admission import Estimate, MemoryBudget, value_bytes
 from zfnet.server.rules import batch_axes
 
 log = logging.getLogger("zfnet.server")
 
 BATCH = "N"  # the symbolic batch dimension of a freed graph
 CHECK_ROWS = (1, 3)  # batch sizes the freed graph is checked at
-SEGMENTS = 16  # parts the padded reference run is cut into (:func:`padded_reference`)
+SEGMENTS = 16  # parts the check's runs are cut into (:func:`in_parts`)
 RELATIVE = 1e-6  # largest difference from the padded run, relative to a tensor's largest magnitude (a sum in another order: ~1e-7)
 SEED = 0
+COPY_FACTOR = 8  # the freed copy's peak over the load, in exposed models' bytes (ResNet-50: +688 MiB for 98 MB)
+FETCH_COPIES = 3  # per tensor a part hands on: the copy fetched out of onnxruntime, kernels' workspaces and freed blocks the heap keeps (measured: up to 2.3)
+PIECE_COPIES = 3  # copies of a part's weights while its session is made (the graph, its serialised bytes, the session's)
 
 
 class Unfreed(Exception):
@@ -158,37 +163,73 @@ def dynamic_copy(model: onnx.ModelProto, index: GraphIndex, batch: int) -> tuple
         raise Unfreed(str(err)) from None
 
 
-def padded_reference(fixed: onnx.ModelProto, index: GraphIndex, padded: np.ndarray, rows: int) -> dict[str, np.ndarray]:
-    """The first ``rows`` rows (on its batch axis) of every exposed tensor of the ``fixed`` graph run
-    on the ``padded`` batch. The graph runs in :data:`SEGMENTS` consecutive parts, each fed the
-    tensors the earlier ones made that it reads: onnxruntime holds every tensor of a run to its end,
-    so the whole exposed graph at once held the padded batch of all of them (ResNet-50 at 32 images:
-    4.3 GB over the load; in 16 parts 0.76 GB, the check included)."""
-    graph = fixed.graph
-    nodes = list(graph.node)
-    constants = {t.name: t for t in graph.initializer}
-    made = {name: k for k, node in enumerate(nodes) for name in node.output if name}
-    nested = any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for node in nodes for a in node.attribute)
-    ordered = all(made.get(name, -1) < k for k, node in enumerate(nodes) for name in node.input)
-    bounds = sorted(set(np.linspace(0, len(nodes), (SEGMENTS if ordered and not nested else 1) + 1).astype(int).tolist()))
-    part_of = {name: next(p for p in range(len(bounds) - 1) if k < bounds[p + 1]) for name, k in made.items()}
-    last_read = {name: p for p in range(len(bounds) - 1) for node in nodes[bounds[p] : bounds[p + 1]] for name in node.input}
-    axes, exposed = batch_axes(index), {o.name for o in graph.output}
-    values, found = {index.image or "": padded}, {}
-    for p in range(len(bounds) - 1):
-        part = nodes[bounds[p] : bounds[p + 1]]
-        reads = list(dict.fromkeys(n for node in part for n in node.input if n and n not in constants and part_of.get(n, -1) < p))
+class Parts:
+    """A graph's nodes in :data:`SEGMENTS` consecutive parts of as many nodes (one part where a node
+    reads a tensor made after it or holds a subgraph), and which part makes and last reads each tensor."""
+
+    def __init__(self, graph: onnx.GraphProto) -> None:
+        nodes = list(graph.node)
+        made = {name: k for k, node in enumerate(nodes) for name in node.output if name}
+        nested = any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for node in nodes for a in node.attribute)
+        ordered = all(made.get(name, -1) < k for k, node in enumerate(nodes) for name in node.input)
+        bounds = sorted(set(np.linspace(0, len(nodes), (SEGMENTS if ordered and not nested else 1) + 1).astype(int).tolist()))
+        self.parts = [nodes[a:b] for a, b in zip(bounds, bounds[1:])]
+        self.constants = {t.name: t for t in graph.initializer}
+        self.part_of = {name: p for p, part in enumerate(self.parts) for node in part for name in node.output if name}
+        self.last_read = {name: p for p, part in enumerate(self.parts) for node in part for name in node.input}
+
+    def reads(self, p: int) -> list[str]:
+        """The tensors part ``p`` reads from the image or from earlier parts."""
+        return list(dict.fromkeys(
+            n for node in self.parts[p] for n in node.input if n and n not in self.constants and self.part_of.get(n, -1) < p
+        ))
+
+
+def check_bytes(model: onnx.ModelProto, index: GraphIndex, batch: int) -> int:
+    """An upper bound of what :func:`check` holds at once over the load: the largest part's tensors
+    (those it reads, those it makes, and :data:`FETCH_COPIES` of those it hands on) at ``batch``
+    images for the padded run, and at the rows of the freed graph's runs and of the compared tensors
+    waiting for their pair (a part's worth each, twice for the parts the two runs may be apart), plus
+    the copies of its weights (serialised, in the session)."""
+    split = Parts(model.graph)
+    rows = batch + 2 * (sum(CHECK_ROWS) + max(CHECK_ROWS))
+
+    def per_image(names: Iterable[str]) -> int:
+        return sum(value_bytes(index.infos[n]) for n in names if n in index.infos)
+
+    def held(p: int, part: list[onnx.NodeProto]) -> int:
+        made = [n for node in part for n in node.output if n]
+        carried = per_image(n for n in made if split.last_read.get(n, -1) > p)
+        weights = sum(split.constants[n].ByteSize() for n in {n for node in part for n in node.input} if n in split.constants)
+        return rows * (per_image(split.reads(p)) + per_image(made) + FETCH_COPIES * carried) + PIECE_COPIES * weights
+
+    return max((held(p, part) for p, part in enumerate(split.parts)), default=0)
+
+
+def in_parts(model: onnx.ModelProto, index: GraphIndex, feeds: list[np.ndarray], rows: int = 0) -> Iterator[dict[str, list[np.ndarray]]]:
+    """Every exposed tensor of ``model`` run on each image batch of ``feeds``, a part of the graph at a
+    time: the graph runs in :data:`SEGMENTS` consecutive parts, each fed the tensors the earlier ones
+    made that it reads, and each part yields the exposed tensors it made (one per feed; their first
+    ``rows`` rows on the batch axis where ``rows`` is given) before the next part runs. onnxruntime
+    holds every tensor of a run to its end, so the whole exposed graph at once held the padded batch
+    of all of them (ResNet-50 at 32 images: 4.3 GB over the load; in 16 parts 0.76 GB)."""
+    split = Parts(model.graph)
+    constants, last_read = split.constants, split.last_read
+    axes, exposed = batch_axes(index), {o.name for o in model.graph.output}
+    values = [{index.image or "": feed} for feed in feeds]
+    for p, part in enumerate(split.parts):
+        reads = split.reads(p)
         made_here = [n for node in part for n in node.output if n]
         carried = [n for n in made_here if last_read.get(n, -1) > p]
         cut = [n for n in made_here if n in exposed]
-        extra = {"check/start": np.array([0], np.int64), "check/stop": np.array([rows], np.int64)}
+        sliced = {n for n in cut if rows and axes.get(n) is not None}
+        extra = {"check/start": np.array([0], np.int64), "check/stop": np.array([rows], np.int64)} if sliced else {}
         slices = []
-        for name in cut:
-            axis = axes.get(name)
-            if axis is not None:
-                extra.setdefault(f"check/axis{axis}", np.array([axis], np.int64))
-                slices.append(helper.make_node("Slice", [name, "check/start", "check/stop", f"check/axis{axis}"], [f"check/{name}"]))
-        fetched = list(dict.fromkeys([*carried, *(f"check/{n}" if axes.get(n) is not None else n for n in cut)]))
+        for name in (n for n in cut if n in sliced):
+            axis = axes[name]
+            extra.setdefault(f"check/axis{axis}", np.array([axis], np.int64))
+            slices.append(helper.make_node("Slice", [name, "check/start", "check/stop", f"check/axis{axis}"], [f"check/{name}"]))
+        fetched = list(dict.fromkeys([*carried, *(f"check/{n}" if n in sliced else n for n in cut)]))
         if not fetched:  # nothing of it is exposed or read later
             continue
         read = {n for node in part for n in node.input}
@@ -197,43 +238,60 @@ def padded_reference(fixed: onnx.ModelProto, index: GraphIndex, padded: np.ndarr
             [helper.make_tensor_value_info(n, index.elem_type(n.removeprefix("check/")), None) for n in fetched],
             [t for name, t in constants.items() if name in read] + [numpy_helper.from_array(v, k) for k, v in extra.items()],
         )
-        model = helper.make_model(piece, opset_imports=fixed.opset_import, ir_version=fixed.ir_version, functions=fixed.functions)
-        got = dict(zip(fetched, runtime.tensors(runtime.session(model.SerializeToString()), fetched, {n: values[n] for n in reads})))
-        found.update({n: got[f"check/{n}"] if axes.get(n) is not None else got[n] for n in cut})
-        values = {n: v for n, v in values.items() if last_read.get(n, -1) > p} | {n: got[n] for n in carried}
-    return found
+        session = runtime.session(helper.make_model(piece, opset_imports=model.opset_import, ir_version=model.ir_version, functions=model.functions).SerializeToString())
+        found: dict[str, list[np.ndarray]] = {n: [] for n in cut}
+        for k, held in enumerate(values):
+            got = dict(zip(fetched, runtime.tensors(session, fetched, {n: held[n] for n in reads})))
+            for n in cut:
+                found[n].append(got[f"check/{n}" if n in sliced else n])
+            values[k] = {n: v for n, v in held.items() if last_read.get(n, -1) > p} | {n: got[n] for n in carried}
+            del got, held  # (held to the next part, it kept this part's inputs too)
+        del session
+        yield found
+        del found
 
 
-def check(fixed: onnx.ModelProto, index: GraphIndex, free: onnx.ModelProto, batch: int) -> None:
+def _next(parts: Iterator[dict[str, list[np.ndarray]]], failed: str) -> dict[str, list[np.ndarray]] | None:
+    """The next part's tensors of :func:`in_parts` (None after the last); :class:`Unfreed` naming
+    ``failed`` when onnxruntime fails on it (Fail/InvalidGraph/RuntimeException)."""
+    try:
+        return next(parts, None)
+    except Exception as err:
+        raise Unfreed(f"{failed}: {str(err).splitlines()[0][:200]}") from None
+
+
+def check(fixed: onnx.ModelProto, index: GraphIndex, free: onnx.ModelProto, free_index: GraphIndex, batch: int) -> None:
     """:class:`Unfreed` unless the ``free`` graph at each of :data:`CHECK_ROWS` images gives every
-    exposed tensor as the ``fixed`` graph does (:func:`same`) on the same images padded with zeros to ``batch``."""
+    exposed tensor as the ``fixed`` graph does (:func:`same`) on the same images padded with zeros to
+    ``batch``. Both run a part at a time (:func:`in_parts`), the padded run only as far as the freed
+    one has gone: each tensor is compared as soon as both have made it, then dropped."""
     image = next(v for v in fixed.graph.input if v.name == index.image)
     shape = [d.dim_value for d in image.type.tensor_type.shape.dim]
     rows = min(max(CHECK_ROWS), batch)
+    sizes = [n for n in CHECK_ROWS if n <= rows]
     images = np.random.default_rng(SEED).uniform(0, 255, (rows, *shape[1:])).astype(np.float32)
     padded = np.concatenate([images, np.zeros((batch - rows, *shape[1:]), np.float32)])
-    names = [o.name for o in fixed.graph.output]
-    try:
-        expected = padded_reference(fixed, index, padded, rows)
-    except Exception as err:  # onnxruntime's Fail/InvalidGraph/RuntimeException on a part of the graph
-        raise Unfreed(f"the padded reference run failed: {str(err).splitlines()[0][:200]}") from None
-    try:
-        session = runtime.session(free.SerializeToString())
-    except Exception as err:  # onnxruntime raises Fail/InvalidGraph/RuntimeException
-        raise Unfreed(f"onnxruntime cannot load the freed graph: {str(err).splitlines()[0][:200]}") from None
-    axes = batch_axes(index)
-    for n in (n for n in CHECK_ROWS if n <= rows):
-        try:
-            got = dict(zip(names, runtime.tensors(session, names, {image.name: images[:n]})))
-        except Exception as err:  # onnxruntime's Fail/RuntimeException: a shape the rewrite left at the old batch
-            raise Unfreed(f"at batch {n} onnxruntime fails: {str(err).splitlines()[0][:200]}") from None
-        for name in names:
-            axis, want = axes.get(name), expected[name]
-            if axis is not None and want.shape[axis] >= n:  # (fewer rows: a tensor the batch was reduced out of, compared whole)
-                want = np.take(want, range(n), axis=axis)
-            if not same(got[name], want):
-                raise Unfreed(f"at batch {n} tensor {name!r} differs from the padded run")
-        del got
+    reference = in_parts(fixed, index, [padded], rows)
+    runs = in_parts(free, free_index, [images[:n] for n in sizes])
+    del padded
+    axes, left = batch_axes(index), {o.name for o in fixed.graph.output}
+    expected: dict[str, np.ndarray] = {}
+    while (made := _next(runs, "onnxruntime fails on the freed graph")) is not None:
+        for name in (n for n in made if n in left):
+            while name not in expected:
+                part = _next(reference, "the padded reference run failed")
+                if part is None:
+                    raise Unfreed(f"tensor {name!r} of the freed graph is not made by the padded run")
+                expected |= {n: tensors[0] for n, tensors in part.items()}
+            want, axis = expected.pop(name), axes.get(name)
+            for n, got in zip(sizes, made[name]):
+                # (fewer rows: a tensor the batch was reduced out of, compared whole)
+                if not same(got, np.take(want, range(n), axis=axis) if axis is not None and want.shape[axis] >= n else want):
+                    raise Unfreed(f"at batch {n} tensor {name!r} differs from the padded run")
+            left.discard(name)
+        del made
+    if left:
+        raise Unfreed(f"the freed graph does not make tensor {min(left)!r}")
 
 
 def same(got: np.ndarray, want: np.ndarray) -> bool:
@@ -254,20 +312,31 @@ def fixed_batch(index: GraphIndex) -> int:
     return dims[0].dim_value if dims and dims[0].HasField("dim_value") else 0
 
 
+def estimate(model: onnx.ModelProto, index: GraphIndex, name: str, batch: int) -> Estimate:
+    """What :func:`freed` allocates over the load: the freed copy (:data:`COPY_FACTOR` times the
+    exposed model) and the check (:func:`check_bytes`)."""
+    return Estimate(
+        f"checking the fixed batch of model {name!r}", {"freed copy": COPY_FACTOR * model.ByteSize(), "check": check_bytes(model, index, batch)},
+    )
+
+
 def freed(
     model: onnx.ModelProto, index: GraphIndex, name: str, limits: Callable[[onnx.ModelProto, str], None] | None = None,
+    budget: MemoryBudget | None = None,
 ) -> tuple[onnx.ModelProto, GraphIndex]:
     """The exposed ``model`` (and its index) with a fixed batch of more than one image made dynamic
     (:func:`dynamic_copy`) where :func:`check` passes; else ``model`` as it is, with one log line
-    saying why. ``limits`` (the server's admission check) sees the model before it runs on a batch."""
+    saying why. ``limits`` (the server's admission check) sees the model before it runs on a batch;
+    the copy and the check run inside a reservation of their :func:`estimate` in ``budget``."""
     batch = fixed_batch(index)
     if batch <= 1:  # dynamic already, or one image at a time: nothing is padded
         return model, index
     if limits is not None:
         limits(model, name)
     try:
-        free, free_index = dynamic_copy(model, index, batch)
-        check(model, index, free, batch)
+        with budget.reserve(estimate(model, index, name, batch)) if budget is not None else contextlib.nullcontext():
+            free, free_index = dynamic_copy(model, index, batch)
+            check(model, index, free, free_index, batch)
     except Unfreed as why:
         log.info("model %s keeps its fixed batch of %d (each run padded to it): %s", name, batch, why)
         return model, index

@@ -298,7 +298,7 @@ def inline_external_data(model: onnx.ModelProto, name: str, base_dir: Path | Non
 
 def load(
     data: bytes | bytearray, name: str, sha256: str | None = None, base_dir: Path | None = None, check: Callable[[onnx.ModelProto, str], None] | None = None,
-    cache: Cache | None = None,
+    cache: Cache | None = None, budget: MemoryBudget | None = None,
 ) -> LoadedModel:
     """Parse, expose and open a model from its bytes. External data is refused, or read from inside
     ``base_dir`` (see :func:`inline_external_data`); ``check`` sees the exposed model before any
@@ -307,7 +307,7 @@ def load(
     once parsed, or once the cache's entry for the model is found, before that entry is read: VGG16's
     553 MB were held to the end of the load. (An entry found and then refused, which takes a forged
     cache, leaves nothing to parse: the load fails with NOT_FOUND, and the model is uploaded or read
-    again.)"""
+    again.) Freeing a fixed batch reserves what it takes in ``budget``."""
     cache = cache or Cache.user()
     sha256 = sha256 or hashlib.sha256(data).hexdigest()
     size = len(data)
@@ -329,7 +329,7 @@ def load(
     checked = parsed() if external.may_name_files(data) else None
     # renames tensors and appends outputs: output[0] stays the model's own output
     exposed, index, weights = cache.exposed(
-        sha256, lambda: checked or parsed(), lambda: _release(data), lambda model, index: batchaxis.freed(model, index, name, check),
+        sha256, lambda: checked or parsed(), lambda: _release(data), lambda model, index: batchaxis.freed(model, index, name, check, budget),
     )
     del checked  # the exposed model (or its cache entry) holds the weights from here
     _release(data)
@@ -466,7 +466,7 @@ class ModelStore:
                 with self.budget.reserve(self._load_estimate(f"loading model {path.stem!r}", size)):
                     data = _read_file(path)
                     actual = self._current(sha, path, data)
-                    model = self._keep(load(data, path.stem, actual, base_dir=path.parent, check=self._check, cache=self.cache))
+                    model = self._keep(load(data, path.stem, actual, base_dir=path.parent, check=self._check, cache=self.cache, budget=self.budget))
             except OSError as err:
                 raise NotFound(f"model {path.stem!r} cannot be read from the model directory: {err.strerror or err}", reason="MODEL_NOT_FOUND", resource=("model", path.stem)) from None
         return self._hold(model)
@@ -535,7 +535,7 @@ class ModelStore:
                 if model is not None:
                     self._remember_name(actual, name)
                     return model, False
-            model = load(data, shown, actual, check=self._check, cache=self.cache)
+            model = load(data, shown, actual, check=self._check, cache=self.cache, budget=self.budget)
             with self._lock:
                 self._remember_name(actual, name)
             return self._keep(model), True
