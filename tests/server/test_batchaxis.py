@@ -23,7 +23,8 @@ from zfnet.converters import expose
 from zfnet.server import batchaxis
 from zfnet.errors import ResourceExhausted
 from zfnet.server.admission import FORWARD_FACTOR, MemoryBudget
-from zfnet.server.models import LOAD_FACTOR, MODEL_OVERHEAD
+from zfnet.server.cache import Cache
+from zfnet.server.models import LOAD_FACTOR, MODEL_OVERHEAD, load
 from zfnet.server.runtime import FixedBatchSession
 from zfnet.wire.common import ImageInput
 
@@ -175,14 +176,19 @@ def test_cold_check_is_reserved_and_stays_under_the_budget(tmp_path: Path) -> No
     assert peak < MAX_MEMORY
 
 
-def test_a_budget_that_cannot_hold_the_check_refuses_it(tmp_path: Path) -> None:
-    """The copy and the check reserve their estimate: one byte short of it is refused with the
-    estimate's message (the load then fails, nothing cached), the whole of it frees the batch."""
+def test_a_budget_without_room_for_the_check_runs_the_model_padded_for_now(tmp_path: Path) -> None:
+    """The copy and the check reserve their estimate: one byte short of it, the model loads padded
+    and nothing is cached (the next load checks again); the whole of it frees the batch, cached."""
     _, path = exported("view", tmp_path / "view.onnx")
     model, index = expose.expose_indexed(onnx.load(str(path)))
     need = batchaxis.estimate(model, index, "view", BATCH).total
-    with pytest.raises(ResourceExhausted, match="checking the fixed batch of model 'view' needs about"):
-        batchaxis.freed(model, index, "view", budget=MemoryBudget(need - 1, wait_s=0))
+    _, kept, final = batchaxis.freed(model, index, "view", budget=MemoryBudget(need - 1, wait_s=0))
+    assert batchaxis.fixed_batch(kept) == BATCH and not final
     budget = MemoryBudget(need)
-    _, free_index = batchaxis.freed(model, index, "view", budget=budget)
-    assert batchaxis.fixed_batch(free_index) == 0 and budget.used == 0
+    _, free_index, final = batchaxis.freed(model, index, "view", budget=budget)
+    assert batchaxis.fixed_batch(free_index) == 0 and final and budget.used == 0
+    cache = Cache(tmp_path / "cache", 1 << 30)
+    padded = load(path.read_bytes(), "view", cache=cache, budget=MemoryBudget(need - 1, wait_s=0))
+    assert isinstance(padded.session, FixedBatchSession) and not list((tmp_path / "cache").rglob("exposed.onnx"))
+    assert not isinstance(load(path.read_bytes(), "view", cache=cache, budget=MemoryBudget(4 * need)).session, FixedBatchSession)
+    assert list((tmp_path / "cache").rglob("exposed.onnx"))

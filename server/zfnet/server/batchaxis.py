@@ -25,7 +25,7 @@ from onnx import helper, numpy_helper
 
 from zfnet.converters import expose
 from zfnet.converters.index import GraphIndex
-from zfnet.errors import InvalidArgument
+from zfnet.errors import InvalidArgument, ResourceExhausted
 from zfnet.server import runtime
 from zfnet.server.admission import Estimate, MemoryBudget, value_bytes
 from zfnet.server.rules import batch_axes
@@ -323,22 +323,30 @@ def estimate(model: onnx.ModelProto, index: GraphIndex, name: str, batch: int) -
 def freed(
     model: onnx.ModelProto, index: GraphIndex, name: str, limits: Callable[[onnx.ModelProto, str], None] | None = None,
     budget: MemoryBudget | None = None,
-) -> tuple[onnx.ModelProto, GraphIndex]:
+) -> tuple[onnx.ModelProto, GraphIndex, bool]:
     """The exposed ``model`` (and its index) with a fixed batch of more than one image made dynamic
     (:func:`dynamic_copy`) where :func:`check` passes; else ``model`` as it is, with one log line
     saying why. ``limits`` (the server's admission check) sees the model before it runs on a batch;
-    the copy and the check run inside a reservation of their :func:`estimate` in ``budget``."""
+    the copy and the check run inside a reservation of their :func:`estimate` in ``budget``. The
+    third item says whether the answer is final (to be cached): when ``budget`` has no room for the
+    check, the model runs padded for now and is checked again on its next load."""
     batch = fixed_batch(index)
     if batch <= 1:  # dynamic already, or one image at a time: nothing is padded
-        return model, index
+        return model, index, True
     if limits is not None:
         limits(model, name)
-    try:
-        with budget.reserve(estimate(model, index, name, batch)) if budget is not None else contextlib.nullcontext():
+    with contextlib.ExitStack() as reserved:
+        try:
+            if budget is not None:
+                reserved.enter_context(budget.reserve(estimate(model, index, name, batch)))
+        except ResourceExhausted as err:
+            log.info("model %s keeps its fixed batch of %d for now (each run padded to it): %s", name, batch, str(err).splitlines()[0])
+            return model, index, False
+        try:
             free, free_index = dynamic_copy(model, index, batch)
             check(model, index, free, free_index, batch)
-    except Unfreed as why:
-        log.info("model %s keeps its fixed batch of %d (each run padded to it): %s", name, batch, why)
-        return model, index
+        except Unfreed as why:
+            log.info("model %s keeps its fixed batch of %d (each run padded to it): %s", name, batch, why)
+            return model, index, True
     log.info("model %s: fixed batch of %d made dynamic (equal at batch %s to the padded run)", name, batch, " and ".join(map(str, CHECK_ROWS)))
-    return free, free_index
+    return free, free_index, True

@@ -255,12 +255,13 @@ class Cache:
     # -- what is cached --------------------------------------------------------------------------
     def exposed(
         self, sha256: str, original: Callable[[], onnx.ModelProto], found: Callable[[], object] = lambda: None,
-        finish: Callable[[onnx.ModelProto, GraphIndex], tuple[onnx.ModelProto, GraphIndex]] | None = None,
+        finish: Callable[[onnx.ModelProto, GraphIndex], tuple[onnx.ModelProto, GraphIndex, bool]] | None = None,
     ) -> tuple[onnx.ModelProto, GraphIndex, StoredWeights | None]:
         """The exposed model and its graph index, from the cache when this model was exposed before
         (``found()`` is called once its entry's digest matches, before it is parsed: what ``original``
         reads may go); else ``original()`` (the parsed model, called only then) exposed, passed through
-        ``finish`` (the server frees a fixed batch axis there: :mod:`zfnet.server.batchaxis`) and stored. When the entry
+        ``finish`` (the server frees a fixed batch axis there: :mod:`zfnet.server.batchaxis`) and stored,
+        unless ``finish`` says its answer is not final. When the entry
         is in the cache, its large weights are left there (:mod:`zfnet.server.weights`): the model
         comes without their bytes, the index reads them back, and the entry's file is the third
         item (None: the model holds all its weights)."""
@@ -271,9 +272,10 @@ class Cache:
             model, data = entry
         else:
             model, index = expose.expose_indexed(original())
+            final = True
             if finish is not None:
-                model, index = finish(model, index)
-            data = self._write(path, model)
+                model, index, final = finish(model, index)
+            data = self._write(path, model) if final else None
         del entry
         stored = None
         try:
