@@ -15,6 +15,7 @@ import pytest
 from onnx import numpy_helper
 
 from zfnet.client.models import ModelUpload, model_bytes
+from zfnet.converters import expose
 from zfnet.converters.index import EVALUATED_ELEMENTS
 from zfnet.errors import NotFound
 from zfnet.server import cache, runtime
@@ -57,6 +58,27 @@ def test_a_model_from_the_cache_holds_no_large_weights_and_reads_them_back_equal
             assert not stripped[tensor.name].HasField("raw_data"), f"{tensor.name} is held in Python"
             np.testing.assert_array_equal(held.index.constant(tensor.name), numpy_helper.to_array(tensor))
         assert held.model.ByteSize() < entry.ByteSize() - sum(len(t.raw_data) for t in large)
+
+
+def test_shape_inference_runs_without_the_large_weights_and_infers_what_it_infers_with_them(reference_onnx: Path, monkeypatch) -> None:
+    model = onnx.load(reference_onnx)
+    large = {t.name: t.raw_data for t in _large(model)}
+    assert large, "the reference model has initializers over the evaluated size"
+    infer, seen = onnx.shape_inference.infer_shapes, []
+
+    def counted(inferred: onnx.ModelProto, *args, **kwargs) -> onnx.ModelProto:
+        seen.append((inferred.ByteSize(), {t.name for t in inferred.graph.initializer}))
+        return infer(inferred, *args, **kwargs)
+
+    monkeypatch.setattr(onnx.shape_inference, "infer_shapes", counted)
+    exposed = expose.expose(model)
+    assert seen, "the expose pass infers shapes"
+    for size, initializers in seen:
+        assert not initializers & large.keys() and size < sum(map(len, large.values())), "a large weight went to shape inference"
+    reference = infer(exposed, strict_mode=True, data_prop=True)  # the whole model, its weights included
+    assert {v.name: v.type for v in reference.graph.output} == {v.name: v.type for v in exposed.graph.output}
+    assert {v.name: v.type for v in reference.graph.value_info} == {v.name: v.type for v in exposed.graph.value_info}
+    assert {t.name: t.raw_data for t in exposed.graph.initializer if t.name in large} == large
 
 
 def test_sessions_built_from_weights_left_on_disk_equal_those_of_a_model_holding_them(fresh_cache: Path, reference_onnx: Path, tmp_path: Path) -> None:

@@ -24,16 +24,18 @@ from __future__ import annotations
 
 import ast
 import json
+import math
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from zfnet.converters.graph import get_metadata, set_metadata, set_versions
-from zfnet.converters.index import GraphIndex, entry_of, opsets_of
+from zfnet.converters.index import EVALUATED_ELEMENTS, GraphIndex, entry_of, opsets_of
 from zfnet.errors import InvalidArgument
 from zfnet.server.rules import FLOAT_TYPES
 
@@ -45,6 +47,7 @@ INTERNAL_KEY = "zfnet.internal"  # layer names of tensors inside a module that a
 SWITCHES_SUFFIX = ".switches"
 _NO_LAYER_NAME = {"Constant", "ConstantOfShape", "Shape", "Size", "Range", "NonZero"}  # never name a layer after these
 _MEANINGLESS = re.compile(r"^(\d+|onnx::.*|.*_output_\d+|val_\d+)$")
+Message = TypeVar("Message", onnx.ModelProto, onnx.GraphProto)
 
 
 def _chain(node: onnx.NodeProto) -> tuple[list[str], str]:
@@ -207,12 +210,14 @@ def _fold_static(model: onnx.ModelProto, inferred: GraphIndex) -> bool:
 def _infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     """ONNX shape inference, with the sizes onnxruntime computes where they differ.
 
+    Inference runs on a copy without the bytes of the large weights (:func:`_weightless`): onnx
+    serialises the model it infers and parses the result, so VGG16's 553 MB were copied four times.
     Where ONNX infers another output size than onnxruntime runs (an entry's ``stand_in``: ceil-mode
-    pooling before opset 22), inference runs on a copy in which each such node is replaced, for its
-    shape only, by a stand-in of onnxruntime's size, upstream first, inferring again after each size
-    that changes.
+    pooling before opset 22), each such node of the copy is replaced, for its shape only, by a
+    stand-in of onnxruntime's size, upstream first, inferring again after each size that changes.
+    The result holds the large weights as initializers without their bytes.
     """
-    surrogate = onnx.ModelProto.FromString(model.SerializeToString())
+    surrogate, weights = _weightless(model)
     opsets = opsets_of(model)
     done: set[int] = set()
     while True:
@@ -233,7 +238,47 @@ def _infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
             if changed:
                 break  # downstream shapes are stale
         else:
+            added = {w.name for w in weights} - {v.name for v in model.graph.input}
+            kept = [v for v in inferred.graph.input if v.name not in added]
+            del inferred.graph.input[:]
+            inferred.graph.input.extend(kept)
+            inferred.graph.initializer.extend(weights)
             return inferred
+
+
+def _weightless(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[onnx.TensorProto]]:
+    """A copy of ``model`` in which each initializer of more than
+    :data:`~zfnet.converters.index.EVALUATED_ELEMENTS` elements is a graph input of its type and
+    shape, and those initializers without their bytes. Shape inference reads only the shapes of
+    such weights; the constants whose values it reads (Reshape and Expand targets, pads, axes) are
+    small and stay, and none of the large ones' bytes is copied."""
+    copy = _without(model, "graph")
+    copy.graph.CopyFrom(_without(model.graph, "initializer"))
+    declared = {v.name for v in model.graph.input}
+    weights = []
+    for tensor in model.graph.initializer:
+        if math.prod(tensor.dims) <= EVALUATED_ELEMENTS:
+            copy.graph.initializer.append(tensor)
+            continue
+        weights.append(onnx.TensorProto(name=tensor.name, data_type=tensor.data_type, dims=tensor.dims))
+        if tensor.name not in declared:
+            copy.graph.input.append(helper.make_tensor_value_info(tensor.name, tensor.data_type, tensor.dims))
+    return copy, weights
+
+
+def _without(message: Message, skip: str) -> Message:
+    """A copy of ``message`` without its field ``skip``."""
+    copy = type(message)()
+    for descriptor, value in message.ListFields():
+        if descriptor.name == skip:
+            continue
+        if descriptor.is_repeated:
+            getattr(copy, descriptor.name).extend(value)
+        elif descriptor.type == descriptor.TYPE_MESSAGE:
+            getattr(copy, descriptor.name).CopyFrom(value)
+        else:
+            setattr(copy, descriptor.name, value)
+    return copy
 
 
 def expose(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -244,7 +289,9 @@ def expose(model: onnx.ModelProto) -> onnx.ModelProto:
 def expose_indexed(model: onnx.ModelProto) -> tuple[onnx.ModelProto, GraphIndex]:
     """:func:`expose`, and the graph index of the exposed model (for the layer table, the receptive
     fields and the projection builder)."""
-    model = onnx.ModelProto.FromString(model.SerializeToString())
+    given, model = model, onnx.ModelProto()
+    model.CopyFrom(given)  # no serialised copy in between (VGG16: 553 MB)
+    del given
     set_versions(model)
     if get_metadata(model, EXPOSED_KEY) != "1":
         naming = _layer_names(model)
