@@ -16,21 +16,20 @@ from zfnet import errors
 from zfnet.client.transport import Transport
 from zfnet.preprocessing import UnnormalisedInput, unnormalised
 from zfnet.v1 import zfnet_pb2 as pb
-from zfnet.wire.models import CHUNK_BYTES, DatasetInfo, ModelDeleted, ModelInfo, ModelSummary, UploadHeader, upload_requests
+from zfnet.wire.models import CHUNK_BYTES, EXTERNAL_DATA_MARK, DatasetInfo, ModelDeleted, ModelInfo, ModelSummary, UploadHeader, upload_requests
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth")  # PyTorch checkpoints: a state_dict, not a model the server can run
 PROTOBUF_LIMIT = 2 << 30  # bytes: the most one protobuf message (one ONNX model) can hold
 CHECK_PREPROCESSING = False  # zfclient sets it: each model a command uses that records no normalisation is warned about once
 REPLICA_CHECK_S = 10.0  # seconds a replica gets to answer HasModel before it counts as unreachable
 UPLOAD_TIMEOUT_S = 600.0
-LOCATION = b"location"  # external data is named by a "location" entry: bytes without it name none
 
 
 def model_bytes(path: Path) -> bytes:
     """A model file's bytes, with the weights of any external data file (``model.onnx.data``, as
     ``torch.onnx.export`` writes by default) inlined, so that one self-contained model travels."""
     data = path.read_bytes()
-    if LOCATION not in data:
+    if EXTERNAL_DATA_MARK not in data:
         return data
     import onnx  # noqa: PLC0415  (only models that may reference external data need it)
     from onnx.external_data_helper import load_external_data_for_model, uses_external_data  # noqa: PLC0415
@@ -69,12 +68,12 @@ class ModelUpload:
         digest, size, tail = hashlib.sha256(), 0, b""
         with path.open("rb") as f:
             while chunk := f.read(CHUNK_BYTES):
-                if LOCATION in tail + chunk[: len(LOCATION) - 1] or LOCATION in chunk:
+                if EXTERNAL_DATA_MARK in tail + chunk[: len(EXTERNAL_DATA_MARK) - 1] or EXTERNAL_DATA_MARK in chunk:
                     data = model_bytes(path)
                     return cls(UploadHeader(hashlib.sha256(data).hexdigest(), len(data), path.stem), path, data)
                 digest.update(chunk)
                 size += len(chunk)
-                tail = chunk[1 - len(LOCATION) :]
+                tail = chunk[1 - len(EXTERNAL_DATA_MARK) :]
         return cls(UploadHeader(digest.hexdigest(), size, path.stem), path)
 
     def chunks(self) -> Iterator[bytes]:

@@ -9,6 +9,7 @@ from zfnet.errors import InvalidArgument
 from zfnet.v1 import zfnet_pb2 as pb
 
 CHUNK_BYTES = 1 << 20  # bytes per UploadModel chunk
+EXTERNAL_DATA_MARK = b"location"  # a tensor names its external data file in a "location" entry: model bytes without it name none
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,8 @@ from collections.abc import Iterator
 
 import onnx
 
+from zfnet.wire.models import EXTERNAL_DATA_MARK
+
 
 def tensors(message) -> Iterator[onnx.TensorProto]:
     """Every TensorProto inside an ONNX message (initializers, Constant and attribute tensors, sparse
@@ -40,7 +42,7 @@ def may_name_files(data: bytes | bytearray) -> bool:
     """Whether a serialised model may name the files of external data, without parsing it: a tensor
     names its file in a ``location`` entry, so bytes without that word name none. (A tensor marked
     external without one is refused wherever it comes from, so such bytes are never prepared.)"""
-    return b"location" in data
+    return EXTERNAL_DATA_MARK in data
 
 
 def location(tensor: onnx.TensorProto) -> str:
