@@ -17,6 +17,9 @@ The cache belongs to the process that writes it:
 - **Verified.** Every file has the SHA-256 of its bytes stored beside it (``<file>.sha256``) and
   checked at every read; an entry that does not match, cannot be parsed, or keeps any tensor as
   external data (a file it would make onnxruntime read) is removed and the work done again.
+- **Streamed.** An entry is written and read without a whole serialised copy of its model: written
+  from the model's tensors, hashed as it is written, read back as a skeleton without its large
+  weights, its digest checked by reading the file in chunks (:mod:`zfnet.server.weights`).
 """
 
 from __future__ import annotations
