@@ -57,7 +57,7 @@ def _every_kind_of_initializer(reference_onnx: Path) -> onnx.ModelProto:
     rng = np.random.default_rng(0)
     values = rng.standard_normal(EVALUATED_ELEMENTS + 1).astype(np.float32)
     model.graph.initializer.append(onnx.helper.make_tensor("in_float_data", onnx.TensorProto.FLOAT, values.shape, values))
-    model.graph.initializer.append(onnx.helper.make_tensor("strings", onnx.TensorProto.STRING, [EVALUATED_ELEMENTS + 1], [b"s"] * (EVALUATED_ELEMENTS + 1)))
+    model.graph.initializer.add(name="strings", data_type=onnx.TensorProto.STRING, dims=[EVALUATED_ELEMENTS + 1], string_data=[b"s"] * (EVALUATED_ELEMENTS + 1))
     for _ in range(2):
         model.graph.initializer.append(numpy_helper.from_array(values, "twice"))
     model.graph.initializer.append(numpy_helper.from_array(values[:4], "small"))
