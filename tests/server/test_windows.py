@@ -62,6 +62,8 @@ class ResNetLike(nn.Module):
     normalisation inside; ``gate`` puts squeeze and excitation after layer1, ``mean_image``
     subtracts a full-size mean image first."""
 
+    pixel_mean: torch.Tensor  # a buffer: (1, 3, 1, 1), or (1, 3, 96, 96) with ``mean_image``
+
     def __init__(self, gate: bool = False, mean_image: bool = False) -> None:
         super().__init__()
         self.register_buffer("pixel_mean", torch.rand(1, 3, 96, 96) * 255 if mean_image else torch.tensor([124.0, 116.0, 104.0]).view(1, 3, 1, 1))
