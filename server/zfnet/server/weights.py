@@ -21,6 +21,7 @@ import hashlib
 import math
 import mmap
 import os
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -33,8 +34,8 @@ from onnx import numpy_helper
 
 from zfnet.converters.index import EVALUATED_ELEMENTS
 
-# field numbers of onnx.proto: ModelProto.graph, GraphProto.initializer, TensorProto.name and .raw_data
-MODEL_GRAPH, GRAPH_INITIALIZER, TENSOR_NAME, TENSOR_RAW_DATA = 7, 5, 8, 9
+# field numbers of onnx.proto: ModelProto.graph, GraphProto.initializer, TensorProto.raw_data
+MODEL_GRAPH, GRAPH_INITIALIZER, TENSOR_RAW_DATA = 7, 5, 9
 LENGTH_DELIMITED = 2
 MAX_SERIALISED = (1 << 31) - 1  # protobuf's limit: a model over 2 GiB cannot be written (nor parsed)
 # bytes per element of the types whose raw_data is left on disk (packed 4-bit types and strings stay)
@@ -113,8 +114,8 @@ def raw_size(tensor: onnx.TensorProto) -> int | None:
 
 def _unique(spans: list[tuple[str, Span]]) -> dict[str, Span]:
     """The spans by name; names given to several initializers are left out."""
-    names = [name for name, _ in spans]
-    return {name: span for name, span in spans if names.count(name) == 1}
+    names = Counter(name for name, _ in spans)
+    return {name: span for name, span in spans if names[name] == 1}
 
 
 # -- writing ---------------------------------------------------------------------------------------
@@ -182,7 +183,7 @@ def write(model: onnx.ModelProto, file: BinaryIO) -> tuple[dict[str, Span], str]
         digest.update(data)
         file.write(data)
         offset += len(data)
-        del data
+        del data  # this tensor's copy goes before the next one is made
     file.flush()
     return _unique(spans), digest.hexdigest()
 
