@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import os
 import stat
 from pathlib import Path
 
@@ -133,8 +134,6 @@ def test_an_entry_naming_an_external_file_is_refused_even_with_a_matching_digest
 
 
 def test_the_size_bound_removes_the_least_recently_used_entries(fresh_cache: Path, reference_onnx: Path, monkeypatch) -> None:
-    import os
-
     data = reference_onnx.read_bytes()
     reference = load(data, "reference")
     one = sum(p.stat().st_size for p in fresh_cache.rglob("*") if p.is_file())
@@ -179,3 +178,54 @@ def test_bytes_naming_external_data_are_checked_even_when_the_cache_holds_their_
     first = load(plain, "reference")
     again = load(plain, "reference")  # read back: the upload is not parsed
     assert again.layers == first.layers
+
+
+@pytest.mark.parametrize("digest", ["kept", "matching"])
+def test_a_truncated_entry_is_removed_and_rebuilt(fresh_cache: Path, reference_onnx: Path, digest: str, caplog) -> None:
+    """Cut inside a large initializer's bytes: its digest no longer matches, or (a digest written to
+    match) its graph's length runs past the end of the file."""
+    data = reference_onnx.read_bytes()
+    first = load(data, "reference")
+    entry = _entry(fresh_cache, first.sha256)
+    whole = entry.read_bytes()
+    cut = whole[: len(whole) // 2]
+    entry.write_bytes(cut)
+    if digest == "matching":
+        entry.with_name("exposed.onnx.sha256").write_text(hashlib.sha256(cut).hexdigest())
+    second = load(data, "reference")
+    problem = "do not match their SHA-256" if digest == "kept" else "runs past its message"
+    assert any(problem in r.getMessage() and "is removed" in r.getMessage() for r in caplog.records), problem
+    assert second.layers == first.layers and second.weights is not None
+    assert entry.read_bytes() == whole, "rebuilt: the same bytes"
+    assert hashlib.sha256(whole).hexdigest() == entry.with_name("exposed.onnx.sha256").read_text()
+
+
+def _no_cache_written(folder: Path, reference_onnx: Path, sample_images) -> None:
+    model = load(reference_onnx.read_bytes(), "reference")
+    assert model.weights is None, "the model holds its weights"
+    assert _deconv(model, sample_images)
+    assert not [p for p in folder.rglob("*") if p.is_file()], "no entry, digest or temporary file left"
+
+
+def test_a_full_disk_is_no_error_and_leaves_no_partial_entry(fresh_cache: Path, reference_onnx: Path, sample_images) -> None:
+    """Files may not grow past 64 KiB (as a full disk): every entry fails part-way through its write."""
+    import resource
+    import signal
+
+    limits = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG) instead of killing the process
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64 << 10, limits[1]))
+    try:
+        _no_cache_written(fresh_cache, reference_onnx, sample_images)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+        signal.signal(signal.SIGXFSZ, handler)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a read-only folder")
+def test_a_read_only_cache_folder_is_no_error(fresh_cache: Path, reference_onnx: Path, sample_images) -> None:
+    fresh_cache.mkdir(parents=True, mode=0o500)
+    try:
+        _no_cache_written(fresh_cache, reference_onnx, sample_images)
+    finally:
+        fresh_cache.chmod(0o700)

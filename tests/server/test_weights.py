@@ -7,6 +7,7 @@ to the model loaded with its weights in memory."""
 from __future__ import annotations
 
 import hashlib
+import io
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ from zfnet.errors import NotFound
 from zfnet.server import cache, runtime
 from zfnet.server.cache import Cache
 from zfnet.server.models import load
-from zfnet.server.weights import raw_data_spans
+from zfnet.server.weights import StoredWeights, skeleton, write
 from zfnet.wire.models import CHUNK_BYTES
 
 
@@ -35,14 +36,72 @@ def _large(model: onnx.ModelProto) -> list[onnx.TensorProto]:
     return [t for t in model.graph.initializer if int(np.prod(t.dims)) > EVALUATED_ELEMENTS]
 
 
-def test_the_spans_found_in_serialised_bytes_are_each_initializers_raw_data(reference_onnx: Path) -> None:
+def test_the_spans_found_in_serialised_bytes_are_each_large_initializers_raw_data(reference_onnx: Path) -> None:
     data = reference_onnx.read_bytes()
     model = onnx.ModelProto.FromString(data)
-    spans = raw_data_spans(data)
-    raw = {t.name: t.raw_data for t in model.graph.initializer if t.HasField("raw_data")}
+    spans = skeleton(data)[1]
+    raw = {t.name: t.raw_data for t in _large(model)}
     assert raw and set(spans) == set(raw)
     for name, (offset, length) in spans.items():
         assert data[offset : offset + length] == raw[name], name
+
+
+def _every_kind_of_initializer(reference_onnx: Path) -> onnx.ModelProto:
+    """The exposed reference model with fields on every side of a large raw_data, and initializers
+    whose bytes stay in the graph: a large one in float_data, a large string tensor, two large ones
+    of one name, a small one."""
+    model = expose.expose(onnx.load(reference_onnx))
+    large = _large(model)
+    large[0].doc_string = "a field numbered after raw_data"
+    large[0].metadata_props.add(key="zfnet.test", value="another")
+    rng = np.random.default_rng(0)
+    values = rng.standard_normal(EVALUATED_ELEMENTS + 1).astype(np.float32)
+    model.graph.initializer.append(onnx.helper.make_tensor("in_float_data", onnx.TensorProto.FLOAT, values.shape, values))
+    model.graph.initializer.add(name="strings", data_type=onnx.TensorProto.STRING, dims=[EVALUATED_ELEMENTS + 1], string_data=[b"s"] * (EVALUATED_ELEMENTS + 1))
+    for _ in range(2):
+        model.graph.initializer.append(numpy_helper.from_array(values, "twice"))
+    model.graph.initializer.append(numpy_helper.from_array(values[:4], "small"))
+    return model
+
+
+def test_a_streamed_model_is_byte_for_byte_its_serialisation_and_its_skeleton_the_stripped_model(reference_onnx: Path, tmp_path: Path) -> None:
+    model = _every_kind_of_initializer(reference_onnx)
+    whole = model.SerializeToString()
+    path = tmp_path / "entry.onnx"
+    with path.open("w+b") as file:
+        spans, sha256 = write(model, file)
+    data = path.read_bytes()
+    assert data == whole and sha256 == hashlib.sha256(whole).hexdigest()
+    streamed = {t.name for t in _large(model) if t.HasField("raw_data")} - {"twice"}
+    assert set(spans) == streamed, "each large raw_data, one name given twice left out"
+    for name, (offset, length) in spans.items():
+        tensor = next(t for t in model.graph.initializer if t.name == name)
+        assert data[offset : offset + length] == tensor.raw_data, name
+    bones, found = skeleton(data)
+    assert found == spans and len(bones) < len(whole) - sum(length for _, length in spans.values())
+    with path.open("rb") as file:
+        read, stored = StoredWeights.read(path, file)
+        held = StoredWeights(path, file, spans).stripped(onnx.ModelProto.FromString(whole))
+        assert read == held and read.SerializeToString() == bones == held.SerializeToString()
+        for tensor in read.graph.initializer:
+            value = stored.array(tensor)
+            assert (value is None) == (tensor.name not in streamed), tensor.name
+            if value is not None:
+                np.testing.assert_array_equal(value, numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == tensor.name)))
+        assert stored.restore(read) == onnx.ModelProto.FromString(whole)
+
+
+def test_a_model_over_2_gib_is_refused_before_a_byte_is_written(tmp_path: Path) -> None:
+    """Decided from the sizes the tensors declare: this one says 2 GiB of float32 and holds 4 bytes."""
+    model = onnx.helper.make_model(onnx.helper.make_graph([], "g", [], []))
+    model.graph.initializer.add(name="huge", data_type=onnx.TensorProto.FLOAT, dims=[1 << 29], raw_data=bytes(4))
+    out = io.BytesIO()
+    with pytest.raises(ValueError, match="over protobuf's 2 GiB"):
+        write(model, out)
+    assert out.getvalue() == b""
+    entry = tmp_path / "cache" / "model" / "exposed.onnx"
+    assert Cache(tmp_path / "cache", 1 << 30)._write(entry, model) is None
+    assert not [p for p in (tmp_path / "cache").rglob("*") if p.is_file()], "no entry, digest or temporary file left"
 
 
 def test_a_model_from_the_cache_holds_no_large_weights_and_reads_them_back_equal(fresh_cache: Path, reference_onnx: Path) -> None:

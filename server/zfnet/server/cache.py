@@ -17,11 +17,15 @@ The cache belongs to the process that writes it:
 - **Verified.** Every file has the SHA-256 of its bytes stored beside it (``<file>.sha256``) and
   checked at every read; an entry that does not match, cannot be parsed, or keeps any tensor as
   external data (a file it would make onnxruntime read) is removed and the work done again.
+- **Streamed.** An entry is written and read without a whole serialised copy of its model: written
+  from the model's tensors, hashed as it is written, read back as a skeleton without its large
+  weights, its digest checked by reading the file in chunks (:mod:`zfnet.server.weights`).
 """
 
 from __future__ import annotations
 
 import ast
+import contextlib
 import functools
 import hashlib
 import importlib.util
@@ -32,8 +36,9 @@ import shutil
 import stat
 import tempfile
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import onnx
 from google.protobuf.message import DecodeError
@@ -42,7 +47,7 @@ from zfnet.version import __version__
 from zfnet.converters import expose
 from zfnet.converters.graph import get_metadata, set_metadata
 from zfnet.converters.index import GraphIndex
-from zfnet.server import external
+from zfnet.server import external, weights
 from zfnet.server import projection as projection_graph
 from zfnet.server.admission import parse_bytes
 from zfnet.server.weights import StoredWeights
@@ -127,16 +132,19 @@ def _private_folder(path: Path) -> bool:
         return False
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    """``data`` into ``path`` (0600), atomically: a temporary file of its own renamed over it."""
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.{id(data)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+@contextlib.contextmanager
+def _replacing(path: Path) -> Iterator[BinaryIO]:
+    """A new file (0600, readable and writable) renamed over ``path`` when the block ends, atomically;
+    removed if it raises. The file stays open: its caller closes it."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{path.name}.", suffix=".tmp")
+    file = os.fdopen(fd, "w+b")
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        tmp.replace(path)
+        yield file
+        file.flush()
+        os.replace(tmp, path)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        file.close()
+        Path(tmp).unlink(missing_ok=True)
         raise
 
 
@@ -172,30 +180,35 @@ class Cache:
         shutil.rmtree(self._model_folder(sha256), ignore_errors=True)
 
     # -- entries ---------------------------------------------------------------------------------
-    def _read(self, path: Path, verified: Callable[[], object] = lambda: None) -> tuple[onnx.ModelProto, bytes] | None:
-        """An entry and its bytes, if it is there, its bytes match the digest beside them (then
-        ``verified()`` is called, before it is parsed), it parses, and it names no external file;
-        anything else is removed (and rebuilt by the caller)."""
+    def _read(self, path: Path, verified: Callable[[], object] = lambda: None) -> tuple[onnx.ModelProto, StoredWeights] | None:
+        """An entry, if it is there, its bytes (streamed) match the digest beside them (then
+        ``verified()`` is called, before it is parsed), it parses, and it names no external file:
+        the model without its large weights, and those weights
+        (:meth:`~zfnet.server.weights.StoredWeights.read`); anything else is removed (and rebuilt by
+        the caller)."""
         if not self.usable:
             return None
         try:
-            data = path.read_bytes()
-            recorded = path.with_name(path.name + DIGEST).read_text().strip()
+            file = path.open("rb")
         except OSError:
             return None
-        problem = None
-        model = None
-        if hashlib.sha256(data).hexdigest() != recorded:
-            problem = "its bytes do not match their SHA-256"
-        else:
-            verified()
-            try:
-                model = onnx.ModelProto.FromString(data)
-            except DecodeError:
-                problem = "it is not an ONNX model"
-            if model is not None and external.external(model):
-                problem, model = "it keeps tensors as external data", None
+        problem, entry = None, None
+        try:
+            recorded = path.with_name(path.name + DIGEST).read_text().strip()
+            if hashlib.file_digest(file, "sha256").hexdigest() != recorded:
+                problem = "its bytes do not match their SHA-256"
+            else:
+                verified()
+                entry = StoredWeights.read(path, file)
+                if external.external(entry[0]):
+                    problem = "it keeps tensors as external data"
+        except OSError:
+            file.close()
+            return None
+        except (DecodeError, ValueError) as err:
+            problem = f"it is not an ONNX model ({err})"
         if problem is not None:
+            file.close()
             log.warning("cache: %s is not used and is removed: %s", path, problem)
             self._remove(path)
             return None
@@ -203,24 +216,27 @@ class Cache:
             os.utime(path)  # used now: least recently used entries go first
         except OSError:
             pass
-        assert model is not None, "an entry without a problem parsed"
-        return model, data
+        assert entry is not None, "an entry without a problem parsed"
+        return entry
 
-    def _write(self, path: Path, model: onnx.ModelProto) -> bytes | None:
-        """Store ``model`` at ``path``; its bytes as written, None when they could not be."""
+    def _write(self, path: Path, model: onnx.ModelProto) -> StoredWeights | None:
+        """Store ``model`` at ``path``, streamed (:func:`zfnet.server.weights.write`): where its large
+        weights are in what was written, None when it could not be."""
         if not self.usable:
             return None
         try:
             if not all(_private_folder(folder) for folder in (self.folder, path.parent.parent, path.parent)):
                 return None
-            data = model.SerializeToString()
-            _write_private(path.with_name(path.name + DIGEST), hashlib.sha256(data).hexdigest().encode())
-            _write_private(path, data)
+            with _replacing(path) as file:  # the digest is in place before the entry
+                spans, sha256 = weights.write(model, file)
+                with _replacing(path.with_name(path.name + DIGEST)) as digest:
+                    digest.write(sha256.encode())
+                digest.close()
         except (OSError, ValueError) as err:  # a read-only home, a full disk, a model over 2 GiB
             log.debug("cache: cannot write %s: %s", path, err)
             return None
         self._trim()
-        return data
+        return StoredWeights(path, file, spans)
 
     @staticmethod
     def _remove(path: Path) -> None:
@@ -269,24 +285,21 @@ class Cache:
         entry = self._read(path, found)
         index = None
         if entry is not None and get_metadata(entry[0], expose.EXPOSED_KEY) == "1":
-            model, data = entry
+            model, stored = entry
         else:
+            if entry is not None:
+                entry[1].close()
             model, index = expose.expose_indexed(original())
             final = True
             if finish is not None:
                 model, index, final = finish(model, index)
-            data = self._write(path, model) if final else None
+            stored = self._write(path, model) if final else None
+            if stored is not None:
+                index = None  # it reads the model about to go
+                model = stored.stripped(model)
         del entry
-        stored = None
-        try:
-            stored = StoredWeights(path, data) if data is not None else None
-        except OSError as err:  # trimmed or rewritten by another process meanwhile
-            log.debug("cache: %s cannot hold the weights: %s", path, err)
-        del data
         if stored is None:
             return model, index if index is not None else GraphIndex(model), None
-        del index  # it reads the model about to go
-        model = stored.stripped(model)
         return model, GraphIndex(model, stored.array), stored
 
     def projection(
@@ -297,7 +310,9 @@ class Cache:
         path = self._model_folder(sha256) / f"projection-{method}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.onnx"
         found = self._read(path)
         if found is not None:
-            cached = found[0]
+            cached, weights_on_disk = found
+            weights_on_disk.restore(cached)
+            weights_on_disk.close()
             info = json.loads(get_metadata(cached, PROJECTION_KEY) or "{}")
             if info.get("layer") == layer and info.get("method") == method and info.get("stop", "") == stop:
                 return projection_graph.Projection(cached, layer, method, info["forward_tensors"], info.get("per_image", False), stop)
@@ -306,5 +321,7 @@ class Cache:
         stored.CopyFrom(built.model)
         info = {"layer": layer, "method": method, "forward_tensors": built.forward_tensors, "per_image": built.per_image}
         set_metadata(stored, PROJECTION_KEY, json.dumps(info | ({"stop": stop} if stop else {})))
-        self._write(path, stored)
+        written = self._write(path, stored)
+        if written is not None:
+            written.close()
         return built
