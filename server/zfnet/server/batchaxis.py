@@ -34,7 +34,7 @@ log = logging.getLogger("zfnet.server")
 
 BATCH = "N"  # the symbolic batch dimension of a freed graph
 CHECK_ROWS = (1, 3)  # batch sizes the freed graph is checked at
-SEGMENTS = 16  # parts the check's runs are cut into (:func:`in_parts`)
+SEGMENTS = 16  # a part of the check's runs makes at most this fraction of the graph's tensor bytes (:class:`Parts`)
 RELATIVE = 1e-6  # largest difference from the padded run, relative to a tensor's largest magnitude (a sum in another order: ~1e-7)
 SEED = 0
 COPY_FACTOR = 8  # the freed copy's peak over the load, in exposed models' bytes (ResNet-50: +688 MiB for 98 MB)
@@ -164,16 +164,25 @@ def dynamic_copy(model: onnx.ModelProto, index: GraphIndex, batch: int) -> tuple
 
 
 class Parts:
-    """A graph's nodes in :data:`SEGMENTS` consecutive parts of as many nodes (one part where a node
-    reads a tensor made after it or holds a subgraph), and which part makes and last reads each tensor."""
+    """A graph's nodes in consecutive parts that each make at most a :data:`SEGMENTS`-th of the
+    graph's tensor bytes per image (a node making more is a part alone; one part where a node reads
+    a tensor made after it or holds a subgraph), and which part makes and last reads each tensor.
+    Cut by bytes rather than by node count, no part holds the large early maps of several blocks."""
 
-    def __init__(self, graph: onnx.GraphProto) -> None:
+    def __init__(self, graph: onnx.GraphProto, index: GraphIndex) -> None:
         nodes = list(graph.node)
         made = {name: k for k, node in enumerate(nodes) for name in node.output if name}
         nested = any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for node in nodes for a in node.attribute)
         ordered = all(made.get(name, -1) < k for k, node in enumerate(nodes) for name in node.input)
-        bounds = sorted(set(np.linspace(0, len(nodes), (SEGMENTS if ordered and not nested else 1) + 1).astype(int).tolist()))
-        self.parts = [nodes[a:b] for a, b in zip(bounds, bounds[1:])]
+        sizes = [sum(value_bytes(index.infos[n]) for n in node.output if n in index.infos) for node in nodes]
+        share = sum(sizes) / SEGMENTS if ordered and not nested else float("inf")
+        bounds, held = [0], 0
+        for k, size in enumerate(sizes):
+            if held and held + size > share:
+                bounds.append(k)
+                held = 0
+            held += size
+        self.parts = [nodes[a:b] for a, b in zip(bounds, [*bounds[1:], len(nodes)])]
         self.constants = {t.name: t for t in graph.initializer}
         self.part_of = {name: p for p, part in enumerate(self.parts) for node in part for name in node.output if name}
         self.last_read = {name: p for p, part in enumerate(self.parts) for node in part for name in node.input}
@@ -191,7 +200,7 @@ def check_bytes(model: onnx.ModelProto, index: GraphIndex, batch: int) -> int:
     images for the padded run, and at the rows of the freed graph's runs and of the compared tensors
     waiting for their pair (a part's worth each, twice for the parts the two runs may be apart), plus
     the copies of its weights (serialised, in the session)."""
-    split = Parts(model.graph)
+    split = Parts(model.graph, index)
     rows = batch + 2 * (sum(CHECK_ROWS) + max(CHECK_ROWS))
 
     def per_image(names: Iterable[str]) -> int:
@@ -213,7 +222,7 @@ def in_parts(model: onnx.ModelProto, index: GraphIndex, feeds: list[np.ndarray],
     ``rows`` rows on the batch axis where ``rows`` is given) before the next part runs. onnxruntime
     holds every tensor of a run to its end, so the whole exposed graph at once held the padded batch
     of all of them (ResNet-50 at 32 images: 4.3 GB over the load; in 16 parts 0.76 GB)."""
-    split = Parts(model.graph)
+    split = Parts(model.graph, index)
     constants, last_read = split.constants, split.last_read
     axes, exposed = batch_axes(index), {o.name for o in model.graph.output}
     values = [{index.image or "": feed} for feed in feeds]
