@@ -37,7 +37,7 @@ CHECK_ROWS = (1, 3)  # batch sizes the freed graph is checked at
 SEGMENTS = 16  # a part of the check's runs makes at most this fraction of the graph's tensor bytes (:class:`Parts`)
 RELATIVE = 1e-6  # largest difference from the padded run, relative to a tensor's largest magnitude (a sum in another order: ~1e-7)
 SEED = 0
-COPY_FACTOR = 8  # the freed copy's peak over the load, in exposed models' bytes (ResNet-50: +688 MiB for 98 MB)
+COPY_FACTOR = 3  # the freed copy's peak over the load, in exposed models' bytes (ResNet-50: +215 MiB for 98 MB, VGG16: +1,055 MiB for 527 MB; 1x held through the check)
 FETCH_COPIES = 3  # per tensor a part hands on: the copy fetched out of onnxruntime, kernels' workspaces and freed blocks the heap keeps (measured: up to 2.3)
 PIECE_COPIES = 3  # copies of a part's weights while its session is made (the graph, its serialised bytes, the session's)
 # onnxruntime optimisers the check's sessions go without: the NCHWc layout turns every exposed tensor
@@ -122,6 +122,9 @@ def _repeated_constants(r: Rewriter, node: onnx.NodeProto) -> None:
         return
     rank = len(r.index.shape(node.output[0]) or [])
     for k, name in enumerate(node.input):
+        shape = r.index.shape(name)  # read first: the index keeps each value it makes (the weights, a second copy of the model)
+        if shape is not None and (len(shape) != rank or shape[axis] != r.batch):
+            continue
         value = r.index.constant(name)
         if value is None or value.ndim != rank or value.shape[axis] != r.batch:
             continue
