@@ -34,7 +34,7 @@ log = logging.getLogger("zfnet.server")
 
 BATCH = "N"  # the symbolic batch dimension of a freed graph
 CHECK_ROWS = (1, 3)  # batch sizes the freed graph is checked at
-SEGMENTS = 16  # a part of the check's runs makes at most this fraction of the graph's tensor bytes (:class:`Parts`)
+SEGMENTS = 16  # each part of the check's runs makes at most 1/SEGMENTS of the graph's tensor bytes per image (:class:`Parts`)
 RELATIVE = 1e-6  # largest difference from the padded run, relative to a tensor's largest magnitude (a sum in another order: ~1e-7)
 SEED = 0
 COPY_FACTOR = 3  # the freed copy's peak over the load, in exposed models' bytes (ResNet-50: +215 MiB for 98 MB, VGG16: +1,055 MiB for 527 MB; 1x held through the check)
@@ -224,7 +224,7 @@ def check_bytes(model: onnx.ModelProto, index: GraphIndex, batch: int) -> int:
 
 def in_parts(model: onnx.ModelProto, index: GraphIndex, feeds: list[np.ndarray], rows: int = 0) -> Iterator[dict[str, list[np.ndarray]]]:
     """Every exposed tensor of ``model`` run on each image batch of ``feeds``, a part of the graph at a
-    time: the graph runs in :data:`SEGMENTS` consecutive parts, each fed the tensors the earlier ones
+    time: the graph runs in consecutive parts (:class:`Parts`), each fed the tensors the earlier ones
     made that it reads, and each part yields the exposed tensors it made (one per feed; their first
     ``rows`` rows on the batch axis where ``rows`` is given) before the next part runs. onnxruntime
     holds every tensor of a run to its end, so the whole exposed graph at once held the padded batch
