@@ -38,7 +38,7 @@ SEGMENTS = 16  # each part of the check's runs makes at most 1/SEGMENTS of the g
 RELATIVE = 1e-6  # largest difference from the padded run, relative to a tensor's largest magnitude (a sum in another order: ~1e-7)
 SEED = 0
 COPY_FACTOR = 3  # the freed copy's peak over the load, in exposed models' bytes (ResNet-50: +215 MiB for 98 MB, VGG16: +1,055 MiB for 527 MB; 1x held through the check)
-FETCH_COPIES = 3  # per tensor a part hands on: the copy fetched out of onnxruntime, kernels' workspaces and freed blocks the heap keeps (measured: up to 2.3)
+FETCH_COPIES = 2  # per tensor a part hands on: the copy fetched out of onnxruntime, and freed blocks the heap keeps (3 while the NCHWc layout added its Reorder buffers)
 PIECE_COPIES = 3  # copies of a part's weights while its session is made (the graph, its serialised bytes, the session's)
 # onnxruntime optimisers the check's sessions go without: the NCHWc layout turns every exposed tensor
 # back to NCHW, all rows of it, before it is cut to the rows compared (ResNet-50 at 32 images: 27% of
