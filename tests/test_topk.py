@@ -16,6 +16,12 @@ from zfnet.wire.common import Skipped
 from zfnet.wire.top import state_of, state_proto
 
 CHANNELS = np.array([0, 2, 3])
+TRACKED = {"conv": CHANNELS, "fc": CHANNELS, "whole": np.arange(4)}  # "whole": every channel, NaNs among the values
+
+
+def number(x: float) -> float | str:
+    """A value as compared in these tests: NaN equal to NaN."""
+    return "nan" if np.isnan(x) else float(x)
 
 
 def brute_force(acts: dict[str, np.ndarray], k: int, by: str, skip: AbstractSet[int] = frozenset()) -> dict[str, list[list[tuple]]]:
@@ -23,7 +29,7 @@ def brute_force(acts: dict[str, np.ndarray], k: int, by: str, skip: AbstractSet[
     out = {}
     for name, act in acts.items():
         per_channel = []
-        for c in CHANNELS:
+        for c in TRACKED[name]:
             rows = []
             for i in range(act.shape[0]):
                 if i in skip:
@@ -33,8 +39,8 @@ def brute_force(acts: dict[str, np.ndarray], k: int, by: str, skip: AbstractSet[
                 where = int(np.argmax(flat))
                 value = float(flat.max()) if by == "max" else float(np.float32(flat.astype(np.float64).mean()))
                 rows.append((value, i, float(flat[where]), tuple(int(p) for p in np.unravel_index(where, fmap.shape))))
-            rows.sort(key=lambda r: (-r[0], r[1]))
-            per_channel.append(rows[:k])
+            rows.sort(key=lambda r: (np.isnan(r[0]), 0.0 if np.isnan(r[0]) else -r[0], r[1]))  # NaN last
+            per_channel.append([(number(v), i, number(p), at) for v, i, p, at in rows[:k]])
         out[name] = per_channel
     return out
 
@@ -43,20 +49,21 @@ def as_lists(state: TopK) -> dict[str, list[list[tuple]]]:
     out = {}
     for name, top in state.layers.items():
         out[name] = [
-            [(float(top.values[c, r]), int(top.indices[c, r]), float(top.activations[c, r]), tuple(int(p) for p in top.locations[c, r]))
+            [(number(top.values[c, r]), int(top.indices[c, r]), number(top.activations[c, r]), tuple(int(p) for p in top.locations[c, r]))
              for r in range(state.k) if top.indices[c, r] != EMPTY]
             for c in range(len(top.channels))
         ]
     return out
 
 
-def empty(n: int, k: int, by: str) -> TopK:
-    return TopK.empty("sha", "dataset:test", n, k, by, {"conv": (CHANNELS, 2), "fc": (CHANNELS, 0)})
+def empty(n: int, k: int, by: str, names: tuple[str, ...] = ("conv", "fc")) -> TopK:
+    ranks = {"conv": 2, "fc": 0, "whole": 2}
+    return TopK.empty("sha", "dataset:test", n, k, by, {name: (TRACKED[name], ranks[name]) for name in names})
 
 
 def scan(acts: dict[str, np.ndarray], start: int, stop: int, cuts: list[int], k: int, by: str) -> TopK:
     """One shard [start, stop), read in batches split at ``cuts``."""
-    state = empty(next(iter(acts.values())).shape[0], k, by)
+    state = empty(next(iter(acts.values())).shape[0], k, by, tuple(acts))
     edges = [start, *sorted(c for c in set(cuts) if start < c < stop), stop]
     for a, b in zip(edges, edges[1:]):
         state.observe({name: act[a:b] for name, act in acts.items()}, np.arange(a, b))
@@ -70,12 +77,13 @@ def jobs(draw):
     values = st.integers(0, 3)  # few distinct values: many ties
     conv = np.asarray(draw(st.lists(values, min_size=n * 4 * 6, max_size=n * 4 * 6)), np.float32).reshape(n, 4, 2, 3)
     fc = np.asarray(draw(st.lists(values, min_size=n * 4, max_size=n * 4)), np.float32).reshape(n, 4)
+    whole = np.asarray(draw(st.lists(st.sampled_from([0.0, 1.0, 2.0, np.nan]), min_size=n * 4 * 2, max_size=n * 4 * 2)), np.float32).reshape(n, 4, 2, 1)
     shards = sorted(set(draw(st.lists(st.integers(1, n - 1), max_size=4)))) if n > 1 else []
     batches = draw(st.lists(st.integers(1, n), max_size=8))
     k = draw(st.integers(1, 12))
     by = draw(st.sampled_from(["max", "mean"]))
     order = draw(st.permutations(range(len(shards) + 1)))
-    return {"conv": conv, "fc": fc}, shards, batches, k, by, order
+    return {"conv": conv, "fc": fc, "whole": whole}, shards, batches, k, by, order
 
 
 @pytest.mark.slow

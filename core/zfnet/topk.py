@@ -65,7 +65,25 @@ class LayerTop:
         return np.array_equal(self.channels, other.channels) and self.values.shape == other.values.shape and self.locations.shape == other.locations.shape
 
     def add(self, values: np.ndarray, activations: np.ndarray, indices: np.ndarray, locations: np.ndarray) -> None:
-        """Take candidates (C, m) (and (C, m, S) locations) into the top-k, in place."""
+        """Take candidates (C, m) (and (C, m, S) locations) into the top-k, in place. Only the rows
+        where a candidate can enter are sorted again (after the first batches of a scan, a few)."""
+        rows = np.flatnonzero(self._may_enter(values)) if values.shape[1] else np.zeros(0, np.int64)
+        if len(rows) == len(self.values):
+            self._sort_in(values, activations, indices, locations)
+        elif len(rows):
+            part = LayerTop(self.channels[rows], self.values[rows], self.activations[rows], self.indices[rows], self.locations[rows])
+            part._sort_in(values[rows], activations[rows], indices[rows], locations[rows])
+            self.values[rows], self.activations[rows], self.indices[rows], self.locations[rows] = part.values, part.activations, part.indices, part.locations
+
+    def _may_enter(self, values: np.ndarray) -> np.ndarray:
+        """(C,) bool: rows with an empty slot or a NaN last (NaN ranks last), or a candidate that
+        reaches the last value (a tie enters by the lower data-set index); a NaN candidate never
+        passes a number."""
+        last = self.values[:, -1]
+        return (self.indices[:, -1] == EMPTY) | np.isnan(last) | (np.fmax.reduce(values, axis=1) >= last)
+
+    def _sort_in(self, values: np.ndarray, activations: np.ndarray, indices: np.ndarray, locations: np.ndarray) -> None:
+        """Every row's k best of its entries and the candidates."""
         k = self.values.shape[1]
         all_values = np.concatenate([self.values, values], axis=1)
         all_indices = np.concatenate([self.indices, indices], axis=1)
@@ -86,7 +104,8 @@ def reduce(activation: np.ndarray, channels: np.ndarray, by: str) -> tuple[np.nd
     """
     if by not in BY:
         raise InvalidArgument(f"unknown ranking {by!r}; choose one of {', '.join(BY)}")
-    picked = activation[:, channels]
+    every = len(channels) == activation.shape[1] and np.array_equal(channels, np.arange(activation.shape[1]))
+    picked = activation if every else activation[:, channels]  # (every channel: no copy)
     n, c, spatial = picked.shape[0], picked.shape[1], picked.shape[2:]
     flat = picked.reshape(n, c, -1)
     where = flat.argmax(axis=2)
