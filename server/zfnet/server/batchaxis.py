@@ -42,7 +42,8 @@ FETCH_COPIES = 2  # per tensor a part hands on: the copy fetched out of onnxrunt
 PIECE_COPIES = 3  # copies of a part's weights while its session is made (the graph, its serialised bytes, the session's)
 # onnxruntime optimisers the check's sessions go without: the NCHWc layout turns every exposed tensor
 # back to NCHW, all rows of it, before it is cut to the rows compared (ResNet-50 at 32 images: 27% of
-# the padded run's kernel time in Reorder nodes); without it the check costs 15-20% less CPU
+# the padded run's kernel time in Reorder nodes); without it the check's peak is +654 MiB, not +857,
+# and on one thread it costs 15-20% less CPU
 PLAIN_LAYOUT = ("NchwcTransformer",)
 
 
@@ -228,7 +229,7 @@ def in_parts(model: onnx.ModelProto, index: GraphIndex, feeds: list[np.ndarray],
     made that it reads, and each part yields the exposed tensors it made (one per feed; their first
     ``rows`` rows on the batch axis where ``rows`` is given) before the next part runs. onnxruntime
     holds every tensor of a run to its end, so the whole exposed graph at once held the padded batch
-    of all of them (ResNet-50 at 32 images: 4.3 GB over the load; in 16 parts 0.76 GB)."""
+    of all of them (ResNet-50 at 32 images: 4.3 GB over the load; in parts, 0.65 GB)."""
     split = Parts(model.graph, index)
     constants, last_read = split.constants, split.last_read
     axes, exposed = batch_axes(index), {o.name for o in model.graph.output}
