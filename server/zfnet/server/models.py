@@ -37,7 +37,7 @@ from zfnet.converters.graph import CLASSES_KEY, PREPROCESSING_KEY, get_metadata
 from zfnet.converters.index import GraphIndex
 from zfnet.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from zfnet.preprocessing import Framing
-from zfnet.server import admission, batchaxis, external, projection, runtime
+from zfnet.server import admission, batchaxis, external, projection, runtime, windows
 from zfnet.server.admission import MAX_INPUT_PIXELS, Estimate, Footprint, MemoryBudget, fmt_bytes, value_bytes
 from zfnet.server.cache import Cache
 from zfnet.server.layers import Layer, ReceptiveFields, layer_table
@@ -88,6 +88,7 @@ class LoadedModel:
     weights: StoredWeights | None = None  # where its large weights are left (its cache entry); None: the model holds them
     _projections: dict[tuple[str, str, str], tuple[projection.Projection, ort.InferenceSession]] = field(default_factory=dict)
     _fetching: dict[tuple[bool, frozenset[str]], ort.InferenceSession | runtime.FixedBatchSession] = field(default_factory=dict)  # by (exact, names)
+    _windows: dict[tuple[str, str], windows.WindowSessions] = field(default_factory=dict)  # by (layer, method)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -218,6 +219,52 @@ class LoadedModel:
             self._touch(key)
         return found
 
+    def window(self, layer: str) -> windows.FieldWindow | None:
+        """The receptive-field window ``layer``'s units are reconstructed on (:func:`windows.plan`),
+        None where it would not be exact or pay, or the model runs a fixed batch: the whole image."""
+        if self.index is None or isinstance(self.session, runtime.FixedBatchSession):
+            return None
+        return windows.plan(self.index, self.receptive_fields, layer)
+
+    def window_key(self, layer: str, method: str) -> tuple[str, ...]:
+        return ("window", self.sha256, layer, method)
+
+    def has_window_sessions(self, layer: str, method: str) -> bool:
+        """Whether the window sessions of (layer, method) are built (else the next use builds them)."""
+        with self._lock:
+            return (layer, method) in self._windows
+
+    def window_sessions(self, layer: str, method: str) -> windows.WindowSessions:
+        """The projection of (layer, method) at the size of the layer's window (:meth:`window`, not
+        None) with its session, and the exact session of the model at that size to what it reads,
+        built once (until evicted; a request admits the build as a projection's,
+        ``PROJECTION_BUILD_FACTOR`` times the model) and held in the budget as those are."""
+        key = (layer, method)
+        window = self.window(layer)
+        if window is None or self.index is None:
+            raise FailedPrecondition(f"layer {layer!r} is reconstructed on the whole image, not on a window")
+        with self._lock:
+            built = key not in self._windows
+            if built:
+                model, index = windows.specialised(pruned(self.model, [layer]), self.index, window)
+                graph = projection.build(index, layer, method)
+                names = self.fetched(graph, layer)
+                data, forward = graph.model.SerializeToString(), self.serialised(pruned(model, names))
+                self._windows[key] = windows.WindowSessions(
+                    window, graph, runtime.session(data), runtime.session(forward, disabled=ROUNDING_FUSIONS), names, Footprint.of(model),
+                )
+                nbytes = PROJECTION_FACTOR * (len(data) + len(forward)) + MODEL_OVERHEAD + PROJECTION_OVERHEAD
+            found = self._windows[key]
+        if built:
+            self._hold(self.window_key(layer, method), nbytes, f"window sessions {layer}/{method}", lambda: self._drop_window(key))
+        else:
+            self._touch(self.window_key(layer, method))
+        return found
+
+    def _drop_window(self, key: tuple[str, str]) -> None:
+        with self._lock:
+            self._windows.pop(key, None)
+
     def serialised(self, graph: onnx.ModelProto) -> bytes:
         """A graph made from this model's (:func:`pruned`) serialised with the weights it reads,
         read back from :attr:`weights` where the model does not hold them."""
@@ -231,8 +278,10 @@ class LoadedModel:
         """Forget every cached projection and fetching session (the model is evicted or deleted)."""
         with self._lock:
             keys = [self.projection_key(*key) for key in self._projections] + [self.fetching_key(names, exact=exact) for exact, names in self._fetching]
+            keys += [self.window_key(*key) for key in self._windows]
             self._projections.clear()
             self._fetching.clear()
+            self._windows.clear()
         if self.budget is not None:
             for key in keys:
                 self.budget.release(key)

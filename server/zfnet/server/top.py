@@ -7,10 +7,13 @@ winners' images, checks each winner's activation again, and projects that single
 pixels through the model's projection graph (deconvnet, guided or backprop), in chunks of rows the
 budget has room for (:func:`projection_rows`).
 
-Whether computing a reconstruction on the receptive-field window alone pays was measured (docs/benchmarks.md,
-"Top-9 over a data set"): on 32-px CIFAR-10 the second pass is a small share of a job, so the full-size projection
-graph is used. At 224 px it is most of the job (docs/benchmarks.md, "ImageNet models at 224 px"):
-windows would pay there for the lower layers, and are not built yet.
+Where it is exact and pays (:mod:`zfnet.server.windows`: every op up to the layer local over space, the
+window at most half the image), a winner is reconstructed on its receptive-field window alone: the
+aligned crop of its image holding its field goes through the model and the projection graph at the
+window's size, and its reconstruction is pasted into a zero image; no forward pass of the whole
+image is run for such a layer. At 224 px that is most of the second pass for the lower layers
+(docs/benchmarks.md, "Reconstructions on the receptive-field window"); elsewhere (32-px CIFAR-10,
+layers whose field covers most of the image, global pools) the full-size projection graph is used.
 
 Memory: a job runs inside one reservation of the budget, made before anything is allocated and
 refused at once with the numbers when it can never fit: the state (k x channels entries per layer,
@@ -21,7 +24,9 @@ either pass at a time, each pass's batch fitted to a share of the budget (:func:
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+
 import numpy as np
+import onnxruntime as ort
 
 from zfnet.errors import FailedPrecondition, InvalidArgument
 from zfnet.server import admission, deconv, projection, runtime
@@ -29,6 +34,7 @@ from zfnet.server.admission import FORWARD_FACTOR, NO_BUDGET, Cost, Estimate, ne
 from zfnet.server.datasets import Source, StreamedSource
 from zfnet.server.layers import named, resolve
 from zfnet.server.models import FUSED_ROUNDING, PROJECTION_BUILD_FACTOR, LoadedModel
+from zfnet.server.windows import WindowSessions
 from zfnet.topk import EMPTY, TopK
 from zfnet.wire import top as wire
 from zfnet.wire.common import Progress
@@ -73,7 +79,7 @@ def job_estimate(
     """What a job holds from start to end: the state with its copies, the projection sessions and the
     forward sessions (of the scan, when it ``scans``, and of the reconstructions) it builds, one batch
     of its largest pass, the images being decoded, and the streamed images."""
-    builds = sum(not model.has_projection(layer, method) for layer in plans) if method is not None else 0
+    builds = sum(not _built(model, layer, method) for layer in plans) if method is not None else 0
     sessions = (model.fetching_build(plans, exact=False) if scans else 0) + (_reconstruction_build(model, plans, method) if method is not None else 0)
     channels = sum(len(chosen) for chosen, _ in plans.values())
     sizes = [fitted(model, source, cost).largest_batch for cost in passes]
@@ -87,10 +93,22 @@ def job_estimate(
     )
 
 
+def _built(model: LoadedModel, layer: str, method: str) -> bool:
+    """Whether what reconstructing ``layer`` projects through is built: its window sessions, or its projection."""
+    return model.has_window_sessions(layer, method) if model.window(layer) is not None else model.has_projection(layer, method)
+
+
+def _projection(model: LoadedModel, layer: str, method: str) -> WindowSessions | tuple[projection.Projection, ort.InferenceSession]:
+    """What reconstructing ``layer`` projects through, built once: its window sessions where it has a
+    window (:meth:`LoadedModel.window`), else its projection graph and session."""
+    return model.window_sessions(layer, method) if model.window(layer) is not None else model.projection(layer, method)
+
+
 def _reconstruction_build(model: LoadedModel, layers: Iterable[str], method: str) -> int:
-    """What building the reconstructions' forward session costs, 0 when it is built (it is not while
-    a projection it serves is not)."""
-    projections = {layer: model.built_projection(layer, method) for layer in layers}
+    """What building the reconstructions' forward session (of the whole image) costs, 0 when it is
+    built or no layer needs it (its window sessions hold their own); not built while a projection it
+    serves is not."""
+    projections = {layer: model.built_projection(layer, method) for layer in layers if model.window(layer) is None}
     built = {layer: proj for layer, proj in projections.items() if proj is not None}
     return model.fetching_build(reconstruction_names(model, built), exact=True) if len(built) == len(projections) else PROJECTION_BUILD_FACTOR * model.size
 
@@ -206,8 +224,8 @@ def reconstruct(model: LoadedModel, source: Source, data: str, state: TopK, meth
     """Read the winners of ``state`` from ``source`` and reconstruct every (layer, channel, rank):
     each image once (before its entries), progress in reconstructions."""
     _check_fits(model, source, data, state)
-    projections = {layer: model.projection(layer, method) for layer in state.layers}  # refuse early, before reading
-    needed = reconstruction_names(model, {layer: proj for layer, (proj, _) in projections.items()})
+    projections = {layer: _projection(model, layer, method) for layer in state.layers}  # refuse early, before reading
+    needed = reconstruction_names(model, {layer: found[0] for layer, found in projections.items() if isinstance(found, tuple)})
     total = sum(int((top.indices != EMPTY).sum()) for top in state.layers.values())
     source = fitted(model, source, reconstruct_cost(model, layout(state), source))
     chunk = projection_rows(model, layout(state))
@@ -226,23 +244,66 @@ def _reconstruct_batch(model: LoadedModel, batch, source: Source, state: TopK, n
     if batch.skipped:
         s = batch.skipped[0]
         raise FailedPrecondition(f"image {s.index} ({s.path}) was read by the scan but cannot be read now: {s.reason}")
-    forward = {model.input_name: batch.inputs, **runtime.run(model.fetching(needed, exact=True), needed, {model.input_name: batch.inputs}, host=list(state.layers))}
+    forward = {model.input_name: batch.inputs}
+    if needed:  # layers reconstructed on the whole image
+        forward.update(runtime.run(model.fetching(needed, exact=True), needed, {model.input_name: batch.inputs}, host=list(state.layers)))
     for i, index in enumerate(batch.indices):
         yield TopImage.of(int(index), batch.paths[i], int(batch.labels[i]), source.classes, batch.inputs[i])
     for layer, top in state.layers.items():
         rows, ranks = np.nonzero(np.isin(top.indices, batch.indices))
-        for part in range(0, len(rows), chunk):
-            yield from _reconstruct_rows(
-                model, layer, top, rows[part : part + chunk], ranks[part : part + chunk], batch.indices, forward, projections[layer],
-            )
+        found = projections[layer]
+        step = _window_rows(model, layer, found) if isinstance(found, WindowSessions) else chunk
+        for part in range(0, len(rows), step):
+            some = (rows[part : part + step], ranks[part : part + step])
+            if isinstance(found, WindowSessions):
+                yield from _reconstruct_on_windows(model, layer, top, *some, batch, found)
+            else:
+                yield from _reconstruct_rows(model, layer, top, *some, batch.indices, forward, found)
 
 
 def _reconstruct_rows(model, layer, top, rows, ranks, batch_indices, forward, proj) -> Iterator[Entry]:
     """Entries for the (channel row, rank) pairs ``rows, ranks`` of one layer, whose images are in the batch."""
     activation = deconv.channels_first(model, layer, forward[layer])
     image = np.searchsorted(batch_indices, top.indices[rows, ranks])
+    current, signal = _checked_signal(model, layer, top, rows, ranks, activation, image, top.locations[rows, ranks])
+    pixels = deconv.project(proj[0], proj[1], forward, deconv.in_layout(model, layer, signal), image, forward[model.input_name].shape[1:])
+    yield from _entries(model, layer, top, rows, ranks, current, pixels)
+
+
+def _window_rows(model: LoadedModel, layer: str, sessions: WindowSessions) -> int:
+    """Reconstructions per run on windows: ``deconv.CHUNK_ROWS``, fewer where that many would take
+    more than half the room a batch is fitted to (one row: its window's forward pass and projection,
+    and its pasted pixels; a whole image's row, :func:`row_bytes`, is more)."""
+    footprint = sessions.footprint
+    row = footprint.tensors.get(layer, 0) + (FORWARD_FACTOR + 1) * footprint.forward + 4 * footprint.input + model.footprint.input
+    return max(1, min(deconv.CHUNK_ROWS, model.room(NO_BUDGET) // 2 // max(1, row)))
+
+
+def _reconstruct_on_windows(model: LoadedModel, layer: str, top, rows: np.ndarray, ranks: np.ndarray, batch, sessions: WindowSessions) -> Iterator[Entry]:
+    """Entries for the (channel row, rank) pairs ``rows, ranks`` of one layer, each unit on its window:
+    the windows' crops of the winners' images (each crop once) through the model at the window's
+    size (exact), the projection at that size, each reconstruction pasted into a zero image."""
+    window, (height, width) = sessions.window, sessions.window.size
+    image = np.searchsorted(batch.indices, top.indices[rows, ranks])
+    locations = top.locations[rows, ranks]
+    origins = window.origins(locations)
+    crops, crop = np.unique(np.column_stack([image, origins]), axis=0, return_inverse=True)
+    crop = crop.reshape(-1)
+    inputs = np.stack([batch.inputs[i, :, y : y + height, x : x + width] for i, y, x in crops])
+    forward = {model.input_name: inputs, **runtime.run(sessions.forward, sessions.fetched, {model.input_name: inputs}, host=[layer])}
+    activation = deconv.channels_first(model, layer, forward[layer])
+    current, signal = _checked_signal(model, layer, top, rows, ranks, activation, crop, locations - window.cells(origins))
+    inside = deconv.project(sessions.projection, sessions.session, forward, deconv.in_layout(model, layer, signal), crop, inputs.shape[1:])
+    pixels = np.zeros((len(rows), *batch.inputs.shape[1:]), np.float32)
+    for m, (y, x) in enumerate(origins):
+        pixels[m, :, y : y + height, x : x + width] = inside[m]
+    yield from _entries(model, layer, top, rows, ranks, current, pixels)
+
+
+def _checked_signal(model, layer, top, rows, ranks, activation, image, locations) -> tuple[np.ndarray, np.ndarray]:
+    """The winners' activations now (``activation``'s image ``image[m]`` at ``locations[m]``), checked
+    against the scan's, and the signals that send each alone down: (current values, signals)."""
     channels = top.channels[rows]
-    locations = top.locations[rows, ranks]  # (M, S)
     where = (image, channels, *locations.T)
     current = activation[where]
     recorded = top.activations[rows, ranks]
@@ -255,7 +316,12 @@ def _reconstruct_rows(model, layer, top, rows, ranks, batch_indices, forward, pr
         )
     signal = np.zeros((len(rows), *activation.shape[1:]), np.float32)
     signal[(np.arange(len(rows)), channels, *locations.T)] = current
-    pixels = deconv.project(proj[0], proj[1], forward, deconv.in_layout(model, layer, signal), image, forward[model.input_name].shape[1:])
+    return current, signal
+
+
+def _entries(model, layer, top, rows, ranks, current, pixels) -> Iterator[Entry]:
+    """The entries of the (channel row, rank) pairs ``rows, ranks``: their values now and reconstructions."""
+    channels, locations = top.channels[rows], top.locations[rows, ranks]
     for m in range(len(rows)):
         location = tuple(int(p) for p in locations[m])
         yield Entry(
@@ -300,7 +366,7 @@ def job(
         running = start(model, data, source.size, layers, channels, k, by, state)
         if projects:
             for layer in running.layers:
-                model.projection(layer, method or "deconvnet")
+                _projection(model, layer, method or "deconvnet")
         yield from scan(model, source, running, checkpoint_every or CHECKPOINT_EVERY)
         if stage == "all":
             yield from reconstruct(model, source, data, running, method or "deconvnet")

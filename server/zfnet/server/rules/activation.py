@@ -17,7 +17,7 @@ import math
 import numpy as np
 import onnx
 
-from zfnet.server.rules.registry import POINTWISE, Role, axes_field, op
+from zfnet.server.rules.registry import constant_over_space, POINTWISE, Role, axes_field, op
 
 FLOAT = onnx.TensorProto.FLOAT
 
@@ -37,7 +37,7 @@ def _times(b, node, signals, derivative: str) -> list[str | None]:
     return [b.op("Mul", [signals[0], derivative])] + [None] * (len(node.input) - 1)
 
 
-@op({"Relu": (1, 6, 13, 14)}, field=POINTWISE, role=Role.BLOCK)
+@op({"Relu": (1, 6, 13, 14)}, field=POINTWISE, role=Role.BLOCK, local=True)
 def relu(b, node, signals):
     g = signals[0]
     if b.method == "deconvnet":
@@ -47,13 +47,13 @@ def relu(b, node, signals):
     return [b.op("Mul", [g, _positive(b, node.input[0])])]
 
 
-@op({"LeakyRelu": (1, 6, 16)}, field=POINTWISE, role=Role.BLOCK)
+@op({"LeakyRelu": (1, 6, 16)}, field=POINTWISE, role=Role.BLOCK, local=True)
 def leaky_relu(b, node, signals):
     slope = b.op("Where", [b.op("Greater", [b.forward(node.input[0]), b.const(0.0)]), b.const(1.0), b.const(node.attrs["alpha"])])
     return _times(b, node, signals, slope)
 
 
-@op({"PRelu": (1, 6, 7, 9, 16)}, field=POINTWISE, role=Role.BLOCK)
+@op({"PRelu": (1, 6, 7, 9, 16)}, field=POINTWISE, role=Role.BLOCK, local=constant_over_space)
 def prelu(b, node, signals):
     if b.needs(node.input[1]):
         raise b.refuse("only a constant slope is supported")
@@ -61,7 +61,7 @@ def prelu(b, node, signals):
     return _times(b, node, signals, b.op("Where", [positive, b.const(1.0), b.forward(node.input[1])]))
 
 
-@op({"Elu": (1, 6, 22)}, field=POINTWISE, role=Role.BLOCK)
+@op({"Elu": (1, 6, 22)}, field=POINTWISE, role=Role.BLOCK, local=True)
 def elu(b, node, signals):
     """y = x (x > 0), alpha (e^x - 1) else: the slope there is y + alpha."""
     positive = b.op("Greater", [b.forward(node.input[0]), b.const(0.0)])
@@ -69,7 +69,7 @@ def elu(b, node, signals):
     return _times(b, node, signals, slope)
 
 
-@op({"Selu": (1, 6, 22)}, field=POINTWISE, role=Role.BLOCK)
+@op({"Selu": (1, 6, 22)}, field=POINTWISE, role=Role.BLOCK, local=True)
 def selu(b, node, signals):
     """y = gamma x (x > 0), gamma alpha (e^x - 1) else: the slope there is y + gamma alpha."""
     alpha, gamma = node.attrs["alpha"], node.attrs["gamma"]
@@ -78,7 +78,7 @@ def selu(b, node, signals):
     return _times(b, node, signals, slope)
 
 
-@op({"Celu": (12, 28)}, field=POINTWISE, role=Role.BLOCK)
+@op({"Celu": (12, 28)}, field=POINTWISE, role=Role.BLOCK, local=True)
 def celu(b, node, signals):
     """y = max(0, x) + min(0, alpha (e^(x/alpha) - 1)): the slope is e^(x/alpha) where x <= 0."""
     x, alpha = b.forward(node.input[0]), node.attrs["alpha"]
@@ -86,7 +86,7 @@ def celu(b, node, signals):
     return _times(b, node, signals, slope)
 
 
-@op({"Clip": (1, 6)}, field=POINTWISE, role=Role.BLOCK)
+@op({"Clip": (1, 6)}, field=POINTWISE, role=Role.BLOCK, local=True)
 def clip_attributes(b, node, signals):
     """Before opset 11 the bounds are attributes (ReLU6 is Clip(0, 6))."""
     x = b.forward(node.input[0])
@@ -94,7 +94,7 @@ def clip_attributes(b, node, signals):
     return _times(b, node, signals, _mask(b, inside))
 
 
-@op({"Clip": (11, 12, 13)}, field=POINTWISE, role=Role.BLOCK)
+@op({"Clip": (11, 12, 13)}, field=POINTWISE, role=Role.BLOCK, local=True)
 def clip(b, node, signals):
     """From opset 11 the bounds are optional inputs; the slope is 1 strictly between them (as
     PyTorch's hardtanh, which ReLU6 is), 0 elsewhere."""
@@ -108,13 +108,13 @@ def clip(b, node, signals):
     return _times(b, node, signals, _mask(b, inside))
 
 
-@op({"Sigmoid": (1, 6, 13)}, field=POINTWISE, role=Role.BLOCK)
+@op({"Sigmoid": (1, 6, 13)}, field=POINTWISE, role=Role.BLOCK, local=True)
 def sigmoid(b, node, signals):
     y = b.forward(node.output[0])
     return _times(b, node, signals, b.op("Mul", [y, b.op("Sub", [b.const(1.0), y])]))
 
 
-@op({"HardSigmoid": (1, 6, 22)}, field=POINTWISE, role=Role.BLOCK)
+@op({"HardSigmoid": (1, 6, 22)}, field=POINTWISE, role=Role.BLOCK, local=True)
 def hard_sigmoid(b, node, signals):
     """y = max(0, min(1, alpha x + beta)): the slope is alpha where 0 < alpha x + beta < 1."""
     alpha, beta = node.attrs["alpha"], node.attrs["beta"]
@@ -123,7 +123,7 @@ def hard_sigmoid(b, node, signals):
     return _times(b, node, signals, b.op("Mul", [_mask(b, inside), b.const(alpha)]))
 
 
-@op({"HardSwish": (14, 22)}, field=POINTWISE, role=Role.BLOCK)
+@op({"HardSwish": (14, 22)}, field=POINTWISE, role=Role.BLOCK, local=True)
 def hard_swish(b, node, signals):
     """y = x max(0, min(1, x/6 + 1/2)): slope 0 below -3, x/3 + 1/2 up to 3, 1 above (PyTorch's)."""
     x = b.forward(node.input[0])
@@ -132,7 +132,7 @@ def hard_swish(b, node, signals):
     return _times(b, node, signals, slope)
 
 
-@op({"Tanh": (1, 6, 13)}, field=POINTWISE, role=Role.BLOCK)
+@op({"Tanh": (1, 6, 13)}, field=POINTWISE, role=Role.BLOCK, local=True)
 def tanh(b, node, signals):
     y = b.forward(node.output[0])
     return _times(b, node, signals, b.op("Sub", [b.const(1.0), b.op("Mul", [y, y])]))
@@ -143,7 +143,7 @@ def _normal_pdf(b, x: str) -> str:
     return b.op("Mul", [b.op("Exp", [b.op("Mul", [b.op("Mul", [x, x]), b.const(-0.5)])]), b.const(1.0 / math.sqrt(2.0 * math.pi))])
 
 
-@op({"Gelu": (20,)}, field=POINTWISE, role=Role.BLOCK)
+@op({"Gelu": (20,)}, field=POINTWISE, role=Role.BLOCK, local=True)
 def gelu(b, node, signals):
     """approximate="none": y = x Phi(x), slope Phi(x) + x phi(x); "tanh": PyTorch's tanh form."""
     x = b.forward(node.input[0])
@@ -164,25 +164,25 @@ def gelu(b, node, signals):
     return _times(b, node, signals, slope)
 
 
-@op({"Erf": (9, 13)}, field=POINTWISE)
+@op({"Erf": (9, 13)}, field=POINTWISE, local=True)
 def erf(b, node, signals):
     x = b.forward(node.input[0])
     return _times(b, node, signals, b.op("Mul", [b.const(2.0 / math.sqrt(math.pi)), b.op("Exp", [b.op("Neg", [b.op("Mul", [x, x])])])]))
 
 
-@op({"Softplus": (1, 22)}, field=POINTWISE, role=Role.BLOCK)
+@op({"Softplus": (1, 22)}, field=POINTWISE, role=Role.BLOCK, local=True)
 def softplus(b, node, signals):
     return _times(b, node, signals, b.op("Sigmoid", [b.forward(node.input[0])]))
 
 
-@op({"Softsign": (1, 22)}, field=POINTWISE, role=Role.BLOCK)
+@op({"Softsign": (1, 22)}, field=POINTWISE, role=Role.BLOCK, local=True)
 def softsign(b, node, signals):
     """y = x / (1 + |x|): slope 1 / (1 + |x|)^2."""
     d = b.op("Add", [b.const(1.0), b.op("Abs", [b.forward(node.input[0])])])
     return _times(b, node, signals, b.op("Reciprocal", [b.op("Mul", [d, d])]))
 
 
-@op({"Mish": (18, 22)}, field=POINTWISE, role=Role.BLOCK)
+@op({"Mish": (18, 22)}, field=POINTWISE, role=Role.BLOCK, local=True)
 def mish(b, node, signals):
     """y = x tanh(softplus(x)): slope tanh(sp) + x sigmoid(x) (1 - tanh(sp)^2)."""
     x = b.forward(node.input[0])
@@ -191,32 +191,32 @@ def mish(b, node, signals):
     return _times(b, node, signals, b.op("Add", [t, cross]))
 
 
-@op({"Abs": (1, 6, 13)}, field=POINTWISE, role=Role.BLOCK)
+@op({"Abs": (1, 6, 13)}, field=POINTWISE, role=Role.BLOCK, local=True)
 def abs_(b, node, signals):
     return _times(b, node, signals, b.op("Sign", [b.forward(node.input[0])]))
 
 
-@op({"Neg": (1, 6, 13)}, field=POINTWISE)
+@op({"Neg": (1, 6, 13)}, field=POINTWISE, local=True)
 def neg(b, node, signals):
     return [b.op("Neg", [signals[0]])]
 
 
-@op({"Exp": (1, 6, 13)}, field=POINTWISE)
+@op({"Exp": (1, 6, 13)}, field=POINTWISE, local=True)
 def exp(b, node, signals):
     return _times(b, node, signals, b.forward(node.output[0]))
 
 
-@op({"Log": (1, 6, 13)}, field=POINTWISE)
+@op({"Log": (1, 6, 13)}, field=POINTWISE, local=True)
 def log(b, node, signals):
     return [b.op("Div", [signals[0], b.forward(node.input[0])])]
 
 
-@op({"Sqrt": (1, 6, 13)}, field=POINTWISE)
+@op({"Sqrt": (1, 6, 13)}, field=POINTWISE, local=True)
 def sqrt(b, node, signals):
     return [b.op("Div", [signals[0], b.op("Mul", [b.const(2.0), b.forward(node.output[0])])])]
 
 
-@op({"Reciprocal": (1, 6, 13)}, field=POINTWISE)
+@op({"Reciprocal": (1, 6, 13)}, field=POINTWISE, local=True)
 def reciprocal(b, node, signals):
     y = b.forward(node.output[0])
     return [b.op("Neg", [b.op("Mul", [signals[0], b.op("Mul", [y, y])])])]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from zfnet.server.rules.registry import POINTWISE, Role, op
+from zfnet.server.rules.registry import POINTWISE, Role, constant_over_space, op
 
 
 def with_constants(index, node) -> Role:
@@ -32,31 +32,31 @@ def _each(b, node, grads) -> list[str | None]:
     return [unbroadcast(b, grad(), node, i) if b.needs(node.input[i]) else None for i, grad in enumerate(grads)]
 
 
-@op({"Add": (1, 6, 7, 13, 14)}, field=POINTWISE, role=with_constants)
+@op({"Add": (1, 6, 7, 13, 14)}, field=POINTWISE, role=with_constants, local=constant_over_space)
 def add(b, node, signals):
     g = signals[0]
     return _each(b, node, [lambda: g, lambda: g])
 
 
-@op({"Sum": (1, 6, 8, 13)}, field=POINTWISE, role=with_constants)
+@op({"Sum": (1, 6, 8, 13)}, field=POINTWISE, role=with_constants, local=constant_over_space)
 def sum_(b, node, signals):
     g = signals[0]
     return _each(b, node, [lambda: g] * len(node.input))
 
 
-@op({"Sub": (1, 6, 7, 13, 14)}, field=POINTWISE, role=with_constants)
+@op({"Sub": (1, 6, 7, 13, 14)}, field=POINTWISE, role=with_constants, local=constant_over_space)
 def sub(b, node, signals):
     g = signals[0]
     return _each(b, node, [lambda: g, lambda: b.op("Neg", [g])])
 
 
-@op({"Mul": (1, 6, 7, 13, 14)}, field=POINTWISE, role=with_constants)
+@op({"Mul": (1, 6, 7, 13, 14)}, field=POINTWISE, role=with_constants, local=constant_over_space)
 def mul(b, node, signals):
     g, (x, y) = signals[0], node.input
     return _each(b, node, [lambda: b.op("Mul", [g, b.forward(y)]), lambda: b.op("Mul", [g, b.forward(x)])])
 
 
-@op({"Div": (1, 6, 7, 13, 14)}, field=POINTWISE, role=with_constants)
+@op({"Div": (1, 6, 7, 13, 14)}, field=POINTWISE, role=with_constants, local=constant_over_space)
 def div(b, node, signals):
     g, divisor = signals[0], node.input[1]
     return _each(b, node, [

@@ -37,7 +37,7 @@ def window_field(window_of):
     return field
 
 
-@op({"Conv": (1, 11, 22)}, field=window_field(conv_window), weights=filters)
+@op({"Conv": (1, 11, 22)}, field=window_field(conv_window), weights=filters, local=True)
 def conv(b, node, signals):
     x, weight = node.input[0], node.input[1]
     value = b.constant_value(weight)

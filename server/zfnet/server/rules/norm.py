@@ -8,7 +8,7 @@ import numpy as np
 from zfnet.server.rules.registry import POINTWISE, Role, axes_field, op
 
 
-@op({"BatchNormalization": (1, 6, 7, 9, 14, 15)}, field=POINTWISE, role=Role.BLOCK)
+@op({"BatchNormalization": (1, 6, 7, 9, 14, 15)}, field=POINTWISE, role=Role.BLOCK, local=True)
 def batch_norm(b, node, signals):
     if node.attrs.get("training_mode", 0) or any(signals[1:]):
         raise b.refuse("training mode mixes the images of a batch; export the model in eval mode")
@@ -32,7 +32,7 @@ def _channel_window_sum(b, tensor: str, shape: list[int], before: int, after: in
     return b.reshape(summed, shape)
 
 
-@op({"LRN": (1, 13)}, field=axes_field(lambda index, node: [1]), role=Role.BLOCK)
+@op({"LRN": (1, 13)}, field=axes_field(lambda index, node: [1]), role=Role.BLOCK, local=True)
 def lrn(b, node, signals):
     """y = x d^-beta, d = bias + alpha/n sum_window x^2; the window's transpose carries the cross term."""
     shape = b.shape(node.input[0])

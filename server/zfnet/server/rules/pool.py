@@ -41,13 +41,13 @@ def ceil_mode_stand_in(attrs: dict, in_shape: list) -> tuple[dict, bool] | None:
     return stand_in, sizes != win.output_size(in_spatial, keep_padding_window=True)
 
 
-@op({"MaxPool": (1,)}, field=window_field(pool_window), role=Role.BLOCK)
+@op({"MaxPool": (1,)}, field=window_field(pool_window), role=Role.BLOCK, local=True)
 def max_pool_without_switches(b, node, signals):
     """MaxPool-1 has no Indices output to record the switches in."""
     raise b.refuse("MaxPool before opset 8 has no switches output (Indices); re-export the model at opset 8 or later")
 
 
-@op({"MaxPool": (8, 10, 11, 12, 22)}, field=window_field(pool_window), role=Role.BLOCK, switches=SWITCHES, stand_in=ceil_mode_stand_in)
+@op({"MaxPool": (8, 10, 11, 12, 22)}, field=window_field(pool_window), role=Role.BLOCK, switches=SWITCHES, stand_in=ceil_mode_stand_in, local=True)
 def max_pool(b, node, signals):
     if len(node.output) <= SWITCHES or not node.output[SWITCHES]:
         raise FailedPrecondition(f"{node.label} has no switches output; run the expose pass on the model")
@@ -62,7 +62,7 @@ def max_pool(b, node, signals):
     return [b.reshape(unpooled, in_shape)]
 
 
-@op({"AveragePool": (1, 7, 10, 11, 19, 22)}, field=window_field(pool_window), role=Role.BLOCK, stand_in=ceil_mode_stand_in)
+@op({"AveragePool": (1, 7, 10, 11, 19, 22)}, field=window_field(pool_window), role=Role.BLOCK, stand_in=ceil_mode_stand_in, local=True)
 def average_pool(b, node, signals):
     in_shape, out_shape = b.shape(node.input[0]), b.shape(node.output[0])
     win = pool_window(b.index, node)

@@ -25,7 +25,12 @@ An entry carries
 - ``from_shape``: for ops whose output is computed from their input's shape alone (``Shape``,
   ``Size``), that output from the static dimensions; such outputs carry nothing of the image;
 - ``stand_in``: for ops whose output size ONNX shape inference gets wrong for onnxruntime (ceil-mode
-  pooling before opset 22), the attributes of a stand-in node it sizes right.
+  pooling before opset 22), the attributes of a stand-in node it sizes right;
+- ``local``: whether the op is local and translation-equivariant over the spatial axes (a bool, or a
+  predicate of the node for ops that are where their constant operands do not vary over space): an
+  output position reads only the input positions its ``field`` names, the same way at every
+  position, so that a unit computed on an aligned crop of the image equals the whole image's
+  (:mod:`zfnet.server.windows`). Default False: the whole image is used.
 
 Attributes reach the rules bound with the defaults of the op's schema at the model's opset
 (:class:`zfnet.converters.index.Node`). The rules package imports nothing of ``zfnet.converters`` at
@@ -74,6 +79,7 @@ class Role(enum.Enum):
 
 
 RoleOf = Role | Callable[["GraphIndex", "Node"], Role]
+LocalOf = bool | Callable[["GraphIndex", "Node"], bool]
 
 
 def as_stored(weights: np.ndarray) -> np.ndarray:
@@ -117,6 +123,11 @@ class OpRule:
     from_shape: FromShape | None = None
     stand_in: StandIn | None = None
     features: BatchMap | None = None  # where the features axis goes, where the op moves it unlike the batch axis
+    local: LocalOf = False  # local and translation-equivariant over space (see the module's docstring)
+
+    def is_local(self, index: GraphIndex, node: Node) -> bool:
+        """Whether this node is local and translation-equivariant over the spatial axes."""
+        return self.local(index, node) if callable(self.local) else self.local
 
     def axis_map(self, features: bool) -> BatchMap:
         """How the op moves the batch axis, or (``features``) the features axis."""
@@ -148,7 +159,7 @@ def same_batch(index: GraphIndex, node: Node, axes: list[int | None]) -> list[in
 def op(versions: Mapping[str, Sequence[int]], *, field: FieldMap, role: RoleOf = Role.OTHER, domain: str = "",
        batch: BatchMap = same_batch, weights: WeightsOf | None = None, switches: int | None = None,
        from_shape: FromShape | None = None, stand_in: StandIn | None = None,
-       features: BatchMap | None = None) -> Callable[[BackwardRule], BackwardRule]:
+       features: BatchMap | None = None, local: LocalOf = False) -> Callable[[BackwardRule], BackwardRule]:
     """Register ``fn`` as the backward rule of each op type in ``versions`` (op type -> its schema
     versions this entry covers), with the op's other facts; an entry sharing a version with an
     existing one is refused, and so is ``role=Role.LEARNED`` (a learned layer declares ``weights``)."""
@@ -157,7 +168,7 @@ def op(versions: Mapping[str, Sequence[int]], *, field: FieldMap, role: RoleOf =
 
     def register(fn: BackwardRule) -> BackwardRule:
         for op_type, covered in versions.items():
-            entry = OpRule(op_type, domain, tuple(sorted(covered)), fn, field, role, batch, weights, switches, from_shape, stand_in, features)
+            entry = OpRule(op_type, domain, tuple(sorted(covered)), fn, field, role, batch, weights, switches, from_shape, stand_in, features, local)
             for other in RULES.get((domain, op_type), []):
                 if set(other.versions) & set(entry.versions):
                     raise ValueError(f"{op_type} versions {entry.versions} overlap the entry in {other.backward.__module__}")
@@ -297,6 +308,23 @@ def POINTWISE(index: GraphIndex, node: Node, spans: list[Span | None], i: int) -
 def REFUSE(index: GraphIndex, node: Node, spans: list[Span | None], i: int) -> Span:
     """No receptive-field mapping is known: refuse rather than answer with the whole image."""
     raise InvalidArgument(f"{node.label}: no receptive-field mapping is known for {node.op_type}")
+
+
+def constant_over_space(index: GraphIndex, node: Node) -> bool:
+    """``local`` of elementwise ops: every operand that does not depend on the image is the same at
+    every spatial position (size 1 on the output's axes after the channel axis: a per-channel
+    scale or bias, not a mean image)."""
+    rank = len(index.shape(node.output[0]) or [])
+    for name in node.input:
+        if not name or name in index.live:
+            continue
+        dims = index.shape(name)
+        if dims is None:
+            return False
+        spatial = dims[max(0, len(dims) - (rank - 2)) :] if rank > 2 else []
+        if any(d != 1 for d in spatial):
+            return False
+    return True
 
 
 def axes_field(axes_of: Callable[[GraphIndex, Node], list[int]]) -> FieldMap:

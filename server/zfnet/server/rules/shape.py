@@ -11,12 +11,12 @@ from zfnet.server.rules.arithmetic import unbroadcast
 from zfnet.server.rules.registry import POINTWISE, Role, Span, op, union
 
 
-@op({"Identity": (1, 13, 14, 16, 19, 21, 23, 24, 25)}, field=POINTWISE, role=Role.BLOCK)
+@op({"Identity": (1, 13, 14, 16, 19, 21, 23, 24, 25)}, field=POINTWISE, role=Role.BLOCK, local=True)
 def identity(b, node, signals):
     return [signals[0]]
 
 
-@op({"Dropout": (1, 6, 7, 10, 12, 13, 22)}, field=POINTWISE, role=Role.BLOCK)
+@op({"Dropout": (1, 6, 7, 10, 12, 13, 22)}, field=POINTWISE, role=Role.BLOCK, local=True)
 def dropout(b, node, signals):
     """Identity at inference; a training-mode Dropout (opset 12+) is random and refused."""
     mode = node.input[2] if len(node.input) > 2 else ""
@@ -27,7 +27,7 @@ def dropout(b, node, signals):
     return [signals[0]] + [None] * (len(node.input) - 1)
 
 
-@op({"Cast": (1, 6, 9, 13, 19, 21, 23, 24, 25, 28), "CastLike": (15, 19, 21, 23, 24, 25)}, field=POINTWISE, role=Role.BLOCK)
+@op({"Cast": (1, 6, 9, 13, 19, 21, 23, 24, 25, 28), "CastLike": (15, 19, 21, 23, 24, 25)}, field=POINTWISE, role=Role.BLOCK, local=True)
 def cast(b, node, signals):
     """Casts between float types pass the signal (always float32); a cast to integers passes none."""
     return [signals[0] if b.index.is_float(node.output[0]) else None] + [None] * (len(node.input) - 1)
@@ -183,7 +183,13 @@ def _concat_field(index, node, spans, i) -> Span | None:
     return tuple(span)
 
 
-@op({"Concat": (1, 4, 11, 13)}, field=_concat_field)
+def _channel_concat(index, node) -> bool:
+    """A Concat of NCHW maps along their channels is local; along space or of flattened tensors, not."""
+    rank = len(index.shape(node.output[0]) or [])
+    return rank == 4 and node.attrs["axis"] % rank == 1
+
+
+@op({"Concat": (1, 4, 11, 13)}, field=_concat_field, local=_channel_concat)
 def concat(b, node, signals):
     axis = node.attrs["axis"] % len(b.shape(node.output[0]))
     b.check_batch(node.output[0], [axis], "Concat")
