@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
+import tracemalloc
 import warnings
 from pathlib import Path
 
@@ -192,3 +193,48 @@ def test_a_budget_without_room_for_the_check_runs_the_model_padded_for_now(tmp_p
     assert isinstance(padded.session, FixedBatchSession) and not list((tmp_path / "cache").rglob("exposed.onnx"))
     assert not isinstance(load(path.read_bytes(), "view", cache=cache, budget=MemoryBudget(4 * need)).session, FixedBatchSession)
     assert list((tmp_path / "cache").rglob("exposed.onnx"))
+
+
+def test_parts_each_make_at_most_a_share_of_the_tensor_bytes(tmp_path: Path) -> None:
+    """The check's parts (:class:`zfnet.server.batchaxis.Parts`) keep the graph's nodes in order, and a
+    part of more than one node makes at most 1/SEGMENTS of the bytes per image of the tensors
+    onnxruntime gives (measured on a padded run); a part ends only where its next node would pass that."""
+    _, path = exported("flatten", tmp_path / "flatten.onnx")
+    model, index = expose.expose_indexed(onnx.load(str(path)))
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    images = np.stack(pictures(BATCH)).astype(np.float32).transpose(0, 3, 1, 2)
+    measured = {n: np.asarray(value).nbytes // BATCH for n, value in zip(names, session.run(names, {index.image: images}))}
+
+    def made(nodes: list[onnx.NodeProto]) -> int:
+        return sum(measured.get(n, 0) for node in nodes for n in node.output)
+
+    split = batchaxis.Parts(model.graph, index)
+    share = made(list(model.graph.node)) / batchaxis.SEGMENTS
+    assert [node for part in split.parts for node in part] == list(model.graph.node)
+    assert 1 < len(split.parts) < len(model.graph.node)  # cut, and not one node a part
+    for part, after in zip(split.parts, [*split.parts[1:], []]):
+        assert len(part) == 1 or made(part) <= share
+        assert not after or made(part) + made(after[:1]) > share
+
+
+def test_the_rewrite_makes_no_copy_of_the_weights(tmp_path: Path) -> None:
+    """:func:`zfnet.server.batchaxis.dynamic_copy` reads a constant's shape before its value: the
+    weights are never turned into numpy arrays (the index would keep them, a second copy of the
+    model through the check). tracemalloc sees numpy's allocations, not protobuf's."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * SIZE * SIZE, 512), nn.ReLU(), nn.Linear(512, 10)).eval()
+    path = tmp_path / "dense.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (torch.rand(BATCH, 3, SIZE, SIZE) * 255,), str(path), dynamo=False, opset_version=17)
+    model, index = expose.expose_indexed(onnx.load(str(path)))
+    weights = sum(p.numel() * p.element_size() for p in net.parameters())  # 4 MiB
+    tracemalloc.start()
+    try:
+        _, free_index = batchaxis.dynamic_copy(model, index, BATCH)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert batchaxis.fixed_batch(free_index) == 0
+    assert peak < weights / 10, f"{peak >> 10} KiB allocated in numpy for {weights >> 10} KiB of weights"

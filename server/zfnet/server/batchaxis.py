@@ -34,12 +34,17 @@ log = logging.getLogger("zfnet.server")
 
 BATCH = "N"  # the symbolic batch dimension of a freed graph
 CHECK_ROWS = (1, 3)  # batch sizes the freed graph is checked at
-SEGMENTS = 16  # parts the check's runs are cut into (:func:`in_parts`)
+SEGMENTS = 16  # each part of the check's runs makes at most 1/SEGMENTS of the graph's tensor bytes per image (:class:`Parts`)
 RELATIVE = 1e-6  # largest difference from the padded run, relative to a tensor's largest magnitude (a sum in another order: ~1e-7)
 SEED = 0
-COPY_FACTOR = 8  # the freed copy's peak over the load, in exposed models' bytes (ResNet-50: +688 MiB for 98 MB)
-FETCH_COPIES = 3  # per tensor a part hands on: the copy fetched out of onnxruntime, kernels' workspaces and freed blocks the heap keeps (measured: up to 2.3)
+COPY_FACTOR = 3  # the freed copy's peak over the load, in exposed models' bytes (ResNet-50: +215 MiB for 98 MB, VGG16: +1,055 MiB for 527 MB; 1x held through the check)
+FETCH_COPIES = 2  # per tensor a part hands on: the copy fetched out of onnxruntime, and freed blocks the heap keeps (3 while the NCHWc layout added its Reorder buffers)
 PIECE_COPIES = 3  # copies of a part's weights while its session is made (the graph, its serialised bytes, the session's)
+# onnxruntime optimisers the check's sessions go without: the NCHWc layout turns every exposed tensor
+# back to NCHW, all rows of it, before it is cut to the rows compared (ResNet-50 at 32 images: 27% of
+# the padded run's kernel time in Reorder nodes); without it the check's peak is +654 MiB, not +857,
+# and on one thread it costs 15-20% less CPU
+PLAIN_LAYOUT = ("NchwcTransformer",)
 
 
 class Unfreed(Exception):
@@ -118,6 +123,9 @@ def _repeated_constants(r: Rewriter, node: onnx.NodeProto) -> None:
         return
     rank = len(r.index.shape(node.output[0]) or [])
     for k, name in enumerate(node.input):
+        shape = r.index.shape(name)  # read first: the index keeps each value it makes (the weights, a second copy of the model)
+        if shape is not None and (len(shape) != rank or shape[axis] != r.batch):
+            continue
         value = r.index.constant(name)
         if value is None or value.ndim != rank or value.shape[axis] != r.batch:
             continue
@@ -164,16 +172,25 @@ def dynamic_copy(model: onnx.ModelProto, index: GraphIndex, batch: int) -> tuple
 
 
 class Parts:
-    """A graph's nodes in :data:`SEGMENTS` consecutive parts of as many nodes (one part where a node
-    reads a tensor made after it or holds a subgraph), and which part makes and last reads each tensor."""
+    """A graph's nodes in consecutive parts that each make at most a :data:`SEGMENTS`-th of the
+    graph's tensor bytes per image (a node making more is a part alone; one part where a node reads
+    a tensor made after it or holds a subgraph), and which part makes and last reads each tensor.
+    Cut by bytes rather than by node count, no part holds the large early maps of several blocks."""
 
-    def __init__(self, graph: onnx.GraphProto) -> None:
+    def __init__(self, graph: onnx.GraphProto, index: GraphIndex) -> None:
         nodes = list(graph.node)
         made = {name: k for k, node in enumerate(nodes) for name in node.output if name}
         nested = any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for node in nodes for a in node.attribute)
         ordered = all(made.get(name, -1) < k for k, node in enumerate(nodes) for name in node.input)
-        bounds = sorted(set(np.linspace(0, len(nodes), (SEGMENTS if ordered and not nested else 1) + 1).astype(int).tolist()))
-        self.parts = [nodes[a:b] for a, b in zip(bounds, bounds[1:])]
+        sizes = [sum(value_bytes(index.infos[n]) for n in node.output if n in index.infos) for node in nodes]
+        share = sum(sizes) / SEGMENTS if ordered and not nested else float("inf")
+        bounds, held = [0], 0
+        for k, size in enumerate(sizes):
+            if held and held + size > share:
+                bounds.append(k)
+                held = 0
+            held += size
+        self.parts = [nodes[a:b] for a, b in zip(bounds, [*bounds[1:], len(nodes)])]
         self.constants = {t.name: t for t in graph.initializer}
         self.part_of = {name: p for p, part in enumerate(self.parts) for node in part for name in node.output if name}
         self.last_read = {name: p for p, part in enumerate(self.parts) for node in part for name in node.input}
@@ -191,7 +208,7 @@ def check_bytes(model: onnx.ModelProto, index: GraphIndex, batch: int) -> int:
     images for the padded run, and at the rows of the freed graph's runs and of the compared tensors
     waiting for their pair (a part's worth each, twice for the parts the two runs may be apart), plus
     the copies of its weights (serialised, in the session)."""
-    split = Parts(model.graph)
+    split = Parts(model.graph, index)
     rows = batch + 2 * (sum(CHECK_ROWS) + max(CHECK_ROWS))
 
     def per_image(names: Iterable[str]) -> int:
@@ -208,12 +225,12 @@ def check_bytes(model: onnx.ModelProto, index: GraphIndex, batch: int) -> int:
 
 def in_parts(model: onnx.ModelProto, index: GraphIndex, feeds: list[np.ndarray], rows: int = 0) -> Iterator[dict[str, list[np.ndarray]]]:
     """Every exposed tensor of ``model`` run on each image batch of ``feeds``, a part of the graph at a
-    time: the graph runs in :data:`SEGMENTS` consecutive parts, each fed the tensors the earlier ones
+    time: the graph runs in consecutive parts (:class:`Parts`), each fed the tensors the earlier ones
     made that it reads, and each part yields the exposed tensors it made (one per feed; their first
     ``rows`` rows on the batch axis where ``rows`` is given) before the next part runs. onnxruntime
     holds every tensor of a run to its end, so the whole exposed graph at once held the padded batch
-    of all of them (ResNet-50 at 32 images: 4.3 GB over the load; in 16 parts 0.76 GB)."""
-    split = Parts(model.graph)
+    of all of them (ResNet-50 at 32 images: 4.3 GB over the load; in parts, 0.65 GB)."""
+    split = Parts(model.graph, index)
     constants, last_read = split.constants, split.last_read
     axes, exposed = batch_axes(index), {o.name for o in model.graph.output}
     values = [{index.image or "": feed} for feed in feeds]
@@ -238,7 +255,10 @@ def in_parts(model: onnx.ModelProto, index: GraphIndex, feeds: list[np.ndarray],
             [helper.make_tensor_value_info(n, index.elem_type(n.removeprefix("check/")), None) for n in fetched],
             [t for name, t in constants.items() if name in read] + [numpy_helper.from_array(v, k) for k, v in extra.items()],
         )
-        session = runtime.session(helper.make_model(piece, opset_imports=model.opset_import, ir_version=model.ir_version, functions=model.functions).SerializeToString())
+        session = runtime.session(
+            helper.make_model(piece, opset_imports=model.opset_import, ir_version=model.ir_version, functions=model.functions).SerializeToString(),
+            disabled=PLAIN_LAYOUT,
+        )
         found: dict[str, list[np.ndarray]] = {n: [] for n in cut}
         for k, held in enumerate(values):
             got = dict(zip(fetched, runtime.tensors(session, fetched, {n: held[n] for n in reads})))
