@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -275,6 +276,7 @@ def main() -> None:
         for layer in args.layers:
             figures["layers"][layer] = run("top", model, data, args.batch, layer, args.channels)
         if name == "resnet50" and "features" not in args.skip:
+            shutil.rmtree(scratch / "features", ignore_errors=True)  # (a finished output would be resumed: nothing read)
             figures["features"] = run("features", model, data, args.batch, str(scratch / "features"))
         figures["floor"].append(run("floor", floor_model, data, args.batch))
         floor = float(np.mean([f["seconds"] for f in figures["floor"]]))

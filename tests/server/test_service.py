@@ -26,6 +26,7 @@ from zfnet.client.api import Client
 from zfnet.tensors import CHANNEL_OPTIONS
 from zfnet.server import engine as engine_module
 from zfnet.server.app import create_server
+from zfnet.server import deconv as deconv_module
 from zfnet.server.deconv import CHUNK_ROWS
 from zfnet.tensors import from_proto, to_proto
 from zfnet.v1 import zfnet_pb2 as pb
@@ -419,6 +420,29 @@ def test_deconv_backprop_rows_do_not_mix(conn: Conn, sample_images) -> None:
         assert [r.channel for r in rows] == [r.channel for r in single]
         for a, b in zip(rows, single):
             np.testing.assert_allclose(from_proto(a.pixels), from_proto(b.pixels), atol=1e-6, rtol=1e-5, err_msg=f"image {i} channel {a.channel}")
+
+
+def test_deconv_of_a_large_model_projects_a_few_rows_at_a_time(conn: Conn, sample_images, monkeypatch) -> None:
+    """Where CHUNK_ROWS rows would hold more than ``RUN_BYTES`` (VGG16 at 224 px), the projection runs
+    fewer rows at a time: one here, with the limit at one byte; the reconstructions are the same."""
+    images, layer = encoded(sample_images[:2]), pb.LayerRef(number=4)
+    whole = deconv(conn, images, layer, top_k=3)
+    runs: list[int] = []
+    run = deconv_module.runtime.run
+
+    def counted(session, names, feeds, **kwargs):
+        if names == [deconv_module.projection.RECONSTRUCTION]:
+            runs.append(len(feeds[deconv_module.projection.SIGNAL]))
+        return run(session, names, feeds, **kwargs)
+
+    monkeypatch.setattr(deconv_module, "RUN_BYTES", 1)
+    monkeypatch.setattr(deconv_module.runtime, "run", counted)
+    few = deconv(conn, images, layer, top_k=3)
+    assert runs == [1] * 6
+    for a_img, b_img in zip(few.images, whole.images, strict=True):
+        for a, b in zip(a_img.reconstructions, b_img.reconstructions, strict=True):
+            assert a.channel == b.channel and a.activation == b.activation
+            np.testing.assert_allclose(from_proto(a.pixels), from_proto(b.pixels), atol=1e-6, rtol=1e-5)
 
 
 def test_deconv_python_client_matches_raw_stub(conn: Conn, sample_images) -> None:

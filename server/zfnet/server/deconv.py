@@ -14,6 +14,7 @@ import numpy as np
 
 from zfnet.errors import InvalidArgument, ResourceExhausted
 from zfnet.server import projection, runtime
+from zfnet.server.admission import Footprint
 from zfnet.server.layers import named
 from zfnet.server.models import LoadedModel
 from zfnet.wire import deconv as wire
@@ -21,7 +22,8 @@ from zfnet.wire.deconv import Reconstruction
 
 MODES = wire.MODES.names  # the names of DeconvMode
 MAX_ROWS = 4096  # (image, channel) reconstructions per request
-CHUNK_ROWS = 256  # rows per projection run
+CHUNK_ROWS = 256  # rows per projection run, at most
+RUN_BYTES = 256 << 20  # what one projection run may hold by the estimate (a row: about one image's forward pass)
 
 
 @dataclass(frozen=True)
@@ -89,15 +91,22 @@ def select(activation: np.ndarray, chosen: list[list[int]], mode: str) -> Select
     return Selection(image_index, np.asarray([c for _, c in rows], np.int64), values, locations, signal)
 
 
+def rows_per_run(footprint: Footprint) -> int:
+    """Rows per projection run: :data:`CHUNK_ROWS`, fewer where that many would hold more than
+    :data:`RUN_BYTES` (VGG16 at 224 px: a few), so that a small request of a large model stays small."""
+    return max(1, min(CHUNK_ROWS, RUN_BYTES // max(1, footprint.forward)))
+
+
 def project(
     proj: projection.Projection, session, forward: dict[str, np.ndarray], signal: np.ndarray, image_index: np.ndarray, pixel_shape: tuple[int, ...],
+    rows: int = CHUNK_ROWS,
 ) -> np.ndarray:
-    """Send ``signal`` rows (M, *layer shape) down the projection graph in chunks of CHUNK_ROWS; row m
+    """Send ``signal`` rows (M, *layer shape) down the projection graph ``rows`` at a time; row m
     belongs to image ``image_index[m]`` of the forward batch, whose tensors ``forward`` holds. (M, *pixel_shape)."""
     feeds = {projection.FORWARD_PREFIX + name: forward[name] for name in proj.forward_tensors}
     pixels = []
-    for start in range(0, len(signal), CHUNK_ROWS):
-        part = slice(start, start + CHUNK_ROWS)
+    for start in range(0, len(signal), rows):
+        part = slice(start, start + rows)
         feeds[projection.SIGNAL] = signal[part]
         feeds[projection.IMAGE_INDEX] = image_index[part]
         pixels.append(runtime.run(session, [projection.RECONSTRUCTION], feeds)[projection.RECONSTRUCTION])
@@ -113,7 +122,8 @@ def reconstruct(model: LoadedModel, batch: np.ndarray, layer: str, channels: lis
     forward = {model.input_name: batch, **runtime.run(model.fetching(names, exact=True), names, {model.input_name: batch}, host=[layer])}
     activation = channels_first(model, layer, forward[layer])
     selection = select(activation, choose_channels(activation, channels, top_k), mode)
-    pixels = project(proj, proj_session, forward, in_layout(model, layer, selection.signal), selection.image_index, batch.shape[1:])
+    signal = in_layout(model, layer, selection.signal)
+    pixels = project(proj, proj_session, forward, signal, selection.image_index, batch.shape[1:], rows_per_run(model.footprint))
     return _reconstructions(model, layer, mode, selection, pixels)
 
 
