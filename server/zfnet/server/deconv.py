@@ -14,7 +14,6 @@ import numpy as np
 
 from zfnet.errors import InvalidArgument, ResourceExhausted
 from zfnet.server import projection, runtime
-from zfnet.server.admission import Footprint
 from zfnet.server.layers import named
 from zfnet.server.models import LoadedModel
 from zfnet.wire import deconv as wire
@@ -91,10 +90,11 @@ def select(activation: np.ndarray, chosen: list[list[int]], mode: str) -> Select
     return Selection(image_index, np.asarray([c for _, c in rows], np.int64), values, locations, signal)
 
 
-def rows_per_run(footprint: Footprint) -> int:
-    """Rows per projection run: :data:`CHUNK_ROWS`, fewer where that many would hold more than
-    :data:`RUN_BYTES` (VGG16 at 224 px: a few), so that a small request of a large model stays small."""
-    return max(1, min(CHUNK_ROWS, RUN_BYTES // max(1, footprint.forward)))
+def rows_per_run(row: int, room: int | None = None) -> int:
+    """Rows per projection run: :data:`CHUNK_ROWS`, fewer where that many rows of ``row`` bytes would
+    hold more than ``room`` (None: :data:`RUN_BYTES`, a row being about one image's forward pass:
+    VGG16 at 224 px runs a few), so that a small request of a large model stays small."""
+    return max(1, min(CHUNK_ROWS, (RUN_BYTES if room is None else room) // max(1, row)))
 
 
 def project(
@@ -123,7 +123,7 @@ def reconstruct(model: LoadedModel, batch: np.ndarray, layer: str, channels: lis
     activation = channels_first(model, layer, forward[layer])
     selection = select(activation, choose_channels(activation, channels, top_k), mode)
     signal = in_layout(model, layer, selection.signal)
-    pixels = project(proj, proj_session, forward, signal, selection.image_index, batch.shape[1:], rows_per_run(model.footprint))
+    pixels = project(proj, proj_session, forward, signal, selection.image_index, batch.shape[1:], rows_per_run(model.footprint.forward))
     return _reconstructions(model, layer, mode, selection, pixels)
 
 

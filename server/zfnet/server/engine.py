@@ -123,7 +123,7 @@ class Engine:
         check_reply(reply, what, "send fewer images or channels per request")
         estimate = self.estimate(
             model, images, what, signals=rows * footprint.tensors.get(row.name, 0),
-            projection=min(rows, deconv.rows_per_run(footprint)) * footprint.forward, reconstructions=3 * reply,
+            projection=min(rows, deconv.rows_per_run(footprint.forward)) * footprint.forward, reconstructions=3 * reply,
             projection_build=model.projection_build(row.name, method),
         )
         with self.admit(model, estimate, model.projection_key(row.name, method)):

@@ -142,7 +142,7 @@ def row_bytes(model: LoadedModel, plans: dict[str, tuple[np.ndarray, int]]) -> i
 def projection_rows(model: LoadedModel, plans: dict[str, tuple[np.ndarray, int]]) -> int:
     """Reconstructions per projection run: ``deconv.CHUNK_ROWS``, fewer where that many would take
     more than half the room a batch is fitted to (a 224-px ResNet-50's row is estimated at ~150 MB)."""
-    return max(1, min(deconv.CHUNK_ROWS, model.room(NO_BUDGET) // 2 // max(1, row_bytes(model, plans))))
+    return deconv.rows_per_run(row_bytes(model, plans), model.room(NO_BUDGET) // 2)
 
 
 def reconstruct_cost(model: LoadedModel, plans: dict[str, tuple[np.ndarray, int]], source: Source) -> Cost:
@@ -276,7 +276,7 @@ def _window_rows(model: LoadedModel, layer: str, sessions: WindowSessions) -> in
     and its pasted pixels; a whole image's row, :func:`row_bytes`, is more)."""
     footprint = sessions.footprint
     row = footprint.tensors.get(layer, 0) + (FORWARD_FACTOR + 1) * footprint.forward + 4 * footprint.input + model.footprint.input
-    return max(1, min(deconv.CHUNK_ROWS, model.room(NO_BUDGET) // 2 // max(1, row)))
+    return deconv.rows_per_run(row, model.room(NO_BUDGET) // 2)
 
 
 def _reconstruct_on_windows(model: LoadedModel, layer: str, top, rows: np.ndarray, ranks: np.ndarray, batch, sessions: WindowSessions) -> Iterator[Entry]:
